@@ -1,0 +1,34 @@
+#!/usr/bin/env bash
+# Install the build and test dependencies of h2rev on Debian 12.
+# Idempotent: quiet and network-free when everything is already installed.
+# Must run as root when something is missing.
+set -euo pipefail
+
+PACKAGES=(
+  # build
+  cmake pkg-config gcc make libuv1-dev libnghttp2-dev libssl-dev node-llhttp openssl
+  # test tools
+  curl nghttp2-client python3 nginx-light wrk valgrind
+)
+
+missing=()
+for p in "${PACKAGES[@]}"; do
+  status=$(dpkg-query -W -f='${Status}' "$p" 2>/dev/null || true)
+  if [ "$status" != "install ok installed" ]; then
+    missing+=("$p")
+  fi
+done
+
+if [ ${#missing[@]} -eq 0 ]; then
+  exit 0
+fi
+
+if [ "$(id -u)" -ne 0 ]; then
+  echo "deps/install.sh: missing packages: ${missing[*]}; run this script as root" >&2
+  exit 1
+fi
+
+echo "deps/install.sh: installing: ${missing[*]}" >&2
+export DEBIAN_FRONTEND=noninteractive
+apt-get update -qq
+apt-get install -y -qq --no-install-recommends "${missing[@]}" >/dev/null
