@@ -1,0 +1,296 @@
+/*
+ * Internals shared by the files of lib/: the transport (TCP or TLS byte
+ * stream), the HTTP/2 session and the private half of h2rev_stream_t.
+ * Nothing here is part of the public API.
+ */
+#ifndef H2REV_INTERNAL_H
+#define H2REV_INTERNAL_H
+
+#include "h2rev.h"
+
+#include <nghttp2/nghttp2.h>
+#include <openssl/ssl.h>
+#include <stdbool.h>
+
+#define H2R_CONTAINER_OF(ptr, type, field) ((type *)((char *)(ptr)-offsetof(type, field)))
+#define H2R_MIN(a, b)                      ((a) < (b) ? (a) : (b))
+
+/* ---------------------------------------------------------------- log.c */
+
+void h2r_log(const h2rev_logger_t *lg, int level, const char *fmt, ...)
+    __attribute__((format(printf, 3, 4)));
+#define H2R_LOG_ON(lg, lvl) ((lg) != NULL && (lg)->cb != NULL && (lvl) <= (lg)->level)
+#define H2R_ERR(lg, ...)    h2r_log((lg), H2REV_LOG_ERROR, __VA_ARGS__)
+#define H2R_WARN(lg, ...)   h2r_log((lg), H2REV_LOG_WARN, __VA_ARGS__)
+#define H2R_INFO(lg, ...)   h2r_log((lg), H2REV_LOG_INFO, __VA_ARGS__)
+#define H2R_DEBUG(lg, ...)  h2r_log((lg), H2REV_LOG_DEBUG, __VA_ARGS__)
+
+/* ---------------------------------------------------------------- tls.c */
+
+enum { H2R_ALPN_H2 = 1, H2R_ALPN_H1 = 2 };
+
+/* Builds a client or server SSL_CTX. alpn is a mask of H2R_ALPN_*: the
+ * protocols offered (client) or accepted (server, h2 preferred). On failure
+ * returns NULL, sets *err and writes a reason into errbuf. */
+SSL_CTX *h2r_tls_ctx_new(const h2rev_tls_options_t *o, bool server, int alpn, int *err,
+                         char *errbuf, size_t errlen);
+/* Copies OpenSSL's error queue into buf (and clears it). */
+void h2r_tls_errstr(char *buf, size_t len);
+
+/* ----------------------------------------------------------- transport.c */
+
+typedef struct h2r_xport h2r_xport_t;
+typedef struct h2r_xwrite h2r_xwrite_t;
+typedef void (*h2r_xwrite_cb)(h2r_xwrite_t *w, int status);
+
+typedef struct h2r_xport_cbs {
+  /* Connected (client) and TLS handshake done; status < 0 on failure, after
+   * which the owner must h2r_xport_close(). */
+  void (*on_open)(h2r_xport_t *x, int status);
+  /* Plaintext bytes; valid only during the call. */
+  void (*on_read)(h2r_xport_t *x, const uint8_t *p, size_t n);
+  /* The read side ended: UV_EOF or an error. */
+  void (*on_error)(h2r_xport_t *x, int status);
+  /* Fully closed; every write callback has run. */
+  void (*on_close)(h2r_xport_t *x);
+} h2r_xport_cbs;
+
+enum h2r_xport_state {
+  H2R_X_INIT,
+  H2R_X_CONNECTING,
+  H2R_X_HANDSHAKE,
+  H2R_X_OPEN,
+  H2R_X_CLOSING,
+};
+
+struct h2r_xport {
+  uv_tcp_t tcp;
+  uv_timer_t timer; /* handshake timeout */
+  uv_connect_t connect;
+  uv_loop_t *loop;
+  const h2r_xport_cbs *cbs;
+  void *owner;
+  const h2rev_logger_t *log;
+  SSL *ssl;
+  BIO *rbio, *wbio; /* memory BIOs: network side of the TLS engine */
+  enum h2r_xport_state state;
+  bool server;
+  bool reading;
+  bool read_paused;
+  int nhandles; /* libuv handles still to close */
+  unsigned handshake_ms;
+  uint8_t *rbuf; /* socket read buffer */
+  size_t rbuf_len;
+  char alpn[16];
+  char peer[64]; /* "ip:port" for logs */
+  char errmsg[160];
+};
+
+struct h2r_xwrite {
+  uv_write_t req;
+  h2r_xport_t *x;
+  h2r_xwrite_cb cb;
+  uint8_t *tls_out; /* ciphertext owned by this write (TLS) */
+};
+
+/* Client: connects to addr; TLS when ctx != NULL (then host is the SNI and
+ * the name verified, may be an IP literal). */
+int h2r_xport_connect(h2r_xport_t *x, uv_loop_t *loop, const struct sockaddr *addr, SSL_CTX *ctx,
+                      const char *host, unsigned handshake_ms, const h2r_xport_cbs *cbs,
+                      void *owner);
+/* Server: accepts one connection from a listening TCP socket. */
+int h2r_xport_accept(h2r_xport_t *x, uv_loop_t *loop, uv_stream_t *server, SSL_CTX *ctx,
+                     unsigned handshake_ms, const h2r_xport_cbs *cbs, void *owner);
+/* Writes bufs (plaintext); with TLS they are encrypted (copied) at once, with
+ * TCP they must stay valid until cb. */
+int h2r_xport_write(h2r_xport_t *x, h2r_xwrite_t *w, const uv_buf_t *bufs, unsigned n,
+                    h2r_xwrite_cb cb);
+void h2r_xport_read_pause(h2r_xport_t *x, bool pause);
+size_t h2r_xport_write_queue(const h2r_xport_t *x);
+void h2r_xport_close(h2r_xport_t *x);
+/* The TLS peer certificate, or NULL (not reference-counted: valid while open). */
+X509 *h2r_xport_peer_cert(const h2r_xport_t *x);
+
+/* ------------------------------------------------------------- session.c */
+
+typedef struct h2r_session h2r_session_t;
+typedef struct h2rev_strm h2r_strm_t;
+
+/* A header block as received: names and values point into `buf`. */
+typedef struct h2r_hdr {
+  uint32_t name, namelen, value, valuelen; /* offsets into buf */
+} h2r_hdr_t;
+
+typedef struct h2r_session_opts {
+  uint32_t stream_window;    /* per-stream receive window */
+  uint32_t conn_window;      /* connection receive window */
+  uint32_t max_streams;      /* SETTINGS_MAX_CONCURRENT_STREAMS we accept */
+  uint32_t max_header_bytes; /* per header block */
+  unsigned ping_interval_ms; /* PING after this long without input; 0: never */
+  unsigned ping_timeout_ms;  /* close if unanswered this long */
+  unsigned handshake_ms;     /* TCP connect + TLS handshake */
+} h2r_session_opts;
+
+void h2r_session_opts_default(h2r_session_opts *o);
+
+typedef struct h2r_session_cbs {
+  /* The connection is up (client: TLS done, preface sent) or failed. On
+   * failure on_close follows. */
+  void (*on_open)(h2r_session_t *s, int status);
+  /* Server: a request's headers arrived. The owner calls h2r_strm_respond()
+   * or h2r_strm_reject() on it now, or later. */
+  void (*on_request)(h2r_session_t *s, h2r_strm_t *st);
+  /* The connection is gone (err is why: 0 graceful). Streams still referenced
+   * by the application report errors; once they are closed, on_close. */
+  void (*on_dead)(h2r_session_t *s, int err);
+  /* Everything is released; the owner may free the session. */
+  void (*on_close)(h2r_session_t *s);
+} h2r_session_cbs;
+
+enum h2r_session_state {
+  H2R_S_CONNECTING,
+  H2R_S_OPEN,
+  H2R_S_DRAINING, /* GOAWAY sent: closing once streams are done */
+  H2R_S_DEAD,     /* transport closing or closed */
+};
+
+struct h2r_session {
+  uv_loop_t *loop;
+  h2r_xport_t x;
+  nghttp2_session *ng;
+  const h2r_session_cbs *cbs;
+  void *owner;
+  const h2rev_logger_t *log;
+  h2r_session_opts o;
+  enum h2r_session_state state;
+  bool server;
+  bool x_closed;
+  bool close_reported;
+  int err;
+  uv_check_t check; /* runs deferred work and flushes once per loop turn */
+  uv_idle_t idle;   /* keeps poll from blocking while work is pending */
+  uv_timer_t ping_timer;
+  int nhandles;
+  bool scheduled;
+  bool ping_sent;
+  uint64_t last_input;
+  uint64_t ping_at;
+  size_t inflight;     /* bytes handed to the transport, not yet written */
+  struct batch *batch; /* being filled by nghttp2_session_send */
+  bool goaway_recv;
+  h2r_strm_t *streams; /* every stream still referenced */
+  h2r_strm_t *pending; /* streams with deferred events */
+  h2r_strm_t **pending_tail;
+  unsigned nstreams;
+};
+
+int h2r_session_connect(h2r_session_t *s, uv_loop_t *loop, const struct sockaddr *addr,
+                        SSL_CTX *ctx, const char *host, const h2r_session_opts *o,
+                        const h2r_session_cbs *cbs, void *owner, const h2rev_logger_t *log);
+int h2r_session_accept(h2r_session_t *s, uv_loop_t *loop, uv_stream_t *server, SSL_CTX *ctx,
+                       const h2r_session_opts *o, const h2r_session_cbs *cbs, void *owner,
+                       const h2rev_logger_t *log);
+/* GOAWAY, then close once the open streams have finished. */
+void h2r_session_shutdown(h2r_session_t *s);
+/* Abort: GOAWAY if possible, close the transport now. */
+void h2r_session_close(h2r_session_t *s, int err);
+void h2r_session_schedule(h2r_session_t *s);
+
+/* ------------------------------------------------------------- stream.c */
+
+enum {
+  H2R_F_READING = 1 << 0,
+  H2R_F_EOF = 1 << 1,       /* peer's END_STREAM received */
+  H2R_F_EOF_DONE = 1 << 2,  /* UV_EOF or the error reported to read_cb */
+  H2R_F_NG_CLOSED = 1 << 3, /* nghttp2 closed the stream */
+  H2R_F_SHUT = 1 << 4,      /* shutdown requested */
+  H2R_F_SHUT_SENT = 1 << 5, /* END_STREAM sent */
+  H2R_F_CLOSING = 1 << 6,   /* h2rev_stream_close called */
+  H2R_F_PENDING = 1 << 7,   /* on the session's pending list */
+  H2R_F_SUBMITTED = 1 << 8, /* request/response submitted with a data source */
+  H2R_F_DEFERRED = 1 << 9,  /* data source returned DEFERRED */
+  H2R_F_HEADERS = 1 << 10,  /* the peer's header block is complete */
+  H2R_F_ORPHAN = 1 << 11,   /* no public handle: free when nghttp2 closes it */
+  H2R_F_REJECT = 1 << 12,   /* answered with a complete response, then reset */
+};
+
+typedef struct h2r_chunk {
+  struct h2r_chunk *next;
+  size_t len, off;
+  uint8_t data[];
+} h2r_chunk_t;
+
+/* Notifications to whoever drives the stream before the application has it
+ * (the dialer or listener). */
+typedef struct h2r_strm_hooks {
+  void (*on_headers)(h2r_strm_t *st);       /* client: the response head arrived */
+  void (*on_gone)(h2r_strm_t *st, int err); /* closed before it was handed over */
+} h2r_strm_hooks;
+
+struct h2rev_strm {
+  h2r_session_t *sess;
+  h2rev_stream_t *pub;
+  h2r_strm_t *next, *prev; /* session's list */
+  h2r_strm_t *pnext;       /* pending list */
+  int32_t id;
+  unsigned flags;
+  int err;    /* abort reason to report */
+  int status; /* client: :status of the response */
+  h2rev_alloc_cb alloc_cb;
+  h2rev_read_cb read_cb;
+  h2rev_close_cb close_cb;
+  /* incoming */
+  h2r_chunk_t *rq_head, *rq_tail;
+  size_t rq_bytes;
+  /* outgoing: a FIFO of write requests, the cursor of the next byte to send */
+  h2rev_write_t *wq_head, *wq_tail;
+  h2rev_write_t *wcur;
+  unsigned wcur_buf;
+  size_t wcur_off;
+  uint64_t queued, sent, acked; /* stream byte offsets */
+  unsigned inflight;            /* transport writes holding our bytes */
+  h2rev_shutdown_t *shut_req;
+  /* header block */
+  char *hbuf;
+  size_t hlen, hcap;
+  h2r_hdr_t *hdrs;
+  unsigned nhdrs, hdrcap;
+  /* owner before hand-over */
+  const h2r_strm_hooks *hooks;
+  void *owner;
+  char *rbody; /* body of a rejection */
+  size_t rbody_len, rbody_off;
+};
+
+h2r_strm_t *h2r_strm_new(h2r_session_t *s, int32_t id);
+/* Client: a request with the given headers and an open body. */
+h2r_strm_t *h2r_session_request(h2r_session_t *s, const nghttp2_nv *nva, size_t n,
+                                const h2r_strm_hooks *hooks, void *owner);
+/* Server: answer with status and extra headers, body left open. */
+int h2r_strm_respond(h2r_strm_t *st, int status, const nghttp2_nv *nva, size_t n);
+/* Server: answer with a complete response (status, text body) and forget. */
+void h2r_strm_reject(h2r_strm_t *st, int status, const char *body);
+/* Gives the stream to the application's handle. */
+void h2r_strm_attach(h2r_strm_t *st, h2rev_stream_t *pub);
+/* Drops a stream no application holds: reset it if open, free it when done. */
+void h2r_strm_abandon(h2r_strm_t *st);
+/* A header's value by lower-case name, or NULL. */
+const char *h2r_strm_header(const h2r_strm_t *st, const char *name, size_t *len);
+void h2r_strm_schedule(h2r_strm_t *st);
+/* Runs the deferred events of the stream: reads, completions, close. */
+void h2r_strm_pump(h2r_strm_t *st);
+void h2r_strm_free(h2r_strm_t *st);
+
+/* Session glue for stream.c and session.c */
+void h2r_strm_on_data(h2r_strm_t *st, const uint8_t *p, size_t n);
+void h2r_strm_on_close(h2r_strm_t *st, uint32_t error_code);
+void h2r_strm_on_dead(h2r_strm_t *st, int err);
+int h2r_strm_add_header(h2r_strm_t *st, const uint8_t *name, size_t nl, const uint8_t *value,
+                        size_t vl);
+ssize_t h2r_strm_data_len(h2r_strm_t *st, size_t max, uint32_t *flags);
+/* Appends `len` bytes from the write cursor to iov (advancing it). */
+int h2r_strm_take(h2r_strm_t *st, size_t len, uv_buf_t **iov, unsigned *niov, unsigned *cap);
+void h2r_strm_acked(h2r_strm_t *st, size_t n, int status);
+int h2r_iov_push(uv_buf_t **iov, unsigned *n, unsigned *cap, const void *base, size_t len);
+
+#endif

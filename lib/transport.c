@@ -1,0 +1,365 @@
+/*
+ * The transport: a byte stream over a libuv TCP socket, in clear or through
+ * OpenSSL driven by memory BIOs (the socket is libuv's; OpenSSL only sees
+ * buffers). Layers above see plaintext bytes and never which of the two it is.
+ */
+#include "internal.h"
+
+#include <openssl/err.h>
+#include <openssl/x509v3.h>
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+
+#define H2R_RBUF_SIZE (64 * 1024)
+
+static void x_fail_open(h2r_xport_t *x, int err);
+
+static void x_handle_closed(uv_handle_t *h) {
+  h2r_xport_t *x = h->data;
+  if (--x->nhandles > 0)
+    return;
+  if (x->ssl != NULL)
+    SSL_free(x->ssl); /* frees both BIOs */
+  x->ssl = NULL;
+  free(x->rbuf);
+  x->rbuf = NULL;
+  x->cbs->on_close(x);
+}
+
+void h2r_xport_close(h2r_xport_t *x) {
+  if (x->state == H2R_X_CLOSING)
+    return;
+  x->state = H2R_X_CLOSING;
+  uv_close((uv_handle_t *)&x->tcp, x_handle_closed);
+  uv_close((uv_handle_t *)&x->timer, x_handle_closed);
+}
+
+static void x_peer_name(h2r_xport_t *x) {
+  struct sockaddr_storage ss;
+  int len = sizeof(ss);
+  char ip[INET6_ADDRSTRLEN] = "?";
+  int port = 0;
+  if (uv_tcp_getpeername(&x->tcp, (struct sockaddr *)&ss, &len) == 0) {
+    if (ss.ss_family == AF_INET) {
+      struct sockaddr_in *a = (struct sockaddr_in *)&ss;
+      uv_ip4_name(a, ip, sizeof(ip));
+      port = ntohs(a->sin_port);
+    } else if (ss.ss_family == AF_INET6) {
+      struct sockaddr_in6 *a = (struct sockaddr_in6 *)&ss;
+      uv_ip6_name(a, ip, sizeof(ip));
+      port = ntohs(a->sin6_port);
+    }
+  }
+  snprintf(x->peer, sizeof(x->peer), "%s:%d", ip, port);
+}
+
+static int x_init(h2r_xport_t *x, uv_loop_t *loop, SSL_CTX *ctx, bool server, unsigned hs_ms,
+                  const h2r_xport_cbs *cbs, void *owner) {
+  const h2rev_logger_t *log = x->log;
+  memset(x, 0, sizeof(*x));
+  x->log = log;
+  x->loop = loop;
+  x->cbs = cbs;
+  x->owner = owner;
+  x->server = server;
+  x->handshake_ms = hs_ms;
+  x->rbuf_len = H2R_RBUF_SIZE;
+  x->rbuf = malloc(x->rbuf_len);
+  if (x->rbuf == NULL)
+    return UV_ENOMEM;
+  uv_tcp_init(loop, &x->tcp);
+  uv_timer_init(loop, &x->timer);
+  x->tcp.data = x;
+  x->timer.data = x;
+  x->nhandles = 2;
+  if (ctx != NULL) {
+    x->ssl = SSL_new(ctx);
+    x->rbio = BIO_new(BIO_s_mem());
+    x->wbio = BIO_new(BIO_s_mem());
+    if (x->ssl == NULL || x->rbio == NULL || x->wbio == NULL) {
+      BIO_free(x->rbio);
+      BIO_free(x->wbio);
+      x->rbio = x->wbio = NULL;
+      return UV_ENOMEM;
+    }
+    /* An empty memory BIO means "try again", not end of file. */
+    BIO_set_mem_eof_return(x->rbio, -1);
+    SSL_set_bio(x->ssl, x->rbio, x->wbio);
+  }
+  return 0;
+}
+
+static void x_internal_write_done(h2r_xwrite_t *w, int status) {
+  (void)status;
+  free(w);
+}
+
+static void x_write_done(uv_write_t *req, int status) {
+  h2r_xwrite_t *w = H2R_CONTAINER_OF(req, h2r_xwrite_t, req);
+  free(w->tls_out);
+  w->tls_out = NULL;
+  w->cb(w, status);
+}
+
+/* Sends what the TLS engine has produced, with w (or an internal request). */
+static int x_tls_flush(h2r_xport_t *x, h2r_xwrite_t *w, h2r_xwrite_cb cb) {
+  size_t n = BIO_ctrl_pending(x->wbio);
+  if (n == 0 && w == NULL)
+    return 0;
+  if (w == NULL) {
+    w = malloc(sizeof(*w));
+    if (w == NULL)
+      return UV_ENOMEM;
+    cb = x_internal_write_done;
+  }
+  w->x = x;
+  w->cb = cb;
+  w->tls_out = n > 0 ? malloc(n) : NULL;
+  if (n > 0 && w->tls_out == NULL) {
+    if (cb == x_internal_write_done)
+      free(w);
+    return UV_ENOMEM;
+  }
+  if (n > 0)
+    BIO_read(x->wbio, w->tls_out, (int)n);
+  uv_buf_t b = uv_buf_init((char *)w->tls_out, (unsigned)n);
+  int r = uv_write(&w->req, (uv_stream_t *)&x->tcp, &b, 1, x_write_done);
+  if (r != 0) {
+    free(w->tls_out);
+    w->tls_out = NULL;
+    if (cb == x_internal_write_done)
+      free(w);
+  }
+  return r;
+}
+
+static void x_alloc(uv_handle_t *h, size_t suggested, uv_buf_t *buf) {
+  (void)suggested;
+  h2r_xport_t *x = h->data;
+  *buf = uv_buf_init((char *)x->rbuf, (unsigned)x->rbuf_len);
+}
+
+static void x_opened(h2r_xport_t *x) {
+  uv_timer_stop(&x->timer);
+  x->state = H2R_X_OPEN;
+  if (x->ssl != NULL) {
+    const unsigned char *p = NULL;
+    unsigned int len = 0;
+    SSL_get0_alpn_selected(x->ssl, &p, &len);
+    if (len >= sizeof(x->alpn))
+      len = 0;
+    memcpy(x->alpn, p, len);
+    x->alpn[len] = '\0';
+  }
+  x->cbs->on_open(x, 0);
+}
+
+/* The handshake failed: say why, as precisely as OpenSSL lets us. */
+static int x_tls_error(h2r_xport_t *x) {
+  long v = SSL_get_verify_result(x->ssl);
+  if (v != X509_V_OK && SSL_get0_peer_certificate(x->ssl) != NULL) {
+    snprintf(x->errmsg, sizeof(x->errmsg), "certificate verify failed: %s",
+             X509_verify_cert_error_string(v));
+    ERR_clear_error();
+    return H2REV_ECERT;
+  }
+  h2r_tls_errstr(x->errmsg, sizeof(x->errmsg));
+  return H2REV_ETLS;
+}
+
+static void x_tls_read(h2r_xport_t *x, const uint8_t *p, size_t n) {
+  if (BIO_write(x->rbio, p, (int)n) != (int)n) {
+    x_fail_open(x, UV_ENOMEM);
+    return;
+  }
+  if (x->state == H2R_X_HANDSHAKE) {
+    int r = SSL_do_handshake(x->ssl);
+    x_tls_flush(x, NULL, NULL);
+    if (r != 1) {
+      int e = SSL_get_error(x->ssl, r);
+      if (e != SSL_ERROR_WANT_READ && e != SSL_ERROR_WANT_WRITE)
+        x_fail_open(x, x_tls_error(x));
+      return;
+    }
+    x_opened(x);
+  }
+  while (x->state == H2R_X_OPEN && x->reading) {
+    int r = SSL_read(x->ssl, x->rbuf, (int)x->rbuf_len);
+    if (r > 0) {
+      x->cbs->on_read(x, x->rbuf, (size_t)r);
+      continue;
+    }
+    int e = SSL_get_error(x->ssl, r);
+    x_tls_flush(x, NULL, NULL);
+    if (e == SSL_ERROR_WANT_READ || e == SSL_ERROR_WANT_WRITE)
+      return;
+    if (e == SSL_ERROR_ZERO_RETURN) {
+      x->cbs->on_error(x, UV_EOF);
+    } else {
+      h2r_tls_errstr(x->errmsg, sizeof(x->errmsg));
+      x->cbs->on_error(x, H2REV_ETLS);
+    }
+    return;
+  }
+}
+
+static void x_read(uv_stream_t *s, ssize_t n, const uv_buf_t *buf) {
+  h2r_xport_t *x = s->data;
+  (void)buf;
+  if (n == 0 || x->state == H2R_X_CLOSING)
+    return;
+  if (n < 0) {
+    if (x->state == H2R_X_HANDSHAKE || x->state == H2R_X_CONNECTING) {
+      snprintf(x->errmsg, sizeof(x->errmsg), "connection closed during TLS handshake");
+      x_fail_open(x, n == UV_EOF ? H2REV_ETLS : (int)n);
+    } else {
+      x->cbs->on_error(x, (int)n);
+    }
+    return;
+  }
+  if (x->ssl != NULL)
+    x_tls_read(x, x->rbuf, (size_t)n);
+  else
+    x->cbs->on_read(x, x->rbuf, (size_t)n);
+}
+
+static void x_fail_open(h2r_xport_t *x, int err) {
+  if (x->state == H2R_X_OPEN) {
+    x->cbs->on_error(x, err);
+    return;
+  }
+  uv_timer_stop(&x->timer);
+  x->state = H2R_X_INIT;
+  uv_read_stop((uv_stream_t *)&x->tcp);
+  x->cbs->on_open(x, err);
+}
+
+static void x_timeout(uv_timer_t *t) {
+  h2r_xport_t *x = t->data;
+  snprintf(x->errmsg, sizeof(x->errmsg), "no connection within %u ms", x->handshake_ms);
+  x_fail_open(x, UV_ETIMEDOUT);
+}
+
+static int x_start(h2r_xport_t *x) {
+  x_peer_name(x);
+  uv_tcp_nodelay(&x->tcp, 1);
+  x->reading = true;
+  int r = uv_read_start((uv_stream_t *)&x->tcp, x_alloc, x_read);
+  if (r != 0)
+    return r;
+  if (x->ssl == NULL)
+    return 0;
+  x->state = H2R_X_HANDSHAKE;
+  if (!x->server) {
+    SSL_do_handshake(x->ssl); /* produces the ClientHello */
+    return x_tls_flush(x, NULL, NULL);
+  }
+  return 0;
+}
+
+static void x_connected(uv_connect_t *req, int status) {
+  h2r_xport_t *x = req->data;
+  if (x->state == H2R_X_CLOSING || x->state == H2R_X_INIT)
+    return;
+  if (status == 0)
+    status = x_start(x);
+  if (status != 0) {
+    snprintf(x->errmsg, sizeof(x->errmsg), "%s", uv_strerror(status));
+    x_fail_open(x, status);
+    return;
+  }
+  if (x->ssl == NULL)
+    x_opened(x);
+}
+
+static bool is_ip_literal(const char *host) {
+  unsigned char tmp[16];
+  return uv_inet_pton(AF_INET, host, tmp) == 0 || uv_inet_pton(AF_INET6, host, tmp) == 0;
+}
+
+int h2r_xport_connect(h2r_xport_t *x, uv_loop_t *loop, const struct sockaddr *addr, SSL_CTX *ctx,
+                      const char *host, unsigned handshake_ms, const h2r_xport_cbs *cbs,
+                      void *owner) {
+  int r = x_init(x, loop, ctx, false, handshake_ms, cbs, owner);
+  if (r == 0 && x->ssl != NULL && host != NULL) {
+    if (is_ip_literal(host)) {
+      X509_VERIFY_PARAM_set1_ip_asc(SSL_get0_param(x->ssl), host);
+    } else {
+      SSL_set_tlsext_host_name(x->ssl, host);
+      SSL_set1_host(x->ssl, host);
+    }
+  }
+  if (r == 0 && x->ssl != NULL)
+    SSL_set_connect_state(x->ssl);
+  if (r == 0) {
+    x->connect.data = x;
+    x->state = H2R_X_CONNECTING;
+    r = uv_tcp_connect(&x->connect, &x->tcp, addr, x_connected);
+  }
+  if (r == 0 && handshake_ms > 0)
+    uv_timer_start(&x->timer, x_timeout, handshake_ms, 0);
+  return r;
+}
+
+int h2r_xport_accept(h2r_xport_t *x, uv_loop_t *loop, uv_stream_t *server, SSL_CTX *ctx,
+                     unsigned handshake_ms, const h2r_xport_cbs *cbs, void *owner) {
+  int r = x_init(x, loop, ctx, true, handshake_ms, cbs, owner);
+  if (r == 0)
+    r = uv_accept(server, (uv_stream_t *)&x->tcp);
+  if (r == 0 && x->ssl != NULL)
+    SSL_set_accept_state(x->ssl);
+  if (r == 0)
+    r = x_start(x);
+  if (r == 0 && x->ssl != NULL && handshake_ms > 0)
+    uv_timer_start(&x->timer, x_timeout, handshake_ms, 0);
+  if (r == 0 && x->ssl == NULL)
+    x->state = H2R_X_OPEN;
+  return r;
+}
+
+int h2r_xport_write(h2r_xport_t *x, h2r_xwrite_t *w, const uv_buf_t *bufs, unsigned n,
+                    h2r_xwrite_cb cb) {
+  if (x->state != H2R_X_OPEN)
+    return UV_ENOTCONN;
+  if (x->ssl == NULL) {
+    w->x = x;
+    w->cb = cb;
+    w->tls_out = NULL;
+    return uv_write(&w->req, (uv_stream_t *)&x->tcp, bufs, n, x_write_done);
+  }
+  for (unsigned i = 0; i < n; i++) {
+    if (bufs[i].len == 0)
+      continue;
+    /* Memory BIOs grow: SSL_write takes everything at once. */
+    if (SSL_write(x->ssl, bufs[i].base, (int)bufs[i].len) <= 0) {
+      h2r_tls_errstr(x->errmsg, sizeof(x->errmsg));
+      return H2REV_ETLS;
+    }
+  }
+  return x_tls_flush(x, w, cb);
+}
+
+void h2r_xport_read_pause(h2r_xport_t *x, bool pause) {
+  if (x->state == H2R_X_CLOSING || x->read_paused == pause)
+    return;
+  x->read_paused = pause;
+  x->reading = !pause;
+  if (pause) {
+    uv_read_stop((uv_stream_t *)&x->tcp);
+  } else {
+    uv_read_start((uv_stream_t *)&x->tcp, x_alloc, x_read);
+    /* TLS may hold decrypted records that arrived while paused. */
+    if (x->ssl != NULL && x->state == H2R_X_OPEN &&
+        (SSL_pending(x->ssl) > 0 || BIO_ctrl_pending(x->rbio) > 0))
+      x_tls_read(x, (const uint8_t *)"", 0);
+  }
+}
+
+size_t h2r_xport_write_queue(const h2r_xport_t *x) {
+  return x->tcp.write_queue_size;
+}
+
+X509 *h2r_xport_peer_cert(const h2r_xport_t *x) {
+  return x->ssl != NULL ? SSL_get0_peer_certificate(x->ssl) : NULL;
+}
