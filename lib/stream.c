@@ -277,8 +277,11 @@ static void pump_writes(h2r_strm_t *st) {
   while (st->wq_head != NULL && st->wq_head->end_ <= st->acked) {
     h2rev_write_t *w = st->wq_head;
     st->wq_head = w->next_;
-    if (st->wcur == w)
+    if (st->wcur == w) {
       st->wcur = w->next_;
+      st->wcur_buf = 0;
+      st->wcur_off = 0;
+    }
     free_bufs(w);
     w->cb_(w, 0);
   }
@@ -319,6 +322,8 @@ void h2r_strm_pump(h2r_strm_t *st) {
     pump_writes(st);
     pump_shutdown(st);
   }
+  if (st->flags & H2R_F_PENDING)
+    return; /* rescheduled by a callback: finish on that run */
   bool ng_done = (st->flags & H2R_F_NG_CLOSED) || !sess_alive(st) || st->id == 0;
   if (st->pub != NULL && (st->flags & H2R_F_CLOSING) && ng_done && st->inflight == 0 &&
       st->wq_head == NULL && st->shut_req == NULL) {
