@@ -723,7 +723,8 @@ static int respond(h2r_strm_t *st, int status, const nghttp2_nv *nva, size_t n,
   if (n + 1 > sizeof(all) / sizeof(all[0]))
     return UV_EINVAL;
   all[0] = (nghttp2_nv){(uint8_t *)":status", (uint8_t *)code, 7, 3, NGHTTP2_NV_FLAG_NONE};
-  memcpy(all + 1, nva, n * sizeof(*nva));
+  if (n > 0)
+    memcpy(all + 1, nva, n * sizeof(*nva));
   int r = nghttp2_submit_response(s->ng, st->id, all, n + 1, dp);
   if (r != 0)
     return H2REV_EPROTO;
