@@ -183,6 +183,157 @@ H2REV_EXTERN size_t h2rev_stream_buffered(const h2rev_stream_t *stream);
 /* Bytes written but not yet on the socket. */
 H2REV_EXTERN size_t h2rev_stream_write_queue_size(const h2rev_stream_t *stream);
 
+/* ---------------------------------------------------------------- dialer */
+
+/* The public side. Listeners attach with <base>/revdial?id=<id>; the first
+ * stream of an id is its control stream, later ones are data streams (reverse
+ * connections) that h2rev_dial() hands out. */
+typedef struct h2rev_dialer_s h2rev_dialer_t;
+typedef struct h2rev_dial_s h2rev_dial_t;
+struct h2r_dialer;
+
+/* A request header as seen by the authorization callback. */
+typedef struct h2rev_header_s {
+  const char *name; /* lower case, NUL-terminated */
+  const char *value;
+} h2rev_header_t;
+
+/* Decides whether a listener may attach as `id`. peer_cert is the TLS
+ * client certificate (an OpenSSL X509 *) or NULL. Return 0 to allow. */
+typedef int (*h2rev_authorize_cb)(void *arg, const char *id, const h2rev_header_t *headers,
+                                  size_t nheaders, const void *peer_cert);
+
+typedef struct h2rev_dialer_options_s {
+  const char *base_path;        /* e.g. "/reverse/connections"; NULL or "" means "" */
+  unsigned dial_timeout_ms;     /* default for h2rev_dial(timeout 0): 10000 */
+  unsigned max_pending_dials;   /* per id; default 128 */
+  unsigned max_listeners;       /* default 10000 */
+  unsigned max_control_line;    /* bytes; default 4096 */
+  unsigned keepalive_ms;        /* control keep-alive message interval; default 30000 */
+  unsigned ping_interval_ms;    /* HTTP/2 PING after this idle time; default 30000 */
+  unsigned ping_timeout_ms;     /* default 15000 */
+  unsigned max_streams;         /* per connection; default 1000 */
+  h2rev_authorize_cb authorize; /* NULL: everyone may attach */
+  void *authorize_arg;
+  h2rev_logger_t log;
+} h2rev_dialer_options_t;
+
+struct h2rev_dialer_s {
+  void *data;
+  uv_loop_t *loop;
+  /* private */
+  struct h2r_dialer *d_;
+};
+
+/* Counters, for monitoring and tests. */
+typedef struct h2rev_dialer_stats_s {
+  uint64_t listeners;       /* ids attached now */
+  uint64_t conn_ready_sent; /* conn-ready commands sent */
+  uint64_t spares;          /* idle data streams now */
+  uint64_t dials_ok, dials_failed;
+  uint64_t refused; /* /revdial streams refused */
+} h2rev_dialer_stats_t;
+
+typedef void (*h2rev_dial_cb)(h2rev_dial_t *req, int status);
+typedef void (*h2rev_dialer_close_cb)(h2rev_dialer_t *dialer);
+
+struct h2rev_dial_s {
+  void *data;
+  h2rev_dialer_t *dialer; /* read-only */
+  h2rev_stream_t *stream; /* read-only: the caller's handle, open when status is 0 */
+  /* private */
+  uv_timer_t timer_;
+  h2rev_dial_cb cb_;
+  h2rev_dial_t *next_, *prev_;
+  void *lst_;
+  int status_;
+  int state_;
+  char err_[128];
+};
+
+/* Initialises a dialer on loop. opts may be NULL (defaults); it is copied.
+ * Errors: UV_ENOMEM, UV_EINVAL (bad base path). */
+H2REV_EXTERN int h2rev_dialer_init(uv_loop_t *loop, h2rev_dialer_t *dialer,
+                                   const h2rev_dialer_options_t *opts);
+/* Serves HTTP/2 (TLS with ALPN h2 when tls != NULL, else prior knowledge) on
+ * addr for the /revdial requests. May be called several times.
+ * Errors: those of uv_tcp_bind/uv_listen, H2REV_ETLS (bad certificate). */
+H2REV_EXTERN int h2rev_dialer_listen(h2rev_dialer_t *dialer, const struct sockaddr *addr,
+                                     const h2rev_tls_options_t *tls);
+/* The address of the n-th listening socket (for port 0). */
+H2REV_EXTERN int h2rev_dialer_getsockname(const h2rev_dialer_t *dialer, unsigned n,
+                                          struct sockaddr *addr, int *len);
+/* Opens a reverse connection to listener `id` into `stream`. cb runs once:
+ * 0 (stream open), H2REV_ENOLISTENER (unknown id, at once), UV_ETIMEDOUT
+ * (timeout_ms, 0 = the dialer's default), H2REV_EPICKUP (the listener could
+ * not open it; h2rev_dial_strerror has its text), H2REV_ECLOSED (the listener
+ * went away), H2REV_ETOOMANY (too many pending), UV_ECANCELED.
+ * Returns UV_EINVAL / H2REV_EBADID for bad arguments (no callback then). */
+H2REV_EXTERN int h2rev_dial(h2rev_dial_t *req, h2rev_dialer_t *dialer, const char *id,
+                            h2rev_stream_t *stream, unsigned timeout_ms, h2rev_dial_cb cb);
+/* Cancels a pending dial: its cb runs with UV_ECANCELED. */
+H2REV_EXTERN int h2rev_dial_cancel(h2rev_dial_t *req);
+/* The listener's text for H2REV_EPICKUP, else h2rev_strerror(status). */
+H2REV_EXTERN const char *h2rev_dial_strerror(const h2rev_dial_t *req);
+H2REV_EXTERN void h2rev_dialer_stats(const h2rev_dialer_t *dialer, h2rev_dialer_stats_t *out);
+/* Stops listening, closes every connection, fails pending dials with
+ * UV_ECANCELED, then calls cb. */
+H2REV_EXTERN void h2rev_dialer_close(h2rev_dialer_t *dialer, h2rev_dialer_close_cb cb);
+
+/* -------------------------------------------------------------- listener */
+
+/* The NAT side: connects out to the dialer and accepts reverse connections. */
+typedef struct h2rev_listener_s h2rev_listener_t;
+struct h2r_listener;
+
+enum h2rev_listener_state {
+  H2REV_LISTENER_CONNECTING = 1,
+  H2REV_LISTENER_ATTACHED = 2,
+  H2REV_LISTENER_LOST = 3,     /* err says why */
+  H2REV_LISTENER_RETRYING = 4, /* delay_ms until the next attempt */
+  H2REV_LISTENER_STOPPED = 5,  /* gave up (max_retries) or closed */
+};
+
+typedef void (*h2rev_connection_cb)(h2rev_listener_t *listener, int status);
+typedef void (*h2rev_listener_state_cb)(h2rev_listener_t *listener, int state, int err,
+                                        unsigned delay_ms);
+typedef void (*h2rev_listener_close_cb)(h2rev_listener_t *listener);
+
+typedef struct h2rev_listener_options_s {
+  const char *url; /* the dialer's base URL: https://host[:port]/base or http:// (h2c) */
+  const char *id;
+  h2rev_tls_options_t tls;
+  const char *const *headers; /* extra request headers "Name: value", NULL-terminated */
+  unsigned ping_interval_ms;  /* default 30000 */
+  unsigned ping_timeout_ms;   /* default 15000 */
+  unsigned handshake_ms;      /* connect + TLS; default 10000 */
+  unsigned backoff_min_ms;    /* default 500 */
+  unsigned backoff_max_ms;    /* default 30000 */
+  unsigned max_retries;       /* 0: forever */
+  unsigned spares;            /* data streams kept open ahead of demand; default 2 */
+  h2rev_listener_state_cb on_state;
+  h2rev_logger_t log;
+} h2rev_listener_options_t;
+
+struct h2rev_listener_s {
+  void *data;
+  uv_loop_t *loop;
+  /* private */
+  struct h2r_listener *l_;
+};
+
+/* Copies opts. Errors: H2REV_EURL, H2REV_EBADID, H2REV_ETLS, UV_ENOMEM. */
+H2REV_EXTERN int h2rev_listener_init(uv_loop_t *loop, h2rev_listener_t *listener,
+                                     const h2rev_listener_options_t *opts);
+/* Connects (and reconnects, with backoff and jitter) and calls cb(l, 0) for
+ * each reverse connection ready to be accepted. Errors: UV_EALREADY. */
+H2REV_EXTERN int h2rev_listener_start(h2rev_listener_t *listener, h2rev_connection_cb cb);
+/* Moves the next reverse connection into `stream`. Errors: UV_EAGAIN (none). */
+H2REV_EXTERN int h2rev_listener_accept(h2rev_listener_t *listener, h2rev_stream_t *stream);
+/* Closes the connection to the dialer; accepted streams report errors and
+ * must still be closed by their owners. cb runs last. */
+H2REV_EXTERN void h2rev_listener_close(h2rev_listener_t *listener, h2rev_listener_close_cb cb);
+
 #ifdef __cplusplus
 }
 #endif

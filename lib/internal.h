@@ -258,7 +258,10 @@ struct h2rev_strm {
   /* owner before hand-over */
   const h2r_strm_hooks *hooks;
   void *owner;
-  char *rbody; /* body of a rejection */
+  void (*on_used)(h2r_strm_t *st); /* once, at the first DATA received */
+  void *used_arg;
+  h2r_strm_t *lnext, *lprev; /* an owner's list (spares, accept queue) */
+  char *rbody;               /* body of a rejection */
   size_t rbody_len, rbody_off;
 };
 

@@ -41,6 +41,12 @@ static void free_chunks(h2r_strm_t *st) {
 
 void h2r_strm_free(h2r_strm_t *st) {
   h2r_session_t *s = st->sess;
+  if (st->on_used != NULL) {
+    /* Closed before use: for the owner it is no longer a spare either. */
+    void (*used)(h2r_strm_t *) = st->on_used;
+    st->on_used = NULL;
+    used(st);
+  }
   if (st->prev != NULL)
     st->prev->next = st->next;
   else
@@ -147,6 +153,11 @@ static size_t deliver(h2r_strm_t *st, const uint8_t *p, size_t n) {
 }
 
 void h2r_strm_on_data(h2r_strm_t *st, const uint8_t *p, size_t n) {
+  if (st->on_used != NULL && n > 0) {
+    void (*used)(h2r_strm_t *) = st->on_used;
+    st->on_used = NULL;
+    used(st);
+  }
   if (st->flags & H2R_F_CLOSING) {
     consumed(st, n);
     return;

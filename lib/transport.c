@@ -35,23 +35,26 @@ void h2r_xport_close(h2r_xport_t *x) {
   uv_close((uv_handle_t *)&x->timer, x_handle_closed);
 }
 
+static void x_addr_name(h2r_xport_t *x, const struct sockaddr *sa) {
+  char ip[INET6_ADDRSTRLEN] = "?";
+  int port = 0;
+  if (sa->sa_family == AF_INET) {
+    const struct sockaddr_in *a = (const struct sockaddr_in *)sa;
+    uv_ip4_name(a, ip, sizeof(ip));
+    port = ntohs(a->sin_port);
+  } else if (sa->sa_family == AF_INET6) {
+    const struct sockaddr_in6 *a = (const struct sockaddr_in6 *)sa;
+    uv_ip6_name(a, ip, sizeof(ip));
+    port = ntohs(a->sin6_port);
+  }
+  snprintf(x->peer, sizeof(x->peer), sa->sa_family == AF_INET6 ? "[%s]:%d" : "%s:%d", ip, port);
+}
+
 static void x_peer_name(h2r_xport_t *x) {
   struct sockaddr_storage ss;
   int len = sizeof(ss);
-  char ip[INET6_ADDRSTRLEN] = "?";
-  int port = 0;
-  if (uv_tcp_getpeername(&x->tcp, (struct sockaddr *)&ss, &len) == 0) {
-    if (ss.ss_family == AF_INET) {
-      struct sockaddr_in *a = (struct sockaddr_in *)&ss;
-      uv_ip4_name(a, ip, sizeof(ip));
-      port = ntohs(a->sin_port);
-    } else if (ss.ss_family == AF_INET6) {
-      struct sockaddr_in6 *a = (struct sockaddr_in6 *)&ss;
-      uv_ip6_name(a, ip, sizeof(ip));
-      port = ntohs(a->sin6_port);
-    }
-  }
-  snprintf(x->peer, sizeof(x->peer), "%s:%d", ip, port);
+  if (uv_tcp_getpeername(&x->tcp, (struct sockaddr *)&ss, &len) == 0)
+    x_addr_name(x, (struct sockaddr *)&ss);
 }
 
 static int x_init(h2r_xport_t *x, uv_loop_t *loop, SSL_CTX *ctx, bool server, unsigned hs_ms,
@@ -158,7 +161,9 @@ static void x_opened(h2r_xport_t *x) {
 /* The handshake failed: say why, as precisely as OpenSSL lets us. */
 static int x_tls_error(h2r_xport_t *x) {
   long v = SSL_get_verify_result(x->ssl);
-  if (v != X509_V_OK && SSL_get0_peer_certificate(x->ssl) != NULL) {
+  unsigned long e = ERR_peek_error();
+  if (v != X509_V_OK && ERR_GET_LIB(e) == ERR_LIB_SSL &&
+      ERR_GET_REASON(e) == SSL_R_CERTIFICATE_VERIFY_FAILED) {
     snprintf(x->errmsg, sizeof(x->errmsg), "certificate verify failed: %s",
              X509_verify_cert_error_string(v));
     ERR_clear_error();
@@ -242,7 +247,8 @@ static void x_timeout(uv_timer_t *t) {
 }
 
 static int x_start(h2r_xport_t *x) {
-  x_peer_name(x);
+  if (x->server)
+    x_peer_name(x);
   uv_tcp_nodelay(&x->tcp, 1);
   x->reading = true;
   int r = uv_read_start((uv_stream_t *)&x->tcp, x_alloc, x_read);
@@ -282,6 +288,7 @@ int h2r_xport_connect(h2r_xport_t *x, uv_loop_t *loop, const struct sockaddr *ad
                       const char *host, unsigned handshake_ms, const h2r_xport_cbs *cbs,
                       void *owner) {
   int r = x_init(x, loop, ctx, false, handshake_ms, cbs, owner);
+  x_addr_name(x, addr);
   if (r == 0 && x->ssl != NULL && host != NULL) {
     if (is_ip_literal(host)) {
       X509_VERIFY_PARAM_set1_ip_asc(SSL_get0_param(x->ssl), host);

@@ -1,0 +1,739 @@
+/*
+ * The dialer: the registry of attached listeners by id, the /revdial streams
+ * (control and data), and h2rev_dial() which hands out data streams — idle
+ * spares first, else one asked for with conn-ready.
+ */
+#include "control.h"
+
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+
+typedef struct h2r_dialer h2r_dialer_t;
+typedef struct dconn dconn_t;
+typedef struct dlst dlst_t;
+
+struct dconn {
+  h2r_session_t s;
+  h2r_dialer_t *d;
+  dconn_t *next, *prev;
+};
+
+struct dlst {
+  dlst_t *hnext;
+  h2r_dialer_t *d;
+  dconn_t *conn;
+  h2rev_stream_t ctl;
+  h2r_ctl_reader rd;
+  h2r_strm_t *spares; /* idle data streams, linked by lnext/lprev */
+  unsigned nspares;
+  h2rev_dial_t *pend_head, *pend_tail;
+  unsigned npending;
+  unsigned asked; /* conn-ready sent, data stream not yet arrived */
+  bool gone;
+  bool counted; /* in the dialer's pending closes */
+  char rxbuf[512];
+  char id[];
+};
+
+typedef struct dsock {
+  uv_tcp_t tcp;
+  h2r_dialer_t *d;
+  SSL_CTX *ctx;
+  struct dsock *next;
+} dsock_t;
+
+struct h2r_dialer {
+  h2rev_dialer_t *pub;
+  uv_loop_t *loop;
+  h2rev_dialer_options_t o;
+  char *base;
+  dlst_t **table;
+  unsigned tsize, count;
+  dconn_t *conns;
+  dsock_t *socks;
+  uv_timer_t keepalive;
+  h2rev_dialer_stats_t st;
+  void (*close_cb)(h2rev_dialer_t *);
+  h2rev_dialer_close_cb user_close_cb;
+  bool closing;
+  int pending_closes;
+};
+
+static void maybe_closed(h2r_dialer_t *d) {
+  if (d->closing && --d->pending_closes == 0 && d->close_cb != NULL)
+    d->close_cb(d->pub);
+}
+
+enum { DIAL_IDLE, DIAL_QUEUED, DIAL_COMPLETING, DIAL_DONE };
+
+static const char msg_conn_ready[] = "{\"command\":\"conn-ready\"}\n";
+static const char msg_keep_alive[] = "{\"command\":\"keep-alive\"}\n";
+
+/* -------------------------------------------------------------- table */
+
+static uint32_t hash(const char *s, size_t n) {
+  uint32_t h = 2166136261u;
+  for (size_t i = 0; i < n; i++)
+    h = (h ^ (unsigned char)s[i]) * 16777619u;
+  return h;
+}
+
+static dlst_t **slot(h2r_dialer_t *d, const char *id, size_t n) {
+  dlst_t **p = &d->table[hash(id, n) & (d->tsize - 1)];
+  while (*p != NULL && !(strlen((*p)->id) == n && memcmp((*p)->id, id, n) == 0))
+    p = &(*p)->hnext;
+  return p;
+}
+
+static void table_grow(h2r_dialer_t *d) {
+  unsigned n = d->tsize * 2;
+  dlst_t **t = calloc(n, sizeof(*t));
+  if (t == NULL)
+    return; /* longer chains, still correct */
+  for (unsigned i = 0; i < d->tsize; i++) {
+    while (d->table[i] != NULL) {
+      dlst_t *l = d->table[i];
+      d->table[i] = l->hnext;
+      unsigned k = hash(l->id, strlen(l->id)) & (n - 1);
+      l->hnext = t[k];
+      t[k] = l;
+    }
+  }
+  free(d->table);
+  d->table = t;
+  d->tsize = n;
+}
+
+/* -------------------------------------------------------------- dials */
+
+static void dial_closed(uv_handle_t *h) {
+  h2rev_dial_t *req = h->data;
+  req->state_ = DIAL_DONE;
+  h2r_dialer_t *d = req->dialer->d_;
+  if (req->status_ == 0)
+    d->st.dials_ok++;
+  else
+    d->st.dials_failed++;
+  req->cb_(req, req->status_);
+}
+
+static void dial_unqueue(h2rev_dial_t *req) {
+  dlst_t *l = req->lst_;
+  if (req->state_ != DIAL_QUEUED || l == NULL)
+    return;
+  if (req->prev_ != NULL)
+    req->prev_->next_ = req->next_;
+  else
+    l->pend_head = req->next_;
+  if (req->next_ != NULL)
+    req->next_->prev_ = req->prev_;
+  else
+    l->pend_tail = req->prev_;
+  l->npending--;
+  req->lst_ = NULL;
+}
+
+/* Ends a dial; the callback runs once the timer handle is closed, so never
+ * inside the call that started it. */
+static void dial_complete(h2rev_dial_t *req, int status, const char *text) {
+  if (req->state_ == DIAL_COMPLETING || req->state_ == DIAL_DONE)
+    return;
+  dial_unqueue(req);
+  req->status_ = status;
+  if (text != NULL)
+    snprintf(req->err_, sizeof(req->err_), "%s", text);
+  req->state_ = DIAL_COMPLETING;
+  uv_timer_stop(&req->timer_);
+  uv_close((uv_handle_t *)&req->timer_, dial_closed);
+}
+
+static void dial_timeout(uv_timer_t *t) {
+  h2rev_dial_t *req = t->data;
+  dlst_t *l = req->lst_;
+  if (l != NULL)
+    H2R_WARN(&l->d->o.log, "dial %s: no data stream within the timeout", l->id);
+  dial_complete(req, UV_ETIMEDOUT, NULL);
+}
+
+/* ---------------------------------------------------- control stream */
+
+typedef struct cwrite {
+  h2rev_write_t w;
+} cwrite_t;
+
+static void ctl_wrote(h2rev_write_t *w, int status) {
+  (void)status;
+  free(w);
+}
+
+static void ctl_send(dlst_t *l, const char *msg, size_t len) {
+  if (l->gone)
+    return;
+  h2rev_write_t *w = malloc(sizeof(*w));
+  if (w == NULL)
+    return;
+  uv_buf_t b = uv_buf_init((char *)msg, (unsigned)len);
+  if (h2rev_stream_write(w, &l->ctl, &b, 1, ctl_wrote) != 0)
+    free(w);
+}
+
+static void ask_conn(dlst_t *l) {
+  ctl_send(l, msg_conn_ready, sizeof(msg_conn_ready) - 1);
+  l->asked++;
+  l->d->st.conn_ready_sent++;
+}
+
+static void ctl_closed(h2rev_stream_t *s) {
+  dlst_t *l = s->data;
+  h2r_dialer_t *d = l->d;
+  bool counted = l->counted;
+  h2r_ctl_reader_free(&l->rd);
+  free(l);
+  if (counted)
+    maybe_closed(d);
+}
+
+static void spare_remove(dlst_t *l, h2r_strm_t *st) {
+  if (st->lprev != NULL)
+    st->lprev->lnext = st->lnext;
+  else
+    l->spares = st->lnext;
+  if (st->lnext != NULL)
+    st->lnext->lprev = st->lprev;
+  st->lnext = st->lprev = NULL;
+  l->nspares--;
+  l->d->st.spares--;
+}
+
+/* The id is free again at once; its pending dials fail, its spares close. */
+static void unregister(dlst_t *l, int err, const char *why) {
+  if (l->gone)
+    return;
+  h2r_dialer_t *d = l->d;
+  l->gone = true;
+  dlst_t **p = slot(d, l->id, strlen(l->id));
+  if (*p == l)
+    *p = l->hnext;
+  d->count--;
+  d->st.listeners--;
+  H2R_INFO(&d->o.log, "listener %s detached: %s", l->id, why);
+  while (l->pend_head != NULL)
+    dial_complete(l->pend_head, err, NULL);
+  while (l->spares != NULL) {
+    h2r_strm_t *st = l->spares;
+    spare_remove(l, st);
+    h2r_strm_abandon(st);
+  }
+  l->counted = d->closing;
+  if (l->counted)
+    d->pending_closes++;
+  h2rev_stream_close(&l->ctl, ctl_closed);
+}
+
+static int ctl_msg(void *arg, const h2r_ctl_msg *m) {
+  dlst_t *l = arg;
+  if (strcmp(m->command, H2R_CMD_PICKUP_FAILED) == 0) {
+    H2R_WARN(&l->d->o.log, "listener %s: pickup failed: %s", l->id, m->err);
+    if (l->asked > 0)
+      l->asked--;
+    if (l->pend_head != NULL)
+      dial_complete(l->pend_head, H2REV_EPICKUP, m->err[0] ? m->err : "pickup failed");
+  }
+  /* keep-alive and unknown commands: nothing to do */
+  return 0;
+}
+
+static void ctl_alloc(h2rev_stream_t *s, size_t sz, uv_buf_t *buf) {
+  (void)sz;
+  dlst_t *l = s->data;
+  *buf = uv_buf_init(l->rxbuf, sizeof(l->rxbuf));
+}
+
+static void ctl_read(h2rev_stream_t *s, ssize_t n, const uv_buf_t *buf) {
+  dlst_t *l = s->data;
+  if (n == 0 || l->gone)
+    return;
+  if (n < 0) {
+    unregister(l, H2REV_ECLOSED, n == UV_EOF ? "control stream ended" : h2rev_strerror((int)n));
+    return;
+  }
+  int r = h2r_ctl_feed(&l->rd, buf->base, (size_t)n, ctl_msg, l);
+  if (r != 0) {
+    H2R_WARN(&l->d->o.log, "listener %s: closing control stream: %s", l->id,
+             r == H2REV_ECONTROL ? l->rd.why : h2rev_strerror(r));
+    unregister(l, H2REV_ECLOSED, "malformed control stream");
+  }
+}
+
+/* ------------------------------------------------------ data streams */
+
+static void spare_gone(h2r_strm_t *st, int err) {
+  (void)err;
+  dlst_t *l = st->owner;
+  if (st->lnext != NULL || st->lprev != NULL || l->spares == st)
+    spare_remove(l, st);
+}
+
+static const h2r_strm_hooks spare_hooks = {NULL, spare_gone};
+
+static void give(h2rev_dial_t *req, h2r_strm_t *st) {
+  h2r_strm_attach(st, req->stream);
+  dial_complete(req, 0, NULL);
+}
+
+static void data_arrived(dlst_t *l, h2r_strm_t *st) {
+  if (l->asked > 0)
+    l->asked--;
+  if (l->pend_head != NULL) {
+    give(l->pend_head, st);
+    return;
+  }
+  st->hooks = &spare_hooks;
+  st->owner = l;
+  st->lprev = NULL;
+  st->lnext = l->spares;
+  if (l->spares != NULL)
+    l->spares->lprev = st;
+  l->spares = st;
+  l->nspares++;
+  l->d->st.spares++;
+}
+
+/* ----------------------------------------------------------- requests */
+
+static int hexdig(char c) {
+  if (c >= '0' && c <= '9')
+    return c - '0';
+  c = (char)(c | 32);
+  return c >= 'a' && c <= 'f' ? c - 'a' + 10 : -1;
+}
+
+/* Finds id= (or key=) in a query string; decodes %XX into out. */
+static int query_id(const char *q, char *out, size_t cap, size_t *len) {
+  while (q != NULL && *q != '\0') {
+    const char *amp = strchr(q, '&');
+    size_t fl = amp ? (size_t)(amp - q) : strlen(q);
+    size_t kl = fl > 3 && memcmp(q, "id=", 3) == 0    ? 3
+                : fl > 4 && memcmp(q, "key=", 4) == 0 ? 4
+                                                      : 0;
+    if (kl == 0) {
+      q = amp ? amp + 1 : NULL;
+      continue;
+    }
+    size_t o = 0;
+    for (size_t i = kl; i < fl; i++) {
+      char c = q[i];
+      if (c == '%') {
+        if (i + 2 < fl) {
+          int hi = hexdig(q[i + 1]);
+          int lo = hexdig(q[i + 2]);
+          if (hi < 0 || lo < 0)
+            return H2REV_EBADID;
+          c = (char)(hi * 16 + lo);
+          i += 2;
+        } else {
+          return H2REV_EBADID;
+        }
+      }
+      if (o + 1 >= cap)
+        return H2REV_EBADID;
+      out[o++] = c;
+    }
+    out[o] = '\0';
+    *len = o;
+    return h2r_id_valid(out, o) ? 0 : H2REV_EBADID;
+  }
+  return H2REV_EBADID;
+}
+
+static void refuse(h2r_dialer_t *d, h2r_strm_t *st, int status, const char *why, const char *id) {
+  d->st.refused++;
+  H2R_WARN(&d->o.log, "%s: /revdial refused (%d) for id \"%s\": %s", st->sess->x.peer, status, id,
+           why);
+  char body[160];
+  snprintf(body, sizeof(body), "%s\n", why);
+  h2r_strm_reject(st, status, body);
+}
+
+static bool authorized(h2r_dialer_t *d, h2r_strm_t *st, const char *id) {
+  if (d->o.authorize == NULL)
+    return true;
+  h2rev_header_t hs[64];
+  size_t n = 0;
+  for (unsigned i = 0; i < st->nhdrs && n < 64; i++) {
+    hs[n].name = st->hbuf + st->hdrs[i].name;
+    hs[n].value = st->hbuf + st->hdrs[i].value;
+    n++;
+  }
+  return d->o.authorize(d->o.authorize_arg, id, hs, n, h2r_xport_peer_cert(&st->sess->x)) == 0;
+}
+
+static void revdial(h2r_dialer_t *d, dconn_t *c, h2r_strm_t *st, const char *query) {
+  char id[160];
+  size_t idlen = 0;
+  if (query_id(query, id, sizeof(id), &idlen) != 0) {
+    refuse(d, st, 400, "missing or invalid id", "");
+    return;
+  }
+  const char *role = h2r_strm_header(st, H2R_ROLE_HEADER, NULL);
+  if (!authorized(d, st, id)) {
+    refuse(d, st, 403, "not authorized", id);
+    return;
+  }
+  dlst_t **p = slot(d, id, idlen);
+  dlst_t *l = *p;
+  if (l != NULL) {
+    if (l->conn != c) {
+      refuse(d, st, 409, "id is attached by another connection", id);
+      return;
+    }
+    if (role != NULL && strcmp(role, "control") == 0) {
+      refuse(d, st, 409, "id already has a control stream", id);
+      return;
+    }
+    if (h2r_strm_respond(st, 200, NULL, 0) != 0) {
+      h2r_strm_abandon(st);
+      return;
+    }
+    data_arrived(l, st);
+    return;
+  }
+  if (role != NULL && strcmp(role, "data") == 0) {
+    refuse(d, st, 404, "no control stream for this id", id);
+    return;
+  }
+  if (d->count >= d->o.max_listeners) {
+    refuse(d, st, 503, "too many listeners", id);
+    return;
+  }
+  l = calloc(1, sizeof(*l) + idlen + 1);
+  if (l == NULL) {
+    refuse(d, st, 503, "out of memory", id);
+    return;
+  }
+  memcpy(l->id, id, idlen + 1);
+  l->d = d;
+  l->conn = c;
+  l->rd.max = d->o.max_control_line;
+  l->ctl.data = l;
+  /* The Go listener waits for the response head before anything else. */
+  if (h2r_strm_respond(st, 200, NULL, 0) != 0) {
+    free(l);
+    h2r_strm_abandon(st);
+    return;
+  }
+  h2r_strm_attach(st, &l->ctl);
+  h2rev_stream_read_start(&l->ctl, ctl_alloc, ctl_read);
+  *p = l;
+  d->count++;
+  d->st.listeners++;
+  if (d->count > d->tsize)
+    table_grow(d);
+  H2R_INFO(&d->o.log, "listener %s attached from %s", l->id, st->sess->x.peer);
+}
+
+static void on_request(h2r_session_t *s, h2r_strm_t *st) {
+  dconn_t *c = s->owner;
+  h2r_dialer_t *d = c->d;
+  size_t plen = 0;
+  const char *path = h2r_strm_header(st, ":path", &plen);
+  size_t bl = strlen(d->base);
+  if (d->closing || path == NULL) {
+    refuse(d, st, 503, "shutting down", "");
+    return;
+  }
+  if (plen >= bl + 8 && memcmp(path, d->base, bl) == 0 && memcmp(path + bl, "/revdial", 8) == 0 &&
+      (path[bl + 8] == '?' || path[bl + 8] == '\0')) {
+    revdial(d, c, st, path[bl + 8] == '?' ? path + bl + 9 : "");
+    return;
+  }
+  h2r_strm_reject(st, 404, "not found\n");
+}
+
+/* --------------------------------------------------------- connections */
+
+static void conn_open(h2r_session_t *s, int status) {
+  dconn_t *c = s->owner;
+  if (status != 0)
+    H2R_INFO(&c->d->o.log, "%s: connection failed: %s%s%s", s->x.peer, h2rev_strerror(status),
+             s->x.errmsg[0] ? ": " : "", s->x.errmsg);
+}
+
+static void conn_dead(h2r_session_t *s, int err) {
+  dconn_t *c = s->owner;
+  h2r_dialer_t *d = c->d;
+  /* Every id of this connection is free now, not when its streams drain. */
+  for (unsigned i = 0; i < d->tsize; i++) {
+    dlst_t *l = d->table[i];
+    while (l != NULL) {
+      dlst_t *next = l->hnext;
+      if (l->conn == c)
+        unregister(l, H2REV_ECLOSED, err ? h2rev_strerror(err) : "connection closed");
+      l = next;
+    }
+  }
+}
+
+static void conn_close(h2r_session_t *s) {
+  dconn_t *c = s->owner;
+  h2r_dialer_t *d = c->d;
+  if (c->prev != NULL)
+    c->prev->next = c->next;
+  else
+    d->conns = c->next;
+  if (c->next != NULL)
+    c->next->prev = c->prev;
+  free(c);
+  if (d->closing)
+    maybe_closed(d);
+}
+
+static const h2r_session_cbs conn_cbs = {conn_open, on_request, conn_dead, conn_close};
+
+static void on_connection(uv_stream_t *server, int status) {
+  dsock_t *k = server->data;
+  h2r_dialer_t *d = k->d;
+  if (status != 0 || d->closing)
+    return;
+  dconn_t *c = calloc(1, sizeof(*c));
+  if (c == NULL)
+    return;
+  c->d = d;
+  h2r_session_opts o;
+  h2r_session_opts_default(&o);
+  o.ping_interval_ms = d->o.ping_interval_ms;
+  o.ping_timeout_ms = d->o.ping_timeout_ms;
+  o.max_streams = d->o.max_streams;
+  c->next = d->conns;
+  if (d->conns != NULL)
+    d->conns->prev = c;
+  d->conns = c;
+  if (h2r_session_accept(&c->s, d->loop, server, k->ctx, &o, &conn_cbs, c, &d->o.log) != 0) {
+    d->conns = c->next;
+    if (c->next != NULL)
+      c->next->prev = NULL;
+    free(c);
+  }
+}
+
+static void keepalive_tick(uv_timer_t *t) {
+  h2r_dialer_t *d = t->data;
+  for (unsigned i = 0; i < d->tsize; i++)
+    for (dlst_t *l = d->table[i]; l != NULL; l = l->hnext)
+      ctl_send(l, msg_keep_alive, sizeof(msg_keep_alive) - 1);
+}
+
+/* ------------------------------------------------------------ public */
+
+int h2rev_dialer_init(uv_loop_t *loop, h2rev_dialer_t *dialer, const h2rev_dialer_options_t *opts) {
+  h2r_dialer_t *d = calloc(1, sizeof(*d));
+  if (d == NULL)
+    return UV_ENOMEM;
+  if (opts != NULL)
+    d->o = *opts;
+  const char *base = d->o.base_path ? d->o.base_path : "";
+  size_t bl = strlen(base);
+  while (bl > 0 && base[bl - 1] == '/')
+    bl--;
+  if (bl > 0 && base[0] != '/') {
+    free(d);
+    return UV_EINVAL;
+  }
+  d->base = malloc(bl + 1);
+  d->tsize = 64;
+  d->table = calloc(d->tsize, sizeof(*d->table));
+  if (d->base == NULL || d->table == NULL) {
+    free(d->base);
+    free(d->table);
+    free(d);
+    return UV_ENOMEM;
+  }
+  memcpy(d->base, base, bl);
+  d->base[bl] = '\0';
+  d->o.base_path = d->base;
+  if (d->o.dial_timeout_ms == 0)
+    d->o.dial_timeout_ms = 10000;
+  if (d->o.max_pending_dials == 0)
+    d->o.max_pending_dials = 128;
+  if (d->o.max_listeners == 0)
+    d->o.max_listeners = 10000;
+  if (d->o.max_control_line == 0)
+    d->o.max_control_line = 4096;
+  if (d->o.keepalive_ms == 0)
+    d->o.keepalive_ms = 30000;
+  if (d->o.ping_interval_ms == 0)
+    d->o.ping_interval_ms = 30000;
+  if (d->o.ping_timeout_ms == 0)
+    d->o.ping_timeout_ms = 15000;
+  if (d->o.max_streams == 0)
+    d->o.max_streams = 1000;
+  d->loop = loop;
+  d->pub = dialer;
+  uv_timer_init(loop, &d->keepalive);
+  d->keepalive.data = d;
+  uv_timer_start(&d->keepalive, keepalive_tick, d->o.keepalive_ms, d->o.keepalive_ms);
+  uv_unref((uv_handle_t *)&d->keepalive);
+  dialer->loop = loop;
+  dialer->d_ = d;
+  return 0;
+}
+
+int h2rev_dialer_listen(h2rev_dialer_t *dialer, const struct sockaddr *addr,
+                        const h2rev_tls_options_t *tls) {
+  h2r_dialer_t *d = dialer->d_;
+  dsock_t *k = calloc(1, sizeof(*k));
+  if (k == NULL)
+    return UV_ENOMEM;
+  k->d = d;
+  if (tls != NULL) {
+    char why[256];
+    int err = 0;
+    k->ctx = h2r_tls_ctx_new(tls, true, H2R_ALPN_H2, &err, why, sizeof(why));
+    if (k->ctx == NULL) {
+      H2R_ERR(&d->o.log, "TLS setup failed: %s", why);
+      free(k);
+      return err;
+    }
+  }
+  uv_tcp_init(d->loop, &k->tcp);
+  k->tcp.data = k;
+  int r = uv_tcp_bind(&k->tcp, addr, 0);
+  if (r == 0)
+    r = uv_listen((uv_stream_t *)&k->tcp, 511, on_connection);
+  if (r != 0) {
+    SSL_CTX_free(k->ctx);
+    uv_close((uv_handle_t *)&k->tcp, (uv_close_cb)free);
+    return r;
+  }
+  k->next = d->socks;
+  d->socks = k;
+  return 0;
+}
+
+int h2rev_dialer_getsockname(const h2rev_dialer_t *dialer, unsigned n, struct sockaddr *addr,
+                             int *len) {
+  dsock_t *k = dialer->d_->socks;
+  unsigned count = 0;
+  for (dsock_t *p = k; p != NULL; p = p->next)
+    count++;
+  if (n >= count)
+    return UV_EINVAL;
+  for (unsigned i = count - 1; i > n; i--)
+    k = k->next;
+  return uv_tcp_getsockname(&k->tcp, addr, len);
+}
+
+int h2rev_dial(h2rev_dial_t *req, h2rev_dialer_t *dialer, const char *id, h2rev_stream_t *stream,
+               unsigned timeout_ms, h2rev_dial_cb cb) {
+  h2r_dialer_t *d = dialer->d_;
+  if (cb == NULL || stream == NULL || id == NULL)
+    return UV_EINVAL;
+  size_t idlen = strlen(id);
+  if (!h2r_id_valid(id, idlen))
+    return H2REV_EBADID;
+  req->dialer = dialer;
+  req->stream = stream;
+  req->cb_ = cb;
+  req->next_ = req->prev_ = NULL;
+  req->lst_ = NULL;
+  req->err_[0] = '\0';
+  req->state_ = DIAL_IDLE;
+  uv_timer_init(d->loop, &req->timer_);
+  req->timer_.data = req;
+  dlst_t *l = d->closing ? NULL : *slot(d, id, idlen);
+  if (l == NULL) {
+    dial_complete(req, d->closing ? UV_ECANCELED : H2REV_ENOLISTENER, NULL);
+    return 0;
+  }
+  if (l->spares != NULL) {
+    h2r_strm_t *st = l->spares;
+    spare_remove(l, st);
+    st->hooks = NULL;
+    give(req, st);
+    return 0;
+  }
+  if (l->npending >= d->o.max_pending_dials) {
+    dial_complete(req, H2REV_ETOOMANY, NULL);
+    return 0;
+  }
+  req->state_ = DIAL_QUEUED;
+  req->lst_ = l;
+  req->prev_ = l->pend_tail;
+  if (l->pend_tail != NULL)
+    l->pend_tail->next_ = req;
+  else
+    l->pend_head = req;
+  l->pend_tail = req;
+  l->npending++;
+  uv_timer_start(&req->timer_, dial_timeout, timeout_ms ? timeout_ms : d->o.dial_timeout_ms, 0);
+  /* Ask for a stream only when the ones already asked for do not cover the
+   * dials waiting. */
+  if (l->asked < l->npending)
+    ask_conn(l);
+  return 0;
+}
+
+int h2rev_dial_cancel(h2rev_dial_t *req) {
+  if (req->state_ != DIAL_QUEUED)
+    return UV_EINVAL;
+  dial_complete(req, UV_ECANCELED, NULL);
+  return 0;
+}
+
+const char *h2rev_dial_strerror(const h2rev_dial_t *req) {
+  return req->status_ == H2REV_EPICKUP && req->err_[0] ? req->err_ : h2rev_strerror(req->status_);
+}
+
+void h2rev_dialer_stats(const h2rev_dialer_t *dialer, h2rev_dialer_stats_t *out) {
+  *out = dialer->d_->st;
+}
+
+static void sock_closed(uv_handle_t *h) {
+  dsock_t *k = h->data;
+  h2r_dialer_t *d = k->d;
+  SSL_CTX_free(k->ctx);
+  free(k);
+  maybe_closed(d);
+}
+
+static void dialer_done(h2rev_dialer_t *pub) {
+  h2r_dialer_t *d = pub->d_;
+  h2rev_dialer_close_cb cb = d->user_close_cb;
+  free(d->table);
+  free(d->base);
+  free(d);
+  pub->d_ = NULL;
+  if (cb != NULL)
+    cb(pub);
+}
+
+static void timer_closed(uv_handle_t *h) {
+  maybe_closed(h->data);
+}
+
+void h2rev_dialer_close(h2rev_dialer_t *dialer, h2rev_dialer_close_cb cb) {
+  h2r_dialer_t *d = dialer->d_;
+  if (d == NULL || d->closing)
+    return;
+  d->closing = true;
+  d->user_close_cb = cb;
+  d->close_cb = dialer_done;
+  d->pending_closes = 1; /* released below, once everything is started */
+  d->pending_closes++;
+  uv_close((uv_handle_t *)&d->keepalive, timer_closed);
+  while (d->socks != NULL) {
+    dsock_t *k = d->socks;
+    d->socks = k->next;
+    d->pending_closes++;
+    uv_close((uv_handle_t *)&k->tcp, sock_closed);
+  }
+  for (unsigned i = 0; i < d->tsize; i++)
+    while (d->table[i] != NULL)
+      unregister(d->table[i], UV_ECANCELED, "dialer closing");
+  for (dconn_t *c = d->conns; c != NULL; c = c->next) {
+    d->pending_closes++;
+    h2r_session_close(&c->s, H2REV_ECLOSED);
+  }
+  maybe_closed(d);
+}

@@ -1,0 +1,640 @@
+/*
+ * The listener: connects out to the dialer, holds the control stream, opens
+ * data streams when asked (and a few spares ahead of demand), hands them to
+ * the application like accept(), and reconnects with backoff and jitter.
+ */
+#include "control.h"
+
+#include <ctype.h>
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+
+typedef struct h2r_listener h2r_listener_t;
+
+/* One attempt: a connection and its control stream. */
+typedef struct lconn {
+  h2r_session_t s;
+  h2r_listener_t *l;
+  h2rev_stream_t ctl;
+  h2r_ctl_reader rd;
+  bool attached;
+  bool dead;
+  int why; /* the reason to report when it dies */
+  char rxbuf[512];
+} lconn_t;
+
+enum lstate { L_IDLE, L_RESOLVING, L_CONNECTING, L_ATTACHED, L_WAITING, L_STOPPED };
+
+struct h2r_listener {
+  h2rev_listener_t *pub;
+  uv_loop_t *loop;
+  h2rev_listener_options_t o;
+  enum lstate state;
+  bool tls;
+  char *host, *port, *authority, *path, *id;
+  char **hnames, **hvalues;
+  size_t nheaders;
+  SSL_CTX *ctx;
+  uv_getaddrinfo_t gai;
+  bool gai_busy;
+  uv_timer_t retry;
+  uv_timer_t kick; /* announces ready streams outside nghttp2's callbacks */
+  lconn_t *conn;
+  unsigned live_conns;
+  h2r_strm_t *ready_head, *ready_tail; /* linked by lnext */
+  unsigned nready, unannounced;
+  unsigned unused;  /* data streams open, not yet used */
+  unsigned opening; /* data streams requested, no response yet */
+  unsigned attempt;
+  uint64_t rng;
+  h2rev_connection_cb cb;
+  h2rev_listener_close_cb close_cb;
+  bool closing;
+  int handles;
+};
+
+static void connect_now(h2r_listener_t *l);
+static void open_data(h2r_listener_t *l);
+
+static void set_state(h2r_listener_t *l, int state, int err, unsigned delay) {
+  if (l->o.on_state != NULL)
+    l->o.on_state(l->pub, state, err, delay);
+}
+
+/* ------------------------------------------------------------- headers */
+
+static size_t build_nv(h2r_listener_t *l, nghttp2_nv *nv, size_t cap, const char *role) {
+  size_t n = 0;
+#define NV(k, v)                                                                                   \
+  nv[n++] = (nghttp2_nv){(uint8_t *)(k), (uint8_t *)(v), strlen(k), strlen(v),                     \
+                         NGHTTP2_NV_FLAG_NO_COPY_NAME | NGHTTP2_NV_FLAG_NO_COPY_VALUE}
+  NV(":method", "GET");
+  NV(":scheme", l->tls ? "https" : "http");
+  NV(":authority", l->authority);
+  NV(":path", l->path);
+  for (size_t i = 0; i < l->nheaders && n + 2 < cap; i++)
+    NV(l->hnames[i], l->hvalues[i]);
+  NV(H2R_ROLE_HEADER, role);
+#undef NV
+  return n;
+}
+
+/* ----------------------------------------------------------- the queue */
+
+static void ready_remove(h2r_listener_t *l, h2r_strm_t *st) {
+  h2r_strm_t **p = &l->ready_head;
+  h2r_strm_t *prev = NULL;
+  while (*p != NULL && *p != st) {
+    prev = *p;
+    p = &(*p)->lnext;
+  }
+  if (*p == NULL)
+    return;
+  *p = st->lnext;
+  if (l->ready_tail == st)
+    l->ready_tail = prev;
+  st->lnext = NULL;
+  l->nready--;
+  if (l->unannounced > l->nready)
+    l->unannounced = l->nready;
+}
+
+static void kick(uv_timer_t *t) {
+  h2r_listener_t *l = t->data;
+  while (l->unannounced > 0 && !l->closing && l->cb != NULL) {
+    l->unannounced--;
+    l->cb(l->pub, 0);
+  }
+}
+
+static void ctl_wrote(h2rev_write_t *w, int status) {
+  (void)status;
+  free(w);
+}
+
+static void ctl_send(lconn_t *c, const char *command, const char *err) {
+  if (!c->attached || c->dead)
+    return;
+  char line[256];
+  size_t n = h2r_ctl_encode(line, sizeof(line), command, err);
+  h2rev_write_t *w = malloc(sizeof(*w) + n);
+  if (w == NULL)
+    return;
+  memcpy(w + 1, line, n);
+  uv_buf_t b = uv_buf_init((char *)(w + 1), (unsigned)n);
+  if (h2rev_stream_write(w, &c->ctl, &b, 1, ctl_wrote) != 0)
+    free(w);
+}
+
+static void data_used(h2r_strm_t *st) {
+  h2r_listener_t *l = st->used_arg;
+  if (l->unused > 0)
+    l->unused--;
+  if (l->state == L_ATTACHED && l->unused + l->opening < l->o.spares)
+    open_data(l);
+}
+
+static void data_headers(h2r_strm_t *st) {
+  lconn_t *c = st->owner;
+  h2r_listener_t *l = c->l;
+  if (l->opening > 0)
+    l->opening--;
+  if (st->status != 200) {
+    char why[64];
+    snprintf(why, sizeof(why), "dialer answered %d", st->status);
+    H2R_WARN(&l->o.log, "data stream refused: %s", why);
+    ctl_send(c, H2R_CMD_PICKUP_FAILED, why);
+    st->hooks = NULL;
+    h2r_strm_abandon(st);
+    return;
+  }
+  st->lnext = NULL;
+  if (l->ready_tail != NULL)
+    l->ready_tail->lnext = st;
+  else
+    l->ready_head = st;
+  l->ready_tail = st;
+  l->nready++;
+  l->unused++;
+  l->unannounced++;
+  st->on_used = data_used;
+  st->used_arg = l;
+  uv_timer_start(&l->kick, kick, 0, 0);
+}
+
+static void data_gone(h2r_strm_t *st, int err) {
+  lconn_t *c = st->owner;
+  h2r_listener_t *l = c->l;
+  if (st->flags & H2R_F_HEADERS) {
+    ready_remove(l, st);
+    return;
+  }
+  if (l->opening > 0)
+    l->opening--;
+  if (!c->dead)
+    ctl_send(c, H2R_CMD_PICKUP_FAILED, h2rev_strerror(err));
+}
+
+static const h2r_strm_hooks data_hooks = {data_headers, data_gone};
+
+static void open_data(h2r_listener_t *l) {
+  lconn_t *c = l->conn;
+  if (c == NULL || !c->attached || c->dead)
+    return;
+  nghttp2_nv nv[40];
+  size_t n = build_nv(l, nv, 40, "data");
+  h2r_strm_t *st = h2r_session_request(&c->s, nv, n, &data_hooks, c);
+  if (st == NULL) {
+    ctl_send(c, H2R_CMD_PICKUP_FAILED, "cannot open a stream");
+    return;
+  }
+  l->opening++;
+}
+
+/* ------------------------------------------------------ control stream */
+
+static int ctl_msg(void *arg, const h2r_ctl_msg *m) {
+  lconn_t *c = arg;
+  if (strcmp(m->command, H2R_CMD_CONN_READY) == 0)
+    open_data(c->l);
+  return 0;
+}
+
+static void ctl_alloc(h2rev_stream_t *s, size_t sz, uv_buf_t *buf) {
+  (void)sz;
+  lconn_t *c = s->data;
+  *buf = uv_buf_init(c->rxbuf, sizeof(c->rxbuf));
+}
+
+static void ctl_read(h2rev_stream_t *s, ssize_t n, const uv_buf_t *buf) {
+  lconn_t *c = s->data;
+  if (n == 0)
+    return;
+  int r = 0;
+  if (n > 0) {
+    r = h2r_ctl_feed(&c->rd, buf->base, (size_t)n, ctl_msg, c);
+    if (r == 0)
+      return;
+    H2R_WARN(&c->l->o.log, "control stream: %s",
+             r == H2REV_ECONTROL ? c->rd.why : h2rev_strerror(r));
+  } else {
+    r = n == UV_EOF ? H2REV_ECLOSED : (int)n;
+  }
+  /* Without its control stream the registration is gone: start over. */
+  if (c->why == 0)
+    c->why = r;
+  h2rev_stream_close(s, NULL);
+  h2r_session_close(&c->s, r);
+}
+
+static void ctl_headers(h2r_strm_t *st) {
+  lconn_t *c = st->owner;
+  h2r_listener_t *l = c->l;
+  if (st->status != 200) {
+    size_t len;
+    const char *v = h2r_strm_header(st, ":status", &len);
+    (void)v;
+    c->why = st->status == 403 || st->status == 401 ? H2REV_EFORBIDDEN
+             : st->status == 409                    ? H2REV_EIDTAKEN
+                                                    : H2REV_ESTATUS;
+    H2R_WARN(&l->o.log, "dialer refused id %s with status %d", l->id, st->status);
+    st->hooks = NULL;
+    h2r_strm_abandon(st);
+    h2r_session_shutdown(&c->s);
+    return;
+  }
+  c->attached = true;
+  h2r_strm_attach(st, &c->ctl);
+  h2rev_stream_read_start(&c->ctl, ctl_alloc, ctl_read);
+  l->state = L_ATTACHED;
+  l->attempt = 0;
+  H2R_INFO(&l->o.log, "attached as %s to %s", l->id, l->authority);
+  set_state(l, H2REV_LISTENER_ATTACHED, 0, 0);
+  for (unsigned i = 0; i < l->o.spares; i++)
+    open_data(l);
+}
+
+static void ctl_gone(h2r_strm_t *st, int err) {
+  lconn_t *c = st->owner;
+  if (c->why == 0)
+    c->why = err;
+  h2r_session_close(&c->s, err);
+}
+
+static const h2r_strm_hooks ctl_hooks = {ctl_headers, ctl_gone};
+
+/* ---------------------------------------------------------- connection */
+
+static unsigned backoff(h2r_listener_t *l) {
+  uint64_t d = l->o.backoff_min_ms;
+  for (unsigned i = 1; i < l->attempt && d < l->o.backoff_max_ms; i++)
+    d *= 2;
+  if (d > l->o.backoff_max_ms)
+    d = l->o.backoff_max_ms;
+  /* Full jitter in [d/2, d): many listeners restarting together spread out. */
+  l->rng ^= l->rng << 13;
+  l->rng ^= l->rng >> 7;
+  l->rng ^= l->rng << 17;
+  return (unsigned)(d / 2 + l->rng % (d / 2 + 1));
+}
+
+static void retry_fire(uv_timer_t *t) {
+  connect_now(t->data);
+}
+
+static void lost(h2r_listener_t *l, int err) {
+  if (l->closing) {
+    l->state = L_STOPPED;
+    return;
+  }
+  H2R_WARN(&l->o.log, "connection to %s lost: %s", l->authority, h2rev_strerror(err));
+  set_state(l, H2REV_LISTENER_LOST, err, 0);
+  l->attempt++;
+  if (l->o.max_retries > 0 && l->attempt > l->o.max_retries) {
+    l->state = L_STOPPED;
+    H2R_ERR(&l->o.log, "giving up after %u attempts", l->attempt - 1);
+    set_state(l, H2REV_LISTENER_STOPPED, err, 0);
+    return;
+  }
+  unsigned delay = backoff(l);
+  l->state = L_WAITING;
+  H2R_INFO(&l->o.log, "retrying in %.1f s", delay / 1000.0);
+  set_state(l, H2REV_LISTENER_RETRYING, err, delay);
+  uv_timer_start(&l->retry, retry_fire, delay, 0);
+}
+
+static void conn_open(h2r_session_t *s, int status) {
+  lconn_t *c = s->owner;
+  h2r_listener_t *l = c->l;
+  if (status != 0) {
+    c->why = status;
+    if (s->x.errmsg[0])
+      H2R_WARN(&l->o.log, "%s: %s", l->authority, s->x.errmsg);
+    return; /* on_close follows */
+  }
+  nghttp2_nv nv[40];
+  size_t n = build_nv(l, nv, 40, "control");
+  if (h2r_session_request(s, nv, n, &ctl_hooks, c) == NULL) {
+    c->why = H2REV_EPROTO;
+    h2r_session_close(s, H2REV_EPROTO);
+  }
+}
+
+static void conn_request(h2r_session_t *s, h2r_strm_t *st) {
+  (void)s;
+  h2r_strm_reject(st, 405, "listeners take no requests\n");
+}
+
+static void conn_dead(h2r_session_t *s, int err) {
+  lconn_t *c = s->owner;
+  h2r_listener_t *l = c->l;
+  c->dead = true;
+  if (c->why == 0)
+    c->why = err ? err : H2REV_ECLOSED;
+  if (l->conn != c)
+    return;
+  /* Unaccepted streams die with the connection. */
+  for (h2r_strm_t *st = l->ready_head; st != NULL; st = st->lnext) {
+    st->hooks = NULL;
+    st->on_used = NULL;
+  }
+  l->ready_head = l->ready_tail = NULL;
+  l->nready = l->unannounced = l->unused = l->opening = 0;
+}
+
+static void maybe_done(h2r_listener_t *l);
+
+static void conn_close(h2r_session_t *s) {
+  lconn_t *c = s->owner;
+  h2r_listener_t *l = c->l;
+  int why = c->why;
+  bool current = l->conn == c;
+  h2r_ctl_reader_free(&c->rd);
+  free(c);
+  l->live_conns--;
+  if (current) {
+    l->conn = NULL;
+    lost(l, why ? why : H2REV_ECLOSED);
+  }
+  maybe_done(l);
+}
+
+static const h2r_session_cbs conn_cbs = {conn_open, conn_request, conn_dead, conn_close};
+
+static void resolved(uv_getaddrinfo_t *req, int status, struct addrinfo *res) {
+  h2r_listener_t *l = req->data;
+  l->gai_busy = false;
+  if (l->closing) {
+    uv_freeaddrinfo(res);
+    maybe_done(l);
+    return;
+  }
+  if (status != 0) {
+    H2R_WARN(&l->o.log, "cannot resolve %s: %s", l->host, uv_strerror(status));
+    uv_freeaddrinfo(res);
+    lost(l, status);
+    return;
+  }
+  lconn_t *c = calloc(1, sizeof(*c));
+  if (c == NULL) {
+    uv_freeaddrinfo(res);
+    lost(l, UV_ENOMEM);
+    return;
+  }
+  c->l = l;
+  c->ctl.data = c;
+  c->rd.max = 4096;
+  h2r_session_opts o;
+  h2r_session_opts_default(&o);
+  o.ping_interval_ms = l->o.ping_interval_ms;
+  o.ping_timeout_ms = l->o.ping_timeout_ms;
+  o.handshake_ms = l->o.handshake_ms;
+  l->conn = c;
+  l->live_conns++;
+  l->state = L_CONNECTING;
+  const char *sni = l->o.tls.server_name ? l->o.tls.server_name : l->host;
+  h2r_session_connect(&c->s, l->loop, res->ai_addr, l->ctx, sni, &o, &conn_cbs, c, &l->o.log);
+  uv_freeaddrinfo(res);
+}
+
+static void connect_now(h2r_listener_t *l) {
+  if (l->closing)
+    return;
+  l->state = L_RESOLVING;
+  H2R_INFO(&l->o.log, "connecting to %s as %s", l->authority, l->id);
+  set_state(l, H2REV_LISTENER_CONNECTING, 0, 0);
+  struct addrinfo hints = {0};
+  hints.ai_family = AF_UNSPEC;
+  hints.ai_socktype = SOCK_STREAM;
+  l->gai.data = l;
+  int r = uv_getaddrinfo(l->loop, &l->gai, resolved, l->host, l->port, &hints);
+  if (r != 0) {
+    lost(l, r);
+    return;
+  }
+  l->gai_busy = true;
+}
+
+/* ------------------------------------------------------------- options */
+
+static char *dupn(const char *s, size_t n) {
+  char *p = malloc(n + 1);
+  if (p != NULL) {
+    memcpy(p, s, n);
+    p[n] = '\0';
+  }
+  return p;
+}
+
+static int parse_url(h2r_listener_t *l, const char *url) {
+  const char *p;
+  if (strncmp(url, "https://", 8) == 0) {
+    l->tls = true;
+    p = url + 8;
+  } else if (strncmp(url, "http://", 7) == 0) {
+    p = url + 7;
+  } else {
+    return H2REV_EURL;
+  }
+  const char *hend, *hstart = p;
+  if (*p == '[') {
+    hend = strchr(p, ']');
+    if (hend == NULL)
+      return H2REV_EURL;
+    hstart = p + 1;
+    p = hend + 1;
+  } else {
+    hend = p + strcspn(p, ":/?#");
+    p = hend;
+  }
+  if (hend == hstart)
+    return H2REV_EURL;
+  l->host = dupn(hstart, (size_t)(hend - hstart));
+  const char *port = l->tls ? "443" : "80";
+  size_t portlen = strlen(port);
+  if (*p == ':') {
+    port = p + 1;
+    portlen = strspn(port, "0123456789");
+    if (portlen == 0 || portlen > 5)
+      return H2REV_EURL;
+    p = port + portlen;
+  }
+  l->port = dupn(port, portlen);
+  l->authority = dupn(url + (l->tls ? 8 : 7), (size_t)(p - url - (l->tls ? 8 : 7)));
+  if (*p != '\0' && *p != '/')
+    return H2REV_EURL;
+  char base[1024];
+  snprintf(base, sizeof(base), "%s", p);
+  base[strcspn(base, "?#")] = '\0';
+  char path[1400];
+  if (h2r_revdial_path(path, sizeof(path), base, l->id) != 0)
+    return H2REV_EURL;
+  l->path = dupn(path, strlen(path));
+  return l->host && l->port && l->authority && l->path ? 0 : UV_ENOMEM;
+}
+
+static int parse_headers(h2r_listener_t *l, const char *const *h) {
+  size_t n = 0;
+  while (h != NULL && h[n] != NULL)
+    n++;
+  if (n > 32)
+    return UV_EINVAL;
+  l->hnames = calloc(n + 1, sizeof(char *));
+  l->hvalues = calloc(n + 1, sizeof(char *));
+  if (l->hnames == NULL || l->hvalues == NULL)
+    return UV_ENOMEM;
+  for (size_t i = 0; i < n; i++) {
+    const char *colon = strchr(h[i], ':');
+    if (colon == NULL || colon == h[i])
+      return UV_EINVAL;
+    const char *v = colon + 1;
+    while (*v == ' ' || *v == '\t')
+      v++;
+    if (strpbrk(h[i], "\r\n") != NULL)
+      return UV_EINVAL;
+    l->hnames[i] = dupn(h[i], (size_t)(colon - h[i]));
+    l->hvalues[i] = dupn(v, strlen(v));
+    if (l->hnames[i] == NULL || l->hvalues[i] == NULL)
+      return UV_ENOMEM;
+    for (char *q = l->hnames[i]; *q; q++)
+      *q = (char)tolower((unsigned char)*q);
+    l->nheaders++;
+  }
+  return 0;
+}
+
+static void free_listener(h2r_listener_t *l) {
+  for (size_t i = 0; i < l->nheaders; i++) {
+    free(l->hnames[i]);
+    free(l->hvalues[i]);
+  }
+  free(l->hnames);
+  free(l->hvalues);
+  free(l->host);
+  free(l->port);
+  free(l->authority);
+  free(l->path);
+  free(l->id);
+  if (l->ctx != NULL)
+    SSL_CTX_free(l->ctx);
+  free(l);
+}
+
+int h2rev_listener_init(uv_loop_t *loop, h2rev_listener_t *listener,
+                        const h2rev_listener_options_t *opts) {
+  if (opts == NULL || opts->url == NULL || opts->id == NULL)
+    return UV_EINVAL;
+  if (!h2r_id_valid(opts->id, strlen(opts->id)))
+    return H2REV_EBADID;
+  h2r_listener_t *l = calloc(1, sizeof(*l));
+  if (l == NULL)
+    return UV_ENOMEM;
+  l->o = *opts;
+  l->loop = loop;
+  l->pub = listener;
+  l->id = dupn(opts->id, strlen(opts->id));
+  int r = l->id ? parse_url(l, opts->url) : UV_ENOMEM;
+  if (r == 0)
+    r = parse_headers(l, opts->headers);
+  if (r == 0 && l->tls) {
+    char why[256];
+    l->ctx = h2r_tls_ctx_new(&opts->tls, false, H2R_ALPN_H2, &r, why, sizeof(why));
+    if (l->ctx == NULL)
+      H2R_ERR(&l->o.log, "TLS setup failed: %s", why);
+  }
+  if (r != 0) {
+    free_listener(l);
+    return r;
+  }
+  /* Only the copies are kept. */
+  l->o.url = NULL;
+  l->o.id = l->id;
+  l->o.headers = NULL;
+  l->o.tls = (h2rev_tls_options_t){0};
+  if (l->o.ping_interval_ms == 0)
+    l->o.ping_interval_ms = 30000;
+  if (l->o.ping_timeout_ms == 0)
+    l->o.ping_timeout_ms = 15000;
+  if (l->o.handshake_ms == 0)
+    l->o.handshake_ms = 10000;
+  if (l->o.backoff_min_ms == 0)
+    l->o.backoff_min_ms = 500;
+  if (l->o.backoff_max_ms < l->o.backoff_min_ms)
+    l->o.backoff_max_ms = l->o.backoff_min_ms > 30000 ? l->o.backoff_min_ms : 30000;
+  if (l->o.spares == 0)
+    l->o.spares = 2;
+  l->rng = uv_hrtime() ^ (uintptr_t)l;
+  if (l->rng == 0)
+    l->rng = 1;
+  uv_timer_init(loop, &l->retry);
+  uv_timer_init(loop, &l->kick);
+  l->retry.data = l->kick.data = l;
+  l->handles = 2;
+  listener->loop = loop;
+  listener->l_ = l;
+  return 0;
+}
+
+int h2rev_listener_start(h2rev_listener_t *listener, h2rev_connection_cb cb) {
+  h2r_listener_t *l = listener->l_;
+  if (l->cb != NULL)
+    return UV_EALREADY;
+  if (cb == NULL)
+    return UV_EINVAL;
+  l->cb = cb;
+  connect_now(l);
+  return 0;
+}
+
+int h2rev_listener_accept(h2rev_listener_t *listener, h2rev_stream_t *stream) {
+  h2r_listener_t *l = listener->l_;
+  h2r_strm_t *st = l->ready_head;
+  if (st == NULL)
+    return UV_EAGAIN;
+  l->ready_head = st->lnext;
+  if (l->ready_head == NULL)
+    l->ready_tail = NULL;
+  st->lnext = NULL;
+  l->nready--;
+  if (l->unannounced > l->nready)
+    l->unannounced = l->nready;
+  h2r_strm_attach(st, stream);
+  return 0;
+}
+
+static void maybe_done(h2r_listener_t *l) {
+  if (!l->closing || l->handles > 0 || l->live_conns > 0 || l->gai_busy)
+    return;
+  h2rev_listener_t *pub = l->pub;
+  h2rev_listener_close_cb cb = l->close_cb;
+  free_listener(l);
+  pub->l_ = NULL;
+  if (cb != NULL)
+    cb(pub);
+}
+
+static void handle_closed(uv_handle_t *h) {
+  h2r_listener_t *l = h->data;
+  l->handles--;
+  maybe_done(l);
+}
+
+void h2rev_listener_close(h2rev_listener_t *listener, h2rev_listener_close_cb cb) {
+  h2r_listener_t *l = listener->l_;
+  if (l == NULL || l->closing)
+    return;
+  l->closing = true;
+  l->close_cb = cb;
+  if (l->gai_busy)
+    uv_cancel((uv_req_t *)&l->gai);
+  uv_close((uv_handle_t *)&l->retry, handle_closed);
+  uv_close((uv_handle_t *)&l->kick, handle_closed);
+  if (l->conn != NULL) {
+    lconn_t *c = l->conn;
+    if (c->attached && !c->dead)
+      h2rev_stream_close(&c->ctl, NULL);
+    h2r_session_close(&c->s, H2REV_ECLOSED);
+  }
+  set_state(l, H2REV_LISTENER_STOPPED, 0, 0);
+}
