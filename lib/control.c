@@ -136,6 +136,36 @@ static int jliteral(jp_t *j, const char *lit) {
   return 0;
 }
 
+static int jdigits(jp_t *j) {
+  const char *start = j->p;
+  while (j->p < j->end && *j->p >= '0' && *j->p <= '9')
+    j->p++;
+  return j->p > start ? 0 : -1;
+}
+
+/* -?(0|[1-9][0-9]*)(.[0-9]+)?([eE][+-]?[0-9]+)? */
+static int jnumber(jp_t *j) {
+  if (j->p < j->end && *j->p == '-')
+    j->p++;
+  if (j->p < j->end && *j->p == '0')
+    j->p++;
+  else if (jdigits(j) != 0)
+    return -1;
+  if (j->p < j->end && *j->p == '.') {
+    j->p++;
+    if (jdigits(j) != 0)
+      return -1;
+  }
+  if (j->p < j->end && (*j->p == 'e' || *j->p == 'E')) {
+    j->p++;
+    if (j->p < j->end && (*j->p == '+' || *j->p == '-'))
+      j->p++;
+    if (jdigits(j) != 0)
+      return -1;
+  }
+  return 0;
+}
+
 static int jvalue(jp_t *j, int depth) {
   if (j->p >= j->end)
     return -1;
@@ -152,12 +182,8 @@ static int jvalue(jp_t *j, int depth) {
     return jliteral(j, "false");
   case 'n':
     return jliteral(j, "null");
-  default: {
-    const char *start = j->p;
-    while (j->p < j->end && strchr("+-0123456789.eE", *j->p) != NULL)
-      j->p++;
-    return j->p > start ? 0 : -1;
-  }
+  default:
+    return jnumber(j);
   }
 }
 
@@ -266,10 +292,18 @@ void h2r_ctl_reader_free(h2r_ctl_reader *r) {
 }
 
 size_t h2r_ctl_encode(char *out, size_t cap, const char *command, const char *err) {
-  size_t o = (size_t)snprintf(out, cap, "{\"command\":\"%s\"", command);
-  if (err != NULL && o < cap) {
+  /* Always a whole line: err is cut short to fit, never the closing "}\n". */
+  int n = snprintf(out, cap, "{\"command\":\"%s\"", command);
+  if (n < 0 || (size_t)n + 3 > cap) {
+    if (cap > 0)
+      out[0] = '\0';
+    return 0;
+  }
+  size_t o = (size_t)n;
+  if (err != NULL && o + 12 <= cap) {
     o += (size_t)snprintf(out + o, cap - o, ",\"err\":\"");
-    for (const char *q = err; *q != '\0' && o + 8 < cap; q++) {
+    /* Room for the longest escape (6), the closing quote and "}\n\0". */
+    for (const char *q = err; *q != '\0' && o + 6 + 4 <= cap; q++) {
       unsigned char c = (unsigned char)*q;
       if (c == '"' || c == '\\')
         o += (size_t)snprintf(out + o, cap - o, "\\%c", c);
@@ -278,13 +312,11 @@ size_t h2r_ctl_encode(char *out, size_t cap, const char *command, const char *er
       else
         out[o++] = (char)c;
     }
-    o += (size_t)snprintf(out + o, cap - o, "\"");
+    out[o++] = '"';
   }
-  if (o + 2 < cap) {
-    out[o++] = '}';
-    out[o++] = '\n';
-    out[o] = '\0';
-  }
+  out[o++] = '}';
+  out[o++] = '\n';
+  out[o] = '\0';
   return o;
 }
 
