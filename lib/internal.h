@@ -273,6 +273,13 @@ h2r_strm_t *h2r_session_request(h2r_session_t *s, const nghttp2_nv *nva, size_t 
 int h2r_strm_respond(h2r_strm_t *st, int status, const nghttp2_nv *nva, size_t n);
 /* Server: answer with a complete response (status, text body) and forget. */
 void h2r_strm_reject(h2r_strm_t *st, int status, const char *body);
+/* Answers a complete text response; the stream (attached or not) is reset
+ * after it, and closing it does not cut the response short. */
+int h2r_strm_respond_text(h2r_strm_t *st, int status, const char *body);
+/* Dialer side of the reverse proxy: serves one client stream of
+ * <base>/proxy/<id>/<rest> through a reverse connection to id. */
+void h2r_proxy_serve(h2rev_dialer_t *dialer, h2r_strm_t *st, const char *prefix, size_t prefixlen,
+                     const char *id, const char *rest, const h2rev_logger_t *log);
 /* Gives the stream to the application's handle. */
 void h2r_strm_attach(h2r_strm_t *st, h2rev_stream_t *pub);
 /* Drops a stream no application holds: reset it if open, free it when done. */

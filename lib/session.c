@@ -357,6 +357,9 @@ static int cb_stream_close(nghttp2_session *ng, int32_t id, uint32_t error_code,
   if (st == NULL)
     return 0;
   nghttp2_session_set_stream_user_data(ng, id, NULL);
+  H2R_DEBUG(s->log, "%s: stream %d closed (error code %u, flags 0x%x, sent %llu of %llu)",
+            s->x.peer, id, error_code, st->flags, (unsigned long long)st->sent,
+            (unsigned long long)st->queued);
   h2r_strm_on_close(st, error_code);
   return 0;
 }
@@ -453,9 +456,11 @@ static void s_fail(h2r_session_t *s, int err) {
   bool was_open = s->state != H2R_S_CONNECTING;
   s->state = H2R_S_DEAD;
   s->err = err;
+  /* A peer closing its socket is routine; anything else is worth a warning. */
   if (err != 0)
-    H2R_WARN(s->log, "%s: connection lost: %s%s%s", s->x.peer, h2rev_strerror(err),
-             s->x.errmsg[0] ? ": " : "", s->x.errmsg);
+    h2r_log(s->log, err == H2REV_ECLOSED ? H2REV_LOG_DEBUG : H2REV_LOG_WARN,
+            "%s: connection lost: %s%s%s", s->x.peer, h2rev_strerror(err),
+            s->x.errmsg[0] ? ": " : "", s->x.errmsg);
   else
     H2R_DEBUG(s->log, "%s: connection closed", s->x.peer);
   uv_timer_stop(&s->ping_timer);
@@ -719,13 +724,16 @@ static int respond(h2r_strm_t *st, int status, const nghttp2_nv *nva, size_t n,
     return UV_ENOTCONN;
   char code[4];
   snprintf(code, sizeof(code), "%03d", status);
-  nghttp2_nv all[16];
-  if (n + 1 > sizeof(all) / sizeof(all[0]))
-    return UV_EINVAL;
+  nghttp2_nv small[16];
+  nghttp2_nv *all = n + 1 <= 16 ? small : malloc((n + 1) * sizeof(*all));
+  if (all == NULL)
+    return UV_ENOMEM;
   all[0] = (nghttp2_nv){(uint8_t *)":status", (uint8_t *)code, 7, 3, NGHTTP2_NV_FLAG_NONE};
   if (n > 0)
     memcpy(all + 1, nva, n * sizeof(*nva));
   int r = nghttp2_submit_response(s->ng, st->id, all, n + 1, dp);
+  if (all != small)
+    free(all);
   if (r != 0)
     return H2REV_EPROTO;
   st->flags |= H2R_F_SUBMITTED;
@@ -738,18 +746,26 @@ int h2r_strm_respond(h2r_strm_t *st, int status, const nghttp2_nv *nva, size_t n
   return respond(st, status, nva, n, &dp);
 }
 
-void h2r_strm_reject(h2r_strm_t *st, int status, const char *body) {
+int h2r_strm_respond_text(h2r_strm_t *st, int status, const char *body) {
   size_t len = strlen(body);
+  free(st->rbody);
   st->rbody = malloc(len + 1);
-  if (st->rbody != NULL) {
-    memcpy(st->rbody, body, len + 1);
-    st->rbody_len = len;
-  }
+  if (st->rbody == NULL)
+    return UV_ENOMEM;
+  memcpy(st->rbody, body, len + 1);
+  st->rbody_len = len;
+  st->rbody_off = 0;
   static const nghttp2_nv ct = {(uint8_t *)"content-type", (uint8_t *)"text/plain", 12, 10,
                                 NGHTTP2_NV_FLAG_NONE};
   nghttp2_data_provider dp = {.source.ptr = st, .read_callback = cb_rbody_read};
-  st->flags |= H2R_F_REJECT;
-  if (respond(st, status, &ct, 1, &dp) != 0 || st->rbody == NULL)
+  int r = respond(st, status, &ct, 1, &dp);
+  if (r == 0)
+    st->flags |= H2R_F_REJECT;
+  return r;
+}
+
+void h2r_strm_reject(h2r_strm_t *st, int status, const char *body) {
+  if (h2r_strm_respond_text(st, status, body) != 0)
     h2r_strm_abandon(st);
   else
     h2r_strm_schedule(st);

@@ -379,6 +379,10 @@ void h2r_strm_attach(h2r_strm_t *st, h2rev_stream_t *pub) {
 }
 
 static void reset(h2r_strm_t *st) {
+  /* A complete response is on its way: the session resets the peer's side
+   * once it is sent. */
+  if (st->flags & H2R_F_REJECT)
+    return;
   if (sess_alive(st) && !(st->flags & H2R_F_NG_CLOSED) && st->id > 0) {
     nghttp2_submit_rst_stream(st->sess->ng, NGHTTP2_FLAG_NONE, st->id, NGHTTP2_CANCEL);
   }

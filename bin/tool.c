@@ -1,0 +1,127 @@
+#include "tool.h"
+
+#include <stdarg.h>
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+#include <time.h>
+#include <unistd.h>
+
+int tool_log_level = H2REV_LOG_INFO;
+const char *tool_name = "h2rev";
+
+static const char *level_name(int level) {
+  static const char *names[] = {"error", "warn", "info", "debug"};
+  return level >= 0 && level <= 3 ? names[level] : "?";
+}
+
+void tool_log(void *arg, int level, const char *msg) {
+  (void)arg;
+  if (level > tool_log_level)
+    return;
+  char ts[32];
+  time_t now = time(NULL);
+  struct tm tm;
+  gmtime_r(&now, &tm);
+  strftime(ts, sizeof(ts), "%Y-%m-%dT%H:%M:%SZ", &tm);
+  fprintf(stderr, "%s %s %s: %s\n", ts, tool_name, level_name(level), msg);
+}
+
+void tool_logf(int level, const char *fmt, ...) {
+  char line[1024];
+  va_list ap;
+  va_start(ap, fmt);
+  vsnprintf(line, sizeof(line), fmt, ap);
+  va_end(ap);
+  tool_log(NULL, level, line);
+}
+
+void tool_usage_error(const char *fmt, ...) {
+  va_list ap;
+  va_start(ap, fmt);
+  fprintf(stderr, "%s: ", tool_name);
+  vfprintf(stderr, fmt, ap);
+  fprintf(stderr, " (see --help)\n");
+  va_end(ap);
+  exit(2);
+}
+
+int tool_parse_level(const char *s) {
+  for (int i = 0; i <= 3; i++)
+    if (strcmp(s, level_name(i)) == 0)
+      return i;
+  tool_usage_error("unknown log level \"%s\" (error, warn, info, debug)", s);
+}
+
+int tool_parse_hostport(const char *s, struct sockaddr_storage *ss) {
+  char host[256];
+  const char *colon;
+  if (s[0] == '[') {
+    const char *end = strchr(s, ']');
+    if (end == NULL || end[1] != ':' || (size_t)(end - s - 1) >= sizeof(host))
+      return UV_EINVAL;
+    memcpy(host, s + 1, (size_t)(end - s - 1));
+    host[end - s - 1] = '\0';
+    colon = end + 1;
+  } else {
+    colon = strrchr(s, ':');
+    if (colon == NULL || (size_t)(colon - s) >= sizeof(host))
+      return UV_EINVAL;
+    memcpy(host, s, (size_t)(colon - s));
+    host[colon - s] = '\0';
+  }
+  char *end;
+  long port = strtol(colon + 1, &end, 10);
+  if (*end != '\0' || port < 0 || port > 65535 || colon[1] == '\0')
+    return UV_EINVAL;
+  if (host[0] == '\0' || strcmp(host, "localhost") == 0)
+    snprintf(host, sizeof(host), "%s", host[0] == '\0' ? "0.0.0.0" : "127.0.0.1");
+  if (uv_ip4_addr(host, (int)port, (struct sockaddr_in *)ss) == 0)
+    return 0;
+  return uv_ip6_addr(host, (int)port, (struct sockaddr_in6 *)ss);
+}
+
+bool tool_readable(const char *path) {
+  return access(path, R_OK) == 0;
+}
+
+const char *tool_flag(int argc, char **argv, int *i, const char *flag) {
+  size_t n = strlen(flag);
+  const char *a = argv[*i];
+  if (strncmp(a, flag, n) != 0)
+    return NULL;
+  if (a[n] == '=')
+    return a + n + 1;
+  if (a[n] != '\0')
+    return NULL;
+  if (*i + 1 >= argc)
+    tool_usage_error("%s needs a value", flag);
+  return argv[++*i];
+}
+
+static uv_signal_t sigint, sigterm;
+static void (*on_sig)(void);
+static int signals_seen;
+
+static void got_signal(uv_signal_t *h, int signum) {
+  (void)h;
+  if (signals_seen++ > 0) {
+    tool_logf(H2REV_LOG_WARN, "second signal: exiting now");
+    exit(1);
+  }
+  tool_logf(H2REV_LOG_INFO, "signal %d: draining", signum);
+  on_sig();
+}
+
+void tool_on_signal(uv_loop_t *loop, void (*cb)(void)) {
+  on_sig = cb;
+  uv_signal_init(loop, &sigint);
+  uv_signal_init(loop, &sigterm);
+  uv_signal_start(&sigint, got_signal, SIGINT);
+  uv_signal_start(&sigterm, got_signal, SIGTERM);
+}
+
+void tool_signals_close(void) {
+  uv_close((uv_handle_t *)&sigint, NULL);
+  uv_close((uv_handle_t *)&sigterm, NULL);
+}

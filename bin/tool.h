@@ -1,0 +1,26 @@
+/* What both tools share: logging to stderr, flag helpers, signals. */
+#ifndef H2REV_TOOL_H
+#define H2REV_TOOL_H
+
+#include "h2rev.h"
+
+#include <stdbool.h>
+
+extern int tool_log_level;
+extern const char *tool_name;
+
+void tool_log(void *arg, int level, const char *msg);
+void tool_logf(int level, const char *fmt, ...) __attribute__((format(printf, 2, 3)));
+/* Prints "<tool>: <message>" and exits with status 2. */
+void tool_usage_error(const char *fmt, ...) __attribute__((format(printf, 1, 2), noreturn));
+int tool_parse_level(const char *s);
+/* "host:port" into a sockaddr (host may be [v6]). */
+int tool_parse_hostport(const char *s, struct sockaddr_storage *ss);
+bool tool_readable(const char *path);
+/* The value of --flag VALUE or --flag=VALUE at argv[*i]; NULL when it is not flag. */
+const char *tool_flag(int argc, char **argv, int *i, const char *flag);
+/* SIGINT/SIGTERM call cb once (then a second signal exits at once). */
+void tool_on_signal(uv_loop_t *loop, void (*cb)(void));
+void tool_signals_close(void);
+
+#endif
