@@ -443,9 +443,33 @@ static void on_request(h2r_session_t *s, h2r_strm_t *st) {
     refuse(d, st, 503, "shutting down", "");
     return;
   }
+  if (strcmp(path, "/healthz") == 0) {
+    h2r_strm_reject(st, 200, "ok\n");
+    return;
+  }
   if (plen >= bl + 8 && memcmp(path, d->base, bl) == 0 && memcmp(path + bl, "/revdial", 8) == 0 &&
       (path[bl + 8] == '?' || path[bl + 8] == '\0')) {
     revdial(d, c, st, path[bl + 8] == '?' ? path + bl + 9 : "");
+    return;
+  }
+  if (plen > bl + 7 && memcmp(path, d->base, bl) == 0 && memcmp(path + bl, "/proxy/", 7) == 0) {
+    /* <base>/proxy/<id>[/<rest>] */
+    const char *id = path + bl + 7;
+    size_t idl = strcspn(id, "/?");
+    char idbuf[160];
+    if (idl == 0 || idl >= sizeof(idbuf) || !h2r_id_valid(id, idl)) {
+      h2r_strm_reject(st, 400, "invalid id\n");
+      return;
+    }
+    memcpy(idbuf, id, idl);
+    idbuf[idl] = '\0';
+    const char *rest = id + idl;
+    char restbuf[8192];
+    if (*rest == '?' || *rest == '\0') {
+      snprintf(restbuf, sizeof(restbuf), "/%s", rest);
+      rest = restbuf;
+    }
+    h2r_proxy_serve(d->pub, st, path, (size_t)(id + idl - path), idbuf, rest, &d->o.log);
     return;
   }
   h2r_strm_reject(st, 404, "not found\n");
