@@ -58,6 +58,7 @@ struct h2r_dialer {
   h2rev_dialer_close_cb user_close_cb;
   bool closing;
   int pending_closes;
+  unsigned completing; /* dials whose timer handle is closing */
 };
 
 static void maybe_closed(h2r_dialer_t *d) {
@@ -111,11 +112,15 @@ static void dial_closed(uv_handle_t *h) {
   h2rev_dial_t *req = h->data;
   req->state_ = DIAL_DONE;
   h2r_dialer_t *d = req->dialer->d_;
+  d->completing--;
   if (req->status_ == 0)
     d->st.dials_ok++;
   else
     d->st.dials_failed++;
   req->cb_(req, req->status_);
+  /* A closing dialer waits for this callback: none may run after its own. */
+  if (d->closing)
+    maybe_closed(d);
 }
 
 static void dial_unqueue(h2rev_dial_t *req) {
@@ -144,6 +149,10 @@ static void dial_complete(h2rev_dial_t *req, int status, const char *text) {
   if (text != NULL)
     snprintf(req->err_, sizeof(req->err_), "%s", text);
   req->state_ = DIAL_COMPLETING;
+  h2r_dialer_t *d = req->dialer->d_;
+  d->completing++;
+  if (d->closing)
+    d->pending_closes++;
   uv_timer_stop(&req->timer_);
   uv_close((uv_handle_t *)&req->timer_, dial_closed);
 }
@@ -670,9 +679,14 @@ int h2rev_dial(h2rev_dial_t *req, h2rev_dialer_t *dialer, const char *id, h2rev_
     dial_complete(req, d->closing ? UV_ECANCELED : H2REV_ENOLISTENER, NULL);
     return 0;
   }
-  if (l->spares != NULL) {
+  while (l->spares != NULL) {
     h2r_strm_t *st = l->spares;
     spare_remove(l, st);
+    if ((st->flags & H2R_F_NG_CLOSED) || st->sess->state == H2R_S_DEAD) {
+      /* Reset by the listener, not yet reaped: it frees itself. */
+      st->hooks = NULL;
+      continue;
+    }
     st->hooks = NULL;
     give(req, st);
     return 0;
@@ -744,6 +758,7 @@ void h2rev_dialer_close(h2rev_dialer_t *dialer, h2rev_dialer_close_cb cb) {
   d->user_close_cb = cb;
   d->close_cb = dialer_done;
   d->pending_closes = 1; /* released below, once everything is started */
+  d->pending_closes += (int)d->completing;
   d->pending_closes++;
   uv_close((uv_handle_t *)&d->keepalive, timer_closed);
   while (d->socks != NULL) {

@@ -1,0 +1,1279 @@
+/* Dialer and listener on loopback over TLS: echo through reverse connections,
+ * many at once, warm spares, failures (unknown id, timeout, pickup-failed,
+ * connection loss, id taken, authorization, malformed control streams),
+ * reconnection, and the wire format as the Go implementation sees it. Fake
+ * listeners and a fake dialer are raw HTTP/2 sessions. */
+#include "control.h"
+#include "h2util.h"
+#include "test.h"
+#include "util.h"
+
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+
+static const char conn_ready_line[] = "{\"command\":\"conn-ready\"}\n";
+
+/* ------------------------------------------------------------ waiting */
+
+typedef int (*cond_fn)(void *arg);
+
+static void on_cond_deadline(uv_timer_t *t) {
+  *(int *)t->data = 1;
+}
+
+/* Runs the loop until fn(arg) holds; fails the test after timeout_ms. */
+static void run_cond(uv_loop_t *loop, cond_fn fn, void *arg, unsigned timeout_ms,
+                     const char *what) {
+  uv_timer_t t;
+  int expired = 0;
+  uv_timer_init(loop, &t);
+  t.data = &expired;
+  uv_timer_start(&t, on_cond_deadline, timeout_ms, 0);
+  while (!fn(arg) && !expired)
+    uv_run(loop, UV_RUN_ONCE);
+  uv_close((uv_handle_t *)&t, NULL);
+  uv_run(loop, UV_RUN_NOWAIT);
+  if (!fn(arg))
+    test_fail(__FILE__, __LINE__, "%s: not reached within %u ms", what, timeout_ms);
+}
+
+/* Runs the loop for ms, whatever happens. */
+static void run_for(uv_loop_t *loop, unsigned ms) {
+  uv_timer_t t;
+  int expired = 0;
+  uv_timer_init(loop, &t);
+  t.data = &expired;
+  uv_timer_start(&t, on_cond_deadline, ms, 0);
+  while (!expired)
+    uv_run(loop, UV_RUN_ONCE);
+  uv_close((uv_handle_t *)&t, NULL);
+  uv_run(loop, UV_RUN_NOWAIT);
+}
+
+static double now_ms(void) {
+  return (double)uv_hrtime() / 1e6;
+}
+
+static const char *ename(int err) {
+  return err == 0 ? "0" : h2rev_err_name(err);
+}
+
+/* ----------------------------------------------------- the environment */
+
+typedef struct env {
+  uv_loop_t loop;
+  h2rev_dialer_t d;
+  h2rev_dialer_options_t o;
+  int port;
+  int dialer_open;
+  int dialer_closed;
+  char ca[512], cert[512], key[512];
+} env_t;
+
+static void dialer_start(env_t *e, int port) {
+  test_logger(&e->o.log, "dialer");
+  ASSERT_OK(h2rev_dialer_init(&e->loop, &e->d, &e->o));
+  e->d.data = e;
+  struct sockaddr_in a;
+  uv_ip4_addr("127.0.0.1", port, &a);
+  h2rev_tls_options_t tls = {.cert_file = e->cert, .key_file = e->key};
+  ASSERT_OK(h2rev_dialer_listen(&e->d, (struct sockaddr *)&a, &tls));
+  struct sockaddr_in b;
+  int len = sizeof(b);
+  ASSERT_OK(h2rev_dialer_getsockname(&e->d, 0, (struct sockaddr *)&b, &len));
+  e->port = ntohs(b.sin_port);
+  ASSERT_GT(e->port, 0);
+  e->dialer_open = 1;
+  e->dialer_closed = 0;
+}
+
+/* o may be NULL; base_path defaults to "/base". */
+static void env_init(env_t *e, const h2rev_dialer_options_t *o) {
+  memset(e, 0, sizeof(*e));
+  ASSERT_OK(uv_loop_init(&e->loop));
+  test_path(e->ca, sizeof(e->ca), test_certs(), "ca.pem");
+  test_path(e->cert, sizeof(e->cert), test_certs(), "server.pem");
+  test_path(e->key, sizeof(e->key), test_certs(), "server.key");
+  if (o != NULL)
+    e->o = *o;
+  if (e->o.base_path == NULL)
+    e->o.base_path = "/base";
+  dialer_start(e, 0);
+}
+
+static void dialer_closed_cb(h2rev_dialer_t *d) {
+  env_t *e = d->data;
+  e->dialer_closed = 1;
+}
+
+static void dialer_stop(env_t *e) {
+  if (!e->dialer_open)
+    return;
+  e->dialer_open = 0;
+  h2rev_dialer_close(&e->d, dialer_closed_cb);
+  run_until(&e->loop, &e->dialer_closed, 5000);
+  ASSERT_NULL(e->d.d_);
+}
+
+static h2rev_dialer_stats_t stats(env_t *e) {
+  h2rev_dialer_stats_t st;
+  h2rev_dialer_stats(&e->d, &st);
+  return st;
+}
+
+/* --------------------------------------------- echo on the listener side */
+
+typedef struct echo {
+  h2rev_stream_t s;
+  size_t queued;
+  int eof;
+  h2rev_shutdown_t sh;
+} echo_t;
+
+typedef struct ewrite {
+  h2rev_write_t w;
+  echo_t *e;
+  size_t len;
+  char data[];
+} ewrite_t;
+
+static void echo_closed(h2rev_stream_t *s) {
+  free(s->data);
+}
+
+static void echo_alloc(h2rev_stream_t *s, size_t sz, uv_buf_t *buf) {
+  (void)s;
+  ewrite_t *w = malloc(sizeof(*w) + sz);
+  ASSERT_NOT_NULL(w);
+  *buf = uv_buf_init(w->data, (unsigned)sz);
+}
+
+static void echo_read(h2rev_stream_t *s, ssize_t n, const uv_buf_t *buf);
+
+static void echo_wrote(h2rev_write_t *req, int status) {
+  ewrite_t *w = H2R_CONTAINER_OF(req, ewrite_t, w);
+  echo_t *e = w->e;
+  e->queued -= w->len;
+  free(w);
+  if (h2rev_stream_is_closing(&e->s))
+    return;
+  if (status != 0)
+    h2rev_stream_close(&e->s, echo_closed);
+  else if (!e->eof && e->queued < (512 << 10))
+    h2rev_stream_read_start(&e->s, echo_alloc, echo_read);
+}
+
+static void echo_shut(h2rev_shutdown_t *req, int status) {
+  (void)status;
+  echo_t *e = req->data;
+  if (!h2rev_stream_is_closing(&e->s))
+    h2rev_stream_close(&e->s, echo_closed);
+}
+
+static void echo_read(h2rev_stream_t *s, ssize_t n, const uv_buf_t *buf) {
+  echo_t *e = s->data;
+  if (n <= 0) {
+    if (buf->base != NULL)
+      free(H2R_CONTAINER_OF(buf->base, ewrite_t, data));
+    if (n == 0)
+      return;
+    if (n == UV_EOF) {
+      e->eof = 1;
+      e->sh.data = e;
+      if (h2rev_stream_shutdown(&e->sh, s, echo_shut) != 0)
+        h2rev_stream_close(s, echo_closed);
+    } else {
+      h2rev_stream_close(s, echo_closed);
+    }
+    return;
+  }
+  ewrite_t *w = H2R_CONTAINER_OF(buf->base, ewrite_t, data);
+  w->e = e;
+  w->len = (size_t)n;
+  e->queued += (size_t)n;
+  uv_buf_t b = uv_buf_init(w->data, (unsigned)n);
+  ASSERT_OK(h2rev_stream_write(&w->w, s, &b, 1, echo_wrote));
+  if (e->queued >= (1 << 20))
+    h2rev_stream_read_stop(s);
+}
+
+/* ------------------------------------------------------ real listener */
+
+typedef struct lis {
+  h2rev_listener_t l;
+  env_t *e;
+  int attached; /* ATTACHED reports */
+  int lost;
+  int last_err;
+  int stopped;
+  int accepted;
+  int closed;
+  int open;
+} lis_t;
+
+static void lis_state(h2rev_listener_t *l, int state, int err, unsigned delay) {
+  lis_t *L = l->data;
+  (void)delay;
+  if (state == H2REV_LISTENER_ATTACHED)
+    L->attached++;
+  else if (state == H2REV_LISTENER_LOST)
+    L->lost++, L->last_err = err;
+  else if (state == H2REV_LISTENER_STOPPED)
+    L->stopped++;
+}
+
+static void lis_conn(h2rev_listener_t *l, int status) {
+  lis_t *L = l->data;
+  ASSERT_OK(status);
+  echo_t *e = calloc(1, sizeof(*e));
+  ASSERT_NOT_NULL(e);
+  e->s.data = e;
+  if (h2rev_listener_accept(l, &e->s) != 0) {
+    free(e);
+    return;
+  }
+  L->accepted++;
+  ASSERT_OK(h2rev_stream_read_start(&e->s, echo_alloc, echo_read));
+}
+
+static void lis_start(lis_t *L, env_t *e, const char *id, unsigned spares,
+                      const char *const *headers) {
+  memset(L, 0, sizeof(*L));
+  L->e = e;
+  char url[128];
+  snprintf(url, sizeof(url), "https://127.0.0.1:%d/base", e->port);
+  h2rev_listener_options_t o = {0};
+  o.url = url;
+  o.id = id;
+  o.tls.ca_file = e->ca;
+  o.headers = headers;
+  o.backoff_min_ms = 50;
+  o.backoff_max_ms = 200;
+  o.spares = spares;
+  o.on_state = lis_state;
+  test_logger(&o.log, id);
+  ASSERT_OK(h2rev_listener_init(&e->loop, &L->l, &o));
+  L->l.data = L;
+  ASSERT_OK(h2rev_listener_start(&L->l, lis_conn));
+  L->open = 1;
+}
+
+static int lis_attached(void *arg) {
+  return ((lis_t *)arg)->attached > 0;
+}
+
+static void lis_closed(h2rev_listener_t *l) {
+  ((lis_t *)l->data)->closed = 1;
+}
+
+static void lis_stop(lis_t *L) {
+  if (!L->open)
+    return;
+  L->open = 0;
+  h2rev_listener_close(&L->l, lis_closed);
+  run_until(&L->e->loop, &L->closed, 5000);
+}
+
+/* ------------------------------------------------- dials, dialer side */
+
+static char rxbuf[65536];
+
+typedef struct dclient {
+  h2rev_dial_t req;
+  h2rev_stream_t s;
+  env_t *e;
+  const char *data;
+  size_t len;
+  test_sha_t rx;
+  uint64_t nread;
+  char head[64]; /* the first bytes read */
+  int status;
+  int done; /* the dial callback ran */
+  int eof, err, closed;
+  int wrote, write_status, shut;
+  double t0, t1;
+  h2rev_write_t w;
+  h2rev_shutdown_t sh;
+  int *ndone; /* counts closed streams and failed dials */
+} dclient_t;
+
+static void dc_alloc(h2rev_stream_t *s, size_t sz, uv_buf_t *buf) {
+  (void)s, (void)sz;
+  *buf = uv_buf_init(rxbuf, sizeof(rxbuf));
+}
+
+static void dc_closed(h2rev_stream_t *s) {
+  dclient_t *c = s->data;
+  c->closed = 1;
+  if (c->ndone != NULL)
+    (*c->ndone)++;
+}
+
+static void dc_read(h2rev_stream_t *s, ssize_t n, const uv_buf_t *buf) {
+  dclient_t *c = s->data;
+  if (n > 0) {
+    if (c->nread < sizeof(c->head)) {
+      size_t k = sizeof(c->head) - (size_t)c->nread;
+      memcpy(c->head + c->nread, buf->base, (size_t)n < k ? (size_t)n : k);
+    }
+    test_sha_update(&c->rx, buf->base, (size_t)n);
+    c->nread += (uint64_t)n;
+    return;
+  }
+  if (n == 0)
+    return;
+  if (n == UV_EOF)
+    c->eof = 1;
+  else
+    c->err = (int)n;
+  h2rev_stream_close(s, dc_closed);
+}
+
+static void dc_wrote(h2rev_write_t *req, int status) {
+  dclient_t *c = req->data;
+  c->wrote = 1;
+  c->write_status = status;
+}
+
+static void dc_shut(h2rev_shutdown_t *req, int status) {
+  dclient_t *c = req->data;
+  ASSERT_OK(status);
+  c->shut = 1;
+}
+
+/* Dial done: on success send data (if any) and half-close, read everything. */
+static void dc_dialed(h2rev_dial_t *req, int status) {
+  dclient_t *c = req->data;
+  ASSERT_EQ(c->done, 0);
+  c->done = 1;
+  c->status = status;
+  c->t1 = now_ms();
+  if (status != 0) {
+    if (c->ndone != NULL)
+      (*c->ndone)++;
+    return;
+  }
+  ASSERT_PTR_EQ(req->stream, &c->s);
+  ASSERT_OK(h2rev_stream_read_start(&c->s, dc_alloc, dc_read));
+  if (c->data == NULL)
+    return; /* the test drives it */
+  if (c->len > 0) {
+    uv_buf_t b = uv_buf_init((char *)c->data, (unsigned)c->len);
+    c->w.data = c;
+    ASSERT_OK(h2rev_stream_write(&c->w, &c->s, &b, 1, dc_wrote));
+  }
+  c->sh.data = c;
+  ASSERT_OK(h2rev_stream_shutdown(&c->sh, &c->s, dc_shut));
+}
+
+static void dc_dial(dclient_t *c, env_t *e, const char *id, const char *data, size_t len,
+                    unsigned timeout_ms) {
+  int *ndone = c->ndone;
+  memset(c, 0, sizeof(*c));
+  c->ndone = ndone;
+  c->e = e;
+  c->data = data;
+  c->len = len;
+  c->s.data = c;
+  c->req.data = c;
+  test_sha_init(&c->rx);
+  c->t0 = now_ms();
+  ASSERT_OK(h2rev_dial(&c->req, &e->d, id, &c->s, timeout_ms, dc_dialed));
+  ASSERT_EQ(c->done, 0); /* never inside the call */
+}
+
+static int dc_done(void *arg) {
+  return ((dclient_t *)arg)->done;
+}
+
+static int dc_finished(void *arg) {
+  dclient_t *c = arg;
+  return c->done && (c->status != 0 || c->closed);
+}
+
+static void dc_check_echo(dclient_t *c) {
+  unsigned char got[32], want[32];
+  test_sha_final(&c->rx, got);
+  c->rx.ctx = NULL;
+  test_sha256(c->data, c->len, want);
+  ASSERT_OK(c->status);
+  ASSERT_EQ(c->err, 0);
+  ASSERT_EQ(c->eof, 1);
+  ASSERT_EQ(c->nread, c->len);
+  ASSERT_MEM_EQ(got, want, 32);
+  if (c->len > 0) {
+    ASSERT_EQ(c->wrote, 1);
+    ASSERT_OK(c->write_status);
+  }
+  ASSERT_EQ(c->shut, 1);
+}
+
+/* Frees the hash context of a dial that did not go through dc_check_echo. */
+static void dc_free(dclient_t *c) {
+  if (c->rx.ctx != NULL) {
+    unsigned char x[32];
+    test_sha_final(&c->rx, x);
+    c->rx.ctx = NULL;
+  }
+}
+
+/* One echo of len bytes through a reverse connection to id. */
+static void echo_through(env_t *e, const char *id, size_t len, uint64_t seed) {
+  char *data = malloc(len ? len : 1);
+  test_fill_random(data, len, seed);
+  dclient_t c = {0};
+  dc_dial(&c, e, id, data, len, 5000);
+  run_cond(&e->loop, dc_finished, &c, 10000, "echo");
+  dc_check_echo(&c);
+  free(data);
+}
+
+/* -------------------------------------------- fake listener (raw HTTP/2) */
+
+typedef struct fake fake_t;
+
+enum { F_IGNORE, F_PICKUP_FAILED, F_OPEN_DATA };
+
+typedef struct rstrm {
+  h2rev_stream_t s;
+  fake_t *f;
+  int is_ctl;
+  int requested, attached;
+  int headers, status;
+  size_t early; /* bytes already buffered when the response head arrived */
+  int gone, gone_err;
+  char rx[8192];
+  size_t rxlen, total, scan;
+  int eof, err, closed;
+} rstrm_t;
+
+struct fake {
+  tclient_t c;
+  env_t *e;
+  char id[160];
+  const char *role;      /* x-h2rev-role of the control request; NULL: none */
+  const char *data_role; /* of data requests */
+  const char *auth;      /* authorization header; NULL: none */
+  int mode;              /* what conn-ready does */
+  int conn_ready;
+  rstrm_t ctl;
+  rstrm_t data[8];
+  int ndata;
+};
+
+typedef struct fwrite {
+  h2rev_write_t w;
+  char data[];
+} fwrite_t;
+
+static void f_wrote(h2rev_write_t *req, int status) {
+  (void)status;
+  free(H2R_CONTAINER_OF(req, fwrite_t, w));
+}
+
+/* Writes a copy of p on r. */
+static void r_write(rstrm_t *r, const void *p, size_t n) {
+  fwrite_t *w = malloc(sizeof(*w) + n);
+  ASSERT_NOT_NULL(w);
+  memcpy(w->data, p, n);
+  uv_buf_t b = uv_buf_init(w->data, (unsigned)n);
+  ASSERT_OK(h2rev_stream_write(&w->w, &r->s, &b, 1, f_wrote));
+}
+
+static void r_closed(h2rev_stream_t *s) {
+  ((rstrm_t *)s->data)->closed = 1;
+}
+
+static void r_alloc(h2rev_stream_t *s, size_t sz, uv_buf_t *buf) {
+  (void)s, (void)sz;
+  *buf = uv_buf_init(rxbuf, sizeof(rxbuf));
+}
+
+static void f_request(fake_t *f, rstrm_t *r, const char *role);
+
+static void r_read(h2rev_stream_t *s, ssize_t n, const uv_buf_t *buf) {
+  rstrm_t *r = s->data;
+  fake_t *f = r->f;
+  if (n < 0) {
+    if (n == UV_EOF)
+      r->eof = 1;
+    else
+      r->err = (int)n;
+    h2rev_stream_close(s, r_closed);
+    return;
+  }
+  size_t k = sizeof(r->rx) - 1 - r->rxlen;
+  if ((size_t)n < k)
+    k = (size_t)n;
+  memcpy(r->rx + r->rxlen, buf->base, k);
+  r->rxlen += k;
+  r->rx[r->rxlen] = '\0';
+  r->total += (size_t)n;
+  if (!r->is_ctl)
+    return;
+  for (;;) {
+    char *nl = memchr(r->rx + r->scan, '\n', r->rxlen - r->scan);
+    if (nl == NULL)
+      break;
+    size_t len = (size_t)(nl - (r->rx + r->scan)) + 1;
+    if (len == sizeof(conn_ready_line) - 1 && memcmp(r->rx + r->scan, conn_ready_line, len) == 0) {
+      f->conn_ready++;
+      if (f->mode == F_PICKUP_FAILED) {
+        static const char pf[] = "{\"command\":\"pickup-failed\",\"err\":\"no route\"}\n";
+        r_write(r, pf, sizeof(pf) - 1);
+      } else if (f->mode == F_OPEN_DATA && f->ndata < 8) {
+        f_request(f, &f->data[f->ndata++], f->data_role);
+      }
+    }
+    r->scan += len;
+  }
+}
+
+static void r_headers(h2r_strm_t *st) {
+  rstrm_t *r = st->owner;
+  r->headers = 1;
+  r->status = st->status;
+  r->early = st->rq_bytes;
+  r->attached = 1;
+  h2r_strm_attach(st, &r->s);
+  ASSERT_OK(h2rev_stream_read_start(&r->s, r_alloc, r_read));
+}
+
+static void r_gone(h2r_strm_t *st, int err) {
+  rstrm_t *r = st->owner;
+  r->gone = 1;
+  r->gone_err = err;
+}
+
+static const h2r_strm_hooks r_hooks = {r_headers, r_gone};
+
+static void f_request(fake_t *f, rstrm_t *r, const char *role) {
+  memset(r, 0, sizeof(*r));
+  r->f = f;
+  r->s.data = r;
+  char path[256], authority[64];
+  ASSERT_OK(h2r_revdial_path(path, sizeof(path), "/base", f->id));
+  snprintf(authority, sizeof(authority), "127.0.0.1:%d", f->e->port);
+  nghttp2_nv nv[8];
+  size_t n = 0;
+#define NV(k, v) nv[n++] = (nghttp2_nv){(uint8_t *)(k), (uint8_t *)(v), strlen(k), strlen(v), 0}
+  NV(":method", "GET");
+  NV(":scheme", "https");
+  NV(":authority", authority);
+  NV(":path", path);
+  if (role != NULL)
+    NV(H2R_ROLE_HEADER, role);
+  if (f->auth != NULL)
+    NV("authorization", f->auth);
+#undef NV
+  ASSERT_NOT_NULL(h2r_session_request(&f->c.s, nv, n, &r_hooks, r));
+  r->requested = 1;
+}
+
+/* The authorization header of the next fake (used once). */
+static const char *next_auth;
+
+/* Connects and sends the control request; does not wait for the answer. */
+static void f_start(fake_t *f, env_t *e, const char *id, const char *role, int mode) {
+  memset(f, 0, sizeof(*f));
+  f->auth = next_auth;
+  next_auth = NULL;
+  f->e = e;
+  snprintf(f->id, sizeof(f->id), "%s", id);
+  f->role = role;
+  f->data_role = role != NULL ? "data" : NULL;
+  f->mode = mode;
+  tclient_connect(&f->c, &e->loop, e->port, "ca", "127.0.0.1", NULL);
+  run_until(&e->loop, &f->c.opened, 5000);
+  ASSERT_EQ(f->c.opened, 1);
+  f->ctl.is_ctl = 1;
+  f_request(f, &f->ctl, role);
+  f->ctl.is_ctl = 1;
+}
+
+static int r_answered(void *arg) {
+  rstrm_t *r = arg;
+  return r->headers || r->gone;
+}
+
+static int r_ended(void *arg) {
+  rstrm_t *r = arg;
+  return r->gone || r->closed;
+}
+
+/* Starts a fake and waits for the control stream's answer; returns :status. */
+static int f_attach(fake_t *f, env_t *e, const char *id, const char *role, int mode) {
+  f_start(f, e, id, role, mode);
+  run_cond(&e->loop, r_answered, &f->ctl, 5000, "fake control answer");
+  return f->ctl.status;
+}
+
+static void r_close(rstrm_t *r) {
+  if (r->attached && !r->closed && !h2rev_stream_is_closing(&r->s))
+    h2rev_stream_close(&r->s, r_closed);
+}
+
+/* Closes the streams it holds and its session; waits until it is gone. */
+static void f_stop(fake_t *f) {
+  if (f->e == NULL)
+    return;
+  r_close(&f->ctl);
+  for (int i = 0; i < f->ndata; i++)
+    r_close(&f->data[i]);
+  h2r_session_close(&f->c.s, 0);
+  run_until(&f->e->loop, &f->c.closed, 5000);
+  f->e = NULL;
+}
+
+/* ================================================================ tests */
+
+/* 16 MiB each way at once through one reverse connection. */
+TEST(dial_accept_echo_16mib) {
+  env_t e;
+  env_init(&e, NULL);
+  lis_t L;
+  lis_start(&L, &e, "echo-16", 0, NULL);
+  run_cond(&e.loop, lis_attached, &L, 5000, "listener attached");
+  ASSERT_EQ(stats(&e).listeners, 1);
+  size_t len = 16u << 20;
+  echo_through(&e, "echo-16", len, 16);
+  h2rev_dialer_stats_t st = stats(&e);
+  ASSERT_EQ(st.dials_ok, 1);
+  ASSERT_EQ(st.dials_failed, 0);
+  ASSERT_GE(L.accepted, 1); /* and the spares, accepted before use */
+  lis_stop(&L);
+  ASSERT_EQ(L.stopped, 1);
+  dialer_stop(&e);
+  loop_drain(&e.loop);
+}
+
+/* 200 dials at once to one listener, each echoing its own 4 KiB. */
+TEST(concurrent_200_dials) {
+  enum { N = 200, LEN = 4096 };
+  h2rev_dialer_options_t o = {.max_pending_dials = 256};
+  env_t e;
+  env_init(&e, &o);
+  lis_t L;
+  lis_start(&L, &e, "many", 0, NULL);
+  run_cond(&e.loop, lis_attached, &L, 5000, "listener attached");
+  char *data = malloc(N * LEN);
+  test_fill_random(data, N * LEN, 200);
+  dclient_t *c = calloc(N, sizeof(*c));
+  int ndone = 0;
+  for (int i = 0; i < N; i++) {
+    c[i].ndone = &ndone;
+    dc_dial(&c[i], &e, "many", data + i * LEN, LEN, 10000);
+  }
+  volatile int all = 0;
+  while (!all) {
+    run_for(&e.loop, 10);
+    all = ndone == N;
+    static double start;
+    if (start == 0)
+      start = now_ms();
+    if (now_ms() - start > 20000)
+      test_fail(__FILE__, __LINE__, "only %d of %d dials finished", ndone, N);
+  }
+  for (int i = 0; i < N; i++)
+    dc_check_echo(&c[i]);
+  h2rev_dialer_stats_t st = stats(&e);
+  ASSERT_EQ(st.dials_ok, N);
+  ASSERT_EQ(st.dials_failed, 0);
+  ASSERT_GE(L.accepted, N);
+  free(c);
+  free(data);
+  lis_stop(&L);
+  dialer_stop(&e);
+  loop_drain(&e.loop);
+}
+
+static int has_spare(void *arg) {
+  return stats(arg).spares >= 1;
+}
+
+/* A spare is ready: the dial takes it, no conn-ready round trip. */
+TEST(warm_dial_no_conn_ready) {
+  env_t e;
+  env_init(&e, NULL);
+  lis_t L;
+  lis_start(&L, &e, "warm", 2, NULL);
+  run_cond(&e.loop, lis_attached, &L, 5000, "listener attached");
+  run_cond(&e.loop, has_spare, &e, 5000, "a spare at the dialer");
+  ASSERT_EQ(stats(&e).conn_ready_sent, 0);
+  dclient_t c = {0};
+  static char msg[] = "warm hello";
+  dc_dial(&c, &e, "warm", msg, sizeof(msg) - 1, 5000);
+  run_cond(&e.loop, dc_finished, &c, 5000, "warm echo");
+  ASSERT_LT(c.t1 - c.t0, 100);
+  dc_check_echo(&c);
+  ASSERT_EQ(memcmp(c.head, msg, sizeof(msg) - 1), 0);
+  /* The used spare is replaced ahead of demand, still without conn-ready. */
+  run_for(&e.loop, 100);
+  ASSERT_GE(stats(&e).spares, 1);
+  echo_through(&e, "warm", 1000, 3);
+  ASSERT_EQ(stats(&e).conn_ready_sent, 0);
+  lis_stop(&L);
+  dialer_stop(&e);
+  loop_drain(&e.loop);
+}
+
+/* Nobody attached as this id: fails at once (on a later loop turn). */
+TEST(unknown_id) {
+  env_t e;
+  env_init(&e, NULL);
+  dclient_t c = {0};
+  dc_dial(&c, &e, "nobody", NULL, 0, 5000);
+  run_cond(&e.loop, dc_done, &c, 1000, "dial failure");
+  ASSERT_EQ(c.status, H2REV_ENOLISTENER);
+  ASSERT_LT(c.t1 - c.t0, 100);
+  ASSERT_STR_EQ(h2rev_dial_strerror(&c.req), h2rev_strerror(H2REV_ENOLISTENER));
+  /* Bad arguments: an error, no callback. */
+  h2rev_dial_t r;
+  h2rev_stream_t s;
+  ASSERT_EQ(h2rev_dial(&r, &e.d, "bad id", &s, 0, dc_dialed), H2REV_EBADID);
+  ASSERT_EQ(h2rev_dial(&r, &e.d, "", &s, 0, dc_dialed), H2REV_EBADID);
+  ASSERT_EQ(h2rev_dial(&r, &e.d, "x", NULL, 0, dc_dialed), UV_EINVAL);
+  ASSERT_EQ(h2rev_dial(&r, &e.d, "x", &s, 0, NULL), UV_EINVAL);
+  h2rev_dialer_stats_t st = stats(&e);
+  ASSERT_EQ(st.dials_failed, 1);
+  ASSERT_EQ(st.dials_ok, 0);
+  dc_free(&c);
+  dialer_stop(&e);
+  loop_drain(&e.loop);
+}
+
+/* The listener never opens the data stream. */
+TEST(dial_timeout) {
+  env_t e;
+  env_init(&e, NULL);
+  fake_t f;
+  ASSERT_EQ(f_attach(&f, &e, "x", NULL, F_IGNORE), 200);
+  ASSERT_EQ(stats(&e).listeners, 1);
+  dclient_t c = {0};
+  dc_dial(&c, &e, "x", NULL, 0, 300);
+  run_cond(&e.loop, dc_done, &c, 3000, "dial timeout");
+  double took = c.t1 - c.t0;
+  fprintf(stderr, "timed out after %.0f ms\n", took);
+  ASSERT_EQ(c.status, UV_ETIMEDOUT);
+  ASSERT_GE(took, 250);
+  ASSERT_LE(took, 1500);
+  ASSERT_EQ(f.conn_ready, 1);
+  ASSERT_EQ(stats(&e).conn_ready_sent, 1);
+  /* The registration is unharmed. */
+  ASSERT_EQ(stats(&e).listeners, 1);
+  ASSERT_EQ(f.ctl.closed, 0);
+  /* A cancelled dial reports UV_ECANCELED. */
+  dclient_t c2 = {0};
+  dc_dial(&c2, &e, "x", NULL, 0, 5000);
+  ASSERT_OK(h2rev_dial_cancel(&c2.req));
+  ASSERT_EQ(h2rev_dial_cancel(&c2.req), UV_EINVAL);
+  run_cond(&e.loop, dc_done, &c2, 1000, "dial cancelled");
+  ASSERT_EQ(c2.status, UV_ECANCELED);
+  dc_free(&c);
+  dc_free(&c2);
+  f_stop(&f);
+  dialer_stop(&e);
+  loop_drain(&e.loop);
+}
+
+TEST(pickup_failed) {
+  env_t e;
+  env_init(&e, NULL);
+  fake_t f;
+  ASSERT_EQ(f_attach(&f, &e, "pf", NULL, F_PICKUP_FAILED), 200);
+  dclient_t c = {0};
+  dc_dial(&c, &e, "pf", NULL, 0, 5000);
+  run_cond(&e.loop, dc_done, &c, 3000, "dial failure");
+  ASSERT_EQ(c.status, H2REV_EPICKUP);
+  ASSERT_STR_EQ(h2rev_dial_strerror(&c.req), "no route");
+  ASSERT_LT(c.t1 - c.t0, 1000);
+  ASSERT_EQ(stats(&e).listeners, 1);
+  ASSERT_EQ(stats(&e).dials_failed, 1);
+  dc_free(&c);
+  f_stop(&f);
+  dialer_stop(&e);
+  loop_drain(&e.loop);
+}
+
+/* The dialer goes away and comes back on the same port: the listener
+ * re-attaches by itself. */
+TEST(reconnect_after_dialer_restart) {
+  env_t e;
+  env_init(&e, NULL);
+  lis_t L;
+  lis_start(&L, &e, "phoenix", 1, NULL);
+  run_cond(&e.loop, lis_attached, &L, 5000, "listener attached");
+  echo_through(&e, "phoenix", 10000, 1);
+  int port = e.port;
+  dialer_stop(&e);
+  run_for(&e.loop, 100);
+  ASSERT_GE(L.lost, 1);
+  ASSERT_EQ(L.attached, 1);
+  dialer_start(&e, port);
+  ASSERT_EQ(e.port, port);
+  volatile int two = 0;
+  double start = now_ms();
+  while (!two) {
+    run_for(&e.loop, 10);
+    two = L.attached == 2;
+    if (now_ms() - start > 5000)
+      test_fail(__FILE__, __LINE__, "not re-attached (attached %d, lost %d: %s)", L.attached,
+                L.lost, ename(L.last_err));
+  }
+  ASSERT_EQ(stats(&e).listeners, 1);
+  echo_through(&e, "phoenix", 10000, 2);
+  lis_stop(&L);
+  dialer_stop(&e);
+  loop_drain(&e.loop);
+}
+
+/* The connection of a listener with a pending dial dies: the dial fails at
+ * once and the id is free for another connection. */
+TEST(listener_connection_killed) {
+  env_t e;
+  env_init(&e, NULL);
+  fake_t f;
+  ASSERT_EQ(f_attach(&f, &e, "victim", NULL, F_IGNORE), 200);
+  dclient_t c = {0};
+  dc_dial(&c, &e, "victim", NULL, 0, 5000);
+  run_for(&e.loop, 50);
+  ASSERT_EQ(c.done, 0);
+  ASSERT_EQ(f.conn_ready, 1);
+  double t = now_ms();
+  f_stop(&f);
+  run_cond(&e.loop, dc_done, &c, 2000, "dial failure");
+  double took = now_ms() - t;
+  fprintf(stderr, "dial failed %.0f ms after the connection closed: %s\n", took, ename(c.status));
+  ASSERT_LT(took, 500);
+  ASSERT_NE(c.status, 0);
+  ASSERT_EQ(c.status, H2REV_ECLOSED);
+  ASSERT_EQ(stats(&e).listeners, 0);
+  /* The id is free again. */
+  fake_t f2;
+  ASSERT_EQ(f_attach(&f2, &e, "victim", NULL, F_IGNORE), 200);
+  ASSERT_EQ(stats(&e).listeners, 1);
+  dc_free(&c);
+  f_stop(&f2);
+  dialer_stop(&e);
+  loop_drain(&e.loop);
+}
+
+/* A live id is not taken over, nor fed data streams, from another
+ * connection. */
+TEST(id_taken) {
+  env_t e;
+  env_init(&e, NULL);
+  fake_t a, b, b2;
+  ASSERT_EQ(f_attach(&a, &e, "dup", NULL, F_OPEN_DATA), 200);
+  ASSERT_EQ(f_attach(&b, &e, "dup", NULL, F_IGNORE), 409);
+  ASSERT_EQ(f_attach(&b2, &e, "dup", "control", F_IGNORE), 409);
+  /* b offers a data stream for dup: refused. */
+  f_request(&b, &b.data[b.ndata++], "data");
+  run_cond(&e.loop, r_answered, &b.data[0], 5000, "data stream answer");
+  ASSERT_NE(b.data[0].status, 200);
+  ASSERT_GE(stats(&e).refused, 3);
+  ASSERT_EQ(stats(&e).listeners, 1);
+  ASSERT_EQ(stats(&e).spares, 0);
+  /* a is unharmed: a dial goes through its data stream. */
+  ASSERT_EQ(a.ctl.closed, 0);
+  dclient_t c = {0};
+  dc_dial(&c, &e, "dup", NULL, 0, 5000);
+  run_cond(&e.loop, dc_done, &c, 3000, "dial");
+  ASSERT_OK(c.status);
+  ASSERT_EQ(a.ndata, 1);
+  h2rev_stream_close(&c.s, dc_closed);
+  run_until(&e.loop, &c.closed, 2000);
+  dc_free(&c);
+  f_stop(&b);
+  f_stop(&b2);
+  f_stop(&a);
+  dialer_stop(&e);
+  loop_drain(&e.loop);
+}
+
+static int authorize_calls;
+
+static int check_bearer(void *arg, const char *id, const h2rev_header_t *h, size_t n,
+                        const void *cert) {
+  (void)arg, (void)cert;
+  authorize_calls++;
+  ASSERT_NOT_NULL(id);
+  for (size_t i = 0; i < n; i++)
+    if (strcmp(h[i].name, "authorization") == 0 && strcmp(h[i].value, "Bearer good") == 0)
+      return 0;
+  return -1;
+}
+
+TEST(authorize_denied) {
+  h2rev_dialer_options_t o = {.authorize = check_bearer};
+  env_t e;
+  env_init(&e, &o);
+  lis_t L;
+  static const char *const hdrs[] = {"Authorization: Bearer good", NULL};
+  lis_start(&L, &e, "trusted", 1, hdrs);
+  run_cond(&e.loop, lis_attached, &L, 5000, "listener attached");
+  ASSERT_EQ(stats(&e).listeners, 1);
+  fake_t f, g, h, k;
+  ASSERT_EQ(f_attach(&f, &e, "intruder", NULL, F_IGNORE), 403);
+  ASSERT_EQ(f_attach(&g, &e, "trusted", NULL, F_IGNORE), 403);
+  next_auth = "Bearer bad";
+  ASSERT_EQ(f_attach(&h, &e, "intruder", NULL, F_IGNORE), 403);
+  h2rev_dialer_stats_t st = stats(&e);
+  ASSERT_EQ(st.listeners, 1);
+  ASSERT_EQ(st.refused, 3);
+  /* The right token on a new id is welcome. */
+  next_auth = "Bearer good";
+  ASSERT_EQ(f_attach(&k, &e, "friend", NULL, F_IGNORE), 200);
+  ASSERT_EQ(stats(&e).listeners, 2);
+  ASSERT_GE(authorize_calls, 5);
+  dclient_t c = {0};
+  dc_dial(&c, &e, "intruder", NULL, 0, 5000);
+  run_cond(&e.loop, dc_done, &c, 1000, "dial");
+  ASSERT_EQ(c.status, H2REV_ENOLISTENER);
+  dc_free(&c);
+  echo_through(&e, "trusted", 5000, 5);
+  f_stop(&f);
+  f_stop(&g);
+  f_stop(&h);
+  f_stop(&k);
+  lis_stop(&L);
+  dialer_stop(&e);
+  loop_drain(&e.loop);
+}
+
+/* Garbage on a control stream closes it and frees the id; nothing else is
+ * disturbed. */
+TEST(malformed_control) {
+  env_t e;
+  env_init(&e, NULL);
+  lis_t L;
+  lis_start(&L, &e, "healthy", 1, NULL);
+  run_cond(&e.loop, lis_attached, &L, 5000, "listener attached");
+  const char *ids[3] = {"m-text", "m-long", "m-binary"};
+  fake_t f[3];
+  char *big = malloc(1 << 20);
+  memset(big, 'a', 1 << 20);
+  char bin[4096];
+  test_fill_random(bin, sizeof(bin), 11);
+  for (size_t i = 0; i < sizeof(bin); i += 64)
+    bin[i] = '\n';
+  for (int i = 0; i < 3; i++) {
+    ASSERT_EQ(f_attach(&f[i], &e, ids[i], NULL, F_IGNORE), 200);
+    ASSERT_EQ(stats(&e).listeners, 2);
+    if (i == 0)
+      r_write(&f[i].ctl, "not json\n", 9);
+    else if (i == 1)
+      r_write(&f[i].ctl, big, 1 << 20);
+    else
+      r_write(&f[i].ctl, bin, sizeof(bin));
+    run_cond(&e.loop, r_ended, &f[i].ctl, 5000, "control stream closed by the dialer");
+    fprintf(stderr, "%s: eof %d err %s\n", ids[i], f[i].ctl.eof, ename(f[i].ctl.err));
+    ASSERT_EQ(stats(&e).listeners, 1);
+    ASSERT_EQ(f[i].c.dead, 0); /* only the stream, not the connection */
+    dclient_t c = {0};
+    dc_dial(&c, &e, ids[i], NULL, 0, 5000);
+    run_cond(&e.loop, dc_done, &c, 1000, "dial");
+    ASSERT_EQ(c.status, H2REV_ENOLISTENER);
+    dc_free(&c);
+    echo_through(&e, "healthy", 3000, (uint64_t)i);
+  }
+  free(big);
+  for (int i = 0; i < 3; i++)
+    f_stop(&f[i]);
+  ASSERT_EQ(L.attached, 1);
+  ASSERT_EQ(L.lost, 0);
+  lis_stop(&L);
+  dialer_stop(&e);
+  loop_drain(&e.loop);
+}
+
+/* ------------------------------------------- fake dialer (raw HTTP/2) */
+
+typedef struct fsrv {
+  uv_loop_t *loop;
+  uv_tcp_t tcp;
+  SSL_CTX *ctx;
+  int port;
+  h2rev_logger_t log;
+  int sessions, open;
+  int requests;
+  char method[16], scheme[16], path[256], role[16], authority[64];
+  int first_end_stream;
+  char path2[256], role2[16];
+  rstrm_t ctl;
+  echo_t *data[16];
+  int ndata;
+} fsrv_t;
+
+static void copy_hdr(h2r_strm_t *st, const char *name, char *out, size_t cap) {
+  const char *v = h2r_strm_header(st, name, NULL);
+  snprintf(out, cap, "%s", v ? v : "");
+}
+
+static void fs_request(h2r_session_t *s, h2r_strm_t *st) {
+  fsrv_t *t = s->owner;
+  t->requests++;
+  if (t->requests == 1) {
+    copy_hdr(st, ":method", t->method, sizeof(t->method));
+    copy_hdr(st, ":scheme", t->scheme, sizeof(t->scheme));
+    copy_hdr(st, ":path", t->path, sizeof(t->path));
+    copy_hdr(st, ":authority", t->authority, sizeof(t->authority));
+    copy_hdr(st, H2R_ROLE_HEADER, t->role, sizeof(t->role));
+    t->first_end_stream = (st->flags & H2R_F_EOF) != 0;
+    memset(&t->ctl, 0, sizeof(t->ctl));
+    t->ctl.s.data = &t->ctl;
+    t->ctl.attached = 1;
+    h2r_strm_attach(st, &t->ctl.s);
+    ASSERT_OK(h2r_strm_respond(st, 200, NULL, 0));
+    ASSERT_OK(h2rev_stream_read_start(&t->ctl.s, r_alloc, r_read));
+    return;
+  }
+  copy_hdr(st, ":path", t->path2, sizeof(t->path2));
+  copy_hdr(st, H2R_ROLE_HEADER, t->role2, sizeof(t->role2));
+  ASSERT_LT(t->ndata, 16);
+  /* A data stream: the listener hands it out; we keep nothing but a
+   * handle that closes when the peer goes. */
+  echo_t *e = calloc(1, sizeof(*e));
+  e->s.data = e;
+  h2r_strm_attach(st, &e->s);
+  ASSERT_OK(h2r_strm_respond(st, 200, NULL, 0));
+  ASSERT_OK(h2rev_stream_read_start(&e->s, echo_alloc, echo_read));
+  t->data[t->ndata++] = e;
+}
+
+static void fs_open(h2r_session_t *s, int status) {
+  (void)s;
+  ASSERT_OK(status);
+}
+
+static void fs_dead(h2r_session_t *s, int err) {
+  (void)s, (void)err;
+}
+
+static void fs_close(h2r_session_t *s) {
+  fsrv_t *t = s->owner;
+  t->open--;
+  free(s);
+}
+
+static const h2r_session_cbs fs_cbs = {fs_open, fs_request, fs_dead, fs_close};
+
+static void fs_conn(uv_stream_t *server, int status) {
+  fsrv_t *t = server->data;
+  ASSERT_OK(status);
+  h2r_session_t *s = malloc(sizeof(*s));
+  t->sessions++;
+  t->open++;
+  ASSERT_OK(h2r_session_accept(s, t->loop, server, t->ctx, NULL, &fs_cbs, t, &t->log));
+}
+
+static void fs_start(fsrv_t *t, uv_loop_t *loop) {
+  memset(t, 0, sizeof(*t));
+  t->loop = loop;
+  test_logger(&t->log, "fake-dialer");
+  char c[512], k[512], errbuf[256];
+  test_path(c, sizeof(c), test_certs(), "server.pem");
+  test_path(k, sizeof(k), test_certs(), "server.key");
+  h2rev_tls_options_t to = {.cert_file = c, .key_file = k};
+  int err = 0;
+  t->ctx = h2r_tls_ctx_new(&to, true, H2R_ALPN_H2, &err, errbuf, sizeof(errbuf));
+  ASSERT_NOT_NULL(t->ctx);
+  ASSERT_OK(uv_tcp_init(loop, &t->tcp));
+  t->tcp.data = t;
+  struct sockaddr_in a;
+  uv_ip4_addr("127.0.0.1", 0, &a);
+  ASSERT_OK(uv_tcp_bind(&t->tcp, (struct sockaddr *)&a, 0));
+  ASSERT_OK(uv_listen((uv_stream_t *)&t->tcp, 16, fs_conn));
+  struct sockaddr_in b;
+  int len = sizeof(b);
+  uv_tcp_getsockname(&t->tcp, (struct sockaddr *)&b, &len);
+  t->port = ntohs(b.sin_port);
+}
+
+static int fs_ctl(void *arg) {
+  fsrv_t *t = arg;
+  return t->requests >= 1;
+}
+
+static int fs_requests_3(void *arg) {
+  return ((fsrv_t *)arg)->requests >= 3;
+}
+
+static int fs_requests_2(void *arg) {
+  return ((fsrv_t *)arg)->requests >= 2;
+}
+
+static int fs_gone(void *arg) {
+  fsrv_t *t = arg;
+  return t->open == 0 && (!t->ctl.attached || t->ctl.closed);
+}
+
+TEST(wire_format) {
+  /* Our listener, as a Go dialer sees it. */
+  env_t fe; /* for lis_start: the loop, the port and the CA */
+  memset(&fe, 0, sizeof(fe));
+  ASSERT_OK(uv_loop_init(&fe.loop));
+  test_path(fe.ca, sizeof(fe.ca), test_certs(), "ca.pem");
+  fsrv_t t;
+  fs_start(&t, &fe.loop);
+  fe.port = t.port;
+  lis_t L;
+  lis_start(&L, &fe, "wire-1", 1, NULL);
+  run_cond(&fe.loop, fs_ctl, &t, 5000, "control request");
+  ASSERT_STR_EQ(t.method, "GET");
+  ASSERT_STR_EQ(t.scheme, "https");
+  ASSERT_STR_EQ(t.path, "/base/revdial?id=wire-1");
+  char auth[64];
+  snprintf(auth, sizeof(auth), "127.0.0.1:%d", t.port);
+  ASSERT_STR_EQ(t.authority, auth);
+  ASSERT_STR_EQ(t.role, "control");
+  ASSERT_EQ(t.first_end_stream, 0);
+  run_cond(&fe.loop, lis_attached, &L, 5000, "listener attached");
+  /* The spare (spares = 1) arrives ahead of demand. */
+  run_cond(&fe.loop, fs_requests_2, &t, 5000, "the spare's request");
+  ASSERT_STR_EQ(t.path2, "/base/revdial?id=wire-1");
+  ASSERT_STR_EQ(t.role2, "data");
+  run_for(&fe.loop, 50);
+  ASSERT_EQ(t.requests, 2);
+  /* The request body stays open: nothing, no END_STREAM. */
+  ASSERT_EQ(t.ctl.eof, 0);
+  ASSERT_EQ(t.ctl.closed, 0);
+  ASSERT_EQ(t.ctl.total, 0);
+  /* conn-ready asks for one more. */
+  t.path2[0] = '\0';
+  r_write(&t.ctl, conn_ready_line, sizeof(conn_ready_line) - 1);
+  run_cond(&fe.loop, fs_requests_3, &t, 5000, "the request after conn-ready");
+  ASSERT_STR_EQ(t.path2, "/base/revdial?id=wire-1");
+  ASSERT_STR_EQ(t.role2, "data");
+  /* keep-alive and unknown commands change nothing. */
+  static const char ka[] = "{\"command\":\"keep-alive\"}\n{\"command\":\"future\",\"x\":[1]}\n";
+  r_write(&t.ctl, ka, sizeof(ka) - 1);
+  run_for(&fe.loop, 100);
+  ASSERT_EQ(t.requests, 3);
+  ASSERT_EQ(L.attached, 1);
+  ASSERT_EQ(L.lost, 0);
+  ASSERT_EQ(t.ctl.eof, 0);
+  lis_stop(&L);
+  run_cond(&fe.loop, fs_gone, &t, 5000, "fake dialer's session closed");
+  r_close(&t.ctl);
+  uv_close((uv_handle_t *)&t.tcp, NULL);
+  SSL_CTX_free(t.ctx);
+  loop_drain(&fe.loop);
+
+  /* Our dialer, as a Go listener sees it: no role header anywhere. */
+  env_t e;
+  env_init(&e, NULL);
+  fake_t f;
+  f_start(&f, &e, "go-1", NULL, F_OPEN_DATA);
+  run_cond(&e.loop, r_answered, &f.ctl, 5000, "control answer");
+  ASSERT_EQ(f.ctl.status, 200);
+  ASSERT_EQ(f.ctl.early, 0);
+  run_for(&e.loop, 50);
+  ASSERT_EQ(f.ctl.total, 0); /* nothing until a dial */
+  dclient_t c = {0};
+  dc_dial(&c, &e, "go-1", NULL, 0, 5000);
+  run_cond(&e.loop, dc_done, &c, 5000, "dial through a Go-like listener");
+  ASSERT_OK(c.status);
+  ASSERT_EQ(f.ndata, 1);
+  ASSERT_EQ(f.data[0].status, 200);
+  ASSERT_EQ(f.ctl.total, sizeof(conn_ready_line) - 1);
+  ASSERT_STR_EQ(f.ctl.rx, conn_ready_line);
+  /* Bytes both ways on the data stream. */
+  static char hello[] = "hello";
+  h2rev_write_t w;
+  w.data = &c;
+  uv_buf_t b = uv_buf_init(hello, 5);
+  ASSERT_OK(h2rev_stream_write(&w, &c.s, &b, 1, dc_wrote));
+  run_until(&e.loop, &c.wrote, 2000);
+  run_for(&e.loop, 50);
+  ASSERT_EQ(f.data[0].total, 5);
+  ASSERT_STR_EQ(f.data[0].rx, "hello");
+  r_write(&f.data[0], "world", 5);
+  run_for(&e.loop, 50);
+  ASSERT_EQ(c.nread, 5);
+  ASSERT_MEM_EQ(c.head, "world", 5);
+  h2rev_stream_close(&c.s, dc_closed);
+  run_until(&e.loop, &c.closed, 2000);
+  dc_free(&c);
+  ASSERT_EQ(stats(&e).conn_ready_sent, 1);
+  f_stop(&f);
+  dialer_stop(&e);
+  loop_drain(&e.loop);
+}
+
+static int order[4];
+static int norder;
+
+static void order_dialed(h2rev_dial_t *req, int status) {
+  dc_dialed(req, status);
+  order[norder++] = 1;
+}
+
+static void order_closed(h2rev_dialer_t *d) {
+  order[norder++] = 2;
+  dialer_closed_cb(d);
+}
+
+/* Closing the dialer cancels pending dials, and dials started while it
+ * closes, before its close callback. */
+TEST(dialer_close_cancels_dials) {
+  env_t e;
+  env_init(&e, NULL);
+  fake_t f;
+  ASSERT_EQ(f_attach(&f, &e, "pending", NULL, F_IGNORE), 200);
+  dclient_t c = {0}, c2 = {0};
+  c.s.data = &c;
+  c.req.data = &c;
+  test_sha_init(&c.rx);
+  ASSERT_OK(h2rev_dial(&c.req, &e.d, "pending", &c.s, 5000, order_dialed));
+  run_for(&e.loop, 50);
+  ASSERT_EQ(f.conn_ready, 1);
+  e.dialer_open = 0;
+  h2rev_dialer_close(&e.d, order_closed);
+  c2.s.data = &c2;
+  c2.req.data = &c2;
+  test_sha_init(&c2.rx);
+  ASSERT_OK(h2rev_dial(&c2.req, &e.d, "pending", &c2.s, 5000, order_dialed));
+  run_until(&e.loop, &e.dialer_closed, 5000);
+  ASSERT_EQ(norder, 3);
+  ASSERT_EQ(order[0], 1);
+  ASSERT_EQ(order[1], 1);
+  ASSERT_EQ(order[2], 2);
+  ASSERT_EQ(c.status, UV_ECANCELED);
+  ASSERT_EQ(c2.status, UV_ECANCELED);
+  dc_free(&c);
+  dc_free(&c2);
+  run_cond(&e.loop, r_ended, &f.ctl, 5000, "fake's control stream ended");
+  f_stop(&f);
+  loop_drain(&e.loop);
+}
+
+/* The same with no connection at all: only dials to wait for, one completed
+ * just before the close, one started during it. */
+TEST(dialer_close_idle_dial) {
+  env_t e;
+  env_init(&e, NULL);
+  norder = 0;
+  dclient_t c = {0}, c2 = {0};
+  c.s.data = &c;
+  c.req.data = &c;
+  test_sha_init(&c.rx);
+  ASSERT_OK(h2rev_dial(&c.req, &e.d, "x", &c.s, 5000, order_dialed));
+  e.dialer_open = 0;
+  h2rev_dialer_close(&e.d, order_closed);
+  c2.s.data = &c2;
+  c2.req.data = &c2;
+  test_sha_init(&c2.rx);
+  ASSERT_OK(h2rev_dial(&c2.req, &e.d, "x", &c2.s, 5000, order_dialed));
+  run_until(&e.loop, &e.dialer_closed, 5000);
+  ASSERT_EQ(norder, 3);
+  ASSERT_EQ(order[0], 1);
+  ASSERT_EQ(order[1], 1);
+  ASSERT_EQ(order[2], 2);
+  ASSERT_EQ(c.status, H2REV_ENOLISTENER);
+  ASSERT_EQ(c2.status, UV_ECANCELED);
+  dc_free(&c);
+  dc_free(&c2);
+  loop_drain(&e.loop);
+}
