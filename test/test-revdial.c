@@ -998,6 +998,7 @@ typedef struct fsrv {
   h2rev_logger_t log;
   int sessions, open;
   int requests;
+  int controls;
   char method[16], scheme[16], path[256], role[16], authority[64];
   int first_end_stream;
   char path2[256], role2[16];
@@ -1014,13 +1015,20 @@ static void copy_hdr(h2r_strm_t *st, const char *name, char *out, size_t cap) {
 static void fs_request(h2r_session_t *s, h2r_strm_t *st) {
   fsrv_t *t = s->owner;
   t->requests++;
-  if (t->requests == 1) {
-    copy_hdr(st, ":method", t->method, sizeof(t->method));
-    copy_hdr(st, ":scheme", t->scheme, sizeof(t->scheme));
-    copy_hdr(st, ":path", t->path, sizeof(t->path));
-    copy_hdr(st, ":authority", t->authority, sizeof(t->authority));
-    copy_hdr(st, H2R_ROLE_HEADER, t->role, sizeof(t->role));
-    t->first_end_stream = (st->flags & H2R_F_EOF) != 0;
+  char role[16];
+  copy_hdr(st, H2R_ROLE_HEADER, role, sizeof(role));
+  if (t->requests == 1 || strcmp(role, "control") == 0) {
+    if (t->requests == 1) {
+      copy_hdr(st, ":method", t->method, sizeof(t->method));
+      copy_hdr(st, ":scheme", t->scheme, sizeof(t->scheme));
+      copy_hdr(st, ":path", t->path, sizeof(t->path));
+      copy_hdr(st, ":authority", t->authority, sizeof(t->authority));
+      copy_hdr(st, H2R_ROLE_HEADER, t->role, sizeof(t->role));
+      t->first_end_stream = (st->flags & H2R_F_EOF) != 0;
+    }
+    /* A new connection's control stream: the old one is gone. */
+    ASSERT(!t->ctl.attached || t->ctl.closed);
+    t->controls++;
     memset(&t->ctl, 0, sizeof(t->ctl));
     t->ctl.s.data = &t->ctl;
     t->ctl.attached = 1;
@@ -1275,5 +1283,106 @@ TEST(dialer_close_idle_dial) {
   ASSERT_EQ(c2.status, UV_ECANCELED);
   dc_free(&c);
   dc_free(&c2);
+  loop_drain(&e.loop);
+}
+
+static int fs_controls_2(void *arg) {
+  return ((fsrv_t *)arg)->controls >= 2;
+}
+
+/* The dialer sends garbage on the control stream: the listener drops that
+ * connection (H2REV_ECONTROL) and attaches again. */
+TEST(listener_malformed_control_reconnects) {
+  env_t fe;
+  memset(&fe, 0, sizeof(fe));
+  ASSERT_OK(uv_loop_init(&fe.loop));
+  test_path(fe.ca, sizeof(fe.ca), test_certs(), "ca.pem");
+  fsrv_t t;
+  fs_start(&t, &fe.loop);
+  fe.port = t.port;
+  lis_t L;
+  lis_start(&L, &fe, "ears", 1, NULL);
+  run_cond(&fe.loop, lis_attached, &L, 5000, "listener attached");
+  r_write(&t.ctl, "not json\n", 9);
+  run_cond(&fe.loop, fs_controls_2, &t, 5000, "a second control stream");
+  ASSERT_EQ(L.lost, 1);
+  ASSERT_EQ(L.last_err, H2REV_ECONTROL);
+  ASSERT_EQ(t.sessions, 2);
+  run_cond(&fe.loop, lis_attached, &L, 5000, "attached");
+  volatile int two = 0;
+  while (!two) {
+    run_for(&fe.loop, 10);
+    two = L.attached == 2;
+  }
+  lis_stop(&L);
+  run_cond(&fe.loop, fs_gone, &t, 5000, "fake dialer's sessions closed");
+  r_close(&t.ctl);
+  uv_close((uv_handle_t *)&t.tcp, NULL);
+  SSL_CTX_free(t.ctx);
+  loop_drain(&fe.loop);
+}
+
+/* A listener refused because its id is taken retries, and attaches once the
+ * id is free. */
+TEST(listener_retries_when_id_taken) {
+  env_t e;
+  env_init(&e, NULL);
+  fake_t f;
+  ASSERT_EQ(f_attach(&f, &e, "busy", NULL, F_IGNORE), 200);
+  lis_t L;
+  lis_start(&L, &e, "busy", 1, NULL);
+  volatile int lost = 0;
+  double start = now_ms();
+  while (!lost) {
+    run_for(&e.loop, 10);
+    lost = L.lost >= 2;
+    ASSERT_LT(now_ms() - start, 5000);
+  }
+  ASSERT_EQ(L.last_err, H2REV_EIDTAKEN);
+  ASSERT_EQ(L.attached, 0);
+  ASSERT_EQ(stats(&e).listeners, 1);
+  f_stop(&f);
+  run_cond(&e.loop, lis_attached, &L, 5000, "attached once the id is free");
+  echo_through(&e, "busy", 2000, 9);
+  lis_stop(&L);
+  dialer_stop(&e);
+  loop_drain(&e.loop);
+}
+
+static int lis_stopped(void *arg) {
+  return ((lis_t *)arg)->stopped > 0;
+}
+
+/* Nothing listens: max_retries attempts, then STOPPED. */
+TEST(listener_gives_up) {
+  env_t e;
+  env_init(&e, NULL);
+  int port = e.port;
+  dialer_stop(&e);
+  e.port = port;
+  lis_t L;
+  memset(&L, 0, sizeof(L));
+  L.e = &e;
+  char url[128];
+  snprintf(url, sizeof(url), "https://127.0.0.1:%d/base", port);
+  h2rev_listener_options_t o = {0};
+  o.url = url;
+  o.id = "lonely";
+  o.tls.ca_file = e.ca;
+  o.backoff_min_ms = 20;
+  o.backoff_max_ms = 40;
+  o.max_retries = 2;
+  o.on_state = lis_state;
+  test_logger(&o.log, "lonely");
+  ASSERT_OK(h2rev_listener_init(&e.loop, &L.l, &o));
+  L.l.data = &L;
+  ASSERT_OK(h2rev_listener_start(&L.l, lis_conn));
+  ASSERT_EQ(h2rev_listener_start(&L.l, lis_conn), UV_EALREADY);
+  L.open = 1;
+  run_cond(&e.loop, lis_stopped, &L, 5000, "gave up");
+  ASSERT_EQ(L.lost, 3);
+  ASSERT_EQ(L.last_err, UV_ECONNREFUSED);
+  ASSERT_EQ(L.attached, 0);
+  lis_stop(&L);
   loop_drain(&e.loop);
 }
