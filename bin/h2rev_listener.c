@@ -25,15 +25,22 @@ static h2rev_listener_t listener;
 static struct sockaddr_storage upstream;
 static unsigned active;
 
-/* One reverse connection spliced to one upstream TCP connection. */
+/* One reverse connection spliced to one upstream TCP connection. The
+ * upstream is dialled at the first bytes, so idle spare streams cost no
+ * upstream connection. Both directions end with a half-close; the stream is
+ * closed once both have ended (a reset only on errors or after a linger). */
 typedef struct pipe_s {
   h2rev_stream_t s;
   uv_tcp_t tcp;
+  uv_timer_t linger;
   uv_connect_t conn;
   uv_shutdown_t tcp_shut;
   h2rev_shutdown_t s_shut;
-  int closing;
-  bool tcp_eof, s_eof;      /* never restart a read that has ended */
+  int refs;
+  bool closing;
+  bool connecting, connected;
+  bool tcp_eof, s_eof, s_shut_done;
+  struct chunk *early;      /* bytes read before the upstream was connected */
   size_t to_tcp, to_stream; /* bytes queued each way */
 } pipe_t;
 
@@ -44,31 +51,56 @@ typedef struct chunk {
   } w;
   pipe_t *p;
   size_t len;
+  struct chunk *next;
   char data[];
 } chunk_t;
+
+#define HIGH      (1u << 20)
+#define LINGER_MS 5000
 
 static void tcp_read(uv_stream_t *t, ssize_t n, const uv_buf_t *buf);
 static void s_read(h2rev_stream_t *s, ssize_t n, const uv_buf_t *buf);
 
-static void pipe_free(pipe_t *p) {
-  if (--p->closing == 0) {
-    free(p);
-    active--;
+static void pipe_release(pipe_t *p) {
+  if (--p->refs > 0)
+    return;
+  while (p->early != NULL) {
+    chunk_t *c = p->early;
+    p->early = c->next;
+    free(c);
   }
+  free(p);
+  active--;
 }
 static void s_closed(h2rev_stream_t *s) {
-  pipe_free(s->data);
+  pipe_release(s->data);
 }
-static void tcp_closed(uv_handle_t *h) {
-  pipe_free(h->data);
+static void h_closed(uv_handle_t *h) {
+  pipe_release(h->data);
 }
 
 static void pipe_close(pipe_t *p) {
   if (p->closing)
     return;
-  p->closing = 2;
+  p->closing = true;
+  p->refs = 3;
   h2rev_stream_close(&p->s, s_closed);
-  uv_close((uv_handle_t *)&p->tcp, tcp_closed);
+  uv_close((uv_handle_t *)&p->tcp, h_closed);
+  uv_close((uv_handle_t *)&p->linger, h_closed);
+}
+
+static void linger_done(uv_timer_t *t) {
+  pipe_close(t->data);
+}
+
+/* Closes once both directions have ended, or after LINGER_MS of waiting. */
+static void pipe_check(pipe_t *p) {
+  if (p->closing)
+    return;
+  if (p->s_shut_done && p->s_eof)
+    pipe_close(p);
+  else if (p->s_shut_done || (p->s_eof && p->tcp_eof))
+    uv_timer_start(&p->linger, linger_done, LINGER_MS, 0);
 }
 
 static void alloc_chunk(size_t sz, uv_buf_t *buf) {
@@ -84,8 +116,6 @@ static void t_alloc(uv_handle_t *h, size_t sz, uv_buf_t *buf) {
 static chunk_t *chunk_of(const uv_buf_t *b) {
   return b->base ? (chunk_t *)(b->base - offsetof(chunk_t, data)) : NULL;
 }
-
-#define HIGH (1u << 20)
 
 static void wrote_tcp(uv_write_t *w, int status) {
   chunk_t *c = (chunk_t *)w;
@@ -108,9 +138,71 @@ static void wrote_stream(h2rev_write_t *w, int status) {
 static void tcp_shut_done(uv_shutdown_t *r, int status) {
   (void)r, (void)status;
 }
+
 static void s_shut_done(h2rev_shutdown_t *r, int status) {
-  (void)status;
-  pipe_close(r->data); /* our direction is complete: nothing is cut short */
+  pipe_t *p = r->data;
+  if (status != 0) {
+    pipe_close(p);
+    return;
+  }
+  p->s_shut_done = true;
+  pipe_check(p);
+}
+
+static void send_tcp(pipe_t *p, chunk_t *c) {
+  p->to_tcp += c->len;
+  uv_buf_t b = uv_buf_init(c->data, (unsigned)c->len);
+  if (uv_write(&c->w.uw, (uv_stream_t *)&p->tcp, &b, 1, wrote_tcp) != 0) {
+    free(c);
+    pipe_close(p);
+  }
+}
+
+static void end_stream(pipe_t *p) {
+  p->s_shut.data = p;
+  if (h2rev_stream_shutdown(&p->s_shut, &p->s, s_shut_done) != 0)
+    pipe_close(p);
+}
+
+static void connected(uv_connect_t *req, int status) {
+  pipe_t *p = req->data;
+  p->connecting = false;
+  if (p->closing)
+    return;
+  if (status != 0) {
+    tool_logf(H2REV_LOG_WARN, "upstream: %s", uv_strerror(status));
+    static const char resp[] = "HTTP/1.1 502 Bad Gateway\r\nContent-Type: text/plain\r\n"
+                               "Content-Length: 21\r\nConnection: close\r\n\r\n"
+                               "upstream unreachable\n";
+    chunk_t *c = malloc(sizeof(*c) + sizeof(resp));
+    if (c == NULL) {
+      pipe_close(p);
+      return;
+    }
+    memcpy(c->data, resp, sizeof(resp) - 1);
+    c->p = p;
+    c->len = 0;
+    uv_buf_t b = uv_buf_init(c->data, sizeof(resp) - 1);
+    if (h2rev_stream_write(&c->w.hw, &p->s, &b, 1, wrote_stream) != 0)
+      free(c);
+    p->tcp_eof = true;
+    end_stream(p);
+    return;
+  }
+  p->connected = true;
+  uv_tcp_nodelay(&p->tcp, 1);
+  while (p->early != NULL && !p->closing) {
+    chunk_t *c = p->early;
+    p->early = c->next;
+    send_tcp(p, c);
+  }
+  if (p->closing)
+    return;
+  uv_read_start((uv_stream_t *)&p->tcp, t_alloc, tcp_read);
+  if (p->s_eof)
+    uv_shutdown(&p->tcp_shut, (uv_stream_t *)&p->tcp, tcp_shut_done);
+  else
+    h2rev_stream_read_start(&p->s, s_alloc, s_read);
 }
 
 static void s_read(h2rev_stream_t *s, ssize_t n, const uv_buf_t *buf) {
@@ -118,25 +210,40 @@ static void s_read(h2rev_stream_t *s, ssize_t n, const uv_buf_t *buf) {
   chunk_t *c = chunk_of(buf);
   if (n <= 0) {
     free(c);
-    if (n == UV_EOF && !p->closing) {
-      p->s_eof = true;
-      uv_shutdown(&p->tcp_shut, (uv_stream_t *)&p->tcp, tcp_shut_done);
-    } else if (n < 0) {
+    if (n == 0 || p->closing)
+      return;
+    if (n != UV_EOF) {
       tool_logf(H2REV_LOG_DEBUG, "reverse connection aborted: %s", h2rev_strerror((int)n));
       pipe_close(p);
+      return;
     }
+    p->s_eof = true;
+    if (p->connected)
+      uv_shutdown(&p->tcp_shut, (uv_stream_t *)&p->tcp, tcp_shut_done);
+    else if (!p->connecting)
+      pipe_close(p); /* a spare the dialer closed unused */
+    pipe_check(p);
     return;
   }
   c->p = p;
   c->len = (size_t)n;
-  p->to_tcp += c->len;
-  uv_buf_t b = uv_buf_init(c->data, (unsigned)n);
-  if (uv_write(&c->w.uw, (uv_stream_t *)&p->tcp, &b, 1, wrote_tcp) != 0) {
-    free(c);
-    pipe_close(p);
+  c->next = NULL;
+  if (!p->connected) {
+    /* Hold the first bytes and pause until the upstream answers. */
+    chunk_t **tail = &p->early;
+    while (*tail != NULL)
+      tail = &(*tail)->next;
+    *tail = c;
+    h2rev_stream_read_stop(s);
+    if (!p->connecting) {
+      p->connecting = true;
+      if (uv_tcp_connect(&p->conn, &p->tcp, (struct sockaddr *)&upstream, connected) != 0)
+        pipe_close(p);
+    }
     return;
   }
-  if (p->to_tcp >= HIGH)
+  send_tcp(p, c);
+  if (p->to_tcp >= HIGH && !p->closing)
     h2rev_stream_read_stop(s);
 }
 
@@ -145,17 +252,16 @@ static void tcp_read(uv_stream_t *t, ssize_t n, const uv_buf_t *buf) {
   chunk_t *c = chunk_of(buf);
   if (n <= 0) {
     free(c);
-    if (n == UV_EOF && !p->closing) {
-      p->tcp_eof = true;
-      /* The upstream answered and closed: end our side, then close when the
-       * dialer is done too. */
-      p->s_shut.data = p;
-      if (h2rev_stream_shutdown(&p->s_shut, &p->s, s_shut_done) != 0)
-        pipe_close(p);
-    } else if (n < 0) {
+    if (n == 0 || p->closing)
+      return;
+    if (n != UV_EOF) {
       tool_logf(H2REV_LOG_DEBUG, "upstream connection failed: %s", uv_strerror((int)n));
       pipe_close(p);
+      return;
     }
+    p->tcp_eof = true;
+    uv_read_stop(t);
+    end_stream(p);
     return;
   }
   c->p = p;
@@ -171,32 +277,6 @@ static void tcp_read(uv_stream_t *t, ssize_t n, const uv_buf_t *buf) {
     uv_read_stop(t);
 }
 
-static void connected(uv_connect_t *req, int status) {
-  pipe_t *p = req->data;
-  if (p->closing)
-    return;
-  if (status != 0) {
-    tool_logf(H2REV_LOG_WARN, "upstream: %s", uv_strerror(status));
-    static const char resp[] = "HTTP/1.1 502 Bad Gateway\r\nContent-Type: text/plain\r\n"
-                               "Content-Length: 21\r\nConnection: close\r\n\r\n"
-                               "upstream unreachable\n";
-    chunk_t *c = malloc(sizeof(*c) + sizeof(resp));
-    memcpy(c->data, resp, sizeof(resp) - 1);
-    c->p = p;
-    c->len = 0;
-    uv_buf_t b = uv_buf_init(c->data, sizeof(resp) - 1);
-    if (h2rev_stream_write(&c->w.hw, &p->s, &b, 1, wrote_stream) != 0)
-      free(c);
-    p->s_shut.data = p;
-    if (h2rev_stream_shutdown(&p->s_shut, &p->s, s_shut_done) != 0)
-      pipe_close(p);
-    return;
-  }
-  uv_tcp_nodelay(&p->tcp, 1);
-  uv_read_start((uv_stream_t *)&p->tcp, t_alloc, tcp_read);
-  h2rev_stream_read_start(&p->s, s_alloc, s_read);
-}
-
 static void on_connection(h2rev_listener_t *l, int status) {
   if (status != 0)
     return;
@@ -210,10 +290,9 @@ static void on_connection(h2rev_listener_t *l, int status) {
   active++;
   p->s.data = p;
   uv_tcp_init(loop, &p->tcp);
-  p->tcp.data = p;
-  p->conn.data = p;
-  if (uv_tcp_connect(&p->conn, &p->tcp, (struct sockaddr *)&upstream, connected) != 0)
-    pipe_close(p);
+  uv_timer_init(loop, &p->linger);
+  p->tcp.data = p->linger.data = p->conn.data = p;
+  h2rev_stream_read_start(&p->s, s_alloc, s_read);
 }
 
 static void on_state(h2rev_listener_t *l, int state, int err, unsigned delay) {

@@ -28,7 +28,11 @@ typedef struct proxy {
   bool head_sent;   /* response head submitted to the client */
   bool done;        /* response complete */
   bool up_open;
+  bool up_eof;       /* the listener ended its direction */
+  bool up_shut_done; /* and we ended ours */
   bool client_open;
+  bool timer_open;
+  uv_timer_t linger; /* bounds the wait for the listener's END_STREAM */
   int closes;
   /* response head being parsed */
   char *hbuf;
@@ -38,6 +42,7 @@ typedef struct proxy {
   bool in_value;
   char *reqhead; /* the request head sent upstream */
   h2rev_shutdown_t sh;
+  h2rev_shutdown_t up_sh;
   char rbuf[16384]; /* the listener's bytes, parsed as they arrive */
 } proxy_t;
 
@@ -64,8 +69,7 @@ static bool hop_by_hop(const char *name, size_t len) {
   return false;
 }
 
-static void p_closed(h2rev_stream_t *s) {
-  proxy_t *p = s->data;
+static void p_release(proxy_t *p) {
   if (--p->closes > 0)
     return;
   free(p->hbuf);
@@ -73,15 +77,30 @@ static void p_closed(h2rev_stream_t *s) {
   free(p);
 }
 
+static void p_closed(h2rev_stream_t *s) {
+  p_release(s->data);
+}
+static void p_timer_closed(uv_handle_t *h) {
+  p_release(h->data);
+}
+
+static void p_close_up(proxy_t *p) {
+  if (p->up_open) {
+    p->up_open = false;
+    h2rev_stream_close(&p->up, p_closed);
+  }
+  if (p->timer_open) {
+    p->timer_open = false;
+    uv_close((uv_handle_t *)&p->linger, p_timer_closed);
+  }
+}
+
 static void p_finish(proxy_t *p) {
   if (p->client_open) {
     p->client_open = false;
     h2rev_stream_close(&p->client, p_closed);
   }
-  if (p->up_open) {
-    p->up_open = false;
-    h2rev_stream_close(&p->up, p_closed);
-  }
+  p_close_up(p);
 }
 
 static void p_fail(proxy_t *p, int status, const char *why) {
@@ -103,8 +122,8 @@ static void p_wrote(h2rev_write_t *req, int status) {
   free(w);
 }
 
-static int p_send(proxy_t *p, h2rev_stream_t *to, const char *a, size_t al, const char *b,
-                  size_t bl, const char *c, size_t cl) {
+static int p_send_cb(proxy_t *p, h2rev_stream_t *to, h2rev_write_cb cb, const char *a, size_t al,
+                     const char *b, size_t bl, const char *c, size_t cl) {
   pwrite_t *w = malloc(sizeof(*w) + al + bl + cl);
   if (w == NULL)
     return UV_ENOMEM;
@@ -116,10 +135,15 @@ static int p_send(proxy_t *p, h2rev_stream_t *to, const char *a, size_t al, cons
   if (cl)
     memcpy(w->data + al + bl, c, cl);
   uv_buf_t buf = uv_buf_init(w->data, (unsigned)w->len);
-  int r = h2rev_stream_write(&w->w, to, &buf, 1, p_wrote);
+  int r = h2rev_stream_write(&w->w, to, &buf, 1, cb);
   if (r != 0)
     free(w);
   return r;
+}
+
+static int p_send(proxy_t *p, h2rev_stream_t *to, const char *a, size_t al, const char *b,
+                  size_t bl, const char *c, size_t cl) {
+  return p_send_cb(p, to, p_wrote, a, al, b, bl, c, cl);
 }
 
 /* ------------------------------------------------------ response head */
@@ -207,17 +231,42 @@ static int on_body(llhttp_t *h, const char *at, size_t len) {
 static void client_shut(h2rev_shutdown_t *req, int status) {
   proxy_t *p = req->data;
   (void)status;
-  p_finish(p);
+  if (p->client_open) {
+    p->client_open = false;
+    h2rev_stream_close(&p->client, p_closed);
+  }
 }
 
+static void up_shut(h2rev_shutdown_t *req, int status) {
+  proxy_t *p = req->data;
+  p->up_shut_done = true;
+  if (status != 0 || p->up_eof)
+    p_close_up(p);
+}
+
+static void linger_done(uv_timer_t *t) {
+  p_close_up(t->data);
+}
+
+/* The response is complete. Both directions of the reverse connection end
+ * with END_STREAM (a reset would count against the peer's reset limits), and
+ * only after the response: a Go listener cancels a request whose client
+ * half-closes early. */
 static int on_message_complete(llhttp_t *h) {
   proxy_t *p = h->data;
   if (!p->head_sent)
     return 0;
   p->done = true;
   p->sh.data = p;
-  if (h2rev_stream_shutdown(&p->sh, &p->client, client_shut) != 0)
+  if (h2rev_stream_shutdown(&p->sh, &p->client, client_shut) != 0) {
     p_finish(p);
+    return HPE_PAUSED;
+  }
+  p->up_sh.data = p;
+  if (h2rev_stream_shutdown(&p->up_sh, &p->up, up_shut) != 0)
+    p_close_up(p);
+  else if (!p->up_eof)
+    uv_timer_start(&p->linger, linger_done, 5000, 0);
   return HPE_PAUSED;
 }
 
@@ -231,7 +280,14 @@ static void up_alloc(h2rev_stream_t *s, size_t sz, uv_buf_t *buf) {
 
 static void up_read(h2rev_stream_t *s, ssize_t n, const uv_buf_t *buf) {
   proxy_t *p = s->data;
-  if (n == 0 || p->done)
+  if (n == UV_EOF)
+    p->up_eof = true;
+  if (p->done) {
+    if (n < 0 && (n != UV_EOF || p->up_shut_done))
+      p_close_up(p);
+    return;
+  }
+  if (n == 0)
     return;
   if (n < 0) {
     if (n == UV_EOF && llhttp_finish(&p->parser) == HPE_OK && p->done)
@@ -295,7 +351,7 @@ static void client_read(h2rev_stream_t *s, ssize_t n, const uv_buf_t *buf) {
   if (p->chunked_req) {
     char size[24];
     int sl = snprintf(size, sizeof(size), "%zx\r\n", (size_t)n);
-    p_send(p, &p->up, size, (size_t)sl, buf->base, (size_t)n, "\r\n", 2);
+    p_send_cb(p, &p->up, body_wrote, size, (size_t)sl, buf->base, (size_t)n, "\r\n", 2);
     free(w);
   } else {
     w->p = p;
@@ -436,7 +492,10 @@ void h2r_proxy_serve(h2rev_dialer_t *dialer, h2r_strm_t *st, const char *prefix,
   p->dial.data = p;
   h2r_strm_attach(st, &p->client);
   p->client_open = true;
-  p->closes = 1;
+  uv_timer_init(dialer->loop, &p->linger);
+  p->linger.data = p;
+  p->timer_open = true;
+  p->closes = 2; /* the client stream and the timer; the reverse stream adds one */
   llhttp_settings_init(&p->settings);
   p->settings.on_header_field = on_hfield;
   p->settings.on_header_value = on_hvalue;

@@ -1,0 +1,63 @@
+# Shared helpers for the end-to-end scripts (sourced, not run).
+set -euo pipefail
+BIN=${H2REV_BIN:-$(cd "$(dirname "${BASH_SOURCE[0]}")/../build/bin" && pwd)}
+SRC=$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)
+WORK=$(mktemp -d /tmp/h2rev-e2e.XXXXXX)
+PIDS=()
+
+cleanup() {
+  for p in "${PIDS[@]:-}"; do [ -n "$p" ] && kill "$p" 2>/dev/null || true; done
+  wait 2>/dev/null || true
+  if [ "${E2E_FAILED:-0}" = 1 ]; then
+    for f in "$WORK"/*.log; do echo "== $f"; tail -n 30 "$f"; done >&2
+  fi
+  rm -rf "$WORK"
+}
+trap cleanup EXIT
+fail() { E2E_FAILED=1; echo "FAIL: $*" >&2; exit 1; }
+ok() { echo "ok: $*"; }
+
+free_port() {
+  python3 -c 'import socket; s=socket.socket(); s.bind(("127.0.0.1",0)); print(s.getsockname()[1])'
+}
+
+# wait_for CMD...: retries for up to 10 s
+wait_for() {
+  for _ in $(seq 1 100); do "$@" >/dev/null 2>&1 && return 0; sleep 0.1; done
+  return 1
+}
+
+start_upstream() {
+  mkdir -p "$WORK/www"
+  echo "hello through the tunnel" > "$WORK/www/index.html"
+  python3 "$SRC/test/upstream.py" --dir "$WORK/www" --port-file "$WORK/upstream.port" \
+    2> "$WORK/upstream.log" &
+  PIDS+=($!)
+  wait_for test -s "$WORK/upstream.port" || fail "upstream did not start"
+  UPSTREAM_PORT=$(cat "$WORK/upstream.port")
+}
+
+# start_dialer [extra flags]: TLS with a self-signed certificate in $WORK
+start_dialer() {
+  DIALER_PORT=$(free_port)
+  "$BIN/h2rev-dialer" --listen "127.0.0.1:$DIALER_PORT" --self-signed-dir "$WORK" "$@" \
+    2>> "$WORK/dialer.log" &
+  DIALER_PID=$!
+  PIDS+=($DIALER_PID)
+  wait_for curl -sf --cacert "$WORK/h2rev-dialer.crt" "https://127.0.0.1:$DIALER_PORT/healthz" ||
+    fail "dialer did not start"
+}
+
+# start_listener ID [extra flags]
+start_listener() {
+  local id=$1
+  shift
+  "$BIN/h2rev-listener" --url "https://127.0.0.1:$DIALER_PORT" --id "$id" \
+    --ca "$WORK/h2rev-dialer.crt" --upstream "http://127.0.0.1:$UPSTREAM_PORT" "$@" \
+    2>> "$WORK/listener-$id.log" &
+  LISTENER_PID=$!
+  PIDS+=($LISTENER_PID)
+}
+
+tunnel() { echo "https://127.0.0.1:$DIALER_PORT/proxy/$1"; }
+tcurl() { curl -sS --cacert "$WORK/h2rev-dialer.crt" "$@"; }

@@ -1,0 +1,133 @@
+#!/usr/bin/env python3
+"""A small HTTP/1.1 upstream for the end-to-end tests.
+
+GET  /bytes/N        N bytes of a fixed pattern (Content-Length)
+GET  /chunked/N      N bytes, chunked
+GET  /headers        the request line and headers, as text
+GET  /status/N       an empty response with status N
+POST|PUT /sha        "<length> <sha256>" of the request body (chunked or not)
+anything else        files from --dir
+"""
+import argparse
+import hashlib
+import http.server
+import os
+import sys
+
+
+def pattern(n):
+    block = bytes(range(256)) * 256
+    out = bytearray()
+    while len(out) < n:
+        out += block
+    return bytes(out[:n])
+
+
+class Handler(http.server.SimpleHTTPRequestHandler):
+    protocol_version = "HTTP/1.1"
+
+    def log_message(self, fmt, *args):
+        pass
+
+    def send_text(self, code, text):
+        body = text.encode()
+        self.send_response(code)
+        self.send_header("Content-Type", "text/plain")
+        self.send_header("Content-Length", str(len(body)))
+        self.end_headers()
+        if self.command != "HEAD":
+            self.wfile.write(body)
+
+    def do_GET(self):
+        p = self.path
+        if p.startswith("/bytes/"):
+            n = int(p[7:].split("?")[0])
+            self.send_response(200)
+            self.send_header("Content-Length", str(n))
+            self.end_headers()
+            if self.command == "HEAD":
+                return
+            data = pattern(min(n, 1 << 20))
+            left = n
+            while left > 0:
+                k = min(left, len(data))
+                self.wfile.write(data[:k])
+                left -= k
+        elif p.startswith("/chunked/"):
+            n = int(p[9:])
+            self.send_response(200)
+            self.send_header("Transfer-Encoding", "chunked")
+            self.end_headers()
+            data = pattern(n)
+            for i in range(0, n, 10000):
+                c = data[i:i + 10000]
+                self.wfile.write(b"%x\r\n%s\r\n" % (len(c), c))
+            self.wfile.write(b"0\r\n\r\n")
+        elif p.startswith("/headers"):
+            lines = [self.requestline] + ["%s: %s" % kv for kv in self.headers.items()]
+            self.send_text(200, "\n".join(lines) + "\n")
+        elif p.startswith("/status/"):
+            code = int(p[8:])
+            self.send_response(code)
+            if code not in (204, 304):
+                self.send_header("Content-Length", "0")
+            self.end_headers()
+        else:
+            super().do_GET()
+
+    def do_HEAD(self):
+        self.do_GET()
+
+    def body(self):
+        h = hashlib.sha256()
+        total = 0
+        if self.headers.get("Transfer-Encoding", "").lower() == "chunked":
+            while True:
+                size = int(self.rfile.readline().strip().split(b";")[0], 16)
+                if size == 0:
+                    while self.rfile.readline() not in (b"\r\n", b"\n", b""):
+                        pass
+                    break
+                left = size
+                while left:
+                    b = self.rfile.read(min(left, 1 << 16))
+                    h.update(b)
+                    left -= len(b)
+                total += size
+                self.rfile.readline()
+        else:
+            left = int(self.headers.get("Content-Length", "0"))
+            while left:
+                b = self.rfile.read(min(left, 1 << 16))
+                if not b:
+                    break
+                h.update(b)
+                total += len(b)
+                left -= len(b)
+        return total, h.hexdigest()
+
+    def do_POST(self):
+        total, digest = self.body()
+        self.send_text(200, "%d %s\n" % (total, digest))
+
+    do_PUT = do_POST
+
+
+def main():
+    ap = argparse.ArgumentParser()
+    ap.add_argument("--port", type=int, default=0)
+    ap.add_argument("--dir", default=".")
+    ap.add_argument("--port-file")
+    a = ap.parse_args()
+    os.chdir(a.dir)
+    srv = http.server.ThreadingHTTPServer(("127.0.0.1", a.port), Handler)
+    if a.port_file:
+        with open(a.port_file + ".tmp", "w") as f:
+            f.write(str(srv.server_address[1]))
+        os.rename(a.port_file + ".tmp", a.port_file)
+    print("upstream on 127.0.0.1:%d" % srv.server_address[1], file=sys.stderr, flush=True)
+    srv.serve_forever()
+
+
+if __name__ == "__main__":
+    main()
