@@ -279,6 +279,17 @@ H2REV_EXTERN void h2rev_dialer_stats(const h2rev_dialer_t *dialer, h2rev_dialer_
 /* Stops listening, closes every connection, fails pending dials with
  * UV_ECANCELED, then calls cb. */
 H2REV_EXTERN void h2rev_dialer_close(h2rev_dialer_t *dialer, h2rev_dialer_close_cb cb);
+/* Graceful drain: stops listening at once (new connections are refused),
+ * sends GOAWAY to every connection that holds no listener (clients finish the
+ * requests they started and open no more), and keeps the listeners attached
+ * so that the requests in flight can still get their reverse connections.
+ * Once no stream other than the listeners' control streams and idle spares is
+ * left, or timeout_ms has passed, it does what h2rev_dialer_close does; cb
+ * runs last. If h2rev_dialer_close is called during the drain, the drain ends
+ * there and that call's callback runs instead of cb.
+ * Errors: UV_EALREADY (draining or closing already; no callback then). */
+H2REV_EXTERN int h2rev_dialer_shutdown(h2rev_dialer_t *dialer, unsigned timeout_ms,
+                                       h2rev_dialer_close_cb cb);
 
 /* -------------------------------------------------------------- listener */
 
@@ -333,6 +344,16 @@ H2REV_EXTERN int h2rev_listener_accept(h2rev_listener_t *listener, h2rev_stream_
 /* Closes the connection to the dialer; accepted streams report errors and
  * must still be closed by their owners. cb runs last. */
 H2REV_EXTERN void h2rev_listener_close(h2rev_listener_t *listener, h2rev_listener_close_cb cb);
+/* Graceful drain: ends the control stream (the dialer frees the id at once,
+ * so a new listener may take it, and sends no new reverse connections),
+ * stops reconnecting and sends GOAWAY. Reverse connections already accepted
+ * go on; once their owners have closed them all, or timeout_ms has passed
+ * (they then report errors), it does what h2rev_listener_close does; cb runs
+ * last. Not attached: the same as h2rev_listener_close. If
+ * h2rev_listener_close is called during the drain, its callback runs instead.
+ * Errors: UV_EALREADY (draining or closing already; no callback then). */
+H2REV_EXTERN int h2rev_listener_shutdown(h2rev_listener_t *listener, unsigned timeout_ms,
+                                         h2rev_listener_close_cb cb);
 
 #ifdef __cplusplus
 }

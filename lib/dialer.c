@@ -59,6 +59,12 @@ struct h2r_dialer {
   bool closing;
   int pending_closes;
   unsigned completing; /* dials whose timer handle is closing */
+  /* h2rev_dialer_shutdown: the drain timer and the sockets it closes count in
+   * `completing`, so a close during the drain waits for them. */
+  bool draining;
+  uv_timer_t drain_timer;
+  uint64_t drain_deadline;
+  h2rev_dialer_close_cb drain_cb;
 };
 
 static void maybe_closed(h2r_dialer_t *d) {
@@ -511,6 +517,8 @@ static void conn_dead(h2r_session_t *s, int err) {
 static void conn_close(h2r_session_t *s) {
   dconn_t *c = s->owner;
   h2r_dialer_t *d = c->d;
+  if (s->h1_data != NULL)
+    h2r_h1c_free(s->h1_data);
   if (c->prev != NULL)
     c->prev->next = c->next;
   else
@@ -522,7 +530,14 @@ static void conn_close(h2r_session_t *s) {
     maybe_closed(d);
 }
 
-static const h2r_session_cbs conn_cbs = {conn_open, on_request, conn_dead, conn_close};
+static void conn_h1(h2r_session_t *s) {
+  dconn_t *c = s->owner;
+  s->h1_data = h2r_h1c_new(s, c->d->pub, c->d->base, &c->d->o.log);
+  if (s->h1_data != NULL)
+    s->h1 = &h2r_h1c_ops;
+}
+
+static const h2r_session_cbs conn_cbs = {conn_open, on_request, conn_dead, conn_close, conn_h1};
 
 static void on_connection(uv_stream_t *server, int status) {
   dsock_t *k = server->data;
@@ -538,6 +553,7 @@ static void on_connection(uv_stream_t *server, int status) {
   o.ping_interval_ms = d->o.ping_interval_ms;
   o.ping_timeout_ms = d->o.ping_timeout_ms;
   o.max_streams = d->o.max_streams;
+  o.allow_h1 = true;
   c->next = d->conns;
   if (d->conns != NULL)
     d->conns->prev = c;
@@ -622,7 +638,7 @@ int h2rev_dialer_listen(h2rev_dialer_t *dialer, const struct sockaddr *addr,
   if (tls != NULL) {
     char why[256];
     int err = 0;
-    k->ctx = h2r_tls_ctx_new(tls, true, H2R_ALPN_H2, &err, why, sizeof(why));
+    k->ctx = h2r_tls_ctx_new(tls, true, H2R_ALPN_H2 | H2R_ALPN_H1, &err, why, sizeof(why));
     if (k->ctx == NULL) {
       H2R_ERR(&d->o.log, "TLS setup failed: %s", why);
       free(k);
@@ -775,4 +791,91 @@ void h2rev_dialer_close(h2rev_dialer_t *dialer, h2rev_dialer_close_cb cb) {
     h2r_session_close(&c->s, H2REV_ECLOSED);
   }
   maybe_closed(d);
+}
+
+/* -------------------------------------------------------------- drain */
+
+#define DRAIN_POLL_MS 50
+
+/* Streams serving requests: every stream of every connection except the
+ * control streams and idle spares of the attached listeners. */
+static unsigned busy_streams(h2r_dialer_t *d) {
+  long n = 0;
+  for (dconn_t *c = d->conns; c != NULL; c = c->next)
+    n += (long)c->s.nstreams;
+  for (unsigned i = 0; i < d->tsize; i++)
+    for (dlst_t *l = d->table[i]; l != NULL; l = l->hnext)
+      n -= 1 + (long)l->nspares;
+  return n > 0 ? (unsigned)n : 0;
+}
+
+static bool holds_listener(h2r_dialer_t *d, dconn_t *c) {
+  for (unsigned i = 0; i < d->tsize; i++)
+    for (dlst_t *l = d->table[i]; l != NULL; l = l->hnext)
+      if (l->conn == c)
+        return true;
+  return false;
+}
+
+static void drain_sock_closed(uv_handle_t *h) {
+  dsock_t *k = h->data;
+  h2r_dialer_t *d = k->d;
+  d->completing--;
+  sock_closed(h); /* frees k; counts down a close in progress */
+}
+
+static void drain_timer_closed(uv_handle_t *h) {
+  h2r_dialer_t *d = h->data;
+  d->completing--;
+  maybe_closed(d);
+}
+
+static void drain_tick(uv_timer_t *t) {
+  h2r_dialer_t *d = t->data;
+  if (!d->closing) {
+    unsigned busy = busy_streams(d);
+    bool expired = uv_now(d->loop) >= d->drain_deadline;
+    if (busy > 0 && !expired)
+      return;
+    if (busy > 0)
+      H2R_WARN(&d->o.log, "drain timeout: closing with %u stream%s in flight", busy,
+               busy == 1 ? "" : "s");
+    else
+      H2R_INFO(&d->o.log, "drained: no request in flight");
+    h2rev_dialer_close(d->pub, d->drain_cb);
+  }
+  uv_timer_stop(t);
+  uv_close((uv_handle_t *)t, drain_timer_closed);
+}
+
+int h2rev_dialer_shutdown(h2rev_dialer_t *dialer, unsigned timeout_ms, h2rev_dialer_close_cb cb) {
+  h2r_dialer_t *d = dialer->d_;
+  if (d == NULL || d->closing || d->draining)
+    return UV_EALREADY;
+  d->draining = true;
+  d->drain_cb = cb;
+  d->drain_deadline = uv_now(d->loop) + timeout_ms;
+  while (d->socks != NULL) {
+    dsock_t *k = d->socks;
+    d->socks = k->next;
+    d->completing++;
+    uv_close((uv_handle_t *)&k->tcp, drain_sock_closed);
+  }
+  /* Clients may finish the streams they started, and open no more.
+   * Listeners' connections stay as they are: their data streams serve the
+   * requests in flight, including dials still waiting for one. */
+  unsigned n = 0;
+  for (dconn_t *c = d->conns; c != NULL; c = c->next) {
+    if (!holds_listener(d, c)) {
+      h2r_session_shutdown(&c->s);
+      n++;
+    }
+  }
+  H2R_INFO(&d->o.log, "draining: no longer listening, GOAWAY sent to %u connection%s, %u ms to go",
+           n, n == 1 ? "" : "s", timeout_ms);
+  uv_timer_init(d->loop, &d->drain_timer);
+  d->drain_timer.data = d;
+  d->completing++;
+  uv_timer_start(&d->drain_timer, drain_tick, 0, DRAIN_POLL_MS);
+  return 0;
 }

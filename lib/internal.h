@@ -129,6 +129,7 @@ typedef struct h2r_session_opts {
   unsigned ping_interval_ms; /* PING after this long without input; 0: never */
   unsigned ping_timeout_ms;  /* close if unanswered this long */
   unsigned handshake_ms;     /* TCP connect + TLS handshake */
+  bool allow_h1;             /* server: serve HTTP/1.1 clients through cbs->on_h1 */
 } h2r_session_opts;
 
 void h2r_session_opts_default(h2r_session_opts *o);
@@ -145,7 +146,18 @@ typedef struct h2r_session_cbs {
   void (*on_dead)(h2r_session_t *s, int err);
   /* Everything is released; the owner may free the session. */
   void (*on_close)(h2r_session_t *s);
+  /* Server with allow_h1: the client speaks HTTP/1.1 (ALPN, or its first
+   * bytes are not the HTTP/2 preface). The owner sets s->h1 and s->h1_data;
+   * the bytes then go to s->h1->on_read. */
+  void (*on_h1)(h2r_session_t *s);
 } h2r_session_cbs;
+
+/* An HTTP/1.1 connection riding on a session's transport. */
+typedef struct h2r_h1_ops {
+  void (*on_read)(h2r_session_t *s, const uint8_t *p, size_t n);
+  void (*on_dead)(h2r_session_t *s, int err); /* the transport is gone */
+  void (*on_shutdown)(h2r_session_t *s);      /* finish the current exchange, then close */
+} h2r_h1_ops;
 
 enum h2r_session_state {
   H2R_S_CONNECTING,
@@ -175,8 +187,13 @@ struct h2r_session {
   bool ping_sent;
   uint64_t last_input;
   uint64_t ping_at;
-  size_t inflight;     /* bytes handed to the transport, not yet written */
-  struct batch *batch; /* being filled by nghttp2_session_send */
+  size_t inflight;      /* bytes handed to the transport, not yet written */
+  struct batch *batch;  /* being filled by nghttp2_session_send */
+  const h2r_h1_ops *h1; /* non-NULL: this connection speaks HTTP/1.1 */
+  void *h1_data;
+  bool sniffing; /* cleartext server: which protocol is it? */
+  uint8_t sniff[24];
+  size_t sniffed;
   bool goaway_recv;
   h2r_strm_t *streams; /* every stream still referenced */
   h2r_strm_t *pending; /* streams with deferred events */
@@ -276,10 +293,61 @@ void h2r_strm_reject(h2r_strm_t *st, int status, const char *body);
 /* Answers a complete text response; the stream (attached or not) is reset
  * after it, and closing it does not cut the response short. */
 int h2r_strm_respond_text(h2r_strm_t *st, int status, const char *body);
-/* Dialer side of the reverse proxy: serves one client stream of
+/* ---------------------------------------------- proxy.c, http1.c */
+
+/* A header as a pair of counted strings (not NUL-terminated). */
+typedef struct h2r_kv {
+  const char *name, *value;
+  size_t nl, vl;
+} h2r_kv_t;
+
+typedef struct h2r_proxy h2r_proxy_t;
+typedef struct h2r_h1c h2r_h1c_t;
+
+/* What the proxy needs to know of a client's request. */
+typedef struct h2r_preq {
+  const char *method, *authority, *scheme, *peer;
+  const char *prefix; /* <base>/proxy/<id> */
+  size_t prefixlen;
+  const char *id;
+  const char *rest; /* /<path>?<query> */
+  const h2r_kv_t *hdrs;
+  size_t nhdrs;
+  bool no_body; /* the request has no body at all */
+  bool chunked; /* HTTP/1.1 client sent Transfer-Encoding: chunked */
+  bool upgrade; /* HTTP/1.1 Upgrade request (WebSocket) */
+} h2r_preq_t;
+
+/* Dialer side of the reverse proxy: serves one HTTP/2 client stream of
  * <base>/proxy/<id>/<rest> through a reverse connection to id. */
 void h2r_proxy_serve(h2rev_dialer_t *dialer, h2r_strm_t *st, const char *prefix, size_t prefixlen,
                      const char *id, const char *rest, const h2rev_logger_t *log);
+/* The same for a request of an HTTP/1.1 connection; NULL when it could not
+ * start (an error response was sent). */
+h2r_proxy_t *h2r_proxy_serve_h1(h2rev_dialer_t *dialer, h2r_h1c_t *h1, const h2r_preq_t *rq,
+                                const h2rev_logger_t *log);
+/* HTTP/1.1 client side: request body bytes (decoded), its end, raw bytes
+ * after an upgrade, and the client going away. body returns true when the
+ * caller should pause its input until h2r_h1c_resume_input. */
+bool h2r_proxy_client_body(h2r_proxy_t *p, const char *data, size_t len);
+void h2r_proxy_client_end(h2r_proxy_t *p);
+void h2r_proxy_client_gone(h2r_proxy_t *p);
+/* The client's output queue drained: the proxy may read the listener again. */
+void h2r_proxy_client_drained(h2r_proxy_t *p);
+
+/* HTTP/1.1 server connection (http1.c), used by the proxy. */
+extern const h2r_h1_ops h2r_h1c_ops;
+h2r_h1c_t *h2r_h1c_new(h2r_session_t *s, h2rev_dialer_t *dialer, const char *base,
+                       const h2rev_logger_t *log);
+void h2r_h1c_free(h2r_h1c_t *c);
+/* Response head; framing chosen here (Content-Length kept, else chunked).
+ * Returns the bytes queued to the client. */
+size_t h2r_h1c_head(h2r_h1c_t *c, int status, const h2r_kv_t *hdrs, size_t n, bool upgrade);
+size_t h2r_h1c_body(h2r_h1c_t *c, const char *data, size_t len);
+void h2r_h1c_end(h2r_h1c_t *c);                                 /* response complete */
+void h2r_h1c_error(h2r_h1c_t *c, int status, const char *text); /* before the head */
+void h2r_h1c_abort(h2r_h1c_t *c);                               /* after the head */
+void h2r_h1c_resume_input(h2r_h1c_t *c);
 /* Gives the stream to the application's handle. */
 void h2r_strm_attach(h2r_strm_t *st, h2rev_stream_t *pub);
 /* Drops a stream no application holds: reset it if open, free it when done. */

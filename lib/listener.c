@@ -52,6 +52,12 @@ struct h2r_listener {
   h2rev_listener_close_cb close_cb;
   bool closing;
   int handles;
+  /* h2rev_listener_shutdown */
+  bool draining;
+  lconn_t *drain_conn; /* alive while live_conns > 0 */
+  uv_timer_t drain_timer;
+  uint64_t drain_deadline;
+  h2rev_listener_close_cb drain_cb;
 };
 
 static void connect_now(h2r_listener_t *l);
@@ -360,7 +366,7 @@ static void conn_close(h2r_session_t *s) {
   maybe_done(l);
 }
 
-static const h2r_session_cbs conn_cbs = {conn_open, conn_request, conn_dead, conn_close};
+static const h2r_session_cbs conn_cbs = {conn_open, conn_request, conn_dead, conn_close, NULL};
 
 static void resolved(uv_getaddrinfo_t *req, int status, struct addrinfo *res) {
   h2r_listener_t *l = req->data;
@@ -637,4 +643,67 @@ void h2rev_listener_close(h2rev_listener_t *listener, h2rev_listener_close_cb cb
     h2r_session_close(&c->s, H2REV_ECLOSED);
   }
   set_state(l, H2REV_LISTENER_STOPPED, 0, 0);
+}
+
+/* -------------------------------------------------------------- drain */
+
+#define DRAIN_POLL_MS 50
+
+static void drain_timer_closed(uv_handle_t *h) {
+  h2r_listener_t *l = h->data;
+  l->handles--;
+  maybe_done(l);
+}
+
+static void drain_tick(uv_timer_t *t) {
+  h2r_listener_t *l = t->data;
+  if (!l->closing) {
+    /* Only the drained connection can be alive: no other is started. */
+    bool expired = uv_now(l->loop) >= l->drain_deadline;
+    if (l->live_conns > 0 && !expired)
+      return;
+    if (l->live_conns > 0) {
+      H2R_WARN(&l->o.log, "drain timeout: closing with %u stream%s in flight",
+               l->drain_conn->s.nstreams, l->drain_conn->s.nstreams == 1 ? "" : "s");
+      h2r_session_close(&l->drain_conn->s, H2REV_ECLOSED);
+    } else {
+      H2R_INFO(&l->o.log, "drained: no reverse connection in flight");
+    }
+    h2rev_listener_close(l->pub, l->drain_cb);
+  } else if (l->live_conns > 0) {
+    h2r_session_close(&l->drain_conn->s, H2REV_ECLOSED); /* closed during the drain */
+  }
+  uv_timer_stop(t);
+  uv_close((uv_handle_t *)t, drain_timer_closed);
+}
+
+int h2rev_listener_shutdown(h2rev_listener_t *listener, unsigned timeout_ms,
+                            h2rev_listener_close_cb cb) {
+  h2r_listener_t *l = listener->l_;
+  if (l == NULL || l->closing || l->draining)
+    return UV_EALREADY;
+  lconn_t *c = l->conn;
+  if (c == NULL || !c->attached || c->dead) {
+    /* Not attached: nothing in flight. */
+    h2rev_listener_close(listener, cb);
+    return 0;
+  }
+  l->draining = true;
+  l->drain_cb = cb;
+  l->drain_deadline = uv_now(l->loop) + timeout_ms;
+  /* Detached from the listener: when it ends, nothing reconnects. */
+  l->conn = NULL;
+  l->drain_conn = c;
+  l->state = L_STOPPED;
+  uv_timer_stop(&l->retry);
+  /* The dialer unregisters the id as its control stream ends and resets the
+   * spares; the GOAWAY ends the connection once the streams in use are. */
+  h2rev_stream_close(&c->ctl, NULL);
+  h2r_session_shutdown(&c->s);
+  H2R_INFO(&l->o.log, "draining: detached %s, %u ms to go", l->id, timeout_ms);
+  uv_timer_init(l->loop, &l->drain_timer);
+  l->drain_timer.data = l;
+  l->handles++;
+  uv_timer_start(&l->drain_timer, drain_tick, 0, DRAIN_POLL_MS);
+  return 0;
 }

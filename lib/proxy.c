@@ -1,9 +1,10 @@
 /*
- * The dialer side of the reverse proxy: a client's HTTP/2 request for
+ * The dialer side of the reverse proxy: a client's request for
  * <base>/proxy/<id>/<path> goes out as HTTP/1.1 over a reverse connection to
  * the listener `id`; the HTTP/1.1 response (parsed with llhttp) streams back
- * as the HTTP/2 response. Framing is rebuilt, never copied: Content-Length
- * when the client gave one, chunked otherwise, hop-by-hop headers dropped.
+ * to the client, which speaks HTTP/2 (a stream) or HTTP/1.1 (http1.c).
+ * Framing is rebuilt, never copied: Content-Length when the client gave one,
+ * chunked otherwise; hop-by-hop headers are dropped.
  */
 #include "internal.h"
 
@@ -13,10 +14,22 @@
 #include <string.h>
 #include <strings.h>
 
-#define UP_HIGH_WATER (1u << 20)
+#define HIGH_WATER       (1u << 20)
+#define LINGER_MS        5000
+#define MAX_RESP_HEADERS 128
 
-typedef struct proxy {
-  h2rev_stream_t client;
+enum { CLIENT_H2, CLIENT_H1 };
+
+typedef struct pchunk {
+  struct pchunk *next;
+  size_t len;
+  char data[];
+} pchunk_t;
+
+struct h2r_proxy {
+  int kind;
+  h2rev_stream_t client; /* CLIENT_H2 */
+  h2r_h1c_t *h1;         /* CLIENT_H1, NULL once detached */
   h2rev_stream_t up;
   h2rev_dial_t dial;
   const h2rev_logger_t *log;
@@ -25,12 +38,13 @@ typedef struct proxy {
   char id[160];
   bool chunked_req; /* request body sent chunked */
   bool head_req;    /* HEAD: the response has no body */
-  bool head_sent;   /* response head submitted to the client */
+  bool upgrade;     /* the client asked for an upgrade */
+  bool raw;         /* upgraded: bytes spliced both ways */
+  bool head_sent;   /* response head given to the client */
   bool done;        /* response complete */
-  bool up_open;
-  bool up_eof;       /* the listener ended its direction */
-  bool up_shut_done; /* and we ended ours */
+  bool up_open, up_eof, up_shut_done;
   bool client_open;
+  bool client_eof; /* request body complete */
   bool timer_open;
   uv_timer_t linger; /* bounds the wait for the listener's END_STREAM */
   int closes;
@@ -38,13 +52,16 @@ typedef struct proxy {
   char *hbuf;
   size_t hlen, hcap;
   unsigned nh;
-  uint32_t hoff[128][4]; /* name off/len, value off/len */
+  uint32_t hoff[MAX_RESP_HEADERS][4]; /* name off/len, value off/len */
   bool in_value;
-  char *reqhead; /* the request head sent upstream */
-  h2rev_shutdown_t sh;
-  h2rev_shutdown_t up_sh;
+  char *reqhead;
+  pchunk_t *early, **early_tail; /* HTTP/1.1 request body before the dial completed */
+  size_t early_bytes;
+  h2rev_shutdown_t sh, up_sh;
   char rbuf[16384]; /* the listener's bytes, parsed as they arrive */
-} proxy_t;
+};
+
+typedef h2r_proxy_t proxy_t;
 
 typedef struct pwrite {
   h2rev_write_t w;
@@ -54,24 +71,29 @@ typedef struct pwrite {
 } pwrite_t;
 
 static bool hop_by_hop(const char *name, size_t len) {
-  static const char *const hop[] = {"connection",
-                                    "keep-alive",
-                                    "proxy-connection",
-                                    "transfer-encoding",
-                                    "upgrade",
-                                    "http2-settings",
-                                    "te",
-                                    "proxy-authenticate",
-                                    "trailer"};
+  static const char *const hop[] = {
+      "connection",     "keep-alive", "proxy-connection", "transfer-encoding", "upgrade",
+      "http2-settings", "te",         "trailer",          "proxy-authenticate"};
   for (size_t i = 0; i < sizeof(hop) / sizeof(hop[0]); i++)
     if (strlen(hop[i]) == len && strncasecmp(hop[i], name, len) == 0)
       return true;
   return false;
 }
 
+static bool kv_is(const h2r_kv_t *kv, const char *name) {
+  return kv->nl == strlen(name) && strncasecmp(kv->name, name, kv->nl) == 0;
+}
+
+/* ------------------------------------------------------------ lifetime */
+
 static void p_release(proxy_t *p) {
   if (--p->closes > 0)
     return;
+  while (p->early != NULL) {
+    pchunk_t *c = p->early;
+    p->early = c->next;
+    free(c);
+  }
   free(p->hbuf);
   free(p->reqhead);
   free(p);
@@ -95,32 +117,53 @@ static void p_close_up(proxy_t *p) {
   }
 }
 
-static void p_finish(proxy_t *p) {
-  if (p->client_open) {
-    p->client_open = false;
+/* Lets go of the client; an HTTP/1.1 connection is told how it ended. */
+static void p_close_client(proxy_t *p, bool complete) {
+  if (!p->client_open)
+    return;
+  p->client_open = false;
+  if (p->kind == CLIENT_H2) {
     h2rev_stream_close(&p->client, p_closed);
+    return;
   }
+  h2r_h1c_t *h1 = p->h1;
+  p->h1 = NULL;
+  if (h1 != NULL) {
+    if (complete)
+      h2r_h1c_end(h1);
+    else
+      h2r_h1c_abort(h1);
+  }
+  p_release(p);
+}
+
+static void p_finish(proxy_t *p) {
+  p_close_client(p, false);
   p_close_up(p);
 }
 
+/* Before the response head: an error response. After it: the client stream
+ * is reset or its connection closed, never a response that looks complete. */
 static void p_fail(proxy_t *p, int status, const char *why) {
   H2R_WARN(p->log, "proxy %s: %d %s", p->id, status, why);
-  if (!p->head_sent && p->client.s_ != NULL) {
+  if (!p->head_sent && p->client_open) {
     char body[200];
     snprintf(body, sizeof(body), "%s\n", why);
-    h2r_strm_respond_text(p->client.s_, status, body);
     p->head_sent = true;
+    if (p->kind == CLIENT_H2) {
+      h2r_strm_respond_text(p->client.s_, status, body);
+    } else if (p->h1 != NULL) {
+      h2r_h1c_t *h1 = p->h1;
+      p->h1 = NULL;
+      p->client_open = false;
+      h2r_h1c_error(h1, status, body);
+      p_release(p);
+    }
   }
-  /* After the head, closing resets the client stream: never a response
-   * that looks complete. */
   p_finish(p);
 }
 
-static void p_wrote(h2rev_write_t *req, int status) {
-  pwrite_t *w = H2R_CONTAINER_OF(req, pwrite_t, w);
-  (void)status;
-  free(w);
-}
+/* ------------------------------------------------------------- writing */
 
 static int p_send_cb(proxy_t *p, h2rev_stream_t *to, h2rev_write_cb cb, const char *a, size_t al,
                      const char *b, size_t bl, const char *c, size_t cl) {
@@ -141,9 +184,39 @@ static int p_send_cb(proxy_t *p, h2rev_stream_t *to, h2rev_write_cb cb, const ch
   return r;
 }
 
-static int p_send(proxy_t *p, h2rev_stream_t *to, const char *a, size_t al, const char *b,
-                  size_t bl, const char *c, size_t cl) {
-  return p_send_cb(p, to, p_wrote, a, al, b, bl, c, cl);
+static void up_alloc(h2rev_stream_t *s, size_t sz, uv_buf_t *buf);
+static void up_read(h2rev_stream_t *s, ssize_t n, const uv_buf_t *buf);
+
+static void client_wrote(h2rev_write_t *req, int status) {
+  pwrite_t *w = H2R_CONTAINER_OF(req, pwrite_t, w);
+  proxy_t *p = w->p;
+  free(w);
+  if (status == 0)
+    h2r_proxy_client_drained(p);
+}
+
+void h2r_proxy_client_drained(h2r_proxy_t *p) {
+  bool low = p->kind == CLIENT_H1 || h2rev_stream_write_queue_size(&p->client) < HIGH_WATER / 2;
+  if (low && p->up_open && !p->done && !p->up_eof)
+    h2rev_stream_read_start(&p->up, up_alloc, up_read);
+}
+
+/* Response bytes to the client; reading the listener pauses while the
+ * client is slow. */
+static int c_body(proxy_t *p, const char *at, size_t len) {
+  size_t queued;
+  if (p->kind == CLIENT_H2) {
+    if (p_send_cb(p, &p->client, client_wrote, at, len, NULL, 0, NULL, 0) != 0)
+      return -1;
+    queued = h2rev_stream_write_queue_size(&p->client);
+  } else {
+    if (p->h1 == NULL)
+      return -1;
+    queued = h2r_h1c_body(p->h1, at, len);
+  }
+  if (queued >= HIGH_WATER)
+    h2rev_stream_read_stop(&p->up);
+  return 0;
 }
 
 /* ------------------------------------------------------ response head */
@@ -169,13 +242,11 @@ static int hb_add(proxy_t *p, const char *at, size_t len) {
 static int on_hfield(llhttp_t *h, const char *at, size_t len) {
   proxy_t *p = h->data;
   if (p->in_value || p->nh == 0) {
-    if (p->nh == 128)
+    if (p->nh == MAX_RESP_HEADERS)
       return -1;
-    p->nh++;
-    p->hoff[p->nh - 1][0] = (uint32_t)p->hlen;
-    p->hoff[p->nh - 1][1] = 0;
-    p->hoff[p->nh - 1][2] = 0;
-    p->hoff[p->nh - 1][3] = 0;
+    uint32_t *o = p->hoff[p->nh++];
+    o[0] = (uint32_t)p->hlen;
+    o[1] = o[2] = o[3] = 0;
     p->in_value = false;
   }
   p->hoff[p->nh - 1][1] += (uint32_t)len;
@@ -192,49 +263,60 @@ static int on_hvalue(llhttp_t *h, const char *at, size_t len) {
   return hb_add(p, at, len);
 }
 
+static int c_head_h2(proxy_t *p, int status, const h2r_kv_t *kv, size_t n) {
+  nghttp2_nv nv[MAX_RESP_HEADERS];
+  size_t m = 0;
+  for (size_t i = 0; i < n; i++) {
+    if (hop_by_hop(kv[i].name, kv[i].nl))
+      continue;
+    char *name = (char *)kv[i].name; /* our own copy: lower-cased in place */
+    for (size_t k = 0; k < kv[i].nl; k++)
+      name[k] = (char)(name[k] >= 'A' && name[k] <= 'Z' ? name[k] + 32 : name[k]);
+    nv[m++] = (nghttp2_nv){(uint8_t *)name, (uint8_t *)kv[i].value, kv[i].nl, kv[i].vl,
+                           NGHTTP2_NV_FLAG_NONE};
+  }
+  return h2r_strm_respond(p->client.s_, status, nv, m);
+}
+
 static int on_headers_complete(llhttp_t *h) {
   proxy_t *p = h->data;
   int status = h->status_code;
-  if (status < 200 && status != 101) {
+  bool upgraded = status == 101 && p->upgrade && p->kind == CLIENT_H1;
+  if (status < 200 && !upgraded) {
     p->nh = 0; /* interim response: wait for the final one */
     p->hlen = 0;
     p->in_value = false;
     return 0;
   }
-  nghttp2_nv nv[128];
-  size_t n = 0;
-  for (unsigned i = 0; i < p->nh; i++) {
-    char *name = p->hbuf + p->hoff[i][0];
-    size_t nl = p->hoff[i][1];
-    if (hop_by_hop(name, nl))
-      continue;
-    for (size_t k = 0; k < nl; k++)
-      name[k] = (char)(name[k] >= 'A' && name[k] <= 'Z' ? name[k] + 32 : name[k]);
-    nv[n++] = (nghttp2_nv){(uint8_t *)name, (uint8_t *)p->hbuf + p->hoff[i][2], nl, p->hoff[i][3],
-                           NGHTTP2_NV_FLAG_NONE};
-  }
-  if (status == 101) {
-    p_fail(p, 502, "upgrade is not supported over HTTP/2");
+  if (status == 101 && !upgraded) {
+    p_fail(p, 502, "unexpected 101 from the listener");
     return -1;
   }
-  if (h2r_strm_respond(p->client.s_, status, nv, n) != 0)
-    return -1;
+  h2r_kv_t kv[MAX_RESP_HEADERS];
+  for (unsigned i = 0; i < p->nh; i++)
+    kv[i] =
+        (h2r_kv_t){p->hbuf + p->hoff[i][0], p->hbuf + p->hoff[i][2], p->hoff[i][1], p->hoff[i][3]};
   p->head_sent = true;
+  if (p->kind == CLIENT_H2) {
+    if (c_head_h2(p, status, kv, p->nh) != 0)
+      return -1;
+  } else {
+    if (p->h1 == NULL)
+      return -1;
+    h2r_h1c_head(p->h1, status, kv, p->nh, upgraded);
+  }
+  if (upgraded)
+    p->raw = true; /* llhttp stops with HPE_PAUSED_UPGRADE */
   return p->head_req ? 1 : 0;
 }
 
 static int on_body(llhttp_t *h, const char *at, size_t len) {
-  proxy_t *p = h->data;
-  return p_send(p, &p->client, at, len, NULL, 0, NULL, 0) == 0 ? 0 : -1;
+  return c_body(h->data, at, len);
 }
 
 static void client_shut(h2rev_shutdown_t *req, int status) {
-  proxy_t *p = req->data;
   (void)status;
-  if (p->client_open) {
-    p->client_open = false;
-    h2rev_stream_close(&p->client, p_closed);
-  }
+  p_close_client(req->data, true);
 }
 
 static void up_shut(h2rev_shutdown_t *req, int status) {
@@ -248,29 +330,37 @@ static void linger_done(uv_timer_t *t) {
   p_close_up(t->data);
 }
 
-/* The response is complete. Both directions of the reverse connection end
- * with END_STREAM (a reset would count against the peer's reset limits), and
- * only after the response: a Go listener cancels a request whose client
- * half-closes early. */
-static int on_message_complete(llhttp_t *h) {
-  proxy_t *p = h->data;
-  if (!p->head_sent)
-    return 0;
-  p->done = true;
-  p->sh.data = p;
-  if (h2rev_stream_shutdown(&p->sh, &p->client, client_shut) != 0) {
-    p_finish(p);
-    return HPE_PAUSED;
-  }
+/* Ends our direction of the reverse connection; it closes once the listener
+ * has ended its own (a reset would count against the peer's reset limits). */
+static void end_up(proxy_t *p) {
+  if (!p->up_open || p->up_shut_done)
+    return;
   p->up_sh.data = p;
   if (h2rev_stream_shutdown(&p->up_sh, &p->up, up_shut) != 0)
     p_close_up(p);
   else if (!p->up_eof)
-    uv_timer_start(&p->linger, linger_done, 5000, 0);
+    uv_timer_start(&p->linger, linger_done, LINGER_MS, 0);
+}
+
+/* The response is complete. Our side of the reverse connection ends only
+ * now: a Go listener cancels a request whose client half-closes early. */
+static int on_message_complete(llhttp_t *h) {
+  proxy_t *p = h->data;
+  if (!p->head_sent || p->raw)
+    return 0;
+  p->done = true;
+  if (p->kind == CLIENT_H2) {
+    p->sh.data = p;
+    if (h2rev_stream_shutdown(&p->sh, &p->client, client_shut) != 0)
+      p_close_client(p, false);
+  } else {
+    p_close_client(p, true);
+  }
+  end_up(p);
   return HPE_PAUSED;
 }
 
-/* ------------------------------------------------------------- flows */
+/* ------------------------------------------------------ the listener */
 
 static void up_alloc(h2rev_stream_t *s, size_t sz, uv_buf_t *buf) {
   proxy_t *p = s->data;
@@ -280,22 +370,30 @@ static void up_alloc(h2rev_stream_t *s, size_t sz, uv_buf_t *buf) {
 
 static void up_read(h2rev_stream_t *s, ssize_t n, const uv_buf_t *buf) {
   proxy_t *p = s->data;
+  if (n == 0)
+    return;
   if (n == UV_EOF)
     p->up_eof = true;
+  if (p->raw) {
+    if (n > 0) {
+      if (c_body(p, buf->base, (size_t)n) != 0)
+        p_finish(p);
+    } else {
+      p->done = true;
+      p_close_client(p, n == UV_EOF);
+      if (n != UV_EOF || p->up_shut_done)
+        p_close_up(p);
+    }
+    return;
+  }
   if (p->done) {
     if (n < 0 && (n != UV_EOF || p->up_shut_done))
       p_close_up(p);
     return;
   }
-  if (n == 0)
-    return;
   if (n < 0) {
-    if (n == UV_EOF && llhttp_finish(&p->parser) == HPE_OK && p->done)
+    if (n == UV_EOF && p->head_sent && llhttp_finish(&p->parser) == HPE_OK && p->done)
       return;
-    if (n == UV_EOF && p->head_sent && !p->done && llhttp_message_needs_eof(&p->parser)) {
-      on_message_complete(&p->parser);
-      return;
-    }
     char why[160];
     snprintf(why, sizeof(why), "%s (%s)",
              p->head_sent ? "listener closed the response early" : "listener closed",
@@ -304,12 +402,21 @@ static void up_read(h2rev_stream_t *s, ssize_t n, const uv_buf_t *buf) {
     return;
   }
   llhttp_errno_t e = llhttp_execute(&p->parser, buf->base, (size_t)n);
-  if (e != HPE_OK && e != HPE_PAUSED) {
+  if (e == HPE_PAUSED_UPGRADE && p->raw) {
+    const char *rest = llhttp_get_error_pos(&p->parser);
+    size_t left = (size_t)(buf->base + n - rest);
+    if (left > 0 && c_body(p, rest, left) != 0)
+      p_finish(p);
+    return;
+  }
+  if (e != HPE_OK && e != HPE_PAUSED && p->up_open) {
     char why[160];
     snprintf(why, sizeof(why), "bad response from listener: %s", llhttp_errno_name(e));
     p_fail(p, 502, why);
   }
 }
+
+/* ---------------------------------------------- the client's request */
 
 static void client_alloc(h2rev_stream_t *s, size_t sz, uv_buf_t *buf) {
   (void)s;
@@ -323,138 +430,186 @@ static void body_wrote(h2rev_write_t *req, int status) {
   pwrite_t *w = H2R_CONTAINER_OF(req, pwrite_t, w);
   proxy_t *p = w->p;
   free(w);
-  if (status == 0 && p->client_open && h2rev_stream_write_queue_size(&p->up) < UP_HIGH_WATER / 2)
+  if (status != 0 || !p->client_open || p->client_eof ||
+      h2rev_stream_write_queue_size(&p->up) >= HIGH_WATER / 2)
+    return;
+  if (p->kind == CLIENT_H2)
     h2rev_stream_read_start(&p->client, client_alloc, client_read);
+  else if (p->h1 != NULL)
+    h2r_h1c_resume_input(p->h1);
+}
+
+/* Request body bytes to the listener, re-framed. True: pause the client. */
+static bool send_up(proxy_t *p, const char *data, size_t len) {
+  if (p->raw || !p->chunked_req) {
+    p_send_cb(p, &p->up, body_wrote, data, len, NULL, 0, NULL, 0);
+  } else {
+    char size[24];
+    int sl = snprintf(size, sizeof(size), "%zx\r\n", len);
+    p_send_cb(p, &p->up, body_wrote, size, (size_t)sl, data, len, "\r\n", 2);
+  }
+  return h2rev_stream_write_queue_size(&p->up) >= HIGH_WATER;
+}
+
+static void send_up_end(proxy_t *p) {
+  if (p->raw)
+    end_up(p);
+  else if (p->chunked_req)
+    p_send_cb(p, &p->up, body_wrote, "0\r\n\r\n", 5, NULL, 0, NULL, 0);
 }
 
 static void client_read(h2rev_stream_t *s, ssize_t n, const uv_buf_t *buf) {
   proxy_t *p = s->data;
   pwrite_t *w = buf->base != NULL ? H2R_CONTAINER_OF(buf->base, pwrite_t, data) : NULL;
-  if (n <= 0) {
-    free(w);
-    if (n == 0)
-      return;
-    if (n == UV_EOF) {
-      h2rev_stream_read_stop(s);
-      if (p->chunked_req && p->up_open)
-        p_send(p, &p->up, "0\r\n\r\n", 5, NULL, 0, NULL, 0);
-      return;
-    }
-    H2R_INFO(p->log, "proxy %s: client went away: %s", p->id, h2rev_strerror((int)n));
-    p_finish(p);
-    return;
-  }
-  if (!p->up_open) {
-    free(w);
-    return;
-  }
-  if (p->chunked_req) {
-    char size[24];
-    int sl = snprintf(size, sizeof(size), "%zx\r\n", (size_t)n);
-    p_send_cb(p, &p->up, body_wrote, size, (size_t)sl, buf->base, (size_t)n, "\r\n", 2);
-    free(w);
-  } else {
-    w->p = p;
-    w->len = (size_t)n;
-    uv_buf_t b = uv_buf_init(w->data, (unsigned)n);
-    if (h2rev_stream_write(&w->w, &p->up, &b, 1, body_wrote) != 0)
-      free(w);
-  }
-  if (h2rev_stream_write_queue_size(&p->up) >= UP_HIGH_WATER)
+  if (n > 0 && p->up_open && send_up(p, buf->base, (size_t)n))
     h2rev_stream_read_stop(s);
-}
-
-/* ---------------------------------------------------------- request */
-
-static bool valid_content_length(const char *v) {
-  if (*v == '\0')
-    return false;
-  for (const char *q = v; *q; q++)
-    if (*q < '0' || *q > '9')
-      return false;
-  return strlen(v) <= 18;
-}
-
-/* Builds the HTTP/1.1 request head; returns NULL (with *status) when the
- * request cannot be translated safely. */
-static char *build_head(proxy_t *p, h2r_strm_t *st, const char *prefix, size_t prefixlen,
-                        const char *rest, int *status) {
-  const char *method = h2r_strm_header(st, ":method", NULL);
-  const char *authority = h2r_strm_header(st, ":authority", NULL);
-  const char *scheme = h2r_strm_header(st, ":scheme", NULL);
-  if (method == NULL) {
-    *status = 400;
-    return NULL;
+  free(w);
+  if (n >= 0)
+    return;
+  if (n == UV_EOF) {
+    p->client_eof = true;
+    if (p->up_open)
+      send_up_end(p);
+    return;
   }
-  p->head_req = strcmp(method, "HEAD") == 0;
-  size_t cap = 512 + st->hlen * 2 + strlen(rest) + prefixlen + 128;
+  H2R_INFO(p->log, "proxy %s: client went away: %s", p->id, h2rev_strerror((int)n));
+  p_finish(p);
+}
+
+bool h2r_proxy_client_body(h2r_proxy_t *p, const char *data, size_t len) {
+  if (p->up_open)
+    return send_up(p, data, len);
+  pchunk_t *c = malloc(sizeof(*c) + len);
+  if (c == NULL)
+    return true;
+  c->next = NULL;
+  c->len = len;
+  memcpy(c->data, data, len);
+  *p->early_tail = c;
+  p->early_tail = &c->next;
+  p->early_bytes += len;
+  return p->early_bytes >= HIGH_WATER;
+}
+
+void h2r_proxy_client_end(h2r_proxy_t *p) {
+  p->client_eof = true;
+  if (p->up_open)
+    send_up_end(p);
+}
+
+void h2r_proxy_client_gone(h2r_proxy_t *p) {
+  p->h1 = NULL;
+  p_finish(p);
+}
+
+static bool valid_content_length(const char *v, size_t n) {
+  if (n == 0 || n > 18)
+    return false;
+  for (size_t i = 0; i < n; i++)
+    if (v[i] < '0' || v[i] > '9')
+      return false;
+  return true;
+}
+
+static bool safe_text(const char *v, size_t n) {
+  for (size_t i = 0; i < n; i++)
+    if (v[i] == '\r' || v[i] == '\n' || v[i] == '\0')
+      return false;
+  return true;
+}
+
+/* True when `name` is listed in the request's Connection header. */
+static bool named_by_connection(const h2r_preq_t *rq, const h2r_kv_t *h) {
+  for (size_t i = 0; i < rq->nhdrs; i++) {
+    if (!kv_is(&rq->hdrs[i], "connection"))
+      continue;
+    const char *v = rq->hdrs[i].value, *end = v + rq->hdrs[i].vl;
+    while (v < end) {
+      while (v < end && (*v == ' ' || *v == ','))
+        v++;
+      const char *tok = v;
+      while (v < end && *v != ',' && *v != ' ')
+        v++;
+      if ((size_t)(v - tok) == h->nl && strncasecmp(tok, h->name, h->nl) == 0)
+        return true;
+    }
+  }
+  return false;
+}
+
+/* Builds the HTTP/1.1 request head for the listener; NULL (with *status)
+ * when the request cannot be translated without ambiguity. */
+static char *build_head(proxy_t *p, const h2r_preq_t *rq, int *status) {
+  size_t cap = 512 + strlen(rq->rest) + rq->prefixlen + strlen(rq->method);
+  for (size_t i = 0; i < rq->nhdrs; i++)
+    cap += rq->hdrs[i].nl + rq->hdrs[i].vl + 4;
   char *h = malloc(cap);
   if (h == NULL) {
     *status = 503;
     return NULL;
   }
-  size_t o = (size_t)snprintf(h, cap, "%s %s%s HTTP/1.1\r\nHost: %s\r\n", method,
-                              rest[0] == '/' ? "" : "/", rest, p->id);
-  const char *cl = NULL;
-  const char *xff = NULL;
-  for (unsigned i = 0; i < st->nhdrs; i++) {
-    const char *name = st->hbuf + st->hdrs[i].name;
-    const char *value = st->hbuf + st->hdrs[i].value;
-    size_t nl = st->hdrs[i].namelen;
-    if (name[0] == ':' || strcmp(name, "host") == 0)
+  *status = 400;
+  if (!safe_text(rq->method, strlen(rq->method)) || !safe_text(rq->rest, strlen(rq->rest)) ||
+      strchr(rq->method, ' ') != NULL || strchr(rq->rest, ' ') != NULL)
+    goto bad;
+  size_t o =
+      (size_t)snprintf(h, cap, "%s %s HTTP/1.1\r\nHost: %s\r\n", rq->method, rq->rest, rq->id);
+  const h2r_kv_t *cl = NULL, *xff = NULL;
+  for (size_t i = 0; i < rq->nhdrs; i++) {
+    const h2r_kv_t *kv = &rq->hdrs[i];
+    if (!safe_text(kv->name, kv->nl) || !safe_text(kv->value, kv->vl) || kv->nl == 0)
+      goto bad;
+    if (kv->name[0] == ':' || kv_is(kv, "host"))
       continue;
-    if (strcmp(name, "content-length") == 0) {
-      if (!valid_content_length(value) || (cl != NULL && strcmp(cl, value) != 0)) {
-        *status = 400;
-        free(h);
-        return NULL;
-      }
+    if (kv_is(kv, "content-length")) {
+      if (!valid_content_length(kv->value, kv->vl) ||
+          (cl != NULL && (cl->vl != kv->vl || memcmp(cl->value, kv->value, kv->vl) != 0)))
+        goto bad; /* conflicting lengths: a smuggling attempt */
       if (cl != NULL)
         continue;
-      cl = value;
+      cl = kv;
     }
-    if (strcmp(name, "te") == 0 && strcmp(value, "trailers") == 0) {
-      /* the only TE HTTP/2 allows; harmless to pass */
-    } else if (hop_by_hop(name, nl)) {
+    if (kv_is(kv, "x-forwarded-for")) {
+      xff = kv;
       continue;
     }
-    if (strcmp(name, "x-forwarded-for") == 0) {
-      xff = value;
+    bool keep = (kv_is(kv, "te") && kv->vl == 8 && strncasecmp(kv->value, "trailers", 8) == 0) ||
+                (rq->upgrade && kv_is(kv, "upgrade"));
+    if (!keep && (hop_by_hop(kv->name, kv->nl) || named_by_connection(rq, kv)))
       continue;
-    }
-    if (strpbrk(value, "\r\n") != NULL || memchr(value, '\0', st->hdrs[i].valuelen) != NULL) {
-      *status = 400;
-      free(h);
-      return NULL;
-    }
-    o += (size_t)snprintf(h + o, cap - o, "%s: %s\r\n", name, value);
+    o += (size_t)snprintf(h + o, cap - o, "%.*s: %.*s\r\n", (int)kv->nl, kv->name, (int)kv->vl,
+                          kv->value);
   }
+  if (rq->chunked && cl != NULL)
+    goto bad; /* Transfer-Encoding with Content-Length */
   char ip[64];
-  snprintf(ip, sizeof(ip), "%s", st->sess->x.peer);
+  snprintf(ip, sizeof(ip), "%s", rq->peer);
   char *colon = strrchr(ip, ':');
   if (colon != NULL)
     *colon = '\0';
   o += (size_t)snprintf(h + o, cap - o,
-                        "X-Forwarded-For: %s%s%s\r\nX-Forwarded-Proto: %s\r\n"
+                        "X-Forwarded-For: %.*s%s%s\r\nX-Forwarded-Proto: %s\r\n"
                         "X-Forwarded-Host: %s\r\nX-Forwarded-Prefix: %.*s\r\n",
-                        xff ? xff : "", xff ? ", " : "", ip, scheme ? scheme : "https",
-                        authority ? authority : "", (int)prefixlen, prefix);
-  bool no_body = (st->flags & H2R_F_EOF) && st->rq_bytes == 0;
-  if (cl == NULL && !no_body) {
+                        xff ? (int)xff->vl : 0, xff ? xff->value : "", xff ? ", " : "", ip,
+                        rq->scheme, rq->authority, (int)rq->prefixlen, rq->prefix);
+  if (cl == NULL && !rq->no_body && !rq->upgrade) {
     p->chunked_req = true;
     o += (size_t)snprintf(h + o, cap - o, "Transfer-Encoding: chunked\r\n");
   }
-  o += (size_t)snprintf(h + o, cap - o, "Connection: close\r\n\r\n");
+  o +=
+      (size_t)snprintf(h + o, cap - o, "Connection: %s\r\n\r\n", rq->upgrade ? "Upgrade" : "close");
   return h;
+bad:
+  free(h);
+  return NULL;
 }
 
 static void dialed(h2rev_dial_t *req, int status) {
   proxy_t *p = req->data;
   if (status != 0) {
-    int code = status == UV_ETIMEDOUT ? 504 : 502;
     char why[200];
     snprintf(why, sizeof(why), "listener %s: %s", p->id, h2rev_dial_strerror(req));
-    p_fail(p, code, why);
+    p_fail(p, status == UV_ETIMEDOUT ? 504 : 502, why);
     return;
   }
   p->up_open = true;
@@ -463,39 +618,55 @@ static void dialed(h2rev_dial_t *req, int status) {
     p_finish(p);
     return;
   }
-  if (p_send(p, &p->up, p->reqhead, strlen(p->reqhead), NULL, 0, NULL, 0) != 0) {
+  if (p_send_cb(p, &p->up, body_wrote, p->reqhead, strlen(p->reqhead), NULL, 0, NULL, 0) != 0) {
     p_fail(p, 502, "cannot write to the listener");
     return;
   }
   h2rev_stream_read_start(&p->up, up_alloc, up_read);
-  h2rev_stream_read_start(&p->client, client_alloc, client_read);
+  if (p->kind == CLIENT_H2) {
+    h2rev_stream_read_start(&p->client, client_alloc, client_read);
+    return;
+  }
+  bool pause = false;
+  while (p->early != NULL) {
+    pchunk_t *c = p->early;
+    p->early = c->next;
+    pause = send_up(p, c->data, c->len);
+    free(c);
+  }
+  p->early_tail = &p->early;
+  p->early_bytes = 0;
+  if (p->client_eof)
+    send_up_end(p);
+  else if (!pause && p->h1 != NULL)
+    h2r_h1c_resume_input(p->h1);
 }
 
-void h2r_proxy_serve(h2rev_dialer_t *dialer, h2r_strm_t *st, const char *prefix, size_t prefixlen,
-                     const char *id, const char *rest, const h2rev_logger_t *log) {
+static proxy_t *p_start(h2rev_dialer_t *dialer, int kind, const h2r_preq_t *rq,
+                        const h2rev_logger_t *log, int *status) {
   proxy_t *p = calloc(1, sizeof(*p));
   if (p == NULL) {
-    h2r_strm_reject(st, 503, "out of memory\n");
-    return;
+    *status = 503;
+    return NULL;
   }
+  p->kind = kind;
   p->log = log;
-  snprintf(p->id, sizeof(p->id), "%s", id);
-  int status = 0;
-  p->reqhead = build_head(p, st, prefix, prefixlen, rest, &status);
+  p->upgrade = rq->upgrade;
+  p->head_req = strcmp(rq->method, "HEAD") == 0;
+  p->early_tail = &p->early;
+  snprintf(p->id, sizeof(p->id), "%s", rq->id);
+  p->reqhead = build_head(p, rq, status);
   if (p->reqhead == NULL) {
-    H2R_WARN(log, "proxy %s: request refused (%d)", id, status);
-    h2r_strm_reject(st, status, status == 400 ? "bad request\n" : "unavailable\n");
+    H2R_WARN(log, "proxy %s: request refused (%d)", rq->id, *status);
     free(p);
-    return;
+    return NULL;
   }
-  p->client.data = p->up.data = p;
-  p->dial.data = p;
-  h2r_strm_attach(st, &p->client);
+  p->client.data = p->up.data = p->dial.data = p;
   p->client_open = true;
   uv_timer_init(dialer->loop, &p->linger);
   p->linger.data = p;
   p->timer_open = true;
-  p->closes = 2; /* the client stream and the timer; the reverse stream adds one */
+  p->closes = 2; /* the client and the timer; the reverse stream adds one */
   llhttp_settings_init(&p->settings);
   p->settings.on_header_field = on_hfield;
   p->settings.on_header_value = on_hvalue;
@@ -504,8 +675,60 @@ void h2r_proxy_serve(h2rev_dialer_t *dialer, h2r_strm_t *st, const char *prefix,
   p->settings.on_message_complete = on_message_complete;
   llhttp_init(&p->parser, HTTP_RESPONSE, &p->settings);
   p->parser.data = p;
-  int r = h2rev_dial(&p->dial, dialer, id, &p->up, 0, dialed);
-  if (r != 0) {
-    p_fail(p, 502, "invalid id");
+  return p;
+}
+
+static void p_dial(proxy_t *p, h2rev_dialer_t *dialer) {
+  if (h2rev_dial(&p->dial, dialer, p->id, &p->up, 0, dialed) != 0)
+    p_fail(p, 400, "invalid id");
+}
+
+void h2r_proxy_serve(h2rev_dialer_t *dialer, h2r_strm_t *st, const char *prefix, size_t prefixlen,
+                     const char *id, const char *rest, const h2rev_logger_t *log) {
+  h2r_kv_t kv[128];
+  size_t n = 0;
+  for (unsigned i = 0; i < st->nhdrs && n < 128; i++)
+    kv[n++] = (h2r_kv_t){st->hbuf + st->hdrs[i].name, st->hbuf + st->hdrs[i].value,
+                         st->hdrs[i].namelen, st->hdrs[i].valuelen};
+  const char *method = h2r_strm_header(st, ":method", NULL);
+  const char *authority = h2r_strm_header(st, ":authority", NULL);
+  const char *scheme = h2r_strm_header(st, ":scheme", NULL);
+  h2r_preq_t rq = {
+      .method = method ? method : "",
+      .authority = authority ? authority : "",
+      .scheme = scheme ? scheme : "https",
+      .peer = st->sess->x.peer,
+      .prefix = prefix,
+      .prefixlen = prefixlen,
+      .id = id,
+      .rest = rest,
+      .hdrs = kv,
+      .nhdrs = n,
+      .no_body = (st->flags & H2R_F_EOF) && st->rq_bytes == 0,
+  };
+  int status = 400;
+  for (size_t i = 0; i < n; i++)
+    if (kv_is(&kv[i], "transfer-encoding"))
+      method = NULL; /* HTTP/2 forbids it: refuse rather than guess */
+  proxy_t *p = method != NULL && n < 128 ? p_start(dialer, CLIENT_H2, &rq, log, &status) : NULL;
+  if (p == NULL) {
+    H2R_WARN(log, "proxy %s: %d for a request that cannot be forwarded safely", id, status);
+    h2r_strm_reject(st, status, status == 400 ? "bad request\n" : "unavailable\n");
+    return;
   }
+  h2r_strm_attach(st, &p->client);
+  p_dial(p, dialer);
+}
+
+h2r_proxy_t *h2r_proxy_serve_h1(h2rev_dialer_t *dialer, h2r_h1c_t *h1, const h2r_preq_t *rq,
+                                const h2rev_logger_t *log) {
+  int status = 400;
+  proxy_t *p = p_start(dialer, CLIENT_H1, rq, log, &status);
+  if (p == NULL) {
+    h2r_h1c_error(h1, status, status == 400 ? "bad request\n" : "unavailable\n");
+    return NULL;
+  }
+  p->h1 = h1;
+  p_dial(p, dialer);
+  return p;
 }

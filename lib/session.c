@@ -415,7 +415,7 @@ static void s_check(uv_check_t *h) {
     st->flags &= ~H2R_F_PENDING;
     h2r_strm_pump(st);
   }
-  if (s->state != H2R_S_DEAD && s->state != H2R_S_CONNECTING)
+  if (s->state != H2R_S_DEAD && s->state != H2R_S_CONNECTING && s->h1 == NULL && !s->sniffing)
     s_flush(s);
   s_maybe_closed(s);
 }
@@ -467,6 +467,8 @@ static void s_fail(h2r_session_t *s, int err) {
   for (h2r_strm_t *st = s->streams; st != NULL; st = st->next)
     h2r_strm_on_dead(st, err != 0 ? err : H2REV_ECLOSED);
   h2r_xport_close(&s->x);
+  if (s->h1 != NULL && s->h1->on_dead != NULL)
+    s->h1->on_dead(s, err);
   if (was_open)
     s->cbs->on_dead(s, err);
   else
@@ -474,9 +476,22 @@ static void s_fail(h2r_session_t *s, int err) {
   h2r_session_schedule(s);
 }
 
+static void go_h1(h2r_session_t *s) {
+  s->state = H2R_S_OPEN;
+  uv_timer_stop(&s->ping_timer);
+  s->cbs->on_h1(s);
+  if (s->h1 == NULL)
+    s_fail(s, H2REV_EPROTO);
+}
+
 static void x_on_open(h2r_xport_t *x, int status) {
   h2r_session_t *s = x->owner;
+  bool can_h1 = s->server && s->o.allow_h1 && s->cbs->on_h1 != NULL;
   if (status == 0 && x->ssl != NULL && strcmp(x->alpn, "h2") != 0) {
+    if (can_h1) {
+      go_h1(s);
+      return;
+    }
     snprintf(x->errmsg, sizeof(x->errmsg), "ALPN negotiated \"%s\"", x->alpn);
     status = H2REV_EALPN;
   }
@@ -484,10 +499,52 @@ static void x_on_open(h2r_xport_t *x, int status) {
     s_fail(s, status);
     return;
   }
-  s->state = H2R_S_OPEN;
   s->last_input = uv_now(s->loop);
+  if (can_h1 && x->ssl == NULL) {
+    s->sniffing = true; /* decided by the first bytes */
+    return;
+  }
+  s->state = H2R_S_OPEN;
   h2r_session_schedule(s);
   s->cbs->on_open(s, 0);
+}
+
+static void h2_input(h2r_session_t *s, const uint8_t *p, size_t n) {
+  ssize_t r = nghttp2_session_mem_recv(s->ng, p, n);
+  if (r < 0) {
+    snprintf(s->x.errmsg, sizeof(s->x.errmsg), "%s", nghttp2_strerror((int)r));
+    s_fail(s, H2REV_EPROTO);
+    return;
+  }
+  if (s->inflight >= H2R_INFLIGHT_MAX)
+    h2r_xport_read_pause(&s->x, true);
+  h2r_session_schedule(s);
+}
+
+/* Cleartext server: the HTTP/2 preface means HTTP/2 (prior knowledge),
+ * anything else is HTTP/1.1. */
+static void sniff(h2r_session_t *s, const uint8_t *p, size_t n) {
+  static const char preface[] = "PRI * HTTP/2.0\r\n\r\nSM\r\n\r\n";
+  size_t k = H2R_MIN(n, sizeof(s->sniff) - s->sniffed);
+  memcpy(s->sniff + s->sniffed, p, k);
+  s->sniffed += k;
+  bool h2 = memcmp(s->sniff, preface, s->sniffed) == 0;
+  if (h2 && s->sniffed < sizeof(s->sniff))
+    return;
+  s->sniffing = false;
+  if (!h2) {
+    go_h1(s);
+    if (s->h1 != NULL && s->state != H2R_S_DEAD)
+      s->h1->on_read(s, s->sniff, s->sniffed);
+    if (s->h1 != NULL && s->state != H2R_S_DEAD && n > k)
+      s->h1->on_read(s, p + k, n - k);
+    return;
+  }
+  s->state = H2R_S_OPEN;
+  s->cbs->on_open(s, 0);
+  h2_input(s, s->sniff, s->sniffed);
+  if (s->state != H2R_S_DEAD && n > k)
+    h2_input(s, p + k, n - k);
 }
 
 static void x_on_read(h2r_xport_t *x, const uint8_t *p, size_t n) {
@@ -495,15 +552,12 @@ static void x_on_read(h2r_xport_t *x, const uint8_t *p, size_t n) {
   if (s->state == H2R_S_DEAD)
     return;
   s->last_input = uv_now(s->loop);
-  ssize_t r = nghttp2_session_mem_recv(s->ng, p, n);
-  if (r < 0) {
-    snprintf(x->errmsg, sizeof(x->errmsg), "%s", nghttp2_strerror((int)r));
-    s_fail(s, H2REV_EPROTO);
-    return;
-  }
-  if (s->inflight >= H2R_INFLIGHT_MAX)
-    h2r_xport_read_pause(x, true);
-  h2r_session_schedule(s);
+  if (s->sniffing)
+    sniff(s, p, n);
+  else if (s->h1 != NULL)
+    s->h1->on_read(s, p, n);
+  else
+    h2_input(s, p, n);
 }
 
 static void x_on_error(h2r_xport_t *x, int err) {
@@ -525,7 +579,7 @@ static const h2r_xport_cbs xport_cbs = {x_on_open, x_on_read, x_on_error, x_on_c
 static void s_ping(uv_timer_t *t) {
   h2r_session_t *s = t->data;
   uint64_t now = uv_now(s->loop);
-  if (s->state == H2R_S_DEAD || s->state == H2R_S_CONNECTING)
+  if (s->state == H2R_S_DEAD || s->state == H2R_S_CONNECTING || s->h1 != NULL || s->sniffing)
     return;
   if (s->ping_sent) {
     if (now - s->ping_at >= s->o.ping_timeout_ms) {
@@ -657,6 +711,13 @@ int h2r_session_accept(h2r_session_t *s, uv_loop_t *loop, uv_stream_t *server, S
 }
 
 void h2r_session_shutdown(h2r_session_t *s) {
+  if (s->h1 != NULL || s->sniffing) {
+    if (s->h1 != NULL && s->h1->on_shutdown != NULL && s->state != H2R_S_DEAD)
+      s->h1->on_shutdown(s);
+    else
+      s_fail(s, 0);
+    return;
+  }
   if (s->state != H2R_S_OPEN) {
     if (s->state == H2R_S_CONNECTING)
       s_fail(s, H2REV_ECLOSED);
@@ -670,7 +731,7 @@ void h2r_session_shutdown(h2r_session_t *s) {
 }
 
 void h2r_session_close(h2r_session_t *s, int err) {
-  if (s->state == H2R_S_OPEN || s->state == H2R_S_DRAINING) {
+  if (s->h1 == NULL && !s->sniffing && (s->state == H2R_S_OPEN || s->state == H2R_S_DRAINING)) {
     /* Best effort: the GOAWAY goes out if the socket takes it now. */
     nghttp2_session_terminate_session(s->ng, NGHTTP2_NO_ERROR);
     s_flush(s);
