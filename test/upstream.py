@@ -6,9 +6,11 @@ GET  /chunked/N      N bytes, chunked
 GET  /headers        the request line and headers, as text
 GET  /status/N       an empty response with status N
 POST|PUT /sha        "<length> <sha256>" of the request body (chunked or not)
+GET  /ws             a WebSocket echo (after the 101, frames come back unmasked)
 anything else        files from --dir
 """
 import argparse
+import base64
 import hashlib
 import http.server
 import os
@@ -38,9 +40,45 @@ class Handler(http.server.SimpleHTTPRequestHandler):
         if self.command != "HEAD":
             self.wfile.write(body)
 
+    def websocket(self):
+        key = self.headers.get("Sec-WebSocket-Key", "")
+        accept = base64.b64encode(hashlib.sha1(
+            (key + "258EAFA5-E914-47DA-95CA-C5AB0DC85B11").encode()).digest()).decode()
+        self.send_response(101)
+        self.send_header("Upgrade", "websocket")
+        self.send_header("Connection", "Upgrade")
+        self.send_header("Sec-WebSocket-Accept", accept)
+        self.end_headers()
+        self.wfile.flush()
+        f = self.rfile
+        while True:
+            hdr = f.read(2)
+            if len(hdr) < 2:
+                return
+            op, ln = hdr[0] & 0x0F, hdr[1] & 0x7F
+            if ln == 126:
+                ln = int.from_bytes(f.read(2), "big")
+            elif ln == 127:
+                ln = int.from_bytes(f.read(8), "big")
+            mask = f.read(4) if hdr[1] & 0x80 else b"\0\0\0\0"
+            data = bytes(b ^ mask[i % 4] for i, b in enumerate(f.read(ln)))
+            if op == 8:
+                self.wfile.write(b"\x88\x00")
+                self.wfile.flush()
+                return
+            n = len(data)
+            head = bytes([0x80 | op]) + (bytes([n]) if n < 126 else
+                                          b"\x7e" + n.to_bytes(2, "big") if n < 65536 else
+                                          b"\x7f" + n.to_bytes(8, "big"))
+            self.wfile.write(head + data)
+            self.wfile.flush()
+
     def do_GET(self):
         p = self.path
-        if p.startswith("/bytes/"):
+        if p.startswith("/ws") and self.headers.get("Upgrade", "").lower() == "websocket":
+            self.close_connection = True
+            self.websocket()
+        elif p.startswith("/bytes/"):
             n = int(p[7:].split("?")[0])
             self.send_response(200)
             self.send_header("Content-Length", str(n))
