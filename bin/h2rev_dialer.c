@@ -3,12 +3,18 @@
  * prior knowledge). */
 #include "tool.h"
 
+#include <errno.h>
+#include <openssl/crypto.h>
+#include <openssl/err.h>
 #include <openssl/evp.h>
 #include <openssl/pem.h>
 #include <openssl/x509v3.h>
+#include <fcntl.h>
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
+#include <time.h>
+#include <unistd.h>
 
 static const char usage[] =
     "usage: h2rev-dialer [options]\n"
@@ -20,9 +26,13 @@ static const char usage[] =
     "  --cleartext          HTTP/2 without TLS (prior knowledge; behind a TLS proxy)\n"
     "  --base-path PATH     mount point, e.g. /reverse/connections (default none)\n"
     "  --token TOKEN        listeners must send Authorization: Bearer TOKEN\n"
+    "  --tokens-file FILE   per-id tokens, one \"ID TOKEN\" a line (# comments);\n"
+    "                       a listener must send its id's token (or --token)\n"
     "  --client-ca FILE     listeners must present a certificate from this CA whose\n"
     "                       common name equals their id\n"
     "  --dial-timeout MS    wait for a reverse connection (default 10000)\n"
+    "  --drain-timeout MS   on SIGINT/SIGTERM: stop listening, let requests in\n"
+    "                       flight finish for up to MS, then exit (default 10000)\n"
     "  --log-level LEVEL    error, warn, info (default), debug\n"
     "  --help, --version\n";
 
@@ -30,15 +40,80 @@ static uv_loop_t *loop;
 static h2rev_dialer_t dialer;
 static const char *token;
 static bool check_cn;
+static unsigned drain_timeout = 10000;
+
+/* --tokens-file: "id token" pairs; an id may have several (rotation). */
+typedef struct {
+  char *id, *token;
+} id_token_t;
+static id_token_t *tokens;
+static size_t ntokens;
+static bool have_tokens_file;
+
+static void load_tokens(const char *path) {
+  FILE *f = fopen(path, "r");
+  if (f == NULL)
+    tool_fatal("cannot read tokens file %s: %s", path, strerror(errno));
+  char line[4096];
+  unsigned lineno = 0;
+  while (fgets(line, sizeof(line), f) != NULL) {
+    lineno++;
+    size_t len = strlen(line);
+    if (len == sizeof(line) - 1 && line[len - 1] != '\n')
+      tool_fatal("%s:%u: line too long", path, lineno);
+    char *save = NULL;
+    char *id = strtok_r(line, " \t\r\n", &save);
+    if (id == NULL || id[0] == '#')
+      continue; /* blank or comment */
+    char *tok = strtok_r(NULL, " \t\r\n", &save);
+    char *extra = strtok_r(NULL, " \t\r\n", &save);
+    if (tok == NULL || extra != NULL)
+      tool_fatal("%s:%u: expected \"ID TOKEN\"", path, lineno);
+    id_token_t *t = realloc(tokens, (ntokens + 1) * sizeof(*t));
+    if (t == NULL)
+      tool_fatal("out of memory reading %s", path);
+    tokens = t;
+    tokens[ntokens].id = strdup(id);
+    tokens[ntokens].token = strdup(tok);
+    if (tokens[ntokens].id == NULL || tokens[ntokens].token == NULL)
+      tool_fatal("out of memory reading %s", path);
+    ntokens++;
+  }
+  if (ferror(f))
+    tool_fatal("cannot read tokens file %s: %s", path, strerror(errno));
+  fclose(f);
+  have_tokens_file = true;
+  if (ntokens == 0)
+    tool_logf(H2REV_LOG_WARN, "%s has no tokens: only --token (if any) is accepted", path);
+}
+
+/* Equal strings, in a time that does not depend on where they differ. */
+static bool secret_eq(const char *a, const char *b) {
+  size_t la = strlen(a), lb = strlen(b);
+  return la == lb && CRYPTO_memcmp(a, b, la) == 0;
+}
+
+static void free_tokens(void) {
+  for (size_t i = 0; i < ntokens; i++) {
+    free(tokens[i].id);
+    free(tokens[i].token);
+  }
+  free(tokens);
+  tokens = NULL;
+  ntokens = 0;
+}
 
 static int authorize(void *arg, const char *id, const h2rev_header_t *h, size_t n,
                      const void *peer_cert) {
   (void)arg;
-  if (token != NULL) {
-    bool ok = false;
+  if (token != NULL || have_tokens_file) {
+    const char *got = NULL;
     for (size_t i = 0; i < n; i++)
-      if (strcmp(h[i].name, "authorization") == 0 && strncmp(h[i].value, "Bearer ", 7) == 0 &&
-          strcmp(h[i].value + 7, token) == 0)
+      if (strcmp(h[i].name, "authorization") == 0 && strncmp(h[i].value, "Bearer ", 7) == 0)
+        got = h[i].value + 7;
+    bool ok = got != NULL && token != NULL && secret_eq(got, token);
+    for (size_t i = 0; got != NULL && i < ntokens; i++)
+      if (strcmp(tokens[i].id, id) == 0 && secret_eq(got, tokens[i].token))
         ok = true;
     if (!ok)
       return -1;
@@ -55,10 +130,34 @@ static int authorize(void *arg, const char *id, const h2rev_header_t *h, size_t 
   return 0;
 }
 
-/* A self-signed certificate for localhost, 127.0.0.1 and ::1. */
+/* A certificate and key made by an earlier run, if they match and are good
+ * for at least another day: listeners given it with --ca keep trusting us
+ * across restarts. */
+static bool reusable(const char *cert, const char *key) {
+  FILE *f = fopen(cert, "r");
+  X509 *x = f != NULL ? PEM_read_X509(f, NULL, NULL, NULL) : NULL;
+  if (f != NULL)
+    fclose(f);
+  f = fopen(key, "r");
+  EVP_PKEY *pk = f != NULL ? PEM_read_PrivateKey(f, NULL, NULL, NULL) : NULL;
+  if (f != NULL)
+    fclose(f);
+  time_t soon = time(NULL) + 24 * 3600;
+  bool ok = x != NULL && pk != NULL && X509_check_private_key(x, pk) == 1 &&
+            X509_cmp_time(X509_get0_notAfter(x), &soon) > 0;
+  X509_free(x);
+  EVP_PKEY_free(pk);
+  ERR_clear_error();
+  return ok;
+}
+
+/* A self-signed certificate for localhost, 127.0.0.1 and ::1, in dir; the
+ * one already there when it is still good. 1: reused, 0: made, -1: failed. */
 static int make_self_signed(const char *dir, char *cert, char *key, size_t len) {
   snprintf(cert, len, "%s/h2rev-dialer.crt", dir);
   snprintf(key, len, "%s/h2rev-dialer.key", dir);
+  if (reusable(cert, key))
+    return 1;
   EVP_PKEY *pk = EVP_EC_gen("P-256");
   X509 *x = X509_new();
   if (pk == NULL || x == NULL)
@@ -88,7 +187,11 @@ static int make_self_signed(const char *dir, char *cert, char *key, size_t len) 
     rc = -1;
   if (f)
     fclose(f);
-  f = rc == 0 ? fopen(key, "w") : NULL;
+  /* The key is for this user only. */
+  int fd = rc == 0 ? open(key, O_WRONLY | O_CREAT | O_TRUNC, 0600) : -1;
+  f = fd >= 0 ? fdopen(fd, "w") : NULL;
+  if (fd >= 0 && f == NULL)
+    close(fd);
   if (f == NULL || PEM_write_PrivateKey(f, pk, NULL, NULL, 0, NULL, NULL) != 1)
     rc = -1;
   if (f)
@@ -104,7 +207,9 @@ static void closed(h2rev_dialer_t *d) {
 }
 
 static void drain(void) {
-  h2rev_dialer_close(&dialer, closed);
+  tool_logf(H2REV_LOG_INFO, "draining for up to %u ms", drain_timeout);
+  if (h2rev_dialer_shutdown(&dialer, drain_timeout, closed) != 0)
+    h2rev_dialer_close(&dialer, closed);
 }
 
 int main(int argc, char **argv) {
@@ -113,6 +218,7 @@ int main(int argc, char **argv) {
   const char *client_ca = NULL, *ssdir = ".";
   bool cleartext = false;
   unsigned dial_timeout = 10000;
+  const char *tokens_file = NULL;
   for (int i = 1; i < argc; i++) {
     const char *v;
     if (strcmp(argv[i], "--help") == 0 || strcmp(argv[i], "-h") == 0) {
@@ -135,10 +241,14 @@ int main(int argc, char **argv) {
       base = v;
     } else if ((v = tool_flag(argc, argv, &i, "--token")) != NULL) {
       token = v;
+    } else if ((v = tool_flag(argc, argv, &i, "--tokens-file")) != NULL) {
+      tokens_file = v;
+    } else if ((v = tool_flag(argc, argv, &i, "--drain-timeout")) != NULL) {
+      drain_timeout = tool_parse_ms("--drain-timeout", v);
     } else if ((v = tool_flag(argc, argv, &i, "--client-ca")) != NULL) {
       client_ca = v;
     } else if ((v = tool_flag(argc, argv, &i, "--dial-timeout")) != NULL) {
-      dial_timeout = (unsigned)strtoul(v, NULL, 10);
+      dial_timeout = tool_parse_ms("--dial-timeout", v);
       if (dial_timeout == 0)
         tool_usage_error("--dial-timeout must be a positive number of milliseconds");
     } else if ((v = tool_flag(argc, argv, &i, "--log-level")) != NULL) {
@@ -160,17 +270,20 @@ int main(int argc, char **argv) {
     tool_usage_error("cannot read CA file %s", client_ca);
   if (base[0] != '\0' && base[0] != '/')
     tool_usage_error("--base-path must start with /");
+  if (tokens_file != NULL)
+    load_tokens(tokens_file);
 
   char scert[1024], skey[1024];
   if (!cleartext && cert == NULL) {
-    if (make_self_signed(ssdir, scert, skey, sizeof(scert)) != 0) {
+    int made = make_self_signed(ssdir, scert, skey, sizeof(scert));
+    if (made < 0) {
       fprintf(stderr, "h2rev-dialer: cannot write a self-signed certificate into %s\n", ssdir);
       return 2;
     }
     cert = scert;
     key = skey;
-    tool_logf(H2REV_LOG_INFO, "self-signed certificate written to %s (listeners: --ca %s)", cert,
-              cert);
+    tool_logf(H2REV_LOG_INFO, "self-signed certificate %s %s (listeners: --ca %s)",
+              made == 1 ? "reused from" : "written to", cert, cert);
   }
 
   loop = uv_default_loop();
@@ -179,7 +292,7 @@ int main(int argc, char **argv) {
   o.dial_timeout_ms = dial_timeout;
   o.log = (h2rev_logger_t){tool_log, NULL, tool_log_level};
   check_cn = client_ca != NULL;
-  if (token != NULL || check_cn)
+  if (token != NULL || have_tokens_file || check_cn)
     o.authorize = authorize;
   int r = h2rev_dialer_init(loop, &dialer, &o);
   if (r != 0) {
@@ -191,15 +304,21 @@ int main(int argc, char **argv) {
     tls.ca_file = client_ca;
     tls.verify_client = 1;
   }
+  char why[512];
+  tool_capture(why, sizeof(why));
   r = h2rev_dialer_listen(&dialer, (struct sockaddr *)&addr, cleartext ? NULL : &tls);
+  tool_capture_end();
   if (r != 0) {
-    fprintf(stderr, "h2rev-dialer: cannot serve on %s: %s\n", listen, h2rev_strerror(r));
+    fprintf(stderr, "h2rev-dialer: cannot serve on %s: %s%s%s\n", listen, h2rev_strerror(r),
+            why[0] ? ": " : "", why);
     return r == H2REV_ETLS ? 2 : 1;
   }
   tool_logf(H2REV_LOG_INFO, "serving %s on %s: %s/revdial?id=ID and %s/proxy/ID/PATH",
             cleartext ? "h2c" : "h2 over TLS", listen, base, base);
   tool_on_signal(loop, drain);
   uv_run(loop, UV_RUN_DEFAULT);
+  uv_loop_close(loop);
+  free_tokens();
   tool_logf(H2REV_LOG_INFO, "stopped");
   return 0;
 }

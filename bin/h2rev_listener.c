@@ -17,6 +17,9 @@ static const char usage[] =
     "  --cert FILE --key FILE  client certificate (mTLS)\n"
     "  --token TOKEN        sent as Authorization: Bearer TOKEN\n"
     "  --insecure           do not verify the dialer's certificate (tests only)\n"
+    "  --drain-timeout MS   on SIGINT/SIGTERM: detach (the dialer sends no new\n"
+    "                       connections), let those in flight finish for up to\n"
+    "                       MS, then exit (default 10000)\n"
     "  --log-level LEVEL    error, warn, info (default), debug\n"
     "  --help, --version\n";
 
@@ -24,6 +27,7 @@ static uv_loop_t *loop;
 static h2rev_listener_t listener;
 static struct sockaddr_storage upstream;
 static unsigned active;
+static unsigned drain_timeout = 10000;
 
 /* One reverse connection spliced to one upstream TCP connection. The
  * upstream is dialled at the first bytes, so idle spare streams cost no
@@ -305,7 +309,10 @@ static void closed(h2rev_listener_t *l) {
 }
 
 static void drain(void) {
-  h2rev_listener_close(&listener, closed);
+  tool_logf(H2REV_LOG_INFO, "draining for up to %u ms (%u reverse connection%s open)",
+            drain_timeout, active, active == 1 ? "" : "s");
+  if (h2rev_listener_shutdown(&listener, drain_timeout, closed) != 0)
+    h2rev_listener_close(&listener, closed);
 }
 
 int main(int argc, char **argv) {
@@ -337,6 +344,8 @@ int main(int argc, char **argv) {
       key = v;
     } else if ((v = tool_flag(argc, argv, &i, "--token")) != NULL) {
       token = v;
+    } else if ((v = tool_flag(argc, argv, &i, "--drain-timeout")) != NULL) {
+      drain_timeout = tool_parse_ms("--drain-timeout", v);
     } else if ((v = tool_flag(argc, argv, &i, "--log-level")) != NULL) {
       tool_log_level = tool_parse_level(v);
     } else {
@@ -347,11 +356,18 @@ int main(int argc, char **argv) {
     tool_usage_error("--url is required");
   if (up == NULL)
     tool_usage_error("--upstream is required");
+  if (strncmp(up, "https://", 8) == 0)
+    tool_usage_error("--upstream: https:// is not supported (reverse connections are forwarded "
+                     "as they are to a TCP port: use http://HOST:PORT)");
   if (strncmp(up, "http://", 7) != 0)
     tool_usage_error("--upstream: only http://HOST:PORT is supported");
   char hp[300];
   snprintf(hp, sizeof(hp), "%s", up + 7);
-  hp[strcspn(hp, "/")] = '\0';
+  size_t hpl = strcspn(hp, "/?#");
+  if (hp[hpl] != '\0' && strcmp(hp + hpl, "/") != 0)
+    tool_usage_error("--upstream: a path is not supported (requests keep their own): use "
+                     "http://HOST:PORT");
+  hp[hpl] = '\0';
   if (strchr(hp, ':') == NULL)
     strncat(hp, ":80", sizeof(hp) - strlen(hp) - 1);
   if (tool_parse_hostport(hp, &upstream) != 0)
@@ -386,14 +402,18 @@ int main(int argc, char **argv) {
   o.headers = headers;
   o.on_state = on_state;
   o.log = (h2rev_logger_t){tool_log, NULL, tool_log_level};
+  char why[512];
+  tool_capture(why, sizeof(why));
   int r = h2rev_listener_init(loop, &listener, &o);
+  tool_capture_end();
   if (r != 0) {
-    fprintf(stderr, "h2rev-listener: %s\n", h2rev_strerror(r));
+    fprintf(stderr, "h2rev-listener: %s%s%s\n", h2rev_strerror(r), why[0] ? ": " : "", why);
     return 2;
   }
   h2rev_listener_start(&listener, on_connection);
   tool_on_signal(loop, drain);
   uv_run(loop, UV_RUN_DEFAULT);
+  uv_loop_close(loop);
   tool_logf(H2REV_LOG_INFO, "stopped");
   return 0;
 }

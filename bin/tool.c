@@ -15,8 +15,28 @@ static const char *level_name(int level) {
   return level >= 0 && level <= 3 ? names[level] : "?";
 }
 
+static char *capture_buf;
+static size_t capture_len;
+
+void tool_capture(char *buf, size_t len) {
+  capture_buf = buf;
+  capture_len = len;
+  if (len > 0)
+    buf[0] = '\0';
+}
+
+void tool_capture_end(void) {
+  capture_buf = NULL;
+  capture_len = 0;
+}
+
 void tool_log(void *arg, int level, const char *msg) {
   (void)arg;
+  if (capture_buf != NULL && level == H2REV_LOG_ERROR) {
+    if (capture_buf[0] == '\0')
+      snprintf(capture_buf, capture_len, "%s", msg);
+    return;
+  }
   if (level > tool_log_level)
     return;
   char ts[32];
@@ -124,4 +144,24 @@ void tool_on_signal(uv_loop_t *loop, void (*cb)(void)) {
 void tool_signals_close(void) {
   uv_close((uv_handle_t *)&sigint, NULL);
   uv_close((uv_handle_t *)&sigterm, NULL);
+}
+
+void tool_fatal(const char *fmt, ...) {
+  va_list ap;
+  va_start(ap, fmt);
+  fprintf(stderr, "%s: ", tool_name);
+  vfprintf(stderr, fmt, ap);
+  fputc('\n', stderr);
+  va_end(ap);
+  exit(2);
+}
+
+unsigned tool_parse_ms(const char *flag, const char *v) {
+  char *end;
+  if (v[0] < '0' || v[0] > '9')
+    tool_usage_error("%s: \"%s\" is not a number of milliseconds", flag, v);
+  unsigned long n = strtoul(v, &end, 10);
+  if (*end != '\0' || n > 86400000UL)
+    tool_usage_error("%s: \"%s\" is not a number of milliseconds (at most 86400000)", flag, v);
+  return (unsigned)n;
 }

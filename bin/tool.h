@@ -22,5 +22,13 @@ const char *tool_flag(int argc, char **argv, int *i, const char *flag);
 /* SIGINT/SIGTERM call cb once (then a second signal exits at once). */
 void tool_on_signal(uv_loop_t *loop, void (*cb)(void));
 void tool_signals_close(void);
+/* Prints "<tool>: <message>" (one line) and exits with status 2. */
+void tool_fatal(const char *fmt, ...) __attribute__((format(printf, 1, 2), noreturn));
+/* A number of milliseconds (digits only, at most a day) for --flag; exits 2 otherwise. */
+unsigned tool_parse_ms(const char *flag, const char *v);
+/* While on, library log lines at error level go into buf (the first one)
+ * instead of stderr, so that a failure is reported as one line. */
+void tool_capture(char *buf, size_t len);
+void tool_capture_end(void);
 
 #endif

@@ -797,24 +797,58 @@ void h2rev_dialer_close(h2rev_dialer_t *dialer, h2rev_dialer_close_cb cb) {
 
 #define DRAIN_POLL_MS 50
 
-/* Streams serving requests: every stream of every connection except the
- * control streams and idle spares of the attached listeners. */
-static unsigned busy_streams(h2r_dialer_t *d) {
+static int ptr_cmp(const void *a, const void *b) {
+  const void *pa = *(void *const *)a, *pb = *(void *const *)b;
+  uintptr_t x = (uintptr_t)pa, y = (uintptr_t)pb;
+  return x < y ? -1 : x > y;
+}
+
+/* The connections holding attached listeners, sorted (for bsearch); *n of
+ * them. NULL with *n 0 when there are none or memory is short. */
+static dconn_t **listener_conns(h2r_dialer_t *d, size_t *n) {
+  *n = 0;
+  if (d->count == 0)
+    return NULL;
+  dconn_t **v = malloc(d->count * sizeof(*v));
+  if (v == NULL)
+    return NULL;
+  size_t k = 0;
+  for (unsigned i = 0; i < d->tsize; i++)
+    for (dlst_t *l = d->table[i]; l != NULL && k < d->count; l = l->hnext)
+      v[k++] = l->conn;
+  qsort(v, k, sizeof(*v), ptr_cmp);
+  size_t u = 0;
+  for (size_t i = 0; i < k; i++)
+    if (u == 0 || v[u - 1] != v[i])
+      v[u++] = v[i];
+  *n = u;
+  return v;
+}
+
+/* What is still in flight: every stream of a live connection except the
+ * listeners' control streams and idle spares, plus one for each live
+ * connection without a listener (a client: it ends by itself once its
+ * requests are answered, HTTP/1.1 ones included). Such connections still
+ * open for HTTP/2 get a GOAWAY (a listener's connection that lost its id). */
+static unsigned drain_busy(h2r_dialer_t *d) {
+  size_t nl;
+  dconn_t **lc = listener_conns(d, &nl);
   long n = 0;
-  for (dconn_t *c = d->conns; c != NULL; c = c->next)
+  for (dconn_t *c = d->conns; c != NULL; c = c->next) {
+    if (c->s.state == H2R_S_DEAD)
+      continue;
     n += (long)c->s.nstreams;
+    if (lc == NULL || bsearch(&c, lc, nl, sizeof(*lc), ptr_cmp) == NULL) {
+      n++;
+      if (c->s.state == H2R_S_OPEN && c->s.h1 == NULL && !c->s.sniffing)
+        h2r_session_shutdown(&c->s);
+    }
+  }
+  free(lc);
   for (unsigned i = 0; i < d->tsize; i++)
     for (dlst_t *l = d->table[i]; l != NULL; l = l->hnext)
       n -= 1 + (long)l->nspares;
   return n > 0 ? (unsigned)n : 0;
-}
-
-static bool holds_listener(h2r_dialer_t *d, dconn_t *c) {
-  for (unsigned i = 0; i < d->tsize; i++)
-    for (dlst_t *l = d->table[i]; l != NULL; l = l->hnext)
-      if (l->conn == c)
-        return true;
-  return false;
 }
 
 static void drain_sock_closed(uv_handle_t *h) {
@@ -833,7 +867,7 @@ static void drain_timer_closed(uv_handle_t *h) {
 static void drain_tick(uv_timer_t *t) {
   h2r_dialer_t *d = t->data;
   if (!d->closing) {
-    unsigned busy = busy_streams(d);
+    unsigned busy = drain_busy(d);
     bool expired = uv_now(d->loop) >= d->drain_deadline;
     if (busy > 0 && !expired)
       return;
@@ -864,13 +898,16 @@ int h2rev_dialer_shutdown(h2rev_dialer_t *dialer, unsigned timeout_ms, h2rev_dia
   /* Clients may finish the streams they started, and open no more.
    * Listeners' connections stay as they are: their data streams serve the
    * requests in flight, including dials still waiting for one. */
+  size_t nl;
+  dconn_t **lc = listener_conns(d, &nl);
   unsigned n = 0;
   for (dconn_t *c = d->conns; c != NULL; c = c->next) {
-    if (!holds_listener(d, c)) {
+    if (lc == NULL || bsearch(&c, lc, nl, sizeof(*lc), ptr_cmp) == NULL) {
       h2r_session_shutdown(&c->s);
       n++;
     }
   }
+  free(lc);
   H2R_INFO(&d->o.log, "draining: no longer listening, GOAWAY sent to %u connection%s, %u ms to go",
            n, n == 1 ? "" : "s", timeout_ms);
   uv_timer_init(d->loop, &d->drain_timer);
