@@ -355,6 +355,47 @@ H2REV_EXTERN void h2rev_listener_close(h2rev_listener_t *listener, h2rev_listene
 H2REV_EXTERN int h2rev_listener_shutdown(h2rev_listener_t *listener, unsigned timeout_ms,
                                          h2rev_listener_close_cb cb);
 
+/* -------------------------------------------------------------- upstream */
+
+/* The listener side of a reverse proxy: serves the HTTP/1.1 request carried
+ * by an accepted reverse connection from an http:// or https:// upstream. The
+ * request path loses its <base>/proxy/<id> prefix (h2rev's X-Forwarded-Prefix
+ * or the Go dialer's full path), Host becomes the upstream's unless
+ * keep_host, and the bytes after the head pass through both ways. */
+typedef struct h2rev_upstream_s h2rev_upstream_t;
+struct h2r_upstream;
+typedef void (*h2rev_upstream_close_cb)(h2rev_upstream_t *upstream);
+
+typedef struct h2rev_upstream_options_s {
+  const char *url;             /* http://host[:port][/path] or https://... */
+  h2rev_tls_options_t tls;     /* https: ca_file (NULL: system store), insecure, server_name */
+  int keep_host;               /* pass the client's Host header unchanged */
+  unsigned connect_timeout_ms; /* connect + TLS; default 10000 */
+  h2rev_logger_t log;
+} h2rev_upstream_options_t;
+
+struct h2rev_upstream_s {
+  void *data;
+  uv_loop_t *loop;
+  /* private */
+  struct h2r_upstream *u_;
+};
+
+/* Copies opts. Errors: UV_EINVAL, H2REV_EURL, H2REV_ETLS (bad CA file), UV_ENOMEM. */
+H2REV_EXTERN int h2rev_upstream_init(uv_loop_t *loop, h2rev_upstream_t *upstream,
+                                     const h2rev_upstream_options_t *opts);
+/* Takes an open stream (from h2rev_listener_accept) and serves it; its
+ * `data` field is used. When the exchange is over the stream is closed and
+ * done(stream) runs: the caller may free it then. An upstream that cannot be
+ * reached is answered with 502 on the stream.
+ * Errors: UV_EBADF (closing), UV_ENOMEM; done does not run then. */
+H2REV_EXTERN int h2rev_upstream_serve(h2rev_upstream_t *upstream, h2rev_stream_t *stream,
+                                      h2rev_close_cb done);
+/* Streams being served now. */
+H2REV_EXTERN unsigned h2rev_upstream_active(const h2rev_upstream_t *upstream);
+/* Stops taking streams; cb runs once those being served are done. */
+H2REV_EXTERN void h2rev_upstream_close(h2rev_upstream_t *upstream, h2rev_upstream_close_cb cb);
+
 #ifdef __cplusplus
 }
 #endif

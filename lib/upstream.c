@@ -1,0 +1,677 @@
+/*
+ * The listener side of the reverse proxy: an accepted reverse connection
+ * carries an HTTP/1.1 request (from h2rev's dialer or from the Go one). Its
+ * head is rewritten for the upstream — the <base>/proxy/<id> prefix removed
+ * whichever form the dialer used, Host set to the upstream's unless asked to
+ * keep it — and everything after the head is spliced both ways, over TCP or
+ * TLS. Both dialers send one request per reverse connection (Connection:
+ * close), so the upstream closing after its response ends the stream.
+ */
+#include "internal.h"
+
+#include <llhttp.h>
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+#include <strings.h>
+
+#define MAX_HEAD    65536
+#define MAX_HEADERS 128
+#define HIGH_WATER  (1u << 20)
+#define LINGER_MS   5000
+
+typedef struct h2r_upstream {
+  h2rev_upstream_t *pub;
+  uv_loop_t *loop;
+  h2rev_upstream_options_t o;
+  h2rev_logger_t log;
+  char *host, *port, *authority, *path;
+  bool tls;
+  SSL_CTX *ctx;
+  unsigned active;
+  bool closing;
+  h2rev_upstream_close_cb close_cb;
+  uv_timer_t defer; /* only to close: runs close_cb on a later turn */
+} h2r_upstream_t;
+
+typedef struct uchunk {
+  struct uchunk *next;
+  size_t len;
+  char data[];
+} uchunk_t;
+
+typedef struct uconn {
+  h2r_upstream_t *u;
+  h2rev_stream_t *s;
+  h2rev_close_cb done;
+  h2r_xport_t x;
+  uv_getaddrinfo_t gai;
+  uv_timer_t linger;
+  llhttp_t parser;
+  llhttp_settings_t settings;
+  char *head; /* url, then header names and values */
+  size_t hlen, hcap;
+  uint32_t url_len;
+  uint32_t hoff[MAX_HEADERS][4];
+  unsigned nh;
+  bool in_value;
+  bool parsed;    /* the request head is complete */
+  bool resolving; /* uv_getaddrinfo in flight */
+  bool x_started; /* the transport exists and must be closed */
+  bool x_open;
+  bool s_eof, s_shut_done, x_eof;
+  bool closing;
+  int refs;
+  uchunk_t *early, **early_tail; /* the rewritten head and what followed it */
+  size_t to_x, to_s;             /* bytes queued each way */
+  h2rev_shutdown_t sh;
+} uconn_t;
+
+typedef struct uwrite {
+  union {
+    h2r_xwrite_t xw;
+    h2rev_write_t sw;
+  } w;
+  uconn_t *c;
+  size_t len;
+  char data[];
+} uwrite_t;
+
+static void uc_read(h2rev_stream_t *s, ssize_t n, const uv_buf_t *buf);
+
+/* ------------------------------------------------------------ teardown */
+
+static void u_freed(uv_handle_t *h) {
+  h2r_upstream_t *u = h->data;
+  h2rev_upstream_t *pub = u->pub;
+  h2rev_upstream_close_cb cb = u->close_cb;
+  if (u->ctx != NULL)
+    SSL_CTX_free(u->ctx);
+  free(u->host);
+  free(u->port);
+  free(u->authority);
+  free(u->path);
+  free(u);
+  pub->u_ = NULL;
+  if (cb != NULL)
+    cb(pub);
+}
+
+/* The last step of closing: the callback comes on a later loop turn. */
+static void u_finish(h2r_upstream_t *u) {
+  uv_close((uv_handle_t *)&u->defer, u_freed);
+}
+
+static void uc_release(uconn_t *c) {
+  if (--c->refs > 0)
+    return;
+  h2r_upstream_t *u = c->u;
+  h2rev_stream_t *s = c->s;
+  h2rev_close_cb done = c->done;
+  while (c->early != NULL) {
+    uchunk_t *k = c->early;
+    c->early = k->next;
+    free(k);
+  }
+  free(c->head);
+  free(c);
+  u->active--;
+  if (done != NULL)
+    done(s);
+  if (u->closing && u->active == 0)
+    u_finish(u);
+}
+
+static void s_closed(h2rev_stream_t *s) {
+  uc_release(s->data);
+}
+static void h_closed(uv_handle_t *h) {
+  uc_release(h->data);
+}
+
+static void uc_close(uconn_t *c) {
+  if (c->closing)
+    return;
+  c->closing = true;
+  c->refs = 2 + (c->x_started ? 1 : 0) + (c->resolving ? 1 : 0);
+  h2rev_stream_close(c->s, s_closed);
+  uv_close((uv_handle_t *)&c->linger, h_closed);
+  if (c->x_started)
+    h2r_xport_close(&c->x);
+  if (c->resolving)
+    uv_cancel((uv_req_t *)&c->gai);
+}
+
+static void linger_done(uv_timer_t *t) {
+  uc_close(t->data);
+}
+
+/* Closes once both directions have ended (no reset), or after a linger. */
+static void uc_check(uconn_t *c) {
+  if (c->closing)
+    return;
+  if (c->s_shut_done && c->s_eof)
+    uc_close(c);
+  else if (c->s_shut_done)
+    uv_timer_start(&c->linger, linger_done, LINGER_MS, 0);
+}
+
+static void s_shut(h2rev_shutdown_t *req, int status) {
+  uconn_t *c = req->data;
+  if (status != 0) {
+    uc_close(c);
+    return;
+  }
+  c->s_shut_done = true;
+  uc_check(c);
+}
+
+static void end_stream(uconn_t *c) {
+  c->sh.data = c;
+  if (h2rev_stream_shutdown(&c->sh, c->s, s_shut) != 0)
+    uc_close(c);
+}
+
+/* ------------------------------------------------------------- writing */
+
+static void uc_alloc(h2rev_stream_t *s, size_t sz, uv_buf_t *buf) {
+  (void)s;
+  uwrite_t *w = malloc(sizeof(*w) + sz);
+  *buf = w != NULL ? uv_buf_init(w->data, (unsigned)sz) : uv_buf_init(NULL, 0);
+}
+
+static void to_s_done(h2rev_write_t *req, int status) {
+  uwrite_t *w = H2R_CONTAINER_OF(req, uwrite_t, w.sw);
+  uconn_t *c = w->c;
+  c->to_s -= w->len;
+  free(w);
+  if (status == 0 && !c->closing && !c->x_eof && c->to_s < HIGH_WATER / 2)
+    h2r_xport_read_pause(&c->x, false);
+}
+
+static void send_s(uconn_t *c, const char *p, size_t n) {
+  uwrite_t *w = malloc(sizeof(*w) + n);
+  if (w == NULL) {
+    uc_close(c);
+    return;
+  }
+  memcpy(w->data, p, n);
+  w->c = c;
+  w->len = n;
+  c->to_s += n;
+  uv_buf_t b = uv_buf_init(w->data, (unsigned)n);
+  if (h2rev_stream_write(&w->w.sw, c->s, &b, 1, to_s_done) != 0) {
+    c->to_s -= n;
+    free(w);
+    uc_close(c);
+  }
+}
+
+static void to_x_done(h2r_xwrite_t *xw, int status) {
+  uwrite_t *w = H2R_CONTAINER_OF(xw, uwrite_t, w.xw);
+  uconn_t *c = w->c;
+  c->to_x -= w->len;
+  free(w);
+  if (status == 0 && !c->closing && !c->s_eof && c->to_x < HIGH_WATER / 2)
+    h2rev_stream_read_start(c->s, uc_alloc, uc_read);
+}
+
+/* Sends a buffer allocated by uc_alloc (its uwrite_t) to the upstream. */
+static void send_x(uconn_t *c, uwrite_t *w, size_t n) {
+  w->c = c;
+  w->len = n;
+  c->to_x += n;
+  uv_buf_t b = uv_buf_init(w->data, (unsigned)n);
+  if (h2r_xport_write(&c->x, &w->w.xw, &b, 1, to_x_done) != 0) {
+    c->to_x -= n;
+    free(w);
+    uc_close(c);
+    return;
+  }
+  if (c->to_x >= HIGH_WATER)
+    h2rev_stream_read_stop(c->s);
+}
+
+/* Responds in the upstream's place when nothing reached it. */
+static void uc_fail(uconn_t *c, const char *why) {
+  H2R_WARN(&c->u->log, "upstream %s: %s", c->u->authority, why);
+  if (c->x_open) {
+    uc_close(c);
+    return;
+  }
+  char resp[320];
+  int n = snprintf(resp, sizeof(resp),
+                   "HTTP/1.1 502 Bad Gateway\r\nContent-Type: text/plain\r\n"
+                   "Content-Length: %zu\r\nConnection: close\r\n\r\n%s\n",
+                   strlen(why) + 1, why);
+  send_s(c, resp, (size_t)n);
+  c->x_eof = true;
+  if (!c->closing)
+    end_stream(c);
+}
+
+/* ----------------------------------------------------------- upstream */
+
+static void x_open(h2r_xport_t *x, int status) {
+  uconn_t *c = x->owner;
+  if (c->closing)
+    return;
+  if (status != 0) {
+    char why[256];
+    snprintf(why, sizeof(why), "%s%s%s", h2rev_strerror(status), x->errmsg[0] ? ": " : "",
+             x->errmsg);
+    uc_fail(c, why);
+    return;
+  }
+  c->x_open = true;
+  while (c->early != NULL && !c->closing) {
+    uchunk_t *k = c->early;
+    c->early = k->next;
+    uwrite_t *w = malloc(sizeof(*w) + k->len);
+    if (w == NULL) {
+      free(k);
+      uc_close(c);
+      return;
+    }
+    memcpy(w->data, k->data, k->len);
+    send_x(c, w, k->len);
+    free(k);
+  }
+  c->early_tail = &c->early;
+  if (c->closing)
+    return;
+  if (c->s_eof)
+    return; /* the request is all there; keep the upstream's write side open */
+  h2rev_stream_read_start(c->s, uc_alloc, uc_read);
+}
+
+static void x_read(h2r_xport_t *x, const uint8_t *p, size_t n) {
+  uconn_t *c = x->owner;
+  if (c->closing)
+    return;
+  send_s(c, (const char *)p, n);
+  if (c->to_s >= HIGH_WATER)
+    h2r_xport_read_pause(x, true);
+}
+
+static void x_error(h2r_xport_t *x, int err) {
+  uconn_t *c = x->owner;
+  if (c->closing)
+    return;
+  if (err != UV_EOF) {
+    H2R_DEBUG(&c->u->log, "upstream %s: %s", c->u->authority, h2rev_strerror(err));
+    uc_close(c);
+    return;
+  }
+  c->x_eof = true;
+  h2r_xport_read_pause(x, true);
+  end_stream(c);
+}
+
+static void x_close(h2r_xport_t *x) {
+  uc_release(x->owner);
+}
+
+static const h2r_xport_cbs ucbs = {x_open, x_read, x_error, x_close};
+
+static void resolved(uv_getaddrinfo_t *req, int status, struct addrinfo *res) {
+  uconn_t *c = req->data;
+  c->resolving = false;
+  if (c->closing) {
+    uv_freeaddrinfo(res);
+    uc_release(c);
+    return;
+  }
+  if (status != 0) {
+    uv_freeaddrinfo(res);
+    char why[200];
+    snprintf(why, sizeof(why), "cannot resolve %s: %s", c->u->host, uv_strerror(status));
+    uc_fail(c, why);
+    return;
+  }
+  h2r_upstream_t *u = c->u;
+  c->x.log = &u->log;
+  const char *sni = u->o.tls.server_name ? u->o.tls.server_name : u->host;
+  int r = h2r_xport_connect(&c->x, u->loop, res->ai_addr, u->ctx, sni, u->o.connect_timeout_ms,
+                            &ucbs, c);
+  uv_freeaddrinfo(res);
+  c->x_started = true; /* its handles exist even when connect failed */
+  if (r != 0) {
+    char why[200];
+    snprintf(why, sizeof(why), "cannot connect: %s", h2rev_strerror(r));
+    uc_fail(c, why);
+  }
+}
+
+/* --------------------------------------------------------- the request */
+
+static int add(uconn_t *c, const char *at, size_t len) {
+  if (c->hlen + len > MAX_HEAD)
+    return -1;
+  if (c->hlen + len > c->hcap) {
+    size_t cap = c->hcap ? c->hcap * 2 : 1024;
+    while (cap < c->hlen + len)
+      cap *= 2;
+    char *b = realloc(c->head, cap);
+    if (b == NULL)
+      return -1;
+    c->head = b;
+    c->hcap = cap;
+  }
+  memcpy(c->head + c->hlen, at, len);
+  c->hlen += len;
+  return 0;
+}
+
+static int on_url(llhttp_t *h, const char *at, size_t len) {
+  uconn_t *c = h->data;
+  c->url_len += (uint32_t)len;
+  return add(c, at, len);
+}
+
+static int on_hfield(llhttp_t *h, const char *at, size_t len) {
+  uconn_t *c = h->data;
+  if (c->in_value || c->nh == 0) {
+    if (c->nh == MAX_HEADERS)
+      return -1;
+    uint32_t *o = c->hoff[c->nh++];
+    o[0] = (uint32_t)c->hlen;
+    o[1] = o[2] = o[3] = 0;
+    c->in_value = false;
+  }
+  c->hoff[c->nh - 1][1] += (uint32_t)len;
+  return add(c, at, len);
+}
+
+static int on_hvalue(llhttp_t *h, const char *at, size_t len) {
+  uconn_t *c = h->data;
+  if (!c->in_value) {
+    c->in_value = true;
+    c->hoff[c->nh - 1][2] = (uint32_t)c->hlen;
+  }
+  c->hoff[c->nh - 1][3] += (uint32_t)len;
+  return add(c, at, len);
+}
+
+static const char *hdr(uconn_t *c, const char *name, size_t *len) {
+  size_t nl = strlen(name);
+  for (unsigned i = 0; i < c->nh; i++)
+    if (c->hoff[i][1] == nl && strncasecmp(c->head + c->hoff[i][0], name, nl) == 0) {
+      *len = c->hoff[i][3];
+      return c->head + c->hoff[i][2];
+    }
+  return NULL;
+}
+
+/* Length of the reverse-proxy prefix at the start of url: the
+ * X-Forwarded-Prefix h2rev's dialer sends, or the Go dialer's full path
+ * .../proxy/<Host>. 0 when there is none. */
+static size_t prefix_len(uconn_t *c, const char *url, size_t ul) {
+  size_t pl, hl;
+  const char *p = hdr(c, "x-forwarded-prefix", &pl);
+  if (p != NULL && pl > 0 && pl <= ul && memcmp(url, p, pl) == 0 &&
+      (pl == ul || url[pl] == '/' || url[pl] == '?'))
+    return pl;
+  const char *host = hdr(c, "host", &hl);
+  if (host == NULL || hl == 0)
+    return 0;
+  for (size_t i = 0; i + 7 + hl <= ul; i++) {
+    if (memcmp(url + i, "/proxy/", 7) == 0 && memcmp(url + i + 7, host, hl) == 0) {
+      size_t end = i + 7 + hl;
+      if (end == ul || url[end] == '/' || url[end] == '?')
+        return end;
+    }
+  }
+  return 0;
+}
+
+static int on_headers_complete(llhttp_t *h) {
+  uconn_t *c = h->data;
+  h2r_upstream_t *u = c->u;
+  const char *method = llhttp_method_name((llhttp_method_t)llhttp_get_method(h));
+  const char *url = c->head;
+  size_t ul = c->url_len;
+  size_t skip = prefix_len(c, url, ul);
+  url += skip;
+  ul -= skip;
+  size_t cap = 256 + strlen(u->path) + c->hlen + 4 * c->nh;
+  uchunk_t *k = malloc(sizeof(*k) + cap);
+  if (k == NULL)
+    return -1;
+  const char *slash = ul == 0 || url[0] != '/' ? "/" : "";
+  if (ul > 0 && url[0] == '?')
+    slash = "/";
+  size_t o = (size_t)snprintf(k->data, cap, "%s %s%s%.*s HTTP/%d.%d\r\n", method, u->path, slash,
+                              (int)ul, url, h->http_major, h->http_minor);
+  for (unsigned i = 0; i < c->nh; i++) {
+    const char *name = c->head + c->hoff[i][0];
+    size_t nl = c->hoff[i][1];
+    if (nl == 4 && strncasecmp(name, "host", 4) == 0 && !u->o.keep_host)
+      continue;
+    o += (size_t)snprintf(k->data + o, cap - o, "%.*s: %.*s\r\n", (int)nl, name, (int)c->hoff[i][3],
+                          c->head + c->hoff[i][2]);
+  }
+  if (!u->o.keep_host)
+    o += (size_t)snprintf(k->data + o, cap - o, "Host: %s\r\n", u->authority);
+  o += (size_t)snprintf(k->data + o, cap - o, "\r\n");
+  k->len = o;
+  k->next = NULL;
+  *c->early_tail = k;
+  c->early_tail = &k->next;
+  c->parsed = true;
+  return HPE_PAUSED; /* the rest passes through as it is */
+}
+
+static void start_upstream(uconn_t *c) {
+  struct addrinfo hints = {0};
+  hints.ai_family = AF_UNSPEC;
+  hints.ai_socktype = SOCK_STREAM;
+  c->gai.data = c;
+  if (uv_getaddrinfo(c->u->loop, &c->gai, resolved, c->u->host, c->u->port, &hints) != 0) {
+    uc_fail(c, "cannot resolve the upstream");
+    return;
+  }
+  c->resolving = true;
+}
+
+static void keep(uconn_t *c, const char *p, size_t n) {
+  if (n == 0)
+    return;
+  uchunk_t *k = malloc(sizeof(*k) + n);
+  if (k == NULL) {
+    uc_close(c);
+    return;
+  }
+  memcpy(k->data, p, n);
+  k->len = n;
+  k->next = NULL;
+  *c->early_tail = k;
+  c->early_tail = &k->next;
+}
+
+static void uc_read(h2rev_stream_t *s, ssize_t n, const uv_buf_t *buf) {
+  uconn_t *c = s->data;
+  uwrite_t *w = buf->base != NULL ? H2R_CONTAINER_OF(buf->base, uwrite_t, data) : NULL;
+  if (n <= 0) {
+    free(w);
+    if (n == 0 || c->closing)
+      return;
+    if (n != UV_EOF) {
+      uc_close(c);
+      return;
+    }
+    c->s_eof = true;
+    if (!c->parsed && c->hlen == 0) {
+      uc_close(c); /* a spare closed before any request */
+      return;
+    }
+    if (!c->parsed) {
+      uc_fail(c, "request head cut short");
+      return;
+    }
+    uc_check(c);
+    return;
+  }
+  if (c->x_open) {
+    send_x(c, w, (size_t)n);
+    return;
+  }
+  if (c->parsed) { /* the upstream is on its way: hold the bytes */
+    keep(c, buf->base, (size_t)n);
+    free(w);
+    h2rev_stream_read_stop(s);
+    return;
+  }
+  llhttp_errno_t e = llhttp_execute(&c->parser, buf->base, (size_t)n);
+  if (e == HPE_PAUSED) {
+    const char *rest = llhttp_get_error_pos(&c->parser);
+    keep(c, rest, (size_t)(buf->base + n - rest));
+    free(w);
+    h2rev_stream_read_stop(s);
+    start_upstream(c);
+    return;
+  }
+  free(w);
+  if (e != HPE_OK) {
+    char why[160];
+    snprintf(why, sizeof(why), "bad request on a reverse connection: %s",
+             c->hlen >= MAX_HEAD ? "head too large" : llhttp_errno_name(e));
+    uc_fail(c, why);
+  }
+}
+
+/* ------------------------------------------------------------ public */
+
+static char *dupn(const char *s, size_t n) {
+  char *p = malloc(n + 1);
+  if (p != NULL) {
+    memcpy(p, s, n);
+    p[n] = '\0';
+  }
+  return p;
+}
+
+static int parse_url(h2r_upstream_t *u, const char *url) {
+  const char *p;
+  if (strncmp(url, "https://", 8) == 0)
+    u->tls = true, p = url + 8;
+  else if (strncmp(url, "http://", 7) == 0)
+    p = url + 7;
+  else
+    return H2REV_EURL;
+  const char *hs = p, *he;
+  if (*p == '[') {
+    he = strchr(p, ']');
+    if (he == NULL)
+      return H2REV_EURL;
+    hs = p + 1;
+    p = he + 1;
+  } else {
+    he = p + strcspn(p, ":/?#");
+    p = he;
+  }
+  if (he == hs)
+    return H2REV_EURL;
+  const char *port = u->tls ? "443" : "80";
+  size_t portlen = strlen(port);
+  if (*p == ':') {
+    port = p + 1;
+    portlen = strspn(port, "0123456789");
+    if (portlen == 0 || portlen > 5)
+      return H2REV_EURL;
+    p = port + portlen;
+  }
+  if (*p != '\0' && *p != '/')
+    return H2REV_EURL;
+  size_t pathlen = strcspn(p, "?#");
+  while (pathlen > 0 && p[pathlen - 1] == '/')
+    pathlen--;
+  const char *auth = url + (u->tls ? 8 : 7);
+  u->host = dupn(hs, (size_t)(he - hs));
+  u->port = dupn(port, portlen);
+  u->authority = dupn(auth, (size_t)(p - auth));
+  u->path = dupn(p, pathlen);
+  return u->host && u->port && u->authority && u->path ? 0 : UV_ENOMEM;
+}
+
+int h2rev_upstream_init(uv_loop_t *loop, h2rev_upstream_t *upstream,
+                        const h2rev_upstream_options_t *opts) {
+  if (opts == NULL || opts->url == NULL)
+    return UV_EINVAL;
+  h2r_upstream_t *u = calloc(1, sizeof(*u));
+  if (u == NULL)
+    return UV_ENOMEM;
+  u->o = *opts;
+  u->log = opts->log;
+  u->loop = loop;
+  u->pub = upstream;
+  int r = parse_url(u, opts->url);
+  if (r == 0 && u->tls) {
+    char why[256];
+    u->ctx = h2r_tls_ctx_new(&opts->tls, false, H2R_ALPN_H1, &r, why, sizeof(why));
+    if (u->ctx == NULL)
+      H2R_ERR(&u->log, "upstream TLS setup failed: %s", why);
+  }
+  if (r != 0) {
+    free(u->host);
+    free(u->port);
+    free(u->authority);
+    free(u->path);
+    free(u);
+    return r;
+  }
+  u->o.url = NULL;
+  u->o.tls = (h2rev_tls_options_t){0};
+  if (u->o.connect_timeout_ms == 0)
+    u->o.connect_timeout_ms = 10000;
+  uv_timer_init(loop, &u->defer);
+  u->defer.data = u;
+  upstream->loop = loop;
+  upstream->u_ = u;
+  return 0;
+}
+
+int h2rev_upstream_serve(h2rev_upstream_t *upstream, h2rev_stream_t *stream, h2rev_close_cb done) {
+  h2r_upstream_t *u = upstream->u_;
+  if (u == NULL || u->closing)
+    return UV_EBADF;
+  uconn_t *c = calloc(1, sizeof(*c));
+  if (c == NULL)
+    return UV_ENOMEM;
+  c->u = u;
+  c->s = stream;
+  c->done = done;
+  c->early_tail = &c->early;
+  stream->data = c;
+  llhttp_settings_init(&c->settings);
+  c->settings.on_url = on_url;
+  c->settings.on_header_field = on_hfield;
+  c->settings.on_header_value = on_hvalue;
+  c->settings.on_headers_complete = on_headers_complete;
+  llhttp_init(&c->parser, HTTP_REQUEST, &c->settings);
+  c->parser.data = c;
+  uv_timer_init(u->loop, &c->linger);
+  c->linger.data = c;
+  int r = h2rev_stream_read_start(stream, uc_alloc, uc_read);
+  if (r != 0) {
+    uv_close((uv_handle_t *)&c->linger, (uv_close_cb)free);
+    return r;
+  }
+  u->active++;
+  return 0;
+}
+
+unsigned h2rev_upstream_active(const h2rev_upstream_t *upstream) {
+  return upstream->u_ != NULL ? upstream->u_->active : 0;
+}
+
+void h2rev_upstream_close(h2rev_upstream_t *upstream, h2rev_upstream_close_cb cb) {
+  h2r_upstream_t *u = upstream->u_;
+  if (u == NULL || u->closing)
+    return;
+  u->closing = true;
+  u->close_cb = cb;
+  /* Exchanges in progress finish on their own (callers drain first). */
+  if (u->active == 0)
+    u_finish(u);
+}
