@@ -54,6 +54,7 @@ struct h2r_dialer {
   dsock_t *socks;
   uv_timer_t keepalive;
   h2rev_dialer_stats_t st;
+  uint8_t *rbuf; /* the read buffer of every connection */
   void (*close_cb)(h2rev_dialer_t *);
   h2rev_dialer_close_cb user_close_cb;
   bool closing;
@@ -554,6 +555,7 @@ static void on_connection(uv_stream_t *server, int status) {
   o.ping_timeout_ms = d->o.ping_timeout_ms;
   o.max_streams = d->o.max_streams;
   o.allow_h1 = true;
+  o.rbuf = d->rbuf;
   c->next = d->conns;
   if (d->conns != NULL)
     d->conns->prev = c;
@@ -592,7 +594,9 @@ int h2rev_dialer_init(uv_loop_t *loop, h2rev_dialer_t *dialer, const h2rev_diale
   d->base = malloc(bl + 1);
   d->tsize = 64;
   d->table = calloc(d->tsize, sizeof(*d->table));
-  if (d->base == NULL || d->table == NULL) {
+  d->rbuf = malloc(H2R_RBUF_SIZE);
+  if (d->base == NULL || d->table == NULL || d->rbuf == NULL) {
+    free(d->rbuf);
     free(d->base);
     free(d->table);
     free(d);
@@ -756,6 +760,7 @@ static void dialer_done(h2rev_dialer_t *pub) {
   h2rev_dialer_close_cb cb = d->user_close_cb;
   free(d->table);
   free(d->base);
+  free(d->rbuf);
   free(d);
   pub->d_ = NULL;
   if (cb != NULL)

@@ -81,6 +81,10 @@ struct h2r_xport {
   unsigned handshake_ms;
   uint8_t *rbuf; /* socket read buffer */
   size_t rbuf_len;
+  /* Set before connect/accept: a read buffer shared by the owner's
+   * connections (bytes are consumed within the read callback), so an idle
+   * connection holds none of its own. */
+  uint8_t *shared_rbuf;
   char alpn[16];
   char peer[64]; /* "ip:port" for logs */
   char errmsg[160];
@@ -130,7 +134,10 @@ typedef struct h2r_session_opts {
   unsigned ping_timeout_ms;  /* close if unanswered this long */
   unsigned handshake_ms;     /* TCP connect + TLS handshake */
   bool allow_h1;             /* server: serve HTTP/1.1 clients through cbs->on_h1 */
+  uint8_t *rbuf;             /* H2R_RBUF_SIZE bytes shared by the owner's sessions, or NULL */
 } h2r_session_opts;
+
+#define H2R_RBUF_SIZE (64 * 1024)
 
 void h2r_session_opts_default(h2r_session_opts *o);
 

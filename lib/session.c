@@ -48,6 +48,7 @@ static void s_fail(h2r_session_t *s, int err);
 static void s_maybe_closed(h2r_session_t *s);
 
 void h2r_session_opts_default(h2r_session_opts *o) {
+  memset(o, 0, sizeof(*o));
   o->stream_window = 1u << 20;
   o->conn_window = 16u << 20;
   o->max_streams = 1000;
@@ -605,6 +606,7 @@ static int s_init(h2r_session_t *s, uv_loop_t *loop, bool server, const h2r_sess
   s->owner = owner;
   s->log = log;
   s->x.log = log;
+  s->x.shared_rbuf = o != NULL ? o->rbuf : NULL;
   if (o != NULL)
     s->o = *o;
   else

@@ -11,8 +11,6 @@
 #include <stdlib.h>
 #include <string.h>
 
-#define H2R_RBUF_SIZE (64 * 1024)
-
 static void x_fail_open(h2r_xport_t *x, int err);
 
 static void x_handle_closed(uv_handle_t *h) {
@@ -22,7 +20,8 @@ static void x_handle_closed(uv_handle_t *h) {
   if (x->ssl != NULL)
     SSL_free(x->ssl); /* frees both BIOs */
   x->ssl = NULL;
-  free(x->rbuf);
+  if (x->rbuf != x->shared_rbuf)
+    free(x->rbuf);
   x->rbuf = NULL;
   x->cbs->on_close(x);
 }
@@ -60,15 +59,17 @@ static void x_peer_name(h2r_xport_t *x) {
 static int x_init(h2r_xport_t *x, uv_loop_t *loop, SSL_CTX *ctx, bool server, unsigned hs_ms,
                   const h2r_xport_cbs *cbs, void *owner) {
   const h2rev_logger_t *log = x->log;
+  uint8_t *shared = x->shared_rbuf;
   memset(x, 0, sizeof(*x));
   x->log = log;
+  x->shared_rbuf = shared;
   x->loop = loop;
   x->cbs = cbs;
   x->owner = owner;
   x->server = server;
   x->handshake_ms = hs_ms;
   x->rbuf_len = H2R_RBUF_SIZE;
-  x->rbuf = malloc(x->rbuf_len);
+  x->rbuf = shared != NULL ? shared : malloc(x->rbuf_len);
   if (x->rbuf == NULL)
     return UV_ENOMEM;
   uv_tcp_init(loop, &x->tcp);
@@ -347,6 +348,12 @@ int h2r_xport_write(h2r_xport_t *x, h2r_xwrite_t *w, const uv_buf_t *bufs, unsig
   return x_tls_flush(x, w, cb);
 }
 
+static void x_resume(uv_timer_t *t) {
+  h2r_xport_t *x = t->data;
+  if (x->state == H2R_X_OPEN && x->reading)
+    x_tls_read(x, (const uint8_t *)"", 0);
+}
+
 void h2r_xport_read_pause(h2r_xport_t *x, bool pause) {
   if (x->state == H2R_X_CLOSING || x->read_paused == pause)
     return;
@@ -356,10 +363,12 @@ void h2r_xport_read_pause(h2r_xport_t *x, bool pause) {
     uv_read_stop((uv_stream_t *)&x->tcp);
   } else {
     uv_read_start((uv_stream_t *)&x->tcp, x_alloc, x_read);
-    /* TLS may hold decrypted records that arrived while paused. */
+    /* TLS may hold records that arrived while paused: read them from a
+     * callback of their own, never inside whatever resumed us (the read
+     * buffer may be shared and in use). */
     if (x->ssl != NULL && x->state == H2R_X_OPEN &&
         (SSL_pending(x->ssl) > 0 || BIO_ctrl_pending(x->rbio) > 0))
-      x_tls_read(x, (const uint8_t *)"", 0);
+      uv_timer_start(&x->timer, x_resume, 0, 0);
   }
 }
 
