@@ -82,9 +82,10 @@ bad h2rev-listener --bogus
 bad h2rev-listener --upstream http://127.0.0.1:1
 bad h2rev-listener --url https://127.0.0.1:1
 bad h2rev-listener --url ftp://127.0.0.1:1 --upstream http://127.0.0.1:1 --id x
-bad h2rev-listener --url https://127.0.0.1:1 --upstream https://127.0.0.1:1 --id x
-grep -q "https:// is not supported" "$WORK/err" || fail "https upstream: $(cat "$WORK/err")"
-bad h2rev-listener --url https://127.0.0.1:1 --upstream http://127.0.0.1:1/base --id x
+bad h2rev-listener --url https://127.0.0.1:1 --upstream ftp://127.0.0.1:1 --id x
+grep -q "is not an http:// or https:// URL" "$WORK/err" || fail "ftp upstream: $(cat "$WORK/err")"
+bad h2rev-listener --url https://127.0.0.1:1 --upstream https://127.0.0.1:1 --id x \
+  --upstream-ca /nonexistent
 bad h2rev-listener --url https://127.0.0.1:1 --upstream http://127.0.0.1:1 --id 'bad id'
 bad h2rev-listener --url https://127.0.0.1:1 --upstream http://127.0.0.1:1 --id x \
   --cert /nonexistent --key /nonexistent

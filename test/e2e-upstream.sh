@@ -1,0 +1,49 @@
+# The listener's side of the proxy: Host rewriting, --keep-host, an https://
+# upstream with its CA, and a path prefix on the upstream URL.
+source "$(dirname "$0")/e2elib.sh"
+
+start_upstream
+start_dialer
+start_listener up
+wait_for tcurl -f "$(tunnel up)/index.html" || fail "no answer through the tunnel"
+
+hdrs=$(tcurl -f "$(tunnel up)/headers")
+echo "$hdrs" | grep -q "^Host: 127.0.0.1:$UPSTREAM_PORT$" || fail "Host not rewritten: $hdrs"
+echo "$hdrs" | grep -q "^GET /headers HTTP/1.1$" || fail "path: $hdrs"
+ok "Host rewritten to the upstream's"
+
+start_listener keep --keep-host
+wait_for tcurl -f "$(tunnel keep)/index.html" || fail "keep-host listener"
+hdrs=$(tcurl -f "$(tunnel keep)/headers")
+echo "$hdrs" | grep -q "^Host: keep$" || fail "--keep-host: $hdrs"
+ok "--keep-host passes the Host the dialer sent"
+
+# An https:// upstream with its own CA (a certificate made here).
+openssl req -x509 -newkey ec -pkeyopt ec_paramgen_curve:P-256 -nodes -days 1 \
+  -subj /CN=localhost -addext "subjectAltName=IP:127.0.0.1,DNS:localhost" \
+  -keyout "$WORK/up.key" -out "$WORK/up.crt" 2>/dev/null
+mkdir -p "$WORK/tls"
+python3 "$SRC/test/upstream.py" --dir "$WORK/www" --port-file "$WORK/tls.port" \
+  --tls-cert "$WORK/up.crt" --tls-key "$WORK/up.key" 2> "$WORK/tls-upstream.log" &
+PIDS+=($!)
+wait_for test -s "$WORK/tls.port" || fail "TLS upstream did not start"
+TLS_PORT=$(cat "$WORK/tls.port")
+"$BIN/h2rev-listener" --url "https://127.0.0.1:$DIALER_PORT" --id secure \
+  --ca "$WORK/h2rev-dialer.crt" --upstream "https://127.0.0.1:$TLS_PORT/bytes" \
+  --upstream-ca "$WORK/up.crt" 2>> "$WORK/listener-secure.log" &
+PIDS+=($!)
+wait_for tcurl -f "$(tunnel secure)/100" || fail "https upstream"
+[ "$(tcurl -f "$(tunnel secure)/123456" | wc -c)" = 123456 ] || fail "https upstream body"
+ok "https:// upstream verified with --upstream-ca, with a path prefix"
+
+# The same upstream without its CA: the listener answers 502 itself.
+"$BIN/h2rev-listener" --url "https://127.0.0.1:$DIALER_PORT" --id untrusted \
+  --ca "$WORK/h2rev-dialer.crt" --upstream "https://127.0.0.1:$TLS_PORT" \
+  2>> "$WORK/listener-untrusted.log" &
+PIDS+=($!)
+wait_for grep -q "attached as untrusted" "$WORK/listener-untrusted.log" || fail "untrusted listener"
+code=$(tcurl -o /dev/null -w '%{http_code}' "$(tunnel untrusted)/index.html")
+[ "$code" = 502 ] || fail "untrusted upstream certificate: $code"
+grep -q "certificate verify failed" "$WORK/listener-untrusted.log" ||
+  fail "no log of the certificate failure"
+ok "untrusted upstream certificate: 502 and a log line"
