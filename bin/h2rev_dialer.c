@@ -208,6 +208,7 @@ static void closed(h2rev_dialer_t *d) {
 
 static void drain(void) {
   tool_logf(H2REV_LOG_INFO, "draining for up to %u ms", drain_timeout);
+  tool_watchdog(loop, drain_timeout + 5000);
   if (h2rev_dialer_shutdown(&dialer, drain_timeout, closed) != 0)
     h2rev_dialer_close(&dialer, closed);
 }

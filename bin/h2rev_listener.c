@@ -72,6 +72,7 @@ static void closed(h2rev_listener_t *l) {
 static void drain(void) {
   tool_logf(H2REV_LOG_INFO, "draining for up to %u ms (%u reverse connection%s open)",
             drain_timeout, active, active == 1 ? "" : "s");
+  tool_watchdog(loop, drain_timeout + 5000);
   if (h2rev_listener_shutdown(&listener, drain_timeout, closed) != 0)
     h2rev_listener_close(&listener, closed);
 }

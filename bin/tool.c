@@ -120,6 +120,7 @@ const char *tool_flag(int argc, char **argv, int *i, const char *flag) {
 }
 
 static uv_signal_t sigint, sigterm;
+static uv_timer_t watchdog; /* tool_watchdog */
 static void (*on_sig)(void);
 static int signals_seen;
 
@@ -144,6 +145,20 @@ void tool_on_signal(uv_loop_t *loop, void (*cb)(void)) {
 void tool_signals_close(void) {
   uv_close((uv_handle_t *)&sigint, NULL);
   uv_close((uv_handle_t *)&sigterm, NULL);
+  if (uv_is_active((uv_handle_t *)&watchdog))
+    uv_close((uv_handle_t *)&watchdog, NULL);
+}
+
+static void watchdog_fired(uv_timer_t *t) {
+  (void)t;
+  tool_logf(H2REV_LOG_ERROR, "shutdown did not finish in time: exiting");
+  exit(1);
+}
+
+void tool_watchdog(uv_loop_t *loop, unsigned ms) {
+  uv_timer_init(loop, &watchdog);
+  uv_timer_start(&watchdog, watchdog_fired, ms, 0);
+  uv_unref((uv_handle_t *)&watchdog); /* never what keeps the loop running */
 }
 
 void tool_fatal(const char *fmt, ...) {

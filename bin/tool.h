@@ -30,5 +30,8 @@ unsigned tool_parse_ms(const char *flag, const char *v);
  * instead of stderr, so that a failure is reported as one line. */
 void tool_capture(char *buf, size_t len);
 void tool_capture_end(void);
+/* A shutdown that has not finished after ms (a bug: something was not
+ * released) logs an error and exits with status 1 rather than hang. */
+void tool_watchdog(uv_loop_t *loop, unsigned ms);
 
 #endif
