@@ -153,7 +153,8 @@ static void x_opened(h2r_xport_t *x) {
     SSL_get0_alpn_selected(x->ssl, &p, &len);
     if (len >= sizeof(x->alpn))
       len = 0;
-    memcpy(x->alpn, p, len);
+    if (len > 0)
+      memcpy(x->alpn, p, len);
     x->alpn[len] = '\0';
   }
   x->cbs->on_open(x, 0);
