@@ -1,0 +1,470 @@
+#!/usr/bin/env bash
+# h2rev benchmark on loopback: h2rev (dialer + listener) against a one-hop nginx TLS
+# reverse proxy to the same upstream nginx. Prints one table (stdout); progress on stderr.
+#
+#   bench/run.sh            default run (200,000-request growth run, 1000 idle listeners)
+#   bench/run.sh --smoke    tiny counts for CI, under 2 minutes
+#   bench/run.sh --full     1,000,000-request growth run
+# Options: --long N (requests of the growth run), --rev REV (build commit REV from git
+# instead of the working tree), --no-build (use build-bench/ as it is), --keep (keep the
+# temp dir). Needs: cmake, a C compiler, openssl, nginx (nginx-light), h2load
+# (nghttp2-client), wrk, curl, python3.
+set -euo pipefail
+
+ARGS="$*"
+MODE=default
+LONG=
+REV=
+BUILD=1
+KEEP=0
+while [ $# -gt 0 ]; do
+  case $1 in
+  --smoke) MODE=smoke ;;
+  --full) MODE=full ;;
+  --long) LONG=$2; shift ;;
+  --rev) REV=$2; shift ;;
+  --no-build) BUILD=0 ;;
+  --keep) KEEP=1 ;;
+  -h | --help) sed -n '2,11p' "$0"; exit 0 ;;
+  *) echo "bench/run.sh: unknown option $1" >&2; exit 2 ;;
+  esac
+  shift
+done
+
+case $MODE in
+smoke) H2_RUNS=1 N_GET=2000 WARM=500 FIRST=1000 DEF_LONG=4000 WRK_S=3 XFER_MIB=10 XFER_RUNS=1 IDLE=50 SLOW_S=5 ;;
+full) H2_RUNS=3 N_GET=100000 WARM=2000 FIRST=10000 DEF_LONG=1000000 WRK_S=10 XFER_MIB=100 XFER_RUNS=3 IDLE=1000 SLOW_S=20 ;;
+*) H2_RUNS=3 N_GET=100000 WARM=2000 FIRST=10000 DEF_LONG=200000 WRK_S=10 XFER_MIB=100 XFER_RUNS=3 IDLE=1000 SLOW_S=20 ;;
+esac
+LONG=${LONG:-$DEF_LONG}
+[ "$LONG" -gt "$FIRST" ] || { echo "bench/run.sh: --long must exceed $FIRST" >&2; exit 2; }
+
+SRC=$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)
+W=$(mktemp -d /tmp/h2rev-bench.XXXXXX)
+PIDS=()       # every process started here, killed at exit
+IDLE_PIDS=()  # the idle listeners
+T0=$(date +%s)
+
+log() { echo "[bench +$(($(date +%s) - T0))s] $*" >&2; }
+die() { log "ERROR: $*"; for f in "$W"/*.log; do [ -s "$f" ] && { echo "== $f" >&2; tail -n 15 "$f" >&2; }; done; exit 1; }
+
+cleanup() {
+  local p
+  for p in "${IDLE_PIDS[@]:-}" "${PIDS[@]:-}"; do [ -n "$p" ] && kill "$p" 2>/dev/null || true; done
+  wait 2>/dev/null || true
+  if [ "$KEEP" = 1 ]; then log "temp dir kept: $W"; else rm -rf "$W"; fi
+}
+trap cleanup EXIT
+trap 'exit 130' INT TERM
+
+for t in cmake openssl nginx h2load wrk curl python3; do
+  command -v "$t" >/dev/null || die "$t not found (Debian: nginx-light, nghttp2-client, wrk, curl)"
+done
+ulimit -n 65536 2>/dev/null || ulimit -n "$(ulimit -Hn)" 2>/dev/null || true
+
+free_port() { python3 -c 'import socket; s=socket.socket(); s.bind(("127.0.0.1",0)); print(s.getsockname()[1])'; }
+wait_for() { # wait_for SECONDS CMD...
+  local n=$(($1 * 10)); shift
+  for _ in $(seq 1 "$n"); do "$@" >/dev/null 2>&1 && return 0; sleep 0.1; done
+  return 1
+}
+kib() { awk -v k="^$2:" '$0 ~ k {print $2; f=1} END {if (!f) print 0}' "/proc/$1/status" 2>/dev/null || echo 0; }
+rss() { kib "$1" VmRSS; }
+hwm() { kib "$1" VmHWM; }
+mib() { awk -v k="$1" 'BEGIN {printf "%.1f", k / 1024}'; }
+ratio() { awk -v a="$1" -v b="$2" 'BEGIN {if (a == "" || b == "" || b + 0 == 0) print "-"; else printf "%.2f", a / b}'; }
+ge() { awk -v a="$1" -v b="$2" 'BEGIN {exit !(a != "-" && a + 0 >= b + 0)}'; }
+le() { awk -v a="$1" -v b="$2" 'BEGIN {exit !(a != "-" && a + 0 <= b + 0)}'; }
+pf() { if "$@"; then echo PASS; else echo FAIL; fi; }
+median() { tr ' ' '\n' | grep -v '^$' | sort -g | awk '{v[NR] = $1} END {if (NR) print v[int((NR + 1) / 2)]; else print "-"}'; }
+
+# ---------------------------------------------------------------------------- build
+if [ -n "$REV" ]; then
+  sha=$(git -C "$SRC" rev-parse --short "$REV")
+  BSRC=$SRC/build-bench/src-$sha
+  BDIR=$SRC/build-bench/rev-$sha
+  if [ ! -d "$BSRC" ]; then mkdir -p "$BSRC" && git -C "$SRC" archive "$sha" | tar -x -C "$BSRC"; fi
+  VERSION="commit $sha"
+else
+  BSRC=$SRC
+  BDIR=$SRC/build-bench
+  VERSION="$(git -C "$SRC" describe --always --dirty 2>/dev/null || echo unknown) (working tree)"
+fi
+if [ "$BUILD" = 1 ]; then
+  log "building $VERSION (Release) into $BDIR"
+  cmake -S "$BSRC" -B "$BDIR" -DCMAKE_BUILD_TYPE=Release >"$W/build.log" 2>&1 &&
+    cmake --build "$BDIR" -j2 --target h2rev-dialer h2rev-listener >>"$W/build.log" 2>&1 ||
+    { tail -n 30 "$W/build.log" >&2; die "build failed"; }
+fi
+BIN=$BDIR/bin
+[ -x "$BIN/h2rev-dialer" ] && [ -x "$BIN/h2rev-listener" ] || die "no binaries in $BIN"
+
+# ---------------------------------------------------------------------------- files, certs
+mkdir -p "$W/www/upload" "$W/tmp"
+head -c 100 /dev/urandom >"$W/www/small.bin"
+head -c $((XFER_MIB << 20)) /dev/urandom >"$W/www/big.bin"
+truncate -s 100M "$W/www/slow.bin" # the slow reader always reads 100 MiB
+openssl req -x509 -newkey ec -pkeyopt ec_paramgen_curve:P-256 -nodes -days 2 \
+  -keyout "$W/ref.key" -out "$W/ref.crt" -subj /CN=localhost \
+  -addext subjectAltName=DNS:localhost,IP:127.0.0.1 >"$W/openssl.log" 2>&1 || die "openssl"
+
+UP=$(free_port)
+REF=$(free_port)
+DP=$(free_port)
+IDP=$(free_port)
+USR="$(id -un) $(id -gn)"
+
+ngx_common() { # ngx_common NAME
+  cat <<EOF
+user $USR;
+worker_processes 1;
+daemon off;
+pid $W/$1.pid;
+error_log $W/$1-nginx.log warn;
+events { worker_connections 8192; }
+http {
+  access_log off;
+  default_type application/octet-stream;
+  client_body_temp_path $W/tmp/$1-body;
+  proxy_temp_path $W/tmp/$1-proxy;
+  fastcgi_temp_path $W/tmp/$1-fcgi;
+  uwsgi_temp_path $W/tmp/$1-uwsgi;
+  scgi_temp_path $W/tmp/$1-scgi;
+  keepalive_requests 10000000;
+  keepalive_timeout 300s;
+  sendfile on;
+  tcp_nopush on;
+EOF
+}
+
+# The upstream: files and an upload endpoint (WebDAV PUT: the whole body is read and stored
+# before the answer, 201 or 204).
+{
+  ngx_common up
+  cat <<EOF
+  server {
+    listen 127.0.0.1:$UP;
+    root $W/www;
+    location /upload/ {
+      dav_methods PUT;
+      client_max_body_size 0;
+      client_body_buffer_size 1m;
+    }
+  }
+}
+EOF
+} >"$W/up.conf"
+
+# The reference: one TLS HTTP/2 hop to the same upstream, streaming both ways.
+{
+  ngx_common ref
+  cat <<EOF
+  upstream up { server 127.0.0.1:$UP; keepalive 32; }
+  server {
+    listen 127.0.0.1:$REF ssl http2;
+    ssl_certificate $W/ref.crt;
+    ssl_certificate_key $W/ref.key;
+    client_max_body_size 0;
+    location / {
+      proxy_pass http://up;
+      proxy_http_version 1.1;
+      proxy_set_header Connection "";
+      proxy_request_buffering off;
+      proxy_max_temp_file_size 0;
+    }
+  }
+}
+EOF
+} >"$W/ref.conf"
+
+start_nginx() { # start_nginx NAME -> pid in NGX_PID
+  mkdir -p "$W/ngx-$1"
+  nginx -p "$W/ngx-$1/" -c "$W/$1.conf" -e "$W/$1-nginx.log" 2>>"$W/$1-nginx.log" &
+  NGX_PID=$!
+  PIDS+=("$NGX_PID")
+}
+start_nginx up
+start_nginx ref
+REF_PID=$NGX_PID
+
+wait_for 10 curl -sf "http://127.0.0.1:$UP/small.bin" -o /dev/null || die "upstream nginx did not start"
+wait_for 10 curl -sfk "https://127.0.0.1:$REF/small.bin" -o /dev/null || die "reference nginx did not start"
+REF_WORKER=$(pgrep -P "$REF_PID" | head -n 1)
+
+# ---------------------------------------------------------------------------- h2rev
+mkdir -p "$W/d"
+"$BIN/h2rev-dialer" --listen "127.0.0.1:$DP" --self-signed-dir "$W/d" --log-level info 2>>"$W/dialer.log" &
+DPID=$!
+PIDS+=("$DPID")
+wait_for 10 test -s "$W/d/h2rev-dialer.crt" || die "dialer did not write its certificate"
+wait_for 10 curl -sf --cacert "$W/d/h2rev-dialer.crt" "https://127.0.0.1:$DP/healthz" || die "dialer did not start"
+"$BIN/h2rev-listener" --url "https://127.0.0.1:$DP" --id bench --ca "$W/d/h2rev-dialer.crt" \
+  --upstream "http://127.0.0.1:$UP" --log-level info 2>>"$W/listener.log" &
+LPID=$!
+PIDS+=("$LPID")
+
+REF_URL=https://127.0.0.1:$REF
+H2R_URL=https://127.0.0.1:$DP/proxy/bench
+wait_for 10 curl -sfk "$H2R_URL/small.bin" -o /dev/null || die "no answer through h2rev"
+cmp -s <(curl -sk "$H2R_URL/small.bin") "$W/www/small.bin" || die "h2rev: small.bin differs"
+cmp -s <(curl -sk "$REF_URL/small.bin") "$W/www/small.bin" || die "reference: small.bin differs"
+log "up: upstream :$UP, reference :$REF, dialer :$DP (pid $DPID), listener pid $LPID"
+
+PROBLEMS=()
+problem() { PROBLEMS+=("$*"); log "PROBLEM: $*"; }
+
+# ---------------------------------------------------------------------------- h2load
+# h2load_run NAME URL N: sets H_RPS H_MEAN H_P50 H_P99 (2xx responses only; latencies in ms),
+# H_OK (2xx), H_FAIL (failed, errored, timed out), H_NON2XX, H_ALLRPS (h2load's figure)
+h2load_run() {
+  local name=$1 url=$2 n=$3 out=$W/h2load-$1.txt lf=$W/h2load-$1.log secs
+  h2load -c 16 -m 10 -n "$n" --log-file="$lf" "$url" >"$out" 2>&1 || true
+  H_ALLRPS=$(awk '/^finished in/ {gsub(",", "", $4); print $4}' "$out")
+  secs=$(to_ms "$(awk '/^finished in/ {gsub(",", "", $3); print $3}' "$out")")
+  H_FAIL=$(awk '/^requests:/ {print $10 + $12 + $14}' "$out")
+  H_NON2XX=$(awk '/^status codes:/ {print $5 + $7 + $9}' "$out")
+  # --log-file: start time, status, duration in microseconds, one request a line
+  read -r H_OK H_MEAN H_P50 H_P99 < <(awk '$2 >= 200 && $2 < 300 {print $3}' "$lf" 2>/dev/null | sort -n |
+    awk '{v[NR] = $1; s += $1} END {if (!NR) {print "0 - - -"; exit}
+      i = int(NR * 0.50 + 0.5); if (i < 1) i = 1; j = int(NR * 0.99 + 0.5); if (j < 1) j = 1
+      printf "%d %.3f %.3f %.3f\n", NR, s / NR / 1000, v[i] / 1000, v[j] / 1000}')
+  H_RPS=$(awk -v n="$H_OK" -v ms="$secs" 'BEGIN {if (ms + 0 > 0) printf "%.0f", n * 1000 / ms; else print "-"}')
+  H_FAIL=${H_FAIL:-$n}
+  H_NON2XX=${H_NON2XX:-0}
+  if [ "$H_FAIL" != 0 ] || [ "$H_NON2XX" != 0 ] || [ "$H_OK" != "$n" ]; then
+    problem "h2load $name: $n requests, $H_OK answered 2xx, $H_NON2XX non-2xx ($(awk '$2 !~ /^2/ {print $2}' "$lf" | sort | uniq -c | awk '{printf "%s%s x%s", s, $2, $1; s = ", "}')), $H_FAIL failed/errored/timed out [h2load: $(grep -m1 '^requests:' "$out")]"
+  fi
+  log "h2load $name: $H_RPS 2xx/s (h2load: ${H_ALLRPS:-?} req/s), mean $H_MEAN ms, p50 $H_P50 ms, p99 $H_P99 ms, 2xx $H_OK/$n"
+}
+to_ms() { # 123us 1.2ms 3.4s -> ms
+  awk -v v="$1" 'BEGIN {
+    if (v ~ /us$/) {sub(/us$/, "", v); printf "%.3f", v / 1000}
+    else if (v ~ /ms$/) {sub(/ms$/, "", v); printf "%.3f", v}
+    else if (v ~ /m$/) {sub(/m$/, "", v); printf "%.3f", v * 60000}
+    else if (v ~ /s$/) {sub(/s$/, "", v); printf "%.3f", v * 1000}
+    else print "-"}'
+}
+
+log "warm-up: $WARM requests each"
+h2load_run warm-ref "$REF_URL/small.bin" "$WARM"
+h2load_run warm-h2rev "$H2R_URL/small.bin" "$WARM"
+
+# Growth: RSS after the first $FIRST requests, then after $LONG in all (fresh processes).
+log "growth run on h2rev: $FIRST requests, then $((LONG - FIRST)) more"
+h2load_run growth-first "$H2R_URL/small.bin" "$FIRST"
+sleep 1
+G_D1=$(rss "$DPID") G_L1=$(rss "$LPID")
+h2load_run growth-rest "$H2R_URL/small.bin" "$((LONG - FIRST))"
+G_RPS=$H_RPS
+sleep 1
+G_D2=$(rss "$DPID") G_L2=$(rss "$LPID")
+G_GROW=$(((G_D2 + G_L2) - (G_D1 + G_L1)))
+log "growth: dialer $G_D1 -> $G_D2 KiB, listener $G_L1 -> $G_L2 KiB"
+
+# Small GETs: the two paths in turn, $H2_RUNS rounds; each figure is the median of the rounds.
+log "small GET: h2load -c 16 -m 10 -n $N_GET, $H2_RUNS rounds"
+declare -A M=()
+R_BAD=0 X_BAD=0
+for r in $(seq 1 "$H2_RUNS"); do
+  for side in ref h2rev; do
+    if [ $side = ref ]; then url=$REF_URL; else url=$H2R_URL; fi
+    h2load_run "$side-$r" "$url/small.bin" "$N_GET"
+    M[$side-rps]+=" $H_RPS" M[$side-mean]+=" $H_MEAN" M[$side-p50]+=" $H_P50" M[$side-p99]+=" $H_P99"
+    if [ $side = ref ]; then R_BAD=$((R_BAD + N_GET - H_OK)); else X_BAD=$((X_BAD + N_GET - H_OK)); fi
+  done
+done
+med() { echo "${M[$1]}" | median; }
+R_RPS=$(med ref-rps) R_MEAN=$(med ref-mean) R_P50=$(med ref-p50) R_P99=$(med ref-p99)
+X_RPS=$(med h2rev-rps) X_MEAN=$(med h2rev-mean) X_P50=$(med h2rev-p50) X_P99=$(med h2rev-p99)
+
+# ---------------------------------------------------------------------------- wrk (HTTP/1.1)
+# wrk_run NAME URL: sets K_RPS K_P50 K_P99 K_ERR
+wrk_run() {
+  local out=$W/wrk-$1.txt
+  wrk -t1 -c16 -d"${WRK_S}s" --latency "$2" >"$out" 2>&1 || true
+  K_RPS=$(awk '/^Requests\/sec:/ {print $2}' "$out")
+  K_P50=$(to_ms "$(awk '$1 == "50%" {print $2}' "$out")")
+  K_P99=$(to_ms "$(awk '$1 == "99%" {print $2}' "$out")")
+  K_REQ=$(awk '/requests in/ {print $1}' "$out")
+  K_ERR=$(awk '/Non-2xx or 3xx responses:/ {n += $5} /Socket errors:/ {gsub(",", ""); n += $4 + $6 + $8 + $10} END {print n + 0}' "$out")
+  K_RPS=${K_RPS:--}
+  [ "$K_ERR" = 0 ] && [ -n "$K_REQ" ] || problem "wrk $1: ${K_REQ:-0} requests, $K_ERR errors or non-2xx: $(grep -E 'errors|Non-2xx' "$out" | tr -s ' ' | tr '\n' ';')"
+  log "wrk $1: $K_RPS req/s, p50 $K_P50 ms, p99 $K_P99 ms, errors $K_ERR"
+}
+log "HTTP/1.1: wrk -t1 -c16 -d${WRK_S}s --latency"
+wrk_run ref "$REF_URL/small.bin"
+RW_RPS=$K_RPS RW_P50=$K_P50 RW_P99=$K_P99
+H1=0
+if [ "$(curl -sk --http1.1 -o /dev/null -w '%{http_code} %{http_version}' "$H2R_URL/small.bin" 2>/dev/null)" = "200 1.1" ]; then
+  H1=1
+  wrk_run h2rev "$H2R_URL/small.bin"
+  XW_RPS=$K_RPS XW_P50=$K_P50 XW_P99=$K_P99
+else
+  log "h2rev: curl --http1.1 fails: HTTP/1.1 front end not available"
+fi
+
+# ---------------------------------------------------------------------------- transfers
+# xfer NAME URL KIND(download|upload) -> median MiB/s over $XFER_RUNS runs
+xfer() {
+  local name=$1 url=$2 kind=$3 v=() out code size i speed
+  for i in $(seq 1 "$XFER_RUNS"); do
+    if [ "$kind" = download ]; then
+      out=$(curl -sk --http2 -o /dev/null -w '%{speed_download} %{http_code} %{size_download}' "$url" 2>&1) || true
+    else
+      out=$(curl -sk --http2 -X PUT -H 'Expect:' --data-binary "@$W/www/big.bin" -o /dev/null \
+        -w '%{speed_upload} %{http_code} %{size_upload}' "$url" 2>&1) || true
+    fi
+    read -r speed code size <<<"$out"
+    if [[ "$code" != 20? ]] || [ "$size" != $((XFER_MIB << 20)) ]; then
+      problem "$kind $name run $i: status ${code:-none}, $size bytes of $((XFER_MIB << 20)) ($out)"
+      continue
+    fi
+    v+=("$(awk -v s="$speed" 'BEGIN {printf "%.1f", s / 1048576}')")
+  done
+  log "$kind $name: ${v[*]:-none} MiB/s"
+  echo "${v[*]:-}" | median
+}
+log "transfers: $XFER_MIB MiB x $XFER_RUNS (median)"
+R_DL=$(xfer ref "$REF_URL/big.bin" download)
+X_DL=$(xfer h2rev "$H2R_URL/big.bin" download)
+R_UL=$(xfer ref "$REF_URL/upload/ref.bin" upload)
+X_UL=$(xfer h2rev "$H2R_URL/upload/h2rev.bin" upload)
+cmp -s "$W/www/upload/h2rev.bin" "$W/www/big.bin" || problem "upload through h2rev: stored file differs"
+
+P_D=$(hwm "$DPID") P_L=$(hwm "$LPID") P_R=$(hwm "$REF_WORKER")
+log "peak RSS so far: dialer $P_D KiB, listener $P_L KiB, reference worker $P_R KiB"
+
+# ---------------------------------------------------------------------------- slow reader
+log "slow reader: curl --limit-rate 1k of 100 MiB for ${SLOW_S}s (both paths at once)"
+S_B=$(($(rss "$DPID") + $(rss "$LPID")))
+curl -sk --http2 --limit-rate 1k -o /dev/null "$H2R_URL/slow.bin" 2>/dev/null &
+SC1=$!
+PIDS+=("$SC1")
+curl -sk --http2 --limit-rate 1k -o /dev/null "$REF_URL/slow.bin" 2>/dev/null &
+SC2=$!
+PIDS+=("$SC2")
+S_MAX=0 S_RMAX=0 S_DMAX=0 S_LMAX=0 S_SAMPLES=()
+for _ in $(seq 1 "$SLOW_S"); do
+  sleep 1
+  d=$(rss "$DPID") l=$(rss "$LPID") r=$(rss "$REF_WORKER")
+  s=$((d + l))
+  S_SAMPLES+=("$d+$l")
+  [ "$d" -gt "$S_DMAX" ] && S_DMAX=$d
+  [ "$l" -gt "$S_LMAX" ] && S_LMAX=$l
+  [ "$s" -gt "$S_MAX" ] && S_MAX=$s
+  [ "$r" -gt "$S_RMAX" ] && S_RMAX=$r
+done
+kill -0 "$SC1" 2>/dev/null || problem "slow reader through h2rev ended early"
+kill "$SC1" "$SC2" 2>/dev/null || true
+wait "$SC1" "$SC2" 2>/dev/null || true
+log "slow reader: dialer+listener KiB each second: ${S_SAMPLES[*]} (before: $S_B in all)"
+# Once the client is gone, the listener must let go of the upstream connection of that download.
+sleep 3
+S_LEFT=$(ss -Htnp state established "( dport = :$UP )" 2>/dev/null | grep -c "pid=$LPID," || true)
+[ "$S_LEFT" = 0 ] || problem "slow reader killed: 3 s later the listener still holds $S_LEFT upstream connection(s) (the aborted download's reverse stream is not closed)"
+curl -sfk "$H2R_URL/small.bin" -o /dev/null || problem "h2rev did not answer after the slow reader"
+kill -0 "$DPID" 2>/dev/null || problem "the dialer died"
+kill -0 "$LPID" 2>/dev/null || problem "the listener died"
+
+# ---------------------------------------------------------------------------- idle listeners
+log "idle listeners: $IDLE on a fresh dialer"
+mkdir -p "$W/idle"
+"$BIN/h2rev-dialer" --listen "127.0.0.1:$IDP" --self-signed-dir "$W/idle" --log-level info 2>>"$W/idle-dialer.log" &
+IDPID=$!
+PIDS+=("$IDPID")
+wait_for 10 test -s "$W/idle/h2rev-dialer.crt" || die "idle dialer did not write its certificate"
+wait_for 10 curl -sf --cacert "$W/idle/h2rev-dialer.crt" "https://127.0.0.1:$IDP/healthz" || die "idle dialer did not start"
+sleep 0.5
+I_B=$(rss "$IDPID")
+attached() { grep -c 'attached from' "$W/idle-dialer.log" || true; }
+i=0
+while [ "$i" -lt "$IDLE" ]; do
+  b=0
+  while [ "$b" -lt 100 ] && [ "$i" -lt "$IDLE" ]; do
+    "$BIN/h2rev-listener" --url "https://127.0.0.1:$IDP" --id "idle$i" --ca "$W/idle/h2rev-dialer.crt" \
+      --upstream "http://127.0.0.1:$UP" --log-level warn 2>>"$W/idle-listeners.log" &
+    IDLE_PIDS+=($!)
+    i=$((i + 1)) b=$((b + 1))
+  done
+  for _ in $(seq 1 300); do [ "$(attached)" -ge "$i" ] && break; sleep 0.1; done
+done
+sleep 2
+I_N=$(attached)
+I_A=$(rss "$IDPID")
+I_PER=$(awk -v a="$I_A" -v b="$I_B" -v n="$IDLE" 'BEGIN {printf "%.1f", (a - b) / n}')
+I_LRSS=0
+for p in "${IDLE_PIDS[@]}"; do I_LRSS=$((I_LRSS + $(rss "$p"))); done
+I_LAVG=$((I_LRSS / IDLE))
+log "idle: $I_N attached, dialer $I_B -> $I_A KiB ($I_PER KiB each); listener processes avg $I_LAVG KiB"
+[ "$I_N" -ge "$IDLE" ] || problem "only $I_N of $IDLE idle listeners attached"
+I_DET=$(grep -c 'detached' "$W/idle-dialer.log" || true)
+[ "$I_DET" = 0 ] || problem "$I_DET idle listeners detached"
+# spot check: a request through the first, middle and last of them
+I_BAD=0
+for k in 0 $((IDLE / 2)) $((IDLE - 1)); do
+  curl -sf --cacert "$W/idle/h2rev-dialer.crt" "https://127.0.0.1:$IDP/proxy/idle$k/small.bin" -o /dev/null || I_BAD=$((I_BAD + 1))
+done
+[ "$I_BAD" = 0 ] || problem "$I_BAD of 3 requests through idle listeners failed"
+kill "${IDLE_PIDS[@]}" 2>/dev/null || true
+wait "${IDLE_PIDS[@]}" 2>/dev/null || true
+IDLE_PIDS=()
+
+# final health of the main pair
+kill -0 "$DPID" 2>/dev/null || problem "the dialer died"
+kill -0 "$LPID" 2>/dev/null || problem "the listener died"
+grep -iE 'assert|abort|sanitizer|segv' "$W/dialer.log" "$W/listener.log" >/dev/null && problem "errors in the h2rev logs"
+WARNS=$(cat "$W/dialer.log" "$W/listener.log" | grep -c ' warn: \| error: ' || true)
+[ "$WARNS" = 0 ] || problem "$WARNS warn/error lines in the dialer/listener logs: $(cat "$W/dialer.log" "$W/listener.log" |
+  grep ' warn: \| error: ' | cut -d' ' -f2- | sed 's/127\.0\.0\.1:[0-9]*/ADDR/g' | sort | uniq -c | sort -rn | head -n 4 |
+  awk '{c = $1; $1 = ""; printf "%s%d x \"%s\"", s, c, substr($0, 2); s = "; "}')"
+
+# ---------------------------------------------------------------------------- table
+row() { printf '| %s | %s | %s | %s | %s | %s |\n' "$@"; }
+na="n/a (HTTP/1.1 front end not available)"
+P_SUM=$((P_D + P_L))
+{
+  echo
+  row metric reference h2rev "ratio h2rev/ref" target result
+  row --- ---: ---: ---: --- ---
+  row "small GET h2load -c 16 -m 10 -n $N_GET (median of $H2_RUNS): 2xx req/s" "$R_RPS" "$X_RPS" "$(ratio "$X_RPS" "$R_RPS")" "≥ 0.7× ref" \
+    "$(pf ge "$(ratio "$X_RPS" "$R_RPS")" 0.7)"
+  row "small GET h2load: mean latency (2xx), ms" "$R_MEAN" "$X_MEAN" "$(ratio "$X_MEAN" "$R_MEAN")" "-" "-"
+  row "small GET h2load: p50 latency (2xx), ms" "$R_P50" "$X_P50" "$(ratio "$X_P50" "$R_P50")" "-" "-"
+  row "small GET h2load: p99 latency (2xx), ms" "$R_P99" "$X_P99" "$(ratio "$X_P99" "$R_P99")" "≤ 2× ref" \
+    "$(pf le "$(ratio "$X_P99" "$R_P99")" 2)"
+  row "small GET h2load: requests not answered 2xx (of $((H2_RUNS * N_GET)))" "$R_BAD" "$X_BAD" "-" "0" "$(pf test "$X_BAD" = 0)"
+  if [ "$H1" = 1 ]; then
+    row "small GET wrk HTTP/1.1 -c16 ${WRK_S}s: req/s" "$RW_RPS" "$XW_RPS" "$(ratio "$XW_RPS" "$RW_RPS")" "≥ 0.7× ref" \
+      "$(pf ge "$(ratio "$XW_RPS" "$RW_RPS")" 0.7)"
+    row "small GET wrk: p50 latency, ms" "$RW_P50" "$XW_P50" "$(ratio "$XW_P50" "$RW_P50")" "-" "-"
+    row "small GET wrk: p99 latency, ms" "$RW_P99" "$XW_P99" "$(ratio "$XW_P99" "$RW_P99")" "≤ 2× ref" \
+      "$(pf le "$(ratio "$XW_P99" "$RW_P99")" 2)"
+  else
+    row "small GET wrk HTTP/1.1 -c16 ${WRK_S}s: req/s" "$RW_RPS" "$na" "-" "≥ 0.7× ref" "n/a"
+    row "small GET wrk: p50 latency, ms" "$RW_P50" "$na" "-" "-" "-"
+    row "small GET wrk: p99 latency, ms" "$RW_P99" "$na" "-" "≤ 2× ref" "n/a"
+  fi
+  row "download $XFER_MIB MiB (curl, median of $XFER_RUNS), MiB/s" "$R_DL" "$X_DL" "$(ratio "$X_DL" "$R_DL")" "≥ 0.8× ref" \
+    "$(pf ge "$(ratio "$X_DL" "$R_DL")" 0.8)"
+  row "upload $XFER_MIB MiB (curl PUT, median of $XFER_RUNS), MiB/s" "$R_UL" "$X_UL" "$(ratio "$X_UL" "$R_UL")" "≥ 0.8× ref" \
+    "$(pf ge "$(ratio "$X_UL" "$R_UL")" 0.8)"
+  row "peak RSS under load (VmHWM), MiB: dialer + listener" "nginx worker $(mib "$P_R")" \
+    "$(mib "$P_SUM") ($(mib "$P_D") + $(mib "$P_L"))" "-" "≤ 32 MiB" "$(pf le "$P_SUM" $((32 << 10)))"
+  row "RSS growth, requests $FIRST → $LONG (dialer + listener)" "-" \
+    "$(awk -v g="$G_GROW" 'BEGIN {printf "%+d KiB", g}') ($(mib $((G_D1 + G_L1))) → $(mib $((G_D2 + G_L2))) MiB)" "-" \
+    "no growth (≤ 1 MiB)" "$(pf test "$G_GROW" -le 1024)"
+  row "dialer RSS per idle listener ($I_N of $IDLE attached), KiB" "-" "$I_PER" "-" "≤ 64 KiB" \
+    "$(if [ "$I_N" -ge "$IDLE" ]; then pf le "$I_PER" 64; else echo FAIL; fi)"
+  row "slow reader (1 KiB/s, ${SLOW_S}s): max RSS, MiB: dialer + listener" "nginx worker $(mib "$S_RMAX")" \
+    "$(mib "$S_MAX") ($(mib "$S_DMAX") + $(mib "$S_LMAX"); before: $(mib "$S_B"))" "-" "bounded (≤ before + 16 MiB)" "$(pf le "$S_MAX" $((S_B + (16 << 10))))"
+  echo
+  echo "Machine: $(nproc) CPUs, $(awk -F': ' '/^model name/ {print $2; exit}' /proc/cpuinfo), Linux $(uname -r), $(date -u '+%Y-%m-%d %H:%M UTC'); h2rev $VERSION; $(h2load --version | head -n 1), $(nginx -v 2>&1 | sed 's/.*: //'), $(wrk -v 2>&1 | head -n 1 | awk '{print "wrk " $2}'), curl $(curl --version | awk 'NR == 1 {print $2}')"
+  echo "Command: bench/run.sh${ARGS:+ $ARGS} (mode $MODE): growth run also $G_RPS req/s; idle listener processes average $(mib "$I_LAVG") MiB RSS each"
+  if [ ${#PROBLEMS[@]} -gt 0 ]; then
+    echo "Problems:"
+    for p in "${PROBLEMS[@]}"; do echo "- $p"; done
+  else
+    echo "Problems: none (no failed requests, no crashes, no warnings in the h2rev logs)"
+  fi
+} | tee "$W/table.md"
+log "done in $(($(date +%s) - T0)) s"
