@@ -315,6 +315,42 @@ set -e
 ok "listener drain timeout: cut after $((t1 - t0)) ms, exit 0"
 stop "$DPID"
 
+# ---------------------------- cleartext, base path, the remaining flags
+DP=$(free_port)
+"$BIN/h2rev-dialer" --listen "localhost:$DP" --cleartext --base-path /rev/ --dial-timeout 3000 \
+  --log-level debug 2>> "$WORK/dialer-clear.log" &
+DPID=$!
+PIDS+=($DPID)
+wait_for bash -c "exec 3<>/dev/tcp/127.0.0.1/$DP" || fail "cleartext dialer did not start"
+"$BIN/h2rev-listener" --url "http://127.0.0.1:$DP/rev" --id=clear \
+  --upstream="http://127.0.0.1:$UPSTREAM_PORT/" --log-level warn 2>> "$WORK/listener-clear.log" &
+L4=$!
+PIDS+=($L4)
+clear_url="http://127.0.0.1:$DP/rev/proxy/clear/index.html"
+wait_for curl -sf --http2-prior-knowledge "$clear_url" || fail "cleartext: no answer"
+[ "$(curl -sS --http2-prior-knowledge "$clear_url")" = "hello through the tunnel" ] ||
+  fail "cleartext body"
+grep -q debug "$WORK/dialer-clear.log" || fail "--log-level debug logged nothing at debug"
+! grep -q " info: " "$WORK/listener-clear.log" || fail "--log-level warn logged info lines"
+ok "--cleartext, --base-path, --id=, --upstream=, --log-level"
+stop "$DPID" "$L4"
+# --insecure: a dialer certificate the listener does not know.
+DP=$(free_port)
+mkdir -p "$WORK/other"
+"$BIN/h2rev-dialer" --listen "127.0.0.1:$DP" --self-signed-dir "$WORK/other" \
+  2>> "$WORK/dialer-insecure.log" &
+DPID=$!
+PIDS+=($DPID)
+wait_for bash -c "exec 3<>/dev/tcp/127.0.0.1/$DP" || fail "dialer (other certificate) did not start"
+[ "$(stat -c %a "$WORK/other/h2rev-dialer.key")" = 600 ] || fail "self-signed key is not 0600"
+"$BIN/h2rev-listener" --url "https://127.0.0.1:$DP" --id insecure --insecure \
+  --upstream "http://127.0.0.1:$UPSTREAM_PORT" 2>> "$WORK/listener-insecure.log" &
+L5=$!
+PIDS+=($L5)
+wait_for curl -sfk "https://127.0.0.1:$DP/proxy/insecure/index.html" || fail "--insecure: no answer"
+ok "--self-signed-dir (key 0600) and --insecure"
+stop "$DPID" "$L5"
+
 # Every tool stopped by SIGTERM (drain) exits 0, and the sanitizers (in an
 # ASan build) found nothing in any of them.
 set +e
