@@ -193,6 +193,8 @@ static void client_wrote(h2rev_write_t *req, int status) {
   free(w);
   if (status == 0)
     h2r_proxy_client_drained(p);
+  else if (status != UV_ECANCELED)
+    p_finish(p); /* the client went away while we held its response */
 }
 
 void h2r_proxy_client_drained(h2r_proxy_t *p) {

@@ -185,7 +185,9 @@ static void to_s_done(h2rev_write_t *req, int status) {
   uconn_t *c = w->c;
   c->to_s -= w->len;
   free(w);
-  if (status == 0 && !c->closing && !c->x_eof && c->to_s < HIGH_WATER / 2)
+  if (status != 0 && status != UV_ECANCELED)
+    uc_close(c); /* the dialer reset the stream while we held its response */
+  else if (status == 0 && !c->closing && !c->x_eof && c->to_s < HIGH_WATER / 2)
     h2r_xport_read_pause(&c->x, false);
 }
 
@@ -212,7 +214,9 @@ static void to_x_done(h2r_xwrite_t *xw, int status) {
   uconn_t *c = w->c;
   c->to_x -= w->len;
   free(w);
-  if (status == 0 && !c->closing && !c->s_eof && c->to_x < HIGH_WATER / 2)
+  if (status != 0 && status != UV_ECANCELED)
+    uc_close(c);
+  else if (status == 0 && !c->closing && !c->s_eof && c->to_x < HIGH_WATER / 2)
     h2rev_stream_read_start(c->s, uc_alloc, uc_read);
 }
 
