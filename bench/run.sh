@@ -48,9 +48,25 @@ T0=$(date +%s)
 log() { echo "[bench +$(($(date +%s) - T0))s] $*" >&2; }
 die() { log "ERROR: $*"; for f in "$W"/*.log; do [ -s "$f" ] && { echo "== $f" >&2; tail -n 15 "$f" >&2; }; done; exit 1; }
 
+alive() { local st; st=$(awk '{print $3}' "/proc/$1/stat" 2>/dev/null) && [ -n "$st" ] && [ "$st" != Z ]; }
+stop_pids() { # stop_pids SECONDS PID...: SIGTERM, SIGKILL for what is left after SECONDS; prints those
+  local t=$1 p any
+  shift
+  [ $# -gt 0 ] || return 0
+  kill "$@" 2>/dev/null || true
+  for _ in $(seq 1 $((t * 10))); do
+    any=0
+    for p in "$@"; do alive "$p" && { any=1; break; }; done
+    [ "$any" = 0 ] && break
+    sleep 0.1
+  done
+  for p in "$@"; do alive "$p" && { kill -9 "$p" 2>/dev/null || true; echo "$p"; }; done
+  return 0
+}
 cleanup() {
-  local p
-  for p in "${IDLE_PIDS[@]:-}" "${PIDS[@]:-}"; do [ -n "$p" ] && kill "$p" 2>/dev/null || true; done
+  local left=() p
+  for p in "${IDLE_PIDS[@]:-}" "${PIDS[@]:-}"; do [ -n "$p" ] && left+=("$p"); done
+  stop_pids 5 "${left[@]}" >/dev/null
   wait 2>/dev/null || true
   if [ "$KEEP" = 1 ]; then log "temp dir kept: $W"; else rm -rf "$W"; fi
 }
@@ -363,8 +379,6 @@ sleep 3
 S_LEFT=$(ss -Htnp state established "( dport = :$UP )" 2>/dev/null | grep -c "pid=$LPID," || true)
 [ "$S_LEFT" = 0 ] || problem "slow reader killed: 3 s later the listener still holds $S_LEFT upstream connection(s) (the aborted download's reverse stream is not closed)"
 curl -sfk "$H2R_URL/small.bin" -o /dev/null || problem "h2rev did not answer after the slow reader"
-kill -0 "$DPID" 2>/dev/null || problem "the dialer died"
-kill -0 "$LPID" 2>/dev/null || problem "the listener died"
 
 # ---------------------------------------------------------------------------- idle listeners
 log "idle listeners: $IDLE on a fresh dialer"
@@ -405,13 +419,25 @@ for k in 0 $((IDLE / 2)) $((IDLE - 1)); do
   curl -sf --cacert "$W/idle/h2rev-dialer.crt" "https://127.0.0.1:$IDP/proxy/idle$k/small.bin" -o /dev/null || I_BAD=$((I_BAD + 1))
 done
 [ "$I_BAD" = 0 ] || problem "$I_BAD of 3 requests through idle listeners failed"
-kill "${IDLE_PIDS[@]}" 2>/dev/null || true
+I_LEFT=$(stop_pids 15 "${IDLE_PIDS[@]}" | wc -l)
+[ "$I_LEFT" = 0 ] || problem "$I_LEFT idle listeners did not exit within 15 s of SIGTERM (killed)"
 wait "${IDLE_PIDS[@]}" 2>/dev/null || true
 IDLE_PIDS=()
 
-# final health of the main pair
-kill -0 "$DPID" 2>/dev/null || problem "the dialer died"
-kill -0 "$LPID" 2>/dev/null || problem "the listener died"
+# final health of the main pair (a signal from outside the benchmark shows in their logs)
+died() { problem "the $1 died before the end: $(grep -hE 'signal|drain timeout' "$2" | head -n 2 | cut -d' ' -f1,4- | tr '\n' ';')"; }
+alive "$DPID" || died dialer "$W/dialer.log"
+alive "$LPID" || died listener "$W/listener.log"
+# graceful stop: both tools drain on SIGTERM and must exit
+t_stop=$(date +%s.%N)
+stuck=$(stop_pids 30 "$LPID" "$DPID")
+t_stop=$(awk -v a="$t_stop" -v b="$(date +%s.%N)" 'BEGIN {printf "%.1f", b - a}')
+if [ -n "$stuck" ]; then
+  problem "did not exit within 30 s of SIGTERM (killed): $(echo "$stuck" | sed "s/^$DPID\$/dialer/; s/^$LPID\$/listener/" | tr '\n' ' ')"
+else
+  log "dialer and listener exited ${t_stop}s after SIGTERM"
+fi
+wait "$LPID" "$DPID" 2>/dev/null || true
 grep -iE 'assert|abort|sanitizer|segv' "$W/dialer.log" "$W/listener.log" >/dev/null && problem "errors in the h2rev logs"
 WARNS=$(cat "$W/dialer.log" "$W/listener.log" | grep -c ' warn: \| error: ' || true)
 [ "$WARNS" = 0 ] || problem "$WARNS warn/error lines in the dialer/listener logs: $(cat "$W/dialer.log" "$W/listener.log" |
@@ -459,7 +485,7 @@ P_SUM=$((P_D + P_L))
     "$(mib "$S_MAX") ($(mib "$S_DMAX") + $(mib "$S_LMAX"); before: $(mib "$S_B"))" "-" "bounded (≤ before + 16 MiB)" "$(pf le "$S_MAX" $((S_B + (16 << 10))))"
   echo
   echo "Machine: $(nproc) CPUs, $(awk -F': ' '/^model name/ {print $2; exit}' /proc/cpuinfo), Linux $(uname -r), $(date -u '+%Y-%m-%d %H:%M UTC'); h2rev $VERSION; $(h2load --version | head -n 1), $(nginx -v 2>&1 | sed 's/.*: //'), $(wrk -v 2>&1 | head -n 1 | awk '{print "wrk " $2}'), curl $(curl --version | awk 'NR == 1 {print $2}')"
-  echo "Command: bench/run.sh${ARGS:+ $ARGS} (mode $MODE): growth run also $G_RPS req/s; idle listener processes average $(mib "$I_LAVG") MiB RSS each"
+  echo "Command: bench/run.sh${ARGS:+ $ARGS} (mode $MODE): growth run also $G_RPS req/s; idle listener processes average $(mib "$I_LAVG") MiB RSS each; dialer and listener stopped ${t_stop}s after SIGTERM"
   if [ ${#PROBLEMS[@]} -gt 0 ]; then
     echo "Problems:"
     for p in "${PROBLEMS[@]}"; do echo "- $p"; done
