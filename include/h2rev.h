@@ -206,7 +206,7 @@ typedef int (*h2rev_authorize_cb)(void *arg, const char *id, const h2rev_header_
 typedef struct h2rev_dialer_options_s {
   const char *base_path;        /* e.g. "/reverse/connections"; NULL or "" means "" */
   unsigned dial_timeout_ms;     /* default for h2rev_dial(timeout 0): 10000 */
-  unsigned max_pending_dials;   /* per id; default 128 */
+  unsigned max_pending_dials;   /* per id; default 1024 */
   unsigned max_listeners;       /* default 10000 */
   unsigned max_control_line;    /* bytes; default 4096 */
   unsigned keepalive_ms;        /* control keep-alive message interval; default 30000 */
@@ -321,7 +321,8 @@ typedef struct h2rev_listener_options_s {
   unsigned backoff_min_ms;    /* default 500 */
   unsigned backoff_max_ms;    /* default 30000 */
   unsigned max_retries;       /* 0: forever */
-  unsigned spares;            /* data streams kept open ahead of demand; default 2 */
+  unsigned spares;            /* data streams kept open ahead of demand at first; default 2;
+                                 each conn-ready (demand beyond them) keeps one more, up to 64 */
   h2rev_listener_state_cb on_state;
   h2rev_logger_t log;
 } h2rev_listener_options_t;

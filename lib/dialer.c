@@ -608,7 +608,7 @@ int h2rev_dialer_init(uv_loop_t *loop, h2rev_dialer_t *dialer, const h2rev_diale
   if (d->o.dial_timeout_ms == 0)
     d->o.dial_timeout_ms = 10000;
   if (d->o.max_pending_dials == 0)
-    d->o.max_pending_dials = 128;
+    d->o.max_pending_dials = 1024;
   if (d->o.max_listeners == 0)
     d->o.max_listeners = 10000;
   if (d->o.max_control_line == 0)

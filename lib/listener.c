@@ -12,6 +12,8 @@
 
 typedef struct h2r_listener h2r_listener_t;
 
+#define H2R_MAX_SPARES 64
+
 /* One attempt: a connection and its control stream. */
 typedef struct lconn {
   h2r_session_t s;
@@ -46,6 +48,7 @@ struct h2r_listener {
   unsigned nready, unannounced;
   unsigned unused;  /* data streams open, not yet used */
   unsigned opening; /* data streams requested, no response yet */
+  unsigned spares;  /* spares kept now: grows with demand, from o.spares */
   unsigned attempt;
   uint64_t rng;
   h2rev_connection_cb cb;
@@ -137,7 +140,7 @@ static void data_used(h2r_strm_t *st) {
   h2r_listener_t *l = st->used_arg;
   if (l->unused > 0)
     l->unused--;
-  if (l->state == L_ATTACHED && l->unused + l->opening < l->o.spares)
+  if (l->state == L_ATTACHED && l->unused + l->opening < l->spares)
     open_data(l);
 }
 
@@ -202,8 +205,14 @@ static void open_data(h2r_listener_t *l) {
 
 static int ctl_msg(void *arg, const h2r_ctl_msg *m) {
   lconn_t *c = arg;
-  if (strcmp(m->command, H2R_CMD_CONN_READY) == 0)
-    open_data(c->l);
+  if (strcmp(m->command, H2R_CMD_CONN_READY) == 0) {
+    /* Demand outran the spares: keep more of them from now on, so that
+     * the next burst costs no round trip. */
+    h2r_listener_t *l = c->l;
+    if (l->spares < H2R_MAX_SPARES)
+      l->spares++;
+    open_data(l);
+  }
   return 0;
 }
 
@@ -257,7 +266,8 @@ static void ctl_headers(h2r_strm_t *st) {
   l->attempt = 0;
   H2R_INFO(&l->o.log, "attached as %s to %s", l->id, l->authority);
   set_state(l, H2REV_LISTENER_ATTACHED, 0, 0);
-  for (unsigned i = 0; i < l->o.spares; i++)
+  l->spares = l->o.spares;
+  for (unsigned i = 0; i < l->spares; i++)
     open_data(l);
 }
 
