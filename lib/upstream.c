@@ -19,6 +19,7 @@
 #define MAX_HEADERS 128
 #define HIGH_WATER  (1u << 20)
 #define LINGER_MS   5000
+#define ADDR_TTL_MS 30000
 
 typedef struct h2r_upstream {
   h2rev_upstream_t *pub;
@@ -31,7 +32,11 @@ typedef struct h2r_upstream {
   unsigned active;
   bool closing;
   h2rev_upstream_close_cb close_cb;
-  uv_timer_t defer; /* only to close: runs close_cb on a later turn */
+  uv_timer_t defer;             /* only to close: runs close_cb on a later turn */
+  uint8_t *rbuf;                /* the read buffer of every upstream connection */
+  struct sockaddr_storage addr; /* the upstream's address: an IP literal, or */
+  bool addr_literal;
+  uint64_t addr_until; /* a name's last answer, valid until then */
 } h2r_upstream_t;
 
 typedef struct uchunk {
@@ -91,6 +96,7 @@ static void u_freed(uv_handle_t *h) {
   free(u->port);
   free(u->authority);
   free(u->path);
+  free(u->rbuf);
   free(u);
   pub->u_ = NULL;
   if (cb != NULL)
@@ -318,8 +324,23 @@ static void x_close(h2r_xport_t *x) {
 
 static const h2r_xport_cbs ucbs = {x_open, x_read, x_error, x_close};
 
+static void connect_to(uconn_t *c, const struct sockaddr *addr) {
+  h2r_upstream_t *u = c->u;
+  c->x.log = &u->log;
+  c->x.shared_rbuf = u->rbuf;
+  const char *sni = u->o.tls.server_name ? u->o.tls.server_name : u->host;
+  int r = h2r_xport_connect(&c->x, u->loop, addr, u->ctx, sni, u->o.connect_timeout_ms, &ucbs, c);
+  c->x_started = true; /* its handles exist even when connect failed */
+  if (r != 0) {
+    char why[200];
+    snprintf(why, sizeof(why), "cannot connect: %s", h2rev_strerror(r));
+    uc_fail(c, why);
+  }
+}
+
 static void resolved(uv_getaddrinfo_t *req, int status, struct addrinfo *res) {
   uconn_t *c = req->data;
+  h2r_upstream_t *u = c->u;
   c->resolving = false;
   if (c->closing) {
     uv_freeaddrinfo(res);
@@ -329,22 +350,16 @@ static void resolved(uv_getaddrinfo_t *req, int status, struct addrinfo *res) {
   if (status != 0) {
     uv_freeaddrinfo(res);
     char why[200];
-    snprintf(why, sizeof(why), "cannot resolve %s: %s", c->u->host, uv_strerror(status));
+    snprintf(why, sizeof(why), "cannot resolve %s: %s", u->host, uv_strerror(status));
     uc_fail(c, why);
     return;
   }
-  h2r_upstream_t *u = c->u;
-  c->x.log = &u->log;
-  const char *sni = u->o.tls.server_name ? u->o.tls.server_name : u->host;
-  int r = h2r_xport_connect(&c->x, u->loop, res->ai_addr, u->ctx, sni, u->o.connect_timeout_ms,
-                            &ucbs, c);
+  /* Names are looked up again after a while; until then connections reuse
+   * the answer instead of a thread-pool round trip each. */
+  memcpy(&u->addr, res->ai_addr, res->ai_addrlen);
+  u->addr_until = uv_now(u->loop) + ADDR_TTL_MS;
+  connect_to(c, res->ai_addr);
   uv_freeaddrinfo(res);
-  c->x_started = true; /* its handles exist even when connect failed */
-  if (r != 0) {
-    char why[200];
-    snprintf(why, sizeof(why), "cannot connect: %s", h2rev_strerror(r));
-    uc_fail(c, why);
-  }
 }
 
 /* --------------------------------------------------------- the request */
@@ -467,6 +482,11 @@ static int on_headers_complete(llhttp_t *h) {
 }
 
 static void start_upstream(uconn_t *c) {
+  h2r_upstream_t *u = c->u;
+  if (u->addr_literal || uv_now(u->loop) < u->addr_until) {
+    connect_to(c, (const struct sockaddr *)&u->addr);
+    return;
+  }
   struct addrinfo hints = {0};
   hints.ai_family = AF_UNSPEC;
   hints.ai_socktype = SOCK_STREAM;
@@ -609,7 +629,13 @@ int h2rev_upstream_init(uv_loop_t *loop, h2rev_upstream_t *upstream,
   u->log = opts->log;
   u->loop = loop;
   u->pub = upstream;
-  int r = parse_url(u, opts->url);
+  u->rbuf = malloc(H2R_RBUF_SIZE);
+  int r = u->rbuf != NULL ? parse_url(u, opts->url) : UV_ENOMEM;
+  if (r == 0) {
+    int port = atoi(u->port);
+    u->addr_literal = uv_ip4_addr(u->host, port, (struct sockaddr_in *)&u->addr) == 0 ||
+                      uv_ip6_addr(u->host, port, (struct sockaddr_in6 *)&u->addr) == 0;
+  }
   if (r == 0 && u->tls) {
     char why[256];
     u->ctx = h2r_tls_ctx_new(&opts->tls, false, H2R_ALPN_H1, &r, why, sizeof(why));
@@ -621,6 +647,7 @@ int h2rev_upstream_init(uv_loop_t *loop, h2rev_upstream_t *upstream,
     free(u->port);
     free(u->authority);
     free(u->path);
+    free(u->rbuf);
     free(u);
     return r;
   }
