@@ -32,6 +32,10 @@ static h2rev_upstream_t upstream;
 static unsigned active;
 static unsigned drain_timeout = 10000;
 
+static void stream_free(h2rev_stream_t *s) {
+  free(s);
+}
+
 static void stream_done(h2rev_stream_t *s) {
   free(s);
   active--;
@@ -49,7 +53,7 @@ static void on_connection(h2rev_listener_t *l, int status) {
     return;
   }
   if (h2rev_upstream_serve(&upstream, s, stream_done) != 0) {
-    h2rev_stream_close(s, (h2rev_close_cb)free);
+    h2rev_stream_close(s, stream_free);
     return;
   }
   active++;

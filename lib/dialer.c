@@ -632,6 +632,10 @@ int h2rev_dialer_init(uv_loop_t *loop, h2rev_dialer_t *dialer, const h2rev_diale
   return 0;
 }
 
+static void free_data(uv_handle_t *h) {
+  free(h->data);
+}
+
 int h2rev_dialer_listen(h2rev_dialer_t *dialer, const struct sockaddr *addr,
                         const h2rev_tls_options_t *tls) {
   h2r_dialer_t *d = dialer->d_;
@@ -656,7 +660,7 @@ int h2rev_dialer_listen(h2rev_dialer_t *dialer, const struct sockaddr *addr,
     r = uv_listen((uv_stream_t *)&k->tcp, 511, on_connection);
   if (r != 0) {
     SSL_CTX_free(k->ctx);
-    uv_close((uv_handle_t *)&k->tcp, (uv_close_cb)free);
+    uv_close((uv_handle_t *)&k->tcp, free_data);
     return r;
   }
   k->next = d->socks;

@@ -662,6 +662,10 @@ int h2rev_upstream_init(uv_loop_t *loop, h2rev_upstream_t *upstream,
   return 0;
 }
 
+static void free_data(uv_handle_t *h) {
+  free(h->data);
+}
+
 int h2rev_upstream_serve(h2rev_upstream_t *upstream, h2rev_stream_t *stream, h2rev_close_cb done) {
   h2r_upstream_t *u = upstream->u_;
   if (u == NULL || u->closing)
@@ -685,7 +689,7 @@ int h2rev_upstream_serve(h2rev_upstream_t *upstream, h2rev_stream_t *stream, h2r
   c->linger.data = c;
   int r = h2rev_stream_read_start(stream, uc_alloc, uc_read);
   if (r != 0) {
-    uv_close((uv_handle_t *)&c->linger, (uv_close_cb)free);
+    uv_close((uv_handle_t *)&c->linger, free_data);
     return r;
   }
   u->active++;
