@@ -25,6 +25,19 @@ void h2r_log(const h2rev_logger_t *lg, int level, const char *fmt, ...)
 #define H2R_INFO(lg, ...)   h2r_log((lg), H2REV_LOG_INFO, __VA_ARGS__)
 #define H2R_DEBUG(lg, ...)  h2r_log((lg), H2REV_LOG_DEBUG, __VA_ARGS__)
 
+/* ---------------------------------------------------------------- url.c */
+
+/* http(s)://host[:port][/path]: parts as C strings (owned), the path without
+ * its trailing slashes, query and fragment. */
+typedef struct h2r_url {
+  bool tls;
+  char *host, *port, *authority, *path;
+} h2r_url_t;
+
+int h2r_url_parse(const char *url, h2r_url_t *u); /* 0, H2REV_EURL or UV_ENOMEM */
+void h2r_url_free(h2r_url_t *u);
+char *h2r_strndup(const char *s, size_t n);
+
 /* ---------------------------------------------------------------- tls.c */
 
 enum { H2R_ALPN_H2 = 1, H2R_ALPN_H1 = 2 };

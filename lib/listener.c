@@ -434,60 +434,20 @@ static void connect_now(h2r_listener_t *l) {
 
 /* ------------------------------------------------------------- options */
 
-static char *dupn(const char *s, size_t n) {
-  char *p = malloc(n + 1);
-  if (p != NULL) {
-    memcpy(p, s, n);
-    p[n] = '\0';
-  }
-  return p;
-}
-
 static int parse_url(h2r_listener_t *l, const char *url) {
-  const char *p;
-  if (strncmp(url, "https://", 8) == 0) {
-    l->tls = true;
-    p = url + 8;
-  } else if (strncmp(url, "http://", 7) == 0) {
-    p = url + 7;
-  } else {
-    return H2REV_EURL;
-  }
-  const char *hend, *hstart = p;
-  if (*p == '[') {
-    hend = strchr(p, ']');
-    if (hend == NULL)
-      return H2REV_EURL;
-    hstart = p + 1;
-    p = hend + 1;
-  } else {
-    hend = p + strcspn(p, ":/?#");
-    p = hend;
-  }
-  if (hend == hstart)
-    return H2REV_EURL;
-  l->host = dupn(hstart, (size_t)(hend - hstart));
-  const char *port = l->tls ? "443" : "80";
-  size_t portlen = strlen(port);
-  if (*p == ':') {
-    port = p + 1;
-    portlen = strspn(port, "0123456789");
-    if (portlen == 0 || portlen > 5)
-      return H2REV_EURL;
-    p = port + portlen;
-  }
-  l->port = dupn(port, portlen);
-  l->authority = dupn(url + (l->tls ? 8 : 7), (size_t)(p - url - (l->tls ? 8 : 7)));
-  if (*p != '\0' && *p != '/')
-    return H2REV_EURL;
-  char base[1024];
-  snprintf(base, sizeof(base), "%s", p);
-  base[strcspn(base, "?#")] = '\0';
+  h2r_url_t u;
+  int r = h2r_url_parse(url, &u);
+  if (r != 0)
+    return r;
   char path[1400];
-  if (h2r_revdial_path(path, sizeof(path), base, l->id) != 0)
-    return H2REV_EURL;
-  l->path = dupn(path, strlen(path));
-  return l->host && l->port && l->authority && l->path ? 0 : UV_ENOMEM;
+  r = h2r_revdial_path(path, sizeof(path), u.path, l->id) == 0 ? 0 : H2REV_EURL;
+  free(u.path);
+  l->tls = u.tls;
+  l->host = u.host;
+  l->port = u.port;
+  l->authority = u.authority;
+  l->path = r == 0 ? h2r_strndup(path, strlen(path)) : NULL;
+  return r != 0 ? r : l->path != NULL ? 0 : UV_ENOMEM;
 }
 
 static int parse_headers(h2r_listener_t *l, const char *const *h) {
@@ -509,8 +469,8 @@ static int parse_headers(h2r_listener_t *l, const char *const *h) {
       v++;
     if (strpbrk(h[i], "\r\n") != NULL)
       return UV_EINVAL;
-    l->hnames[i] = dupn(h[i], (size_t)(colon - h[i]));
-    l->hvalues[i] = dupn(v, strlen(v));
+    l->hnames[i] = h2r_strndup(h[i], (size_t)(colon - h[i]));
+    l->hvalues[i] = h2r_strndup(v, strlen(v));
     if (l->hnames[i] == NULL || l->hvalues[i] == NULL)
       return UV_ENOMEM;
     for (char *q = l->hnames[i]; *q; q++)
@@ -549,7 +509,7 @@ int h2rev_listener_init(uv_loop_t *loop, h2rev_listener_t *listener,
   l->o = *opts;
   l->loop = loop;
   l->pub = listener;
-  l->id = dupn(opts->id, strlen(opts->id));
+  l->id = h2r_strndup(opts->id, strlen(opts->id));
   int r = l->id ? parse_url(l, opts->url) : UV_ENOMEM;
   if (r == 0)
     r = parse_headers(l, opts->headers);

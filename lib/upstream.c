@@ -566,56 +566,17 @@ static void uc_read(h2rev_stream_t *s, ssize_t n, const uv_buf_t *buf) {
 
 /* ------------------------------------------------------------ public */
 
-static char *dupn(const char *s, size_t n) {
-  char *p = malloc(n + 1);
-  if (p != NULL) {
-    memcpy(p, s, n);
-    p[n] = '\0';
-  }
-  return p;
-}
-
 static int parse_url(h2r_upstream_t *u, const char *url) {
-  const char *p;
-  if (strncmp(url, "https://", 8) == 0)
-    u->tls = true, p = url + 8;
-  else if (strncmp(url, "http://", 7) == 0)
-    p = url + 7;
-  else
-    return H2REV_EURL;
-  const char *hs = p, *he;
-  if (*p == '[') {
-    he = strchr(p, ']');
-    if (he == NULL)
-      return H2REV_EURL;
-    hs = p + 1;
-    p = he + 1;
-  } else {
-    he = p + strcspn(p, ":/?#");
-    p = he;
-  }
-  if (he == hs)
-    return H2REV_EURL;
-  const char *port = u->tls ? "443" : "80";
-  size_t portlen = strlen(port);
-  if (*p == ':') {
-    port = p + 1;
-    portlen = strspn(port, "0123456789");
-    if (portlen == 0 || portlen > 5)
-      return H2REV_EURL;
-    p = port + portlen;
-  }
-  if (*p != '\0' && *p != '/')
-    return H2REV_EURL;
-  size_t pathlen = strcspn(p, "?#");
-  while (pathlen > 0 && p[pathlen - 1] == '/')
-    pathlen--;
-  const char *auth = url + (u->tls ? 8 : 7);
-  u->host = dupn(hs, (size_t)(he - hs));
-  u->port = dupn(port, portlen);
-  u->authority = dupn(auth, (size_t)(p - auth));
-  u->path = dupn(p, pathlen);
-  return u->host && u->port && u->authority && u->path ? 0 : UV_ENOMEM;
+  h2r_url_t p;
+  int r = h2r_url_parse(url, &p);
+  if (r != 0)
+    return r;
+  u->tls = p.tls;
+  u->host = p.host;
+  u->port = p.port;
+  u->authority = p.authority;
+  u->path = p.path;
+  return 0;
 }
 
 int h2rev_upstream_init(uv_loop_t *loop, h2rev_upstream_t *upstream,
