@@ -14,8 +14,6 @@
 #include <string.h>
 #include <strings.h>
 
-#define MAX_HEAD        65536 /* request line + headers */
-#define MAX_HEADERS     128
 #define HEAD_TIMEOUT_MS 10000 /* a client must send its whole head in this time */
 #define IDLE_TIMEOUT_MS 60000 /* between requests */
 #define OUT_HIGH        (1u << 20)
@@ -29,13 +27,7 @@ struct h2r_h1c {
   llhttp_settings_t settings;
   uv_timer_t timer;
   bool timer_open;
-  char *buf; /* url and headers of the request being parsed */
-  size_t len, cap;
-  uint32_t url_len;
-  uint32_t hoff[MAX_HEADERS][4];
-  unsigned nh;
-  bool in_value;
-  int limit_status; /* 431 when the head is too large */
+  h2r_hbuf_t hb;    /* the head of the request being parsed */
   h2r_proxy_t *p;   /* the exchange in progress */
   bool busy;        /* a request is being answered */
   bool keep_alive;  /* of the current request */
@@ -277,67 +269,23 @@ void h2r_h1c_resume_input(h2r_h1c_t *c) {
 
 /* ------------------------------------------------------- requests */
 
-static int add(h2r_h1c_t *c, const char *at, size_t len) {
-  if (c->len + len > MAX_HEAD) {
-    c->limit_status = 431;
-    return -1;
-  }
-  if (c->len + len > c->cap) {
-    size_t cap = c->cap ? c->cap * 2 : 1024;
-    while (cap < c->len + len)
-      cap *= 2;
-    char *b = realloc(c->buf, cap);
-    if (b == NULL)
-      return -1;
-    c->buf = b;
-    c->cap = cap;
-  }
-  memcpy(c->buf + c->len, at, len);
-  c->len += len;
-  return 0;
-}
-
 static int on_message_begin(llhttp_t *h) {
   h2r_h1c_t *c = h->data;
-  c->len = 0;
-  c->url_len = 0;
-  c->nh = 0;
-  c->in_value = false;
-  c->limit_status = 0;
+  h2r_hbuf_reset(&c->hb);
   uv_timer_start(&c->timer, slow_head, HEAD_TIMEOUT_MS, 0);
   return 0;
 }
 
 static int on_url(llhttp_t *h, const char *at, size_t len) {
-  h2r_h1c_t *c = h->data;
-  c->url_len += (uint32_t)len;
-  return add(c, at, len);
+  return h2r_hbuf_url(&((h2r_h1c_t *)h->data)->hb, at, len);
 }
 
 static int on_hfield(llhttp_t *h, const char *at, size_t len) {
-  h2r_h1c_t *c = h->data;
-  if (c->in_value || c->nh == 0) {
-    if (c->nh == MAX_HEADERS) {
-      c->limit_status = 431;
-      return -1;
-    }
-    uint32_t *o = c->hoff[c->nh++];
-    o[0] = (uint32_t)c->len;
-    o[1] = o[2] = o[3] = 0;
-    c->in_value = false;
-  }
-  c->hoff[c->nh - 1][1] += (uint32_t)len;
-  return add(c, at, len);
+  return h2r_hbuf_field(&((h2r_h1c_t *)h->data)->hb, at, len);
 }
 
 static int on_hvalue(llhttp_t *h, const char *at, size_t len) {
-  h2r_h1c_t *c = h->data;
-  if (!c->in_value) {
-    c->in_value = true;
-    c->hoff[c->nh - 1][2] = (uint32_t)c->len;
-  }
-  c->hoff[c->nh - 1][3] += (uint32_t)len;
-  return add(c, at, len);
+  return h2r_hbuf_value(&((h2r_h1c_t *)h->data)->hb, at, len);
 }
 
 static int on_headers_complete(llhttp_t *h) {
@@ -348,13 +296,13 @@ static int on_headers_complete(llhttp_t *h) {
   const char *method = llhttp_method_name((llhttp_method_t)llhttp_get_method(h));
   c->head_only = strcmp(method, "HEAD") == 0;
   c->chunked_out = false;
-  h2r_kv_t kv[MAX_HEADERS];
+  h2r_kv_t kv[H2R_MAX_HEADERS];
+  const h2r_hbuf_t *hb = &c->hb;
   bool chunked = false, has_cl = false, upgrade = llhttp_get_upgrade(h) != 0;
   const char *authority = "";
   size_t alen = 0;
-  for (unsigned i = 0; i < c->nh; i++) {
-    kv[i] =
-        (h2r_kv_t){c->buf + c->hoff[i][0], c->buf + c->hoff[i][2], c->hoff[i][1], c->hoff[i][3]};
+  for (unsigned i = 0; i < hb->n; i++) {
+    kv[i] = h2r_hbuf_kv(hb, i);
     if (kv[i].nl == 17 && strncasecmp(kv[i].name, "transfer-encoding", 17) == 0)
       chunked = true;
     if (kv[i].nl == 14 && strncasecmp(kv[i].name, "content-length", 14) == 0)
@@ -364,12 +312,12 @@ static int on_headers_complete(llhttp_t *h) {
   }
   /* Copies as C strings: the url (path and query) and the authority. */
   char url[8192], auth[512];
-  if (c->url_len >= sizeof(url) || alen >= sizeof(auth)) {
+  if (hb->url_len >= sizeof(url) || alen >= sizeof(auth)) {
     respond_text(c, 431, "request line or Host too long\n", true);
     return -1;
   }
-  memcpy(url, c->buf, c->url_len);
-  url[c->url_len] = '\0';
+  memcpy(url, hb->buf, hb->url_len);
+  url[hb->url_len] = '\0';
   memcpy(auth, authority, alen);
   auth[alen] = '\0';
   if (strcmp(url, "/healthz") == 0) {
@@ -405,7 +353,7 @@ static int on_headers_complete(llhttp_t *h) {
       .id = idbuf,
       .rest = rest,
       .hdrs = kv,
-      .nhdrs = c->nh,
+      .nhdrs = hb->n,
       .no_body = !chunked && !has_cl,
       .chunked = chunked,
       .upgrade = upgrade,
@@ -469,9 +417,9 @@ static void c_input(h2r_h1c_t *c, const uint8_t *p, size_t n) {
   }
   if (c->closing || c->s->state == H2R_S_DEAD)
     return;
-  int status = c->limit_status ? c->limit_status : 400;
+  int status = c->hb.too_large ? 431 : 400;
   H2R_WARN(c->log, "%s: HTTP/1.1 request refused (%d): %s", c->s->x.peer, status,
-           c->limit_status ? "header block too large" : llhttp_get_error_reason(&c->parser));
+           c->hb.too_large ? "header block too large" : llhttp_get_error_reason(&c->parser));
   if (c->p != NULL) {
     h2r_proxy_t *px = c->p;
     c->p = NULL;
@@ -553,7 +501,7 @@ static void timer_closed(uv_handle_t *h) {
 }
 
 void h2r_h1c_free(h2r_h1c_t *c) {
-  free(c->buf);
+  h2r_hbuf_free(&c->hb);
   free(c->pending);
   if (c->p != NULL)
     h2r_proxy_client_gone(c->p);

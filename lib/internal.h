@@ -321,6 +321,30 @@ typedef struct h2r_kv {
   size_t nl, vl;
 } h2r_kv_t;
 
+/* A head gathered from llhttp's callbacks (hbuf.c). */
+#define H2R_MAX_HEAD    65536 /* request line or status line + headers */
+#define H2R_MAX_HEADERS 128
+
+typedef struct h2r_hbuf {
+  char *buf;
+  size_t len, cap;
+  uint32_t url_len;                 /* the URL comes first in buf */
+  uint32_t off[H2R_MAX_HEADERS][4]; /* name offset, length, value offset, length */
+  unsigned n;
+  bool in_value;
+  bool too_large; /* a limit was hit: the caller answers 431 */
+} h2r_hbuf_t;
+
+void h2r_hbuf_reset(h2r_hbuf_t *h);
+void h2r_hbuf_free(h2r_hbuf_t *h);
+/* llhttp's on_url, on_header_field, on_header_value: 0, or -1 to stop. */
+int h2r_hbuf_url(h2r_hbuf_t *h, const char *at, size_t len);
+int h2r_hbuf_field(h2r_hbuf_t *h, const char *at, size_t len);
+int h2r_hbuf_value(h2r_hbuf_t *h, const char *at, size_t len);
+h2r_kv_t h2r_hbuf_kv(const h2r_hbuf_t *h, unsigned i);
+/* A header's value by name (case-insensitive), or NULL. */
+const char *h2r_hbuf_get(const h2r_hbuf_t *h, const char *name, size_t *len);
+
 typedef struct h2r_proxy h2r_proxy_t;
 typedef struct h2r_h1c h2r_h1c_t;
 

@@ -14,9 +14,8 @@
 #include <string.h>
 #include <strings.h>
 
-#define HIGH_WATER       (1u << 20)
-#define LINGER_MS        5000
-#define MAX_RESP_HEADERS 128
+#define HIGH_WATER (1u << 20)
+#define LINGER_MS  5000
 
 enum { CLIENT_H2, CLIENT_H1 };
 
@@ -48,12 +47,7 @@ struct h2r_proxy {
   bool timer_open;
   uv_timer_t linger; /* bounds the wait for the listener's END_STREAM */
   int closes;
-  /* response head being parsed */
-  char *hbuf;
-  size_t hlen, hcap;
-  unsigned nh;
-  uint32_t hoff[MAX_RESP_HEADERS][4]; /* name off/len, value off/len */
-  bool in_value;
+  h2r_hbuf_t hb; /* the response head being parsed */
   char *reqhead;
   pchunk_t *early, **early_tail; /* HTTP/1.1 request body before the dial completed */
   size_t early_bytes;
@@ -94,7 +88,7 @@ static void p_release(proxy_t *p) {
     p->early = c->next;
     free(c);
   }
-  free(p->hbuf);
+  h2r_hbuf_free(&p->hb);
   free(p->reqhead);
   free(p);
 }
@@ -223,50 +217,16 @@ static int c_body(proxy_t *p, const char *at, size_t len) {
 
 /* ------------------------------------------------------ response head */
 
-static int hb_add(proxy_t *p, const char *at, size_t len) {
-  if (p->hlen + len + 1 > 64 * 1024)
-    return -1;
-  if (p->hlen + len + 1 > p->hcap) {
-    size_t cap = p->hcap ? p->hcap * 2 : 1024;
-    while (cap < p->hlen + len + 1)
-      cap *= 2;
-    char *n = realloc(p->hbuf, cap);
-    if (n == NULL)
-      return -1;
-    p->hbuf = n;
-    p->hcap = cap;
-  }
-  memcpy(p->hbuf + p->hlen, at, len);
-  p->hlen += len;
-  return 0;
-}
-
 static int on_hfield(llhttp_t *h, const char *at, size_t len) {
-  proxy_t *p = h->data;
-  if (p->in_value || p->nh == 0) {
-    if (p->nh == MAX_RESP_HEADERS)
-      return -1;
-    uint32_t *o = p->hoff[p->nh++];
-    o[0] = (uint32_t)p->hlen;
-    o[1] = o[2] = o[3] = 0;
-    p->in_value = false;
-  }
-  p->hoff[p->nh - 1][1] += (uint32_t)len;
-  return hb_add(p, at, len);
+  return h2r_hbuf_field(&((proxy_t *)h->data)->hb, at, len);
 }
 
 static int on_hvalue(llhttp_t *h, const char *at, size_t len) {
-  proxy_t *p = h->data;
-  if (!p->in_value) {
-    p->in_value = true;
-    p->hoff[p->nh - 1][2] = (uint32_t)p->hlen;
-  }
-  p->hoff[p->nh - 1][3] += (uint32_t)len;
-  return hb_add(p, at, len);
+  return h2r_hbuf_value(&((proxy_t *)h->data)->hb, at, len);
 }
 
 static int c_head_h2(proxy_t *p, int status, const h2r_kv_t *kv, size_t n) {
-  nghttp2_nv nv[MAX_RESP_HEADERS];
+  nghttp2_nv nv[H2R_MAX_HEADERS];
   size_t m = 0;
   for (size_t i = 0; i < n; i++) {
     if (hop_by_hop(kv[i].name, kv[i].nl))
@@ -285,27 +245,24 @@ static int on_headers_complete(llhttp_t *h) {
   int status = h->status_code;
   bool upgraded = status == 101 && p->upgrade && p->kind == CLIENT_H1;
   if (status < 200 && !upgraded) {
-    p->nh = 0; /* interim response: wait for the final one */
-    p->hlen = 0;
-    p->in_value = false;
+    h2r_hbuf_reset(&p->hb); /* interim response: wait for the final one */
     return 0;
   }
   if (status == 101 && !upgraded) {
     p_fail(p, 502, "unexpected 101 from the listener");
     return -1;
   }
-  h2r_kv_t kv[MAX_RESP_HEADERS];
-  for (unsigned i = 0; i < p->nh; i++)
-    kv[i] =
-        (h2r_kv_t){p->hbuf + p->hoff[i][0], p->hbuf + p->hoff[i][2], p->hoff[i][1], p->hoff[i][3]};
+  h2r_kv_t kv[H2R_MAX_HEADERS];
+  for (unsigned i = 0; i < p->hb.n; i++)
+    kv[i] = h2r_hbuf_kv(&p->hb, i);
   p->head_sent = true;
   if (p->kind == CLIENT_H2) {
-    if (c_head_h2(p, status, kv, p->nh) != 0)
+    if (c_head_h2(p, status, kv, p->hb.n) != 0)
       return -1;
   } else {
     if (p->h1 == NULL)
       return -1;
-    h2r_h1c_head(p->h1, status, kv, p->nh, upgraded);
+    h2r_h1c_head(p->h1, status, kv, p->hb.n, upgraded);
   }
   if (upgraded)
     p->raw = true; /* llhttp stops with HPE_PAUSED_UPGRADE */

@@ -15,8 +15,6 @@
 #include <string.h>
 #include <strings.h>
 
-#define MAX_HEAD    65536
-#define MAX_HEADERS 128
 #define HIGH_WATER  (1u << 20)
 #define LINGER_MS   5000
 #define ADDR_TTL_MS 30000
@@ -54,12 +52,7 @@ typedef struct uconn {
   uv_timer_t linger;
   llhttp_t parser;
   llhttp_settings_t settings;
-  char *head; /* url, then header names and values */
-  size_t hlen, hcap;
-  uint32_t url_len;
-  uint32_t hoff[MAX_HEADERS][4];
-  unsigned nh;
-  bool in_value;
+  h2r_hbuf_t hb;  /* the request head */
   bool parsed;    /* the request head is complete */
   bool resolving; /* uv_getaddrinfo in flight */
   bool x_started; /* the transport exists and must be closed */
@@ -119,7 +112,7 @@ static void uc_release(uconn_t *c) {
     c->early = k->next;
     free(k);
   }
-  free(c->head);
+  h2r_hbuf_free(&c->hb);
   free(c);
   u->active--;
   if (done != NULL)
@@ -364,62 +357,16 @@ static void resolved(uv_getaddrinfo_t *req, int status, struct addrinfo *res) {
 
 /* --------------------------------------------------------- the request */
 
-static int add(uconn_t *c, const char *at, size_t len) {
-  if (c->hlen + len > MAX_HEAD)
-    return -1;
-  if (c->hlen + len > c->hcap) {
-    size_t cap = c->hcap ? c->hcap * 2 : 1024;
-    while (cap < c->hlen + len)
-      cap *= 2;
-    char *b = realloc(c->head, cap);
-    if (b == NULL)
-      return -1;
-    c->head = b;
-    c->hcap = cap;
-  }
-  memcpy(c->head + c->hlen, at, len);
-  c->hlen += len;
-  return 0;
-}
-
 static int on_url(llhttp_t *h, const char *at, size_t len) {
-  uconn_t *c = h->data;
-  c->url_len += (uint32_t)len;
-  return add(c, at, len);
+  return h2r_hbuf_url(&((uconn_t *)h->data)->hb, at, len);
 }
 
 static int on_hfield(llhttp_t *h, const char *at, size_t len) {
-  uconn_t *c = h->data;
-  if (c->in_value || c->nh == 0) {
-    if (c->nh == MAX_HEADERS)
-      return -1;
-    uint32_t *o = c->hoff[c->nh++];
-    o[0] = (uint32_t)c->hlen;
-    o[1] = o[2] = o[3] = 0;
-    c->in_value = false;
-  }
-  c->hoff[c->nh - 1][1] += (uint32_t)len;
-  return add(c, at, len);
+  return h2r_hbuf_field(&((uconn_t *)h->data)->hb, at, len);
 }
 
 static int on_hvalue(llhttp_t *h, const char *at, size_t len) {
-  uconn_t *c = h->data;
-  if (!c->in_value) {
-    c->in_value = true;
-    c->hoff[c->nh - 1][2] = (uint32_t)c->hlen;
-  }
-  c->hoff[c->nh - 1][3] += (uint32_t)len;
-  return add(c, at, len);
-}
-
-static const char *hdr(uconn_t *c, const char *name, size_t *len) {
-  size_t nl = strlen(name);
-  for (unsigned i = 0; i < c->nh; i++)
-    if (c->hoff[i][1] == nl && strncasecmp(c->head + c->hoff[i][0], name, nl) == 0) {
-      *len = c->hoff[i][3];
-      return c->head + c->hoff[i][2];
-    }
-  return NULL;
+  return h2r_hbuf_value(&((uconn_t *)h->data)->hb, at, len);
 }
 
 /* Length of the reverse-proxy prefix at the start of url: the
@@ -427,11 +374,11 @@ static const char *hdr(uconn_t *c, const char *name, size_t *len) {
  * .../proxy/<Host>. 0 when there is none. */
 static size_t prefix_len(uconn_t *c, const char *url, size_t ul) {
   size_t pl, hl;
-  const char *p = hdr(c, "x-forwarded-prefix", &pl);
+  const char *p = h2r_hbuf_get(&c->hb, "x-forwarded-prefix", &pl);
   if (p != NULL && pl > 0 && pl <= ul && memcmp(url, p, pl) == 0 &&
       (pl == ul || url[pl] == '/' || url[pl] == '?'))
     return pl;
-  const char *host = hdr(c, "host", &hl);
+  const char *host = h2r_hbuf_get(&c->hb, "host", &hl);
   if (host == NULL || hl == 0)
     return 0;
   for (size_t i = 0; i + 7 + hl <= ul; i++) {
@@ -448,12 +395,13 @@ static int on_headers_complete(llhttp_t *h) {
   uconn_t *c = h->data;
   h2r_upstream_t *u = c->u;
   const char *method = llhttp_method_name((llhttp_method_t)llhttp_get_method(h));
-  const char *url = c->head;
-  size_t ul = c->url_len;
+  const h2r_hbuf_t *hb = &c->hb;
+  const char *url = hb->buf;
+  size_t ul = hb->url_len;
   size_t skip = prefix_len(c, url, ul);
   url += skip;
   ul -= skip;
-  size_t cap = 256 + strlen(u->path) + c->hlen + 4 * c->nh;
+  size_t cap = 256 + strlen(u->path) + hb->len + 4 * hb->n;
   uchunk_t *k = malloc(sizeof(*k) + cap);
   if (k == NULL)
     return -1;
@@ -462,13 +410,12 @@ static int on_headers_complete(llhttp_t *h) {
     slash = "/";
   size_t o = (size_t)snprintf(k->data, cap, "%s %s%s%.*s HTTP/%d.%d\r\n", method, u->path, slash,
                               (int)ul, url, h->http_major, h->http_minor);
-  for (unsigned i = 0; i < c->nh; i++) {
-    const char *name = c->head + c->hoff[i][0];
-    size_t nl = c->hoff[i][1];
-    if (nl == 4 && strncasecmp(name, "host", 4) == 0 && !u->o.keep_host)
+  for (unsigned i = 0; i < hb->n; i++) {
+    h2r_kv_t kv = h2r_hbuf_kv(hb, i);
+    if (kv.nl == 4 && strncasecmp(kv.name, "host", 4) == 0 && !u->o.keep_host)
       continue;
-    o += (size_t)snprintf(k->data + o, cap - o, "%.*s: %.*s\r\n", (int)nl, name, (int)c->hoff[i][3],
-                          c->head + c->hoff[i][2]);
+    o += (size_t)snprintf(k->data + o, cap - o, "%.*s: %.*s\r\n", (int)kv.nl, kv.name, (int)kv.vl,
+                          kv.value);
   }
   if (!u->o.keep_host)
     o += (size_t)snprintf(k->data + o, cap - o, "Host: %s\r\n", u->authority);
@@ -525,7 +472,7 @@ static void uc_read(h2rev_stream_t *s, ssize_t n, const uv_buf_t *buf) {
       return;
     }
     c->s_eof = true;
-    if (!c->parsed && c->hlen == 0) {
+    if (!c->parsed && c->hb.len == 0) {
       uc_close(c); /* a spare closed before any request */
       return;
     }
@@ -559,7 +506,7 @@ static void uc_read(h2rev_stream_t *s, ssize_t n, const uv_buf_t *buf) {
   if (e != HPE_OK) {
     char why[160];
     snprintf(why, sizeof(why), "bad request on a reverse connection: %s",
-             c->hlen >= MAX_HEAD ? "head too large" : llhttp_errno_name(e));
+             c->hb.too_large ? "head too large" : llhttp_errno_name(e));
     uc_fail(c, why);
   }
 }

@@ -1,0 +1,88 @@
+/* A request or response head as llhttp hands it over in pieces: the URL and
+ * the header names and values gathered into one buffer, with a size limit. */
+#include "internal.h"
+
+#include <stdlib.h>
+#include <string.h>
+#include <strings.h>
+
+void h2r_hbuf_reset(h2r_hbuf_t *h) {
+  h->len = 0;
+  h->url_len = 0;
+  h->n = 0;
+  h->in_value = false;
+  h->too_large = false;
+}
+
+void h2r_hbuf_free(h2r_hbuf_t *h) {
+  free(h->buf);
+  h->buf = NULL;
+  h->cap = 0;
+  h2r_hbuf_reset(h);
+}
+
+static int add(h2r_hbuf_t *h, const char *at, size_t len) {
+  if (h->len + len > H2R_MAX_HEAD) {
+    h->too_large = true;
+    return -1;
+  }
+  if (h->len + len > h->cap) {
+    size_t cap = h->cap ? h->cap * 2 : 1024;
+    while (cap < h->len + len)
+      cap *= 2;
+    char *b = realloc(h->buf, cap);
+    if (b == NULL)
+      return -1;
+    h->buf = b;
+    h->cap = cap;
+  }
+  memcpy(h->buf + h->len, at, len);
+  h->len += len;
+  return 0;
+}
+
+int h2r_hbuf_url(h2r_hbuf_t *h, const char *at, size_t len) {
+  h->url_len += (uint32_t)len;
+  return add(h, at, len);
+}
+
+int h2r_hbuf_field(h2r_hbuf_t *h, const char *at, size_t len) {
+  if (h->in_value || h->n == 0) {
+    if (h->n == H2R_MAX_HEADERS) {
+      h->too_large = true;
+      return -1;
+    }
+    uint32_t *o = h->off[h->n++];
+    o[0] = (uint32_t)h->len;
+    o[1] = o[2] = o[3] = 0;
+    h->in_value = false;
+  }
+  h->off[h->n - 1][1] += (uint32_t)len;
+  return add(h, at, len);
+}
+
+int h2r_hbuf_value(h2r_hbuf_t *h, const char *at, size_t len) {
+  if (h->n == 0)
+    return -1;
+  if (!h->in_value) {
+    h->in_value = true;
+    h->off[h->n - 1][2] = (uint32_t)h->len;
+  }
+  h->off[h->n - 1][3] += (uint32_t)len;
+  return add(h, at, len);
+}
+
+h2r_kv_t h2r_hbuf_kv(const h2r_hbuf_t *h, unsigned i) {
+  const uint32_t *o = h->off[i];
+  return (h2r_kv_t){h->buf + o[0], h->buf + o[2], o[1], o[3]};
+}
+
+const char *h2r_hbuf_get(const h2r_hbuf_t *h, const char *name, size_t *len) {
+  size_t nl = strlen(name);
+  for (unsigned i = 0; i < h->n; i++)
+    if (h->off[i][1] == nl && strncasecmp(h->buf + h->off[i][0], name, nl) == 0) {
+      *len = h->off[i][3];
+      return h->buf + h->off[i][2];
+    }
+  return NULL;
+}
