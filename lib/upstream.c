@@ -15,9 +15,11 @@
 #include <string.h>
 #include <strings.h>
 
-#define HIGH_WATER  (1u << 20)
-#define LINGER_MS   5000
-#define ADDR_TTL_MS 30000
+#define HIGH_WATER   (1u << 20)
+#define LINGER_MS    5000
+#define ADDR_TTL_MS  30000
+#define POOL_MAX     32    /* idle upstream connections kept */
+#define POOL_IDLE_MS 30000 /* and for how long */
 
 typedef struct h2r_upstream {
   h2rev_upstream_t *pub;
@@ -30,8 +32,11 @@ typedef struct h2r_upstream {
   unsigned active;
   bool closing;
   h2rev_upstream_close_cb close_cb;
-  uv_timer_t defer;             /* only to close: runs close_cb on a later turn */
-  uint8_t *rbuf;                /* the read buffer of every upstream connection */
+  uv_timer_t defer;    /* only to close: runs close_cb on a later turn */
+  uint8_t *rbuf;       /* the read buffer of every upstream connection */
+  struct upconn *idle; /* keep-alive connections waiting for a request */
+  unsigned nidle;
+  uv_timer_t sweep;             /* closes idle connections past POOL_IDLE_MS */
   struct sockaddr_storage addr; /* the upstream's address: an IP literal, or */
   bool addr_literal;
   uint64_t addr_until; /* a name's last answer, valid until then */
@@ -43,11 +48,26 @@ typedef struct uchunk {
   char data[];
 } uchunk_t;
 
+struct uconn;
+
+/* A connection to the upstream; between exchanges it waits in the pool. */
+typedef struct upconn {
+  h2r_xport_t x;
+  h2r_upstream_t *u;
+  struct uconn *c; /* the exchange using it; NULL while idle */
+  struct upconn *next;
+  uint64_t idle_since;
+  bool pooled;
+} upconn_t;
+
 typedef struct uconn {
   h2r_upstream_t *u;
   h2rev_stream_t *s;
   h2rev_close_cb done;
-  h2r_xport_t x;
+  upconn_t *pc;     /* the upstream connection, while the exchange holds one */
+  llhttp_t rparser; /* the response, to know where it ends */
+  llhttp_settings_t rsettings;
+  bool head_req, raw, req_done, resp_done, spill;
   uv_getaddrinfo_t gai;
   uv_timer_t linger;
   llhttp_t parser;
@@ -55,7 +75,6 @@ typedef struct uconn {
   h2r_hbuf_t hb;  /* the request head */
   bool parsed;    /* the request head is complete */
   bool resolving; /* uv_getaddrinfo in flight */
-  bool x_started; /* the transport exists and must be closed */
   bool x_open;
   bool s_eof, s_shut_done, x_eof;
   bool closing;
@@ -98,6 +117,7 @@ static void u_freed(uv_handle_t *h) {
 
 /* The last step of closing: the callback comes on a later loop turn. */
 static void u_finish(h2r_upstream_t *u) {
+  uv_close((uv_handle_t *)&u->sweep, NULL);
   uv_close((uv_handle_t *)&u->defer, u_freed);
 }
 
@@ -132,11 +152,11 @@ static void uc_close(uconn_t *c) {
   if (c->closing)
     return;
   c->closing = true;
-  c->refs = 2 + (c->x_started ? 1 : 0) + (c->resolving ? 1 : 0);
+  c->refs = 2 + (c->pc != NULL ? 1 : 0) + (c->resolving ? 1 : 0);
   h2rev_stream_close(c->s, s_closed);
   uv_close((uv_handle_t *)&c->linger, h_closed);
-  if (c->x_started)
-    h2r_xport_close(&c->x);
+  if (c->pc != NULL)
+    h2r_xport_close(&c->pc->x);
   if (c->resolving)
     uv_cancel((uv_req_t *)&c->gai);
 }
@@ -187,7 +207,7 @@ static void to_s_done(h2rev_write_t *req, int status) {
   if (status != 0 && status != UV_ECANCELED)
     uc_close(c); /* the dialer reset the stream while we held its response */
   else if (status == 0 && !c->closing && !c->x_eof && c->to_s < HIGH_WATER / 2)
-    h2r_xport_read_pause(&c->x, false);
+    h2r_xport_read_pause(&c->pc->x, false);
 }
 
 static void send_s(uconn_t *c, const char *p, size_t n) {
@@ -225,7 +245,7 @@ static void send_x(uconn_t *c, uwrite_t *w, size_t n) {
   w->len = n;
   c->to_x += n;
   uv_buf_t b = uv_buf_init(w->data, (unsigned)n);
-  if (h2r_xport_write(&c->x, &w->w.xw, &b, 1, to_x_done) != 0) {
+  if (h2r_xport_write(&c->pc->x, &w->w.xw, &b, 1, to_x_done) != 0) {
     c->to_x -= n;
     free(w);
     uc_close(c);
@@ -255,17 +275,35 @@ static void uc_fail(uconn_t *c, const char *why) {
 
 /* ----------------------------------------------------------- upstream */
 
-static void x_open(h2r_xport_t *x, int status) {
-  uconn_t *c = x->owner;
-  if (c->closing)
-    return;
-  if (status != 0) {
-    char why[256];
-    snprintf(why, sizeof(why), "%s%s%s", h2rev_strerror(status), x->errmsg[0] ? ": " : "",
-             x->errmsg);
-    uc_fail(c, why);
+static void pool_unlink(h2r_upstream_t *u, upconn_t *pc) {
+  for (upconn_t **p = &u->idle; *p != NULL; p = &(*p)->next)
+    if (*p == pc) {
+      *p = pc->next;
+      u->nidle--;
+      break;
+    }
+  pc->pooled = false;
+}
+
+/* The exchange is over and the connection can carry another request. */
+static void pool_put(uconn_t *c) {
+  upconn_t *pc = c->pc;
+  h2r_upstream_t *u = c->u;
+  c->pc = NULL;
+  pc->c = NULL;
+  if (u->closing || u->nidle >= POOL_MAX) {
+    h2r_xport_close(&pc->x);
     return;
   }
+  pc->idle_since = uv_now(u->loop);
+  pc->pooled = true;
+  pc->next = u->idle;
+  u->idle = pc;
+  u->nidle++;
+  h2r_xport_read_pause(&pc->x, false); /* to notice the upstream closing it */
+}
+
+static void uc_opened(uconn_t *c) {
   c->x_open = true;
   while (c->early != NULL && !c->closing) {
     uchunk_t *k = c->early;
@@ -281,25 +319,77 @@ static void x_open(h2r_xport_t *x, int status) {
     free(k);
   }
   c->early_tail = &c->early;
-  if (c->closing)
-    return;
-  if (c->s_eof)
-    return; /* the request is all there; keep the upstream's write side open */
+  if (c->closing || c->s_eof)
+    return; /* with s_eof the request is all there */
   h2rev_stream_read_start(c->s, uc_alloc, uc_read);
 }
 
+static void x_open(h2r_xport_t *x, int status) {
+  upconn_t *pc = x->owner;
+  uconn_t *c = pc->c;
+  if (c == NULL || c->closing)
+    return;
+  if (status != 0) {
+    char why[256];
+    snprintf(why, sizeof(why), "%s%s%s", h2rev_strerror(status), x->errmsg[0] ? ": " : "",
+             x->errmsg);
+    uc_fail(c, why);
+    return;
+  }
+  uc_opened(c);
+}
+
+/* A response is complete: give the connection back when both messages had
+ * clear ends and the upstream keeps it alive; end the stream either way. */
+static void response_done(uconn_t *c) {
+  c->x_eof = true;
+  if (c->req_done && !c->spill && !c->raw && c->to_x == 0 &&
+      llhttp_should_keep_alive(&c->rparser) && c->pc->x.state == H2R_X_OPEN)
+    pool_put(c);
+  else
+    h2r_xport_read_pause(&c->pc->x, true);
+  end_stream(c);
+}
+
 static void x_read(h2r_xport_t *x, const uint8_t *p, size_t n) {
-  uconn_t *c = x->owner;
+  upconn_t *pc = x->owner;
+  uconn_t *c = pc->c;
+  if (c == NULL) { /* idle: bytes nobody asked for */
+    h2r_xport_close(x);
+    return;
+  }
+  if (c->closing || c->x_eof)
+    return;
+  size_t take = n;
+  if (!c->raw) {
+    llhttp_errno_t e = llhttp_execute(&c->rparser, (const char *)p, n);
+    if (e == HPE_PAUSED && c->resp_done) {
+      take = (size_t)((const uint8_t *)llhttp_get_error_pos(&c->rparser) - p);
+      c->spill = take < n;
+    } else if (e != HPE_OK && e != HPE_PAUSED_UPGRADE) {
+      c->spill = true; /* framing unknown: the connection is not reused */
+    }
+  }
+  if (take > 0)
+    send_s(c, (const char *)p, take);
   if (c->closing)
     return;
-  send_s(c, (const char *)p, n);
+  if (c->resp_done) {
+    response_done(c);
+    return;
+  }
   if (c->to_s >= HIGH_WATER)
     h2r_xport_read_pause(x, true);
 }
 
 static void x_error(h2r_xport_t *x, int err) {
-  uconn_t *c = x->owner;
-  if (c->closing)
+  upconn_t *pc = x->owner;
+  uconn_t *c = pc->c;
+  if (c == NULL) {
+    h2r_xport_close(x);
+    return;
+  }
+  if (c->closing || c->x_eof)
     return;
   if (err != UV_EOF) {
     H2R_DEBUG(&c->u->log, "upstream %s: %s", c->u->authority, h2rev_strerror(err));
@@ -312,18 +402,59 @@ static void x_error(h2r_xport_t *x, int err) {
 }
 
 static void x_close(h2r_xport_t *x) {
-  uc_release(x->owner);
+  upconn_t *pc = x->owner;
+  uconn_t *c = pc->c;
+  if (pc->pooled)
+    pool_unlink(pc->u, pc);
+  free(pc);
+  if (c != NULL)
+    uc_release(c);
 }
 
 static const h2r_xport_cbs ucbs = {x_open, x_read, x_error, x_close};
 
+/* Takes a live idle connection from the pool. */
+static upconn_t *pool_get(h2r_upstream_t *u) {
+  uint64_t now = uv_now(u->loop);
+  while (u->idle != NULL) {
+    upconn_t *pc = u->idle;
+    pool_unlink(u, pc);
+    if (pc->x.state == H2R_X_OPEN && now - pc->idle_since < POOL_IDLE_MS)
+      return pc;
+    h2r_xport_close(&pc->x);
+  }
+  return NULL;
+}
+
+static void sweep(uv_timer_t *t) {
+  h2r_upstream_t *u = t->data;
+  uint64_t now = uv_now(u->loop);
+  upconn_t **p = &u->idle;
+  while (*p != NULL) {
+    upconn_t *pc = *p;
+    if (now - pc->idle_since >= POOL_IDLE_MS) {
+      pool_unlink(u, pc); /* *p moves on */
+      h2r_xport_close(&pc->x);
+    } else {
+      p = &pc->next;
+    }
+  }
+}
+
 static void connect_to(uconn_t *c, const struct sockaddr *addr) {
   h2r_upstream_t *u = c->u;
-  c->x.log = &u->log;
-  c->x.shared_rbuf = u->rbuf;
+  upconn_t *pc = calloc(1, sizeof(*pc));
+  if (pc == NULL) {
+    uc_fail(c, "out of memory");
+    return;
+  }
+  pc->u = u;
+  pc->c = c;
+  pc->x.log = &u->log;
+  pc->x.shared_rbuf = u->rbuf;
+  c->pc = pc; /* its handles exist even when connect fails */
   const char *sni = u->o.tls.server_name ? u->o.tls.server_name : u->host;
-  int r = h2r_xport_connect(&c->x, u->loop, addr, u->ctx, sni, u->o.connect_timeout_ms, &ucbs, c);
-  c->x_started = true; /* its handles exist even when connect failed */
+  int r = h2r_xport_connect(&pc->x, u->loop, addr, u->ctx, sni, u->o.connect_timeout_ms, &ucbs, pc);
   if (r != 0) {
     char why[200];
     snprintf(why, sizeof(why), "cannot connect: %s", h2rev_strerror(r));
@@ -410,9 +541,18 @@ static int on_headers_complete(llhttp_t *h) {
     slash = "/";
   size_t o = (size_t)snprintf(k->data, cap, "%s %s%s%.*s HTTP/%d.%d\r\n", method, u->path, slash,
                               (int)ul, url, h->http_major, h->http_minor);
+  c->raw = llhttp_get_upgrade(h) != 0;
+  c->head_req = strcmp(method, "HEAD") == 0;
+  c->req_done =
+      !(h->flags & F_CHUNKED) && !((h->flags & F_CONTENT_LENGTH) && h->content_length > 0);
   for (unsigned i = 0; i < hb->n; i++) {
     h2r_kv_t kv = h2r_hbuf_kv(hb, i);
     if (kv.nl == 4 && strncasecmp(kv.name, "host", 4) == 0 && !u->o.keep_host)
+      continue;
+    /* The dialer's Connection: close is for its stream, not the upstream's
+     * connection, which stays in the pool. */
+    if (!c->raw && ((kv.nl == 10 && strncasecmp(kv.name, "connection", 10) == 0) ||
+                    (kv.nl == 10 && strncasecmp(kv.name, "keep-alive", 10) == 0)))
       continue;
     o += (size_t)snprintf(k->data + o, cap - o, "%.*s: %.*s\r\n", (int)kv.nl, kv.name, (int)kv.vl,
                           kv.value);
@@ -428,8 +568,52 @@ static int on_headers_complete(llhttp_t *h) {
   return HPE_PAUSED; /* the rest passes through as it is */
 }
 
+static int on_req_complete(llhttp_t *h) {
+  uconn_t *c = h->data;
+  c->req_done = true;
+  return HPE_PAUSED;
+}
+
+/* Follows the request body to know where it ends (the bytes pass as they
+ * are); anything after it means the connection is not reused. */
+static void track_request(uconn_t *c, const char *p, size_t n) {
+  if (c->raw || n == 0)
+    return;
+  if (c->req_done) {
+    c->spill = true;
+    return;
+  }
+  llhttp_errno_t e = llhttp_execute(&c->parser, p, n);
+  if (e == HPE_PAUSED && c->req_done)
+    c->spill |= llhttp_get_error_pos(&c->parser) != p + n;
+  else if (e != HPE_OK)
+    c->spill = true;
+}
+
+static int on_resp_headers(llhttp_t *h) {
+  uconn_t *c = h->data;
+  if (h->status_code == 101)
+    c->raw = true;
+  return c->head_req ? 1 : 0;
+}
+
+static int on_resp_complete(llhttp_t *h) {
+  uconn_t *c = h->data;
+  if (h->status_code < 200)
+    return 0; /* an interim response; the final one follows */
+  c->resp_done = true;
+  return HPE_PAUSED;
+}
+
 static void start_upstream(uconn_t *c) {
   h2r_upstream_t *u = c->u;
+  upconn_t *pc = c->raw ? NULL : pool_get(u);
+  if (pc != NULL) {
+    pc->c = c;
+    c->pc = pc;
+    uc_opened(c);
+    return;
+  }
   if (u->addr_literal || uv_now(u->loop) < u->addr_until) {
     connect_to(c, (const struct sockaddr *)&u->addr);
     return;
@@ -483,6 +667,8 @@ static void uc_read(h2rev_stream_t *s, ssize_t n, const uv_buf_t *buf) {
     uc_check(c);
     return;
   }
+  if (c->parsed)
+    track_request(c, buf->base, (size_t)n);
   if (c->x_open) {
     send_x(c, w, (size_t)n);
     return;
@@ -496,7 +682,10 @@ static void uc_read(h2rev_stream_t *s, ssize_t n, const uv_buf_t *buf) {
   llhttp_errno_t e = llhttp_execute(&c->parser, buf->base, (size_t)n);
   if (e == HPE_PAUSED) {
     const char *rest = llhttp_get_error_pos(&c->parser);
-    keep(c, rest, (size_t)(buf->base + n - rest));
+    size_t left = (size_t)(buf->base + n - rest);
+    llhttp_resume(&c->parser);
+    track_request(c, rest, left);
+    keep(c, rest, left);
     free(w);
     h2rev_stream_read_stop(s);
     start_upstream(c);
@@ -565,6 +754,10 @@ int h2rev_upstream_init(uv_loop_t *loop, h2rev_upstream_t *upstream,
     u->o.connect_timeout_ms = 10000;
   uv_timer_init(loop, &u->defer);
   u->defer.data = u;
+  uv_timer_init(loop, &u->sweep);
+  u->sweep.data = u;
+  uv_timer_start(&u->sweep, sweep, POOL_IDLE_MS / 3, POOL_IDLE_MS / 3);
+  uv_unref((uv_handle_t *)&u->sweep);
   upstream->loop = loop;
   upstream->u_ = u;
   return 0;
@@ -591,8 +784,14 @@ int h2rev_upstream_serve(h2rev_upstream_t *upstream, h2rev_stream_t *stream, h2r
   c->settings.on_header_field = on_hfield;
   c->settings.on_header_value = on_hvalue;
   c->settings.on_headers_complete = on_headers_complete;
+  c->settings.on_message_complete = on_req_complete;
   llhttp_init(&c->parser, HTTP_REQUEST, &c->settings);
   c->parser.data = c;
+  llhttp_settings_init(&c->rsettings);
+  c->rsettings.on_headers_complete = on_resp_headers;
+  c->rsettings.on_message_complete = on_resp_complete;
+  llhttp_init(&c->rparser, HTTP_RESPONSE, &c->rsettings);
+  c->rparser.data = c;
   uv_timer_init(u->loop, &c->linger);
   c->linger.data = c;
   int r = h2rev_stream_read_start(stream, uc_alloc, uc_read);
@@ -614,6 +813,11 @@ void h2rev_upstream_close(h2rev_upstream_t *upstream, h2rev_upstream_close_cb cb
     return;
   u->closing = true;
   u->close_cb = cb;
+  while (u->idle != NULL) {
+    upconn_t *pc = u->idle;
+    pool_unlink(u, pc);
+    h2r_xport_close(&pc->x);
+  }
   /* Exchanges in progress finish on their own (callers drain first). */
   if (u->active == 0)
     u_finish(u);

@@ -12,6 +12,13 @@ echo "$hdrs" | grep -q "^Host: 127.0.0.1:$UPSTREAM_PORT$" || fail "Host not rewr
 echo "$hdrs" | grep -q "^GET /headers HTTP/1.1$" || fail "path: $hdrs"
 ok "Host rewritten to the upstream's"
 
+# Keep-alive to the upstream: sequential requests reuse pooled connections.
+before=$(tcurl -f "$(tunnel up)/conns")
+for i in $(seq 1 20); do tcurl -f -o /dev/null "$(tunnel up)/bytes/$i$i"; done
+after=$(tcurl -f "$(tunnel up)/conns")
+[ $((after - before)) -le 3 ] || fail "21 requests opened $((after - before)) upstream connections"
+ok "upstream connections reused ($((after - before)) new for 21 requests)"
+
 start_listener keep --keep-host
 wait_for tcurl -f "$(tunnel keep)/index.html" || fail "keep-host listener"
 hdrs=$(tcurl -f "$(tunnel keep)/headers")

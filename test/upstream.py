@@ -5,6 +5,7 @@ GET  /bytes/N        N bytes of a fixed pattern (Content-Length)
 GET  /chunked/N      N bytes, chunked
 GET  /headers        the request line and headers, as text
 GET  /status/N       an empty response with status N
+GET  /conns          how many connections the upstream has accepted
 POST|PUT /sha        "<length> <sha256>" of the request body (chunked or not)
 GET  /ws             a WebSocket echo (after the 101, frames come back unmasked)
 anything else        files from --dir
@@ -27,6 +28,11 @@ def pattern(n):
 
 class Handler(http.server.SimpleHTTPRequestHandler):
     protocol_version = "HTTP/1.1"
+    connections = 0
+
+    def setup(self):
+        Handler.connections += 1
+        super().setup()
 
     def log_message(self, fmt, *args):
         pass
@@ -104,6 +110,8 @@ class Handler(http.server.SimpleHTTPRequestHandler):
         elif p.startswith("/headers"):
             lines = [self.requestline] + ["%s: %s" % kv for kv in self.headers.items()]
             self.send_text(200, "\n".join(lines) + "\n")
+        elif p == "/conns":
+            self.send_text(200, "%d\n" % Handler.connections)
         elif p.startswith("/status/"):
             code = int(p[8:])
             self.send_response(code)
