@@ -1,5 +1,6 @@
 #include "tool.h"
 
+#include <signal.h>
 #include <stdarg.h>
 #include <stdio.h>
 #include <stdlib.h>
@@ -136,6 +137,9 @@ static void got_signal(uv_signal_t *h, int signum) {
 
 void tool_on_signal(uv_loop_t *loop, void (*cb)(void)) {
   on_sig = cb;
+  /* A peer that closes while we write must be an error code, not the end of
+   * the process. */
+  signal(SIGPIPE, SIG_IGN);
   uv_signal_init(loop, &sigint);
   uv_signal_init(loop, &sigterm);
   uv_signal_start(&sigint, got_signal, SIGINT);

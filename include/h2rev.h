@@ -13,6 +13,9 @@
  *  - a handle is left with *_close(handle, close_cb); no callback runs after
  *    close_cb, and pending requests are cancelled with UV_ECANCELED first;
  *  - errors are negative integers: libuv's UV_E* codes, or H2REV_E* below.
+ *  - like any libuv program, the host process ignores SIGPIPE (the library
+ *    installs no signal handler): a peer closing during a write is then
+ *    UV_EPIPE, not the end of the process.
  *    h2rev_strerror() and h2rev_err_name() describe either kind.
  */
 #ifndef H2REV_H
