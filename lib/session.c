@@ -99,7 +99,9 @@ static int batch_iov(batch_t *b, const void *base, size_t len) {
 static int batch_copy(batch_t *b, const uint8_t *p, size_t len) {
   ctl_chunk_t *c = b->chunks;
   if (c == NULL || c->cap - c->len < len) {
-    size_t cap = len > H2R_CHUNK_SIZE ? len : H2R_CHUNK_SIZE;
+    /* Most flushes carry a few small frames: start small. */
+    size_t want = c == NULL ? 1024 : H2R_CHUNK_SIZE;
+    size_t cap = len > want ? len : want;
     c = malloc(sizeof(*c) + cap);
     if (c == NULL)
       return UV_ENOMEM;

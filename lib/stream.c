@@ -138,7 +138,9 @@ static size_t deliver(h2r_strm_t *st, const uint8_t *p, size_t n) {
   size_t done = 0;
   while (done < n && (st->flags & H2R_F_READING) && !(st->flags & H2R_F_CLOSING)) {
     uv_buf_t buf = uv_buf_init(NULL, 0);
-    st->alloc_cb(st->pub, H2R_READ_SUGGEST, &buf);
+    /* Suggest what is there: a reader that allocates per read then gets
+     * buffers of the frame's size, not 64 KiB for every 16 KiB frame. */
+    st->alloc_cb(st->pub, H2R_MIN(n - done, H2R_READ_SUGGEST), &buf);
     if (buf.base == NULL || buf.len == 0) {
       st->read_cb(st->pub, UV_ENOBUFS, &buf);
       break;

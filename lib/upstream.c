@@ -20,6 +20,8 @@
 #define ADDR_TTL_MS  30000
 #define POOL_MAX     32    /* idle upstream connections kept */
 #define POOL_IDLE_MS 30000 /* and for how long */
+#define READ_BUF     (16 * 1024)
+#define FREE_BUFS    64
 
 typedef struct h2r_upstream {
   h2rev_upstream_t *pub;
@@ -32,8 +34,10 @@ typedef struct h2r_upstream {
   unsigned active;
   bool closing;
   h2rev_upstream_close_cb close_cb;
-  uv_timer_t defer;    /* only to close: runs close_cb on a later turn */
-  uint8_t *rbuf;       /* the read buffer of every upstream connection */
+  uv_timer_t defer;         /* only to close: runs close_cb on a later turn */
+  uint8_t *rbuf;            /* the read buffer of every upstream connection */
+  struct uwrite *free_bufs; /* recycled read buffers */
+  unsigned nfree;
   struct upconn *idle; /* keep-alive connections waiting for a request */
   unsigned nidle;
   uv_timer_t sweep;             /* closes idle connections past POOL_IDLE_MS */
@@ -90,9 +94,26 @@ typedef struct uwrite {
     h2rev_write_t sw;
   } w;
   uconn_t *c;
+  struct uwrite *next; /* in the upstream's free list */
   size_t len;
+  size_t cap; /* READ_BUF for the read buffers that are recycled, else 0 */
   char data[];
 } uwrite_t;
+
+/* A read buffer goes back to a small free list instead of to malloc: a
+ * 64 KiB malloc and free per read made the heap grow and shrink (page faults)
+ * on every chunk of a large transfer. */
+static void wfree(h2r_upstream_t *u, uwrite_t *w) {
+  if (w == NULL)
+    return;
+  if (w->cap != READ_BUF || u->nfree >= FREE_BUFS) {
+    free(w);
+    return;
+  }
+  w->next = u->free_bufs;
+  u->free_bufs = w;
+  u->nfree++;
+}
 
 static void uc_read(h2rev_stream_t *s, ssize_t n, const uv_buf_t *buf);
 
@@ -109,6 +130,11 @@ static void u_freed(uv_handle_t *h) {
   free(u->authority);
   free(u->path);
   free(u->rbuf);
+  while (u->free_bufs != NULL) {
+    uwrite_t *w = u->free_bufs;
+    u->free_bufs = w->next;
+    free(w);
+  }
   free(u);
   pub->u_ = NULL;
   if (cb != NULL)
@@ -194,9 +220,22 @@ static void end_stream(uconn_t *c) {
 /* ------------------------------------------------------------- writing */
 
 static void uc_alloc(h2rev_stream_t *s, size_t sz, uv_buf_t *buf) {
-  (void)s;
-  uwrite_t *w = malloc(sizeof(*w) + sz);
-  *buf = w != NULL ? uv_buf_init(w->data, (unsigned)sz) : uv_buf_init(NULL, 0);
+  h2r_upstream_t *u = ((uconn_t *)s->data)->u;
+  uwrite_t *w = NULL;
+  if (sz <= READ_BUF && u->free_bufs != NULL) {
+    w = u->free_bufs;
+    u->free_bufs = w->next;
+    u->nfree--;
+  } else {
+    size_t cap = sz <= READ_BUF ? READ_BUF : sz;
+    w = malloc(sizeof(*w) + cap);
+    if (w == NULL) {
+      *buf = uv_buf_init(NULL, 0);
+      return;
+    }
+    w->cap = cap;
+  }
+  *buf = uv_buf_init(w->data, (unsigned)w->cap);
 }
 
 static void to_s_done(h2rev_write_t *req, int status) {
@@ -219,6 +258,7 @@ static void send_s(uconn_t *c, const char *p, size_t n) {
   memcpy(w->data, p, n);
   w->c = c;
   w->len = n;
+  w->cap = 0;
   c->to_s += n;
   uv_buf_t b = uv_buf_init(w->data, (unsigned)n);
   if (h2rev_stream_write(&w->w.sw, c->s, &b, 1, to_s_done) != 0) {
@@ -232,7 +272,7 @@ static void to_x_done(h2r_xwrite_t *xw, int status) {
   uwrite_t *w = H2R_CONTAINER_OF(xw, uwrite_t, w.xw);
   uconn_t *c = w->c;
   c->to_x -= w->len;
-  free(w);
+  wfree(c->u, w);
   if (status != 0 && status != UV_ECANCELED)
     uc_close(c);
   else if (status == 0 && !c->closing && !c->s_eof && c->to_x < HIGH_WATER / 2)
@@ -247,7 +287,7 @@ static void send_x(uconn_t *c, uwrite_t *w, size_t n) {
   uv_buf_t b = uv_buf_init(w->data, (unsigned)n);
   if (h2r_xport_write(&c->pc->x, &w->w.xw, &b, 1, to_x_done) != 0) {
     c->to_x -= n;
-    free(w);
+    wfree(c->u, w);
     uc_close(c);
     return;
   }
@@ -314,6 +354,7 @@ static void uc_opened(uconn_t *c) {
       uc_close(c);
       return;
     }
+    w->cap = 0;
     memcpy(w->data, k->data, k->len);
     send_x(c, w, k->len);
     free(k);
@@ -648,7 +689,7 @@ static void uc_read(h2rev_stream_t *s, ssize_t n, const uv_buf_t *buf) {
   uconn_t *c = s->data;
   uwrite_t *w = buf->base != NULL ? H2R_CONTAINER_OF(buf->base, uwrite_t, data) : NULL;
   if (n <= 0) {
-    free(w);
+    wfree(c->u, w);
     if (n == 0 || c->closing)
       return;
     if (n != UV_EOF) {
@@ -675,7 +716,7 @@ static void uc_read(h2rev_stream_t *s, ssize_t n, const uv_buf_t *buf) {
   }
   if (c->parsed) { /* the upstream is on its way: hold the bytes */
     keep(c, buf->base, (size_t)n);
-    free(w);
+    wfree(c->u, w);
     h2rev_stream_read_stop(s);
     return;
   }
@@ -686,12 +727,12 @@ static void uc_read(h2rev_stream_t *s, ssize_t n, const uv_buf_t *buf) {
     llhttp_resume(&c->parser);
     track_request(c, rest, left);
     keep(c, rest, left);
-    free(w);
+    wfree(c->u, w);
     h2rev_stream_read_stop(s);
     start_upstream(c);
     return;
   }
-  free(w);
+  wfree(c->u, w);
   if (e != HPE_OK) {
     char why[160];
     snprintf(why, sizeof(why), "bad request on a reverse connection: %s",
