@@ -459,9 +459,12 @@ static void s_fail(h2r_session_t *s, int err) {
   bool was_open = s->state != H2R_S_CONNECTING;
   s->state = H2R_S_DEAD;
   s->err = err;
-  /* A peer closing its socket is routine; anything else is worth a warning. */
+  /* A peer closing its socket is routine (clients often reset theirs);
+   * anything else is worth a warning. */
   if (err != 0)
-    h2r_log(s->log, err == H2REV_ECLOSED ? H2REV_LOG_DEBUG : H2REV_LOG_WARN,
+    h2r_log(s->log,
+            err == H2REV_ECLOSED || (s->server && err == UV_ECONNRESET) ? H2REV_LOG_DEBUG
+                                                                        : H2REV_LOG_WARN,
             "%s: connection lost: %s%s%s", s->x.peer, h2rev_strerror(err),
             s->x.errmsg[0] ? ": " : "", s->x.errmsg);
   else
