@@ -10,19 +10,23 @@ body=$(tcurl --http2 "$(tunnel e2e)/index.html")
 [ "$body" = "hello through the tunnel" ] || fail "body: $body"
 ok "small GET over HTTP/2"
 
-# 64 MiB download, checked byte for byte against what the upstream sends.
-python3 -c 'import sys; b=bytes(range(256))*256; n=64<<20; o=sys.stdout.buffer
+out=$(timeout 20 nghttp -s "$(tunnel e2e)/index.html" 2>&1 || true)
+echo "$out" | grep -q "hello through the tunnel" || fail "nghttp: $out"
+ok "nghttp client"
+
+# 100 MiB download, checked byte for byte against what the upstream sends.
+python3 -c 'import sys; b=bytes(range(256))*256; n=100<<20; o=sys.stdout.buffer
 while n>0: k=min(n,len(b)); o.write(b[:k]); n-=k' > "$WORK/want.bin"
-tcurl -f "$(tunnel e2e)/bytes/$((64 << 20))" -o "$WORK/got.bin"
+tcurl -f "$(tunnel e2e)/bytes/$((100 << 20))" -o "$WORK/got.bin"
 cmp "$WORK/want.bin" "$WORK/got.bin" || fail "download differs"
-ok "64 MiB download"
+ok "100 MiB download"
 
 tcurl -f "$(tunnel e2e)/chunked/300000" -o "$WORK/chunked.bin"
 [ "$(stat -c %s "$WORK/chunked.bin")" = 300000 ] || fail "chunked response length"
 ok "chunked response"
 
-# 32 MiB upload, POST and PUT: the upstream answers the length and SHA-256 it saw.
-head -c $((32 << 20)) /dev/urandom > "$WORK/up.bin"
+# 100 MiB upload, POST and PUT: the upstream answers the length and SHA-256 it saw.
+head -c $((100 << 20)) /dev/urandom > "$WORK/up.bin"
 want="$(stat -c %s "$WORK/up.bin") $(sha256sum "$WORK/up.bin" | cut -d' ' -f1)"
 for m in POST PUT; do
   got=$(tcurl -f -X "$m" --data-binary "@$WORK/up.bin" "$(tunnel e2e)/sha")
@@ -37,7 +41,9 @@ hdrs=$(tcurl -f "$(tunnel e2e)/headers?a=1&b=%2F")
 echo "$hdrs" | grep -q '^GET /headers?a=1&b=%2F HTTP/1.1$' || fail "query not preserved: $hdrs"
 echo "$hdrs" | grep -qi '^X-Forwarded-Prefix: /proxy/e2e$' || fail "no X-Forwarded-Prefix: $hdrs"
 echo "$hdrs" | grep -qi '^X-Forwarded-For: 127.0.0.1$' || fail "no X-Forwarded-For: $hdrs"
-ok "path, query and X-Forwarded-* headers"
+hdrs=$(tcurl -f "$(tunnel e2e)/headers/a%20b/%C3%A9?q=%26x")
+echo "$hdrs" | grep -q '^GET /headers/a%20b/%C3%A9?q=%26x HTTP/1.1$' || fail "percent-encoding: $hdrs"
+ok "path, query, percent-encoding and X-Forwarded-* headers"
 
 code=$(tcurl -o /dev/null -w '%{http_code}' "$(tunnel e2e)/status/204")
 [ "$code" = 204 ] || fail "204 -> $code"
