@@ -25,6 +25,7 @@ echo "Hello from behind the NAT, served through h2rev." > "$work/www/index.html"
 python3 -m http.server "$UPORT" --bind 127.0.0.1 --directory "$work/www" \
   > "$work/upstream.log" 2>&1 &
 pids+=($!)
+for _ in $(seq 1 50); do curl -sf "http://127.0.0.1:$UPORT/" > /dev/null && break; sleep 0.1; done
 
 "$BIN/h2rev-dialer" --listen "127.0.0.1:$PORT" --self-signed-dir "$work" 2> "$work/dialer.log" &
 pids+=($!)

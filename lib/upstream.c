@@ -372,8 +372,9 @@ static void x_open(h2r_xport_t *x, int status) {
     return;
   if (status != 0) {
     char why[256];
-    snprintf(why, sizeof(why), "%s%s%s", h2rev_strerror(status), x->errmsg[0] ? ": " : "",
-             x->errmsg);
+    bool more = x->errmsg[0] && strcmp(x->errmsg, h2rev_strerror(status)) != 0;
+    snprintf(why, sizeof(why), "%s%s%s", h2rev_strerror(status), more ? ": " : "",
+             more ? x->errmsg : "");
     uc_fail(c, why);
     return;
   }
