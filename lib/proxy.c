@@ -420,6 +420,17 @@ static void send_up_end(proxy_t *p) {
 static void client_read(h2rev_stream_t *s, ssize_t n, const uv_buf_t *buf) {
   proxy_t *p = s->data;
   pwrite_t *w = buf->base != NULL ? H2R_CONTAINER_OF(buf->base, pwrite_t, data) : NULL;
+  if (n > 0 && p->up_open && !p->chunked_req) {
+    /* The body keeps its framing: the read buffer itself goes to the tunnel. */
+    w->p = p;
+    w->len = (size_t)n;
+    uv_buf_t b = uv_buf_init(w->data, (unsigned)n);
+    if (h2rev_stream_write(&w->w, &p->up, &b, 1, body_wrote) != 0)
+      free(w);
+    if (h2rev_stream_write_queue_size(&p->up) >= HIGH_WATER)
+      h2rev_stream_read_stop(s);
+    return;
+  }
   if (n > 0 && p->up_open && send_up(p, buf->base, (size_t)n))
     h2rev_stream_read_stop(s);
   free(w);
