@@ -123,7 +123,6 @@ int h2r_xport_accept(h2r_xport_t *x, uv_loop_t *loop, uv_stream_t *server, SSL_C
 int h2r_xport_write(h2r_xport_t *x, h2r_xwrite_t *w, const uv_buf_t *bufs, unsigned n,
                     h2r_xwrite_cb cb);
 void h2r_xport_read_pause(h2r_xport_t *x, bool pause);
-size_t h2r_xport_write_queue(const h2r_xport_t *x);
 void h2r_xport_close(h2r_xport_t *x);
 /* The TLS peer certificate, or NULL (not reference-counted: valid while open). */
 X509 *h2r_xport_peer_cert(const h2r_xport_t *x);

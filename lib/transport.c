@@ -391,10 +391,6 @@ void h2r_xport_read_pause(h2r_xport_t *x, bool pause) {
   }
 }
 
-size_t h2r_xport_write_queue(const h2r_xport_t *x) {
-  return x->tcp.write_queue_size;
-}
-
 X509 *h2r_xport_peer_cert(const h2r_xport_t *x) {
   return x->ssl != NULL ? SSL_get0_peer_certificate(x->ssl) : NULL;
 }
