@@ -316,6 +316,49 @@ static void data_arrived(dlst_t *l, h2r_strm_t *st) {
   l->d->st.spares++;
 }
 
+#define RECYCLED_MAX     256   /* idle data streams kept per listener */
+#define RECYCLED_IDLE_MS 60000 /* a reused stream idle this long is closed */
+
+bool h2r_dialer_recycle(h2rev_dialer_t *dialer, const char *id, h2rev_stream_t *stream) {
+  h2r_dialer_t *d = dialer->d_;
+  dlst_t *l = d->closing || d->draining ? NULL : *slot(d, id, strlen(id));
+  if (l == NULL || l->gone || l->nspares >= RECYCLED_MAX || stream->s_ == NULL ||
+      stream->s_->sess != &l->conn->s)
+    return false;
+  h2r_strm_t *st = h2r_strm_detach(stream);
+  if (st == NULL)
+    return false;
+  if (l->pend_head != NULL) {
+    give(l->pend_head, st);
+    return true;
+  }
+  st->idle_since = uv_now(d->loop);
+  st->hooks = &spare_hooks;
+  st->owner = l;
+  st->lprev = NULL;
+  st->lnext = l->spares;
+  if (l->spares != NULL)
+    l->spares->lprev = st;
+  l->spares = st;
+  l->nspares++;
+  d->st.spares++;
+  return true;
+}
+
+/* Reused streams idle too long are closed; the listener's own spares stay. */
+static void expire_recycled(dlst_t *l, uint64_t now) {
+  h2r_strm_t *st = l->spares;
+  while (st != NULL) {
+    h2r_strm_t *next = st->lnext;
+    if (st->idle_since != 0 && now - st->idle_since >= RECYCLED_IDLE_MS) {
+      spare_remove(l, st);
+      st->hooks = NULL;
+      h2r_strm_abandon(st);
+    }
+    st = next;
+  }
+}
+
 /* ----------------------------------------------------------- requests */
 
 static int hexdig(char c) {
@@ -570,9 +613,12 @@ static void on_connection(uv_stream_t *server, int status) {
 
 static void keepalive_tick(uv_timer_t *t) {
   h2r_dialer_t *d = t->data;
+  uint64_t now = uv_now(d->loop);
   for (unsigned i = 0; i < d->tsize; i++)
-    for (dlst_t *l = d->table[i]; l != NULL; l = l->hnext)
+    for (dlst_t *l = d->table[i]; l != NULL; l = l->hnext) {
       ctl_send(l, msg_keep_alive, sizeof(msg_keep_alive) - 1);
+      expire_recycled(l, now);
+    }
 }
 
 /* ------------------------------------------------------------ public */
@@ -706,12 +752,14 @@ int h2rev_dial(h2rev_dial_t *req, h2rev_dialer_t *dialer, const char *id, h2rev_
   while (l->spares != NULL) {
     h2r_strm_t *st = l->spares;
     spare_remove(l, st);
-    if ((st->flags & H2R_F_NG_CLOSED) || st->sess->state == H2R_S_DEAD) {
-      /* Reset by the listener, not yet reaped: it frees itself. */
-      st->hooks = NULL;
+    st->hooks = NULL;
+    if ((st->flags & H2R_F_NG_CLOSED) || st->sess->state == H2R_S_DEAD)
+      continue; /* reset by the listener, not yet reaped: it frees itself */
+    if ((st->flags & H2R_F_EOF) || st->rq_head != NULL || st->err != 0) {
+      h2r_strm_abandon(st); /* ended or spoke while idle: not usable */
       continue;
     }
-    st->hooks = NULL;
+    st->idle_since = 0;
     give(req, st);
     return 0;
   }

@@ -297,6 +297,7 @@ struct h2rev_strm {
   void (*on_used)(h2r_strm_t *st); /* once, at the first DATA received */
   void *used_arg;
   h2r_strm_t *lnext, *lprev; /* an owner's list (spares, accept queue) */
+  uint64_t idle_since;       /* reused data stream: idle in the spares since */
   char *rbody;               /* body of a rejection */
   size_t rbody_len, rbody_off;
 };
@@ -378,6 +379,10 @@ void h2r_proxy_client_gone(h2r_proxy_t *p);
 /* The client's output queue drained: the proxy may read the listener again. */
 void h2r_proxy_client_drained(h2r_proxy_t *p);
 
+/* Keep-alive reuse: an idle data stream of listener `id` back among its
+ * spares (dialer.c). False when it cannot be kept: the caller still owns it. */
+bool h2r_dialer_recycle(h2rev_dialer_t *dialer, const char *id, h2rev_stream_t *stream);
+
 /* HTTP/1.1 server connection (http1.c), used by the proxy. */
 extern const h2r_h1_ops h2r_h1c_ops;
 h2r_h1c_t *h2r_h1c_new(h2r_session_t *s, h2rev_dialer_t *dialer, const char *base,
@@ -393,6 +398,9 @@ void h2r_h1c_abort(h2r_h1c_t *c);                               /* after the hea
 void h2r_h1c_resume_input(h2r_h1c_t *c);
 /* Gives the stream to the application's handle. */
 void h2r_strm_attach(h2r_strm_t *st, h2rev_stream_t *pub);
+/* Takes an idle, open stream back from its handle (which is then closed
+ * without a callback), or NULL when it is not idle. */
+h2r_strm_t *h2r_strm_detach(h2rev_stream_t *pub);
 /* Drops a stream no application holds: reset it if open, free it when done. */
 void h2r_strm_abandon(h2r_strm_t *st);
 /* A header's value by lower-case name, or NULL. */

@@ -19,6 +19,23 @@
 
 enum { CLIENT_H2, CLIENT_H1 };
 
+/* A read buffer of the listener's bytes. A response body span in it goes
+ * to an HTTP/2 client as it is (no copy); the buffer lives until the last
+ * such write is on the socket. */
+typedef struct rblock rblock_t;
+typedef struct bspan {
+  h2rev_write_t w;
+  struct h2r_proxy *p;
+  rblock_t *b;
+} bspan_t;
+
+struct rblock {
+  unsigned refs;
+  size_t len;
+  bspan_t first; /* the span of the common case: one per buffer */
+  char data[];
+};
+
 typedef struct pchunk {
   struct pchunk *next;
   size_t len;
@@ -31,6 +48,7 @@ struct h2r_proxy {
   h2r_h1c_t *h1;         /* CLIENT_H1, NULL once detached */
   h2rev_stream_t up;
   h2rev_dial_t dial;
+  h2rev_dialer_t *dialer;
   const h2rev_logger_t *log;
   llhttp_t parser;
   llhttp_settings_t settings;
@@ -52,7 +70,7 @@ struct h2r_proxy {
   pchunk_t *early, **early_tail; /* HTTP/1.1 request body before the dial completed */
   size_t early_bytes;
   h2rev_shutdown_t sh, up_sh;
-  char rbuf[16384]; /* the listener's bytes, parsed as they arrive */
+  rblock_t *cur; /* the read buffer being parsed (valid during up_read) */
 };
 
 typedef h2r_proxy_t proxy_t;
@@ -197,12 +215,53 @@ void h2r_proxy_client_drained(h2r_proxy_t *p) {
     h2rev_stream_read_start(&p->up, up_alloc, up_read);
 }
 
+static void b_unref(rblock_t *b) {
+  if (b != NULL && --b->refs == 0)
+    free(b);
+}
+
+static void span_wrote(h2rev_write_t *req, int status) {
+  bspan_t *sp = H2R_CONTAINER_OF(req, bspan_t, w);
+  proxy_t *p = sp->p;
+  rblock_t *b = sp->b;
+  if (sp != &b->first)
+    free(sp);
+  b_unref(b);
+  if (status == 0)
+    h2r_proxy_client_drained(p);
+  else if (status != UV_ECANCELED)
+    p_finish(p);
+}
+
+/* A span of the read buffer being parsed, written to the HTTP/2 client
+ * from that buffer. */
+static int c_span(proxy_t *p, const char *at, size_t len) {
+  rblock_t *b = p->cur;
+  bspan_t *sp = b->refs == 1 ? &b->first : malloc(sizeof(*sp));
+  if (sp == NULL)
+    return UV_ENOMEM;
+  sp->p = p;
+  sp->b = b;
+  uv_buf_t buf = uv_buf_init((char *)at, (unsigned)len);
+  int r = h2rev_stream_write(&sp->w, &p->client, &buf, 1, span_wrote);
+  if (r != 0) {
+    if (sp != &b->first)
+      free(sp);
+    return r;
+  }
+  b->refs++;
+  return 0;
+}
+
 /* Response bytes to the client; reading the listener pauses while the
  * client is slow. */
 static int c_body(proxy_t *p, const char *at, size_t len) {
   size_t queued;
   if (p->kind == CLIENT_H2) {
-    if (p_send_cb(p, &p->client, client_wrote, at, len, NULL, 0, NULL, 0) != 0)
+    rblock_t *b = p->cur;
+    bool in_block = b != NULL && at >= b->data && at + len <= b->data + b->len;
+    if (in_block ? c_span(p, at, len) != 0
+                 : p_send_cb(p, &p->client, client_wrote, at, len, NULL, 0, NULL, 0) != 0)
       return -1;
     queued = h2rev_stream_write_queue_size(&p->client);
   } else {
@@ -301,6 +360,24 @@ static void end_up(proxy_t *p) {
     uv_timer_start(&p->linger, linger_done, LINGER_MS, 0);
 }
 
+/* HTTP/1.1 keep-alive on the reverse connection: when the request went out
+ * whole, nothing of it is still queued and the listener keeps the
+ * connection alive, the stream goes back to the dialer's spares for the
+ * next request to this listener. */
+static bool recycle_up(proxy_t *p) {
+  if (!p->up_open || p->upgrade || !p->client_eof || p->up_eof ||
+      !llhttp_should_keep_alive(&p->parser) ||
+      !h2r_dialer_recycle(p->dialer, p->id, &p->up))
+    return false;
+  p->up_open = false;
+  if (p->timer_open) {
+    p->timer_open = false;
+    uv_close((uv_handle_t *)&p->linger, p_timer_closed);
+  }
+  p_release(p); /* the reverse stream's share */
+  return true;
+}
+
 /* The response is complete. Our side of the reverse connection ends only
  * now: a Go listener cancels a request whose client half-closes early. */
 static int on_message_complete(llhttp_t *h) {
@@ -315,20 +392,39 @@ static int on_message_complete(llhttp_t *h) {
   } else {
     p_close_client(p, true);
   }
-  end_up(p);
+  if (!recycle_up(p))
+    end_up(p);
   return HPE_PAUSED;
 }
 
 /* ------------------------------------------------------ the listener */
 
+/* Buffers of the size of what arrived (a frame, usually): nothing is held
+ * per exchange between reads. */
 static void up_alloc(h2rev_stream_t *s, size_t sz, uv_buf_t *buf) {
-  proxy_t *p = s->data;
-  (void)sz;
-  *buf = uv_buf_init(p->rbuf, sizeof(p->rbuf));
+  (void)s;
+  rblock_t *b = malloc(sizeof(*b) + sz);
+  if (b == NULL) {
+    *buf = uv_buf_init(NULL, 0);
+    return;
+  }
+  b->refs = 1;
+  b->len = sz;
+  *buf = uv_buf_init(b->data, (unsigned)sz);
 }
+
+static void up_input(proxy_t *p, ssize_t n, const uv_buf_t *buf);
 
 static void up_read(h2rev_stream_t *s, ssize_t n, const uv_buf_t *buf) {
   proxy_t *p = s->data;
+  rblock_t *b = buf->base != NULL ? H2R_CONTAINER_OF(buf->base, rblock_t, data) : NULL;
+  p->cur = b;
+  up_input(p, n, buf);
+  /* p may be gone now; the spans written to the client hold the buffer. */
+  b_unref(b);
+}
+
+static void up_input(proxy_t *p, ssize_t n, const uv_buf_t *buf) {
   if (n == 0)
     return;
   if (n == UV_EOF)
@@ -566,8 +662,9 @@ static char *build_head(proxy_t *p, const h2r_preq_t *rq, int *status) {
     p->chunked_req = true;
     o += (size_t)snprintf(h + o, cap - o, "Transfer-Encoding: chunked\r\n");
   }
-  o +=
-      (size_t)snprintf(h + o, cap - o, "Connection: %s\r\n\r\n", rq->upgrade ? "Upgrade" : "close");
+  /* HTTP/1.1 keeps the reverse connection alive by default: it is reused
+   * when the listener agrees. */
+  o += (size_t)snprintf(h + o, cap - o, "%s\r\n", rq->upgrade ? "Connection: Upgrade\r\n" : "");
   return h;
 bad:
   free(h);
@@ -620,6 +717,7 @@ static proxy_t *p_start(h2rev_dialer_t *dialer, int kind, const h2r_preq_t *rq,
     return NULL;
   }
   p->kind = kind;
+  p->dialer = dialer;
   p->log = log;
   p->upgrade = rq->upgrade;
   p->head_req = strcmp(rq->method, "HEAD") == 0;

@@ -390,6 +390,23 @@ static void reset(h2r_strm_t *st) {
   }
 }
 
+/* Takes the stream back from an idle handle (keep-alive reuse): possible
+ * only when nothing of it is pending either way and it is still open. */
+h2r_strm_t *h2r_strm_detach(h2rev_stream_t *pub) {
+  h2r_strm_t *st = pub->s_;
+  if (st == NULL || st->wq_head != NULL || st->shut_req != NULL || st->rq_head != NULL ||
+      st->inflight > 0 || st->err != 0 || !sess_alive(st) ||
+      (st->flags & (H2R_F_CLOSING | H2R_F_EOF | H2R_F_SHUT | H2R_F_NG_CLOSED)))
+    return NULL;
+  st->flags &= ~H2R_F_READING;
+  st->flags |= H2R_F_ORPHAN;
+  st->alloc_cb = NULL;
+  st->read_cb = NULL;
+  st->pub = NULL;
+  pub->s_ = NULL;
+  return st;
+}
+
 void h2r_strm_abandon(h2r_strm_t *st) {
   st->flags |= H2R_F_CLOSING | H2R_F_ORPHAN;
   st->pub = NULL;

@@ -4,8 +4,9 @@
  * head is rewritten for the upstream — the <base>/proxy/<id> prefix removed
  * whichever form the dialer used, Host set to the upstream's unless asked to
  * keep it — and everything after the head is spliced both ways, over TCP or
- * TLS. Both dialers send one request per reverse connection (Connection:
- * close), so the upstream closing after its response ends the stream.
+ * TLS. A reverse connection carries several requests in turn (HTTP/1.1
+ * keep-alive) when the dialer and the upstream both keep it alive; the Go
+ * dialer's Connection: close ends it after one.
  */
 #include "internal.h"
 
@@ -22,6 +23,7 @@
 #define POOL_IDLE_MS 30000 /* and for how long */
 #define READ_BUF     (16 * 1024)
 #define FREE_BUFS    64
+#define STREAM_IDLE_MS 120000 /* a reused stream waits this long for a request */
 
 typedef struct h2r_upstream {
   h2rev_upstream_t *pub;
@@ -245,7 +247,7 @@ static void to_s_done(h2rev_write_t *req, int status) {
   free(w);
   if (status != 0 && status != UV_ECANCELED)
     uc_close(c); /* the dialer reset the stream while we held its response */
-  else if (status == 0 && !c->closing && !c->x_eof && c->to_s < HIGH_WATER / 2)
+  else if (status == 0 && !c->closing && !c->x_eof && c->pc != NULL && c->to_s < HIGH_WATER / 2)
     h2r_xport_read_pause(&c->pc->x, false);
 }
 
@@ -381,16 +383,50 @@ static void x_open(h2r_xport_t *x, int status) {
   uc_opened(c);
 }
 
+static void stream_idle(uv_timer_t *t) {
+  uconn_t *c = t->data;
+  c->s_eof = true; /* nothing more is read: close once our end is sent */
+  h2rev_stream_read_stop(c->s);
+  end_stream(c);
+}
+
+/* Ready for the next request on the same reverse connection. */
+static void next_request(uconn_t *c) {
+  llhttp_init(&c->parser, HTTP_REQUEST, &c->settings);
+  llhttp_init(&c->rparser, HTTP_RESPONSE, &c->rsettings);
+  c->parser.data = c->rparser.data = c;
+  h2r_hbuf_reset(&c->hb);
+  c->head_req = c->raw = c->req_done = c->resp_done = c->spill = false;
+  c->parsed = c->x_open = c->x_eof = false;
+  uv_timer_start(&c->linger, stream_idle, STREAM_IDLE_MS, 0);
+  int r = h2rev_stream_read_start(c->s, uc_alloc, uc_read);
+  if (r != 0 && r != UV_EALREADY)
+    uc_close(c);
+}
+
 /* A response is complete: give the connection back when both messages had
- * clear ends and the upstream keeps it alive; end the stream either way. */
+ * clear ends and the upstream keeps it alive. The reverse connection then
+ * waits for the next request when the dialer keeps it alive too; otherwise
+ * it ends. */
 static void response_done(uconn_t *c) {
   c->x_eof = true;
-  if (c->req_done && !c->spill && !c->raw && c->to_x == 0 &&
-      llhttp_should_keep_alive(&c->rparser) && c->pc->x.state == H2R_X_OPEN)
+  bool clean = c->req_done && !c->spill && !c->raw && c->to_x == 0 &&
+               llhttp_should_keep_alive(&c->rparser);
+  bool again = clean && !c->s_eof && !c->u->closing && llhttp_should_keep_alive(&c->parser);
+  if (clean && c->pc->x.state == H2R_X_OPEN) {
     pool_put(c);
-  else
+  } else if (again) {
+    upconn_t *pc = c->pc;
+    c->pc = NULL;
+    pc->c = NULL;
+    h2r_xport_close(&pc->x);
+  } else {
     h2r_xport_read_pause(&c->pc->x, true);
-  end_stream(c);
+  }
+  if (again)
+    next_request(c);
+  else
+    end_stream(c);
 }
 
 static void x_read(h2r_xport_t *x, const uint8_t *p, size_t n) {
@@ -699,7 +735,7 @@ static void uc_read(h2rev_stream_t *s, ssize_t n, const uv_buf_t *buf) {
     }
     c->s_eof = true;
     if (!c->parsed && c->hb.len == 0) {
-      uc_close(c); /* a spare closed before any request */
+      end_stream(c); /* no (further) request: end ours too, then close */
       return;
     }
     if (!c->parsed) {
@@ -711,6 +747,8 @@ static void uc_read(h2rev_stream_t *s, ssize_t n, const uv_buf_t *buf) {
   }
   if (c->parsed)
     track_request(c, buf->base, (size_t)n);
+  else
+    uv_timer_stop(&c->linger); /* a request is coming */
   if (c->x_open) {
     send_x(c, w, (size_t)n);
     return;
