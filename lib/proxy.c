@@ -366,8 +366,7 @@ static void end_up(proxy_t *p) {
  * next request to this listener. */
 static bool recycle_up(proxy_t *p) {
   if (!p->up_open || p->upgrade || !p->client_eof || p->up_eof ||
-      !llhttp_should_keep_alive(&p->parser) ||
-      !h2r_dialer_recycle(p->dialer, p->id, &p->up))
+      !llhttp_should_keep_alive(&p->parser) || !h2r_dialer_recycle(p->dialer, p->id, &p->up))
     return false;
   p->up_open = false;
   if (p->timer_open) {

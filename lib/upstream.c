@@ -16,13 +16,13 @@
 #include <string.h>
 #include <strings.h>
 
-#define HIGH_WATER   (1u << 20)
-#define LINGER_MS    5000
-#define ADDR_TTL_MS  30000
-#define POOL_MAX     32    /* idle upstream connections kept */
-#define POOL_IDLE_MS 30000 /* and for how long */
-#define READ_BUF     (16 * 1024)
-#define FREE_BUFS    64
+#define HIGH_WATER     (1u << 20)
+#define LINGER_MS      5000
+#define ADDR_TTL_MS    30000
+#define POOL_MAX       32    /* idle upstream connections kept */
+#define POOL_IDLE_MS   30000 /* and for how long */
+#define READ_BUF       (16 * 1024)
+#define FREE_BUFS      64
 #define STREAM_IDLE_MS 120000 /* a reused stream waits this long for a request */
 
 typedef struct h2r_upstream {
@@ -85,6 +85,7 @@ typedef struct uconn {
   bool s_eof, s_shut_done, x_eof;
   bool closing;
   int refs;
+  unsigned nreq;                 /* requests served on this reverse connection */
   uchunk_t *early, **early_tail; /* the rewritten head and what followed it */
   size_t to_x, to_s;             /* bytes queued each way */
   h2rev_shutdown_t sh;
@@ -410,8 +411,8 @@ static void next_request(uconn_t *c) {
  * it ends. */
 static void response_done(uconn_t *c) {
   c->x_eof = true;
-  bool clean = c->req_done && !c->spill && !c->raw && c->to_x == 0 &&
-               llhttp_should_keep_alive(&c->rparser);
+  bool clean =
+      c->req_done && !c->spill && !c->raw && c->to_x == 0 && llhttp_should_keep_alive(&c->rparser);
   bool again = clean && !c->s_eof && !c->u->closing && llhttp_should_keep_alive(&c->parser);
   if (clean && c->pc->x.state == H2R_X_OPEN) {
     pool_put(c);
@@ -621,6 +622,7 @@ static int on_headers_complete(llhttp_t *h) {
                               (int)ul, url, h->http_major, h->http_minor);
   c->raw = llhttp_get_upgrade(h) != 0;
   c->head_req = strcmp(method, "HEAD") == 0;
+  H2R_DEBUG(&u->log, "%s: request %u on this reverse connection", method, ++c->nreq);
   c->req_done =
       !(h->flags & F_CHUNKED) && !((h->flags & F_CONTENT_LENGTH) && h->content_length > 0);
   for (unsigned i = 0; i < hb->n; i++) {

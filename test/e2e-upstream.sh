@@ -19,6 +19,19 @@ after=$(tcurl -f "$(tunnel up)/conns")
 [ $((after - before)) -le 3 ] || fail "21 requests opened $((after - before)) upstream connections"
 ok "upstream connections reused ($((after - before)) new for 21 requests)"
 
+# Keep-alive on the reverse connections: sequential requests ride the same
+# data stream instead of a new one each.
+start_listener reuse --log-level debug
+wait_for tcurl -f "$(tunnel reuse)/index.html" || fail "reuse listener"
+for i in $(seq 1 20); do
+  [ "$(tcurl -f "$(tunnel reuse)/bytes/$i" | wc -c)" = "$i" ] || fail "request $i through reuse"
+done
+served=$(grep -c "on this reverse connection" "$WORK/listener-reuse.log")
+fresh=$(grep -c "request 1 on this reverse connection" "$WORK/listener-reuse.log")
+[ "$served" -ge 21 ] || fail "the listener logged $served requests, not 21"
+[ "$fresh" -le 3 ] || fail "21 sequential requests used $fresh reverse connections"
+ok "reverse connections reused: 21 requests on $fresh data stream(s)"
+
 start_listener keep --keep-host
 wait_for tcurl -f "$(tunnel keep)/index.html" || fail "keep-host listener"
 hdrs=$(tcurl -f "$(tunnel keep)/headers")
