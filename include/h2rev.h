@@ -195,7 +195,6 @@ typedef struct h2rev_header_s {
   const char *value;
 } h2rev_header_t;
 
-
 /* A small asynchronous HTTP server: HTTP/1.1 (llhttp) and HTTP/2 (nghttp2)
  * on TCP (HTTP/2 by prior knowledge, else HTTP/1.1) or TLS (ALPN h2 or
  * http/1.1), and HTTP/1.1 on virtual streams (a listener's reverse
@@ -250,15 +249,15 @@ struct h2rev_http_server_s {
  * done callback has returned (or, without one, until it is finished). The
  * strings are NUL-terminated and live as long as the request. */
 struct h2rev_http_req_s {
-  void *data;                  /* for the handler */
-  h2rev_http_server_t *server; /* read-only, all fields below too */
-  const char *method;          /* "GET", ... */
-  const char *path;            /* path and query as sent: "/a/b?x=1" */
-  const char *authority;       /* Host or :authority; "" if none */
-  const char *scheme;          /* "http" or "https" */
-  const char *peer;            /* "ip:port", or "" on a virtual stream */
-  int http_major, http_minor;  /* 1.1, 1.0 or 2.0 */
-  int64_t content_length;      /* of the request body; -1: unknown (chunked, HTTP/2 stream) */
+  void *data;                    /* for the handler */
+  h2rev_http_server_t *server;   /* read-only, all fields below too */
+  const char *method;            /* "GET", ... */
+  const char *path;              /* path and query as sent: "/a/b?x=1" */
+  const char *authority;         /* Host or :authority; "" if none */
+  const char *scheme;            /* "http" or "https" */
+  const char *peer;              /* "ip:port", or "" on a virtual stream */
+  int http_major, http_minor;    /* 1.1, 1.0 or 2.0 */
+  int64_t content_length;        /* of the request body; -1: unknown (chunked, HTTP/2 stream) */
   const h2rev_header_t *headers; /* names in lower case, no HTTP/2 pseudo-headers */
   size_t nheaders;
 };
@@ -296,8 +295,8 @@ H2REV_EXTERN int h2rev_http_server_route(h2rev_http_server_t *server, const char
  * errs. The stream's `data` field is used. When it is over the stream is
  * closed, then done(stream) runs: the caller may free it then.
  * Errors: UV_EBADF (stream or server closing), UV_ENOMEM; done does not run. */
-H2REV_EXTERN int h2rev_http_server_serve_stream(h2rev_http_server_t *server,
-                                                h2rev_stream_t *stream, h2rev_close_cb done);
+H2REV_EXTERN int h2rev_http_server_serve_stream(h2rev_http_server_t *server, h2rev_stream_t *stream,
+                                                h2rev_close_cb done);
 /* Stops listening and closes every connection at once; requests in
  * progress see errors (reads, writes) and must still be finished by their
  * handlers. cb runs once all of that is released; then the struct may be

@@ -705,7 +705,7 @@ int h2rev_dialer_listen(h2rev_dialer_t *dialer, const struct sockaddr *addr,
 int h2rev_dialer_getsockname(const h2rev_dialer_t *dialer, unsigned n, struct sockaddr *addr,
                              int *len) {
   const h2r_dialer_t *d = dialer->d_;
-  if (!d->own_srv || d->srv == NULL)
+  if (!d->own_srv || d->own.s_ == NULL)
     return UV_EINVAL;
   return h2rev_http_server_getsockname(&d->own, n, addr, len);
 }
@@ -815,21 +815,22 @@ void h2rev_dialer_close(h2rev_dialer_t *dialer, h2rev_dialer_close_cb cb) {
   d->pending_closes += (int)d->completing;
   d->pending_closes++;
   uv_close((uv_handle_t *)&d->keepalive, timer_closed);
-  if (d->own_srv && d->srv != NULL) {
+  if (d->srv != NULL && !d->own_srv)
+    d->waiting = listener_conns(d, &d->nwaiting);
+  for (unsigned i = 0; i < d->tsize; i++)
+    while (d->table[i] != NULL)
+      unregister(d->table[i], UV_ECANCELED, "dialer closing");
+  if (d->own_srv && d->own.s_ != NULL) {
     /* Every connection goes, with the server. */
     d->pending_closes++;
     h2rev_http_server_close(&d->own, own_closed);
   } else if (d->srv != NULL) {
     /* Mounted: the connections of our listeners go; the application's
      * other clients stay. */
-    d->waiting = listener_conns(d, &d->nwaiting);
     d->pending_closes += (int)d->nwaiting;
     for (size_t i = 0; i < d->nwaiting; i++)
       h2r_session_close(d->waiting[i], H2REV_ECLOSED);
   }
-  for (unsigned i = 0; i < d->tsize; i++)
-    while (d->table[i] != NULL)
-      unregister(d->table[i], UV_ECANCELED, "dialer closing");
   maybe_closed(d);
 }
 

@@ -72,7 +72,7 @@ struct h1write {
     h2rev_write_t s;
   } u;
   h2r_h1c_t *c;
-  h2r_hreq_t *rq;          /* a handler's response, or NULL */
+  h2r_hreq_t *rq;           /* a handler's response, or NULL */
   h2rev_http_write_t *user; /* the handler's write request, or NULL */
   size_t len;
   uv_buf_t *iov;
@@ -481,8 +481,8 @@ void h2r_h1c_resume_input(h2r_h1c_t *c) {
 
 /* ---------------------------------------------- a handler's response */
 
-int h2r_h1c_respond(h2r_h1c_t *c, h2r_hreq_t *rq, int status, const h2rev_header_t *hdrs,
-                    size_t n, int64_t cl, bool *no_body) {
+int h2r_h1c_respond(h2r_h1c_t *c, h2r_hreq_t *rq, int status, const h2rev_header_t *hdrs, size_t n,
+                    int64_t cl, bool *no_body) {
   if (c->rq != rq || c->dead)
     return H2REV_ECLOSED;
   size_t cap = 256;
@@ -809,8 +809,7 @@ static void slow_head(uv_timer_t *t) {
   respond_text(c, 408, "request timeout\n", true);
 }
 
-static h2r_h1c_t *c_new(h2r_server_t *srv, const h1io_t *io, const char *peer,
-                        const char *scheme) {
+static h2r_h1c_t *c_new(h2r_server_t *srv, const h1io_t *io, const char *peer, const char *scheme) {
   h2r_h1c_t *c = calloc(1, sizeof(*c));
   if (c == NULL)
     return NULL;

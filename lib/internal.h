@@ -456,9 +456,9 @@ struct h2r_server {
   h2r_route_t *routes;
   h2r_lsock_t *socks;
   h2r_hconn_t *conns;
-  unsigned live; /* connections, virtual-stream connections, requests */
-  uint8_t *rbuf; /* read buffer shared by the connections */
-  h2r_h1c_t *vconns; /* HTTP/1.1 on virtual streams */
+  unsigned live;                  /* connections, virtual-stream connections, requests */
+  uint8_t *rbuf;                  /* read buffer shared by the connections */
+  h2r_h1c_t *vconns;              /* HTTP/1.1 on virtual streams */
   const h2r_mount_ops *watch_ops; /* the one internal mount watching connections */
   void *watch_arg;
   uv_check_t check; /* runs requests' deferred work once per loop turn */
@@ -487,8 +487,8 @@ void h2r_server_unref(h2r_server_t *srv);
 /* A request given to a public handler (HTTP/1.1 or HTTP/2). */
 typedef struct h2r_hreq h2r_hreq_t;
 /* HTTP/1.1: a handler request for the head just parsed; NULL on failure. */
-h2r_hreq_t *h2r_hreq_new_h1(h2r_server_t *srv, h2r_h1c_t *c, const h2r_h1head_t *hd,
-                            int http_minor, int64_t content_length);
+h2r_hreq_t *h2r_hreq_new_h1(h2r_server_t *srv, h2r_h1c_t *c, const h2r_h1head_t *hd, int http_minor,
+                            int64_t content_length);
 void h2r_hreq_run(h2r_hreq_t *rq, const h2r_route_t *route);
 /* http1.c -> server.c: body bytes (true: pause the input), the end of the
  * body, the connection's death, and a write's completion. */
@@ -504,7 +504,7 @@ int h2r_h1c_respond(h2r_h1c_t *c, h2r_hreq_t *rq, int status, const h2rev_header
 int h2r_h1c_write(h2r_h1c_t *c, h2r_hreq_t *rq, h2rev_http_write_t *w, const uv_buf_t *bufs,
                   unsigned n, bool discard);
 int h2r_h1c_finish(h2r_h1c_t *c, h2r_hreq_t *rq, bool complete); /* end or abort */
-h2r_h1c_t *h2r_h1c_next(h2r_h1c_t *c); /* the server's next virtual-stream connection */
+h2r_h1c_t *h2r_h1c_next(h2r_h1c_t *c);  /* the server's next virtual-stream connection */
 void h2r_h1c_read_resume(h2r_h1c_t *c); /* the handler reads again */
 void h2r_h1c_release(h2r_h1c_t *c);     /* the handler's request is done with it */
 

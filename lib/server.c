@@ -235,8 +235,8 @@ static bool framing_header(const char *name) {
 
 /* ------------------------------------------------ requests: HTTP/1.1 */
 
-h2r_hreq_t *h2r_hreq_new_h1(h2r_server_t *srv, h2r_h1c_t *c, const h2r_h1head_t *hd,
-                            int http_minor, int64_t content_length) {
+h2r_hreq_t *h2r_hreq_new_h1(h2r_server_t *srv, h2r_h1c_t *c, const h2r_h1head_t *hd, int http_minor,
+                            int64_t content_length) {
   size_t strings = strlen(hd->method) + strlen(hd->url) + strlen(hd->authority) +
                    strlen(hd->scheme) + strlen(hd->peer) + 5;
   for (size_t i = 0; i < hd->nhdrs; i++)
@@ -441,8 +441,8 @@ static h2r_hreq_t *hreq_new_h2(h2r_server_t *srv, h2r_strm_t *st) {
   char *end = NULL;
   long long v = cl != NULL ? strtoll(cl, &end, 10) : -1;
   rq->pub.content_length = cl != NULL && end != cl && *end == '\0' && v >= 0 ? v
-                           : (st->flags & H2R_F_EOF)                        ? 0
-                                                                            : -1;
+                           : (st->flags & H2R_F_EOF)                         ? 0
+                                                                             : -1;
   rq->no_body = strcmp(rq->pub.method, "HEAD") == 0;
   rq->hs.data = rq;
   rq->sh.data = rq;
@@ -658,8 +658,8 @@ static void reply_wrote(h2rev_http_write_t *w, int status) {
   free(H2R_CONTAINER_OF(w, reply_t, w));
 }
 
-int h2rev_http_reply(h2rev_http_req_t *req, int status, const char *content_type,
-                     const void *body, size_t len) {
+int h2rev_http_reply(h2rev_http_req_t *req, int status, const char *content_type, const void *body,
+                     size_t len) {
   h2rev_header_t ct = {"content-type", content_type};
   int r = h2rev_http_respond(req, status, &ct, content_type != NULL ? 1 : 0, (int64_t)len);
   if (r != 0)
