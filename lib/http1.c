@@ -77,7 +77,7 @@ struct h1write {
   size_t len;
   uv_buf_t *iov;
   unsigned niov;
-  char data[];
+  _Alignas(uv_buf_t) char data[]; /* iov entries first, then bytes */
 };
 
 static void c_input(h2r_h1c_t *c, const uint8_t *p, size_t n);

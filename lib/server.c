@@ -154,6 +154,16 @@ static char *put(char **mem, const char *s, size_t n, bool lower) {
 
 static void hreq_free(h2r_hreq_t *rq) {
   h2r_server_t *srv = rq->srv;
+  if (rq->pending) { /* rescheduled by the callback that finished it */
+    h2r_hreq_t **p = &srv->pend;
+    while (*p != NULL && *p != rq)
+      p = &(*p)->pnext;
+    if (*p == rq) {
+      *p = rq->pnext;
+      if (srv->pend_tail == &rq->pnext)
+        srv->pend_tail = p;
+    }
+  }
   free(rq->stash);
   free(rq);
   h2r_server_unref(srv);
