@@ -31,10 +31,12 @@ static void text(h2rev_http_req_t *req, void *arg) {
 }
 
 static void count_done(h2rev_http_req_t *req, int status) {
-  (void)req;
   E->done++;
-  if (status != 0)
+  if (status != 0) {
+    fprintf(stderr, "done: %s %s HTTP/%d: %s\n", req->method, req->path, req->http_major,
+            h2rev_err_name(status));
     E->done_err++;
+  }
 }
 
 /* Echoes the body as it comes, reading only while few writes are queued. */
