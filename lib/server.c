@@ -421,38 +421,48 @@ static void h2_wrote(h2rev_write_t *req, int status) {
 }
 
 static h2r_hreq_t *hreq_new_h2(h2r_server_t *srv, h2r_strm_t *st) {
-  size_t strings = 0, n = 0;
-  for (unsigned i = 0; i < st->nhdrs; i++)
-    if (st->hbuf[st->hdrs[i].name] != ':')
-      n++;
   const char *method = h2r_strm_header(st, ":method", NULL);
   const char *path = h2r_strm_header(st, ":path", NULL);
   const char *auth = h2r_strm_header(st, ":authority", NULL);
   const char *scheme = h2r_strm_header(st, ":scheme", NULL);
   if (auth == NULL)
     auth = h2r_strm_header(st, "host", NULL);
+  method = method != NULL ? method : "";
+  path = path != NULL ? path : "";
+  auth = auth != NULL ? auth : "";
+  scheme = scheme != NULL ? scheme : "https";
+  const char *peer = st->sess->x.peer;
+  /* Copies: the stream (and its header block) goes before the request. */
+  size_t n = 0,
+         strings = strlen(method) + strlen(path) + strlen(auth) + strlen(scheme) + strlen(peer) + 5;
+  for (unsigned i = 0; i < st->nhdrs; i++) {
+    if (st->hbuf[st->hdrs[i].name] == ':')
+      continue;
+    n++;
+    strings += st->hdrs[i].namelen + st->hdrs[i].valuelen + 2;
+  }
   char *mem;
   h2r_hreq_t *rq = hreq_alloc(srv, n, strings, &mem);
   if (rq == NULL)
     return NULL;
   rq->h2 = true;
-  /* The stream's header block outlives the request: point into it. */
-  rq->pub.method = method != NULL ? method : "";
-  rq->pub.path = path != NULL ? path : "";
-  rq->pub.authority = auth != NULL ? auth : "";
-  rq->pub.scheme = scheme != NULL ? scheme : "https";
-  rq->pub.peer = st->sess->x.peer;
+  rq->pub.method = put(&mem, method, strlen(method), false);
+  rq->pub.path = put(&mem, path, strlen(path), false);
+  rq->pub.authority = put(&mem, auth, strlen(auth), false);
+  rq->pub.scheme = put(&mem, scheme, strlen(scheme), false);
+  rq->pub.peer = put(&mem, peer, strlen(peer), false);
   rq->pub.http_major = 2;
   rq->pub.http_minor = 0;
   for (unsigned i = 0, k = 0; i < st->nhdrs; i++) {
-    if (st->hbuf[st->hdrs[i].name] == ':')
+    const h2r_hdr_t *h = &st->hdrs[i];
+    if (st->hbuf[h->name] == ':')
       continue;
-    rq->hdrs[k].name = st->hbuf + st->hdrs[i].name;
-    rq->hdrs[k].value = st->hbuf + st->hdrs[i].value;
+    rq->hdrs[k].name = put(&mem, st->hbuf + h->name, h->namelen, false);
+    rq->hdrs[k].value = put(&mem, st->hbuf + h->value, h->valuelen, false);
     k++;
   }
   rq->pub.nheaders = n;
-  const char *cl = h2r_strm_header(st, "content-length", NULL);
+  const char *cl = h2rev_http_header(&rq->pub, "content-length");
   char *end = NULL;
   long long v = cl != NULL ? strtoll(cl, &end, 10) : -1;
   rq->pub.content_length = cl != NULL && end != cl && *end == '\0' && v >= 0 ? v
