@@ -403,9 +403,12 @@ static void h2_closed(h2rev_stream_t *s) {
 static void h2_shut(h2rev_shutdown_t *req, int status) {
   h2r_hreq_t *rq = req->data;
   h2r_strm_t *st = rq->hs.s_;
-  /* The client may hang up as soon as it has END_STREAM, before we hear that
-   * it reached the socket: the response was complete all the same. */
-  if (status != 0 && st != NULL && (st->flags & H2R_F_SHUT_SENT) && st->acked == st->queued)
+  /* The client may hang up as soon as it has the whole body (END_STREAM, or
+   * all of the Content-Length), before we hear that END_STREAM reached the
+   * socket: the response was complete all the same. */
+  bool sized = rq->cl_out >= 0 && rq->out == (uint64_t)rq->cl_out;
+  if (status != 0 && st != NULL && ((st->flags & H2R_F_SHUT_SENT) || sized) &&
+      st->acked == st->queued)
     status = 0;
   if (status != 0 && rq->result == 0)
     rq->result = status;
