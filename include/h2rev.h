@@ -186,6 +186,174 @@ H2REV_EXTERN size_t h2rev_stream_buffered(const h2rev_stream_t *stream);
 /* Bytes written but not yet on the socket. */
 H2REV_EXTERN size_t h2rev_stream_write_queue_size(const h2rev_stream_t *stream);
 
+/* ----------------------------------------------------------- HTTP server */
+
+/* A header: the request headers handlers and the dialer's authorization
+ * callback see (names in lower case), or a response header to send. */
+typedef struct h2rev_header_s {
+  const char *name; /* NUL-terminated */
+  const char *value;
+} h2rev_header_t;
+
+/* A small asynchronous HTTP server: HTTP/1.1 (llhttp) and HTTP/2 (nghttp2)
+ * on TCP (HTTP/2 by prior knowledge, else HTTP/1.1) or TLS (ALPN h2 or
+ * http/1.1), and HTTP/1.1 on virtual streams (a listener's reverse
+ * connections). Requests are routed by path prefix to handlers, which see
+ * one request API whatever the protocol:
+ *
+ *   static void hello(h2rev_http_req_t *req, void *arg) {
+ *     h2rev_http_reply(req, 200, "text/plain", "hello\n", 6);
+ *   }
+ *   h2rev_http_server_init(loop, &srv, NULL);
+ *   h2rev_http_server_route(&srv, "/hello", hello, NULL);
+ *   h2rev_http_server_listen(&srv, (struct sockaddr *)&addr, NULL);
+ */
+typedef struct h2rev_http_server_s h2rev_http_server_t;
+typedef struct h2rev_http_req_s h2rev_http_req_t;
+typedef struct h2rev_http_write_s h2rev_http_write_t;
+struct h2r_server;
+
+/* A request arrived; arg is the route's. The handler answers now or later
+ * and must finish the request with h2rev_http_end or h2rev_http_abort. */
+typedef void (*h2rev_http_handler_cb)(h2rev_http_req_t *req, void *arg);
+typedef void (*h2rev_http_alloc_cb)(h2rev_http_req_t *req, size_t suggested_size, uv_buf_t *buf);
+/* nread > 0: body bytes; 0: nothing (buffer returned); UV_EOF: the body is
+ * complete; other negative: the client went away (H2REV_ECLOSED,
+ * H2REV_ERESET, ...). */
+typedef void (*h2rev_http_read_cb)(h2rev_http_req_t *req, ssize_t nread, const uv_buf_t *buf);
+typedef void (*h2rev_http_write_cb)(h2rev_http_write_t *w, int status);
+/* The request is over: 0 when the response was sent complete, else why
+ * not. The request's memory is released after this callback. */
+typedef void (*h2rev_http_done_cb)(h2rev_http_req_t *req, int status);
+typedef void (*h2rev_http_server_close_cb)(h2rev_http_server_t *server);
+
+typedef struct h2rev_http_server_options_s {
+  unsigned max_header_bytes;  /* HTTP/1.1 request line + headers, HTTP/2 header block;
+                                 default and upper bound 65536; over it: 431 */
+  unsigned header_timeout_ms; /* a request head must arrive in this time: 408; default 10000 */
+  unsigned idle_timeout_ms;   /* HTTP/1.1 keep-alive between requests; default 60000 */
+  unsigned max_streams;       /* HTTP/2 concurrent streams per connection; default 100 */
+  unsigned ping_interval_ms;  /* HTTP/2 PING after this idle time; default 30000 */
+  unsigned ping_timeout_ms;   /* default 15000 */
+  h2rev_logger_t log;
+} h2rev_http_server_options_t;
+
+struct h2rev_http_server_s {
+  void *data;
+  uv_loop_t *loop; /* read-only */
+  /* private */
+  struct h2r_server *s_;
+};
+
+/* A request, owned by the library: valid from the handler call until its
+ * done callback has returned (or, without one, until it is finished). The
+ * strings are NUL-terminated and live as long as the request. */
+struct h2rev_http_req_s {
+  void *data;                    /* for the handler */
+  h2rev_http_server_t *server;   /* read-only, all fields below too */
+  const char *method;            /* "GET", ... */
+  const char *path;              /* path and query as sent: "/a/b?x=1" */
+  const char *authority;         /* Host or :authority; "" if none */
+  const char *scheme;            /* "http" or "https" */
+  const char *peer;              /* "ip:port", or "" on a virtual stream */
+  int http_major, http_minor;    /* 1.1, 1.0 or 2.0 */
+  int64_t content_length;        /* of the request body; -1: unknown (chunked, HTTP/2 stream) */
+  const h2rev_header_t *headers; /* names in lower case, no HTTP/2 pseudo-headers */
+  size_t nheaders;
+};
+
+struct h2rev_http_write_s {
+  void *data;
+  h2rev_http_req_t *req; /* read-only */
+  /* private */
+  h2rev_http_write_cb cb_;
+  h2rev_write_t w_;
+};
+
+/* Copies opts (may be NULL). Errors: UV_ENOMEM, UV_EINVAL. */
+H2REV_EXTERN int h2rev_http_server_init(uv_loop_t *loop, h2rev_http_server_t *server,
+                                        const h2rev_http_server_options_t *opts);
+/* Listens on addr: TLS with ALPN h2 and http/1.1 when tls != NULL (read
+ * during the call only), else cleartext HTTP/1.1 and HTTP/2 with prior
+ * knowledge. May be called several times. Errors: those of
+ * uv_tcp_bind/uv_listen, H2REV_ETLS, UV_EBADF (closing). */
+H2REV_EXTERN int h2rev_http_server_listen(h2rev_http_server_t *server, const struct sockaddr *addr,
+                                          const h2rev_tls_options_t *tls);
+/* The address of the n-th listening socket, in the order of listen calls.
+ * Errors: UV_EINVAL (no such socket), those of uv_tcp_getsockname. */
+H2REV_EXTERN int h2rev_http_server_getsockname(const h2rev_http_server_t *server, unsigned n,
+                                               struct sockaddr *addr, int *len);
+/* Routes the paths below prefix ("/api" serves "/api", "/api/x" and
+ * "/api?q", not "/apix"; "/" serves everything) to handler. The longest
+ * matching prefix wins; a path no route matches is answered 404. prefix
+ * is copied. Errors: UV_EINVAL (not starting with '/'), UV_EEXIST, UV_ENOMEM. */
+H2REV_EXTERN int h2rev_http_server_route(h2rev_http_server_t *server, const char *prefix,
+                                         h2rev_http_handler_cb handler, void *arg);
+/* Serves HTTP/1.1 on an open virtual stream (a reverse connection from
+ * h2rev_listener_accept) exactly like on an accepted socket: requests in
+ * turn (keep-alive) until the client ends its side, asks to close, or
+ * errs. The stream's `data` field is used. When it is over the stream is
+ * closed, then done(stream) runs: the caller may free it then.
+ * Errors: UV_EBADF (stream or server closing), UV_ENOMEM; done does not run. */
+H2REV_EXTERN int h2rev_http_server_serve_stream(h2rev_http_server_t *server, h2rev_stream_t *stream,
+                                                h2rev_close_cb done);
+/* Stops listening and closes every connection at once; requests in
+ * progress see errors (reads, writes) and must still be finished by their
+ * handlers. cb runs once all of that is released; then the struct may be
+ * freed. Mounted dialers are told (see h2rev_dialer_mount). */
+H2REV_EXTERN void h2rev_http_server_close(h2rev_http_server_t *server,
+                                          h2rev_http_server_close_cb cb);
+/* Graceful: stops listening, sends GOAWAY to HTTP/2 clients and lets
+ * HTTP/1.1 connections finish the exchange in progress; after timeout_ms
+ * what is left is closed as h2rev_http_server_close does. cb runs last.
+ * Errors: UV_EALREADY (closing or draining already; no callback then). */
+H2REV_EXTERN int h2rev_http_server_shutdown(h2rev_http_server_t *server, unsigned timeout_ms,
+                                            h2rev_http_server_close_cb cb);
+
+/* A request header's value by name (case-insensitive), or NULL. */
+H2REV_EXTERN const char *h2rev_http_header(const h2rev_http_req_t *req, const char *name);
+/* Called once when the request is over (see h2rev_http_done_cb). */
+H2REV_EXTERN void h2rev_http_on_done(h2rev_http_req_t *req, h2rev_http_done_cb cb);
+/* Reads the request body as uv_read_start does; bytes that came while not
+ * reading arrive on a later loop turn. A handler that does not read pauses
+ * the client (TCP or HTTP/2 flow control). Errors: UV_EINVAL, UV_EALREADY,
+ * UV_EBADF (finished). */
+H2REV_EXTERN int h2rev_http_read_start(h2rev_http_req_t *req, h2rev_http_alloc_cb alloc_cb,
+                                       h2rev_http_read_cb read_cb);
+H2REV_EXTERN int h2rev_http_read_stop(h2rev_http_req_t *req);
+/* Sends the response head. content_length >= 0 announces the body's size
+ * (HTTP/1.1 Content-Length), -1 streams it (HTTP/1.1 chunked, or until the
+ * connection closes for an HTTP/1.0 client). Responses to HEAD and 204/304
+ * carry no body: bytes written are dropped. Content-Length,
+ * Transfer-Encoding and connection-specific headers in `headers` are
+ * ignored; names and values are copied. Errors: UV_EINVAL (status outside
+ * 200-999, a CR, LF or NUL in a header, an empty name), UV_EALREADY
+ * (responded already), UV_EBADF (finished), H2REV_ECLOSED (client gone). */
+H2REV_EXTERN int h2rev_http_respond(h2rev_http_req_t *req, int status,
+                                    const h2rev_header_t *headers, size_t nheaders,
+                                    int64_t content_length);
+/* Queues body bytes, sent from the caller's memory without a copy: they
+ * must stay valid until cb (which runs in order, after the bytes are on
+ * their way, with 0, UV_ECANCELED or the connection's error).
+ * Errors: UV_EINVAL (more than content_length, no head yet, NULL cb),
+ * UV_EBADF (finished), H2REV_ECLOSED, UV_ENOMEM. */
+H2REV_EXTERN int h2rev_http_write(h2rev_http_write_t *w, h2rev_http_req_t *req,
+                                  const uv_buf_t bufs[], unsigned nbufs, h2rev_http_write_cb cb);
+/* The response is complete (a head of 200 with no body is sent first if
+ * there was none). A response shorter than its content_length is aborted
+ * instead. The done callback follows once everything is written.
+ * Errors: UV_EBADF (finished already). */
+H2REV_EXTERN int h2rev_http_end(h2rev_http_req_t *req);
+/* Cuts the exchange: HTTP/2 RST_STREAM, HTTP/1.1 closes the connection, so
+ * that a partial response never looks complete (before the head, the client
+ * sees an error too). Pending writes end with UV_ECANCELED, then done runs
+ * with UV_ECANCELED. Finished already: nothing happens. */
+H2REV_EXTERN void h2rev_http_abort(h2rev_http_req_t *req);
+/* A complete response with a small body (copied): respond, write, end.
+ * content_type may be NULL. Errors: those of h2rev_http_respond. */
+H2REV_EXTERN int h2rev_http_reply(h2rev_http_req_t *req, int status, const char *content_type,
+                                  const void *body, size_t len);
+
 /* ---------------------------------------------------------------- dialer */
 
 /* The public side. Listeners attach with <base>/revdial?id=<id>; the first
@@ -194,12 +362,6 @@ H2REV_EXTERN size_t h2rev_stream_write_queue_size(const h2rev_stream_t *stream);
 typedef struct h2rev_dialer_s h2rev_dialer_t;
 typedef struct h2rev_dial_s h2rev_dial_t;
 struct h2r_dialer;
-
-/* A request header as seen by the authorization callback. */
-typedef struct h2rev_header_s {
-  const char *name; /* lower case, NUL-terminated */
-  const char *value;
-} h2rev_header_t;
 
 /* Decides whether a listener may attach as `id`. peer_cert is the TLS
  * client certificate (an OpenSSL X509 *) or NULL. Return 0 to allow. */
@@ -259,10 +421,22 @@ struct h2rev_dial_s {
 H2REV_EXTERN int h2rev_dialer_init(uv_loop_t *loop, h2rev_dialer_t *dialer,
                                    const h2rev_dialer_options_t *opts);
 /* Serves HTTP/2 (TLS with ALPN h2 when tls != NULL, else prior knowledge) on
- * addr for the /revdial requests. May be called several times.
- * Errors: those of uv_tcp_bind/uv_listen, H2REV_ETLS (bad certificate). */
+ * addr for the /revdial requests, and HTTP/1.1 for the proxy, with
+ * /healthz answered "ok". The first call makes the dialer an HTTP server
+ * of its own and mounts it there; may be called several times.
+ * Errors: those of uv_tcp_bind/uv_listen, H2REV_ETLS (bad certificate),
+ * UV_EBUSY (mounted on another server). */
 H2REV_EXTERN int h2rev_dialer_listen(h2rev_dialer_t *dialer, const struct sockaddr *addr,
                                      const h2rev_tls_options_t *tls);
+/* Serves the dialer's requests on server, next to the server's other
+ * routes: <base>/revdial (HTTP/2 only) and <base>/proxy/<id>/... A dialer is
+ * mounted on one server: its own (h2rev_dialer_listen) or one given here.
+ * Close the dialer before or after the server: closing the dialer closes
+ * the connections that hold its listeners and removes its routes; closing
+ * the server detaches the dialer from it.
+ * Errors: UV_EBUSY (mounted or listening already), UV_EEXIST (the server
+ * has a route at one of those prefixes), UV_ENOMEM. */
+H2REV_EXTERN int h2rev_dialer_mount(h2rev_dialer_t *dialer, h2rev_http_server_t *server);
 /* The address of the n-th listening socket (for port 0). */
 H2REV_EXTERN int h2rev_dialer_getsockname(const h2rev_dialer_t *dialer, unsigned n,
                                           struct sockaddr *addr, int *len);

@@ -10,19 +10,12 @@
 #include <string.h>
 
 typedef struct h2r_dialer h2r_dialer_t;
-typedef struct dconn dconn_t;
 typedef struct dlst dlst_t;
-
-struct dconn {
-  h2r_session_t s;
-  h2r_dialer_t *d;
-  dconn_t *next, *prev;
-};
 
 struct dlst {
   dlst_t *hnext;
   h2r_dialer_t *d;
-  dconn_t *conn;
+  h2r_session_t *conn; /* the connection holding the control stream */
   h2rev_stream_t ctl;
   h2r_ctl_reader rd;
   h2r_strm_t *spares; /* idle data streams, linked by lnext/lprev */
@@ -36,13 +29,6 @@ struct dlst {
   char id[];
 };
 
-typedef struct dsock {
-  uv_tcp_t tcp;
-  h2r_dialer_t *d;
-  SSL_CTX *ctx;
-  struct dsock *next;
-} dsock_t;
-
 struct h2r_dialer {
   h2rev_dialer_t *pub;
   uv_loop_t *loop;
@@ -50,11 +36,15 @@ struct h2r_dialer {
   char *base;
   dlst_t **table;
   unsigned tsize, count;
-  dconn_t *conns;
-  dsock_t *socks;
+  /* The server it is mounted on: its own (h2rev_dialer_listen) or the
+   * application's (h2rev_dialer_mount); NULL once that server is closed. */
+  h2r_server_t *srv;
+  bool own_srv;
+  h2rev_http_server_t own;
+  h2r_session_t **waiting; /* closing: listener connections not yet released */
+  size_t nwaiting;
   uv_timer_t keepalive;
   h2rev_dialer_stats_t st;
-  uint8_t *rbuf; /* the read buffer of every connection */
   void (*close_cb)(h2rev_dialer_t *);
   h2rev_dialer_close_cb user_close_cb;
   bool closing;
@@ -323,7 +313,7 @@ bool h2r_dialer_recycle(h2rev_dialer_t *dialer, const char *id, h2rev_stream_t *
   h2r_dialer_t *d = dialer->d_;
   dlst_t *l = d->closing || d->draining ? NULL : *slot(d, id, strlen(id));
   if (l == NULL || l->gone || l->nspares >= RECYCLED_MAX || stream->s_ == NULL ||
-      stream->s_->sess != &l->conn->s)
+      stream->s_->sess != l->conn)
     return false;
   h2r_strm_t *st = h2r_strm_detach(stream);
   if (st == NULL)
@@ -428,7 +418,8 @@ static bool authorized(h2r_dialer_t *d, h2r_strm_t *st, const char *id) {
   return d->o.authorize(d->o.authorize_arg, id, hs, n, h2r_xport_peer_cert(&st->sess->x)) == 0;
 }
 
-static void revdial(h2r_dialer_t *d, dconn_t *c, h2r_strm_t *st, const char *query) {
+static void revdial(h2r_dialer_t *d, h2r_strm_t *st, const char *query) {
+  h2r_session_t *c = st->sess;
   char id[160];
   size_t idlen = 0;
   if (query_id(query, id, sizeof(id), &idlen) != 0) {
@@ -492,123 +483,161 @@ static void revdial(h2r_dialer_t *d, dconn_t *c, h2r_strm_t *st, const char *que
   H2R_INFO(&d->o.log, "listener %s attached from %s", l->id, st->sess->x.peer);
 }
 
-static void on_request(h2r_session_t *s, h2r_strm_t *st) {
-  dconn_t *c = s->owner;
-  h2r_dialer_t *d = c->d;
-  size_t plen = 0;
-  const char *path = h2r_strm_header(st, ":path", &plen);
+/* <base>/proxy/<id>[/<rest>]: the id, and the rest with its leading '/'. */
+static bool proxy_target(const char *path, size_t bl, char *id, size_t idcap, const char **rest,
+                         size_t *prefixlen) {
+  const char *p = path + bl + 7;
+  size_t idl = strcspn(p, "/?");
+  if (idl == 0 || idl >= idcap || !h2r_id_valid(p, idl))
+    return false;
+  memcpy(id, p, idl);
+  id[idl] = '\0';
+  *rest = p + idl;
+  *prefixlen = (size_t)(p + idl - path);
+  return true;
+}
+
+static bool is_revdial(const h2r_dialer_t *d, const char *path, size_t plen) {
   size_t bl = strlen(d->base);
-  if (d->closing || path == NULL) {
+  return plen >= bl + 8 && memcmp(path, d->base, bl) == 0 &&
+         memcmp(path + bl, "/revdial", 8) == 0 && (path[bl + 8] == '?' || path[bl + 8] == '\0');
+}
+
+static bool is_proxy(const h2r_dialer_t *d, const char *path, size_t plen) {
+  size_t bl = strlen(d->base);
+  return plen > bl + 7 && memcmp(path, d->base, bl) == 0 && memcmp(path + bl, "/proxy/", 7) == 0;
+}
+
+static void mount_h2(void *arg, h2r_strm_t *st, const char *path, size_t plen) {
+  h2r_dialer_t *d = arg;
+  size_t bl = strlen(d->base);
+  if (d->closing) {
     refuse(d, st, 503, "shutting down", "");
     return;
   }
-  if (strcmp(path, "/healthz") == 0) {
-    h2r_strm_reject(st, 200, "ok\n");
+  if (is_revdial(d, path, plen)) {
+    revdial(d, st, path[bl + 8] == '?' ? path + bl + 9 : "");
     return;
   }
-  if (plen >= bl + 8 && memcmp(path, d->base, bl) == 0 && memcmp(path + bl, "/revdial", 8) == 0 &&
-      (path[bl + 8] == '?' || path[bl + 8] == '\0')) {
-    revdial(d, c, st, path[bl + 8] == '?' ? path + bl + 9 : "");
+  if (!is_proxy(d, path, plen)) {
+    h2r_strm_reject(st, 404, "not found\n");
     return;
   }
-  if (plen > bl + 7 && memcmp(path, d->base, bl) == 0 && memcmp(path + bl, "/proxy/", 7) == 0) {
-    /* <base>/proxy/<id>[/<rest>] */
-    const char *id = path + bl + 7;
-    size_t idl = strcspn(id, "/?");
-    char idbuf[160];
-    if (idl == 0 || idl >= sizeof(idbuf) || !h2r_id_valid(id, idl)) {
-      h2r_strm_reject(st, 400, "invalid id\n");
-      return;
-    }
-    memcpy(idbuf, id, idl);
-    idbuf[idl] = '\0';
-    const char *rest = id + idl;
-    char restbuf[8192];
-    if (*rest == '?' || *rest == '\0') {
-      snprintf(restbuf, sizeof(restbuf), "/%s", rest);
-      rest = restbuf;
-    }
-    h2r_proxy_serve(d->pub, st, path, (size_t)(id + idl - path), idbuf, rest, &d->o.log);
+  char idbuf[160];
+  const char *rest;
+  size_t prefixlen;
+  if (!proxy_target(path, bl, idbuf, sizeof(idbuf), &rest, &prefixlen)) {
+    h2r_strm_reject(st, 400, "invalid id\n");
     return;
   }
-  h2r_strm_reject(st, 404, "not found\n");
+  char restbuf[8192];
+  if (*rest == '?' || *rest == '\0') {
+    snprintf(restbuf, sizeof(restbuf), "/%s", rest);
+    rest = restbuf;
+  }
+  h2r_proxy_serve(d->pub, st, path, prefixlen, idbuf, rest, &d->o.log);
+}
+
+static h2r_proxy_t *mount_h1(void *arg, h2r_h1c_t *c, const h2r_h1head_t *hd) {
+  h2r_dialer_t *d = arg;
+  const char *url = hd->url;
+  size_t bl = strlen(d->base), ul = strlen(url);
+  if (d->closing) {
+    h2r_h1c_error(c, 503, "shutting down\n");
+    return NULL;
+  }
+  if (!is_proxy(d, url, ul)) {
+    h2r_h1c_error(c, 404, is_revdial(d, url, ul) ? "/revdial needs HTTP/2\n" : "not found\n");
+    return NULL;
+  }
+  char idbuf[160], rest[8200];
+  const char *tail;
+  size_t prefixlen;
+  if (!proxy_target(url, bl, idbuf, sizeof(idbuf), &tail, &prefixlen)) {
+    h2r_h1c_error(c, 400, "invalid id\n");
+    return NULL;
+  }
+  snprintf(rest, sizeof(rest), "%s%s", *tail == '/' ? "" : "/", tail);
+  h2r_preq_t rq = {
+      .method = hd->method,
+      .authority = hd->authority,
+      .scheme = hd->scheme,
+      .peer = hd->peer,
+      .prefix = url,
+      .prefixlen = prefixlen,
+      .id = idbuf,
+      .rest = rest,
+      .hdrs = hd->hdrs,
+      .nhdrs = hd->nhdrs,
+      .no_body = !hd->chunked && !hd->has_cl,
+      .chunked = hd->chunked,
+      .upgrade = hd->upgrade,
+  };
+  return h2r_proxy_serve_h1(d->pub, c, &rq, &d->o.log);
 }
 
 /* --------------------------------------------------------- connections */
 
-static void conn_open(h2r_session_t *s, int status) {
-  dconn_t *c = s->owner;
-  if (status != 0)
-    H2R_INFO(&c->d->o.log, "%s: connection failed: %s%s%s", s->x.peer, h2rev_strerror(status),
-             s->x.errmsg[0] ? ": " : "", s->x.errmsg);
-}
-
-static void conn_dead(h2r_session_t *s, int err) {
-  dconn_t *c = s->owner;
-  h2r_dialer_t *d = c->d;
+static void mount_conn_dead(void *arg, h2r_session_t *s, int err) {
+  h2r_dialer_t *d = arg;
   /* Every id of this connection is free now, not when its streams drain. */
   for (unsigned i = 0; i < d->tsize; i++) {
     dlst_t *l = d->table[i];
     while (l != NULL) {
       dlst_t *next = l->hnext;
-      if (l->conn == c)
+      if (l->conn == s)
         unregister(l, H2REV_ECLOSED, err ? h2rev_strerror(err) : "connection closed");
       l = next;
     }
   }
 }
 
-static void conn_close(h2r_session_t *s) {
-  dconn_t *c = s->owner;
-  h2r_dialer_t *d = c->d;
-  if (s->h1_data != NULL)
-    h2r_h1c_free(s->h1_data);
-  if (c->prev != NULL)
-    c->prev->next = c->next;
-  else
-    d->conns = c->next;
-  if (c->next != NULL)
-    c->next->prev = c->prev;
-  free(c);
-  if (d->closing)
-    maybe_closed(d);
-}
-
-static void conn_h1(h2r_session_t *s) {
-  dconn_t *c = s->owner;
-  s->h1_data = h2r_h1c_new(s, c->d->pub, c->d->base, &c->d->o.log);
-  if (s->h1_data != NULL)
-    s->h1 = &h2r_h1c_ops;
-}
-
-static const h2r_session_cbs conn_cbs = {conn_open, on_request, conn_dead, conn_close, conn_h1};
-
-static void on_connection(uv_stream_t *server, int status) {
-  dsock_t *k = server->data;
-  h2r_dialer_t *d = k->d;
-  if (status != 0 || d->closing)
-    return;
-  dconn_t *c = calloc(1, sizeof(*c));
-  if (c == NULL)
-    return;
-  c->d = d;
-  h2r_session_opts o;
-  h2r_session_opts_default(&o);
-  o.ping_interval_ms = d->o.ping_interval_ms;
-  o.ping_timeout_ms = d->o.ping_timeout_ms;
-  o.max_streams = d->o.max_streams;
-  o.allow_h1 = true;
-  o.rbuf = d->rbuf;
-  c->next = d->conns;
-  if (d->conns != NULL)
-    d->conns->prev = c;
-  d->conns = c;
-  if (h2r_session_accept(&c->s, d->loop, server, k->ctx, &o, &conn_cbs, c, &d->o.log) != 0) {
-    d->conns = c->next;
-    if (c->next != NULL)
-      c->next->prev = NULL;
-    free(c);
+static void mount_conn_closed(void *arg, h2r_session_t *s) {
+  h2r_dialer_t *d = arg;
+  for (size_t i = 0; i < d->nwaiting; i++) {
+    if (d->waiting[i] == s) {
+      d->waiting[i] = d->waiting[--d->nwaiting];
+      maybe_closed(d);
+      return;
+    }
   }
+}
+
+static void mount_server_closed(void *arg) {
+  h2r_dialer_t *d = arg;
+  d->srv = NULL;
+}
+
+static const h2r_mount_ops mount_ops = {mount_h2, mount_h1, mount_conn_dead, mount_conn_closed,
+                                        mount_server_closed};
+
+/* /healthz on the dialer's own server. */
+static void healthz(h2rev_http_req_t *req, void *arg) {
+  (void)arg;
+  if (strcmp(req->path, "/healthz") == 0)
+    h2rev_http_reply(req, 200, "text/plain", "ok\n", 3);
+  else
+    h2rev_http_reply(req, 404, "text/plain", "not found\n", 10);
+}
+
+static int mount(h2r_dialer_t *d, h2r_server_t *srv) {
+  char prefix[512];
+  snprintf(prefix, sizeof(prefix), "%s/revdial", d->base);
+  int r = h2r_server_mount(srv, prefix, &mount_ops, d);
+  if (r == 0) {
+    snprintf(prefix, sizeof(prefix), "%s/proxy", d->base);
+    r = h2r_server_mount(srv, prefix, &mount_ops, d);
+  }
+  if (r != 0) {
+    h2r_server_unmount(srv, d);
+    return r;
+  }
+  if (srv->watch_arg != d) {
+    h2r_server_unmount(srv, d);
+    return UV_EBUSY; /* another dialer watches this server's connections */
+  }
+  d->srv = srv;
+  return 0;
 }
 
 static void keepalive_tick(uv_timer_t *t) {
@@ -640,9 +669,7 @@ int h2rev_dialer_init(uv_loop_t *loop, h2rev_dialer_t *dialer, const h2rev_diale
   d->base = malloc(bl + 1);
   d->tsize = 64;
   d->table = calloc(d->tsize, sizeof(*d->table));
-  d->rbuf = malloc(H2R_RBUF_SIZE);
-  if (d->base == NULL || d->table == NULL || d->rbuf == NULL) {
-    free(d->rbuf);
+  if (d->base == NULL || d->table == NULL) {
     free(d->base);
     free(d->table);
     free(d);
@@ -678,53 +705,55 @@ int h2rev_dialer_init(uv_loop_t *loop, h2rev_dialer_t *dialer, const h2rev_diale
   return 0;
 }
 
-static void free_data(uv_handle_t *h) {
-  free(h->data);
+int h2rev_dialer_mount(h2rev_dialer_t *dialer, h2rev_http_server_t *server) {
+  h2r_dialer_t *d = dialer->d_;
+  if (d == NULL || d->closing || d->srv != NULL || d->own_srv)
+    return UV_EBUSY;
+  if (server->s_ == NULL || server->s_->closing)
+    return UV_EBADF;
+  return mount(d, server->s_);
+}
+
+/* The dialer's own server, made by the first h2rev_dialer_listen. */
+static int own_server(h2r_dialer_t *d) {
+  h2rev_http_server_options_t so = {
+      .max_streams = d->o.max_streams,
+      .ping_interval_ms = d->o.ping_interval_ms,
+      .ping_timeout_ms = d->o.ping_timeout_ms,
+      .log = d->o.log,
+  };
+  int r = h2rev_http_server_init(d->loop, &d->own, &so);
+  if (r != 0)
+    return r;
+  d->own.data = d;
+  d->own_srv = true;
+  r = mount(d, d->own.s_);
+  if (r == 0)
+    r = h2rev_http_server_route(&d->own, "/healthz", healthz, d);
+  return r;
 }
 
 int h2rev_dialer_listen(h2rev_dialer_t *dialer, const struct sockaddr *addr,
                         const h2rev_tls_options_t *tls) {
   h2r_dialer_t *d = dialer->d_;
-  dsock_t *k = calloc(1, sizeof(*k));
-  if (k == NULL)
-    return UV_ENOMEM;
-  k->d = d;
-  if (tls != NULL) {
-    char why[256];
-    int err = 0;
-    k->ctx = h2r_tls_ctx_new(tls, true, H2R_ALPN_H2 | H2R_ALPN_H1, &err, why, sizeof(why));
-    if (k->ctx == NULL) {
-      H2R_ERR(&d->o.log, "TLS setup failed: %s", why);
-      free(k);
-      return err;
-    }
+  if (d == NULL || d->closing || d->draining)
+    return UV_EBADF;
+  if (d->srv != NULL && !d->own_srv)
+    return UV_EBUSY;
+  if (!d->own_srv) {
+    int r = own_server(d);
+    if (r != 0)
+      return r; /* the server, if made, is closed with the dialer */
   }
-  uv_tcp_init(d->loop, &k->tcp);
-  k->tcp.data = k;
-  int r = uv_tcp_bind(&k->tcp, addr, 0);
-  if (r == 0)
-    r = uv_listen((uv_stream_t *)&k->tcp, 511, on_connection);
-  if (r != 0) {
-    SSL_CTX_free(k->ctx);
-    uv_close((uv_handle_t *)&k->tcp, free_data);
-    return r;
-  }
-  k->next = d->socks;
-  d->socks = k;
-  return 0;
+  return h2rev_http_server_listen(&d->own, addr, tls);
 }
 
 int h2rev_dialer_getsockname(const h2rev_dialer_t *dialer, unsigned n, struct sockaddr *addr,
                              int *len) {
-  dsock_t *k = dialer->d_->socks;
-  unsigned count = 0;
-  for (dsock_t *p = k; p != NULL; p = p->next)
-    count++;
-  if (n >= count)
+  const h2r_dialer_t *d = dialer->d_;
+  if (!d->own_srv || d->own.s_ == NULL)
     return UV_EINVAL;
-  for (unsigned i = count - 1; i > n; i--)
-    k = k->next;
-  return uv_tcp_getsockname(&k->tcp, addr, len);
+  return h2rev_http_server_getsockname(&d->own, n, addr, len);
 }
 
 int h2rev_dial(h2rev_dial_t *req, h2rev_dialer_t *dialer, const char *id, h2rev_stream_t *stream,
@@ -799,20 +828,14 @@ void h2rev_dialer_stats(const h2rev_dialer_t *dialer, h2rev_dialer_stats_t *out)
   *out = dialer->d_->st;
 }
 
-static void sock_closed(uv_handle_t *h) {
-  dsock_t *k = h->data;
-  h2r_dialer_t *d = k->d;
-  SSL_CTX_free(k->ctx);
-  free(k);
-  maybe_closed(d);
-}
-
 static void dialer_done(h2rev_dialer_t *pub) {
   h2r_dialer_t *d = pub->d_;
   h2rev_dialer_close_cb cb = d->user_close_cb;
+  if (d->srv != NULL)
+    h2r_server_unmount(d->srv, d);
+  free(d->waiting);
   free(d->table);
   free(d->base);
-  free(d->rbuf);
   free(d);
   pub->d_ = NULL;
   if (cb != NULL)
@@ -822,6 +845,12 @@ static void dialer_done(h2rev_dialer_t *pub) {
 static void timer_closed(uv_handle_t *h) {
   maybe_closed(h->data);
 }
+
+static void own_closed(h2rev_http_server_t *srv) {
+  maybe_closed(srv->data);
+}
+
+static h2r_session_t **listener_conns(h2r_dialer_t *d, size_t *n);
 
 void h2rev_dialer_close(h2rev_dialer_t *dialer, h2rev_dialer_close_cb cb) {
   h2r_dialer_t *d = dialer->d_;
@@ -834,18 +863,21 @@ void h2rev_dialer_close(h2rev_dialer_t *dialer, h2rev_dialer_close_cb cb) {
   d->pending_closes += (int)d->completing;
   d->pending_closes++;
   uv_close((uv_handle_t *)&d->keepalive, timer_closed);
-  while (d->socks != NULL) {
-    dsock_t *k = d->socks;
-    d->socks = k->next;
-    d->pending_closes++;
-    uv_close((uv_handle_t *)&k->tcp, sock_closed);
-  }
+  if (d->srv != NULL && !d->own_srv)
+    d->waiting = listener_conns(d, &d->nwaiting);
   for (unsigned i = 0; i < d->tsize; i++)
     while (d->table[i] != NULL)
       unregister(d->table[i], UV_ECANCELED, "dialer closing");
-  for (dconn_t *c = d->conns; c != NULL; c = c->next) {
+  if (d->own_srv && d->own.s_ != NULL) {
+    /* Every connection goes, with the server. */
     d->pending_closes++;
-    h2r_session_close(&c->s, H2REV_ECLOSED);
+    h2rev_http_server_close(&d->own, own_closed);
+  } else if (d->srv != NULL) {
+    /* Mounted: the connections of our listeners go; the application's
+     * other clients stay. */
+    d->pending_closes += (int)d->nwaiting;
+    for (size_t i = 0; i < d->nwaiting; i++)
+      h2r_session_close(d->waiting[i], H2REV_ECLOSED);
   }
   maybe_closed(d);
 }
@@ -862,11 +894,11 @@ static int ptr_cmp(const void *a, const void *b) {
 
 /* The connections holding attached listeners, sorted (for bsearch); *n of
  * them. NULL with *n 0 when there are none or memory is short. */
-static dconn_t **listener_conns(h2r_dialer_t *d, size_t *n) {
+static h2r_session_t **listener_conns(h2r_dialer_t *d, size_t *n) {
   *n = 0;
   if (d->count == 0)
     return NULL;
-  dconn_t **v = malloc(d->count * sizeof(*v));
+  h2r_session_t **v = malloc(d->count * sizeof(*v));
   if (v == NULL)
     return NULL;
   size_t k = 0;
@@ -886,19 +918,25 @@ static dconn_t **listener_conns(h2r_dialer_t *d, size_t *n) {
  * listeners' control streams and idle spares, plus one for each live
  * connection without a listener (a client: it ends by itself once its
  * requests are answered, HTTP/1.1 ones included). Such connections still
- * open for HTTP/2 get a GOAWAY (a listener's connection that lost its id). */
+ * open for HTTP/2 get a GOAWAY (a listener's connection that lost its id).
+ * Mounted on the application's server, its other clients are its business:
+ * only the listeners' connections count. */
 static unsigned drain_busy(h2r_dialer_t *d) {
   size_t nl;
-  dconn_t **lc = listener_conns(d, &nl);
+  h2r_session_t **lc = listener_conns(d, &nl);
   long n = 0;
-  for (dconn_t *c = d->conns; c != NULL; c = c->next) {
-    if (c->s.state == H2R_S_DEAD)
+  for (h2r_hconn_t *c = d->srv != NULL ? d->srv->conns : NULL; c != NULL; c = c->next) {
+    h2r_session_t *s = &c->s;
+    if (s->state == H2R_S_DEAD)
       continue;
-    n += (long)c->s.nstreams;
-    if (lc == NULL || bsearch(&c, lc, nl, sizeof(*lc), ptr_cmp) == NULL) {
+    bool holds = lc != NULL && bsearch(&s, lc, nl, sizeof(*lc), ptr_cmp) != NULL;
+    if (!holds && !d->own_srv)
+      continue;
+    n += (long)s->nstreams;
+    if (!holds) {
       n++;
-      if (c->s.state == H2R_S_OPEN && c->s.h1 == NULL && !c->s.sniffing)
-        h2r_session_shutdown(&c->s);
+      if (s->state == H2R_S_OPEN && s->h1 == NULL && !s->sniffing)
+        h2r_session_shutdown(s);
     }
   }
   free(lc);
@@ -906,13 +944,6 @@ static unsigned drain_busy(h2r_dialer_t *d) {
     for (dlst_t *l = d->table[i]; l != NULL; l = l->hnext)
       n -= 1 + (long)l->nspares;
   return n > 0 ? (unsigned)n : 0;
-}
-
-static void drain_sock_closed(uv_handle_t *h) {
-  dsock_t *k = h->data;
-  h2r_dialer_t *d = k->d;
-  d->completing--;
-  sock_closed(h); /* frees k; counts down a close in progress */
 }
 
 static void drain_timer_closed(uv_handle_t *h) {
@@ -946,25 +977,23 @@ int h2rev_dialer_shutdown(h2rev_dialer_t *dialer, unsigned timeout_ms, h2rev_dia
   d->draining = true;
   d->drain_cb = cb;
   d->drain_deadline = uv_now(d->loop) + timeout_ms;
-  while (d->socks != NULL) {
-    dsock_t *k = d->socks;
-    d->socks = k->next;
-    d->completing++;
-    uv_close((uv_handle_t *)&k->tcp, drain_sock_closed);
-  }
-  /* Clients may finish the streams they started, and open no more.
-   * Listeners' connections stay as they are: their data streams serve the
-   * requests in flight, including dials still waiting for one. */
-  size_t nl;
-  dconn_t **lc = listener_conns(d, &nl);
   unsigned n = 0;
-  for (dconn_t *c = d->conns; c != NULL; c = c->next) {
-    if (lc == NULL || bsearch(&c, lc, nl, sizeof(*lc), ptr_cmp) == NULL) {
-      h2r_session_shutdown(&c->s);
-      n++;
+  if (d->own_srv && d->srv != NULL) {
+    h2r_server_stop_listening(d->srv);
+    /* Clients may finish the streams they started, and open no more.
+     * Listeners' connections stay as they are: their data streams serve the
+     * requests in flight, including dials still waiting for one. */
+    size_t nl;
+    h2r_session_t **lc = listener_conns(d, &nl);
+    for (h2r_hconn_t *c = d->srv->conns; c != NULL; c = c->next) {
+      h2r_session_t *s = &c->s;
+      if (lc == NULL || bsearch(&s, lc, nl, sizeof(*lc), ptr_cmp) == NULL) {
+        h2r_session_shutdown(s);
+        n++;
+      }
     }
+    free(lc);
   }
-  free(lc);
   H2R_INFO(&d->o.log, "draining: no longer listening, GOAWAY sent to %u connection%s, %u ms to go",
            n, n == 1 ? "" : "s", timeout_ms);
   uv_timer_init(d->loop, &d->drain_timer);

@@ -22,7 +22,7 @@ void h2r_hbuf_free(h2r_hbuf_t *h) {
 }
 
 static int add(h2r_hbuf_t *h, const char *at, size_t len) {
-  if (h->len + len > H2R_MAX_HEAD) {
+  if (h->len + len > (h->max != 0 ? h->max : H2R_MAX_HEAD)) {
     h->too_large = true;
     return -1;
   }

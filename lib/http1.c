@@ -1,10 +1,12 @@
 /*
- * HTTP/1.1 server connections of the dialer (TLS with ALPN http/1.1, or
- * cleartext without the HTTP/2 preface): requests parsed with llhttp, one
- * exchange at a time (a pipelined request waits for the response before
- * it), keep-alive, limits with clear errors, and the response framing for
- * what the proxy streams back. After an Upgrade (WebSocket) the bytes are
- * spliced as they are.
+ * HTTP/1.1 server connections: requests parsed with llhttp, one exchange at
+ * a time (a pipelined request waits for the response before it),
+ * keep-alive, limits with clear errors (400, 408, 431), and the response
+ * framing. A connection rides on an accepted socket (a session's transport)
+ * or on a virtual stream; the two differ only in the small I/O interface
+ * below. Requests go to the server's routes: the dialer's proxy (which
+ * streams the response through h2r_h1c_head/body/end) or a handler (through
+ * server.c). After an Upgrade (WebSocket) the bytes are spliced as they are.
  */
 #include "control.h"
 
@@ -14,21 +16,37 @@
 #include <string.h>
 #include <strings.h>
 
-#define HEAD_TIMEOUT_MS 10000 /* a client must send its whole head in this time */
-#define IDLE_TIMEOUT_MS 60000 /* between requests */
-#define OUT_HIGH        (1u << 20)
+#define OUT_HIGH   (1u << 20)
+#define VREAD_SIZE (16 * 1024)
+
+typedef struct h1write h1write_t;
+
+/* What the connection rides on. */
+typedef struct h1io {
+  int (*write)(h2r_h1c_t *c, h1write_t *w);
+  void (*pause)(h2r_h1c_t *c, bool pause);
+  /* Ends the connection now; graceful once every write has completed. */
+  void (*close)(h2r_h1c_t *c, bool graceful);
+} h1io_t;
 
 struct h2r_h1c {
-  h2r_session_t *s;
-  h2rev_dialer_t *dialer;
-  const char *base;
+  const h1io_t *io;
+  h2r_session_t *s;   /* on a session's transport, or */
+  h2rev_stream_t *vs; /* on a virtual stream */
+  h2rev_close_cb vs_done;
+  h2rev_shutdown_t vsh;
+  h2r_h1c_t *vnext, *vprev; /* the server's virtual-stream connections */
+  char *vrbuf;
+  h2r_server_t *srv;
   const h2rev_logger_t *log;
+  const char *peer, *scheme;
   llhttp_t parser;
   llhttp_settings_t settings;
   uv_timer_t timer;
   bool timer_open;
   h2r_hbuf_t hb;    /* the head of the request being parsed */
-  h2r_proxy_t *p;   /* the exchange in progress */
+  h2r_proxy_t *p;   /* the proxy exchange in progress, or */
+  h2r_hreq_t *rq;   /* the handler's */
   bool busy;        /* a request is being answered */
   bool keep_alive;  /* of the current request */
   bool head_only;   /* HEAD: no response body */
@@ -37,40 +55,152 @@ struct h2r_h1c {
   bool closing;     /* close once the output is written */
   bool draining;    /* no request after the current one */
   bool input_paused;
-  uint8_t *pending; /* input received while busy */
+  bool dead;         /* the transport or stream is gone */
+  bool in_message;   /* between message begin and complete */
+  bool parsing;      /* inside llhttp_execute */
+  bool next_pending; /* the exchange ended while parsing */
+  int refs;          /* the transport (or stream), and a handler's request */
+  uint8_t *pending;  /* input received while busy */
   size_t npending;
   size_t out_queued; /* bytes written, not yet on the socket */
   unsigned writes;
 };
 
-typedef struct h1write {
-  h2r_xwrite_t w;
+struct h1write {
+  union {
+    h2r_xwrite_t x;
+    h2rev_write_t s;
+  } u;
   h2r_h1c_t *c;
+  h2r_hreq_t *rq;           /* a handler's response, or NULL */
+  h2rev_http_write_t *user; /* the handler's write request, or NULL */
   size_t len;
-  char data[];
-} h1write_t;
+  uv_buf_t *iov;
+  unsigned niov;
+  _Alignas(uv_buf_t) char data[]; /* iov entries first, then bytes */
+};
 
 static void c_input(h2r_h1c_t *c, const uint8_t *p, size_t n);
 static void slow_head(uv_timer_t *t);
+static void wrote(h1write_t *w, int status);
+
+/* ------------------------------------------- I/O: a session's transport */
+
+static void x_wrote(h2r_xwrite_t *w, int status) {
+  wrote(H2R_CONTAINER_OF(w, h1write_t, u.x), status);
+}
+
+static int x_write(h2r_h1c_t *c, h1write_t *w) {
+  return h2r_xport_write(&c->s->x, &w->u.x, w->iov, w->niov, x_wrote);
+}
+
+static void x_pause(h2r_h1c_t *c, bool pause) {
+  h2r_xport_read_pause(&c->s->x, pause);
+}
+
+static void x_close(h2r_h1c_t *c, bool graceful) {
+  (void)graceful; /* every write has completed or is to be cut alike */
+  h2r_session_close(c->s, 0);
+}
+
+static const h1io_t x_io = {x_write, x_pause, x_close};
+
+/* ------------------------------------------------ I/O: a virtual stream */
+
+static void c_dead(h2r_h1c_t *c, int err);
+static void c_unref(h2r_h1c_t *c);
+static void c_shutdown(h2r_h1c_t *c);
+
+static void v_wrote(h2rev_write_t *w, int status) {
+  wrote(H2R_CONTAINER_OF(w, h1write_t, u.s), status);
+}
+
+static int v_write(h2r_h1c_t *c, h1write_t *w) {
+  return h2rev_stream_write(&w->u.s, c->vs, w->iov, w->niov, v_wrote);
+}
+
+static void v_alloc(h2rev_stream_t *s, size_t sz, uv_buf_t *buf) {
+  (void)sz;
+  h2r_h1c_t *c = s->data;
+  *buf = uv_buf_init(c->vrbuf, VREAD_SIZE);
+}
+
+static void v_read(h2rev_stream_t *s, ssize_t n, const uv_buf_t *buf) {
+  h2r_h1c_t *c = s->data;
+  if (n > 0) {
+    c_input(c, (const uint8_t *)buf->base, (size_t)n);
+  } else if (n == UV_EOF && !c->in_message && !c->raw) {
+    c_shutdown(c); /* the client is done: finish the exchange, then close */
+  } else if (n < 0) {
+    c_dead(c, n == UV_EOF ? H2REV_ECLOSED : (int)n);
+    c->io->close(c, false);
+  }
+}
+
+static void v_pause(h2r_h1c_t *c, bool pause) {
+  if (c->dead)
+    return;
+  if (pause)
+    h2rev_stream_read_stop(c->vs);
+  else
+    h2rev_stream_read_start(c->vs, v_alloc, v_read);
+}
+
+static void v_closed(h2rev_stream_t *s) {
+  h2r_h1c_t *c = s->data;
+  if (c->vs_done != NULL)
+    c->vs_done(s);
+  c_unref(c);
+}
+
+static void v_shut(h2rev_shutdown_t *req, int status) {
+  (void)status;
+  h2r_h1c_t *c = req->data;
+  h2rev_stream_close(c->vs, v_closed);
+}
+
+static void v_close(h2r_h1c_t *c, bool graceful) {
+  h2r_server_t *srv = c->srv;
+  if (c->vprev != NULL)
+    c->vprev->vnext = c->vnext;
+  else if (srv->vconns == c)
+    srv->vconns = c->vnext;
+  if (c->vnext != NULL)
+    c->vnext->vprev = c->vprev;
+  c->vnext = c->vprev = NULL;
+  if (h2rev_stream_is_closing(c->vs) || c->vsh.data != NULL)
+    return;
+  c_dead(c, H2REV_ECLOSED);
+  c->vsh.data = c;
+  if (!graceful || h2rev_stream_shutdown(&c->vsh, c->vs, v_shut) != 0)
+    h2rev_stream_close(c->vs, v_closed);
+}
+
+static const h1io_t v_io = {v_write, v_pause, v_close};
+
+/* --------------------------------------------------------------- output */
 
 static void pause_input(h2r_h1c_t *c, bool pause) {
   c->input_paused = pause;
-  h2r_xport_read_pause(&c->s->x, pause);
+  c->io->pause(c, pause);
 }
 
 static void c_close_now(h2r_h1c_t *c) {
   if (c->timer_open)
     uv_timer_stop(&c->timer);
-  h2r_session_close(c->s, 0);
+  c->io->close(c, c->writes == 0);
 }
 
-static void wrote(h2r_xwrite_t *w, int status) {
-  h1write_t *hw = H2R_CONTAINER_OF(w, h1write_t, w);
-  h2r_h1c_t *c = hw->c;
-  c->out_queued -= hw->len;
+static void wrote(h1write_t *w, int status) {
+  h2r_h1c_t *c = w->c;
+  c->out_queued -= w->len;
   c->writes--;
-  free(hw);
-  if (status != 0)
+  h2r_hreq_t *rq = w->rq;
+  h2rev_http_write_t *user = w->user;
+  free(w);
+  if (rq != NULL)
+    h2r_hreq_h1_written(rq, user, status);
+  if (status != 0 || c->dead)
     return;
   if (c->closing && c->writes == 0) {
     c_close_now(c);
@@ -80,30 +210,49 @@ static void wrote(h2r_xwrite_t *w, int status) {
     h2r_proxy_client_drained(c->p);
 }
 
-static void out(h2r_h1c_t *c, const char *a, size_t al, const char *b, size_t bl, const char *d,
-                size_t dl) {
-  if (c->s->state == H2R_S_DEAD)
-    return;
-  h1write_t *w = malloc(sizeof(*w) + al + bl + dl);
-  if (w == NULL) {
-    c_close_now(c);
-    return;
-  }
-  memcpy(w->data, a, al);
-  if (bl)
-    memcpy(w->data + al, b, bl);
-  if (dl)
-    memcpy(w->data + al + bl, d, dl);
-  w->c = c;
-  w->len = al + bl + dl;
-  uv_buf_t buf = uv_buf_init(w->data, (unsigned)w->len);
-  if (h2r_xport_write(&c->s->x, &w->w, &buf, 1, wrote) != 0) {
-    free(w);
-    c_close_now(c);
-    return;
-  }
+static int submit(h2r_h1c_t *c, h1write_t *w) {
+  int r = c->io->write(c, w);
+  if (r != 0)
+    return r;
   c->out_queued += w->len;
   c->writes++;
+  return 0;
+}
+
+/* Copies up to three pieces into one write. */
+static int out_rq(h2r_h1c_t *c, h2r_hreq_t *rq, const char *a, size_t al, const char *b, size_t bl,
+                  const char *d, size_t dl) {
+  if (c->dead)
+    return H2REV_ECLOSED;
+  h1write_t *w = malloc(sizeof(*w) + sizeof(uv_buf_t) + al + bl + dl);
+  if (w == NULL) {
+    c_close_now(c);
+    return UV_ENOMEM;
+  }
+  w->iov = (uv_buf_t *)w->data;
+  char *p = w->data + sizeof(uv_buf_t);
+  memcpy(p, a, al);
+  if (bl)
+    memcpy(p + al, b, bl);
+  if (dl)
+    memcpy(p + al + bl, d, dl);
+  w->c = c;
+  w->rq = rq;
+  w->user = NULL;
+  w->len = al + bl + dl;
+  w->iov[0] = uv_buf_init(p, (unsigned)w->len);
+  w->niov = 1;
+  int r = submit(c, w);
+  if (r != 0) {
+    free(w);
+    c_close_now(c);
+  }
+  return r;
+}
+
+static void out(h2r_h1c_t *c, const char *a, size_t al, const char *b, size_t bl, const char *d,
+                size_t dl) {
+  out_rq(c, NULL, a, al, b, bl, d, dl);
 }
 
 static const char *reason(int status) {
@@ -112,18 +261,36 @@ static const char *reason(int status) {
     return "Switching Protocols";
   case 200:
     return "OK";
+  case 201:
+    return "Created";
   case 204:
     return "No Content";
+  case 206:
+    return "Partial Content";
+  case 301:
+    return "Moved Permanently";
+  case 302:
+    return "Found";
   case 304:
     return "Not Modified";
   case 400:
     return "Bad Request";
+  case 401:
+    return "Unauthorized";
+  case 403:
+    return "Forbidden";
   case 404:
     return "Not Found";
+  case 405:
+    return "Method Not Allowed";
   case 408:
     return "Request Timeout";
+  case 413:
+    return "Content Too Large";
   case 431:
     return "Request Header Fields Too Large";
+  case 500:
+    return "Internal Server Error";
   case 502:
     return "Bad Gateway";
   case 503:
@@ -150,20 +317,64 @@ static void respond_text(h2r_h1c_t *c, int status, const char *text, bool close)
   }
 }
 
+/* ---------------------------------------------------------- lifetime */
+
+static void timer_closed(uv_handle_t *h) {
+  h2r_h1c_t *c = h->data;
+  h2r_server_t *srv = c->srv;
+  free(c->vrbuf);
+  free(c);
+  h2r_server_unref(srv);
+}
+
+static void c_unref(h2r_h1c_t *c) {
+  if (--c->refs > 0)
+    return;
+  h2r_hbuf_free(&c->hb);
+  free(c->pending);
+  c->pending = NULL;
+  c->timer_open = false;
+  uv_close((uv_handle_t *)&c->timer, timer_closed);
+}
+
+/* The transport or stream is gone: whoever holds the exchange is told. */
+static void c_dead(h2r_h1c_t *c, int err) {
+  if (c->dead)
+    return;
+  c->dead = true;
+  if (c->timer_open)
+    uv_timer_stop(&c->timer);
+  if (c->p != NULL) {
+    h2r_proxy_t *p = c->p;
+    c->p = NULL;
+    h2r_proxy_client_gone(p);
+  }
+  if (c->rq != NULL) {
+    h2r_hreq_t *rq = c->rq;
+    c->rq = NULL;
+    h2r_hreq_h1_gone(rq, err);
+  }
+}
+
 /* ------------------------------------------------- after an exchange */
 
 static void next_request(h2r_h1c_t *c) {
   c->busy = false;
   c->p = NULL;
-  if (c->closing)
+  c->rq = NULL;
+  if (c->closing || c->dead)
     return;
+  if (c->parsing) {
+    c->next_pending = true; /* c_input goes on once llhttp has returned */
+    return;
+  }
   if (!c->keep_alive || c->draining) {
     c->closing = true;
     if (c->writes == 0)
       c_close_now(c);
     return;
   }
-  uv_timer_start(&c->timer, slow_head, IDLE_TIMEOUT_MS, 0);
+  uv_timer_start(&c->timer, slow_head, c->srv->o.idle_timeout_ms, 0);
   llhttp_resume(&c->parser);
   uint8_t *pend = c->pending;
   size_t n = c->npending;
@@ -259,12 +470,119 @@ void h2r_h1c_abort(h2r_h1c_t *c) {
   c->p = NULL;
   c->busy = false;
   c->closing = true;
-  c_close_now(c); /* a response cut short must not look complete */
+  c_dead(c, UV_ECANCELED);
+  c->io->close(c, false); /* a response cut short must not look complete */
 }
 
 void h2r_h1c_resume_input(h2r_h1c_t *c) {
-  if (c->input_paused && c->pending == NULL)
+  if (c->input_paused && c->pending == NULL && !c->dead)
     pause_input(c, false);
+}
+
+/* ---------------------------------------------- a handler's response */
+
+int h2r_h1c_respond(h2r_h1c_t *c, h2r_hreq_t *rq, int status, const h2rev_header_t *hdrs, size_t n,
+                    int64_t cl, bool *no_body) {
+  if (c->rq != rq || c->dead)
+    return H2REV_ECLOSED;
+  size_t cap = 256;
+  for (size_t i = 0; i < n; i++)
+    cap += strlen(hdrs[i].name) + strlen(hdrs[i].value) + 4;
+  char *h = malloc(cap);
+  if (h == NULL)
+    return UV_ENOMEM;
+  size_t o = (size_t)snprintf(h, cap, "HTTP/1.1 %d %s\r\n", status, reason(status));
+  for (size_t i = 0; i < n; i++) {
+    const char *name = hdrs[i].name;
+    if (strcasecmp(name, "content-length") == 0 || strcasecmp(name, "transfer-encoding") == 0 ||
+        strcasecmp(name, "connection") == 0 || strcasecmp(name, "keep-alive") == 0 ||
+        strcasecmp(name, "upgrade") == 0)
+      continue;
+    o += (size_t)snprintf(h + o, cap - o, "%s: %s\r\n", name, hdrs[i].value);
+  }
+  bool body_ok = status != 204 && status != 304;
+  *no_body = c->head_only || !body_ok;
+  c->chunked_out = false;
+  if (cl >= 0 && body_ok) {
+    o += (size_t)snprintf(h + o, cap - o, "Content-Length: %lld\r\n", (long long)cl);
+  } else if (!*no_body) {
+    if (c->parser.http_minor >= 1) {
+      c->chunked_out = true;
+      o += (size_t)snprintf(h + o, cap - o, "Transfer-Encoding: chunked\r\n");
+    } else {
+      c->keep_alive = false; /* HTTP/1.0: the end of the connection ends the body */
+    }
+  }
+  if (!c->keep_alive || c->draining)
+    o += (size_t)snprintf(h + o, cap - o, "Connection: close\r\n");
+  o += (size_t)snprintf(h + o, cap - o, "\r\n");
+  int r = out_rq(c, rq, h, o, NULL, 0, NULL, 0);
+  free(h);
+  return r < 0 ? r : 1;
+}
+
+int h2r_h1c_write(h2r_h1c_t *c, h2r_hreq_t *rq, h2rev_http_write_t *uw, const uv_buf_t *bufs,
+                  unsigned n, bool discard) {
+  if (c->rq != rq || c->dead)
+    return H2REV_ECLOSED;
+  size_t total = 0;
+  for (unsigned i = 0; i < n && !discard; i++)
+    total += bufs[i].len;
+  bool chunk = c->chunked_out && total > 0;
+  h1write_t *w = malloc(sizeof(*w) + (n + 2) * sizeof(uv_buf_t) + 24);
+  if (w == NULL)
+    return UV_ENOMEM;
+  w->c = c;
+  w->rq = rq;
+  w->user = uw;
+  w->iov = (uv_buf_t *)w->data;
+  w->niov = 0;
+  w->len = total;
+  if (chunk) {
+    char *size = (char *)(w->iov + n + 2);
+    int sl = snprintf(size, 24, "%zx\r\n", total);
+    w->iov[w->niov++] = uv_buf_init(size, (unsigned)sl);
+    w->len += (size_t)sl + 2;
+  }
+  for (unsigned i = 0; i < n && total > 0; i++)
+    if (bufs[i].len > 0)
+      w->iov[w->niov++] = bufs[i];
+  if (chunk)
+    w->iov[w->niov++] = uv_buf_init("\r\n", 2);
+  if (w->niov == 0) /* nothing to send: completes in order all the same */
+    w->iov[w->niov++] = uv_buf_init(w->data, 0);
+  int r = submit(c, w);
+  if (r != 0)
+    free(w);
+  return r;
+}
+
+int h2r_h1c_finish(h2r_h1c_t *c, h2r_hreq_t *rq, bool complete) {
+  if (c->rq != rq || c->dead)
+    return H2REV_ECLOSED;
+  c->rq = NULL;
+  if (!complete) {
+    h2r_h1c_abort(c);
+    return 0;
+  }
+  int queued = 0;
+  if (c->chunked_out && out_rq(c, rq, "0\r\n\r\n", 5, NULL, 0, NULL, 0) == 0)
+    queued = 1;
+  c->chunked_out = false;
+  next_request(c);
+  return queued;
+}
+
+void h2r_h1c_read_resume(h2r_h1c_t *c) {
+  h2r_h1c_resume_input(c);
+}
+
+void h2r_h1c_release(h2r_h1c_t *c) {
+  c_unref(c);
+}
+
+h2r_h1c_t *h2r_h1c_next(h2r_h1c_t *c) {
+  return c->vnext;
 }
 
 /* ------------------------------------------------------- requests */
@@ -272,7 +590,8 @@ void h2r_h1c_resume_input(h2r_h1c_t *c) {
 static int on_message_begin(llhttp_t *h) {
   h2r_h1c_t *c = h->data;
   h2r_hbuf_reset(&c->hb);
-  uv_timer_start(&c->timer, slow_head, HEAD_TIMEOUT_MS, 0);
+  c->in_message = true;
+  uv_timer_start(&c->timer, slow_head, c->srv->o.header_timeout_ms, 0);
   return 0;
 }
 
@@ -286,6 +605,23 @@ static int on_hfield(llhttp_t *h, const char *at, size_t len) {
 
 static int on_hvalue(llhttp_t *h, const char *at, size_t len) {
   return h2r_hbuf_value(&((h2r_h1c_t *)h->data)->hb, at, len);
+}
+
+/* A request for a handler of the server's. */
+static int start_handler(h2r_h1c_t *c, const h2r_route_t *route, const h2r_h1head_t *hd) {
+  llhttp_t *h = &c->parser;
+  if (hd->upgrade)
+    c->keep_alive = false; /* handlers do not upgrade: the connection ends after */
+  int64_t cl = hd->has_cl ? (int64_t)h->content_length : hd->chunked ? -1 : 0;
+  h2r_hreq_t *rq = h2r_hreq_new_h1(c->srv, c, hd, h->http_minor, cl);
+  if (rq == NULL) {
+    respond_text(c, 503, "out of memory\n", true);
+    return -1;
+  }
+  c->rq = rq;
+  c->refs++;
+  h2r_hreq_run(rq, route);
+  return 0;
 }
 
 static int on_headers_complete(llhttp_t *h) {
@@ -320,63 +656,48 @@ static int on_headers_complete(llhttp_t *h) {
   url[hb->url_len] = '\0';
   memcpy(auth, authority, alen);
   auth[alen] = '\0';
-  if (strcmp(url, "/healthz") == 0) {
-    respond_text(c, 200, "ok\n", false);
-    c->busy = false;
-    return 0;
-  }
-  size_t bl = strlen(c->base);
-  const char *id = url + bl + 7;
-  if (strncmp(url, c->base, bl) != 0 || strncmp(url + bl, "/proxy/", 7) != 0) {
-    respond_text(c, 404,
-                 url[0] == '/' && strstr(url, "/revdial") != NULL ? "/revdial needs HTTP/2\n"
-                                                                  : "not found\n",
-                 true);
-    return -1;
-  }
-  size_t idl = strcspn(id, "/?");
-  char idbuf[160], rest[8200];
-  if (idl == 0 || idl >= sizeof(idbuf) || !h2r_id_valid(id, idl)) {
-    respond_text(c, 400, "invalid id\n", true);
-    return -1;
-  }
-  memcpy(idbuf, id, idl);
-  idbuf[idl] = '\0';
-  snprintf(rest, sizeof(rest), "%s%s", id[idl] == '/' ? "" : "/", id + idl);
-  h2r_preq_t rq = {
+  h2r_h1head_t hd = {
       .method = method,
+      .url = url,
       .authority = auth,
-      .scheme = c->s->x.ssl != NULL ? "https" : "http",
-      .peer = c->s->x.peer,
-      .prefix = url,
-      .prefixlen = (size_t)(id + idl - url),
-      .id = idbuf,
-      .rest = rest,
+      .scheme = c->scheme,
+      .peer = c->peer,
       .hdrs = kv,
       .nhdrs = hb->n,
-      .no_body = !chunked && !has_cl,
       .chunked = chunked,
+      .has_cl = has_cl,
       .upgrade = upgrade,
   };
-  c->p = h2r_proxy_serve_h1(c->dialer, c, &rq, c->log);
-  if (c->p == NULL)
+  const h2r_route_t *route =
+      c->srv->closing ? NULL : h2r_server_route_find(c->srv, url, hb->url_len);
+  if (route == NULL) {
+    respond_text(c, 404, "not found\n", true);
     return -1;
+  }
+  if (route->ops == NULL)
+    return start_handler(c, route, &hd);
+  c->p = route->ops->h1(route->arg, c, &hd);
   /* llhttp reports an upgrade request as having no body: the bytes after the
    * head are raw and wait for the 101. */
-  return 0;
+  return c->p != NULL ? 0 : -1;
 }
 
 static int on_body(llhttp_t *h, const char *at, size_t len) {
   h2r_h1c_t *c = h->data;
   if (c->p != NULL && h2r_proxy_client_body(c->p, at, len))
     pause_input(c, true);
+  else if (c->rq != NULL && h2r_hreq_h1_body(c->rq, at, len))
+    pause_input(c, true);
   return 0;
 }
 
 static int on_message_complete(llhttp_t *h) {
   h2r_h1c_t *c = h->data;
+  c->in_message = false;
   if (c->p != NULL && !llhttp_get_upgrade(h))
     h2r_proxy_client_end(c->p);
+  else if (c->rq != NULL)
+    h2r_hreq_h1_end(c->rq);
   /* One exchange at a time: stop here until the response is done. */
   return c->busy ? HPE_PAUSED : 0;
 }
@@ -386,6 +707,7 @@ static void keep_rest(h2r_h1c_t *c, const uint8_t *rest, size_t n) {
     return;
   uint8_t *b = realloc(c->pending, c->npending + n);
   if (b == NULL) {
+    c_dead(c, UV_ENOMEM);
     c_close_now(c);
     return;
   }
@@ -395,8 +717,21 @@ static void keep_rest(h2r_h1c_t *c, const uint8_t *rest, size_t n) {
   pause_input(c, true);
 }
 
+static void parse_error(h2r_h1c_t *c) {
+  int status = c->hb.too_large ? 431 : 400;
+  H2R_WARN(c->log, "%s: HTTP/1.1 request refused (%d): %s", c->peer, status,
+           c->hb.too_large ? "header block too large" : llhttp_get_error_reason(&c->parser));
+  if (c->busy) {
+    c_dead(c, H2REV_EPROTO);
+    c_close_now(c);
+    return;
+  }
+  respond_text(c, status, status == 431 ? "request header fields too large\n" : "bad request\n",
+               true);
+}
+
 static void c_input(h2r_h1c_t *c, const uint8_t *p, size_t n) {
-  if (c->closing)
+  if (c->closing || c->dead)
     return;
   if (c->raw) {
     if (c->p != NULL && h2r_proxy_client_body(c->p, (const char *)p, n))
@@ -407,78 +742,84 @@ static void c_input(h2r_h1c_t *c, const uint8_t *p, size_t n) {
     keep_rest(c, p, n);
     return;
   }
+  c->parsing = true;
   llhttp_errno_t e = llhttp_execute(&c->parser, (const char *)p, n);
-  if (e == HPE_OK)
-    return;
+  c->parsing = false;
   if (e == HPE_PAUSED || e == HPE_PAUSED_UPGRADE) {
     const uint8_t *rest = (const uint8_t *)llhttp_get_error_pos(&c->parser);
     keep_rest(c, rest, (size_t)(p + n - rest));
+  } else if (e != HPE_OK && !c->closing && !c->dead) {
+    parse_error(c);
     return;
   }
-  if (c->closing || c->s->state == H2R_S_DEAD)
-    return;
-  int status = c->hb.too_large ? 431 : 400;
-  H2R_WARN(c->log, "%s: HTTP/1.1 request refused (%d): %s", c->s->x.peer, status,
-           c->hb.too_large ? "header block too large" : llhttp_get_error_reason(&c->parser));
-  if (c->p != NULL) {
-    h2r_proxy_t *px = c->p;
-    c->p = NULL;
-    h2r_proxy_client_gone(px);
+  if (c->next_pending) {
+    c->next_pending = false;
+    next_request(c);
   }
-  if (!c->busy)
-    respond_text(c, status, status == 431 ? "request header fields too large\n" : "bad request\n",
-                 true);
-  else
-    c_close_now(c);
 }
+
+/* ---------------------------------------------- the session's hooks */
 
 static void ops_read(h2r_session_t *s, const uint8_t *p, size_t n) {
   c_input(s->h1_data, p, n);
 }
 
 static void ops_dead(h2r_session_t *s, int err) {
-  (void)err;
-  h2r_h1c_t *c = s->h1_data;
-  if (c->timer_open)
-    uv_timer_stop(&c->timer);
-  if (c->p != NULL) {
-    h2r_proxy_t *p = c->p;
-    c->p = NULL;
-    h2r_proxy_client_gone(p);
-  }
+  c_dead(s->h1_data, err != 0 ? err : H2REV_ECLOSED);
 }
 
-static void ops_shutdown(h2r_session_t *s) {
-  h2r_h1c_t *c = s->h1_data;
+static void c_shutdown(h2r_h1c_t *c) {
   c->draining = true;
-  if (!c->busy) {
+  if (!c->busy && !c->closing) {
     c->closing = true;
     if (c->writes == 0)
       c_close_now(c);
   }
 }
 
+static void ops_shutdown(h2r_session_t *s) {
+  c_shutdown(s->h1_data);
+}
+
 const h2r_h1_ops h2r_h1c_ops = {ops_read, ops_dead, ops_shutdown};
+
+void h2r_h1c_shutdown(h2r_h1c_t *c) {
+  c_shutdown(c);
+}
+
+void h2r_h1c_close(h2r_h1c_t *c) {
+  c->closing = true;
+  c_dead(c, H2REV_ECLOSED);
+  c_close_now(c);
+}
 
 static void slow_head(uv_timer_t *t) {
   h2r_h1c_t *c = t->data;
   if (c->busy) {
+    c_dead(c, UV_ETIMEDOUT);
     c_close_now(c);
     return;
   }
-  H2R_WARN(c->log, "%s: no complete request head in time: closing", c->s->x.peer);
+  if (!c->in_message) { /* idle between requests: just close */
+    c->closing = true;
+    c_close_now(c);
+    return;
+  }
+  H2R_WARN(c->log, "%s: no complete request head in time: closing", c->peer);
   respond_text(c, 408, "request timeout\n", true);
 }
 
-h2r_h1c_t *h2r_h1c_new(h2r_session_t *s, h2rev_dialer_t *dialer, const char *base,
-                       const h2rev_logger_t *log) {
+static h2r_h1c_t *c_new(h2r_server_t *srv, const h1io_t *io, const char *peer, const char *scheme) {
   h2r_h1c_t *c = calloc(1, sizeof(*c));
   if (c == NULL)
     return NULL;
-  c->s = s;
-  c->dialer = dialer;
-  c->base = base;
-  c->log = log;
+  c->io = io;
+  c->srv = srv;
+  c->log = &srv->o.log;
+  c->peer = peer;
+  c->scheme = scheme;
+  c->refs = 1;
+  c->hb.max = srv->o.max_header_bytes;
   llhttp_settings_init(&c->settings);
   c->settings.on_message_begin = on_message_begin;
   c->settings.on_url = on_url;
@@ -489,22 +830,45 @@ h2r_h1c_t *h2r_h1c_new(h2r_session_t *s, h2rev_dialer_t *dialer, const char *bas
   c->settings.on_message_complete = on_message_complete;
   llhttp_init(&c->parser, HTTP_REQUEST, &c->settings);
   c->parser.data = c;
-  uv_timer_init(s->loop, &c->timer);
+  uv_timer_init(srv->loop, &c->timer);
   c->timer.data = c;
   c->timer_open = true;
-  uv_timer_start(&c->timer, slow_head, HEAD_TIMEOUT_MS, 0);
+  /* The first request head is due within the header timeout. */
+  c->in_message = true;
+  uv_timer_start(&c->timer, slow_head, srv->o.header_timeout_ms, 0);
+  h2r_server_ref(srv);
   return c;
 }
 
-static void timer_closed(uv_handle_t *h) {
-  free(h->data);
+h2r_h1c_t *h2r_h1c_new(h2r_session_t *s, h2r_server_t *srv) {
+  h2r_h1c_t *c = c_new(srv, &x_io, s->x.peer, s->x.ssl != NULL ? "https" : "http");
+  if (c != NULL)
+    c->s = s;
+  return c;
+}
+
+h2r_h1c_t *h2r_h1c_new_stream(h2r_server_t *srv, h2rev_stream_t *stream, h2rev_close_cb done) {
+  char *buf = malloc(VREAD_SIZE);
+  if (buf == NULL)
+    return NULL;
+  h2r_h1c_t *c = c_new(srv, &v_io, "", "http");
+  if (c == NULL) {
+    free(buf);
+    return NULL;
+  }
+  c->vrbuf = buf;
+  c->vs = stream;
+  c->vs_done = done;
+  stream->data = c;
+  c->vnext = srv->vconns;
+  if (srv->vconns != NULL)
+    srv->vconns->vprev = c;
+  srv->vconns = c;
+  h2rev_stream_read_start(stream, v_alloc, v_read);
+  return c;
 }
 
 void h2r_h1c_free(h2r_h1c_t *c) {
-  h2r_hbuf_free(&c->hb);
-  free(c->pending);
-  if (c->p != NULL)
-    h2r_proxy_client_gone(c->p);
-  c->timer_open = false;
-  uv_close((uv_handle_t *)&c->timer, timer_closed);
+  c_dead(c, H2REV_ECLOSED);
+  c_unref(c);
 }

@@ -333,6 +333,7 @@ typedef struct h2r_hbuf {
   unsigned n;
   bool in_value;
   bool too_large; /* a limit was hit: the caller answers 431 */
+  size_t max;     /* bytes of URL and headers; 0: H2R_MAX_HEAD */
 } h2r_hbuf_t;
 
 void h2r_hbuf_reset(h2r_hbuf_t *h);
@@ -383,10 +384,15 @@ void h2r_proxy_client_drained(h2r_proxy_t *p);
  * spares (dialer.c). False when it cannot be kept: the caller still owns it. */
 bool h2r_dialer_recycle(h2rev_dialer_t *dialer, const char *id, h2rev_stream_t *stream);
 
-/* HTTP/1.1 server connection (http1.c), used by the proxy. */
+/* HTTP/1.1 server connection (http1.c): on a session's transport (an
+ * accepted socket) or on a virtual stream (h2rev_http_server_serve_stream).
+ * The proxy uses the response calls below; handlers of the public server
+ * go through h2rev_http_*. */
 extern const h2r_h1_ops h2r_h1c_ops;
-h2r_h1c_t *h2r_h1c_new(h2r_session_t *s, h2rev_dialer_t *dialer, const char *base,
-                       const h2rev_logger_t *log);
+typedef struct h2r_server h2r_server_t;
+h2r_h1c_t *h2r_h1c_new(h2r_session_t *s, h2r_server_t *srv);
+h2r_h1c_t *h2r_h1c_new_stream(h2r_server_t *srv, h2rev_stream_t *stream, h2rev_close_cb done);
+/* The session is gone: frees the connection once no request holds it. */
 void h2r_h1c_free(h2r_h1c_t *c);
 /* Response head; framing chosen here (Content-Length kept, else chunked).
  * Returns the bytes queued to the client. */
@@ -396,6 +402,117 @@ void h2r_h1c_end(h2r_h1c_t *c);                                 /* response comp
 void h2r_h1c_error(h2r_h1c_t *c, int status, const char *text); /* before the head */
 void h2r_h1c_abort(h2r_h1c_t *c);                               /* after the head */
 void h2r_h1c_resume_input(h2r_h1c_t *c);
+/* Closes the connection after the exchange in progress (or now if idle). */
+void h2r_h1c_shutdown(h2r_h1c_t *c);
+void h2r_h1c_close(h2r_h1c_t *c);
+
+/* --------------------------------------------------------- server.c */
+
+/* An HTTP/1.1 request head, as internal mounts (the dialer) see it. */
+typedef struct h2r_h1head {
+  const char *method, *url, *authority, *scheme, *peer; /* NUL-terminated */
+  const h2r_kv_t *hdrs;
+  size_t nhdrs;
+  bool chunked, has_cl, upgrade;
+} h2r_h1head_t;
+
+/* A mount of the library's own (the dialer) on a server: requests below a
+ * prefix, and the life of the server's connections. */
+typedef struct h2r_mount_ops {
+  /* An HTTP/2 request; the callee answers or adopts st. */
+  void (*h2)(void *arg, h2r_strm_t *st, const char *path, size_t plen);
+  /* An HTTP/1.1 request: the proxy serving it, or NULL after an answer
+   * that closes the connection (h2r_h1c_error). */
+  h2r_proxy_t *(*h1)(void *arg, h2r_h1c_t *c, const h2r_h1head_t *rq);
+  /* A connection died (its streams report errors) / is released. */
+  void (*conn_dead)(void *arg, h2r_session_t *s, int err);
+  void (*conn_closed)(void *arg, h2r_session_t *s);
+  /* The server is closed: forget it. */
+  void (*server_closed)(void *arg);
+} h2r_mount_ops;
+
+/* A connection accepted by a server. */
+typedef struct h2r_hconn {
+  h2r_session_t s;
+  h2r_server_t *srv;
+  struct h2r_hconn *next, *prev;
+} h2r_hconn_t;
+
+typedef struct h2r_route {
+  struct h2r_route *next;
+  h2rev_http_handler_cb handler; /* public handler, or */
+  const h2r_mount_ops *ops;      /* an internal mount */
+  void *arg;
+  size_t len;
+  char prefix[];
+} h2r_route_t;
+
+typedef struct h2r_lsock {
+  uv_tcp_t tcp;
+  h2r_server_t *srv;
+  SSL_CTX *ctx;
+  struct h2r_lsock *next;
+} h2r_lsock_t;
+
+struct h2r_server {
+  h2rev_http_server_t *pub;
+  uv_loop_t *loop;
+  h2rev_http_server_options_t o;
+  h2r_route_t *routes;
+  h2r_lsock_t *socks;
+  h2r_hconn_t *conns;
+  unsigned live;                  /* connections, virtual-stream connections, requests */
+  uint8_t *rbuf;                  /* read buffer shared by the connections */
+  h2r_h1c_t *vconns;              /* HTTP/1.1 on virtual streams */
+  const h2r_mount_ops *watch_ops; /* the one internal mount watching connections */
+  void *watch_arg;
+  uv_check_t check; /* runs requests' deferred work once per loop turn */
+  uv_idle_t idle;
+  struct h2r_hreq *pend, **pend_tail;
+  bool closing, draining, finishing;
+  unsigned pending; /* handles being closed */
+  uv_timer_t drain_timer;
+  bool drain_timer_open;
+  uint64_t drain_deadline;
+  h2rev_http_server_close_cb close_cb;
+};
+
+/* Mounts ops at prefix (several prefixes may share arg; the first mount's
+ * ops receive the connection events). Errors: UV_EEXIST, UV_ENOMEM. */
+int h2r_server_mount(h2r_server_t *srv, const char *prefix, const h2r_mount_ops *ops, void *arg);
+void h2r_server_unmount(h2r_server_t *srv, void *arg);
+/* The route for a path (longest prefix on a segment boundary), or NULL. */
+const h2r_route_t *h2r_server_route_find(const h2r_server_t *srv, const char *path, size_t len);
+/* Closes the listening sockets; the connections go on. */
+void h2r_server_stop_listening(h2r_server_t *srv);
+/* Counts a live object in the server's close; released with h2r_server_unref. */
+void h2r_server_ref(h2r_server_t *srv);
+void h2r_server_unref(h2r_server_t *srv);
+
+/* A request given to a public handler (HTTP/1.1 or HTTP/2). */
+typedef struct h2r_hreq h2r_hreq_t;
+/* HTTP/1.1: a handler request for the head just parsed; NULL on failure. */
+h2r_hreq_t *h2r_hreq_new_h1(h2r_server_t *srv, h2r_h1c_t *c, const h2r_h1head_t *hd, int http_minor,
+                            int64_t content_length);
+void h2r_hreq_run(h2r_hreq_t *rq, const h2r_route_t *route);
+/* http1.c -> server.c: body bytes (true: pause the input), the end of the
+ * body, the connection's death, and a write's completion. */
+bool h2r_hreq_h1_body(h2r_hreq_t *rq, const char *p, size_t n);
+void h2r_hreq_h1_end(h2r_hreq_t *rq);
+void h2r_hreq_h1_gone(h2r_hreq_t *rq, int err);
+void h2r_hreq_h1_written(h2r_hreq_t *rq, h2rev_http_write_t *w, int status);
+/* server.c -> http1.c: the handler's response on an HTTP/1.1 connection. */
+/* Each returns the writes it queued for rq (their completions come through
+ * h2r_hreq_h1_written), or a negative error. */
+int h2r_h1c_respond(h2r_h1c_t *c, h2r_hreq_t *rq, int status, const h2rev_header_t *h, size_t n,
+                    int64_t cl, bool *no_body);
+int h2r_h1c_write(h2r_h1c_t *c, h2r_hreq_t *rq, h2rev_http_write_t *w, const uv_buf_t *bufs,
+                  unsigned n, bool discard);
+int h2r_h1c_finish(h2r_h1c_t *c, h2r_hreq_t *rq, bool complete); /* end or abort */
+h2r_h1c_t *h2r_h1c_next(h2r_h1c_t *c);  /* the server's next virtual-stream connection */
+void h2r_h1c_read_resume(h2r_h1c_t *c); /* the handler reads again */
+void h2r_h1c_release(h2r_h1c_t *c);     /* the handler's request is done with it */
+
 /* Gives the stream to the application's handle. */
 void h2r_strm_attach(h2r_strm_t *st, h2rev_stream_t *pub);
 /* Takes an idle, open stream back from its handle (which is then closed

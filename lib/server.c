@@ -1,0 +1,1018 @@
+/*
+ * The HTTP server: listening sockets and the connections they accept
+ * (HTTP/2 sessions, or HTTP/1.1 through http1.c), path-prefix routing, and
+ * the request object that handlers see for both protocols. Internal mounts
+ * (the dialer) get their requests in the protocol's own form, and the
+ * connections' deaths, which is how one accept path serves both.
+ */
+#include "internal.h"
+
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+#include <strings.h>
+
+struct h2r_hreq {
+  h2rev_http_req_t pub;
+  h2r_server_t *srv;
+  h2r_hreq_t *pnext; /* the server's pending list */
+  bool pending;
+  h2rev_http_handler_cb handler; /* to call on the next turn */
+  void *handler_arg;
+  bool h2;
+  h2r_h1c_t *h1;     /* HTTP/1.1: the connection */
+  h2rev_stream_t hs; /* HTTP/2: the request stream */
+  h2rev_shutdown_t sh;
+  h2rev_http_alloc_cb alloc_cb;
+  h2rev_http_read_cb read_cb;
+  h2rev_http_done_cb done_cb;
+  bool reading;
+  bool responded;
+  bool no_body;  /* HEAD, 204, 304: what is written is dropped */
+  bool finished; /* end or abort called */
+  bool released; /* done reported (HTTP/1.1) */
+  bool body_end; /* HTTP/1.1: the whole body was parsed */
+  bool eof_done; /* UV_EOF or the error given to read_cb */
+  int gone;      /* HTTP/1.1: the connection's error */
+  int result;    /* for the done callback */
+  int64_t cl_out;
+  uint64_t out;
+  unsigned writes; /* HTTP/1.1 writes not completed */
+  char *stash;     /* HTTP/1.1 body received while not reading */
+  size_t stash_len, stash_off;
+  h2rev_header_t hdrs[];
+};
+
+#define H2_READ_SUGGEST (64 * 1024)
+
+static void srv_maybe_closed(h2r_server_t *srv);
+static void hreq_schedule(h2r_hreq_t *rq);
+
+/* ------------------------------------------------------------ routes */
+
+static bool route_matches(const h2r_route_t *r, const char *path, size_t len) {
+  if (len < r->len || memcmp(path, r->prefix, r->len) != 0)
+    return false;
+  if (len == r->len || r->prefix[r->len - 1] == '/')
+    return true;
+  char c = path[r->len];
+  return c == '/' || c == '?';
+}
+
+const h2r_route_t *h2r_server_route_find(const h2r_server_t *srv, const char *path, size_t len) {
+  const h2r_route_t *best = NULL;
+  for (const h2r_route_t *r = srv->routes; r != NULL; r = r->next)
+    if ((best == NULL || r->len > best->len) && route_matches(r, path, len))
+      best = r;
+  return best;
+}
+
+static int route_add(h2r_server_t *srv, const char *prefix, h2rev_http_handler_cb handler,
+                     const h2r_mount_ops *ops, void *arg) {
+  if (prefix == NULL || prefix[0] != '/')
+    return UV_EINVAL;
+  size_t len = strlen(prefix);
+  if (len > 1 && prefix[len - 1] == '/')
+    len--; /* "/api/" and "/api" are the same route */
+  for (h2r_route_t *r = srv->routes; r != NULL; r = r->next)
+    if (r->len == len && memcmp(r->prefix, prefix, len) == 0)
+      return UV_EEXIST;
+  h2r_route_t *r = malloc(sizeof(*r) + len + 1);
+  if (r == NULL)
+    return UV_ENOMEM;
+  memcpy(r->prefix, prefix, len);
+  r->prefix[len] = '\0';
+  r->len = len;
+  r->handler = handler;
+  r->ops = ops;
+  r->arg = arg;
+  r->next = srv->routes;
+  srv->routes = r;
+  return 0;
+}
+
+int h2r_server_mount(h2r_server_t *srv, const char *prefix, const h2r_mount_ops *ops, void *arg) {
+  int r = route_add(srv, prefix, NULL, ops, arg);
+  if (r == 0 && srv->watch_ops == NULL) {
+    srv->watch_ops = ops;
+    srv->watch_arg = arg;
+  }
+  return r;
+}
+
+void h2r_server_unmount(h2r_server_t *srv, void *arg) {
+  h2r_route_t **p = &srv->routes;
+  while (*p != NULL) {
+    if ((*p)->ops != NULL && (*p)->arg == arg) {
+      h2r_route_t *r = *p;
+      *p = r->next;
+      free(r);
+    } else {
+      p = &(*p)->next;
+    }
+  }
+  if (srv->watch_arg == arg) {
+    srv->watch_ops = NULL;
+    srv->watch_arg = NULL;
+  }
+}
+
+/* ---------------------------------------------------------- lifetime */
+
+void h2r_server_ref(h2r_server_t *srv) {
+  srv->live++;
+}
+
+void h2r_server_unref(h2r_server_t *srv) {
+  srv->live--;
+  srv_maybe_closed(srv);
+}
+
+/* -------------------------------------------------- requests: common */
+
+static h2r_hreq_t *hreq_alloc(h2r_server_t *srv, size_t nhdrs, size_t strings, char **mem) {
+  h2r_hreq_t *rq = calloc(1, sizeof(*rq) + nhdrs * sizeof(h2rev_header_t) + strings);
+  if (rq == NULL)
+    return NULL;
+  rq->srv = srv;
+  rq->pub.server = srv->pub;
+  rq->pub.headers = rq->hdrs;
+  rq->cl_out = -1;
+  *mem = (char *)(rq->hdrs + nhdrs);
+  h2r_server_ref(srv);
+  return rq;
+}
+
+static char *put(char **mem, const char *s, size_t n, bool lower) {
+  char *d = *mem;
+  for (size_t i = 0; i < n; i++)
+    d[i] = lower && s[i] >= 'A' && s[i] <= 'Z' ? (char)(s[i] + 32) : s[i];
+  d[n] = '\0';
+  *mem += n + 1;
+  return d;
+}
+
+static void hreq_free(h2r_hreq_t *rq) {
+  h2r_server_t *srv = rq->srv;
+  if (rq->pending) { /* rescheduled by the callback that finished it */
+    h2r_hreq_t **p = &srv->pend;
+    while (*p != NULL && *p != rq)
+      p = &(*p)->pnext;
+    if (*p == rq) {
+      *p = rq->pnext;
+      if (srv->pend_tail == &rq->pnext)
+        srv->pend_tail = p;
+    }
+  }
+  free(rq->stash);
+  free(rq);
+  h2r_server_unref(srv);
+}
+
+void h2r_hreq_run(h2r_hreq_t *rq, const h2r_route_t *route) {
+  /* On the next turn: the handler may answer at once, which must not
+   * happen inside the parser that found the request. */
+  rq->handler = route->handler;
+  rq->handler_arg = route->arg;
+  hreq_schedule(rq);
+}
+
+static void h1_deliver(h2r_hreq_t *rq);
+static void h1_release(h2r_hreq_t *rq);
+
+static void hreq_pump(h2r_hreq_t *rq) {
+  if (rq->handler != NULL) {
+    h2rev_http_handler_cb h = rq->handler;
+    rq->handler = NULL;
+    h(&rq->pub, rq->handler_arg);
+  }
+  if (!rq->h2 && !rq->released) {
+    h1_deliver(rq);
+    if (rq->finished && rq->writes == 0)
+      h1_release(rq);
+  }
+}
+
+static void srv_check(uv_check_t *h) {
+  h2r_server_t *srv = h->data;
+  uv_check_stop(&srv->check);
+  uv_idle_stop(&srv->idle);
+  h2r_hreq_t *list = srv->pend;
+  srv->pend = NULL;
+  srv->pend_tail = &srv->pend;
+  while (list != NULL) {
+    h2r_hreq_t *rq = list;
+    list = rq->pnext;
+    rq->pending = false;
+    hreq_pump(rq);
+  }
+}
+
+static void srv_idle(uv_idle_t *h) {
+  (void)h;
+}
+
+static void hreq_schedule(h2r_hreq_t *rq) {
+  h2r_server_t *srv = rq->srv;
+  if (rq->pending)
+    return;
+  rq->pending = true;
+  rq->pnext = NULL;
+  *srv->pend_tail = rq;
+  srv->pend_tail = &rq->pnext;
+  uv_check_start(&srv->check, srv_check);
+  uv_idle_start(&srv->idle, srv_idle);
+}
+
+static bool header_ok(const char *s, size_t n, bool name) {
+  if (name && n == 0)
+    return false;
+  for (size_t i = 0; i < n; i++)
+    if (s[i] == '\r' || s[i] == '\n' || s[i] == '\0' || (name && (s[i] == ':' || s[i] == ' ')))
+      return false;
+  return true;
+}
+
+/* Headers the response framing owns, or that HTTP/2 forbids. */
+static bool framing_header(const char *name) {
+  static const char *const h[] = {"content-length", "transfer-encoding", "connection",
+                                  "keep-alive",     "proxy-connection",  "upgrade"};
+  for (size_t i = 0; i < sizeof(h) / sizeof(h[0]); i++)
+    if (strcasecmp(name, h[i]) == 0)
+      return true;
+  return false;
+}
+
+/* ------------------------------------------------ requests: HTTP/1.1 */
+
+h2r_hreq_t *h2r_hreq_new_h1(h2r_server_t *srv, h2r_h1c_t *c, const h2r_h1head_t *hd, int http_minor,
+                            int64_t content_length) {
+  size_t strings = strlen(hd->method) + strlen(hd->url) + strlen(hd->authority) +
+                   strlen(hd->scheme) + strlen(hd->peer) + 5;
+  for (size_t i = 0; i < hd->nhdrs; i++)
+    strings += hd->hdrs[i].nl + hd->hdrs[i].vl + 2;
+  char *mem;
+  h2r_hreq_t *rq = hreq_alloc(srv, hd->nhdrs, strings, &mem);
+  if (rq == NULL)
+    return NULL;
+  rq->h1 = c;
+  rq->pub.method = put(&mem, hd->method, strlen(hd->method), false);
+  rq->pub.path = put(&mem, hd->url, strlen(hd->url), false);
+  rq->pub.authority = put(&mem, hd->authority, strlen(hd->authority), false);
+  rq->pub.scheme = put(&mem, hd->scheme, strlen(hd->scheme), false);
+  rq->pub.peer = put(&mem, hd->peer, strlen(hd->peer), false);
+  for (size_t i = 0; i < hd->nhdrs; i++) {
+    rq->hdrs[i].name = put(&mem, hd->hdrs[i].name, hd->hdrs[i].nl, true);
+    rq->hdrs[i].value = put(&mem, hd->hdrs[i].value, hd->hdrs[i].vl, false);
+  }
+  rq->pub.nheaders = hd->nhdrs;
+  rq->pub.http_major = 1;
+  rq->pub.http_minor = http_minor;
+  rq->pub.content_length = content_length;
+  rq->no_body = strcmp(hd->method, "HEAD") == 0;
+  return rq;
+}
+
+/* Hands body bytes to the handler while it reads; returns how many. */
+static size_t h1_feed(h2r_hreq_t *rq, const char *p, size_t n) {
+  size_t done = 0;
+  while (done < n && rq->reading && !rq->finished) {
+    uv_buf_t buf = uv_buf_init(NULL, 0);
+    rq->alloc_cb(&rq->pub, H2R_MIN(n - done, H2_READ_SUGGEST), &buf);
+    if (buf.base == NULL || buf.len == 0) {
+      rq->read_cb(&rq->pub, UV_ENOBUFS, &buf);
+      break;
+    }
+    size_t k = H2R_MIN(n - done, buf.len);
+    memcpy(buf.base, p + done, k);
+    done += k;
+    rq->read_cb(&rq->pub, (ssize_t)k, &buf);
+  }
+  return done;
+}
+
+static void h1_eof(h2r_hreq_t *rq) {
+  if (rq->eof_done || !rq->reading || rq->finished || rq->stash != NULL)
+    return;
+  int err = rq->body_end ? UV_EOF : rq->gone;
+  if (err == 0)
+    return;
+  rq->eof_done = true;
+  uv_buf_t none = uv_buf_init(NULL, 0);
+  rq->read_cb(&rq->pub, err, &none);
+}
+
+/* Delivers what was kept while the handler did not read. */
+static void h1_deliver(h2r_hreq_t *rq) {
+  if (rq->stash != NULL) {
+    rq->stash_off += h1_feed(rq, rq->stash + rq->stash_off, rq->stash_len - rq->stash_off);
+    if (rq->stash_off < rq->stash_len && !rq->finished)
+      return;
+    free(rq->stash);
+    rq->stash = NULL;
+    rq->stash_len = rq->stash_off = 0;
+    if (rq->h1 != NULL && rq->gone == 0 && !rq->finished)
+      h2r_h1c_read_resume(rq->h1);
+  }
+  h1_eof(rq);
+}
+
+bool h2r_hreq_h1_body(h2r_hreq_t *rq, const char *p, size_t n) {
+  if (rq->finished)
+    return false;
+  size_t k = rq->stash == NULL ? h1_feed(rq, p, n) : 0;
+  if (k == n)
+    return false;
+  char *s = realloc(rq->stash, rq->stash_len + n - k);
+  if (s == NULL) {
+    rq->gone = UV_ENOMEM;
+    return true;
+  }
+  memcpy(s + rq->stash_len, p + k, n - k);
+  rq->stash = s;
+  rq->stash_len += n - k;
+  return true; /* pause the client until the handler reads it */
+}
+
+void h2r_hreq_h1_end(h2r_hreq_t *rq) {
+  rq->body_end = true;
+  h1_eof(rq);
+}
+
+void h2r_hreq_h1_gone(h2r_hreq_t *rq, int err) {
+  if (rq->gone == 0)
+    rq->gone = err != 0 ? err : H2REV_ECLOSED;
+  hreq_schedule(rq);
+}
+
+void h2r_hreq_h1_written(h2r_hreq_t *rq, h2rev_http_write_t *w, int status) {
+  rq->writes--;
+  if (status != 0 && rq->result == 0)
+    rq->result = status;
+  if (w != NULL)
+    w->cb_(w, status);
+  if (rq->finished && rq->writes == 0)
+    hreq_schedule(rq);
+}
+
+static void h1_release(h2r_hreq_t *rq) {
+  rq->released = true;
+  h2r_h1c_t *c = rq->h1;
+  rq->h1 = NULL;
+  if (rq->done_cb != NULL)
+    rq->done_cb(&rq->pub, rq->result);
+  if (c != NULL)
+    h2r_h1c_release(c);
+  hreq_free(rq);
+}
+
+static void h1_finish(h2r_hreq_t *rq, bool complete) {
+  rq->finished = true;
+  rq->reading = false;
+  int r = rq->h1 != NULL ? h2r_h1c_finish(rq->h1, rq, complete) : H2REV_ECLOSED;
+  if (r > 0)
+    rq->writes += (unsigned)r;
+  else if (r < 0 && rq->result == 0)
+    rq->result = complete ? r : UV_ECANCELED;
+  if (rq->gone != 0 && rq->result == 0)
+    rq->result = rq->gone;
+  if (!complete && rq->result == 0)
+    rq->result = UV_ECANCELED;
+  hreq_schedule(rq);
+}
+
+/* -------------------------------------------------- requests: HTTP/2 */
+
+static void h2_alloc(h2rev_stream_t *s, size_t sz, uv_buf_t *buf) {
+  h2r_hreq_t *rq = s->data;
+  rq->alloc_cb(&rq->pub, sz, buf);
+}
+
+static void h2_read(h2rev_stream_t *s, ssize_t n, const uv_buf_t *buf) {
+  h2r_hreq_t *rq = s->data;
+  rq->read_cb(&rq->pub, n, buf);
+}
+
+static void h2_closed(h2rev_stream_t *s) {
+  h2r_hreq_t *rq = s->data;
+  if (rq->done_cb != NULL)
+    rq->done_cb(&rq->pub, rq->result);
+  hreq_free(rq);
+}
+
+static void h2_shut(h2rev_shutdown_t *req, int status) {
+  h2r_hreq_t *rq = req->data;
+  h2r_strm_t *st = rq->hs.s_;
+  /* The client may hang up as soon as it has the whole body (END_STREAM, or
+   * all of the Content-Length), before we hear that END_STREAM reached the
+   * socket: the response was complete all the same. */
+  bool sized = rq->cl_out >= 0 && rq->out == (uint64_t)rq->cl_out;
+  if (status != 0 && st != NULL && ((st->flags & H2R_F_SHUT_SENT) || sized) &&
+      st->acked == st->queued)
+    status = 0;
+  if (status != 0 && rq->result == 0)
+    rq->result = status;
+  h2rev_stream_close(&rq->hs, h2_closed);
+}
+
+static void h2_wrote(h2rev_write_t *req, int status) {
+  h2rev_http_write_t *w = req->data;
+  h2r_hreq_t *rq = H2R_CONTAINER_OF(w->req, h2r_hreq_t, pub);
+  if (status != 0 && rq->result == 0)
+    rq->result = status;
+  w->cb_(w, status);
+}
+
+static h2r_hreq_t *hreq_new_h2(h2r_server_t *srv, h2r_strm_t *st) {
+  const char *method = h2r_strm_header(st, ":method", NULL);
+  const char *path = h2r_strm_header(st, ":path", NULL);
+  const char *auth = h2r_strm_header(st, ":authority", NULL);
+  const char *scheme = h2r_strm_header(st, ":scheme", NULL);
+  if (auth == NULL)
+    auth = h2r_strm_header(st, "host", NULL);
+  method = method != NULL ? method : "";
+  path = path != NULL ? path : "";
+  auth = auth != NULL ? auth : "";
+  scheme = scheme != NULL ? scheme : "https";
+  const char *peer = st->sess->x.peer;
+  /* Copies: the stream (and its header block) goes before the request. */
+  size_t n = 0,
+         strings = strlen(method) + strlen(path) + strlen(auth) + strlen(scheme) + strlen(peer) + 5;
+  for (unsigned i = 0; i < st->nhdrs; i++) {
+    if (st->hbuf[st->hdrs[i].name] == ':')
+      continue;
+    n++;
+    strings += st->hdrs[i].namelen + st->hdrs[i].valuelen + 2;
+  }
+  char *mem;
+  h2r_hreq_t *rq = hreq_alloc(srv, n, strings, &mem);
+  if (rq == NULL)
+    return NULL;
+  rq->h2 = true;
+  rq->pub.method = put(&mem, method, strlen(method), false);
+  rq->pub.path = put(&mem, path, strlen(path), false);
+  rq->pub.authority = put(&mem, auth, strlen(auth), false);
+  rq->pub.scheme = put(&mem, scheme, strlen(scheme), false);
+  rq->pub.peer = put(&mem, peer, strlen(peer), false);
+  rq->pub.http_major = 2;
+  rq->pub.http_minor = 0;
+  for (unsigned i = 0, k = 0; i < st->nhdrs; i++) {
+    const h2r_hdr_t *h = &st->hdrs[i];
+    if (st->hbuf[h->name] == ':')
+      continue;
+    rq->hdrs[k].name = put(&mem, st->hbuf + h->name, h->namelen, false);
+    rq->hdrs[k].value = put(&mem, st->hbuf + h->value, h->valuelen, false);
+    k++;
+  }
+  rq->pub.nheaders = n;
+  const char *cl = h2rev_http_header(&rq->pub, "content-length");
+  char *end = NULL;
+  long long v = cl != NULL ? strtoll(cl, &end, 10) : -1;
+  rq->pub.content_length = cl != NULL && end != cl && *end == '\0' && v >= 0 ? v
+                           : (st->flags & H2R_F_EOF)                         ? 0
+                                                                             : -1;
+  rq->no_body = strcmp(rq->pub.method, "HEAD") == 0;
+  rq->hs.data = rq;
+  rq->sh.data = rq;
+  h2r_strm_attach(st, &rq->hs);
+  return rq;
+}
+
+static int h2_respond(h2r_hreq_t *rq, int status, const h2rev_header_t *h, size_t n, int64_t cl) {
+  h2r_strm_t *st = rq->hs.s_;
+  if (st == NULL || st->sess->state == H2R_S_DEAD || (st->flags & H2R_F_NG_CLOSED))
+    return H2REV_ECLOSED;
+  size_t bytes = 0;
+  for (size_t i = 0; i < n; i++)
+    bytes += strlen(h[i].name) + 1;
+  nghttp2_nv *nv = malloc((n + 1) * sizeof(*nv) + bytes + 24);
+  if (nv == NULL)
+    return UV_ENOMEM;
+  char *mem = (char *)(nv + n + 1);
+  size_t k = 0;
+  for (size_t i = 0; i < n; i++) {
+    if (framing_header(h[i].name))
+      continue;
+    size_t nl = strlen(h[i].name);
+    char *name = put(&mem, h[i].name, nl, true);
+    nv[k++] = (nghttp2_nv){(uint8_t *)name, (uint8_t *)h[i].value, nl, strlen(h[i].value),
+                           NGHTTP2_NV_FLAG_NONE};
+  }
+  if (cl >= 0 && status != 204 && status != 304) {
+    char *v = mem;
+    int vl = snprintf(v, 24, "%lld", (long long)cl);
+    nv[k++] = (nghttp2_nv){(uint8_t *)"content-length", (uint8_t *)v, 14, (size_t)vl,
+                           NGHTTP2_NV_FLAG_NONE};
+  }
+  int r = h2r_strm_respond(st, status, nv, k);
+  free(nv);
+  return r == UV_ENOTCONN ? H2REV_ECLOSED : r;
+}
+
+static void h2_finish(h2r_hreq_t *rq, bool complete) {
+  rq->finished = true;
+  rq->reading = false;
+  h2r_strm_t *st = rq->hs.s_;
+  if (complete && st != NULL) {
+    h2rev_stream_read_stop(&rq->hs);
+    /* The request body is of no further interest: once the response is
+     * complete, RST_STREAM(NO_ERROR) tells the client to stop sending. */
+    if (!(st->flags & H2R_F_EOF))
+      st->flags |= H2R_F_REJECT;
+    int r = h2rev_stream_shutdown(&rq->sh, &rq->hs, h2_shut);
+    if (r == 0)
+      return;
+    rq->result = r;
+  }
+  if (rq->result == 0)
+    rq->result = UV_ECANCELED;
+  h2rev_stream_close(&rq->hs, h2_closed);
+}
+
+/* ------------------------------------------------------- public: req */
+
+static h2r_hreq_t *R(h2rev_http_req_t *req) {
+  return H2R_CONTAINER_OF(req, h2r_hreq_t, pub);
+}
+
+const char *h2rev_http_header(const h2rev_http_req_t *req, const char *name) {
+  for (size_t i = 0; i < req->nheaders; i++)
+    if (strcasecmp(req->headers[i].name, name) == 0)
+      return req->headers[i].value;
+  return NULL;
+}
+
+void h2rev_http_on_done(h2rev_http_req_t *req, h2rev_http_done_cb cb) {
+  R(req)->done_cb = cb;
+}
+
+int h2rev_http_read_start(h2rev_http_req_t *req, h2rev_http_alloc_cb alloc_cb,
+                          h2rev_http_read_cb read_cb) {
+  h2r_hreq_t *rq = R(req);
+  if (alloc_cb == NULL || read_cb == NULL)
+    return UV_EINVAL;
+  if (rq->finished)
+    return UV_EBADF;
+  if (rq->reading)
+    return UV_EALREADY;
+  rq->alloc_cb = alloc_cb;
+  rq->read_cb = read_cb;
+  if (rq->h2) {
+    int r = h2rev_stream_read_start(&rq->hs, h2_alloc, h2_read);
+    if (r != 0)
+      return r;
+  }
+  rq->reading = true;
+  if (!rq->h2) {
+    if (rq->stash != NULL || rq->body_end || rq->gone != 0)
+      hreq_schedule(rq);
+    else if (rq->h1 != NULL)
+      h2r_h1c_read_resume(rq->h1);
+  }
+  return 0;
+}
+
+int h2rev_http_read_stop(h2rev_http_req_t *req) {
+  h2r_hreq_t *rq = R(req);
+  if (rq->finished)
+    return UV_EBADF;
+  rq->reading = false;
+  return rq->h2 ? h2rev_stream_read_stop(&rq->hs) : 0;
+}
+
+int h2rev_http_respond(h2rev_http_req_t *req, int status, const h2rev_header_t *headers,
+                       size_t nheaders, int64_t content_length) {
+  h2r_hreq_t *rq = R(req);
+  if (status < 200 || status > 999 || (nheaders > 0 && headers == NULL))
+    return UV_EINVAL;
+  for (size_t i = 0; i < nheaders; i++)
+    if (headers[i].name == NULL || headers[i].value == NULL ||
+        !header_ok(headers[i].name, strlen(headers[i].name), true) ||
+        !header_ok(headers[i].value, strlen(headers[i].value), false))
+      return UV_EINVAL;
+  if (rq->finished)
+    return UV_EBADF;
+  if (rq->responded)
+    return UV_EALREADY;
+  bool no_body = rq->no_body || status == 204 || status == 304;
+  int r;
+  if (rq->h2)
+    r = h2_respond(rq, status, headers, nheaders, content_length);
+  else if (rq->h1 == NULL || rq->gone != 0)
+    r = H2REV_ECLOSED;
+  else
+    r = h2r_h1c_respond(rq->h1, rq, status, headers, nheaders, content_length, &no_body);
+  if (r < 0)
+    return r;
+  if (!rq->h2)
+    rq->writes += (unsigned)r;
+  rq->responded = true;
+  rq->no_body = no_body;
+  rq->cl_out = no_body ? -1 : content_length;
+  return 0;
+}
+
+int h2rev_http_write(h2rev_http_write_t *w, h2rev_http_req_t *req, const uv_buf_t bufs[],
+                     unsigned nbufs, h2rev_http_write_cb cb) {
+  h2r_hreq_t *rq = R(req);
+  if (cb == NULL || !rq->responded || (nbufs > 0 && bufs == NULL))
+    return rq->finished ? UV_EBADF : UV_EINVAL;
+  if (rq->finished)
+    return UV_EBADF;
+  uint64_t total = 0;
+  for (unsigned i = 0; i < nbufs; i++)
+    total += bufs[i].len;
+  if (rq->cl_out >= 0 && rq->out + total > (uint64_t)rq->cl_out)
+    return UV_EINVAL;
+  w->req = req;
+  w->cb_ = cb;
+  w->w_.data = w;
+  int r;
+  if (rq->h2) {
+    /* A body-less response still completes the write, in order. */
+    uv_buf_t none = uv_buf_init(NULL, 0);
+    r = rq->no_body || nbufs == 0 ? h2rev_stream_write(&w->w_, &rq->hs, &none, 1, h2_wrote)
+                                  : h2rev_stream_write(&w->w_, &rq->hs, bufs, nbufs, h2_wrote);
+    if (r == UV_EBADF || r == UV_EPIPE)
+      r = H2REV_ECLOSED;
+  } else if (rq->h1 == NULL || rq->gone != 0) {
+    r = H2REV_ECLOSED;
+  } else {
+    r = h2r_h1c_write(rq->h1, rq, w, bufs, nbufs, rq->no_body);
+    if (r == 0)
+      rq->writes++;
+  }
+  if (r == 0)
+    rq->out += rq->no_body ? 0 : total;
+  return r;
+}
+
+int h2rev_http_end(h2rev_http_req_t *req) {
+  h2r_hreq_t *rq = R(req);
+  if (rq->finished)
+    return UV_EBADF;
+  if (!rq->responded && h2rev_http_respond(req, 200, NULL, 0, 0) != 0) {
+    h2rev_http_abort(req);
+    return 0;
+  }
+  bool complete = rq->cl_out < 0 || rq->out == (uint64_t)rq->cl_out;
+  if (!complete)
+    rq->result = UV_EPIPE; /* short of its Content-Length: cut, not complete */
+  if (rq->h2)
+    h2_finish(rq, complete);
+  else
+    h1_finish(rq, complete);
+  return 0;
+}
+
+void h2rev_http_abort(h2rev_http_req_t *req) {
+  h2r_hreq_t *rq = R(req);
+  if (rq->finished)
+    return;
+  if (rq->h2)
+    h2_finish(rq, false);
+  else
+    h1_finish(rq, false);
+}
+
+typedef struct reply {
+  h2rev_http_write_t w;
+  size_t len;
+  char body[];
+} reply_t;
+
+static void reply_wrote(h2rev_http_write_t *w, int status) {
+  (void)status;
+  free(H2R_CONTAINER_OF(w, reply_t, w));
+}
+
+int h2rev_http_reply(h2rev_http_req_t *req, int status, const char *content_type, const void *body,
+                     size_t len) {
+  h2rev_header_t ct = {"content-type", content_type};
+  int r = h2rev_http_respond(req, status, &ct, content_type != NULL ? 1 : 0, (int64_t)len);
+  if (r != 0)
+    return r;
+  if (len > 0 && !R(req)->no_body) {
+    reply_t *rp = malloc(sizeof(*rp) + len);
+    if (rp == NULL) {
+      h2rev_http_abort(req);
+      return 0;
+    }
+    memcpy(rp->body, body, len);
+    uv_buf_t b = uv_buf_init(rp->body, (unsigned)len);
+    if (h2rev_http_write(&rp->w, req, &b, 1, reply_wrote) != 0) {
+      free(rp);
+      h2rev_http_abort(req);
+      return 0;
+    }
+  }
+  return h2rev_http_end(req);
+}
+
+/* ------------------------------------------------------- connections */
+
+static void on_request(h2r_session_t *s, h2r_strm_t *st) {
+  h2r_hconn_t *c = s->owner;
+  h2r_server_t *srv = c->srv;
+  size_t plen = 0;
+  const char *path = h2r_strm_header(st, ":path", &plen);
+  if (path == NULL) {
+    h2r_strm_reject(st, 400, "bad request\n");
+    return;
+  }
+  const h2r_route_t *route = srv->closing ? NULL : h2r_server_route_find(srv, path, plen);
+  if (route == NULL) {
+    h2r_strm_reject(st, srv->closing ? 503 : 404, srv->closing ? "shutting down\n" : "not found\n");
+    return;
+  }
+  if (route->ops != NULL) {
+    route->ops->h2(route->arg, st, path, plen);
+    return;
+  }
+  h2r_hreq_t *rq = hreq_new_h2(srv, st);
+  if (rq == NULL) {
+    h2r_strm_reject(st, 503, "out of memory\n");
+    return;
+  }
+  h2r_hreq_run(rq, route);
+}
+
+static void conn_open(h2r_session_t *s, int status) {
+  h2r_hconn_t *c = s->owner;
+  if (status != 0)
+    H2R_INFO(&c->srv->o.log, "%s: connection failed: %s%s%s", s->x.peer, h2rev_strerror(status),
+             s->x.errmsg[0] ? ": " : "", s->x.errmsg);
+}
+
+static void conn_dead(h2r_session_t *s, int err) {
+  h2r_hconn_t *c = s->owner;
+  h2r_server_t *srv = c->srv;
+  if (srv->watch_ops != NULL && srv->watch_ops->conn_dead != NULL)
+    srv->watch_ops->conn_dead(srv->watch_arg, s, err);
+}
+
+static void conn_close(h2r_session_t *s) {
+  h2r_hconn_t *c = s->owner;
+  h2r_server_t *srv = c->srv;
+  if (s->h1_data != NULL)
+    h2r_h1c_free(s->h1_data);
+  if (srv->watch_ops != NULL && srv->watch_ops->conn_closed != NULL)
+    srv->watch_ops->conn_closed(srv->watch_arg, s);
+  if (c->prev != NULL)
+    c->prev->next = c->next;
+  else
+    srv->conns = c->next;
+  if (c->next != NULL)
+    c->next->prev = c->prev;
+  free(c);
+  h2r_server_unref(srv);
+}
+
+static void conn_h1(h2r_session_t *s) {
+  h2r_hconn_t *c = s->owner;
+  s->h1_data = h2r_h1c_new(s, c->srv);
+  if (s->h1_data != NULL)
+    s->h1 = &h2r_h1c_ops;
+}
+
+static const h2r_session_cbs conn_cbs = {conn_open, on_request, conn_dead, conn_close, conn_h1};
+
+static void on_connection(uv_stream_t *server, int status) {
+  h2r_lsock_t *k = server->data;
+  h2r_server_t *srv = k->srv;
+  if (status != 0 || srv->closing || srv->draining)
+    return;
+  h2r_hconn_t *c = calloc(1, sizeof(*c));
+  if (c == NULL)
+    return;
+  c->srv = srv;
+  h2r_session_opts o;
+  h2r_session_opts_default(&o);
+  o.ping_interval_ms = srv->o.ping_interval_ms;
+  o.ping_timeout_ms = srv->o.ping_timeout_ms;
+  o.max_streams = srv->o.max_streams;
+  o.max_header_bytes = srv->o.max_header_bytes;
+  o.allow_h1 = true;
+  o.rbuf = srv->rbuf;
+  c->next = srv->conns;
+  if (srv->conns != NULL)
+    srv->conns->prev = c;
+  srv->conns = c;
+  h2r_server_ref(srv);
+  if (h2r_session_accept(&c->s, srv->loop, server, k->ctx, &o, &conn_cbs, c, &srv->o.log) != 0) {
+    srv->conns = c->next;
+    if (c->next != NULL)
+      c->next->prev = NULL;
+    free(c);
+    h2r_server_unref(srv);
+  }
+}
+
+/* ------------------------------------------------------ public: server */
+
+int h2rev_http_server_init(uv_loop_t *loop, h2rev_http_server_t *server,
+                           const h2rev_http_server_options_t *opts) {
+  h2r_server_t *srv = calloc(1, sizeof(*srv));
+  if (srv == NULL)
+    return UV_ENOMEM;
+  if (opts != NULL)
+    srv->o = *opts;
+  h2rev_http_server_options_t *o = &srv->o;
+  if (o->max_header_bytes == 0 || o->max_header_bytes > H2R_MAX_HEAD)
+    o->max_header_bytes = H2R_MAX_HEAD;
+  if (o->header_timeout_ms == 0)
+    o->header_timeout_ms = 10000;
+  if (o->idle_timeout_ms == 0)
+    o->idle_timeout_ms = 60000;
+  if (o->max_streams == 0)
+    o->max_streams = 100;
+  if (o->ping_interval_ms == 0)
+    o->ping_interval_ms = 30000;
+  if (o->ping_timeout_ms == 0)
+    o->ping_timeout_ms = 15000;
+  srv->rbuf = malloc(H2R_RBUF_SIZE);
+  if (srv->rbuf == NULL) {
+    free(srv);
+    return UV_ENOMEM;
+  }
+  srv->pub = server;
+  srv->loop = loop;
+  srv->pend_tail = &srv->pend;
+  uv_check_init(loop, &srv->check);
+  uv_idle_init(loop, &srv->idle);
+  srv->check.data = srv->idle.data = srv;
+  server->loop = loop;
+  server->s_ = srv;
+  return 0;
+}
+
+static void free_data(uv_handle_t *h) {
+  free(h->data);
+}
+
+int h2rev_http_server_listen(h2rev_http_server_t *server, const struct sockaddr *addr,
+                             const h2rev_tls_options_t *tls) {
+  h2r_server_t *srv = server->s_;
+  if (srv == NULL || srv->closing || srv->draining)
+    return UV_EBADF;
+  h2r_lsock_t *k = calloc(1, sizeof(*k));
+  if (k == NULL)
+    return UV_ENOMEM;
+  k->srv = srv;
+  if (tls != NULL) {
+    char why[256];
+    int err = 0;
+    k->ctx = h2r_tls_ctx_new(tls, true, H2R_ALPN_H2 | H2R_ALPN_H1, &err, why, sizeof(why));
+    if (k->ctx == NULL) {
+      H2R_ERR(&srv->o.log, "TLS setup failed: %s", why);
+      free(k);
+      return err;
+    }
+  }
+  uv_tcp_init(srv->loop, &k->tcp);
+  k->tcp.data = k;
+  int r = uv_tcp_bind(&k->tcp, addr, 0);
+  if (r == 0)
+    r = uv_listen((uv_stream_t *)&k->tcp, 511, on_connection);
+  if (r != 0) {
+    SSL_CTX_free(k->ctx);
+    uv_close((uv_handle_t *)&k->tcp, free_data);
+    return r;
+  }
+  h2r_lsock_t **p = &srv->socks;
+  while (*p != NULL)
+    p = &(*p)->next;
+  *p = k;
+  return 0;
+}
+
+int h2rev_http_server_getsockname(const h2rev_http_server_t *server, unsigned n,
+                                  struct sockaddr *addr, int *len) {
+  h2r_lsock_t *k = server->s_ != NULL ? server->s_->socks : NULL;
+  while (k != NULL && n > 0) {
+    k = k->next;
+    n--;
+  }
+  if (k == NULL)
+    return UV_EINVAL;
+  return uv_tcp_getsockname(&k->tcp, addr, len);
+}
+
+int h2rev_http_server_route(h2rev_http_server_t *server, const char *prefix,
+                            h2rev_http_handler_cb handler, void *arg) {
+  if (handler == NULL)
+    return UV_EINVAL;
+  return route_add(server->s_, prefix, handler, NULL, arg);
+}
+
+int h2rev_http_server_serve_stream(h2rev_http_server_t *server, h2rev_stream_t *stream,
+                                   h2rev_close_cb done) {
+  h2r_server_t *srv = server->s_;
+  if (srv == NULL || srv->closing || srv->draining || h2rev_stream_is_closing(stream))
+    return UV_EBADF;
+  return h2r_h1c_new_stream(srv, stream, done) != NULL ? 0 : UV_ENOMEM;
+}
+
+static void srv_handle_closed(uv_handle_t *h) {
+  h2r_server_t *srv = h->data;
+  if (--srv->pending > 0)
+    return;
+  if (srv->watch_ops != NULL && srv->watch_ops->server_closed != NULL)
+    srv->watch_ops->server_closed(srv->watch_arg);
+  while (srv->routes != NULL) {
+    h2r_route_t *r = srv->routes;
+    srv->routes = r->next;
+    free(r);
+  }
+  h2rev_http_server_t *pub = srv->pub;
+  h2rev_http_server_close_cb cb = srv->close_cb;
+  free(srv->rbuf);
+  free(srv);
+  pub->s_ = NULL;
+  if (cb != NULL)
+    cb(pub);
+}
+
+static void lsock_closed(uv_handle_t *h) {
+  h2r_lsock_t *k = h->data;
+  h2r_server_t *srv = k->srv;
+  SSL_CTX_free(k->ctx);
+  free(k);
+  srv->pending--;
+  srv_maybe_closed(srv);
+}
+
+void h2r_server_stop_listening(h2r_server_t *srv) {
+  while (srv->socks != NULL) {
+    h2r_lsock_t *k = srv->socks;
+    srv->socks = k->next;
+    srv->pending++;
+    uv_close((uv_handle_t *)&k->tcp, lsock_closed);
+  }
+}
+
+static void srv_maybe_closed(h2r_server_t *srv) {
+  if (!srv->closing || srv->live > 0 || srv->pending > 0 || srv->pend != NULL)
+    return;
+  if (srv->finishing)
+    return;
+  srv->finishing = true;
+  srv->pending = 2;
+  uv_close((uv_handle_t *)&srv->check, srv_handle_closed);
+  uv_close((uv_handle_t *)&srv->idle, srv_handle_closed);
+  if (srv->drain_timer_open) {
+    srv->pending++;
+    uv_close((uv_handle_t *)&srv->drain_timer, srv_handle_closed);
+  }
+}
+
+void h2rev_http_server_close(h2rev_http_server_t *server, h2rev_http_server_close_cb cb) {
+  h2r_server_t *srv = server->s_;
+  if (srv == NULL || srv->closing)
+    return;
+  srv->closing = true;
+  srv->close_cb = cb;
+  if (srv->drain_timer_open)
+    uv_timer_stop(&srv->drain_timer);
+  srv->live++; /* released below, once everything is started */
+  h2r_server_stop_listening(srv);
+  for (h2r_hconn_t *c = srv->conns; c != NULL; c = c->next)
+    h2r_session_close(&c->s, H2REV_ECLOSED);
+  while (srv->vconns != NULL)
+    h2r_h1c_close(srv->vconns);
+  h2r_server_unref(srv);
+}
+
+#define DRAIN_POLL_MS 50
+
+static void drain_tick(uv_timer_t *t) {
+  h2r_server_t *srv = t->data;
+  if (srv->live > 0 && uv_now(srv->loop) < srv->drain_deadline)
+    return;
+  if (srv->live > 0)
+    H2R_WARN(&srv->o.log, "drain timeout: closing what is left");
+  h2rev_http_server_close(srv->pub, srv->close_cb);
+}
+
+int h2rev_http_server_shutdown(h2rev_http_server_t *server, unsigned timeout_ms,
+                               h2rev_http_server_close_cb cb) {
+  h2r_server_t *srv = server->s_;
+  if (srv == NULL || srv->closing || srv->draining)
+    return UV_EALREADY;
+  srv->draining = true;
+  srv->close_cb = cb;
+  srv->drain_deadline = uv_now(srv->loop) + timeout_ms;
+  h2r_server_stop_listening(srv);
+  for (h2r_hconn_t *c = srv->conns; c != NULL; c = c->next)
+    h2r_session_shutdown(&c->s);
+  for (h2r_h1c_t *c = srv->vconns; c != NULL;) {
+    h2r_h1c_t *next = h2r_h1c_next(c);
+    h2r_h1c_shutdown(c);
+    c = next;
+  }
+  uv_timer_init(srv->loop, &srv->drain_timer);
+  srv->drain_timer.data = srv;
+  srv->drain_timer_open = true;
+  uv_timer_start(&srv->drain_timer, drain_tick, DRAIN_POLL_MS, DRAIN_POLL_MS);
+  return 0;
+}

@@ -1,0 +1,647 @@
+/* The HTTP server: routing, bodies streamed both ways, framing, limits,
+ * aborts and disconnects, exercised with curl and raw sockets on loopback;
+ * HTTP/1.1 served on reverse connections of a real listener; the dialer
+ * mounted on an application's server. */
+#include "h2util.h"
+#include "test.h"
+#include "util.h"
+
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+
+typedef struct env {
+  uv_loop_t loop;
+  h2rev_http_server_t srv;
+  h2rev_http_server_options_t o;
+  int port, tls_port;
+  int closed;
+  int gone;      /* a handler's read_cb saw the client go away */
+  int done;      /* done callbacks */
+  int done_err;  /* done callbacks with an error */
+  char dir[512]; /* scratch files */
+} env_t;
+
+static env_t *E;
+
+/* ------------------------------------------------------------ handlers */
+
+static void text(h2rev_http_req_t *req, void *arg) {
+  h2rev_http_reply(req, 200, "text/plain", arg, strlen(arg));
+}
+
+static void count_done(h2rev_http_req_t *req, int status) {
+  E->done++;
+  if (status != 0) {
+    fprintf(stderr, "done: %s %s HTTP/%d: %s\n", req->method, req->path, req->http_major,
+            h2rev_err_name(status));
+    E->done_err++;
+  }
+}
+
+/* Echoes the body as it comes, reading only while few writes are queued. */
+typedef struct echo {
+  h2rev_http_req_t *req;
+  unsigned inflight;
+  bool eof;
+} echo_t;
+
+typedef struct ew {
+  h2rev_http_write_t w;
+  char data[];
+} ew_t;
+
+static void echo_alloc(h2rev_http_req_t *req, size_t sz, uv_buf_t *buf) {
+  (void)req;
+  ew_t *w = malloc(sizeof(*w) + sz);
+  *buf = uv_buf_init(w->data, (unsigned)sz);
+}
+
+static void echo_read(h2rev_http_req_t *req, ssize_t n, const uv_buf_t *buf);
+
+static void echo_wrote(h2rev_http_write_t *w, int status) {
+  (void)status;
+  echo_t *e = w->req->data;
+  h2rev_http_req_t *req = w->req;
+  free(w);
+  if (--e->inflight == 0 && e->eof)
+    h2rev_http_end(req);
+  else if (e->inflight == 3 && !e->eof)
+    h2rev_http_read_start(req, echo_alloc, echo_read);
+}
+
+static void echo_done(h2rev_http_req_t *req, int status) {
+  free(req->data);
+  count_done(req, status);
+}
+
+static void echo_read(h2rev_http_req_t *req, ssize_t n, const uv_buf_t *buf) {
+  echo_t *e = req->data;
+  ew_t *w = buf->base != NULL ? H2R_CONTAINER_OF(buf->base, ew_t, data) : NULL;
+  if (n <= 0) {
+    free(w);
+    if (n == 0)
+      return;
+    e->eof = true;
+    if (n != UV_EOF) {
+      E->gone++;
+      h2rev_http_abort(req);
+    } else if (e->inflight == 0) {
+      h2rev_http_end(req);
+    }
+    return;
+  }
+  uv_buf_t b = uv_buf_init(w->data, (unsigned)n);
+  ASSERT_OK(h2rev_http_write(&w->w, req, &b, 1, echo_wrote));
+  if (++e->inflight == 4)
+    h2rev_http_read_stop(req);
+}
+
+static void echo(h2rev_http_req_t *req, void *arg) {
+  (void)arg;
+  echo_t *e = calloc(1, sizeof(*e));
+  e->req = req;
+  req->data = e;
+  h2rev_http_on_done(req, echo_done);
+  h2rev_header_t h[] = {{"Content-Type", "application/octet-stream"}};
+  ASSERT_OK(h2rev_http_respond(req, 200, h, 1, req->content_length));
+  ASSERT_OK(h2rev_http_read_start(req, echo_alloc, echo_read));
+}
+
+static void noop_wrote(h2rev_http_write_t *w, int status) {
+  (void)status;
+  free(w);
+}
+
+/* A chunked response in three writes. */
+static void chunks(h2rev_http_req_t *req, void *arg) {
+  (void)arg;
+  static char piece[] = "piece\n";
+  h2rev_header_t bad[] = {{"x-bad", "a\r\nb"}};
+  ASSERT_EQ(h2rev_http_respond(req, 200, bad, 1, -1), UV_EINVAL);
+  ASSERT_OK(h2rev_http_respond(req, 200, NULL, 0, -1));
+  for (int i = 0; i < 3; i++) {
+    h2rev_http_write_t *w = malloc(sizeof(*w));
+    uv_buf_t b = uv_buf_init(piece, 6);
+    ASSERT_OK(h2rev_http_write(w, req, &b, 1, noop_wrote));
+  }
+  ASSERT_OK(h2rev_http_end(req));
+}
+
+static void nocontent(h2rev_http_req_t *req, void *arg) {
+  (void)arg;
+  h2rev_http_reply(req, 204, NULL, "dropped", 7);
+}
+
+/* Announces 1000 bytes, sends 10, then cuts the exchange. */
+static void abort_cb(uv_timer_t *t) {
+  h2rev_http_abort(t->data);
+  uv_close((uv_handle_t *)t, (uv_close_cb)free);
+}
+
+static void aborting(h2rev_http_req_t *req, void *arg) {
+  (void)arg;
+  static char ten[] = "0123456789";
+  h2rev_http_on_done(req, count_done);
+  ASSERT_OK(h2rev_http_respond(req, 200, NULL, 0, 1000));
+  h2rev_http_write_t *w = malloc(sizeof(*w));
+  uv_buf_t b = uv_buf_init(ten, 10);
+  ASSERT_OK(h2rev_http_write(w, req, &b, 1, noop_wrote));
+  uv_timer_t *t = malloc(sizeof(*t));
+  uv_timer_init(req->server->loop, t);
+  t->data = req;
+  uv_timer_start(t, abort_cb, 100, 0);
+}
+
+/* Answers with what it saw of the request. */
+static void info(h2rev_http_req_t *req, void *arg) {
+  (void)arg;
+  char body[1024];
+  const char *xf = h2rev_http_header(req, "X-Forwarded-Prefix");
+  int n = snprintf(body, sizeof(body), "%s %s %d.%d xfp=%s\n", req->method, req->path,
+                   req->http_major, req->http_minor, xf ? xf : "-");
+  h2rev_http_reply(req, 200, "text/plain", body, (size_t)n);
+}
+
+/* ----------------------------------------------------------- plumbing */
+
+static void on_exit_cb(uv_process_t *p, int64_t status, int sig) {
+  int *rc = p->data;
+  *rc = sig ? 128 + sig : (int)status;
+  uv_close((uv_handle_t *)p, NULL);
+}
+
+/* Runs a shell command while the loop serves; returns its exit status. */
+static int sh(env_t *e, const char *cmd) {
+  uv_process_t p;
+  int rc = -1;
+  char *args[] = {"/bin/sh", "-c", (char *)cmd, NULL};
+  uv_stdio_container_t io[3] = {{.flags = UV_IGNORE},
+                                {.flags = UV_INHERIT_FD, .data.fd = 2},
+                                {.flags = UV_INHERIT_FD, .data.fd = 2}};
+  uv_process_options_t o = {
+      .exit_cb = on_exit_cb, .file = "/bin/sh", .args = args, .stdio_count = 3, .stdio = io};
+  p.data = &rc;
+  ASSERT_OK(uv_spawn(&e->loop, &p, &o));
+  uint64_t deadline = uv_now(&e->loop) + 60000;
+  while (rc == -1 && uv_now(&e->loop) < deadline)
+    uv_run(&e->loop, UV_RUN_ONCE);
+  ASSERT_NE(rc, -1);
+  return rc;
+}
+
+static char *slurp(const char *path, size_t *len) {
+  FILE *f = fopen(path, "rb");
+  ASSERT(f != NULL);
+  fseek(f, 0, SEEK_END);
+  long n = ftell(f);
+  fseek(f, 0, SEEK_SET);
+  char *b = malloc((size_t)n + 1);
+  ASSERT_EQ(fread(b, 1, (size_t)n, f), (size_t)n);
+  b[n] = '\0';
+  fclose(f);
+  if (len != NULL)
+    *len = (size_t)n;
+  return b;
+}
+
+/* The output of cmd (stdout), as a string to free. */
+static char *run_out(env_t *e, const char *cmd, int *rc) {
+  char full[8192], out[600];
+  snprintf(out, sizeof(out), "%s/out", e->dir);
+  snprintf(full, sizeof(full), "%s > %s", cmd, out);
+  int r = sh(e, full);
+  if (rc != NULL)
+    *rc = r;
+  return slurp(out, NULL);
+}
+
+static void expect_out(env_t *e, const char *cmd, const char *want) {
+  char *got = run_out(e, cmd, NULL);
+  if (strcmp(got, want) != 0)
+    test_fail(__FILE__, __LINE__, "%s: got \"%s\", want \"%s\"", cmd, got, want);
+  free(got);
+}
+
+static void srv_closed(h2rev_http_server_t *s) {
+  env_t *e = s->data;
+  e->closed = 1;
+}
+
+static int listen_on(h2rev_http_server_t *s, const h2rev_tls_options_t *tls, unsigned n) {
+  struct sockaddr_in a;
+  uv_ip4_addr("127.0.0.1", 0, &a);
+  ASSERT_OK(h2rev_http_server_listen(s, (struct sockaddr *)&a, tls));
+  struct sockaddr_in b;
+  int len = sizeof(b);
+  ASSERT_OK(h2rev_http_server_getsockname(s, n, (struct sockaddr *)&b, &len));
+  return ntohs(b.sin_port);
+}
+
+static void env_init(env_t *e) {
+  memset(e, 0, sizeof(*e));
+  E = e;
+  ASSERT_OK(uv_loop_init(&e->loop));
+  snprintf(e->dir, sizeof(e->dir), "%s", test_tmpdir());
+  test_logger(&e->o.log, "server");
+  e->o.header_timeout_ms = 500;
+  ASSERT_OK(h2rev_http_server_init(&e->loop, &e->srv, &e->o));
+  e->srv.data = e;
+  ASSERT_OK(h2rev_http_server_route(&e->srv, "/", text, "root\n"));
+  ASSERT_OK(h2rev_http_server_route(&e->srv, "/a", text, "a\n"));
+  ASSERT_OK(h2rev_http_server_route(&e->srv, "/a/b/", text, "ab\n"));
+  ASSERT_EQ(h2rev_http_server_route(&e->srv, "/a/b", text, "x"), UV_EEXIST);
+  ASSERT_EQ(h2rev_http_server_route(&e->srv, "nope", text, "x"), UV_EINVAL);
+  ASSERT_OK(h2rev_http_server_route(&e->srv, "/echo", echo, NULL));
+  ASSERT_OK(h2rev_http_server_route(&e->srv, "/chunks", chunks, NULL));
+  ASSERT_OK(h2rev_http_server_route(&e->srv, "/nocontent", nocontent, NULL));
+  ASSERT_OK(h2rev_http_server_route(&e->srv, "/abort", aborting, NULL));
+  ASSERT_OK(h2rev_http_server_route(&e->srv, "/info", info, NULL));
+  e->port = listen_on(&e->srv, NULL, 0);
+  char cert[512], key[512];
+  test_path(cert, sizeof(cert), test_certs(), "server.pem");
+  test_path(key, sizeof(key), test_certs(), "server.key");
+  h2rev_tls_options_t tls = {.cert_file = cert, .key_file = key};
+  e->tls_port = listen_on(&e->srv, &tls, 1);
+}
+
+static void env_stop(env_t *e) {
+  h2rev_http_server_close(&e->srv, srv_closed);
+  run_until(&e->loop, &e->closed, 5000);
+  ASSERT_NULL(e->srv.s_);
+  loop_drain(&e->loop);
+}
+
+/* ------------------------------------------------------------- cases */
+
+TEST(routes) {
+  env_t e;
+  env_init(&e);
+  const char *modes[] = {"--http1.1", "--http2-prior-knowledge"};
+  for (int i = 0; i < 2; i++) {
+    char cmd[512];
+#define URL(p) "curl -s %s http://127.0.0.1:%d" p, modes[i], e.port
+    snprintf(cmd, sizeof(cmd), URL("/"));
+    expect_out(&e, cmd, "root\n");
+    snprintf(cmd, sizeof(cmd), URL("/ax"));
+    expect_out(&e, cmd, "root\n"); /* not on a segment boundary */
+    snprintf(cmd, sizeof(cmd), URL("/a?q=1"));
+    expect_out(&e, cmd, "a\n");
+    snprintf(cmd, sizeof(cmd), URL("/a/x"));
+    expect_out(&e, cmd, "a\n");
+    snprintf(cmd, sizeof(cmd), URL("/a/b"));
+    expect_out(&e, cmd, "ab\n");
+    snprintf(cmd, sizeof(cmd), URL("/a/b/c"));
+    expect_out(&e, cmd, "ab\n");
+    snprintf(cmd, sizeof(cmd), URL("/info/x?y=z"));
+    expect_out(&e, cmd, i == 0 ? "GET /info/x?y=z 1.1 xfp=-\n" : "GET /info/x?y=z 2.0 xfp=-\n");
+    snprintf(cmd, sizeof(cmd), URL("/chunks -H 'x-a: 1'"));
+    expect_out(&e, cmd, "piece\npiece\npiece\n");
+#undef URL
+  }
+  /* Nothing matches without a "/" route. */
+  h2rev_http_server_t s2;
+  ASSERT_OK(h2rev_http_server_init(&e.loop, &s2, NULL));
+  ASSERT_OK(h2rev_http_server_route(&s2, "/only", text, "only\n"));
+  int p2 = listen_on(&s2, NULL, 0);
+  char cmd[512];
+  snprintf(cmd, sizeof(cmd), "curl -s -w ' %%{http_code}' http://127.0.0.1:%d/other", p2);
+  expect_out(&e, cmd, "not found\n 404");
+  snprintf(cmd, sizeof(cmd),
+           "curl -s --http2-prior-knowledge -w ' %%{http_code}' http://127.0.0.1:%d/other", p2);
+  expect_out(&e, cmd, "not found\n 404");
+  s2.data = &e;
+  e.closed = 0;
+  h2rev_http_server_close(&s2, srv_closed);
+  run_until(&e.loop, &e.closed, 5000);
+  e.closed = 0;
+  env_stop(&e);
+}
+
+/* 8 MiB echoed with Content-Length and chunked over HTTP/1.1, and over
+ * HTTP/2 with TLS, compared by SHA-256. */
+TEST(echo_large_body) {
+  env_t e;
+  env_init(&e);
+  char cmd[8192];
+  snprintf(cmd, sizeof(cmd), "head -c 8388608 /dev/urandom > %s/in", e.dir);
+  ASSERT_EQ(sh(&e, cmd), 0);
+  const char *variants[] = {
+      "--http1.1 http://127.0.0.1:%d/echo",
+      "--http1.1 -H 'Transfer-Encoding: chunked' http://127.0.0.1:%d/echo",
+      "--http2-prior-knowledge http://127.0.0.1:%d/echo",
+  };
+  for (int i = 0; i < 3; i++) {
+    char url[256];
+    snprintf(url, sizeof(url), variants[i], e.port);
+    snprintf(cmd, sizeof(cmd), "curl -sf --data-binary @%s/in -o %s/got %s && cmp %s/in %s/got",
+             e.dir, e.dir, url, e.dir, e.dir);
+    ASSERT_EQ(sh(&e, cmd), 0);
+  }
+  char ca[512];
+  test_path(ca, sizeof(ca), test_certs(), "ca.pem");
+  snprintf(cmd, sizeof(cmd),
+           "curl -sf --http2 --cacert %s --data-binary @%s/in -o %s/got "
+           "-w '%%{http_version}' https://localhost:%d/echo > %s/ver && cmp %s/in %s/got",
+           ca, e.dir, e.dir, e.tls_port, e.dir, e.dir, e.dir);
+  ASSERT_EQ(sh(&e, cmd), 0);
+  char path[600];
+  snprintf(path, sizeof(path), "%s/ver", e.dir);
+  char *ver = slurp(path, NULL);
+  ASSERT_STR_EQ(ver, "2");
+  free(ver);
+  ASSERT_EQ(e.done, 4);
+  ASSERT_EQ(e.done_err, 0);
+  env_stop(&e);
+}
+
+/* Several requests on one connection, HEAD and 204 framed without a body. */
+TEST(keepalive_and_framing) {
+  env_t e;
+  env_init(&e);
+  char cmd[1024];
+  snprintf(cmd, sizeof(cmd),
+           "curl -s --http1.1 -w '[%%{num_connects}]' http://127.0.0.1:%d/a "
+           "http://127.0.0.1:%d/chunks http://127.0.0.1:%d/a/b",
+           e.port, e.port, e.port);
+  expect_out(&e, cmd, "a\n[1]piece\npiece\npiece\n[0]ab\n[0]");
+  /* Pipelined: HEAD, 204, then GET; each answered in turn. */
+  snprintf(cmd, sizeof(cmd),
+           "printf 'HEAD /a HTTP/1.1\\r\\nHost: x\\r\\n\\r\\nGET /nocontent HTTP/1.1\\r\\nHost: "
+           "x\\r\\n\\r\\nGET /a HTTP/1.1\\r\\nHost: x\\r\\nConnection: close\\r\\n\\r\\n' | "
+           "python3 -c 'import socket,sys; s=socket.create_connection((\"127.0.0.1\",%d)); "
+           "s.sendall(sys.stdin.buffer.read()); d=b\"\"\n"
+           "while True:\n  b=s.recv(65536)\n  if not b: break\n  d+=b\n"
+           "sys.stdout.write(d.decode().replace(\"\\r\\n\",\"|\"))'",
+           e.port);
+  expect_out(&e, cmd,
+             "HTTP/1.1 200 OK|content-type: text/plain|Content-Length: 2||"
+             "HTTP/1.1 204 No Content||"
+             "HTTP/1.1 200 OK|content-type: text/plain|Content-Length: 2|Connection: close||a\n");
+  env_stop(&e);
+}
+
+/* 431, 400 and 408 (a head too slow), each a complete response. */
+TEST(limits) {
+  env_t e;
+  env_init(&e);
+  char cmd[1024];
+  const char *py =
+      "python3 -c 'import socket,sys,time; s=socket.create_connection((\"127.0.0.1\",%d)); "
+      "s.sendall(%s); d=b\"\"\n"
+      "while True:\n  b=s.recv(65536)\n  if not b: break\n  d+=b\n"
+      "sys.stdout.write(d.decode().split(\"\\r\\n\")[0])'";
+  snprintf(cmd, sizeof(cmd), py, e.port,
+           "b\"GET / HTTP/1.1\\r\\nX: \"+b\"a\"*70000+b\"\\r\\n\\r\\n\"");
+  expect_out(&e, cmd, "HTTP/1.1 431 Request Header Fields Too Large");
+  snprintf(cmd, sizeof(cmd), py, e.port, "b\"GET / HTTP/1.1\\r\\nBad Header\\r\\n\\r\\n\"");
+  expect_out(&e, cmd, "HTTP/1.1 400 Bad Request");
+  snprintf(cmd, sizeof(cmd), py, e.port, "b\"GET / HTTP/1.1\\r\\nHost: x\\r\\n\"");
+  expect_out(&e, cmd, "HTTP/1.1 408 Request Timeout");
+  env_stop(&e);
+}
+
+/* A handler that aborts after its head: the client sees an error, never a
+ * complete response; and a client that leaves mid-body: the handler's
+ * read_cb sees it. */
+TEST(abort_and_disconnect) {
+  env_t e;
+  env_init(&e);
+  char cmd[1024];
+  snprintf(cmd, sizeof(cmd), "curl -s --http1.1 -o /dev/null http://127.0.0.1:%d/abort", e.port);
+  ASSERT_NE(sh(&e, cmd), 0);
+  snprintf(cmd, sizeof(cmd),
+           "curl -s --http2-prior-knowledge -o /dev/null http://127.0.0.1:%d/abort", e.port);
+  ASSERT_NE(sh(&e, cmd), 0);
+  ASSERT_EQ(e.done, 2);
+  ASSERT_EQ(e.done_err, 2);
+  snprintf(
+      cmd, sizeof(cmd),
+      "python3 -c 'import socket,time; s=socket.create_connection((\"127.0.0.1\",%d)); "
+      "s.sendall(b\"POST /echo HTTP/1.1\\r\\nHost: x\\r\\nContent-Length: 1000000\\r\\n\\r\\n\"+"
+      "b\"x\"*5000); time.sleep(0.2); s.close()'",
+      e.port);
+  ASSERT_EQ(sh(&e, cmd), 0);
+  uint64_t deadline = uv_now(&e.loop) + 5000;
+  while (e.done < 3 && uv_now(&e.loop) < deadline)
+    uv_run(&e.loop, UV_RUN_ONCE);
+  ASSERT_EQ(e.gone, 1);
+  ASSERT_EQ(e.done, 3);
+  env_stop(&e);
+}
+
+/* ------------------------------------------ reverse connections as sockets */
+
+typedef struct rev {
+  env_t *e;
+  h2rev_dialer_t d;
+  h2rev_listener_t l;
+  h2rev_http_server_t back; /* serves the listener's streams */
+  int attached, dclosed, lclosed, bclosed;
+  int streams_done;
+  h2rev_stream_t *accepted[8];
+  int naccepted;
+  /* the dialer side of one reverse connection */
+  h2rev_dial_t dial;
+  h2rev_stream_t s;
+  int dialed;
+  char rx[4096];
+  size_t rxlen;
+  int eof;
+} rev_t;
+
+static void lis_state(h2rev_listener_t *l, int state, int err, unsigned delay) {
+  (void)err;
+  (void)delay;
+  rev_t *r = l->data;
+  if (state == H2REV_LISTENER_ATTACHED)
+    r->attached = 1;
+}
+
+static void stream_done(h2rev_stream_t *s) {
+  rev_t *r = s->data == NULL ? NULL : NULL;
+  (void)r;
+  free(s);
+  E->done++;
+}
+
+static void lis_conn(h2rev_listener_t *l, int status) {
+  rev_t *r = l->data;
+  if (status != 0)
+    return;
+  h2rev_stream_t *s = malloc(sizeof(*s));
+  if (h2rev_listener_accept(l, s) != 0) {
+    free(s);
+    return;
+  }
+  ASSERT_OK(h2rev_http_server_serve_stream(&r->back, s, stream_done));
+}
+
+static void dialed_cb(h2rev_dial_t *req, int status) {
+  rev_t *r = req->data;
+  ASSERT_OK(status);
+  r->dialed = 1;
+}
+
+static void r_alloc(h2rev_stream_t *s, size_t sz, uv_buf_t *buf) {
+  (void)sz;
+  rev_t *r = s->data;
+  *buf = uv_buf_init(r->rx + r->rxlen, (unsigned)(sizeof(r->rx) - 1 - r->rxlen));
+}
+
+static void r_read(h2rev_stream_t *s, ssize_t n, const uv_buf_t *buf) {
+  (void)buf;
+  rev_t *r = s->data;
+  if (n > 0) {
+    r->rxlen += (size_t)n;
+    r->rx[r->rxlen] = '\0';
+  } else if (n < 0) {
+    r->eof = (int)n;
+  }
+}
+
+static void r_wrote(h2rev_write_t *w, int status) {
+  ASSERT_OK(status);
+  free(w);
+}
+
+static void r_send(rev_t *r, const char *text) {
+  h2rev_write_t *w = malloc(sizeof(*w));
+  uv_buf_t b = uv_buf_init((char *)text, (unsigned)strlen(text));
+  ASSERT_OK(h2rev_stream_write(w, &r->s, &b, 1, r_wrote));
+}
+
+static void run_while(env_t *e, int (*fn)(rev_t *), rev_t *r, const char *what) {
+  uint64_t deadline = uv_now(&e->loop) + 10000;
+  while (!fn(r) && uv_now(&e->loop) < deadline)
+    uv_run(&e->loop, UV_RUN_ONCE);
+  if (!fn(r))
+    test_fail(__FILE__, __LINE__, "not reached: %s", what);
+}
+
+static int is_attached(rev_t *r) {
+  return r->attached;
+}
+static int is_dialed(rev_t *r) {
+  return r->dialed;
+}
+static int has_resp(rev_t *r) {
+  return strstr(r->rx, "\r\n\r\n") != NULL && r->rx[r->rxlen - 1] == '\n' &&
+         strstr(strstr(r->rx, "\r\n\r\n"), "xfp") != NULL;
+}
+static int has_eof(rev_t *r) {
+  return r->eof != 0;
+}
+static int all_closed(rev_t *r) {
+  return r->dclosed && r->lclosed && r->bclosed;
+}
+
+static void d_closed(h2rev_dialer_t *d) {
+  ((rev_t *)d->data)->dclosed = 1;
+}
+static void l_closed(h2rev_listener_t *l) {
+  ((rev_t *)l->data)->lclosed = 1;
+}
+static void b_closed(h2rev_http_server_t *s) {
+  ((rev_t *)s->data)->bclosed = 1;
+}
+
+static void rev_start(rev_t *r, env_t *e, h2rev_http_server_t *mount_on, int port) {
+  memset(r, 0, sizeof(*r));
+  r->e = e;
+  h2rev_dialer_options_t dopt = {.base_path = "/rc"};
+  test_logger(&dopt.log, "dialer");
+  ASSERT_OK(h2rev_dialer_init(&e->loop, &r->d, &dopt));
+  r->d.data = r;
+  if (mount_on != NULL) {
+    ASSERT_OK(h2rev_dialer_mount(&r->d, mount_on));
+    ASSERT_EQ(h2rev_dialer_mount(&r->d, mount_on), UV_EBUSY);
+  } else {
+    struct sockaddr_in a;
+    uv_ip4_addr("127.0.0.1", 0, &a);
+    ASSERT_OK(h2rev_dialer_listen(&r->d, (struct sockaddr *)&a, NULL));
+    struct sockaddr_in b;
+    int len = sizeof(b);
+    ASSERT_OK(h2rev_dialer_getsockname(&r->d, 0, (struct sockaddr *)&b, &len));
+    port = ntohs(b.sin_port);
+  }
+  ASSERT_OK(h2rev_http_server_init(&e->loop, &r->back, NULL));
+  r->back.data = r;
+  ASSERT_OK(h2rev_http_server_route(&r->back, "/", info, NULL));
+  char url[128];
+  snprintf(url, sizeof(url), "http://127.0.0.1:%d/rc", port);
+  h2rev_listener_options_t lo = {.url = url, .id = "back", .on_state = lis_state};
+  test_logger(&lo.log, "listener");
+  ASSERT_OK(h2rev_listener_init(&e->loop, &r->l, &lo));
+  r->l.data = r;
+  ASSERT_OK(h2rev_listener_start(&r->l, lis_conn));
+  run_while(e, is_attached, r, "listener attached");
+}
+
+static void rev_stop(rev_t *r) {
+  h2rev_listener_close(&r->l, l_closed);
+  h2rev_dialer_close(&r->d, d_closed);
+  h2rev_http_server_close(&r->back, b_closed);
+  run_while(r->e, all_closed, r, "all closed");
+}
+
+/* Two requests in turn on one reverse connection served by the server,
+ * then the dialer side ends it: the stream's done callback runs. */
+TEST(serve_stream) {
+  env_t e;
+  env_init(&e);
+  rev_t r;
+  rev_start(&r, &e, NULL, 0);
+  r.dial.data = r.s.data = &r;
+  ASSERT_OK(h2rev_dial(&r.dial, &r.d, "back", &r.s, 5000, dialed_cb));
+  run_while(&e, is_dialed, &r, "dialed");
+  ASSERT_OK(h2rev_stream_read_start(&r.s, r_alloc, r_read));
+  r_send(&r, "GET /one?x=1 HTTP/1.1\r\nHost: back\r\n\r\n");
+  run_while(&e, has_resp, &r, "first response");
+  ASSERT(strstr(r.rx, "GET /one?x=1 1.1 xfp=-\n") != NULL);
+  r.rxlen = 0;
+  r.rx[0] = '\0';
+  r_send(
+      &r,
+      "POST /two HTTP/1.1\r\nHost: back\r\nX-Forwarded-Prefix: /p\r\nContent-Length: 3\r\n\r\nabc");
+  run_while(&e, has_resp, &r, "second response");
+  ASSERT(strstr(r.rx, "POST /two 1.1 xfp=/p\n") != NULL);
+  h2rev_shutdown_t sh;
+  ASSERT_OK(h2rev_stream_shutdown(&sh, &r.s, NULL));
+  run_while(&e, has_eof, &r, "stream ended by the server");
+  ASSERT_EQ(r.eof, UV_EOF);
+  uint64_t deadline = uv_now(&e.loop) + 5000;
+  while (e.done < 1 && uv_now(&e.loop) < deadline)
+    uv_run(&e.loop, UV_RUN_ONCE);
+  ASSERT_EQ(e.done, 1); /* the server's done(stream) */
+  h2rev_stream_close(&r.s, NULL);
+  rev_stop(&r);
+  env_stop(&e);
+}
+
+/* The dialer mounted on the application's server next to its routes: a
+ * listener attaches through it and a proxied request reaches the server
+ * behind the listener. */
+TEST(dialer_mounted) {
+  env_t e;
+  env_init(&e);
+  rev_t r;
+  rev_start(&r, &e, &e.srv, e.port);
+  char cmd[512];
+  snprintf(cmd, sizeof(cmd), "curl -s --http1.1 http://127.0.0.1:%d/rc/proxy/back/x?y=1", e.port);
+  expect_out(&e, cmd, "GET /x?y=1 1.1 xfp=/rc/proxy/back\n");
+  snprintf(cmd, sizeof(cmd), "curl -s --http2-prior-knowledge http://127.0.0.1:%d/rc/proxy/back/z",
+           e.port);
+  expect_out(&e, cmd, "GET /z 1.1 xfp=/rc/proxy/back\n");
+  snprintf(cmd, sizeof(cmd), "curl -s http://127.0.0.1:%d/a", e.port);
+  expect_out(&e, cmd, "a\n");
+  snprintf(cmd, sizeof(cmd), "curl -s -w ' %%{http_code}' http://127.0.0.1:%d/rc/revdial?id=x",
+           e.port);
+  expect_out(&e, cmd, "/revdial needs HTTP/2\n 404");
+  rev_stop(&r);
+  /* The application's server lives on without the dialer. */
+  snprintf(cmd, sizeof(cmd), "curl -s -w ' %%{http_code}' http://127.0.0.1:%d/rc/proxy/back/x",
+           e.port);
+  expect_out(&e, cmd, "root\n 200");
+  env_stop(&e);
+}
