@@ -86,6 +86,9 @@ typedef struct uconn {
   bool closing;
   int refs;
   unsigned nreq;                 /* requests served on this reverse connection */
+  bool ending;                   /* our side of the reverse connection is ending */
+  bool idle;                     /* waiting for the next request on the reverse connection */
+  bool resp_ka;                  /* the response keeps the connection alive */
   uchunk_t *early, **early_tail; /* the rewritten head and what followed it */
   size_t to_x, to_s;             /* bytes queued each way */
   h2rev_shutdown_t sh;
@@ -215,6 +218,9 @@ static void s_shut(h2rev_shutdown_t *req, int status) {
 }
 
 static void end_stream(uconn_t *c) {
+  if (c->ending)
+    return;
+  c->ending = true;
   c->sh.data = c;
   if (h2rev_stream_shutdown(&c->sh, c->s, s_shut) != 0)
     uc_close(c);
@@ -393,11 +399,18 @@ static void stream_idle(uv_timer_t *t) {
 
 /* Ready for the next request on the same reverse connection. */
 static void next_request(uconn_t *c) {
+  if (c->pc != NULL) { /* not reusable: the response ended before the request */
+    upconn_t *pc = c->pc;
+    c->pc = NULL;
+    pc->c = NULL;
+    h2r_xport_close(&pc->x);
+  }
+  c->idle = true;
   llhttp_init(&c->parser, HTTP_REQUEST, &c->settings);
   llhttp_init(&c->rparser, HTTP_RESPONSE, &c->rsettings);
   c->parser.data = c->rparser.data = c;
   h2r_hbuf_reset(&c->hb);
-  c->head_req = c->raw = c->req_done = c->resp_done = c->spill = false;
+  c->head_req = c->raw = c->req_done = c->resp_done = c->spill = c->resp_ka = false;
   c->parsed = c->x_open = c->x_eof = false;
   uv_timer_start(&c->linger, stream_idle, STREAM_IDLE_MS, 0);
   int r = h2rev_stream_read_start(c->s, uc_alloc, uc_read);
@@ -405,29 +418,35 @@ static void next_request(uconn_t *c) {
     uc_close(c);
 }
 
-/* A response is complete: give the connection back when both messages had
- * clear ends and the upstream keeps it alive. The reverse connection then
- * waits for the next request when the dialer keeps it alive too; otherwise
- * it ends. */
-static void response_done(uconn_t *c) {
-  c->x_eof = true;
-  bool clean =
-      c->req_done && !c->spill && !c->raw && c->to_x == 0 && llhttp_should_keep_alive(&c->rparser);
-  bool again = clean && !c->s_eof && !c->u->closing && llhttp_should_keep_alive(&c->parser);
-  if (clean && c->pc->x.state == H2R_X_OPEN) {
-    pool_put(c);
-  } else if (again) {
-    upconn_t *pc = c->pc;
-    c->pc = NULL;
-    pc->c = NULL;
-    h2r_xport_close(&pc->x);
-  } else {
-    h2r_xport_read_pause(&c->pc->x, true);
-  }
-  if (again)
+/* Both messages are over: the reverse connection waits for the next
+ * request when both sides keep it alive, else it ends. The choice rests on
+ * the messages alone, which the dialer sees too (it puts the stream back
+ * among its spares on the same terms). */
+static void exchange_done(uconn_t *c) {
+  if (c->closing || !c->resp_done || !c->req_done)
+    return;
+  if (!c->raw && c->resp_ka && !c->spill && !c->s_eof && !c->u->closing &&
+      llhttp_should_keep_alive(&c->parser))
     next_request(c);
   else
     end_stream(c);
+}
+
+/* A response is complete: give the connection back when both messages had
+ * clear ends and the upstream keeps it alive. */
+static void response_done(uconn_t *c) {
+  c->x_eof = true;
+  c->resp_ka = llhttp_should_keep_alive(&c->rparser);
+  if (c->req_done && !c->spill && !c->raw && c->to_x == 0 && c->resp_ka &&
+      c->pc->x.state == H2R_X_OPEN)
+    pool_put(c);
+  else
+    h2r_xport_read_pause(&c->pc->x, true);
+  if (c->req_done)
+    exchange_done(c);
+  else if (c->raw || c->s_eof)
+    end_stream(c);
+  /* else: the rest of the request body first (uc_read) */
 }
 
 static void x_read(h2r_xport_t *x, const uint8_t *p, size_t n) {
@@ -747,12 +766,16 @@ static void uc_read(h2rev_stream_t *s, ssize_t n, const uv_buf_t *buf) {
     uc_check(c);
     return;
   }
-  if (c->parsed)
+  if (c->parsed) {
     track_request(c, buf->base, (size_t)n);
-  else
+  } else if (c->idle) {
+    c->idle = false;
     uv_timer_stop(&c->linger); /* a request is coming */
+  }
   if (c->x_open) {
     send_x(c, w, (size_t)n);
+    if (c->resp_done && c->req_done && !c->closing)
+      exchange_done(c); /* the body's end came after the response */
     return;
   }
   if (c->parsed) { /* the upstream is on its way: hold the bytes */
