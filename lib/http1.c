@@ -64,6 +64,11 @@ struct h2r_h1c {
   size_t npending;
   size_t out_queued; /* bytes written, not yet on the socket */
   unsigned writes;
+  /* Corked (h2r_h1c_cork): response bytes gathered into one write, so a
+   * small response is one TLS record and one system call, not three. */
+  bool corking;
+  char *cork;
+  size_t cork_len, cork_cap;
 };
 
 struct h1write {
@@ -185,7 +190,16 @@ static void pause_input(h2r_h1c_t *c, bool pause) {
   c->io->pause(c, pause);
 }
 
+static void cork_flush(h2r_h1c_t *c);
+
 static void c_close_now(h2r_h1c_t *c) {
+  if (c->cork_len > 0 && !c->dead) {
+    cork_flush(c); /* what was gathered goes first; close once it is written */
+    if (c->writes > 0) {
+      c->closing = true;
+      return;
+    }
+  }
   if (c->timer_open)
     uv_timer_stop(&c->timer);
   c->io->close(c, c->writes == 0);
@@ -210,13 +224,85 @@ static void wrote(h1write_t *w, int status) {
     h2r_proxy_client_drained(c->p);
 }
 
-static int submit(h2r_h1c_t *c, h1write_t *w) {
+static int submit_now(h2r_h1c_t *c, h1write_t *w) {
   int r = c->io->write(c, w);
   if (r != 0)
     return r;
   c->out_queued += w->len;
   c->writes++;
   return 0;
+}
+
+/* Writes what the cork gathered. */
+static void cork_flush(h2r_h1c_t *c) {
+  size_t n = c->cork_len;
+  if (n == 0)
+    return;
+  c->cork_len = 0;
+  h1write_t *w = malloc(sizeof(*w) + sizeof(uv_buf_t) + n);
+  if (w == NULL) {
+    c->io->close(c, false);
+    return;
+  }
+  w->iov = (uv_buf_t *)w->data;
+  char *p = w->data + sizeof(uv_buf_t);
+  memcpy(p, c->cork, n);
+  w->c = c;
+  w->rq = NULL;
+  w->user = NULL;
+  w->len = n;
+  w->iov[0] = uv_buf_init(p, (unsigned)n);
+  w->niov = 1;
+  if (submit_now(c, w) != 0) {
+    free(w);
+    c->io->close(c, false);
+  }
+  if (c->cork_cap > 65536) { /* a large response: do not keep its buffer */
+    free(c->cork);
+    c->cork = NULL;
+    c->cork_cap = 0;
+  }
+}
+
+/* Gathers pieces while corked; false when they must be written now. */
+static bool cork_add(h2r_h1c_t *c, const char *a, size_t al, const char *b, size_t bl,
+                     const char *d, size_t dl) {
+  size_t n = al + bl + dl;
+  if (!c->corking || c->dead || c->cork_len + n > 65536)
+    return false;
+  if (c->cork_len + n > c->cork_cap) {
+    size_t cap = c->cork_cap ? c->cork_cap : 1024;
+    while (cap < c->cork_len + n)
+      cap *= 2;
+    char *p = realloc(c->cork, cap);
+    if (p == NULL)
+      return false;
+    c->cork = p;
+    c->cork_cap = cap;
+  }
+  memcpy(c->cork + c->cork_len, a, al);
+  if (bl)
+    memcpy(c->cork + c->cork_len + al, b, bl);
+  if (dl)
+    memcpy(c->cork + c->cork_len + al + bl, d, dl);
+  c->cork_len += n;
+  return true;
+}
+
+/* Writes keep their order: what the cork holds goes first. */
+static int submit(h2r_h1c_t *c, h1write_t *w) {
+  cork_flush(c);
+  return submit_now(c, w);
+}
+
+void h2r_h1c_cork(h2r_h1c_t *c) {
+  c->corking = true;
+}
+
+void h2r_h1c_uncork(h2r_h1c_t *c) {
+  c->corking = false;
+  if (!c->dead)
+    cork_flush(c);
 }
 
 /* Copies up to three pieces into one write. */
@@ -252,7 +338,8 @@ static int out_rq(h2r_h1c_t *c, h2r_hreq_t *rq, const char *a, size_t al, const 
 
 static void out(h2r_h1c_t *c, const char *a, size_t al, const char *b, size_t bl, const char *d,
                 size_t dl) {
-  out_rq(c, NULL, a, al, b, bl, d, dl);
+  if (!cork_add(c, a, al, b, bl, d, dl))
+    out_rq(c, NULL, a, al, b, bl, d, dl);
 }
 
 static const char *reason(int status) {
@@ -333,6 +420,9 @@ static void c_unref(h2r_h1c_t *c) {
   h2r_hbuf_free(&c->hb);
   free(c->pending);
   c->pending = NULL;
+  free(c->cork);
+  c->cork = NULL;
+  c->cork_len = c->cork_cap = 0;
   c->timer_open = false;
   uv_close((uv_handle_t *)&c->timer, timer_closed);
 }
@@ -342,6 +432,7 @@ static void c_dead(h2r_h1c_t *c, int err) {
   if (c->dead)
     return;
   c->dead = true;
+  c->cork_len = 0;
   if (c->timer_open)
     uv_timer_stop(&c->timer);
   if (c->p != NULL) {
@@ -448,7 +539,7 @@ size_t h2r_h1c_body(h2r_h1c_t *c, const char *data, size_t len) {
   } else {
     out(c, data, len, NULL, 0, NULL, 0);
   }
-  return c->out_queued;
+  return c->out_queued + c->cork_len;
 }
 
 void h2r_h1c_end(h2r_h1c_t *c) {

@@ -79,6 +79,8 @@ enum h2r_xport_state {
 struct h2r_xport {
   uv_tcp_t tcp;
   uv_timer_t timer; /* handshake timeout */
+  uv_idle_t done;   /* completes writes the socket took at once */
+  h2r_xwrite_t *done_head, *done_tail;
   uv_connect_t connect;
   uv_loop_t *loop;
   const h2r_xport_cbs *cbs;
@@ -107,7 +109,8 @@ struct h2r_xwrite {
   uv_write_t req;
   h2r_xport_t *x;
   h2r_xwrite_cb cb;
-  uint8_t *tls_out; /* ciphertext owned by this write (TLS) */
+  uint8_t *tls_out;   /* ciphertext owned by this write (TLS) */
+  h2r_xwrite_t *next; /* on the transport's list of completed writes */
 };
 
 /* Client: connects to addr; TLS when ctx != NULL (then host is the SNI and
@@ -402,6 +405,10 @@ void h2r_h1c_end(h2r_h1c_t *c);                                 /* response comp
 void h2r_h1c_error(h2r_h1c_t *c, int status, const char *text); /* before the head */
 void h2r_h1c_abort(h2r_h1c_t *c);                               /* after the head */
 void h2r_h1c_resume_input(h2r_h1c_t *c);
+/* Between cork and uncork the response bytes are gathered into one write
+ * (the proxy corks while it parses one read of the listener's bytes). */
+void h2r_h1c_cork(h2r_h1c_t *c);
+void h2r_h1c_uncork(h2r_h1c_t *c);
 /* Closes the connection after the exchange in progress (or now if idle). */
 void h2r_h1c_shutdown(h2r_h1c_t *c);
 void h2r_h1c_close(h2r_h1c_t *c);

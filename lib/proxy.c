@@ -418,7 +418,14 @@ static void up_read(h2rev_stream_t *s, ssize_t n, const uv_buf_t *buf) {
   proxy_t *p = s->data;
   rblock_t *b = buf->base != NULL ? H2R_CONTAINER_OF(buf->base, rblock_t, data) : NULL;
   p->cur = b;
+  /* An HTTP/1.1 client gets what this read produces (head, body, end) in
+   * one write; the connection outlives this call even if p ends. */
+  h2r_h1c_t *h1 = p->kind == CLIENT_H1 ? p->h1 : NULL;
+  if (h1 != NULL)
+    h2r_h1c_cork(h1);
   up_input(p, n, buf);
+  if (h1 != NULL)
+    h2r_h1c_uncork(h1);
   /* p may be gone now; the spans written to the client hold the buffer. */
   b_unref(b);
 }

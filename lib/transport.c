@@ -26,12 +26,34 @@ static void x_handle_closed(uv_handle_t *h) {
   x->cbs->on_close(x);
 }
 
+/* Runs the callbacks of writes whose bytes the socket took at once. */
+static void x_done_run(h2r_xport_t *x) {
+  h2r_xwrite_t *w = x->done_head;
+  x->done_head = x->done_tail = NULL;
+  while (w != NULL) {
+    h2r_xwrite_t *next = w->next;
+    w->cb(w, 0);
+    w = next;
+  }
+}
+
+static void x_done(uv_idle_t *h) {
+  uv_idle_stop(h);
+  x_done_run(h->data);
+}
+
+static void x_done_closed(uv_handle_t *h) {
+  x_done_run(h->data); /* their bytes went out: 0, before on_close */
+  x_handle_closed(h);
+}
+
 void h2r_xport_close(h2r_xport_t *x) {
   if (x->state == H2R_X_CLOSING)
     return;
   x->state = H2R_X_CLOSING;
   uv_close((uv_handle_t *)&x->tcp, x_handle_closed);
   uv_close((uv_handle_t *)&x->timer, x_handle_closed);
+  uv_close((uv_handle_t *)&x->done, x_done_closed);
 }
 
 static void x_addr_name(h2r_xport_t *x, const struct sockaddr *sa) {
@@ -74,9 +96,11 @@ static int x_init(h2r_xport_t *x, uv_loop_t *loop, SSL_CTX *ctx, bool server, un
     return UV_ENOMEM;
   uv_tcp_init(loop, &x->tcp);
   uv_timer_init(loop, &x->timer);
+  uv_idle_init(loop, &x->done);
   x->tcp.data = x;
   x->timer.data = x;
-  x->nhandles = 2;
+  x->done.data = x;
+  x->nhandles = 3;
   if (ctx != NULL) {
     x->ssl = SSL_new(ctx);
     x->rbio = BIO_new(BIO_s_mem());
@@ -127,6 +151,22 @@ static int x_tls_flush(h2r_xport_t *x, h2r_xwrite_t *w, h2r_xwrite_cb cb) {
     (void)BIO_reset(x->wbio);
     return 0;
   }
+  if (n == 0 && x->tcp.write_queue_size == 0) {
+    (void)BIO_reset(x->wbio);
+    /* All on the socket: the callback comes on a later turn, without the
+     * empty write(2) that uv_write would make for it. */
+    w->x = x;
+    w->cb = cb;
+    w->tls_out = NULL;
+    w->next = NULL;
+    if (x->done_tail != NULL)
+      x->done_tail->next = w;
+    else
+      x->done_head = w;
+    x->done_tail = w;
+    uv_idle_start(&x->done, x_done);
+    return 0;
+  }
   if (w == NULL) {
     w = malloc(sizeof(*w));
     if (w == NULL)
@@ -144,7 +184,8 @@ static int x_tls_flush(h2r_xport_t *x, h2r_xwrite_t *w, h2r_xwrite_cb cb) {
   if (n > 0)
     memcpy(w->tls_out, data + off, n);
   (void)BIO_reset(x->wbio);
-  /* The rest (or an empty write, so that cb still comes later) in order. */
+  /* The rest (or an empty write behind what libuv still holds, so that cb
+   * keeps its place) in order. */
   uv_buf_t b = uv_buf_init((char *)w->tls_out, (unsigned)n);
   int r = uv_write(&w->req, (uv_stream_t *)&x->tcp, &b, 1, x_write_done);
   if (r != 0) {
