@@ -288,13 +288,7 @@ static void give(h2rev_dial_t *req, h2r_strm_t *st) {
   dial_complete(req, 0, NULL);
 }
 
-static void data_arrived(dlst_t *l, h2r_strm_t *st) {
-  if (l->asked > 0)
-    l->asked--;
-  if (l->pend_head != NULL) {
-    give(l->pend_head, st);
-    return;
-  }
+static void spare_push(dlst_t *l, h2r_strm_t *st) {
   st->hooks = &spare_hooks;
   st->owner = l;
   st->lprev = NULL;
@@ -304,6 +298,15 @@ static void data_arrived(dlst_t *l, h2r_strm_t *st) {
   l->spares = st;
   l->nspares++;
   l->d->st.spares++;
+}
+
+static void data_arrived(dlst_t *l, h2r_strm_t *st) {
+  if (l->asked > 0)
+    l->asked--;
+  if (l->pend_head != NULL)
+    give(l->pend_head, st);
+  else
+    spare_push(l, st);
 }
 
 #define RECYCLED_MAX     256   /* idle data streams kept per listener */
@@ -318,20 +321,11 @@ bool h2r_dialer_recycle(h2rev_dialer_t *dialer, const char *id, h2rev_stream_t *
   h2r_strm_t *st = h2r_strm_detach(stream);
   if (st == NULL)
     return false;
-  if (l->pend_head != NULL) {
-    give(l->pend_head, st);
-    return true;
-  }
+  /* Among the spares, not to a waiting dial at once: this runs inside the
+   * stream's read callback, and a byte after the response (which would make
+   * it unusable, see h2rev_dial) may still be on its way in. */
   st->idle_since = uv_now(d->loop);
-  st->hooks = &spare_hooks;
-  st->owner = l;
-  st->lprev = NULL;
-  st->lnext = l->spares;
-  if (l->spares != NULL)
-    l->spares->lprev = st;
-  l->spares = st;
-  l->nspares++;
-  d->st.spares++;
+  spare_push(l, st);
   return true;
 }
 
