@@ -370,11 +370,15 @@ static void h1_finish(h2r_hreq_t *rq, bool complete) {
   rq->finished = true;
   rq->reading = false;
   int r = rq->h1 != NULL ? h2r_h1c_finish(rq->h1, rq, complete) : H2REV_ECLOSED;
+  /* A client may hang up as soon as it has all of the Content-Length,
+   * before the handler ends: the response was complete all the same (a
+   * write that did not make it reports its own error). */
+  bool sized = complete && rq->responded && rq->cl_out >= 0 && rq->out == (uint64_t)rq->cl_out;
   if (r > 0)
     rq->writes += (unsigned)r;
-  else if (r < 0 && rq->result == 0)
+  else if (r < 0 && rq->result == 0 && !sized)
     rq->result = complete ? r : UV_ECANCELED;
-  if (rq->gone != 0 && rq->result == 0)
+  if (rq->gone != 0 && rq->result == 0 && !sized)
     rq->result = rq->gone;
   if (!complete && rq->result == 0)
     rq->result = UV_ECANCELED;
