@@ -41,7 +41,7 @@ static void stream_done(h2rev_stream_t *s) {
   active--;
 }
 
-/* Each reverse connection carries one HTTP/1.1 request for the upstream. */
+/* Each reverse connection carries HTTP/1.1 requests for the upstream, one at a time. */
 static void on_connection(h2rev_listener_t *l, int status) {
   if (status != 0)
     return;

@@ -535,7 +535,7 @@ H2REV_EXTERN int h2rev_listener_shutdown(h2rev_listener_t *listener, unsigned ti
 
 /* -------------------------------------------------------------- upstream */
 
-/* The listener side of a reverse proxy: serves the HTTP/1.1 request carried
+/* The listener side of a reverse proxy: serves the HTTP/1.1 requests carried
  * by an accepted reverse connection from an http:// or https:// upstream. The
  * request path loses its <base>/proxy/<id> prefix (h2rev's X-Forwarded-Prefix
  * or the Go dialer's full path), Host becomes the upstream's unless
@@ -563,9 +563,11 @@ struct h2rev_upstream_s {
 H2REV_EXTERN int h2rev_upstream_init(uv_loop_t *loop, h2rev_upstream_t *upstream,
                                      const h2rev_upstream_options_t *opts);
 /* Takes an open stream (from h2rev_listener_accept) and serves it; its
- * `data` field is used. When the exchange is over the stream is closed and
- * done(stream) runs: the caller may free it then. An upstream that cannot be
- * reached is answered with 502 on the stream.
+ * `data` field is used. Requests are served in turn while the dialer and the
+ * upstream keep the connection alive (an idle stream waits 120 s for the
+ * next); when it ends, the stream is closed and done(stream) runs: the
+ * caller may free it then. An upstream that cannot be reached is answered
+ * with 502 on the stream.
  * Errors: UV_EBADF (closing), UV_ENOMEM; done does not run then. */
 H2REV_EXTERN int h2rev_upstream_serve(h2rev_upstream_t *upstream, h2rev_stream_t *stream,
                                       h2rev_close_cb done);
