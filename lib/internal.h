@@ -100,6 +100,7 @@ struct h2r_xport {
    * connections (bytes are consumed within the read callback), so an idle
    * connection holds none of its own. */
   uint8_t *shared_rbuf;
+  unsigned small_flushes; /* in a row, much smaller than the write BIO's capacity */
   char alpn[16];
   char peer[64]; /* "ip:port" for logs */
   char errmsg[160];

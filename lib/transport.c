@@ -5,6 +5,7 @@
  */
 #include "internal.h"
 
+#include <openssl/buffer.h>
 #include <openssl/err.h>
 #include <openssl/x509v3.h>
 #include <stdio.h>
@@ -130,6 +131,27 @@ static void x_write_done(uv_write_t *req, int status) {
   w->cb(w, status);
 }
 
+/* Empties the memory BIO of ciphertext. A reset clears the BIO's whole
+ * capacity (OpenSSL memsets it): after a large burst a small write would pay
+ * for the burst's size every time, so a BIO much larger than what it just
+ * carried, many times in a row, is replaced by a fresh one. */
+static void x_wbio_reset(h2r_xport_t *x, size_t carried) {
+  BUF_MEM *bm = NULL;
+  BIO_get_mem_ptr(x->wbio, &bm);
+  bool small = bm != NULL && bm->max > (256u << 10) && carried < bm->max / 16;
+  x->small_flushes = small ? x->small_flushes + 1 : 0;
+  if (x->small_flushes >= 256) { /* the burst is over, not just paused */
+    x->small_flushes = 0;
+    BIO *fresh = BIO_new(BIO_s_mem());
+    if (fresh != NULL) {
+      SSL_set0_wbio(x->ssl, fresh); /* frees the old one */
+      x->wbio = fresh;
+      return;
+    }
+  }
+  (void)BIO_reset(x->wbio);
+}
+
 /* Sends what the TLS engine has produced, with w (or an internal request). */
 static int x_tls_flush(h2r_xport_t *x, h2r_xwrite_t *w, h2r_xwrite_cb cb) {
   char *data = NULL;
@@ -148,11 +170,11 @@ static int x_tls_flush(h2r_xport_t *x, h2r_xwrite_t *w, h2r_xwrite_cb cb) {
   }
   n -= off;
   if (n == 0 && w == NULL) {
-    (void)BIO_reset(x->wbio);
+    x_wbio_reset(x, n + off);
     return 0;
   }
   if (n == 0 && x->tcp.write_queue_size == 0) {
-    (void)BIO_reset(x->wbio);
+    x_wbio_reset(x, n + off);
     /* All on the socket: the callback comes on a later turn, without the
      * empty write(2) that uv_write would make for it. */
     w->x = x;
@@ -183,7 +205,7 @@ static int x_tls_flush(h2r_xport_t *x, h2r_xwrite_t *w, h2r_xwrite_cb cb) {
   }
   if (n > 0)
     memcpy(w->tls_out, data + off, n);
-  (void)BIO_reset(x->wbio);
+  x_wbio_reset(x, n + off);
   /* The rest (or an empty write behind what libuv still holds, so that cb
    * keeps its place) in order. */
   uv_buf_t b = uv_buf_init((char *)w->tls_out, (unsigned)n);

@@ -123,6 +123,42 @@ static void echo_one(size_t len, const char *cert) {
   free(data);
 }
 
+/* A burst of 16 MiB, then 400 small echoes one after the other on the same
+ * TLS connection: the transport replaces its grown write buffer once the
+ * burst is over (after 256 small flushes), and nothing is lost or reordered
+ * across the switch. */
+TEST(small_writes_after_a_burst_tls) {
+  uv_loop_t loop;
+  uv_loop_init(&loop);
+  tserver_t srv;
+  tserver_start(&srv, &loop, "server", NULL);
+  tclient_t cl = {0};
+  tclient_connect(&cl, &loop, srv.port, "ca", "127.0.0.1", NULL);
+  run_until(&loop, &cl.opened, 5000);
+  ASSERT_EQ(cl.opened, 1);
+  size_t len = 16u << 20;
+  char *data = malloc(len);
+  test_fill_random(data, len, 16);
+  cstream_t big = {0};
+  c_start(&big, &cl, "/echo", data, len);
+  run_until(&loop, &big.closed, 60000);
+  c_check_echo(&big);
+  for (int i = 0; i < 400; i++) {
+    char msg[32];
+    int n = snprintf(msg, sizeof(msg), "small %d", i);
+    cstream_t c = {0};
+    c_start(&c, &cl, "/echo", msg, (size_t)n);
+    run_until(&loop, &c.closed, 5000);
+    c_check_echo(&c);
+  }
+  h2r_session_shutdown(&cl.s);
+  run_until(&loop, &cl.closed, 5000);
+  ASSERT_OK(cl.err);
+  tserver_stop(&srv);
+  loop_drain(&loop);
+  free(data);
+}
+
 TEST(echo_1_byte_tls) {
   echo_one(1, "server");
 }
