@@ -252,6 +252,7 @@ enum {
   H2R_F_HEADERS = 1 << 10,  /* the peer's header block is complete */
   H2R_F_ORPHAN = 1 << 11,   /* no public handle: free when nghttp2 closes it */
   H2R_F_REJECT = 1 << 12,   /* answered with a complete response, then reset */
+  H2R_F_MANUAL = 1 << 13,   /* window returned by h2r_strm_consume, not by reading */
 };
 
 typedef struct h2r_chunk {
@@ -521,6 +522,11 @@ h2r_h1c_t *h2r_h1c_next(h2r_h1c_t *c);  /* the server's next virtual-stream conn
 void h2r_h1c_read_resume(h2r_h1c_t *c); /* the handler reads again */
 void h2r_h1c_release(h2r_h1c_t *c);     /* the handler's request is done with it */
 
+/* Flow control by the reader's own measure: bytes read return their window
+ * only when the reader calls h2r_strm_consume (once it has passed them on),
+ * so that the peer, not a buffer here, waits for a slow destination. */
+void h2r_strm_manual_consume(h2rev_stream_t *pub);
+void h2r_strm_consume(h2rev_stream_t *pub, size_t n);
 /* Gives the stream to the application's handle. */
 void h2r_strm_attach(h2r_strm_t *st, h2rev_stream_t *pub);
 /* Takes an idle, open stream back from its handle (which is then closed

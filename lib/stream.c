@@ -148,7 +148,8 @@ static size_t deliver(h2r_strm_t *st, const uint8_t *p, size_t n) {
     size_t k = H2R_MIN(n - done, buf.len);
     memcpy(buf.base, p + done, k);
     done += k;
-    consumed(st, k);
+    if (!(st->flags & H2R_F_MANUAL))
+      consumed(st, k);
     st->read_cb(st->pub, (ssize_t)k, &buf);
   }
   return done;
@@ -388,6 +389,16 @@ static void reset(h2r_strm_t *st) {
   if (sess_alive(st) && !(st->flags & H2R_F_NG_CLOSED) && st->id > 0) {
     nghttp2_submit_rst_stream(st->sess->ng, NGHTTP2_FLAG_NONE, st->id, NGHTTP2_CANCEL);
   }
+}
+
+void h2r_strm_manual_consume(h2rev_stream_t *pub) {
+  if (pub->s_ != NULL)
+    pub->s_->flags |= H2R_F_MANUAL;
+}
+
+void h2r_strm_consume(h2rev_stream_t *pub, size_t n) {
+  if (pub->s_ != NULL)
+    consumed(pub->s_, n);
 }
 
 /* Takes the stream back from an idle handle (keep-alive reuse): possible

@@ -22,7 +22,7 @@
 #define POOL_MAX       32    /* idle upstream connections kept */
 #define POOL_IDLE_MS   30000 /* and for how long */
 #define READ_BUF       (16 * 1024)
-#define FREE_BUFS      64
+#define FREE_BUFS      128
 #define STREAM_IDLE_MS 120000 /* a reused stream waits this long for a request */
 
 typedef struct h2r_upstream {
@@ -102,7 +102,8 @@ typedef struct uwrite {
   uconn_t *c;
   struct uwrite *next; /* in the upstream's free list */
   size_t len;
-  size_t cap; /* READ_BUF for the read buffers that are recycled, else 0 */
+  size_t cap;   /* READ_BUF for the read buffers that are recycled, else 0 */
+  bool consume; /* read from the stream: its window returns once written */
   char data[];
 } uwrite_t;
 
@@ -230,19 +231,19 @@ static void end_stream(uconn_t *c) {
 
 static void uc_alloc(h2rev_stream_t *s, size_t sz, uv_buf_t *buf) {
   h2r_upstream_t *u = ((uconn_t *)s->data)->u;
+  (void)sz; /* more than READ_BUF comes in several reads */
   uwrite_t *w = NULL;
-  if (sz <= READ_BUF && u->free_bufs != NULL) {
+  if (u->free_bufs != NULL) {
     w = u->free_bufs;
     u->free_bufs = w->next;
     u->nfree--;
   } else {
-    size_t cap = sz <= READ_BUF ? READ_BUF : sz;
-    w = malloc(sizeof(*w) + cap);
+    w = malloc(sizeof(*w) + READ_BUF);
     if (w == NULL) {
       *buf = uv_buf_init(NULL, 0);
       return;
     }
-    w->cap = cap;
+    w->cap = READ_BUF;
   }
   *buf = uv_buf_init(w->data, (unsigned)w->cap);
 }
@@ -281,6 +282,8 @@ static void to_x_done(h2r_xwrite_t *xw, int status) {
   uwrite_t *w = H2R_CONTAINER_OF(xw, uwrite_t, w.xw);
   uconn_t *c = w->c;
   c->to_x -= w->len;
+  if (w->consume && !c->closing)
+    h2r_strm_consume(c->s, w->len); /* the dialer may send as much again */
   wfree(c->u, w);
   if (status != 0 && status != UV_ECANCELED)
     uc_close(c);
@@ -288,10 +291,13 @@ static void to_x_done(h2r_xwrite_t *xw, int status) {
     h2rev_stream_read_start(c->s, uc_alloc, uc_read);
 }
 
-/* Sends a buffer allocated by uc_alloc (its uwrite_t) to the upstream. */
-static void send_x(uconn_t *c, uwrite_t *w, size_t n) {
+/* Sends a buffer allocated by uc_alloc (its uwrite_t) to the upstream;
+ * consume: its bytes came from the stream and return their window once
+ * written (the stream's window, not our buffers, bounds what is in flight). */
+static void send_x(uconn_t *c, uwrite_t *w, size_t n, bool consume) {
   w->c = c;
   w->len = n;
+  w->consume = consume;
   c->to_x += n;
   uv_buf_t b = uv_buf_init(w->data, (unsigned)n);
   if (h2r_xport_write(&c->pc->x, &w->w.xw, &b, 1, to_x_done) != 0) {
@@ -300,7 +306,7 @@ static void send_x(uconn_t *c, uwrite_t *w, size_t n) {
     uc_close(c);
     return;
   }
-  if (c->to_x >= HIGH_WATER)
+  if (c->to_x >= 4 * HIGH_WATER) /* a safety net: the window bounds it */
     h2rev_stream_read_stop(c->s);
 }
 
@@ -365,7 +371,7 @@ static void uc_opened(uconn_t *c) {
     }
     w->cap = 0;
     memcpy(w->data, k->data, k->len);
-    send_x(c, w, k->len);
+    send_x(c, w, k->len, false);
     free(k);
   }
   c->early_tail = &c->early;
@@ -773,12 +779,13 @@ static void uc_read(h2rev_stream_t *s, ssize_t n, const uv_buf_t *buf) {
     uv_timer_stop(&c->linger); /* a request is coming */
   }
   if (c->x_open) {
-    send_x(c, w, (size_t)n);
+    send_x(c, w, (size_t)n, true);
     if (c->resp_done && c->req_done && !c->closing)
       exchange_done(c); /* the body's end came after the response */
     return;
   }
-  if (c->parsed) { /* the upstream is on its way: hold the bytes */
+  h2r_strm_consume(s, (size_t)n); /* held or parsed here: bounded */
+  if (c->parsed) {                /* the upstream is on its way: hold the bytes */
     keep(c, buf->base, (size_t)n);
     wfree(c->u, w);
     h2rev_stream_read_stop(s);
@@ -904,6 +911,7 @@ int h2rev_upstream_serve(h2rev_upstream_t *upstream, h2rev_stream_t *stream, h2r
     uv_close((uv_handle_t *)&c->linger, free_data);
     return r;
   }
+  h2r_strm_manual_consume(stream);
   u->active++;
   return 0;
 }
