@@ -32,6 +32,18 @@ fresh=$(grep -c "request 1 on this reverse connection" "$WORK/listener-reuse.log
 [ "$fresh" -le 3 ] || fail "21 sequential requests used $fresh reverse connections"
 ok "reverse connections reused: 21 requests on $fresh data stream(s)"
 
+# A response that closes its connection ends the reverse connection too: each of these
+# requests gets a data stream of its own, and all of them are answered.
+before=$(grep -c "request 1 on this reverse connection" "$WORK/listener-reuse.log")
+for i in $(seq 1 8); do
+  [ "$(tcurl -f "$(tunnel reuse)/close/$i" | wc -c)" = "$i" ] || fail "Connection: close request $i"
+done
+after=$(grep -c "request 1 on this reverse connection" "$WORK/listener-reuse.log")
+# (the first may ride the stream the requests above left alive; each one after it needs a new one)
+[ $((after - before)) -ge 7 ] || fail "8 requests answered with Connection: close used $((after - before)) new streams"
+[ "$(tcurl -f "$(tunnel reuse)/bytes/7" | wc -c)" = 7 ] || fail "a request after the closes"
+ok "a response with Connection: close ends its reverse connection ($((after - before)) new streams for 8)"
+
 start_listener keep --keep-host
 wait_for tcurl -f "$(tunnel keep)/index.html" || fail "keep-host listener"
 hdrs=$(tcurl -f "$(tunnel keep)/headers")

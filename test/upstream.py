@@ -5,6 +5,7 @@ GET  /bytes/N        N bytes of a fixed pattern (Content-Length)
 GET  /chunked/N      N bytes, chunked
 GET  /headers        the request line and headers, as text
 GET  /status/N       an empty response with status N
+GET  /close/N        N bytes, then the upstream closes (Connection: close)
 GET  /conns          how many connections the upstream has accepted
 POST|PUT /sha        "<length> <sha256>" of the request body (chunked or not)
 GET  /ws             a WebSocket echo (after the 101, frames come back unmasked)
@@ -97,6 +98,14 @@ class Handler(http.server.SimpleHTTPRequestHandler):
                 k = min(left, len(data))
                 self.wfile.write(data[:k])
                 left -= k
+        elif p.startswith("/close/"):
+            n = int(p[7:])
+            self.close_connection = True
+            self.send_response(200)
+            self.send_header("Content-Length", str(n))
+            self.send_header("Connection", "close")
+            self.end_headers()
+            self.wfile.write(pattern(n))
         elif p.startswith("/chunked/"):
             n = int(p[9:])
             self.send_response(200)
