@@ -313,16 +313,26 @@ wrk_run() {
   [ "$K_ERR" = 0 ] && [ -n "$K_REQ" ] || problem "wrk $1: ${K_REQ:-0} requests, $K_ERR errors or non-2xx: $(grep -E 'errors|Non-2xx' "$out" | tr -s ' ' | tr '\n' ';')"
   log "wrk $1: $K_RPS req/s, p50 $K_P50 ms, p99 $K_P99 ms, errors $K_ERR"
 }
-log "HTTP/1.1: wrk -t1 -c16 -d${WRK_S}s --latency"
-wrk_run ref "$REF_URL/small.bin"
-RW_RPS=$K_RPS RW_P50=$K_P50 RW_P99=$K_P99
+# The two paths in turn, $H2_RUNS rounds (one wrk run swings by a third on a shared VM);
+# each figure is the median of the rounds.
+log "HTTP/1.1: wrk -t1 -c16 -d${WRK_S}s --latency, $H2_RUNS rounds"
 H1=0
 if [ "$(curl -sk --http1.1 -o /dev/null -w '%{http_code} %{http_version}' "$H2R_URL/small.bin" 2>/dev/null)" = "200 1.1" ]; then
   H1=1
-  wrk_run h2rev "$H2R_URL/small.bin"
-  XW_RPS=$K_RPS XW_P50=$K_P50 XW_P99=$K_P99
 else
   log "h2rev: curl --http1.1 fails: HTTP/1.1 front end not available"
+fi
+for r in $(seq 1 "$H2_RUNS"); do
+  wrk_run "ref-$r" "$REF_URL/small.bin"
+  M[wref-rps]+=" $K_RPS" M[wref-p50]+=" $K_P50" M[wref-p99]+=" $K_P99"
+  if [ "$H1" = 1 ]; then
+    wrk_run "h2rev-$r" "$H2R_URL/small.bin"
+    M[wh2rev-rps]+=" $K_RPS" M[wh2rev-p50]+=" $K_P50" M[wh2rev-p99]+=" $K_P99"
+  fi
+done
+RW_RPS=$(med wref-rps) RW_P50=$(med wref-p50) RW_P99=$(med wref-p99)
+if [ "$H1" = 1 ]; then
+  XW_RPS=$(med wh2rev-rps) XW_P50=$(med wh2rev-p50) XW_P99=$(med wh2rev-p99)
 fi
 
 # ---------------------------------------------------------------------------- transfers
@@ -468,13 +478,13 @@ P_SUM=$((P_D + P_L))
     "$(pf le "$(ratio "$X_P99" "$R_P99")" 2)"
   row "small GET h2load: requests not answered 2xx (of $((H2_RUNS * N_GET)))" "$R_BAD" "$X_BAD" "-" "0" "$(pf test "$X_BAD" = 0)"
   if [ "$H1" = 1 ]; then
-    row "small GET wrk HTTP/1.1 -c16 ${WRK_S}s: req/s" "$RW_RPS" "$XW_RPS" "$(ratio "$XW_RPS" "$RW_RPS")" "≥ 0.7× ref" \
+    row "small GET wrk HTTP/1.1 -c16 ${WRK_S}s (median of $H2_RUNS): req/s" "$RW_RPS" "$XW_RPS" "$(ratio "$XW_RPS" "$RW_RPS")" "≥ 0.7× ref" \
       "$(pf ge "$(ratio "$XW_RPS" "$RW_RPS")" 0.7)"
     row "small GET wrk: p50 latency, ms" "$RW_P50" "$XW_P50" "$(ratio "$XW_P50" "$RW_P50")" "-" "-"
     row "small GET wrk: p99 latency, ms" "$RW_P99" "$XW_P99" "$(ratio "$XW_P99" "$RW_P99")" "≤ 2× ref" \
       "$(pf le "$(ratio "$XW_P99" "$RW_P99")" 2)"
   else
-    row "small GET wrk HTTP/1.1 -c16 ${WRK_S}s: req/s" "$RW_RPS" "$na" "-" "≥ 0.7× ref" "n/a"
+    row "small GET wrk HTTP/1.1 -c16 ${WRK_S}s (median of $H2_RUNS): req/s" "$RW_RPS" "$na" "-" "≥ 0.7× ref" "n/a"
     row "small GET wrk: p50 latency, ms" "$RW_P50" "$na" "-" "-" "-"
     row "small GET wrk: p99 latency, ms" "$RW_P99" "$na" "-" "≤ 2× ref" "n/a"
   fi
