@@ -97,7 +97,9 @@ static void c_check_echo(cstream_t *c) {
   ASSERT_EQ(c->err, 0);
 }
 
-static void echo_one(size_t len, const char *cert) {
+/* Echoes len bytes on one stream, then nsmall short messages on streams of
+ * the same connection, one after the other. */
+static void echo_one(size_t len, const char *cert, int nsmall) {
   uv_loop_t loop;
   uv_loop_init(&loop);
   tserver_t srv;
@@ -115,6 +117,14 @@ static void echo_one(size_t len, const char *cert) {
   ASSERT_EQ(c.writes_done, 1);
   ASSERT_OK(c.write_status);
   ASSERT_EQ(c.shut_done, 1);
+  for (int i = 0; i < nsmall; i++) {
+    char msg[32];
+    int n = snprintf(msg, sizeof(msg), "small %d", i);
+    cstream_t m = {0};
+    c_start(&m, &cl, "/echo", msg, (size_t)n);
+    run_until(&loop, &m.closed, 5000);
+    c_check_echo(&m);
+  }
   h2r_session_shutdown(&cl.s);
   run_until(&loop, &cl.closed, 5000);
   ASSERT_OK(cl.err);
@@ -128,47 +138,19 @@ static void echo_one(size_t len, const char *cert) {
  * burst is over (after 256 small flushes), and nothing is lost or reordered
  * across the switch. */
 TEST(small_writes_after_a_burst_tls) {
-  uv_loop_t loop;
-  uv_loop_init(&loop);
-  tserver_t srv;
-  tserver_start(&srv, &loop, "server", NULL);
-  tclient_t cl = {0};
-  tclient_connect(&cl, &loop, srv.port, "ca", "127.0.0.1", NULL);
-  run_until(&loop, &cl.opened, 5000);
-  ASSERT_EQ(cl.opened, 1);
-  size_t len = 16u << 20;
-  char *data = malloc(len);
-  test_fill_random(data, len, 16);
-  cstream_t big = {0};
-  c_start(&big, &cl, "/echo", data, len);
-  run_until(&loop, &big.closed, 60000);
-  c_check_echo(&big);
-  for (int i = 0; i < 400; i++) {
-    char msg[32];
-    int n = snprintf(msg, sizeof(msg), "small %d", i);
-    cstream_t c = {0};
-    c_start(&c, &cl, "/echo", msg, (size_t)n);
-    run_until(&loop, &c.closed, 5000);
-    c_check_echo(&c);
-  }
-  h2r_session_shutdown(&cl.s);
-  run_until(&loop, &cl.closed, 5000);
-  ASSERT_OK(cl.err);
-  tserver_stop(&srv);
-  loop_drain(&loop);
-  free(data);
+  echo_one(16u << 20, "server", 400);
 }
 
 TEST(echo_1_byte_tls) {
-  echo_one(1, "server");
+  echo_one(1, "server", 0);
 }
 
 TEST(echo_64mib_tls) {
-  echo_one(64u << 20, "server");
+  echo_one(64u << 20, "server", 0);
 }
 
 TEST(echo_64mib_cleartext) {
-  echo_one(64u << 20, NULL);
+  echo_one(64u << 20, NULL, 0);
 }
 
 TEST(concurrent_1000_streams) {
