@@ -526,12 +526,12 @@ size_t h2r_h1c_head(h2r_h1c_t *c, int status, const h2r_kv_t *hdrs, size_t n, bo
   }
   if (upgrade && c->input_paused)
     pause_input(c, false);
-  return c->out_queued;
+  return c->out_queued + c->cork_len;
 }
 
 size_t h2r_h1c_body(h2r_h1c_t *c, const char *data, size_t len) {
   if (len == 0)
-    return c->out_queued;
+    return c->out_queued + c->cork_len;
   if (c->chunked_out) {
     char size[24];
     int sl = snprintf(size, sizeof(size), "%zx\r\n", len);
