@@ -127,9 +127,15 @@ const char *h2r_strm_header(const h2r_strm_t *st, const char *name, size_t *len)
 
 /* ------------------------------------------------------------ reading */
 
+/* Returns window to the peer. The WINDOW_UPDATE nghttp2 may queue here must
+ * be flushed on this loop turn: the caller may be outside the session's own
+ * callbacks (a reader that consumes later), and the peer may have nothing
+ * else to send until it gets the window. */
 static void consumed(h2r_strm_t *st, size_t n) {
-  if (n > 0 && sess_alive(st) && !(st->flags & H2R_F_NG_CLOSED))
+  if (n > 0 && sess_alive(st) && !(st->flags & H2R_F_NG_CLOSED)) {
     nghttp2_session_consume_stream(st->sess->ng, st->id, n);
+    h2r_session_schedule(st->sess);
+  }
 }
 
 /* Hands bytes to the application until it stops reading; returns how many

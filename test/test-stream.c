@@ -337,3 +337,61 @@ TEST(close_cancels_pending_writes) {
   loop_drain(&loop);
   free(data);
 }
+
+/* A reader that returns flow-control window on its own schedule
+ * (h2r_strm_consume from a timer, as the listener does when bytes reach its
+ * upstream): the WINDOW_UPDATE goes out at once, not with whatever traffic
+ * happens to come next. Nothing else is on this connection: were the update
+ * left queued, the transfer would stall until the next PING (30 s). */
+typedef struct mreader {
+  cstream_t c;
+  uv_timer_t t;
+  size_t owed; /* read, window not yet returned */
+} mreader_t;
+
+static void m_consume(uv_timer_t *t) {
+  mreader_t *m = t->data;
+  h2r_strm_consume(&m->c.s, m->owed);
+  m->owed = 0;
+}
+
+static void m_read(h2rev_stream_t *s, ssize_t n, const uv_buf_t *buf) {
+  mreader_t *m = H2R_CONTAINER_OF(s->data, mreader_t, c);
+  if (n > 0) {
+    m->owed += (size_t)n;
+    uv_timer_start(&m->t, m_consume, 1, 0);
+  }
+  c_read(s, n, buf);
+}
+
+TEST(window_returned_outside_callbacks) {
+  const uint64_t total = 16u << 20; /* 16 stream windows */
+  uv_loop_t loop;
+  uv_loop_init(&loop);
+  tserver_t srv;
+  tserver_start(&srv, &loop, "server", NULL);
+  tclient_t cl = {0};
+  tclient_connect(&cl, &loop, srv.port, "ca", "localhost", NULL);
+  run_until(&loop, &cl.opened, 5000);
+  mreader_t m = {0};
+  uv_timer_init(&loop, &m.t);
+  m.t.data = &m;
+  char path[64];
+  snprintf(path, sizeof(path), "/source?n=%llu", (unsigned long long)total);
+  c_start(&m.c, &cl, path, NULL, 0);
+  h2r_strm_manual_consume(&m.c.s);
+  ASSERT_OK(h2rev_stream_read_stop(&m.c.s));
+  ASSERT_OK(h2rev_stream_read_start(&m.c.s, c_alloc, m_read));
+  run_until(&loop, &m.c.closed, 10000);
+  unsigned char got[32], want[32];
+  test_sha_final(&m.c.rx, got);
+  source_sha(total, want);
+  ASSERT_EQ(m.c.nread, total);
+  ASSERT_MEM_EQ(got, want, 32);
+  ASSERT_EQ(m.c.eof, 1);
+  uv_close((uv_handle_t *)&m.t, NULL);
+  h2r_session_shutdown(&cl.s);
+  run_until(&loop, &cl.closed, 5000);
+  tserver_stop(&srv);
+  loop_drain(&loop);
+}
