@@ -171,11 +171,14 @@ EOF
 EOF
 } >"$W/up.conf"
 
-# The reference: one TLS HTTP/2 hop to the same upstream, streaming both ways.
+# The reference: one TLS HTTP/2 hop to the same upstream, streaming both ways. It keeps
+# as many idle upstream connections as h2rev-listener does by default (256): h2load has
+# 160 requests in flight, and with fewer (nginx's usual 32) both proxies would open a
+# new upstream connection for a good part of the requests.
 {
   ngx_common ref
   cat <<EOF
-  upstream up { server 127.0.0.1:$UP; keepalive 32; }
+  upstream up { server 127.0.0.1:$UP; keepalive 256; }
   server {
     listen 127.0.0.1:$REF ssl http2;
     ssl_certificate $W/ref.crt;

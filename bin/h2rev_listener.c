@@ -16,6 +16,9 @@ static const char usage[] =
     "  --upstream-ca FILE   trust this CA for an https:// upstream (default: system)\n"
     "  --upstream-insecure  do not verify the upstream's certificate\n"
     "  --keep-host          pass the client's Host header (default: the upstream's)\n"
+    "  --upstream-idle N    idle keep-alive connections to the upstream kept for\n"
+    "                       the next requests (default 256; at least the requests\n"
+    "                       in flight at once, or some pay a new connection each)\n"
     "  --ca FILE            trust this CA (or certificate) for the dialer\n"
     "  --cert FILE --key FILE  client certificate (mTLS)\n"
     "  --token TOKEN        sent as Authorization: Bearer TOKEN\n"
@@ -86,6 +89,7 @@ int main(int argc, char **argv) {
   const char *url = NULL, *id = NULL, *up = NULL, *ca = NULL, *cert = NULL, *key = NULL;
   const char *token = NULL, *upstream_ca = NULL;
   bool insecure = false, upstream_insecure = false, keep_host = false;
+  unsigned upstream_idle = 0;
   for (int i = 1; i < argc; i++) {
     const char *v;
     if (strcmp(argv[i], "--help") == 0 || strcmp(argv[i], "-h") == 0) {
@@ -116,6 +120,10 @@ int main(int argc, char **argv) {
       key = v;
     } else if ((v = tool_flag(argc, argv, &i, "--token")) != NULL) {
       token = v;
+    } else if ((v = tool_flag(argc, argv, &i, "--upstream-idle")) != NULL) {
+      upstream_idle = tool_parse_count("--upstream-idle", v, 65536);
+      if (upstream_idle == 0)
+        tool_usage_error("--upstream-idle: must be at least 1");
     } else if ((v = tool_flag(argc, argv, &i, "--drain-timeout")) != NULL) {
       drain_timeout = tool_parse_ms("--drain-timeout", v);
     } else if ((v = tool_flag(argc, argv, &i, "--log-level")) != NULL) {
@@ -175,6 +183,7 @@ int main(int argc, char **argv) {
   uo.tls.ca_file = upstream_ca;
   uo.tls.insecure = upstream_insecure;
   uo.keep_host = keep_host;
+  uo.max_idle_conns = upstream_idle;
   uo.log = o.log;
   r = h2rev_upstream_init(loop, &upstream, &uo);
   if (r != 0) {

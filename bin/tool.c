@@ -175,12 +175,18 @@ void tool_fatal(const char *fmt, ...) {
   exit(2);
 }
 
-unsigned tool_parse_ms(const char *flag, const char *v) {
-  char *end;
-  if (v[0] < '0' || v[0] > '9')
-    tool_usage_error("%s: \"%s\" is not a number of milliseconds", flag, v);
-  unsigned long n = strtoul(v, &end, 10);
-  if (*end != '\0' || n > 86400000UL)
-    tool_usage_error("%s: \"%s\" is not a number of milliseconds (at most 86400000)", flag, v);
+static unsigned parse_uint(const char *flag, const char *v, unsigned long max, const char *what) {
+  char *end = NULL;
+  unsigned long n = v[0] >= '0' && v[0] <= '9' ? strtoul(v, &end, 10) : max + 1;
+  if (n > max || *end != '\0')
+    tool_usage_error("%s: \"%s\" is not a number of %s (at most %lu)", flag, v, what, max);
   return (unsigned)n;
+}
+
+unsigned tool_parse_ms(const char *flag, const char *v) {
+  return parse_uint(flag, v, 86400000UL, "milliseconds");
+}
+
+unsigned tool_parse_count(const char *flag, const char *v, unsigned max) {
+  return parse_uint(flag, v, max, "items");
 }

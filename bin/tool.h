@@ -26,6 +26,8 @@ void tool_signals_close(void);
 void tool_fatal(const char *fmt, ...) __attribute__((format(printf, 1, 2), noreturn));
 /* A number of milliseconds (digits only, at most a day) for --flag; exits 2 otherwise. */
 unsigned tool_parse_ms(const char *flag, const char *v);
+/* A count (digits only, at most max) for --flag; exits 2 otherwise. */
+unsigned tool_parse_count(const char *flag, const char *v, unsigned max);
 /* While on, library log lines at error level go into buf (the first one)
  * instead of stderr, so that a failure is reported as one line. */
 void tool_capture(char *buf, size_t len);

@@ -549,6 +549,11 @@ typedef struct h2rev_upstream_options_s {
   h2rev_tls_options_t tls;     /* https: ca_file (NULL: system store), insecure, server_name */
   int keep_host;               /* pass the client's Host header unchanged */
   unsigned connect_timeout_ms; /* connect + TLS; default 10000 */
+  /* Idle keep-alive connections to the upstream kept for the next requests
+   * (each is closed after 30 s unused); default 256. Below the number of
+   * requests in flight at once, the surplus is closed after each burst and
+   * opened again for the next: a TCP (and TLS) handshake per request. */
+  unsigned max_idle_conns;
   h2rev_logger_t log;
 } h2rev_upstream_options_t;
 

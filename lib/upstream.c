@@ -19,7 +19,7 @@
 #define HIGH_WATER     (1u << 20)
 #define LINGER_MS      5000
 #define ADDR_TTL_MS    30000
-#define POOL_MAX       32    /* idle upstream connections kept */
+#define POOL_MAX       256   /* idle upstream connections kept, by default */
 #define POOL_IDLE_MS   30000 /* and for how long */
 #define READ_BUF       (16 * 1024)
 #define FREE_BUFS      128
@@ -346,7 +346,7 @@ static void pool_put(uconn_t *c) {
   h2r_upstream_t *u = c->u;
   c->pc = NULL;
   pc->c = NULL;
-  if (u->closing || u->nidle >= POOL_MAX) {
+  if (u->closing || u->nidle >= u->o.max_idle_conns) {
     h2r_xport_close(&pc->x);
     return;
   }
@@ -864,6 +864,8 @@ int h2rev_upstream_init(uv_loop_t *loop, h2rev_upstream_t *upstream,
   u->o.tls = (h2rev_tls_options_t){0};
   if (u->o.connect_timeout_ms == 0)
     u->o.connect_timeout_ms = 10000;
+  if (u->o.max_idle_conns == 0)
+    u->o.max_idle_conns = POOL_MAX;
   uv_timer_init(loop, &u->defer);
   u->defer.data = u;
   uv_timer_init(loop, &u->sweep);

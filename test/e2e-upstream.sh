@@ -19,6 +19,22 @@ after=$(tcurl -f "$(tunnel up)/conns")
 [ $((after - before)) -le 3 ] || fail "21 requests opened $((after - before)) upstream connections"
 ok "upstream connections reused ($((after - before)) new for 21 requests)"
 
+# Concurrent requests: the pool keeps as many idle connections as the requests had in
+# flight (256 by default), so a second wave like the first opens (next to) none. A pool of
+# 32 would close the surplus after each wave and open it again for the next.
+wave() { h2load -c 1 -m 80 -n 80 "$(tunnel up)/bytes/1000" | grep -q '80 succeeded' || fail "h2load wave"; }
+c0=$(tcurl -f "$(tunnel up)/conns")
+wave
+c1=$(tcurl -f "$(tunnel up)/conns")
+wave
+wave
+c2=$(tcurl -f "$(tunnel up)/conns")
+wave
+c3=$(tcurl -f "$(tunnel up)/conns")
+[ $((c1 - c0)) -gt 32 ] || fail "80 concurrent requests had only $((c1 - c0)) upstream connections in flight: too few to tell"
+[ $((c3 - c2)) -le 8 ] || fail "the fourth wave of 80 concurrent requests opened $((c3 - c2)) upstream connections (first wave: $((c1 - c0)))"
+ok "concurrent waves reuse the pool: $((c1 - c0)) connections for the first wave of 80, $((c3 - c2)) new for the fourth"
+
 # Keep-alive on the reverse connections: sequential requests ride the same
 # data stream instead of a new one each.
 start_listener reuse --log-level debug

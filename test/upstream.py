@@ -177,6 +177,8 @@ def main():
     ap.add_argument("--tls-key")
     a = ap.parse_args()
     os.chdir(a.dir)
+    # Room for the connections a listener opens at once under concurrent load.
+    http.server.ThreadingHTTPServer.request_queue_size = 256
     srv = http.server.ThreadingHTTPServer(("127.0.0.1", a.port), Handler)
     if a.tls_cert:
         import ssl
