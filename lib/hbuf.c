@@ -1,5 +1,6 @@
 /* A request or response head as llhttp hands it over in pieces: the URL and
- * the header names and values gathered into one buffer, with a size limit. */
+ * the header names and values gathered into one buffer, with a size limit;
+ * and the writing of heads (h2r_out_t). */
 #include "internal.h"
 
 #include <stdlib.h>
@@ -85,4 +86,14 @@ const char *h2r_hbuf_get(const h2r_hbuf_t *h, const char *name, size_t *len) {
       return h->buf + h->off[i][2];
     }
   return NULL;
+}
+
+void h2r_out_uint(h2r_out_t *o, uint64_t v, unsigned base) {
+  char tmp[24];
+  size_t i = sizeof(tmp);
+  do {
+    tmp[--i] = "0123456789abcdef"[v % base];
+    v /= base;
+  } while (v > 0);
+  h2r_out_put(o, tmp + i, sizeof(tmp) - i);
 }

@@ -389,14 +389,28 @@ static const char *reason(int status) {
   }
 }
 
+static void status_line(h2r_out_t *o, int status) {
+  const char *why = reason(status);
+  H2R_OUT_LIT(o, "HTTP/1.1 ");
+  h2r_out_uint(o, (uint64_t)status, 10);
+  H2R_OUT_LIT(o, " ");
+  h2r_out_put(o, why, strlen(why));
+  H2R_OUT_LIT(o, "\r\n");
+}
+
 /* A complete text response of our own. */
 static void respond_text(h2r_h1c_t *c, int status, const char *text, bool close) {
   char head[256];
   size_t tl = strlen(text);
-  int n = snprintf(head, sizeof(head),
-                   "HTTP/1.1 %d %s\r\nContent-Type: text/plain\r\nContent-Length: %zu\r\n%s\r\n",
-                   status, reason(status), tl, close ? "Connection: close\r\n" : "");
-  out(c, head, (size_t)n, c->head_only ? "" : text, c->head_only ? 0 : tl, NULL, 0);
+  h2r_out_t o = {head, 0, sizeof(head)};
+  status_line(&o, status);
+  H2R_OUT_LIT(&o, "Content-Type: text/plain\r\nContent-Length: ");
+  h2r_out_uint(&o, tl, 10);
+  H2R_OUT_LIT(&o, "\r\n");
+  if (close)
+    H2R_OUT_LIT(&o, "Connection: close\r\n");
+  H2R_OUT_LIT(&o, "\r\n");
+  out(c, head, o.len, c->head_only ? "" : text, c->head_only ? 0 : tl, NULL, 0);
   if (close) {
     c->closing = true;
     if (c->writes == 0)
@@ -483,12 +497,14 @@ size_t h2r_h1c_head(h2r_h1c_t *c, int status, const h2r_kv_t *hdrs, size_t n, bo
   size_t cap = 256;
   for (size_t i = 0; i < n; i++)
     cap += hdrs[i].nl + hdrs[i].vl + 4;
-  char *h = malloc(cap);
+  char small[2048];
+  char *h = cap <= sizeof(small) ? small : malloc(cap);
   if (h == NULL) {
     c_close_now(c);
     return 0;
   }
-  size_t o = (size_t)snprintf(h, cap, "HTTP/1.1 %d %s\r\n", status, reason(status));
+  h2r_out_t o = {h, 0, cap};
+  status_line(&o, status);
   bool has_cl = false;
   for (size_t i = 0; i < n; i++) {
     const h2r_kv_t *kv = &hdrs[i];
@@ -500,23 +516,23 @@ size_t h2r_h1c_head(h2r_h1c_t *c, int status, const h2r_kv_t *hdrs, size_t n, bo
     if (hop)
       continue;
     has_cl |= is_cl;
-    o += (size_t)snprintf(h + o, cap - o, "%.*s: %.*s\r\n", (int)kv->nl, kv->name, (int)kv->vl,
-                          kv->value);
+    h2r_out_header(&o, kv->name, kv->nl, kv->value, kv->vl);
   }
   bool body = !c->head_only && status != 204 && status != 304 && status >= 200;
   c->chunked_out = body && !has_cl;
   if (c->chunked_out)
-    o += (size_t)snprintf(h + o, cap - o, "Transfer-Encoding: chunked\r\n");
+    H2R_OUT_LIT(&o, "Transfer-Encoding: chunked\r\n");
   if (upgrade) {
-    o += (size_t)snprintf(h + o, cap - o, "Connection: Upgrade\r\n");
+    H2R_OUT_LIT(&o, "Connection: Upgrade\r\n");
     c->raw = true;
     c->chunked_out = false;
   } else if (!c->keep_alive || c->draining) {
-    o += (size_t)snprintf(h + o, cap - o, "Connection: close\r\n");
+    H2R_OUT_LIT(&o, "Connection: close\r\n");
   }
-  o += (size_t)snprintf(h + o, cap - o, "\r\n");
-  out(c, h, o, NULL, 0, NULL, 0);
-  free(h);
+  H2R_OUT_LIT(&o, "\r\n");
+  out(c, h, o.len, NULL, 0, NULL, 0);
+  if (h != small)
+    free(h);
   if (upgrade && c->npending > 0) {
     /* Bytes the client sent after its upgrade request. */
     h2r_proxy_client_body(c->p, (const char *)c->pending, c->npending);
@@ -534,8 +550,10 @@ size_t h2r_h1c_body(h2r_h1c_t *c, const char *data, size_t len) {
     return c->out_queued + c->cork_len;
   if (c->chunked_out) {
     char size[24];
-    int sl = snprintf(size, sizeof(size), "%zx\r\n", len);
-    out(c, size, (size_t)sl, data, len, "\r\n", 2);
+    h2r_out_t o = {size, 0, sizeof(size)};
+    h2r_out_uint(&o, len, 16);
+    H2R_OUT_LIT(&o, "\r\n");
+    out(c, size, o.len, data, len, "\r\n", 2);
   } else {
     out(c, data, len, NULL, 0, NULL, 0);
   }
@@ -582,32 +600,35 @@ int h2r_h1c_respond(h2r_h1c_t *c, h2r_hreq_t *rq, int status, const h2rev_header
   char *h = malloc(cap);
   if (h == NULL)
     return UV_ENOMEM;
-  size_t o = (size_t)snprintf(h, cap, "HTTP/1.1 %d %s\r\n", status, reason(status));
+  h2r_out_t o = {h, 0, cap};
+  status_line(&o, status);
   for (size_t i = 0; i < n; i++) {
     const char *name = hdrs[i].name;
     if (strcasecmp(name, "content-length") == 0 || strcasecmp(name, "transfer-encoding") == 0 ||
         strcasecmp(name, "connection") == 0 || strcasecmp(name, "keep-alive") == 0 ||
         strcasecmp(name, "upgrade") == 0)
       continue;
-    o += (size_t)snprintf(h + o, cap - o, "%s: %s\r\n", name, hdrs[i].value);
+    h2r_out_header(&o, name, strlen(name), hdrs[i].value, strlen(hdrs[i].value));
   }
   bool body_ok = status != 204 && status != 304;
   *no_body = c->head_only || !body_ok;
   c->chunked_out = false;
   if (cl >= 0 && body_ok) {
-    o += (size_t)snprintf(h + o, cap - o, "Content-Length: %lld\r\n", (long long)cl);
+    H2R_OUT_LIT(&o, "Content-Length: ");
+    h2r_out_uint(&o, (uint64_t)cl, 10);
+    H2R_OUT_LIT(&o, "\r\n");
   } else if (!*no_body) {
     if (c->parser.http_minor >= 1) {
       c->chunked_out = true;
-      o += (size_t)snprintf(h + o, cap - o, "Transfer-Encoding: chunked\r\n");
+      H2R_OUT_LIT(&o, "Transfer-Encoding: chunked\r\n");
     } else {
       c->keep_alive = false; /* HTTP/1.0: the end of the connection ends the body */
     }
   }
   if (!c->keep_alive || c->draining)
-    o += (size_t)snprintf(h + o, cap - o, "Connection: close\r\n");
-  o += (size_t)snprintf(h + o, cap - o, "\r\n");
-  int r = out_rq(c, rq, h, o, NULL, 0, NULL, 0);
+    H2R_OUT_LIT(&o, "Connection: close\r\n");
+  H2R_OUT_LIT(&o, "\r\n");
+  int r = out_rq(c, rq, h, o.len, NULL, 0, NULL, 0);
   free(h);
   return r < 0 ? r : 1;
 }
@@ -630,10 +651,11 @@ int h2r_h1c_write(h2r_h1c_t *c, h2r_hreq_t *rq, h2rev_http_write_t *uw, const uv
   w->niov = 0;
   w->len = total;
   if (chunk) {
-    char *size = (char *)(w->iov + n + 2);
-    int sl = snprintf(size, 24, "%zx\r\n", total);
-    w->iov[w->niov++] = uv_buf_init(size, (unsigned)sl);
-    w->len += (size_t)sl + 2;
+    h2r_out_t o = {(char *)(w->iov + n + 2), 0, 24};
+    h2r_out_uint(&o, total, 16);
+    H2R_OUT_LIT(&o, "\r\n");
+    w->iov[w->niov++] = uv_buf_init(o.p, (unsigned)o.len);
+    w->len += o.len + 2;
   }
   for (unsigned i = 0; i < n && total > 0; i++)
     if (bufs[i].len > 0)

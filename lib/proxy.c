@@ -65,8 +65,8 @@ struct h2r_proxy {
   bool timer_open;
   uv_timer_t linger; /* bounds the wait for the listener's END_STREAM */
   int closes;
-  h2r_hbuf_t hb; /* the response head being parsed */
-  char *reqhead;
+  h2r_hbuf_t hb;                 /* the response head being parsed */
+  struct pwrite *reqhead;        /* the request head, written once the dial is done */
   pchunk_t *early, **early_tail; /* HTTP/1.1 request body before the dial completed */
   size_t early_bytes;
   h2rev_shutdown_t sh, up_sh;
@@ -609,23 +609,31 @@ static bool named_by_connection(const h2r_preq_t *rq, const h2r_kv_t *h) {
   return false;
 }
 
-/* Builds the HTTP/1.1 request head for the listener; NULL (with *status)
- * when the request cannot be translated without ambiguity. */
-static char *build_head(proxy_t *p, const h2r_preq_t *rq, int *status) {
-  size_t cap = 512 + strlen(rq->rest) + rq->prefixlen + strlen(rq->method);
+/* Builds the HTTP/1.1 request head for the listener, as the write that will
+ * carry it; NULL (with *status) when the request cannot be translated
+ * without ambiguity. */
+static pwrite_t *build_head(proxy_t *p, const h2r_preq_t *rq, int *status) {
+  size_t ml = strlen(rq->method), rl = strlen(rq->rest), il = strlen(rq->id);
+  size_t al = strlen(rq->authority), sl = strlen(rq->scheme), pl = strlen(rq->peer);
+  size_t cap = 256 + ml + rl + il + al + sl + pl + rq->prefixlen;
   for (size_t i = 0; i < rq->nhdrs; i++)
     cap += rq->hdrs[i].nl + rq->hdrs[i].vl + 4;
-  char *h = malloc(cap);
-  if (h == NULL) {
+  pwrite_t *w = malloc(sizeof(*w) + cap);
+  if (w == NULL) {
     *status = 503;
     return NULL;
   }
   *status = 400;
-  if (!safe_text(rq->method, strlen(rq->method)) || !safe_text(rq->rest, strlen(rq->rest)) ||
-      strchr(rq->method, ' ') != NULL || strchr(rq->rest, ' ') != NULL)
+  if (!safe_text(rq->method, ml) || !safe_text(rq->rest, rl) || memchr(rq->method, ' ', ml) ||
+      memchr(rq->rest, ' ', rl))
     goto bad;
-  size_t o =
-      (size_t)snprintf(h, cap, "%s %s HTTP/1.1\r\nHost: %s\r\n", rq->method, rq->rest, rq->id);
+  h2r_out_t o = {w->data, 0, cap};
+  h2r_out_put(&o, rq->method, ml);
+  H2R_OUT_LIT(&o, " ");
+  h2r_out_put(&o, rq->rest, rl);
+  H2R_OUT_LIT(&o, " HTTP/1.1\r\nHost: ");
+  h2r_out_put(&o, rq->id, il);
+  H2R_OUT_LIT(&o, "\r\n");
   const h2r_kv_t *cl = NULL, *xff = NULL;
   for (size_t i = 0; i < rq->nhdrs; i++) {
     const h2r_kv_t *kv = &rq->hdrs[i];
@@ -649,31 +657,42 @@ static char *build_head(proxy_t *p, const h2r_preq_t *rq, int *status) {
                 (rq->upgrade && kv_is(kv, "upgrade"));
     if (!keep && (hop_by_hop(kv->name, kv->nl) || named_by_connection(rq, kv)))
       continue;
-    o += (size_t)snprintf(h + o, cap - o, "%.*s: %.*s\r\n", (int)kv->nl, kv->name, (int)kv->vl,
-                          kv->value);
+    h2r_out_header(&o, kv->name, kv->nl, kv->value, kv->vl);
   }
   if (rq->chunked && cl != NULL)
     goto bad; /* Transfer-Encoding with Content-Length */
-  char ip[64];
-  snprintf(ip, sizeof(ip), "%s", rq->peer);
-  char *colon = strrchr(ip, ':');
-  if (colon != NULL)
-    *colon = '\0';
-  o += (size_t)snprintf(h + o, cap - o,
-                        "X-Forwarded-For: %.*s%s%s\r\nX-Forwarded-Proto: %s\r\n"
-                        "X-Forwarded-Host: %s\r\nX-Forwarded-Prefix: %.*s\r\n",
-                        xff ? (int)xff->vl : 0, xff ? xff->value : "", xff ? ", " : "", ip,
-                        rq->scheme, rq->authority, (int)rq->prefixlen, rq->prefix);
+  /* The peer is "ip:port" ("[v6]:port"): the address without the port. */
+  size_t ipl = pl;
+  while (ipl > 0 && rq->peer[ipl - 1] != ':')
+    ipl--;
+  ipl = ipl > 0 ? ipl - 1 : pl;
+  H2R_OUT_LIT(&o, "X-Forwarded-For: ");
+  if (xff != NULL) {
+    h2r_out_put(&o, xff->value, xff->vl);
+    H2R_OUT_LIT(&o, ", ");
+  }
+  h2r_out_put(&o, rq->peer, ipl);
+  H2R_OUT_LIT(&o, "\r\nX-Forwarded-Proto: ");
+  h2r_out_put(&o, rq->scheme, sl);
+  H2R_OUT_LIT(&o, "\r\nX-Forwarded-Host: ");
+  h2r_out_put(&o, rq->authority, al);
+  H2R_OUT_LIT(&o, "\r\nX-Forwarded-Prefix: ");
+  h2r_out_put(&o, rq->prefix, rq->prefixlen);
+  H2R_OUT_LIT(&o, "\r\n");
   if (cl == NULL && !rq->no_body && !rq->upgrade) {
     p->chunked_req = true;
-    o += (size_t)snprintf(h + o, cap - o, "Transfer-Encoding: chunked\r\n");
+    H2R_OUT_LIT(&o, "Transfer-Encoding: chunked\r\n");
   }
   /* HTTP/1.1 keeps the reverse connection alive by default: it is reused
    * when the listener agrees. */
-  o += (size_t)snprintf(h + o, cap - o, "%s\r\n", rq->upgrade ? "Connection: Upgrade\r\n" : "");
-  return h;
+  if (rq->upgrade)
+    H2R_OUT_LIT(&o, "Connection: Upgrade\r\n");
+  H2R_OUT_LIT(&o, "\r\n");
+  w->p = p;
+  w->len = o.len;
+  return w;
 bad:
-  free(h);
+  free(w);
   return NULL;
 }
 
@@ -691,10 +710,13 @@ static void dialed(h2rev_dial_t *req, int status) {
     p_finish(p);
     return;
   }
-  if (p_send_cb(p, &p->up, body_wrote, p->reqhead, strlen(p->reqhead), NULL, 0, NULL, 0) != 0) {
+  pwrite_t *head = p->reqhead;
+  uv_buf_t hb = uv_buf_init(head->data, (unsigned)head->len);
+  if (h2rev_stream_write(&head->w, &p->up, &hb, 1, body_wrote) != 0) {
     p_fail(p, 502, "cannot write to the listener");
     return;
   }
+  p->reqhead = NULL; /* body_wrote frees it */
   h2rev_stream_read_start(&p->up, up_alloc, up_read);
   if (p->kind == CLIENT_H2) {
     h2rev_stream_read_start(&p->client, client_alloc, client_read);

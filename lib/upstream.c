@@ -636,15 +636,22 @@ static int on_headers_complete(llhttp_t *h) {
   size_t skip = prefix_len(c, url, ul);
   url += skip;
   ul -= skip;
-  size_t cap = 256 + strlen(u->path) + hb->len + 4 * hb->n;
+  size_t cap = 256 + strlen(method) + strlen(u->path) + strlen(u->authority) + hb->len + 4 * hb->n;
   uchunk_t *k = malloc(sizeof(*k) + cap);
   if (k == NULL)
     return -1;
-  const char *slash = ul == 0 || url[0] != '/' ? "/" : "";
-  if (ul > 0 && url[0] == '?')
-    slash = "/";
-  size_t o = (size_t)snprintf(k->data, cap, "%s %s%s%.*s HTTP/%d.%d\r\n", method, u->path, slash,
-                              (int)ul, url, h->http_major, h->http_minor);
+  h2r_out_t o = {k->data, 0, cap};
+  h2r_out_put(&o, method, strlen(method));
+  H2R_OUT_LIT(&o, " ");
+  h2r_out_put(&o, u->path, strlen(u->path));
+  if (ul == 0 || url[0] != '/')
+    H2R_OUT_LIT(&o, "/");
+  h2r_out_put(&o, url, ul);
+  H2R_OUT_LIT(&o, " HTTP/");
+  h2r_out_uint(&o, h->http_major, 10);
+  H2R_OUT_LIT(&o, ".");
+  h2r_out_uint(&o, h->http_minor, 10);
+  H2R_OUT_LIT(&o, "\r\n");
   c->raw = llhttp_get_upgrade(h) != 0;
   c->head_req = strcmp(method, "HEAD") == 0;
   H2R_DEBUG(&u->log, "%s: request %u on this reverse connection", method, ++c->nreq);
@@ -659,13 +666,12 @@ static int on_headers_complete(llhttp_t *h) {
     if (!c->raw && ((kv.nl == 10 && strncasecmp(kv.name, "connection", 10) == 0) ||
                     (kv.nl == 10 && strncasecmp(kv.name, "keep-alive", 10) == 0)))
       continue;
-    o += (size_t)snprintf(k->data + o, cap - o, "%.*s: %.*s\r\n", (int)kv.nl, kv.name, (int)kv.vl,
-                          kv.value);
+    h2r_out_header(&o, kv.name, kv.nl, kv.value, kv.vl);
   }
   if (!u->o.keep_host)
-    o += (size_t)snprintf(k->data + o, cap - o, "Host: %s\r\n", u->authority);
-  o += (size_t)snprintf(k->data + o, cap - o, "\r\n");
-  k->len = o;
+    h2r_out_header(&o, "Host", 4, u->authority, strlen(u->authority));
+  H2R_OUT_LIT(&o, "\r\n");
+  k->len = o.len;
   k->next = NULL;
   *c->early_tail = k;
   c->early_tail = &k->next;
