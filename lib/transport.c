@@ -126,9 +126,29 @@ static void x_internal_write_done(h2r_xwrite_t *w, int status) {
 
 static void x_write_done(uv_write_t *req, int status) {
   h2r_xwrite_t *w = H2R_CONTAINER_OF(req, h2r_xwrite_t, req);
+  /* Writes the socket took at once came before this one: their callbacks
+   * first (libuv may report a write it finished inside uv_write before our
+   * idle handle runs). */
+  x_done_run(w->x);
   free(w->tls_out);
   w->tls_out = NULL;
   w->cb(w, status);
+}
+
+/* The write's bytes are all on the socket: its callback comes on a later
+ * turn, without the empty write(2) (TLS) or the epoll_ctl (libuv re-arms
+ * the socket after every write it completes) that uv_write would cost. */
+static void x_done_push(h2r_xport_t *x, h2r_xwrite_t *w, h2r_xwrite_cb cb) {
+  w->x = x;
+  w->cb = cb;
+  w->tls_out = NULL;
+  w->next = NULL;
+  if (x->done_tail != NULL)
+    x->done_tail->next = w;
+  else
+    x->done_head = w;
+  x->done_tail = w;
+  uv_idle_start(&x->done, x_done);
 }
 
 /* Empties the memory BIO of ciphertext. A reset clears the BIO's whole
@@ -175,18 +195,7 @@ static int x_tls_flush(h2r_xport_t *x, h2r_xwrite_t *w, h2r_xwrite_cb cb) {
   }
   if (n == 0 && x->tcp.write_queue_size == 0) {
     x_wbio_reset(x, n + off);
-    /* All on the socket: the callback comes on a later turn, without the
-     * empty write(2) that uv_write would make for it. */
-    w->x = x;
-    w->cb = cb;
-    w->tls_out = NULL;
-    w->next = NULL;
-    if (x->done_tail != NULL)
-      x->done_tail->next = w;
-    else
-      x->done_head = w;
-    x->done_tail = w;
-    uv_idle_start(&x->done, x_done);
+    x_done_push(x, w, cb);
     return 0;
   }
   if (w == NULL) {
@@ -408,25 +417,89 @@ int h2r_xport_accept(h2r_xport_t *x, uv_loop_t *loop, uv_stream_t *server, SSL_C
   return r;
 }
 
+/* Cleartext: what the socket takes at once is written from the caller's
+ * buffers now; libuv queues the rest. */
+static int x_tcp_write(h2r_xport_t *x, h2r_xwrite_t *w, const uv_buf_t *bufs, unsigned n,
+                       h2r_xwrite_cb cb) {
+  int k = 0;
+  if (x->tcp.write_queue_size == 0)
+    k = uv_try_write((uv_stream_t *)&x->tcp, bufs, n);
+  size_t took = k > 0 ? (size_t)k : 0; /* an error is reported by uv_write's callback */
+  unsigned i = 0;
+  while (i < n && took >= bufs[i].len)
+    took -= bufs[i++].len;
+  if (i == n) {
+    x_done_push(x, w, cb);
+    return 0;
+  }
+  w->x = x;
+  w->cb = cb;
+  w->tls_out = NULL;
+  if (took == 0)
+    return uv_write(&w->req, (uv_stream_t *)&x->tcp, bufs + i, n - i, x_write_done);
+  /* uv_write copies the array: only the first buffer of the rest changes. */
+  uv_buf_t small[16];
+  uv_buf_t *rest = n - i <= 16 ? small : malloc((n - i) * sizeof(*rest));
+  if (rest == NULL)
+    return UV_ENOMEM;
+  memcpy(rest, bufs + i, (n - i) * sizeof(*rest));
+  rest[0].base += took;
+  rest[0].len -= took;
+  int r = uv_write(&w->req, (uv_stream_t *)&x->tcp, rest, n - i, x_write_done);
+  if (rest != small)
+    free(rest);
+  return r;
+}
+
+#define X_RECORD 16384 /* TLS's largest record payload */
+
+static bool x_seal(h2r_xport_t *x, const char *p, size_t n) {
+  /* Memory BIOs grow: SSL_write takes everything at once. */
+  if (SSL_write(x->ssl, p, (int)n) > 0)
+    return true;
+  h2r_tls_errstr(x->errmsg, sizeof(x->errmsg));
+  return false;
+}
+
 int h2r_xport_write(h2r_xport_t *x, h2r_xwrite_t *w, const uv_buf_t *bufs, unsigned n,
                     h2r_xwrite_cb cb) {
   if (x->state != H2R_X_OPEN)
     return UV_ENOTCONN;
-  if (x->ssl == NULL) {
-    w->x = x;
-    w->cb = cb;
-    w->tls_out = NULL;
-    return uv_write(&w->req, (uv_stream_t *)&x->tcp, bufs, n, x_write_done);
-  }
+  if (x->ssl == NULL)
+    return x_tcp_write(x, w, bufs, n, cb);
+  /* Pieces are gathered into full TLS records: the frames of one flush
+   * (a HEADERS, a DATA header, a body of 100 bytes) would otherwise each
+   * be a record of their own, and a record costs far more to seal than its
+   * bytes cost to copy. Only whole records' worth of a large buffer, met
+   * with nothing gathered, goes to SSL_write without the copy. */
+  char stage[X_RECORD];
+  size_t sl = 0;
   for (unsigned i = 0; i < n; i++) {
-    if (bufs[i].len == 0)
-      continue;
-    /* Memory BIOs grow: SSL_write takes everything at once. */
-    if (SSL_write(x->ssl, bufs[i].base, (int)bufs[i].len) <= 0) {
-      h2r_tls_errstr(x->errmsg, sizeof(x->errmsg));
-      return H2REV_ETLS;
+    const char *p = bufs[i].base;
+    size_t len = bufs[i].len;
+    while (len > 0) {
+      if (sl == 0 && len >= X_RECORD) {
+        size_t k = len - len % X_RECORD;
+        if (!x_seal(x, p, k))
+          return H2REV_ETLS;
+        p += k;
+        len -= k;
+        continue;
+      }
+      size_t k = H2R_MIN(len, X_RECORD - sl);
+      memcpy(stage + sl, p, k);
+      sl += k;
+      p += k;
+      len -= k;
+      if (sl == X_RECORD) {
+        if (!x_seal(x, stage, sl))
+          return H2REV_ETLS;
+        sl = 0;
+      }
     }
   }
+  if (sl > 0 && !x_seal(x, stage, sl))
+    return H2REV_ETLS;
   return x_tls_flush(x, w, cb);
 }
 
