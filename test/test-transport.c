@@ -661,3 +661,161 @@ TEST(connection_refused) {
   healthy_check_stop(&h, &loop);
   loop_drain(&loop);
 }
+
+/* ------------------------------------------- writes: order and bytes */
+
+/* Writes of many sizes and pieces on one transport while the peer first
+ * reads nothing, then everything: some writes the socket takes at once,
+ * some wait in libuv's queue, some are split between the two. Every
+ * callback comes once, with 0, in the order of the writes, never inside
+ * h2r_xport_write; the peer reads exactly the bytes written. */
+enum { XW_N = 240 };
+
+typedef struct xpeer {
+  uv_loop_t *loop;
+  uv_tcp_t lsock;
+  SSL_CTX *sctx, *cctx;
+  h2r_xport_t srv, cli;
+  bool srv_used;
+  test_sha_t rx;
+  uint64_t nread;
+  int cli_open;
+  int closed;
+  h2r_xwrite_t w[XW_N];
+  int next_cb; /* index of the callback expected next */
+  int in_write;
+  char *data;
+  size_t total;
+  uv_timer_t resume;
+} xpeer_t;
+
+static void xp_srv_open(h2r_xport_t *x, int status) {
+  ASSERT_OK(status);
+  h2r_xport_read_pause(x, true); /* the client's writes pile up first */
+}
+static void xp_srv_read(h2r_xport_t *x, const uint8_t *p, size_t n) {
+  xpeer_t *xp = x->owner;
+  test_sha_update(&xp->rx, p, n);
+  xp->nread += n;
+}
+static void xp_error(h2r_xport_t *x, int err) {
+  (void)x;
+  ASSERT_EQ(err, UV_EOF);
+}
+static void xp_closed(h2r_xport_t *x) {
+  ((xpeer_t *)x->owner)->closed++;
+}
+static const h2r_xport_cbs xp_srv_cbs = {xp_srv_open, xp_srv_read, xp_error, xp_closed};
+
+static void xp_cli_open(h2r_xport_t *x, int status) {
+  ASSERT_OK(status);
+  ((xpeer_t *)x->owner)->cli_open = 1;
+}
+static void xp_cli_read(h2r_xport_t *x, const uint8_t *p, size_t n) {
+  (void)x, (void)p, (void)n;
+}
+static const h2r_xport_cbs xp_cli_cbs = {xp_cli_open, xp_cli_read, xp_error, xp_closed};
+
+static void xp_accept(uv_stream_t *l, int status) {
+  xpeer_t *xp = l->data;
+  ASSERT_OK(status);
+  ASSERT(!xp->srv_used);
+  xp->srv_used = true;
+  ASSERT_OK(h2r_xport_accept(&xp->srv, xp->loop, l, xp->sctx, 5000, &xp_srv_cbs, xp));
+  if (xp->sctx == NULL)
+    h2r_xport_read_pause(&xp->srv, true);
+}
+
+static void xp_wrote(h2r_xwrite_t *w, int status) {
+  xpeer_t *xp = w->x->owner;
+  ASSERT_EQ(xp->in_write, 0);
+  ASSERT_OK(status);
+  ASSERT_EQ(w - xp->w, xp->next_cb);
+  xp->next_cb++;
+}
+
+static void xp_resume(uv_timer_t *t) {
+  xpeer_t *xp = t->data;
+  h2r_xport_read_pause(&xp->srv, false);
+}
+
+static int xp_all_read(void *arg) {
+  xpeer_t *xp = arg;
+  return xp->next_cb == XW_N && xp->nread == xp->total;
+}
+
+static void writes_in_order(bool tls) {
+  static const size_t sizes[] = {1, 100, 5000, 16384, 70000, 300000, 9, 3};
+  uv_loop_t loop;
+  uv_loop_init(&loop);
+  xpeer_t xp = {.loop = &loop};
+  test_sha_init(&xp.rx);
+  if (tls) {
+    char c[512], k[512], errbuf[256];
+    int err = 0;
+    h2rev_tls_options_t to = {.cert_file = test_path(c, sizeof(c), test_certs(), "server.pem"),
+                              .key_file = test_path(k, sizeof(k), test_certs(), "server.key")};
+    xp.sctx = h2r_tls_ctx_new(&to, true, H2R_ALPN_H2, &err, errbuf, sizeof(errbuf));
+    ASSERT_NOT_NULL(xp.sctx);
+    xp.cctx = tls_client_ctx("ca");
+  }
+  struct sockaddr_in a;
+  uv_ip4_addr("127.0.0.1", 0, &a);
+  uv_tcp_init(&loop, &xp.lsock);
+  xp.lsock.data = &xp;
+  ASSERT_OK(uv_tcp_bind(&xp.lsock, (struct sockaddr *)&a, 0));
+  ASSERT_OK(uv_listen((uv_stream_t *)&xp.lsock, 8, xp_accept));
+  int alen = sizeof(a);
+  uv_tcp_getsockname(&xp.lsock, (struct sockaddr *)&a, &alen);
+  ASSERT_OK(h2r_xport_connect(&xp.cli, &loop, (struct sockaddr *)&a, xp.cctx, "localhost", 5000,
+                              &xp_cli_cbs, &xp));
+  run_until(&loop, &xp.cli_open, 5000);
+
+  for (int i = 0; i < XW_N; i++)
+    xp.total += sizes[i % 8];
+  xp.data = malloc(xp.total);
+  test_fill_random(xp.data, xp.total, 11);
+  size_t off = 0;
+  for (int i = 0; i < XW_N; i++) {
+    /* Each write in three pieces (the middle one may be empty). */
+    size_t len = sizes[i % 8], a1 = len / 3, a2 = (len - a1) / 2;
+    uv_buf_t b[3] = {uv_buf_init(xp.data + off, (unsigned)a1),
+                     uv_buf_init(xp.data + off + a1, (unsigned)a2),
+                     uv_buf_init(xp.data + off + a1 + a2, (unsigned)(len - a1 - a2))};
+    xp.in_write = 1;
+    ASSERT_OK(h2r_xport_write(&xp.cli, &xp.w[i], b, 3, xp_wrote));
+    xp.in_write = 0;
+    off += len;
+    if (i == XW_N / 2) /* half of them while the peer reads nothing */
+      uv_run(&loop, UV_RUN_NOWAIT);
+  }
+  uv_timer_init(&loop, &xp.resume);
+  xp.resume.data = &xp;
+  uv_timer_start(&xp.resume, xp_resume, 200, 0);
+  run_cond(&loop, xp_all_read, &xp, 20000, "every write called back and read");
+  unsigned char got[32], want[32];
+  test_sha_final(&xp.rx, got);
+  test_sha256(xp.data, xp.total, want);
+  ASSERT_MEM_EQ(got, want, 32);
+
+  h2r_xport_close(&xp.cli);
+  h2r_xport_close(&xp.srv);
+  uv_close((uv_handle_t *)&xp.lsock, NULL);
+  uv_close((uv_handle_t *)&xp.resume, NULL);
+  while (xp.closed < 2)
+    uv_run(&loop, UV_RUN_ONCE);
+  if (xp.sctx != NULL) {
+    SSL_CTX_free(xp.sctx);
+    SSL_CTX_free(xp.cctx);
+  }
+  loop_drain(&loop);
+  free(xp.data);
+}
+
+TEST(writes_in_order_cleartext) {
+  writes_in_order(false);
+}
+
+TEST(writes_in_order_tls) {
+  writes_in_order(true);
+}
