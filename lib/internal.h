@@ -53,6 +53,10 @@ void h2r_tls_errstr(char *buf, size_t len);
 
 /* ----------------------------------------------------------- transport.c */
 
+/* A transport's read buffer: socket reads of up to half of it, TLS
+ * plaintext in the other half. */
+#define H2R_RBUF_SIZE (128 * 1024)
+
 typedef struct h2r_xport h2r_xport_t;
 typedef struct h2r_xwrite h2r_xwrite_t;
 typedef void (*h2r_xwrite_cb)(h2r_xwrite_t *w, int status);
@@ -87,21 +91,30 @@ struct h2r_xport {
   const h2r_xport_cbs *cbs;
   void *owner;
   const h2rev_logger_t *log;
-  SSL *ssl;
-  BIO *rbio, *wbio; /* memory BIOs: network side of the TLS engine */
+  SSL *ssl; /* its BIO is ours (x_bio): OpenSSL reads and writes our buffers */
   enum h2r_xport_state state;
   bool server;
   bool reading;
   bool read_paused;
   int nhandles; /* libuv handles still to close */
   unsigned handshake_ms;
-  uint8_t *rbuf; /* socket read buffer */
+  uint8_t *rbuf; /* socket reads; with TLS the plaintext goes after them */
   size_t rbuf_len;
-  /* Set before connect/accept: a read buffer shared by the owner's
+  /* Set before connect/accept: H2R_RBUF_SIZE bytes shared by the owner's
    * connections (bytes are consumed within the read callback), so an idle
    * connection holds none of its own. */
   uint8_t *shared_rbuf;
-  unsigned small_flushes; /* in a row, much smaller than the write BIO's capacity */
+  /* TLS input: the ciphertext OpenSSL is reading now (in the read buffer),
+   * and what it left there when reading paused (kept here until resumed). */
+  const uint8_t *in_p;
+  size_t in_len;
+  uint8_t *in_kept;
+  size_t in_kept_cap;
+  /* TLS output: ciphertext not yet handed to the socket. */
+  char *obuf;
+  size_t olen, ocap;
+  size_t ohint;           /* capacity of the last buffer handed to libuv */
+  unsigned small_flushes; /* in a row, much smaller than obuf's capacity */
   char alpn[16];
   char peer[64]; /* "ip:port" for logs */
   char errmsg[160];
@@ -153,8 +166,6 @@ typedef struct h2r_session_opts {
   bool allow_h1;             /* server: serve HTTP/1.1 clients through cbs->on_h1 */
   uint8_t *rbuf;             /* H2R_RBUF_SIZE bytes shared by the owner's sessions, or NULL */
 } h2r_session_opts;
-
-#define H2R_RBUF_SIZE (64 * 1024)
 
 void h2r_session_opts_default(h2r_session_opts *o);
 

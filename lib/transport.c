@@ -1,11 +1,12 @@
 /*
  * The transport: a byte stream over a libuv TCP socket, in clear or through
- * OpenSSL driven by memory BIOs (the socket is libuv's; OpenSSL only sees
- * buffers). Layers above see plaintext bytes and never which of the two it is.
+ * OpenSSL (the socket is libuv's; OpenSSL only sees buffers, through a BIO of
+ * ours that reads the socket's bytes where libuv put them and writes
+ * ciphertext into a buffer we hand to libuv). Layers above see plaintext
+ * bytes and never which of the two it is.
  */
 #include "internal.h"
 
-#include <openssl/buffer.h>
 #include <openssl/err.h>
 #include <openssl/x509v3.h>
 #include <stdio.h>
@@ -13,14 +14,19 @@
 #include <string.h>
 
 static void x_fail_open(h2r_xport_t *x, int err);
+static void x_tls_engine(h2r_xport_t *x);
 
 static void x_handle_closed(uv_handle_t *h) {
   h2r_xport_t *x = h->data;
   if (--x->nhandles > 0)
     return;
   if (x->ssl != NULL)
-    SSL_free(x->ssl); /* frees both BIOs */
+    SSL_free(x->ssl); /* frees the BIO */
   x->ssl = NULL;
+  free(x->in_kept);
+  x->in_kept = NULL;
+  free(x->obuf);
+  x->obuf = NULL;
   if (x->rbuf != x->shared_rbuf)
     free(x->rbuf);
   x->rbuf = NULL;
@@ -79,6 +85,94 @@ static void x_peer_name(h2r_xport_t *x) {
     x_addr_name(x, (struct sockaddr *)&ss);
 }
 
+/* ------------------------------------------------------ the TLS BIO */
+
+/* Ciphertext is appended to obuf; no memory BIO (which copies, and clears
+ * its whole capacity at every reset). */
+static int x_obuf_reserve(h2r_xport_t *x, size_t more) {
+  if (x->olen + more <= x->ocap)
+    return 0;
+  size_t cap = x->ocap ? x->ocap * 2 : (x->ohint ? x->ohint : 16384);
+  while (cap < x->olen + more)
+    cap *= 2;
+  char *p = realloc(x->obuf, cap);
+  if (p == NULL)
+    return UV_ENOMEM;
+  x->obuf = p;
+  x->ocap = cap;
+  return 0;
+}
+
+static int xb_write(BIO *b, const char *data, int len) {
+  h2r_xport_t *x = BIO_get_data(b);
+  BIO_clear_retry_flags(b);
+  if (len <= 0)
+    return 0;
+  if (x_obuf_reserve(x, (size_t)len) != 0)
+    return -1;
+  memcpy(x->obuf + x->olen, data, (size_t)len);
+  x->olen += (size_t)len;
+  return len;
+}
+
+/* OpenSSL reads records straight from the bytes the socket gave us. */
+static int xb_read(BIO *b, char *out, int len) {
+  h2r_xport_t *x = BIO_get_data(b);
+  BIO_clear_retry_flags(b);
+  if (x->in_len == 0) {
+    BIO_set_retry_read(b); /* more will come: not end of file */
+    return -1;
+  }
+  size_t k = H2R_MIN((size_t)len, x->in_len);
+  memcpy(out, x->in_p, k);
+  x->in_p += k;
+  x->in_len -= k;
+  return (int)k;
+}
+
+static long xb_ctrl(BIO *b, int cmd, long num, void *ptr) {
+  (void)num, (void)ptr;
+  h2r_xport_t *x = BIO_get_data(b);
+  switch (cmd) {
+  case BIO_CTRL_FLUSH:
+    return 1; /* the owner flushes once the engine is done */
+  case BIO_CTRL_PENDING:
+    return (long)x->in_len;
+  case BIO_CTRL_WPENDING:
+    return (long)x->olen;
+  default:
+    return 0;
+  }
+}
+
+static int xb_create(BIO *b) {
+  BIO_set_init(b, 1);
+  return 1;
+}
+
+static BIO_METHOD *x_bio_method;
+static uv_once_t x_bio_once = UV_ONCE_INIT;
+
+static void x_bio_method_init(void) {
+  BIO_METHOD *m = BIO_meth_new(BIO_get_new_index() | BIO_TYPE_SOURCE_SINK, "h2rev transport");
+  if (m != NULL && (!BIO_meth_set_write(m, xb_write) || !BIO_meth_set_read(m, xb_read) ||
+                    !BIO_meth_set_ctrl(m, xb_ctrl) || !BIO_meth_set_create(m, xb_create))) {
+    BIO_meth_free(m);
+    m = NULL;
+  }
+  x_bio_method = m;
+}
+
+static BIO *x_bio_new(h2r_xport_t *x) {
+  uv_once(&x_bio_once, x_bio_method_init);
+  BIO *b = x_bio_method != NULL ? BIO_new(x_bio_method) : NULL;
+  if (b != NULL)
+    BIO_set_data(b, x);
+  return b;
+}
+
+/* ------------------------------------------------------------ setup */
+
 static int x_init(h2r_xport_t *x, uv_loop_t *loop, SSL_CTX *ctx, bool server, unsigned hs_ms,
                   const h2r_xport_cbs *cbs, void *owner) {
   const h2rev_logger_t *log = x->log;
@@ -91,8 +185,8 @@ static int x_init(h2r_xport_t *x, uv_loop_t *loop, SSL_CTX *ctx, bool server, un
   x->owner = owner;
   x->server = server;
   x->handshake_ms = hs_ms;
-  x->rbuf_len = H2R_RBUF_SIZE;
-  x->rbuf = shared != NULL ? shared : malloc(x->rbuf_len);
+  x->rbuf_len = H2R_RBUF_SIZE / 2;
+  x->rbuf = shared != NULL ? shared : malloc(ctx != NULL ? H2R_RBUF_SIZE : x->rbuf_len);
   if (x->rbuf == NULL)
     return UV_ENOMEM;
   uv_tcp_init(loop, &x->tcp);
@@ -104,17 +198,10 @@ static int x_init(h2r_xport_t *x, uv_loop_t *loop, SSL_CTX *ctx, bool server, un
   x->nhandles = 3;
   if (ctx != NULL) {
     x->ssl = SSL_new(ctx);
-    x->rbio = BIO_new(BIO_s_mem());
-    x->wbio = BIO_new(BIO_s_mem());
-    if (x->ssl == NULL || x->rbio == NULL || x->wbio == NULL) {
-      BIO_free(x->rbio);
-      BIO_free(x->wbio);
-      x->rbio = x->wbio = NULL;
+    BIO *b = x->ssl != NULL ? x_bio_new(x) : NULL;
+    if (b == NULL)
       return UV_ENOMEM;
-    }
-    /* An empty memory BIO means "try again", not end of file. */
-    BIO_set_mem_eof_return(x->rbio, -1);
-    SSL_set_bio(x->ssl, x->rbio, x->wbio);
+    SSL_set_bio(x->ssl, b, b); /* one reference, for both directions */
   }
   return 0;
 }
@@ -151,51 +238,40 @@ static void x_done_push(h2r_xport_t *x, h2r_xwrite_t *w, h2r_xwrite_cb cb) {
   uv_idle_start(&x->done, x_done);
 }
 
-/* Empties the memory BIO of ciphertext. A reset clears the BIO's whole
- * capacity (OpenSSL memsets it): after a large burst a small write would pay
- * for the burst's size every time, so a BIO much larger than what it just
- * carried, many times in a row, is replaced by a fresh one. */
-static void x_wbio_reset(h2r_xport_t *x, size_t carried) {
-  BUF_MEM *bm = NULL;
-  BIO_get_mem_ptr(x->wbio, &bm);
-  bool small = bm != NULL && bm->max > (256u << 10) && carried < bm->max / 16;
+/* obuf went out whole and is kept for the next flush. After a large burst
+ * a buffer much larger than what it carries, many times in a row, is let
+ * go, so that an idle connection does not hold the burst's size. */
+static void x_obuf_sent(h2r_xport_t *x, size_t carried) {
+  x->olen = 0;
+  bool small = x->ocap > (256u << 10) && carried < x->ocap / 16;
   x->small_flushes = small ? x->small_flushes + 1 : 0;
   if (x->small_flushes >= 256) { /* the burst is over, not just paused */
     x->small_flushes = 0;
-    BIO *fresh = BIO_new(BIO_s_mem());
-    if (fresh != NULL) {
-      SSL_set0_wbio(x->ssl, fresh); /* frees the old one */
-      x->wbio = fresh;
-      return;
-    }
+    free(x->obuf);
+    x->obuf = NULL;
+    x->ocap = x->ohint = 0;
   }
-  (void)BIO_reset(x->wbio);
 }
 
 /* Sends what the TLS engine has produced, with w (or an internal request). */
 static int x_tls_flush(h2r_xport_t *x, h2r_xwrite_t *w, h2r_xwrite_cb cb) {
-  char *data = NULL;
-  long avail = BIO_get_mem_data(x->wbio, &data);
-  size_t n = avail > 0 ? (size_t)avail : 0;
+  size_t n = x->olen;
   if (n == 0 && w == NULL)
     return 0;
-  /* Most of the time the socket takes the ciphertext at once, straight from
-   * the memory BIO: no copy into a buffer of our own, no fresh pages. */
+  /* Most of the time the socket takes the ciphertext at once, from obuf,
+   * which is then reused. */
   size_t off = 0;
   if (n > 0 && x->tcp.write_queue_size == 0) {
-    uv_buf_t b = uv_buf_init(data, (unsigned)n);
+    uv_buf_t b = uv_buf_init(x->obuf, (unsigned)n);
     int k = uv_try_write((uv_stream_t *)&x->tcp, &b, 1);
     if (k > 0)
       off = (size_t)k;
   }
-  n -= off;
-  if (n == 0 && w == NULL) {
-    x_wbio_reset(x, n + off);
-    return 0;
-  }
-  if (n == 0 && x->tcp.write_queue_size == 0) {
-    x_wbio_reset(x, n + off);
-    x_done_push(x, w, cb);
+  if (off == n && (w == NULL || x->tcp.write_queue_size == 0)) {
+    if (n > 0)
+      x_obuf_sent(x, n);
+    if (w != NULL)
+      x_done_push(x, w, cb);
     return 0;
   }
   if (w == NULL) {
@@ -206,18 +282,21 @@ static int x_tls_flush(h2r_xport_t *x, h2r_xwrite_t *w, h2r_xwrite_cb cb) {
   }
   w->x = x;
   w->cb = cb;
-  w->tls_out = n > 0 ? malloc(n) : NULL;
-  if (n > 0 && w->tls_out == NULL) {
-    if (cb == x_internal_write_done)
-      free(w);
-    return UV_ENOMEM;
+  w->tls_out = NULL;
+  uv_buf_t b = uv_buf_init(NULL, 0);
+  if (off < n) {
+    /* The rest goes with obuf itself (no copy); the next flush starts a
+     * buffer of the same size. */
+    w->tls_out = (uint8_t *)x->obuf;
+    b = uv_buf_init(x->obuf + off, (unsigned)(n - off));
+    x->ohint = x->ocap;
+    x->obuf = NULL;
+    x->olen = x->ocap = 0;
+  } else if (n > 0) {
+    x_obuf_sent(x, n);
   }
-  if (n > 0)
-    memcpy(w->tls_out, data + off, n);
-  x_wbio_reset(x, n + off);
   /* The rest (or an empty write behind what libuv still holds, so that cb
    * keeps its place) in order. */
-  uv_buf_t b = uv_buf_init((char *)w->tls_out, (unsigned)n);
   int r = uv_write(&w->req, (uv_stream_t *)&x->tcp, &b, 1, x_write_done);
   if (r != 0) {
     free(w->tls_out);
@@ -265,11 +344,67 @@ static int x_tls_error(h2r_xport_t *x) {
   return H2REV_ETLS;
 }
 
+/* Ciphertext OpenSSL has not read when reading pauses is kept for later:
+ * the read buffer is the socket's (and may be shared). */
+static void x_tls_keep(h2r_xport_t *x) {
+  if (x->in_len == 0 || x->state != H2R_X_OPEN) {
+    x->in_len = 0;
+    return;
+  }
+  if (x->in_p >= x->in_kept && x->in_p < x->in_kept + x->in_kept_cap) {
+    memmove(x->in_kept, x->in_p, x->in_len); /* already ours */
+  } else {
+    if (x->in_len > x->in_kept_cap) {
+      uint8_t *k = realloc(x->in_kept, x->in_len);
+      if (k == NULL) {
+        x->in_len = 0;
+        x->cbs->on_error(x, UV_ENOMEM);
+        return;
+      }
+      x->in_kept = k;
+      x->in_kept_cap = x->in_len;
+    }
+    memcpy(x->in_kept, x->in_p, x->in_len);
+  }
+  x->in_p = x->in_kept;
+}
+
+/* Offers new ciphertext to OpenSSL, behind what was kept. */
+static int x_tls_input(h2r_xport_t *x, const uint8_t *p, size_t n) {
+  if (x->in_len == 0) {
+    x->in_p = p;
+    x->in_len = n;
+    return 0;
+  }
+  if (n == 0)
+    return 0;
+  size_t have = x->in_len;
+  memmove(x->in_kept, x->in_p, have);
+  if (have + n > x->in_kept_cap) {
+    uint8_t *k = realloc(x->in_kept, have + n);
+    if (k == NULL)
+      return UV_ENOMEM;
+    x->in_kept = k;
+    x->in_kept_cap = have + n;
+  }
+  memcpy(x->in_kept + have, p, n);
+  x->in_p = x->in_kept;
+  x->in_len = have + n;
+  return 0;
+}
+
 static void x_tls_read(h2r_xport_t *x, const uint8_t *p, size_t n) {
-  if (BIO_write(x->rbio, p, (int)n) != (int)n) {
+  if (x_tls_input(x, p, n) != 0) {
+    x->in_len = 0;
     x_fail_open(x, UV_ENOMEM);
     return;
   }
+  x_tls_engine(x);
+  x_tls_keep(x);
+}
+
+static void x_tls_engine(h2r_xport_t *x) {
+  uint8_t *plain = x->rbuf + x->rbuf_len; /* the other half */
   if (x->state == H2R_X_HANDSHAKE) {
     int r = SSL_do_handshake(x->ssl);
     x_tls_flush(x, NULL, NULL);
@@ -282,9 +417,9 @@ static void x_tls_read(h2r_xport_t *x, const uint8_t *p, size_t n) {
     x_opened(x);
   }
   while (x->state == H2R_X_OPEN && x->reading) {
-    int r = SSL_read(x->ssl, x->rbuf, (int)x->rbuf_len);
+    int r = SSL_read(x->ssl, plain, (int)x->rbuf_len);
     if (r > 0) {
-      x->cbs->on_read(x, x->rbuf, (size_t)r);
+      x->cbs->on_read(x, plain, (size_t)r);
       continue;
     }
     int e = SSL_get_error(x->ssl, r);
@@ -521,8 +656,7 @@ void h2r_xport_read_pause(h2r_xport_t *x, bool pause) {
     /* TLS may hold records that arrived while paused: read them from a
      * callback of their own, never inside whatever resumed us (the read
      * buffer may be shared and in use). */
-    if (x->ssl != NULL && x->state == H2R_X_OPEN &&
-        (SSL_pending(x->ssl) > 0 || BIO_ctrl_pending(x->rbio) > 0))
+    if (x->ssl != NULL && x->state == H2R_X_OPEN && (SSL_pending(x->ssl) > 0 || x->in_len > 0))
       uv_timer_start(&x->timer, x_resume, 0, 0);
   }
 }
