@@ -459,13 +459,17 @@ static void s_fail(h2r_session_t *s, int err) {
   bool was_open = s->state != H2R_S_CONNECTING;
   s->state = H2R_S_DEAD;
   s->err = err;
-  /* A peer closing its socket is routine (clients often reset theirs);
-   * anything else is worth a warning. */
+  /* A peer closing its socket is routine (clients often reset theirs), and
+   * so, for a server, is a client that gives up its TLS handshake (a probe,
+   * a client that does not trust our certificate): that is the client's
+   * business. Anything else is worth a warning. */
+  int level = H2REV_LOG_WARN;
+  if (err == H2REV_ECLOSED || (s->server && err == UV_ECONNRESET))
+    level = H2REV_LOG_DEBUG;
+  else if (s->server && !was_open)
+    level = H2REV_LOG_INFO;
   if (err != 0)
-    h2r_log(s->log,
-            err == H2REV_ECLOSED || (s->server && err == UV_ECONNRESET) ? H2REV_LOG_DEBUG
-                                                                        : H2REV_LOG_WARN,
-            "%s: connection lost: %s%s%s", s->x.peer, h2rev_strerror(err),
+    h2r_log(s->log, level, "%s: connection lost: %s%s%s", s->x.peer, h2rev_strerror(err),
             s->x.errmsg[0] ? ": " : "", s->x.errmsg);
   else
     H2R_DEBUG(s->log, "%s: connection closed", s->x.peer);
