@@ -108,12 +108,17 @@ struct h2r_xport {
    * and what it left there when reading paused (kept here until resumed). */
   const uint8_t *in_p;
   size_t in_len;
+  bool in_own; /* in_p points into in_kept */
   uint8_t *in_kept;
   size_t in_kept_cap;
   /* TLS output: ciphertext not yet handed to the socket. */
   char *obuf;
   size_t olen, ocap;
-  size_t ohint;           /* capacity of the last buffer handed to libuv */
+  size_t ohint; /* capacity of the last buffer handed to libuv */
+  /* One such buffer back from libuv, for the next: during a transfer two
+   * buffers take turns instead of fresh pages (page faults) for each. */
+  char *ospare;
+  size_t ospare_cap;
   unsigned small_flushes; /* in a row, much smaller than obuf's capacity */
   char alpn[16];
   char peer[64]; /* "ip:port" for logs */
@@ -125,6 +130,7 @@ struct h2r_xwrite {
   h2r_xport_t *x;
   h2r_xwrite_cb cb;
   uint8_t *tls_out;   /* ciphertext owned by this write (TLS) */
+  size_t tls_cap;     /* its allocation */
   h2r_xwrite_t *next; /* on the transport's list of completed writes */
 };
 

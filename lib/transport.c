@@ -27,6 +27,8 @@ static void x_handle_closed(uv_handle_t *h) {
   x->in_kept = NULL;
   free(x->obuf);
   x->obuf = NULL;
+  free(x->ospare);
+  x->ospare = NULL;
   if (x->rbuf != x->shared_rbuf)
     free(x->rbuf);
   x->rbuf = NULL;
@@ -92,9 +94,18 @@ static void x_peer_name(h2r_xport_t *x) {
 static int x_obuf_reserve(h2r_xport_t *x, size_t more) {
   if (x->olen + more <= x->ocap)
     return 0;
-  size_t cap = x->ocap ? x->ocap * 2 : (x->ohint ? x->ohint : 16384);
-  while (cap < x->olen + more)
-    cap *= 2;
+  if (x->obuf == NULL && x->ospare != NULL && x->ospare_cap >= more) {
+    x->obuf = x->ospare;
+    x->ocap = x->ospare_cap;
+    x->ospare = NULL;
+    return 0;
+  }
+  /* Grown by half again, in 16 KiB steps: a flush's ciphertext is a little
+   * more than its batch, and doubling would hold nearly twice that. */
+  size_t cap = x->ocap ? x->ocap + x->ocap / 2 : (x->ohint ? x->ohint : 16384);
+  if (cap < x->olen + more)
+    cap = x->olen + more;
+  cap = (cap + 16383) & ~(size_t)16383;
   char *p = realloc(x->obuf, cap);
   if (p == NULL)
     return UV_ENOMEM;
@@ -216,8 +227,14 @@ static void x_write_done(uv_write_t *req, int status) {
   /* Writes the socket took at once came before this one: their callbacks
    * first (libuv may report a write it finished inside uv_write before our
    * idle handle runs). */
-  x_done_run(w->x);
-  free(w->tls_out);
+  h2r_xport_t *x = w->x;
+  x_done_run(x);
+  if (w->tls_out != NULL && x->ospare == NULL && x->state != H2R_X_CLOSING) {
+    x->ospare = (char *)w->tls_out;
+    x->ospare_cap = w->tls_cap;
+  } else {
+    free(w->tls_out);
+  }
   w->tls_out = NULL;
   w->cb(w, status);
 }
@@ -248,7 +265,8 @@ static void x_obuf_sent(h2r_xport_t *x, size_t carried) {
   if (x->small_flushes >= 256) { /* the burst is over, not just paused */
     x->small_flushes = 0;
     free(x->obuf);
-    x->obuf = NULL;
+    free(x->ospare);
+    x->obuf = x->ospare = NULL;
     x->ocap = x->ohint = 0;
   }
 }
@@ -288,6 +306,7 @@ static int x_tls_flush(h2r_xport_t *x, h2r_xwrite_t *w, h2r_xwrite_cb cb) {
     /* The rest goes with obuf itself (no copy); the next flush starts a
      * buffer of the same size. */
     w->tls_out = (uint8_t *)x->obuf;
+    w->tls_cap = x->ocap;
     b = uv_buf_init(x->obuf + off, (unsigned)(n - off));
     x->ohint = x->ocap;
     x->obuf = NULL;
@@ -351,8 +370,8 @@ static void x_tls_keep(h2r_xport_t *x) {
     x->in_len = 0;
     return;
   }
-  if (x->in_p >= x->in_kept && x->in_p < x->in_kept + x->in_kept_cap) {
-    memmove(x->in_kept, x->in_p, x->in_len); /* already ours */
+  if (x->in_own) {
+    memmove(x->in_kept, x->in_p, x->in_len);
   } else {
     if (x->in_len > x->in_kept_cap) {
       uint8_t *k = realloc(x->in_kept, x->in_len);
@@ -367,6 +386,7 @@ static void x_tls_keep(h2r_xport_t *x) {
     memcpy(x->in_kept, x->in_p, x->in_len);
   }
   x->in_p = x->in_kept;
+  x->in_own = true;
 }
 
 /* Offers new ciphertext to OpenSSL, behind what was kept. */
@@ -374,12 +394,12 @@ static int x_tls_input(h2r_xport_t *x, const uint8_t *p, size_t n) {
   if (x->in_len == 0) {
     x->in_p = p;
     x->in_len = n;
+    x->in_own = false;
     return 0;
   }
   if (n == 0)
     return 0;
-  size_t have = x->in_len;
-  memmove(x->in_kept, x->in_p, have);
+  size_t have = x->in_len; /* kept: at the start of in_kept */
   if (have + n > x->in_kept_cap) {
     uint8_t *k = realloc(x->in_kept, have + n);
     if (k == NULL)
