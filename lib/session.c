@@ -14,8 +14,8 @@
 #include <stdlib.h>
 #include <string.h>
 
-#define H2R_BATCH_MAX    (1u << 20) /* bytes gathered into one transport write */
-#define H2R_INFLIGHT_MAX (4u << 20) /* stop producing frames above this */
+#define H2R_BATCH_MAX    (256u << 10) /* bytes gathered into one transport write */
+#define H2R_INFLIGHT_MAX (4u << 20)   /* stop producing frames above this */
 #define H2R_CHUNK_SIZE   16384
 #define H2R_FRAME_SIZE   65536 /* SETTINGS_MAX_FRAME_SIZE we accept */
 
@@ -49,7 +49,7 @@ static void s_maybe_closed(h2r_session_t *s);
 
 void h2r_session_opts_default(h2r_session_opts *o) {
   memset(o, 0, sizeof(*o));
-  o->stream_window = 1u << 20;
+  o->stream_window = 2u << 20;
   o->conn_window = 16u << 20;
   o->max_streams = 1000;
   o->max_header_bytes = 64 * 1024;
