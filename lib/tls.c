@@ -103,6 +103,12 @@ SSL_CTX *h2r_tls_ctx_new(const h2rev_tls_options_t *o, bool server, int alpn, in
     SSL_CTX_set_alpn_select_cb(ctx, alpn_select, (void *)(intptr_t)alpn);
   } else {
     SSL_CTX_set_verify(ctx, o->insecure ? SSL_VERIFY_NONE : SSL_VERIFY_PEER, NULL);
+    /* TLS 1.3 suites, AES-128-GCM first (as Go and BoringSSL order them):
+     * the tunnel's bytes are sealed twice more than a direct connection's,
+     * and AES-128 does it in about 3/4 of AES-256's time. Servers keep
+     * their clients' order. */
+    SSL_CTX_set_ciphersuites(ctx, "TLS_AES_128_GCM_SHA256:TLS_AES_256_GCM_SHA384:"
+                                  "TLS_CHACHA20_POLY1305_SHA256");
     unsigned char protos[32];
     size_t n = 0;
     if (alpn & H2R_ALPN_H2) {
