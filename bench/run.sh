@@ -33,14 +33,21 @@ done
 
 case $MODE in
 smoke) H2_RUNS=1 N_GET=2000 WARM=500 GWARM=500 FIRST=1000 DEF_LONG=4000 WRK_S=3 XFER_MIB=10 XFER_RUNS=1 IDLE=50 SLOW_S=5 ;;
-full) H2_RUNS=3 N_GET=100000 WARM=2000 GWARM=10000 FIRST=50000 DEF_LONG=1000000 WRK_S=10 XFER_MIB=100 XFER_RUNS=3 IDLE=1000 SLOW_S=20 ;;
-*) H2_RUNS=3 N_GET=100000 WARM=2000 GWARM=10000 FIRST=50000 DEF_LONG=200000 WRK_S=10 XFER_MIB=100 XFER_RUNS=3 IDLE=1000 SLOW_S=20 ;;
+full) H2_RUNS=3 N_GET=100000 WARM=2000 GWARM=10000 FIRST=50000 DEF_LONG=1000000 WRK_S=10 XFER_MIB=100 XFER_RUNS=5 IDLE=1000 SLOW_S=20 ;;
+*) H2_RUNS=3 N_GET=100000 WARM=2000 GWARM=10000 FIRST=50000 DEF_LONG=200000 WRK_S=10 XFER_MIB=100 XFER_RUNS=5 IDLE=1000 SLOW_S=20 ;;
 esac
 LONG=${LONG:-$DEF_LONG}
 [ "$LONG" -gt "$FIRST" ] || { echo "bench/run.sh: --long must exceed $FIRST" >&2; exit 2; }
 
 SRC=$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)
-W=$(mktemp -d /tmp/h2rev-bench.XXXXXX)
+# On tmpfs when there is room: the uploads are written by the upstream, and the disk's
+# writeback would decide those figures (one run in three stalled, either path) instead
+# of the proxies.
+TMPBASE=/tmp
+if [ -d /dev/shm ] && [ -w /dev/shm ] && [ "$(df -Pk /dev/shm | awk 'NR == 2 {print $4}')" -gt $((2 << 20)) ]; then
+  TMPBASE=/dev/shm
+fi
+W=$(mktemp -d "$TMPBASE/h2rev-bench.XXXXXX")
 PIDS=()       # every process started here, killed at exit
 IDLE_PIDS=()  # the idle listeners
 T0=$(date +%s)
@@ -339,31 +346,39 @@ if [ "$H1" = 1 ]; then
 fi
 
 # ---------------------------------------------------------------------------- transfers
-# xfer NAME URL KIND(download|upload) -> median MiB/s over $XFER_RUNS runs
+# xfer NAME URL KIND(download|upload) RUN: appends the MiB/s of one transfer to M[NAME-KIND]
 xfer() {
-  local name=$1 url=$2 kind=$3 v=() out code size i speed
-  for i in $(seq 1 "$XFER_RUNS"); do
-    if [ "$kind" = download ]; then
-      out=$(curl -sk --http2 -o /dev/null -w '%{speed_download} %{http_code} %{size_download}' "$url" 2>&1) || true
-    else
-      out=$(curl -sk --http2 -X PUT -H 'Expect:' --data-binary "@$W/www/big.bin" -o /dev/null \
-        -w '%{speed_upload} %{http_code} %{size_upload}' "$url" 2>&1) || true
-    fi
-    read -r speed code size <<<"$out"
-    if [[ "$code" != 20? ]] || [ "$size" != $((XFER_MIB << 20)) ]; then
-      problem "$kind $name run $i: status ${code:-none}, $size bytes of $((XFER_MIB << 20)) ($out)"
-      continue
-    fi
-    v+=("$(awk -v s="$speed" 'BEGIN {printf "%.1f", s / 1048576}')")
-  done
-  log "$kind $name: ${v[*]:-none} MiB/s"
-  echo "${v[*]:-}" | median
+  local name=$1 url=$2 kind=$3 i=$4 out code size speed
+  if [ "$kind" = download ]; then
+    out=$(curl -sk --http2 -o /dev/null -w '%{speed_download} %{http_code} %{size_download}' "$url" 2>&1) || true
+  else
+    out=$(curl -sk --http2 -X PUT -H 'Expect:' --data-binary "@$W/www/big.bin" -o /dev/null \
+      -w '%{speed_upload} %{http_code} %{size_upload}' "$url" 2>&1) || true
+  fi
+  read -r speed code size <<<"$out"
+  if [[ "$code" != 20? ]] || [ "$size" != $((XFER_MIB << 20)) ]; then
+    problem "$kind $name run $i: status ${code:-none}, $size bytes of $((XFER_MIB << 20)) ($out)"
+    return
+  fi
+  M[$name-$kind]+=" $(awk -v s="$speed" 'BEGIN {printf "%.1f", s / 1048576}')"
 }
-log "transfers: $XFER_MIB MiB x $XFER_RUNS (median)"
-R_DL=$(xfer ref "$REF_URL/big.bin" download)
-X_DL=$(xfer h2rev "$H2R_URL/big.bin" download)
-R_UL=$(xfer ref "$REF_URL/upload/ref.bin" upload)
-X_UL=$(xfer h2rev "$H2R_URL/upload/h2rev.bin" upload)
+# The two paths in turn, each round starting with the other one, so that neither always
+# runs on the heels of the other's transfer; each figure is the median of the rounds.
+log "transfers: $XFER_MIB MiB x $XFER_RUNS each way, the two paths in turn (median)"
+for kind in download upload; do
+  for i in $(seq 1 "$XFER_RUNS"); do
+    if [ "$kind" = download ]; then r_url=$REF_URL/big.bin x_url=$H2R_URL/big.bin
+    else r_url=$REF_URL/upload/ref.bin x_url=$H2R_URL/upload/h2rev.bin; fi
+    if [ $((i % 2)) = 1 ]; then
+      xfer ref "$r_url" "$kind" "$i"; xfer h2rev "$x_url" "$kind" "$i"
+    else
+      xfer h2rev "$x_url" "$kind" "$i"; xfer ref "$r_url" "$kind" "$i"
+    fi
+  done
+  log "$kind ref: ${M[ref-$kind]:- none} MiB/s; h2rev: ${M[h2rev-$kind]:- none} MiB/s"
+done
+R_DL=$(med ref-download) X_DL=$(med h2rev-download)
+R_UL=$(med ref-upload) X_UL=$(med h2rev-upload)
 cmp -s "$W/www/upload/h2rev.bin" "$W/www/big.bin" || problem "upload through h2rev: stored file differs"
 
 P_D=$(hwm "$DPID") P_L=$(hwm "$LPID") P_R=$(hwm "$REF_WORKER")
