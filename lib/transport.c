@@ -437,12 +437,23 @@ static void x_tls_engine(h2r_xport_t *x) {
     x_opened(x);
   }
   while (x->state == H2R_X_OPEN && x->reading) {
-    int r = SSL_read(x->ssl, plain, (int)x->rbuf_len);
-    if (r > 0) {
-      x->cbs->on_read(x, plain, (size_t)r);
+    /* Records (16 KiB at most) are gathered into one read for the layer
+     * above: an HTTP/2 frame of 64 KiB reaches its stream's reader whole,
+     * and the listener writes it to its upstream with one system call, not
+     * four. */
+    size_t got = 0;
+    int r = 1;
+    while (got < x->rbuf_len && (r = SSL_read(x->ssl, plain + got, (int)(x->rbuf_len - got))) > 0)
+      got += (size_t)r;
+    /* The reason the reading stopped, asked before the callback may use
+     * the engine to write. */
+    int e = r > 0 ? SSL_ERROR_NONE : SSL_get_error(x->ssl, r);
+    if (got > 0)
+      x->cbs->on_read(x, plain, got);
+    if (e == SSL_ERROR_NONE)
       continue;
-    }
-    int e = SSL_get_error(x->ssl, r);
+    if (x->state != H2R_X_OPEN)
+      return;
     x_tls_flush(x, NULL, NULL);
     if (e == SSL_ERROR_WANT_READ || e == SSL_ERROR_WANT_WRITE)
       return;

@@ -21,8 +21,8 @@
 #define ADDR_TTL_MS    30000
 #define POOL_MAX       256   /* idle upstream connections kept, by default */
 #define POOL_IDLE_MS   30000 /* and for how long */
-#define READ_BUF       (16 * 1024)
-#define FREE_BUFS      128
+#define READ_BUF       (64 * 1024)
+#define FREE_BUFS      32
 #define STREAM_IDLE_MS 120000 /* a reused stream waits this long for a request */
 
 typedef struct h2r_upstream {
