@@ -506,8 +506,10 @@ static bool send_up(proxy_t *p, const char *data, size_t len) {
     p_send_cb(p, &p->up, body_wrote, data, len, NULL, 0, NULL, 0);
   } else {
     char size[24];
-    int sl = snprintf(size, sizeof(size), "%zx\r\n", len);
-    p_send_cb(p, &p->up, body_wrote, size, (size_t)sl, data, len, "\r\n", 2);
+    h2r_out_t o = {size, 0, sizeof(size)};
+    h2r_out_uint(&o, len, 16);
+    H2R_OUT_LIT(&o, "\r\n");
+    p_send_cb(p, &p->up, body_wrote, size, o.len, data, len, "\r\n", 2);
   }
   return h2rev_stream_write_queue_size(&p->up) >= HIGH_WATER;
 }
