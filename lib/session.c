@@ -457,16 +457,19 @@ static void s_fail(h2r_session_t *s, int err) {
   if (s->state == H2R_S_DEAD)
     return;
   bool was_open = s->state != H2R_S_CONNECTING;
+  bool leaving = s->state == H2R_S_DRAINING || s->goaway_recv;
   s->state = H2R_S_DEAD;
   s->err = err;
   /* A peer closing its socket is routine (clients often reset theirs), and
    * so, for a server, is a client that gives up its TLS handshake (a probe,
    * a client that does not trust our certificate): that is the client's
-   * business. Anything else is worth a warning. */
+   * business. So is a reset once either side said GOAWAY (a peer that
+   * closes with our last frames unread resets the connection). Anything
+   * else is worth a warning. */
   int level = H2REV_LOG_WARN;
   if (err == H2REV_ECLOSED || (s->server && err == UV_ECONNRESET))
     level = H2REV_LOG_DEBUG;
-  else if (s->server && !was_open)
+  else if ((s->server && !was_open) || (leaving && err == UV_ECONNRESET))
     level = H2REV_LOG_INFO;
   if (err != 0)
     h2r_log(s->log, level, "%s: connection lost: %s%s%s", s->x.peer, h2rev_strerror(err),
