@@ -15,7 +15,12 @@
 #include <strings.h>
 
 #define HIGH_WATER (1u << 20)
-#define LINGER_MS  5000
+/* An HTTP/2 client's body is paced by its stream's window, returned as the
+ * bytes reach the tunnel's socket (body_wrote), so the proxy reads it as it
+ * comes: no stop and start at a high-water mark between two windows. A mark
+ * stays, far above, as a safety net. */
+#define CLIENT_QUEUE_MAX (4 * HIGH_WATER)
+#define LINGER_MS        5000
 
 enum { CLIENT_H2, CLIENT_H1 };
 
@@ -79,6 +84,7 @@ typedef struct pwrite {
   h2rev_write_t w;
   proxy_t *p;
   size_t len;
+  size_t credit; /* bytes of an HTTP/2 client's body: their window returns once written */
   char data[];
 } pwrite_t;
 
@@ -177,13 +183,14 @@ static void p_fail(proxy_t *p, int status, const char *why) {
 
 /* ------------------------------------------------------------- writing */
 
-static int p_send_cb(proxy_t *p, h2rev_stream_t *to, h2rev_write_cb cb, const char *a, size_t al,
-                     const char *b, size_t bl, const char *c, size_t cl) {
+static int p_send_cb(proxy_t *p, h2rev_stream_t *to, h2rev_write_cb cb, size_t credit,
+                     const char *a, size_t al, const char *b, size_t bl, const char *c, size_t cl) {
   pwrite_t *w = malloc(sizeof(*w) + al + bl + cl);
   if (w == NULL)
     return UV_ENOMEM;
   w->p = p;
   w->len = al + bl + cl;
+  w->credit = credit;
   memcpy(w->data, a, al);
   if (bl)
     memcpy(w->data + al, b, bl);
@@ -261,7 +268,7 @@ static int c_body(proxy_t *p, const char *at, size_t len) {
     rblock_t *b = p->cur;
     bool in_block = b != NULL && at >= b->data && at + len <= b->data + b->len;
     if (in_block ? c_span(p, at, len) != 0
-                 : p_send_cb(p, &p->client, client_wrote, at, len, NULL, 0, NULL, 0) != 0)
+                 : p_send_cb(p, &p->client, client_wrote, 0, at, len, NULL, 0, NULL, 0) != 0)
       return -1;
     queued = h2rev_stream_write_queue_size(&p->client);
   } else {
@@ -490,9 +497,12 @@ static void client_read(h2rev_stream_t *s, ssize_t n, const uv_buf_t *buf);
 static void body_wrote(h2rev_write_t *req, int status) {
   pwrite_t *w = H2R_CONTAINER_OF(req, pwrite_t, w);
   proxy_t *p = w->p;
+  if (status == 0 && w->credit > 0)
+    h2r_strm_consume(&p->client, w->credit); /* the client may send as much again */
   free(w);
   if (status != 0 || !p->client_open || p->client_eof ||
-      h2rev_stream_write_queue_size(&p->up) >= HIGH_WATER / 2)
+      h2rev_stream_write_queue_size(&p->up) >=
+          (p->kind == CLIENT_H2 ? CLIENT_QUEUE_MAX : HIGH_WATER) / 2)
     return;
   if (p->kind == CLIENT_H2)
     h2rev_stream_read_start(&p->client, client_alloc, client_read);
@@ -500,16 +510,17 @@ static void body_wrote(h2rev_write_t *req, int status) {
     h2r_h1c_resume_input(p->h1);
 }
 
-/* Request body bytes to the listener, re-framed. True: pause the client. */
-static bool send_up(proxy_t *p, const char *data, size_t len) {
+/* Request body bytes to the listener, re-framed (credit: as in pwrite_t).
+ * True: pause the client. */
+static bool send_up(proxy_t *p, const char *data, size_t len, size_t credit) {
   if (p->raw || !p->chunked_req) {
-    p_send_cb(p, &p->up, body_wrote, data, len, NULL, 0, NULL, 0);
+    p_send_cb(p, &p->up, body_wrote, credit, data, len, NULL, 0, NULL, 0);
   } else {
     char size[24];
     h2r_out_t o = {size, 0, sizeof(size)};
     h2r_out_uint(&o, len, 16);
     H2R_OUT_LIT(&o, "\r\n");
-    p_send_cb(p, &p->up, body_wrote, size, o.len, data, len, "\r\n", 2);
+    p_send_cb(p, &p->up, body_wrote, credit, size, o.len, data, len, "\r\n", 2);
   }
   return h2rev_stream_write_queue_size(&p->up) >= HIGH_WATER;
 }
@@ -518,7 +529,7 @@ static void send_up_end(proxy_t *p) {
   if (p->raw)
     end_up(p);
   else if (p->chunked_req)
-    p_send_cb(p, &p->up, body_wrote, "0\r\n\r\n", 5, NULL, 0, NULL, 0);
+    p_send_cb(p, &p->up, body_wrote, 0, "0\r\n\r\n", 5, NULL, 0, NULL, 0);
 }
 
 static void client_read(h2rev_stream_t *s, ssize_t n, const uv_buf_t *buf) {
@@ -528,15 +539,19 @@ static void client_read(h2rev_stream_t *s, ssize_t n, const uv_buf_t *buf) {
     /* The body keeps its framing: the read buffer itself goes to the tunnel. */
     w->p = p;
     w->len = (size_t)n;
+    w->credit = (size_t)n;
     uv_buf_t b = uv_buf_init(w->data, (unsigned)n);
     if (h2rev_stream_write(&w->w, &p->up, &b, 1, body_wrote) != 0)
       free(w);
-    if (h2rev_stream_write_queue_size(&p->up) >= HIGH_WATER)
+    if (h2rev_stream_write_queue_size(&p->up) >= CLIENT_QUEUE_MAX)
       h2rev_stream_read_stop(s);
     return;
   }
-  if (n > 0 && p->up_open && send_up(p, buf->base, (size_t)n))
-    h2rev_stream_read_stop(s);
+  if (n > 0 && p->up_open) {
+    send_up(p, buf->base, (size_t)n, (size_t)n);
+    if (h2rev_stream_write_queue_size(&p->up) >= CLIENT_QUEUE_MAX)
+      h2rev_stream_read_stop(s);
+  }
   free(w);
   if (n >= 0)
     return;
@@ -552,7 +567,7 @@ static void client_read(h2rev_stream_t *s, ssize_t n, const uv_buf_t *buf) {
 
 bool h2r_proxy_client_body(h2r_proxy_t *p, const char *data, size_t len) {
   if (p->up_open)
-    return send_up(p, data, len);
+    return send_up(p, data, len, 0);
   pchunk_t *c = malloc(sizeof(*c) + len);
   if (c == NULL)
     return true;
@@ -692,6 +707,7 @@ static pwrite_t *build_head(proxy_t *p, const h2r_preq_t *rq, int *status) {
   H2R_OUT_LIT(&o, "\r\n");
   w->p = p;
   w->len = o.len;
+  w->credit = 0;
   return w;
 bad:
   free(w);
@@ -721,6 +737,7 @@ static void dialed(h2rev_dial_t *req, int status) {
   p->reqhead = NULL; /* body_wrote frees it */
   h2rev_stream_read_start(&p->up, up_alloc, up_read);
   if (p->kind == CLIENT_H2) {
+    h2r_strm_manual_consume(&p->client);
     h2rev_stream_read_start(&p->client, client_alloc, client_read);
     return;
   }
@@ -728,7 +745,7 @@ static void dialed(h2rev_dial_t *req, int status) {
   while (p->early != NULL) {
     pchunk_t *c = p->early;
     p->early = c->next;
-    pause = send_up(p, c->data, c->len);
+    pause = send_up(p, c->data, c->len, 0);
     free(c);
   }
   p->early_tail = &p->early;
