@@ -37,6 +37,7 @@ typedef struct h2r_upstream {
   bool closing;
   h2rev_upstream_close_cb close_cb;
   uv_timer_t defer;         /* only to close: runs close_cb on a later turn */
+  int closing_handles;      /* of defer and sweep, still to be closed */
   uint8_t *rbuf;            /* the read buffer of every upstream connection */
   struct uwrite *free_bufs; /* recycled read buffers */
   unsigned nfree;
@@ -126,8 +127,12 @@ static void uc_read(h2rev_stream_t *s, ssize_t n, const uv_buf_t *buf);
 
 /* ------------------------------------------------------------ teardown */
 
+/* Frees the upstream once both of its handles are closed (libuv runs close
+ * callbacks in an order of its own). */
 static void u_freed(uv_handle_t *h) {
   h2r_upstream_t *u = h->data;
+  if (--u->closing_handles > 0)
+    return;
   h2rev_upstream_t *pub = u->pub;
   h2rev_upstream_close_cb cb = u->close_cb;
   if (u->ctx != NULL)
@@ -150,7 +155,8 @@ static void u_freed(uv_handle_t *h) {
 
 /* The last step of closing: the callback comes on a later loop turn. */
 static void u_finish(h2r_upstream_t *u) {
-  uv_close((uv_handle_t *)&u->sweep, NULL);
+  u->closing_handles = 2;
+  uv_close((uv_handle_t *)&u->sweep, u_freed);
   uv_close((uv_handle_t *)&u->defer, u_freed);
 }
 
