@@ -6,12 +6,22 @@ WORK=$(mktemp -d /tmp/h2rev-e2e.XXXXXX)
 PIDS=()
 
 cleanup() {
+  local rc=$?
   for p in "${PIDS[@]:-}"; do [ -n "$p" ] && kill "$p" 2>/dev/null || true; done
   wait 2>/dev/null || true
+  # The tools run under the sanitizers in CI's second pass: what they report, up to their
+  # exit after SIGTERM, is in their logs.
+  local san
+  san=$(grep -l -E 'AddressSanitizer|LeakSanitizer|runtime error:' "$WORK"/*.log 2>/dev/null || true)
+  if [ -n "$san" ]; then
+    echo "FAIL: sanitizer report in $san" >&2
+    E2E_FAILED=1 rc=1
+  fi
   if [ "${E2E_FAILED:-0}" = 1 ]; then
     for f in "$WORK"/*.log; do echo "== $f"; tail -n 30 "$f"; done >&2
   fi
   rm -rf "$WORK"
+  exit "$rc"
 }
 trap cleanup EXIT
 fail() { E2E_FAILED=1; echo "FAIL: $*" >&2; exit 1; }
