@@ -365,7 +365,7 @@ static void m_read(h2rev_stream_t *s, ssize_t n, const uv_buf_t *buf) {
 }
 
 TEST(window_returned_outside_callbacks) {
-  const uint64_t total = 16u << 20; /* 16 stream windows */
+  const uint64_t total = 16u << 20; /* several stream windows */
   uv_loop_t loop;
   uv_loop_init(&loop);
   tserver_t srv;
