@@ -22,7 +22,11 @@ ok "upstream connections reused ($((after - before)) new for 21 requests)"
 # Concurrent requests: the pool keeps as many idle connections as the requests had in
 # flight (256 by default), so a second wave like the first opens (next to) none. A pool of
 # 32 would close the surplus after each wave and open it again for the next.
-wave() { h2load -c 1 -m 80 -n 80 "$(tunnel up)/bytes/1000" | grep -q '80 succeeded' || fail "h2load wave"; }
+wave() {
+  local out
+  out=$(h2load -c 1 -m 80 -n 80 "$(tunnel up)/bytes/1000")
+  grep -q ' 80 succeeded' <<< "$out" || fail "h2load wave: $(grep '^requests:' <<< "$out")"
+}
 c0=$(tcurl -f "$(tunnel up)/conns")
 wave
 c1=$(tcurl -f "$(tunnel up)/conns")
