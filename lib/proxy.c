@@ -689,13 +689,10 @@ static pwrite_t *build_head(proxy_t *p, const h2r_preq_t *rq, int *status) {
     H2R_OUT_LIT(&o, ", ");
   }
   h2r_out_put(&o, rq->peer, ipl);
-  H2R_OUT_LIT(&o, "\r\nX-Forwarded-Proto: ");
-  h2r_out_put(&o, rq->scheme, sl);
-  H2R_OUT_LIT(&o, "\r\nX-Forwarded-Host: ");
-  h2r_out_put(&o, rq->authority, al);
-  H2R_OUT_LIT(&o, "\r\nX-Forwarded-Prefix: ");
-  h2r_out_put(&o, rq->prefix, rq->prefixlen);
   H2R_OUT_LIT(&o, "\r\n");
+  h2r_out_header(&o, "X-Forwarded-Proto", 17, rq->scheme, sl);
+  h2r_out_header(&o, "X-Forwarded-Host", 16, rq->authority, al);
+  h2r_out_header(&o, "X-Forwarded-Prefix", 18, rq->prefix, rq->prefixlen);
   if (cl == NULL && !rq->no_body && !rq->upgrade) {
     p->chunked_req = true;
     H2R_OUT_LIT(&o, "Transfer-Encoding: chunked\r\n");
