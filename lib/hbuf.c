@@ -1,6 +1,6 @@
 /* A request or response head as llhttp hands it over in pieces: the URL and
  * the header names and values gathered into one buffer, with a size limit;
- * and the writing of heads (h2r_out_t). */
+ * the writing of heads (h2r_out_t); and a cache of buffers of one size. */
 #include "internal.h"
 
 #include <stdlib.h>
@@ -96,4 +96,36 @@ void h2r_out_uint(h2r_out_t *o, uint64_t v, unsigned base) {
     v /= base;
   } while (v > 0);
   h2r_out_put(o, tmp + i, sizeof(tmp) - i);
+}
+
+/* ------------------------------------------------------------ h2r_bufcache_t */
+
+void *h2r_bufcache_get(h2r_bufcache_t *c) {
+  void *b = c->head;
+  if (b == NULL)
+    return malloc(c->size);
+  memcpy(&c->head, b, sizeof(void *));
+  c->n--;
+  return b;
+}
+
+void h2r_bufcache_put(h2r_bufcache_t *c, void *b) {
+  if (b == NULL)
+    return;
+  if (c->n >= c->max) {
+    free(b);
+    return;
+  }
+  memcpy(b, &c->head, sizeof(void *));
+  c->head = b;
+  c->n++;
+}
+
+void h2r_bufcache_drain(h2r_bufcache_t *c) {
+  while (c->head != NULL) {
+    void *b = c->head;
+    memcpy(&c->head, b, sizeof(void *));
+    free(b);
+  }
+  c->n = 0;
 }

@@ -86,6 +86,13 @@ struct h2r_xport {
   uv_timer_t timer; /* handshake timeout */
   uv_idle_t done;   /* completes writes the socket took at once */
   h2r_xwrite_t *done_head, *done_tail;
+  /* Cleartext: the writes of a loop turn go to the socket together, in one
+   * writev after the poll phase (a transfer's chunks cost a write(2) each,
+   * and a wakeup of the peer each, otherwise). */
+  uv_check_t gather;
+  h2r_xwrite_t *g_head, *g_tail;
+  uv_buf_t *g_iov;
+  unsigned g_n, g_cap;
   uv_connect_t connect;
   uv_loop_t *loop;
   const h2r_xport_cbs *cbs;
@@ -131,7 +138,9 @@ struct h2r_xwrite {
   h2r_xwrite_cb cb;
   uint8_t *tls_out;   /* ciphertext owned by this write (TLS) */
   size_t tls_cap;     /* its allocation */
-  h2r_xwrite_t *next; /* on the transport's list of completed writes */
+  unsigned nbufs;     /* cleartext, gathered: its buffers in g_iov */
+  int status;         /* on the list of completed writes: for cb */
+  h2r_xwrite_t *next; /* on the gathered or the completed writes' list */
 };
 
 /* Client: connects to addr; TLS when ctx != NULL (then host is the SNI and
@@ -143,7 +152,8 @@ int h2r_xport_connect(h2r_xport_t *x, uv_loop_t *loop, const struct sockaddr *ad
 int h2r_xport_accept(h2r_xport_t *x, uv_loop_t *loop, uv_stream_t *server, SSL_CTX *ctx,
                      unsigned handshake_ms, const h2r_xport_cbs *cbs, void *owner);
 /* Writes bufs (plaintext); with TLS they are encrypted (copied) at once, with
- * TCP they must stay valid until cb. */
+ * TCP they must stay valid until cb. cb never runs inside this call; bytes
+ * written before h2r_xport_close still go out as far as the socket takes them. */
 int h2r_xport_write(h2r_xport_t *x, h2r_xwrite_t *w, const uv_buf_t *bufs, unsigned n,
                     h2r_xwrite_cb cb);
 void h2r_xport_read_pause(h2r_xport_t *x, bool pause);
@@ -393,6 +403,28 @@ static inline void h2r_out_header(h2r_out_t *o, const char *name, size_t nl, con
 }
 /* v in decimal (base 10) or hexadecimal (16, lower case). */
 void h2r_out_uint(h2r_out_t *o, uint64_t v, unsigned base);
+
+/* A bounded cache of buffers of one size. A large transfer allocates and
+ * frees a buffer per chunk; through malloc that makes the heap grow and
+ * shrink as the chunks in flight come and go, and every regrowth faults
+ * fresh zeroed pages in (a tenth of the dialer's time in an upload). */
+typedef struct h2r_bufcache {
+  void *head; /* the free buffers, linked through their first bytes */
+  unsigned n, max;
+  size_t size;
+} h2r_bufcache_t;
+
+static inline void h2r_bufcache_init(h2r_bufcache_t *c, size_t size, unsigned max) {
+  c->head = NULL;
+  c->n = 0;
+  c->max = max;
+  c->size = size < sizeof(void *) ? sizeof(void *) : size;
+}
+/* A buffer of c->size bytes, NULL when memory is out. */
+void *h2r_bufcache_get(h2r_bufcache_t *c);
+/* Takes back a buffer from h2r_bufcache_get (or NULL); frees it when full. */
+void h2r_bufcache_put(h2r_bufcache_t *c, void *b);
+void h2r_bufcache_drain(h2r_bufcache_t *c);
 
 typedef struct h2r_proxy h2r_proxy_t;
 typedef struct h2r_h1c h2r_h1c_t;

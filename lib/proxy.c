@@ -21,6 +21,10 @@
  * stays, far above, as a safety net. */
 #define CLIENT_QUEUE_MAX (4 * HIGH_WATER)
 #define LINGER_MS        5000
+/* An HTTP/2 client's body is read into buffers of this size, recycled by the
+ * proxy (h2r_bufcache_t): a stream window's worth is in flight at most. */
+#define BODY_BUF  (16u << 10)
+#define BODY_BUFS ((2u << 20) / BODY_BUF)
 
 enum { CLIENT_H2, CLIENT_H1 };
 
@@ -75,7 +79,8 @@ struct h2r_proxy {
   pchunk_t *early, **early_tail; /* HTTP/1.1 request body before the dial completed */
   size_t early_bytes;
   h2rev_shutdown_t sh, up_sh;
-  rblock_t *cur; /* the read buffer being parsed (valid during up_read) */
+  rblock_t *cur;            /* the read buffer being parsed (valid during up_read) */
+  h2r_bufcache_t body_bufs; /* CLIENT_H2: read buffers of the request body */
 };
 
 typedef h2r_proxy_t proxy_t;
@@ -85,6 +90,7 @@ typedef struct pwrite {
   proxy_t *p;
   size_t len;
   size_t credit; /* bytes of an HTTP/2 client's body: their window returns once written */
+  bool cached;   /* from body_bufs */
   char data[];
 } pwrite_t;
 
@@ -113,6 +119,7 @@ static void p_release(proxy_t *p) {
     free(c);
   }
   h2r_hbuf_free(&p->hb);
+  h2r_bufcache_drain(&p->body_bufs);
   free(p->reqhead);
   free(p);
 }
@@ -191,6 +198,7 @@ static int p_send_cb(proxy_t *p, h2rev_stream_t *to, h2rev_write_cb cb, size_t c
   w->p = p;
   w->len = al + bl + cl;
   w->credit = credit;
+  w->cached = false;
   memcpy(w->data, a, al);
   if (bl)
     memcpy(w->data + al, b, bl);
@@ -487,9 +495,19 @@ static void up_input(proxy_t *p, ssize_t n, const uv_buf_t *buf) {
 /* ---------------------------------------------- the client's request */
 
 static void client_alloc(h2rev_stream_t *s, size_t sz, uv_buf_t *buf) {
-  (void)s;
-  pwrite_t *w = malloc(sizeof(*w) + sz);
-  *buf = w != NULL ? uv_buf_init(w->data, (unsigned)sz) : uv_buf_init(NULL, 0);
+  (void)sz; /* a larger frame comes in several reads */
+  proxy_t *p = s->data;
+  pwrite_t *w = h2r_bufcache_get(&p->body_bufs);
+  if (w != NULL)
+    w->cached = true;
+  *buf = w != NULL ? uv_buf_init(w->data, BODY_BUF) : uv_buf_init(NULL, 0);
+}
+
+static void wfree(proxy_t *p, pwrite_t *w) {
+  if (w != NULL && w->cached)
+    h2r_bufcache_put(&p->body_bufs, w);
+  else
+    free(w);
 }
 
 static void client_read(h2rev_stream_t *s, ssize_t n, const uv_buf_t *buf);
@@ -499,7 +517,7 @@ static void body_wrote(h2rev_write_t *req, int status) {
   proxy_t *p = w->p;
   if (status == 0 && w->credit > 0)
     h2r_strm_consume(&p->client, w->credit); /* the client may send as much again */
-  free(w);
+  wfree(p, w);
   if (status != 0 || !p->client_open || p->client_eof ||
       h2rev_stream_write_queue_size(&p->up) >=
           (p->kind == CLIENT_H2 ? CLIENT_QUEUE_MAX : HIGH_WATER) / 2)
@@ -542,7 +560,7 @@ static void client_read(h2rev_stream_t *s, ssize_t n, const uv_buf_t *buf) {
     w->credit = (size_t)n;
     uv_buf_t b = uv_buf_init(w->data, (unsigned)n);
     if (h2rev_stream_write(&w->w, &p->up, &b, 1, body_wrote) != 0)
-      free(w);
+      wfree(p, w);
     if (h2rev_stream_write_queue_size(&p->up) >= CLIENT_QUEUE_MAX)
       h2rev_stream_read_stop(s);
     return;
@@ -552,7 +570,7 @@ static void client_read(h2rev_stream_t *s, ssize_t n, const uv_buf_t *buf) {
     if (h2rev_stream_write_queue_size(&p->up) >= CLIENT_QUEUE_MAX)
       h2rev_stream_read_stop(s);
   }
-  free(w);
+  wfree(p, w);
   if (n >= 0)
     return;
   if (n == UV_EOF) {
@@ -705,6 +723,7 @@ static pwrite_t *build_head(proxy_t *p, const h2r_preq_t *rq, int *status) {
   w->p = p;
   w->len = o.len;
   w->credit = 0;
+  w->cached = false;
   return w;
 bad:
   free(w);
@@ -766,6 +785,7 @@ static proxy_t *p_start(h2rev_dialer_t *dialer, int kind, const h2r_preq_t *rq,
   p->upgrade = rq->upgrade;
   p->head_req = strcmp(rq->method, "HEAD") == 0;
   p->early_tail = &p->early;
+  h2r_bufcache_init(&p->body_bufs, sizeof(pwrite_t) + BODY_BUF, BODY_BUFS);
   snprintf(p->id, sizeof(p->id), "%s", rq->id);
   p->reqhead = build_head(p, rq, status);
   if (p->reqhead == NULL) {

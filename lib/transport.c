@@ -29,6 +29,8 @@ static void x_handle_closed(uv_handle_t *h) {
   x->obuf = NULL;
   free(x->ospare);
   x->ospare = NULL;
+  free(x->g_iov);
+  x->g_iov = NULL;
   if (x->rbuf != x->shared_rbuf)
     free(x->rbuf);
   x->rbuf = NULL;
@@ -41,13 +43,18 @@ static void x_done_run(h2r_xport_t *x) {
   x->done_head = x->done_tail = NULL;
   while (w != NULL) {
     h2r_xwrite_t *next = w->next;
-    w->cb(w, 0);
+    w->cb(w, w->status);
     w = next;
   }
 }
 
+static void x_gather_flush(h2r_xport_t *x);
+
+/* Runs before the poll phase: writes gathered since (in a timer's callback,
+ * or in a check callback after ours) go out now, not after the poll. */
 static void x_done(uv_idle_t *h) {
   uv_idle_stop(h);
+  x_gather_flush(h->data);
   x_done_run(h->data);
 }
 
@@ -59,9 +66,11 @@ static void x_done_closed(uv_handle_t *h) {
 void h2r_xport_close(h2r_xport_t *x) {
   if (x->state == H2R_X_CLOSING)
     return;
+  x_gather_flush(x); /* what the socket takes now still goes out */
   x->state = H2R_X_CLOSING;
   uv_close((uv_handle_t *)&x->tcp, x_handle_closed);
   uv_close((uv_handle_t *)&x->timer, x_handle_closed);
+  uv_close((uv_handle_t *)&x->gather, x_handle_closed);
   uv_close((uv_handle_t *)&x->done, x_done_closed);
 }
 
@@ -203,10 +212,12 @@ static int x_init(h2r_xport_t *x, uv_loop_t *loop, SSL_CTX *ctx, bool server, un
   uv_tcp_init(loop, &x->tcp);
   uv_timer_init(loop, &x->timer);
   uv_idle_init(loop, &x->done);
+  uv_check_init(loop, &x->gather);
   x->tcp.data = x;
   x->timer.data = x;
   x->done.data = x;
-  x->nhandles = 3;
+  x->gather.data = x;
+  x->nhandles = 4;
   if (ctx != NULL) {
     x->ssl = SSL_new(ctx);
     BIO *b = x->ssl != NULL ? x_bio_new(x) : NULL;
@@ -245,6 +256,7 @@ static void x_write_done(uv_write_t *req, int status) {
 static void x_done_push(h2r_xport_t *x, h2r_xwrite_t *w, h2r_xwrite_cb cb) {
   w->x = x;
   w->cb = cb;
+  w->status = 0;
   w->tls_out = NULL;
   w->next = NULL;
   if (x->done_tail != NULL)
@@ -253,6 +265,46 @@ static void x_done_push(h2r_xport_t *x, h2r_xwrite_t *w, h2r_xwrite_cb cb) {
     x->done_head = w;
   x->done_tail = w;
   uv_idle_start(&x->done, x_done);
+}
+
+/* Writes the gathered writes: what the socket takes at once from all of
+ * them in one writev, the rest through libuv, in order. */
+static void x_gather_flush(h2r_xport_t *x) {
+  uv_check_stop(&x->gather);
+  h2r_xwrite_t *w = x->g_head;
+  if (w == NULL)
+    return;
+  uv_buf_t *iov = x->g_iov;
+  unsigned n = x->g_n;
+  x->g_head = x->g_tail = NULL;
+  x->g_n = 0;
+  int k = x->tcp.write_queue_size == 0 ? uv_try_write((uv_stream_t *)&x->tcp, iov, n) : 0;
+  size_t took = k > 0 ? (size_t)k : 0; /* an error is reported by uv_write's callback */
+  unsigned i = 0;
+  while (w != NULL) {
+    h2r_xwrite_t *next = w->next;
+    unsigned end = i + w->nbufs;
+    while (i < end && took >= iov[i].len)
+      took -= iov[i++].len;
+    if (i == end) {
+      x_done_push(x, w, w->cb);
+    } else {
+      iov[i].base += took; /* uv_write copies the array */
+      iov[i].len -= took;
+      took = 0;
+      int r = uv_write(&w->req, (uv_stream_t *)&x->tcp, iov + i, end - i, x_write_done);
+      if (r != 0) {
+        x_done_push(x, w, w->cb);
+        w->status = r;
+      }
+    }
+    i = end;
+    w = next;
+  }
+}
+
+static void x_gather(uv_check_t *h) {
+  x_gather_flush(h->data);
 }
 
 /* obuf went out whole and is kept for the next flush. After a large burst
@@ -583,38 +635,45 @@ int h2r_xport_accept(h2r_xport_t *x, uv_loop_t *loop, uv_stream_t *server, SSL_C
   return r;
 }
 
-/* Cleartext: what the socket takes at once is written from the caller's
- * buffers now; libuv queues the rest. */
+/* Cleartext: the write joins the loop turn's others, written after the poll
+ * phase (x_gather_flush); its buffers stay the caller's. A large write met
+ * with nothing gathered goes at once: there is nothing to gain by waiting. */
+#define X_GATHER_NOW (64u << 10)
+
 static int x_tcp_write(h2r_xport_t *x, h2r_xwrite_t *w, const uv_buf_t *bufs, unsigned n,
                        h2r_xwrite_cb cb) {
-  int k = 0;
-  if (x->tcp.write_queue_size == 0)
-    k = uv_try_write((uv_stream_t *)&x->tcp, bufs, n);
-  size_t took = k > 0 ? (size_t)k : 0; /* an error is reported by uv_write's callback */
-  unsigned i = 0;
-  while (i < n && took >= bufs[i].len)
-    took -= bufs[i++].len;
-  if (i == n) {
-    x_done_push(x, w, cb);
-    return 0;
+  if (x->g_n + n > x->g_cap) {
+    unsigned cap = x->g_cap != 0 ? x->g_cap : 16;
+    while (cap < x->g_n + n)
+      cap *= 2;
+    uv_buf_t *iov = realloc(x->g_iov, cap * sizeof(*iov));
+    if (iov == NULL)
+      return UV_ENOMEM;
+    x->g_iov = iov;
+    x->g_cap = cap;
   }
+  memcpy(x->g_iov + x->g_n, bufs, n * sizeof(*bufs));
+  x->g_n += n;
   w->x = x;
   w->cb = cb;
   w->tls_out = NULL;
-  if (took == 0)
-    return uv_write(&w->req, (uv_stream_t *)&x->tcp, bufs + i, n - i, x_write_done);
-  /* uv_write copies the array: only the first buffer of the rest changes. */
-  uv_buf_t small[16];
-  uv_buf_t *rest = n - i <= 16 ? small : malloc((n - i) * sizeof(*rest));
-  if (rest == NULL)
-    return UV_ENOMEM;
-  memcpy(rest, bufs + i, (n - i) * sizeof(*rest));
-  rest[0].base += took;
-  rest[0].len -= took;
-  int r = uv_write(&w->req, (uv_stream_t *)&x->tcp, rest, n - i, x_write_done);
-  if (rest != small)
-    free(rest);
-  return r;
+  w->nbufs = n;
+  w->next = NULL;
+  if (x->g_tail != NULL)
+    x->g_tail->next = w;
+  else
+    x->g_head = w;
+  x->g_tail = w;
+  size_t total = 0;
+  for (unsigned i = 0; i < n && x->g_head == w; i++)
+    total += bufs[i].len;
+  if (total >= X_GATHER_NOW) {
+    x_gather_flush(x);
+    return 0;
+  }
+  uv_check_start(&x->gather, x_gather);
+  uv_idle_start(&x->done, x_done); /* the poll phase must not block before it */
+  return 0;
 }
 
 #define X_RECORD 16384 /* TLS's largest record payload */

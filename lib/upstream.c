@@ -21,8 +21,8 @@
 #define ADDR_TTL_MS    30000
 #define POOL_MAX       256   /* idle upstream connections kept, by default */
 #define POOL_IDLE_MS   30000 /* and for how long */
-#define READ_BUF       (64 * 1024)
-#define FREE_BUFS      32
+#define READ_BUF       (16 * 1024)
+#define FREE_BUFS      128    /* 2 MiB: a stream window */
 #define STREAM_IDLE_MS 120000 /* a reused stream waits this long for a request */
 
 typedef struct h2r_upstream {
@@ -36,11 +36,10 @@ typedef struct h2r_upstream {
   unsigned active;
   bool closing;
   h2rev_upstream_close_cb close_cb;
-  uv_timer_t defer;         /* only to close: runs close_cb on a later turn */
-  int closing_handles;      /* of defer and sweep, still to be closed */
-  uint8_t *rbuf;            /* the read buffer of every upstream connection */
-  struct uwrite *free_bufs; /* recycled read buffers */
-  unsigned nfree;
+  uv_timer_t defer;    /* only to close: runs close_cb on a later turn */
+  int closing_handles; /* of defer and sweep, still to be closed */
+  uint8_t *rbuf;       /* the read buffer of every upstream connection */
+  h2r_bufcache_t bufs; /* recycled read buffers */
   struct upconn *idle; /* keep-alive connections waiting for a request */
   unsigned nidle;
   uv_timer_t sweep;             /* closes idle connections past POOL_IDLE_MS */
@@ -101,26 +100,18 @@ typedef struct uwrite {
     h2rev_write_t sw;
   } w;
   uconn_t *c;
-  struct uwrite *next; /* in the upstream's free list */
   size_t len;
   size_t cap;   /* READ_BUF for the read buffers that are recycled, else 0 */
   bool consume; /* read from the stream: its window returns once written */
   char data[];
 } uwrite_t;
 
-/* A read buffer goes back to a small free list instead of to malloc: a
- * 64 KiB malloc and free per read made the heap grow and shrink (page faults)
- * on every chunk of a large transfer. */
+/* A read buffer goes back to the cache, not to malloc (h2r_bufcache_t). */
 static void wfree(h2r_upstream_t *u, uwrite_t *w) {
-  if (w == NULL)
-    return;
-  if (w->cap != READ_BUF || u->nfree >= FREE_BUFS) {
+  if (w != NULL && w->cap == READ_BUF)
+    h2r_bufcache_put(&u->bufs, w);
+  else
     free(w);
-    return;
-  }
-  w->next = u->free_bufs;
-  u->free_bufs = w;
-  u->nfree++;
 }
 
 static void uc_read(h2rev_stream_t *s, ssize_t n, const uv_buf_t *buf);
@@ -142,11 +133,7 @@ static void u_freed(uv_handle_t *h) {
   free(u->authority);
   free(u->path);
   free(u->rbuf);
-  while (u->free_bufs != NULL) {
-    uwrite_t *w = u->free_bufs;
-    u->free_bufs = w->next;
-    free(w);
-  }
+  h2r_bufcache_drain(&u->bufs);
   free(u);
   pub->u_ = NULL;
   if (cb != NULL)
@@ -238,19 +225,12 @@ static void end_stream(uconn_t *c) {
 static void uc_alloc(h2rev_stream_t *s, size_t sz, uv_buf_t *buf) {
   h2r_upstream_t *u = ((uconn_t *)s->data)->u;
   (void)sz; /* more than READ_BUF comes in several reads */
-  uwrite_t *w = NULL;
-  if (u->free_bufs != NULL) {
-    w = u->free_bufs;
-    u->free_bufs = w->next;
-    u->nfree--;
-  } else {
-    w = malloc(sizeof(*w) + READ_BUF);
-    if (w == NULL) {
-      *buf = uv_buf_init(NULL, 0);
-      return;
-    }
-    w->cap = READ_BUF;
+  uwrite_t *w = h2r_bufcache_get(&u->bufs);
+  if (w == NULL) {
+    *buf = uv_buf_init(NULL, 0);
+    return;
   }
+  w->cap = READ_BUF;
   *buf = uv_buf_init(w->data, (unsigned)w->cap);
 }
 
@@ -258,29 +238,37 @@ static void to_s_done(h2rev_write_t *req, int status) {
   uwrite_t *w = H2R_CONTAINER_OF(req, uwrite_t, w.sw);
   uconn_t *c = w->c;
   c->to_s -= w->len;
-  free(w);
+  wfree(c->u, w);
   if (status != 0 && status != UV_ECANCELED)
     uc_close(c); /* the dialer reset the stream while we held its response */
   else if (status == 0 && !c->closing && !c->x_eof && c->pc != NULL && c->to_s < HIGH_WATER / 2)
     h2r_xport_read_pause(&c->pc->x, false);
 }
 
+/* The upstream's bytes to the stream, copied (the read buffer is shared)
+ * into recycled buffers. */
 static void send_s(uconn_t *c, const char *p, size_t n) {
-  uwrite_t *w = malloc(sizeof(*w) + n);
-  if (w == NULL) {
-    uc_close(c);
-    return;
-  }
-  memcpy(w->data, p, n);
-  w->c = c;
-  w->len = n;
-  w->cap = 0;
-  c->to_s += n;
-  uv_buf_t b = uv_buf_init(w->data, (unsigned)n);
-  if (h2rev_stream_write(&w->w.sw, c->s, &b, 1, to_s_done) != 0) {
-    c->to_s -= n;
-    free(w);
-    uc_close(c);
+  while (n > 0 && !c->closing) {
+    size_t k = H2R_MIN(n, READ_BUF);
+    uwrite_t *w = h2r_bufcache_get(&c->u->bufs);
+    if (w == NULL) {
+      uc_close(c);
+      return;
+    }
+    memcpy(w->data, p, k);
+    w->c = c;
+    w->len = k;
+    w->cap = READ_BUF;
+    c->to_s += k;
+    uv_buf_t b = uv_buf_init(w->data, (unsigned)k);
+    if (h2rev_stream_write(&w->w.sw, c->s, &b, 1, to_s_done) != 0) {
+      c->to_s -= k;
+      wfree(c->u, w);
+      uc_close(c);
+      return;
+    }
+    p += k;
+    n -= k;
   }
 }
 
@@ -850,6 +838,7 @@ int h2rev_upstream_init(uv_loop_t *loop, h2rev_upstream_t *upstream,
   u->log = opts->log;
   u->loop = loop;
   u->pub = upstream;
+  h2r_bufcache_init(&u->bufs, sizeof(uwrite_t) + READ_BUF, FREE_BUFS);
   u->rbuf = malloc(H2R_RBUF_SIZE);
   int r = u->rbuf != NULL ? parse_url(u, opts->url) : UV_ENOMEM;
   if (r == 0) {
