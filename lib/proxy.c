@@ -494,13 +494,15 @@ static void up_input(proxy_t *p, ssize_t n, const uv_buf_t *buf) {
 
 /* ---------------------------------------------- the client's request */
 
+/* A small body (or its small last piece) gets a buffer of its size; a
+ * larger frame comes in several reads. */
 static void client_alloc(h2rev_stream_t *s, size_t sz, uv_buf_t *buf) {
-  (void)sz; /* a larger frame comes in several reads */
   proxy_t *p = s->data;
-  pwrite_t *w = h2r_bufcache_get(&p->body_bufs);
+  bool small = sz < BODY_BUF / 4;
+  pwrite_t *w = small ? malloc(sizeof(*w) + sz) : h2r_bufcache_get(&p->body_bufs);
   if (w != NULL)
-    w->cached = true;
-  *buf = w != NULL ? uv_buf_init(w->data, BODY_BUF) : uv_buf_init(NULL, 0);
+    w->cached = !small;
+  *buf = w != NULL ? uv_buf_init(w->data, small ? (unsigned)sz : BODY_BUF) : uv_buf_init(NULL, 0);
 }
 
 static void wfree(proxy_t *p, pwrite_t *w) {

@@ -101,12 +101,12 @@ typedef struct uwrite {
   } w;
   uconn_t *c;
   size_t len;
-  size_t cap;   /* READ_BUF for the read buffers that are recycled, else 0 */
+  size_t cap;   /* of data; READ_BUF: a recycled buffer */
   bool consume; /* read from the stream: its window returns once written */
   char data[];
 } uwrite_t;
 
-/* A read buffer goes back to the cache, not to malloc (h2r_bufcache_t). */
+/* A recycled buffer goes back to the cache, not to malloc (h2r_bufcache_t). */
 static void wfree(h2r_upstream_t *u, uwrite_t *w) {
   if (w != NULL && w->cap == READ_BUF)
     h2r_bufcache_put(&u->bufs, w);
@@ -222,16 +222,23 @@ static void end_stream(uconn_t *c) {
 
 /* ------------------------------------------------------------- writing */
 
-static void uc_alloc(h2rev_stream_t *s, size_t sz, uv_buf_t *buf) {
-  h2r_upstream_t *u = ((uconn_t *)s->data)->u;
-  (void)sz; /* more than READ_BUF comes in several reads */
-  uwrite_t *w = h2r_bufcache_get(&u->bufs);
-  if (w == NULL) {
-    *buf = uv_buf_init(NULL, 0);
-    return;
+/* A buffer for n bytes, or more than READ_BUF in several: small ones (a
+ * request or response head, a small body) of their size, so that requests
+ * in flight do not each hold a page or more of a recycled buffer. */
+static uwrite_t *uw_new(h2r_upstream_t *u, size_t n) {
+  uwrite_t *w;
+  if (n < READ_BUF / 4) {
+    if ((w = malloc(sizeof(*w) + n)) != NULL)
+      w->cap = n;
+  } else if ((w = h2r_bufcache_get(&u->bufs)) != NULL) {
+    w->cap = READ_BUF;
   }
-  w->cap = READ_BUF;
-  *buf = uv_buf_init(w->data, (unsigned)w->cap);
+  return w;
+}
+
+static void uc_alloc(h2rev_stream_t *s, size_t sz, uv_buf_t *buf) {
+  uwrite_t *w = uw_new(((uconn_t *)s->data)->u, sz > 0 ? sz : 1);
+  *buf = w != NULL ? uv_buf_init(w->data, (unsigned)w->cap) : uv_buf_init(NULL, 0);
 }
 
 static void to_s_done(h2rev_write_t *req, int status) {
@@ -249,16 +256,15 @@ static void to_s_done(h2rev_write_t *req, int status) {
  * into recycled buffers. */
 static void send_s(uconn_t *c, const char *p, size_t n) {
   while (n > 0 && !c->closing) {
-    size_t k = H2R_MIN(n, READ_BUF);
-    uwrite_t *w = h2r_bufcache_get(&c->u->bufs);
+    uwrite_t *w = uw_new(c->u, n);
     if (w == NULL) {
       uc_close(c);
       return;
     }
+    size_t k = H2R_MIN(n, w->cap);
     memcpy(w->data, p, k);
     w->c = c;
     w->len = k;
-    w->cap = READ_BUF;
     c->to_s += k;
     uv_buf_t b = uv_buf_init(w->data, (unsigned)k);
     if (h2rev_stream_write(&w->w.sw, c->s, &b, 1, to_s_done) != 0) {
