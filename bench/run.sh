@@ -295,7 +295,7 @@ log "growth: dialer $G_D1 -> $G_D2 KiB, listener $G_L1 -> $G_L2 KiB"
 
 # Small GETs: the two paths in turn, $H2_RUNS rounds; each figure is the median of the rounds.
 log "small GET: h2load -c 16 -m 10 -n $N_GET, $H2_RUNS rounds"
-declare -A M=()
+declare -A M=() C=()
 R_BAD=0 X_BAD=0
 for r in $(seq 1 "$H2_RUNS"); do
   for side in ref h2rev; do
@@ -346,9 +346,17 @@ if [ "$H1" = 1 ]; then
 fi
 
 # ---------------------------------------------------------------------------- transfers
-# xfer NAME URL KIND(download|upload) RUN: appends the MiB/s of one transfer to M[NAME-KIND]
+# CPU time a process has used, in ms (scheduler statistics, else clock ticks).
+cpu_ms() {
+  awk '{printf "%d", $1 / 1000000}' "/proc/$1/schedstat" 2>/dev/null ||
+    awk -v hz="$(getconf CLK_TCK)" '{printf "%d", ($14 + $15) * 1000 / hz}' "/proc/$1/stat"
+}
+# xfer NAME URL KIND(download|upload) RUN: appends the MiB/s of one transfer to M[NAME-KIND],
+# and the CPU the proxy used for it to M[NAME-KIND-cpu] (h2rev: dialer + listener, also
+# apart in M[h2rev-KIND-cpud] and M[h2rev-KIND-cpul]).
 xfer() {
-  local name=$1 url=$2 kind=$3 i=$4 out code size speed
+  local name=$1 url=$2 kind=$3 i=$4 out code size speed c0 c1 d0 l0
+  if [ "$name" = ref ]; then c0=$(cpu_ms "$REF_WORKER"); else d0=$(cpu_ms "$DPID") l0=$(cpu_ms "$LPID"); fi
   if [ "$kind" = download ]; then
     out=$(curl -sk --http2 -o /dev/null -w '%{speed_download} %{http_code} %{size_download}' "$url" 2>&1) || true
   else
@@ -361,6 +369,13 @@ xfer() {
     return
   fi
   M[$name-$kind]+=" $(awk -v s="$speed" 'BEGIN {printf "%.1f", s / 1048576}')"
+  if [ "$name" = ref ]; then
+    c1=$(cpu_ms "$REF_WORKER")
+    M[ref-$kind-cpu]+=" $((c1 - c0))"
+  else
+    c0=$(($(cpu_ms "$DPID") - d0)) c1=$(($(cpu_ms "$LPID") - l0))
+    M[h2rev-$kind-cpu]+=" $((c0 + c1))" M[h2rev-$kind-cpud]+=" $c0" M[h2rev-$kind-cpul]+=" $c1"
+  fi
 }
 # The two paths in turn, each round starting with the other one, so that neither always
 # runs on the heels of the other's transfer; each figure is the median of the rounds.
@@ -376,9 +391,13 @@ for kind in download upload; do
     fi
   done
   log "$kind ref: ${M[ref-$kind]:- none} MiB/s; h2rev: ${M[h2rev-$kind]:- none} MiB/s"
+  log "$kind CPU ms: ref nginx worker:${M[ref-$kind-cpu]:- none}; h2rev dialer:${M[h2rev-$kind-cpud]:- none}, listener:${M[h2rev-$kind-cpul]:- none}"
 done
 R_DL=$(med ref-download) X_DL=$(med h2rev-download)
 R_UL=$(med ref-upload) X_UL=$(med h2rev-upload)
+for k in download upload; do
+  for v in ref-$k-cpu h2rev-$k-cpu h2rev-$k-cpud h2rev-$k-cpul; do C[$v]=$(med "$v"); done
+done
 cmp -s "$W/www/upload/h2rev.bin" "$W/www/big.bin" || problem "upload through h2rev: stored file differs"
 
 P_D=$(hwm "$DPID") P_L=$(hwm "$LPID") P_R=$(hwm "$REF_WORKER")
@@ -510,6 +529,10 @@ P_SUM=$((P_D + P_L))
     "$(pf ge "$(ratio "$X_DL" "$R_DL")" 0.8)"
   row "upload $XFER_MIB MiB (curl PUT, median of $XFER_RUNS), MiB/s" "$R_UL" "$X_UL" "$(ratio "$X_UL" "$R_UL")" "≥ 0.8× ref" \
     "$(pf ge "$(ratio "$X_UL" "$R_UL")" 0.8)"
+  for k in download upload; do
+    row "$k: CPU of the proxy per transfer (median), ms: nginx worker; dialer + listener" "${C[ref-$k-cpu]}" \
+      "${C[h2rev-$k-cpu]} (${C[h2rev-$k-cpud]} + ${C[h2rev-$k-cpul]})" "$(ratio "${C[h2rev-$k-cpu]}" "${C[ref-$k-cpu]}")" "-" "-"
+  done
   row "peak RSS under load (VmHWM), MiB: dialer + listener" "nginx worker $(mib "$P_R")" \
     "$(mib "$P_SUM") ($(mib "$P_D") + $(mib "$P_L"))" "-" "≤ 32 MiB" "$(pf le "$P_SUM" $((32 << 10)))"
   row "RSS growth, requests $FIRST → $LONG (dialer + listener)" "-" \
