@@ -689,6 +689,7 @@ typedef struct xpeer {
   uv_timer_t resume;
   bool stutter; /* the peer pauses inside every read callback, resumes 1 ms later */
   int pauses;
+  uint64_t stop_at; /* the peer stops the loop once it has read this much */
 } xpeer_t;
 
 static void xp_srv_open(h2r_xport_t *x, int status) {
@@ -701,6 +702,8 @@ static void xp_srv_read(h2r_xport_t *x, const uint8_t *p, size_t n) {
   xpeer_t *xp = x->owner;
   test_sha_update(&xp->rx, p, n);
   xp->nread += n;
+  if (xp->stop_at != 0 && xp->nread >= xp->stop_at)
+    uv_stop(xp->loop);
   if (xp->stutter && uv_is_active((uv_handle_t *)&xp->resume) == 0) {
     /* What the transport already read stays unread until resumed. */
     h2r_xport_read_pause(x, true);
@@ -754,34 +757,56 @@ static int xp_all_read(void *arg) {
   return xp->next_cb == XW_N && xp->nread == xp->total;
 }
 
-static void writes_in_order(bool tls, bool stutter) {
-  static const size_t sizes[] = {1, 100, 5000, 16384, 70000, 300000, 9, 3};
-  uv_loop_t loop;
-  uv_loop_init(&loop);
-  xpeer_t xp = {.loop = &loop, .stutter = stutter};
-  test_sha_init(&xp.rx);
-  uv_timer_init(&loop, &xp.resume);
-  xp.resume.data = &xp;
+/* A client transport connected to a server one whose reading is paused. */
+static void xp_setup(xpeer_t *xp, uv_loop_t *loop, bool tls) {
+  xp->loop = loop;
+  test_sha_init(&xp->rx);
+  uv_timer_init(loop, &xp->resume);
+  xp->resume.data = xp;
   if (tls) {
     char c[512], k[512], errbuf[256];
     int err = 0;
     h2rev_tls_options_t to = {.cert_file = test_path(c, sizeof(c), test_certs(), "server.pem"),
                               .key_file = test_path(k, sizeof(k), test_certs(), "server.key")};
-    xp.sctx = h2r_tls_ctx_new(&to, true, H2R_ALPN_H2, &err, errbuf, sizeof(errbuf));
-    ASSERT_NOT_NULL(xp.sctx);
-    xp.cctx = tls_client_ctx("ca");
+    xp->sctx = h2r_tls_ctx_new(&to, true, H2R_ALPN_H2, &err, errbuf, sizeof(errbuf));
+    ASSERT_NOT_NULL(xp->sctx);
+    xp->cctx = tls_client_ctx("ca");
   }
   struct sockaddr_in a;
   uv_ip4_addr("127.0.0.1", 0, &a);
-  uv_tcp_init(&loop, &xp.lsock);
-  xp.lsock.data = &xp;
-  ASSERT_OK(uv_tcp_bind(&xp.lsock, (struct sockaddr *)&a, 0));
-  ASSERT_OK(uv_listen((uv_stream_t *)&xp.lsock, 8, xp_accept));
+  uv_tcp_init(loop, &xp->lsock);
+  xp->lsock.data = xp;
+  ASSERT_OK(uv_tcp_bind(&xp->lsock, (struct sockaddr *)&a, 0));
+  ASSERT_OK(uv_listen((uv_stream_t *)&xp->lsock, 8, xp_accept));
   int alen = sizeof(a);
-  uv_tcp_getsockname(&xp.lsock, (struct sockaddr *)&a, &alen);
-  ASSERT_OK(h2r_xport_connect(&xp.cli, &loop, (struct sockaddr *)&a, xp.cctx, "localhost", 5000,
-                              &xp_cli_cbs, &xp));
-  run_until(&loop, &xp.cli_open, 5000);
+  uv_tcp_getsockname(&xp->lsock, (struct sockaddr *)&a, &alen);
+  ASSERT_OK(h2r_xport_connect(&xp->cli, loop, (struct sockaddr *)&a, xp->cctx, "localhost", 5000,
+                              &xp_cli_cbs, xp));
+  run_until(loop, &xp->cli_open, 5000);
+}
+
+static void xp_teardown(xpeer_t *xp) {
+  if (xp->cli.state != H2R_X_CLOSING)
+    h2r_xport_close(&xp->cli);
+  h2r_xport_close(&xp->srv);
+  uv_close((uv_handle_t *)&xp->lsock, NULL);
+  uv_close((uv_handle_t *)&xp->resume, NULL);
+  while (xp->closed < 2)
+    uv_run(xp->loop, UV_RUN_ONCE);
+  if (xp->sctx != NULL) {
+    SSL_CTX_free(xp->sctx);
+    SSL_CTX_free(xp->cctx);
+  }
+  loop_drain(xp->loop);
+  free(xp->data);
+}
+
+static void writes_in_order(bool tls, bool stutter) {
+  static const size_t sizes[] = {1, 100, 5000, 16384, 70000, 300000, 9, 3};
+  uv_loop_t loop;
+  uv_loop_init(&loop);
+  xpeer_t xp = {.stutter = stutter};
+  xp_setup(&xp, &loop, tls);
 
   for (int i = 0; i < XW_N; i++)
     xp.total += sizes[i % 8];
@@ -809,19 +834,7 @@ static void writes_in_order(bool tls, bool stutter) {
   test_sha_final(&xp.rx, got);
   test_sha256(xp.data, xp.total, want);
   ASSERT_MEM_EQ(got, want, 32);
-
-  h2r_xport_close(&xp.cli);
-  h2r_xport_close(&xp.srv);
-  uv_close((uv_handle_t *)&xp.lsock, NULL);
-  uv_close((uv_handle_t *)&xp.resume, NULL);
-  while (xp.closed < 2)
-    uv_run(&loop, UV_RUN_ONCE);
-  if (xp.sctx != NULL) {
-    SSL_CTX_free(xp.sctx);
-    SSL_CTX_free(xp.cctx);
-  }
-  loop_drain(&loop);
-  free(xp.data);
+  xp_teardown(&xp);
 }
 
 TEST(writes_in_order_cleartext) {
@@ -837,4 +850,63 @@ TEST(writes_in_order_tls) {
  * and come first when reading resumes, before newer ones. */
 TEST(tls_pause_inside_read_keeps_order) {
   writes_in_order(true, true);
+}
+
+/* Cleartext writes wait for the end of the loop turn to go out together.
+ * One made outside the poll phase (a timer) must not wait for the next
+ * event, which may never come; one made just before the close still goes
+ * out. */
+static void xp_write_now(uv_timer_t *t) {
+  xpeer_t *xp = t->data;
+  uv_buf_t b = uv_buf_init(xp->data, 100);
+  xp->in_write = 1;
+  ASSERT_OK(h2r_xport_write(&xp->cli, &xp->w[0], &b, 1, xp_wrote));
+  xp->in_write = 0;
+}
+
+static void xp_give_up(uv_timer_t *t) {
+  uv_stop(t->loop);
+}
+
+static int xp_read_all_closed(void *arg) {
+  xpeer_t *xp = arg;
+  return xp->nread == xp->total && xp->next_cb == 2 && xp->closed == 1;
+}
+
+TEST(cleartext_write_from_timer_and_before_close) {
+  uv_loop_t loop;
+  uv_loop_init(&loop);
+  xpeer_t xp = {0};
+  xp_setup(&xp, &loop, false);
+  while (!xp.srv_used)
+    uv_run(&loop, UV_RUN_ONCE);
+  h2r_xport_read_pause(&xp.srv, false);
+  xp.total = 100 + 5000;
+  xp.data = malloc(xp.total);
+  test_fill_random(xp.data, xp.total, 5);
+
+  /* As an application's loop runs (UV_RUN_DEFAULT: timers come before
+   * the poll, which blocks when nothing else is due). */
+  uv_timer_t t, guard;
+  uv_timer_init(&loop, &t);
+  uv_timer_init(&loop, &guard);
+  t.data = &xp;
+  xp.stop_at = 100;
+  uint64_t t0 = uv_hrtime();
+  uv_timer_start(&t, xp_write_now, 5, 0);
+  uv_timer_start(&guard, xp_give_up, 3000, 0);
+  uv_run(&loop, UV_RUN_DEFAULT);
+  ASSERT_EQ(xp.nread, 100);
+  ASSERT_LT((uv_hrtime() - t0) / 1000000, 1000); /* not at the guard's 3 s */
+  xp.stop_at = 0;
+  uv_close((uv_handle_t *)&guard, NULL);
+
+  /* A write the socket takes whole, and the close on the same turn: the
+   * write completes (0) and the peer reads every byte. */
+  uv_buf_t b = uv_buf_init(xp.data + 100, 5000);
+  ASSERT_OK(h2r_xport_write(&xp.cli, &xp.w[1], &b, 1, xp_wrote));
+  h2r_xport_close(&xp.cli);
+  run_cond(&loop, xp_read_all_closed, &xp, 5000, "bytes written just before the close read");
+  uv_close((uv_handle_t *)&t, NULL);
+  xp_teardown(&xp);
 }
