@@ -907,6 +907,10 @@ TEST(cleartext_write_from_timer_and_before_close) {
   ASSERT_OK(h2r_xport_write(&xp.cli, &xp.w[1], &b, 1, xp_wrote));
   h2r_xport_close(&xp.cli);
   run_cond(&loop, xp_read_all_closed, &xp, 5000, "bytes written just before the close read");
+  unsigned char got[32], want[32];
+  test_sha_final(&xp.rx, got);
+  test_sha256(xp.data, xp.total, want);
+  ASSERT_MEM_EQ(got, want, 32);
   uv_close((uv_handle_t *)&t, NULL);
   xp_teardown(&xp);
 }
