@@ -48,12 +48,6 @@ typedef struct h2r_upstream {
   uint64_t addr_until; /* a name's last answer, valid until then */
 } h2r_upstream_t;
 
-typedef struct uchunk {
-  struct uchunk *next;
-  size_t len;
-  char data[];
-} uchunk_t;
-
 struct uconn;
 
 /* A connection to the upstream; between exchanges it waits in the pool. */
@@ -85,12 +79,12 @@ typedef struct uconn {
   bool s_eof, s_shut_done, x_eof;
   bool closing;
   int refs;
-  unsigned nreq;                 /* requests served on this reverse connection */
-  bool ending;                   /* our side of the reverse connection is ending */
-  bool idle;                     /* waiting for the next request on the reverse connection */
-  bool resp_ka;                  /* the response keeps the connection alive */
-  uchunk_t *early, **early_tail; /* the rewritten head and what followed it */
-  size_t to_x, to_s;             /* bytes queued each way */
+  unsigned nreq;                      /* requests served on this reverse connection */
+  bool ending;                        /* our side of the reverse connection is ending */
+  bool idle;                          /* waiting for the next request on the reverse connection */
+  bool resp_ka;                       /* the response keeps the connection alive */
+  struct uwrite *early, **early_tail; /* the rewritten head and what followed it */
+  size_t to_x, to_s;                  /* bytes queued each way */
   h2rev_shutdown_t sh;
 } uconn_t;
 
@@ -100,6 +94,7 @@ typedef struct uwrite {
     h2rev_write_t sw;
   } w;
   uconn_t *c;
+  struct uwrite *next; /* on the early list: written once the upstream is open */
   size_t len;
   size_t cap;   /* of data; READ_BUF: a recycled buffer */
   bool consume; /* read from the stream: its window returns once written */
@@ -154,9 +149,9 @@ static void uc_release(uconn_t *c) {
   h2rev_stream_t *s = c->s;
   h2rev_close_cb done = c->done;
   while (c->early != NULL) {
-    uchunk_t *k = c->early;
-    c->early = k->next;
-    free(k);
+    uwrite_t *w = c->early;
+    c->early = w->next;
+    free(w);
   }
   h2r_hbuf_free(&c->hb);
   free(c);
@@ -361,18 +356,9 @@ static void pool_put(uconn_t *c) {
 static void uc_opened(uconn_t *c) {
   c->x_open = true;
   while (c->early != NULL && !c->closing) {
-    uchunk_t *k = c->early;
-    c->early = k->next;
-    uwrite_t *w = malloc(sizeof(*w) + k->len);
-    if (w == NULL) {
-      free(k);
-      uc_close(c);
-      return;
-    }
-    w->cap = 0;
-    memcpy(w->data, k->data, k->len);
-    send_x(c, w, k->len, false);
-    free(k);
+    uwrite_t *w = c->early; /* as it was built: no copy */
+    c->early = w->next;
+    send_x(c, w, w->len, false);
   }
   c->early_tail = &c->early;
   if (c->closing || c->s_eof)
@@ -637,9 +623,10 @@ static int on_headers_complete(llhttp_t *h) {
   url += skip;
   ul -= skip;
   size_t cap = 256 + strlen(method) + strlen(u->path) + strlen(u->authority) + hb->len + 4 * hb->n;
-  uchunk_t *k = malloc(sizeof(*k) + cap);
+  uwrite_t *k = malloc(sizeof(*k) + cap);
   if (k == NULL)
     return -1;
+  k->cap = 0; /* not recycled */
   h2r_out_t o = {k->data, 0, cap};
   h2r_out_put(&o, method, strlen(method));
   H2R_OUT_LIT(&o, " ");
@@ -743,11 +730,12 @@ static void start_upstream(uconn_t *c) {
 static void keep(uconn_t *c, const char *p, size_t n) {
   if (n == 0)
     return;
-  uchunk_t *k = malloc(sizeof(*k) + n);
+  uwrite_t *k = malloc(sizeof(*k) + n);
   if (k == NULL) {
     uc_close(c);
     return;
   }
+  k->cap = 0;
   memcpy(k->data, p, n);
   k->len = n;
   k->next = NULL;
