@@ -1,0 +1,118 @@
+/* Heads and buffers without a network: h2r_out_t never writes past its
+ * buffer, h2r_hbuf_t enforces its limits, h2r_bufcache_t keeps at most its
+ * bound and hands buffers back most recent first. */
+#include "internal.h"
+#include "test.h"
+
+#include <stdlib.h>
+#include <string.h>
+
+TEST(out_cuts_instead_of_overrunning) {
+  char buf[16 + 8];
+  memset(buf, '#', sizeof(buf));
+  h2r_out_t o = {buf, 0, 16};
+  H2R_OUT_LIT(&o, "GET /a HTTP/1.1\r\n"); /* 17 bytes into 16 */
+  ASSERT_EQ(o.len, 16);
+  ASSERT_MEM_EQ(buf, "GET /a HTTP/1.1\r", 16);
+  h2r_out_header(&o, "Host", 4, "x", 1);
+  h2r_out_uint(&o, 12345, 10);
+  ASSERT_EQ(o.len, 16);
+  for (size_t i = 16; i < sizeof(buf); i++)
+    ASSERT_EQ(buf[i], '#');
+}
+
+TEST(out_uint_and_header) {
+  char buf[128];
+  h2r_out_t o = {buf, 0, sizeof(buf)};
+  h2r_out_uint(&o, 0, 10);
+  H2R_OUT_LIT(&o, " ");
+  h2r_out_uint(&o, UINT64_MAX, 10);
+  H2R_OUT_LIT(&o, " ");
+  h2r_out_uint(&o, 255, 16);
+  H2R_OUT_LIT(&o, " ");
+  h2r_out_uint(&o, 0x10000, 16);
+  h2r_out_header(&o, "\r\nContent-Length", 16, "7", 1);
+  const char want[] = "0 18446744073709551615 ff 10000\r\nContent-Length: 7\r\n";
+  ASSERT_EQ(o.len, sizeof(want) - 1);
+  ASSERT_MEM_EQ(buf, want, sizeof(want) - 1);
+}
+
+TEST(hbuf_gathers_pieces_and_finds_headers) {
+  h2r_hbuf_t h = {0};
+  /* llhttp may hand a URL, a name or a value over in several pieces. */
+  ASSERT_OK(h2r_hbuf_url(&h, "/pa", 3));
+  ASSERT_OK(h2r_hbuf_url(&h, "th", 2));
+  ASSERT_OK(h2r_hbuf_field(&h, "Conte", 5));
+  ASSERT_OK(h2r_hbuf_field(&h, "nt-Type", 7));
+  ASSERT_OK(h2r_hbuf_value(&h, "text/", 5));
+  ASSERT_OK(h2r_hbuf_value(&h, "plain", 5));
+  ASSERT_OK(h2r_hbuf_field(&h, "X-A", 3));
+  ASSERT_OK(h2r_hbuf_value(&h, "1", 1));
+  ASSERT_EQ(h.url_len, 5);
+  ASSERT_MEM_EQ(h.buf, "/path", 5);
+  ASSERT_EQ(h.n, 2);
+  size_t len = 0;
+  const char *v = h2r_hbuf_get(&h, "content-type", &len);
+  ASSERT_NOT_NULL(v);
+  ASSERT_EQ(len, 10);
+  ASSERT_MEM_EQ(v, "text/plain", 10);
+  h2r_kv_t kv = h2r_hbuf_kv(&h, 1);
+  ASSERT_EQ(kv.nl, 3);
+  ASSERT_MEM_EQ(kv.name, "X-A", 3);
+  ASSERT_EQ(kv.vl, 1);
+  ASSERT_NULL(h2r_hbuf_get(&h, "x-b", &len));
+  ASSERT(!h.too_large);
+  h2r_hbuf_free(&h);
+}
+
+TEST(hbuf_limits) {
+  h2r_hbuf_t h = {.max = 16};
+  ASSERT_OK(h2r_hbuf_url(&h, "/0123456789", 11));
+  ASSERT_OK(h2r_hbuf_field(&h, "Host", 4));
+  ASSERT_EQ(h2r_hbuf_value(&h, "xy", 2), -1); /* 17 bytes of at most 16 */
+  ASSERT(h.too_large);
+  h2r_hbuf_free(&h);
+
+  h2r_hbuf_t m = {0};
+  ASSERT_OK(h2r_hbuf_url(&m, "/", 1));
+  for (unsigned i = 0; i < H2R_MAX_HEADERS; i++) {
+    ASSERT_OK(h2r_hbuf_field(&m, "A", 1));
+    ASSERT_OK(h2r_hbuf_value(&m, "b", 1));
+  }
+  ASSERT(!m.too_large);
+  ASSERT_EQ(h2r_hbuf_field(&m, "A", 1), -1); /* one header too many */
+  ASSERT(m.too_large);
+  ASSERT_EQ(m.n, H2R_MAX_HEADERS);
+  h2r_hbuf_free(&m);
+}
+
+TEST(bufcache_bounded_most_recent_first) {
+  h2r_bufcache_t c;
+  h2r_bufcache_init(&c, 4096, 2);
+  char *a = h2r_bufcache_get(&c), *b = h2r_bufcache_get(&c), *d = h2r_bufcache_get(&c);
+  ASSERT_NOT_NULL(a);
+  ASSERT_NOT_NULL(b);
+  ASSERT_NOT_NULL(d);
+  memset(a, 1, 4096); /* the whole size is usable */
+  h2r_bufcache_put(&c, a);
+  h2r_bufcache_put(&c, b);
+  h2r_bufcache_put(&c, d); /* over the bound: freed (ASan and valgrind see a leak otherwise) */
+  h2r_bufcache_put(&c, NULL);
+  ASSERT_EQ(c.n, 2);
+  ASSERT_PTR_EQ(h2r_bufcache_get(&c), b);
+  ASSERT_EQ(c.n, 1);
+  h2r_bufcache_put(&c, b);
+  h2r_bufcache_drain(&c);
+  ASSERT_EQ(c.n, 0);
+  ASSERT_NULL(c.head);
+  char *e = h2r_bufcache_get(&c); /* empty: a new one */
+  ASSERT_NOT_NULL(e);
+  h2r_bufcache_put(&c, e);
+  h2r_bufcache_drain(&c);
+
+  h2r_bufcache_t tiny; /* smaller than its link: rounded up */
+  h2r_bufcache_init(&tiny, 1, 4);
+  ASSERT_GE(tiny.size, sizeof(void *));
+  h2r_bufcache_put(&tiny, h2r_bufcache_get(&tiny));
+  h2r_bufcache_drain(&tiny);
+}
