@@ -253,17 +253,21 @@ static void x_write_done(uv_write_t *req, int status) {
 /* The write's bytes are all on the socket: its callback comes on a later
  * turn, without the empty write(2) (TLS) or the epoll_ctl (libuv re-arms
  * the socket after every write it completes) that uv_write would cost. */
+static void x_wlist_append(h2r_xwrite_t **head, h2r_xwrite_t **tail, h2r_xwrite_t *w) {
+  w->next = NULL;
+  if (*tail != NULL)
+    (*tail)->next = w;
+  else
+    *head = w;
+  *tail = w;
+}
+
 static void x_done_push(h2r_xport_t *x, h2r_xwrite_t *w, h2r_xwrite_cb cb) {
   w->x = x;
   w->cb = cb;
   w->status = 0;
   w->tls_out = NULL;
-  w->next = NULL;
-  if (x->done_tail != NULL)
-    x->done_tail->next = w;
-  else
-    x->done_head = w;
-  x->done_tail = w;
+  x_wlist_append(&x->done_head, &x->done_tail, w);
   uv_idle_start(&x->done, x_done);
 }
 
@@ -658,12 +662,7 @@ static int x_tcp_write(h2r_xport_t *x, h2r_xwrite_t *w, const uv_buf_t *bufs, un
   w->cb = cb;
   w->tls_out = NULL;
   w->nbufs = n;
-  w->next = NULL;
-  if (x->g_tail != NULL)
-    x->g_tail->next = w;
-  else
-    x->g_head = w;
-  x->g_tail = w;
+  x_wlist_append(&x->g_head, &x->g_tail, w);
   size_t total = 0;
   for (unsigned i = 0; i < n && x->g_head == w; i++)
     total += bufs[i].len;
