@@ -71,3 +71,13 @@ start_listener() {
 
 tunnel() { echo "https://127.0.0.1:$DIALER_PORT/proxy/$1"; }
 tcurl() { curl -sS --cacert "$WORK/h2rev-dialer.crt" "$@"; }
+# concurrent ID N UNIT: N requests at once through listener ID, for /bytes/UNIT, /bytes/2*UNIT,
+# ... /bytes/N*UNIT; fails unless every answer has its size.
+concurrent() {
+  seq 1 "$2" | xargs -P "$2" -I{} sh -c \
+    "curl -sSf --cacert '$WORK/h2rev-dialer.crt' '$(tunnel "$1")/bytes/'\$(({} * $3)) | wc -c" \
+    >"$WORK/sizes.txt"
+  local got
+  got=$(sort -n "$WORK/sizes.txt" | tr '\n' ' ')
+  [ "$got" = "$(seq "$3" "$3" $(($2 * $3)) | tr '\n' ' ')" ] || fail "$2 concurrent requests: $got"
+}

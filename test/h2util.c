@@ -323,6 +323,20 @@ void run_until(uv_loop_t *loop, volatile int *flag, unsigned timeout_ms) {
     test_fail(__FILE__, __LINE__, "condition not reached within %u ms", timeout_ms);
 }
 
+void tpair_open(uv_loop_t *loop, tserver_t *srv, tclient_t *cl, const char *cert, const char *host,
+                const h2r_session_opts *o) {
+  tserver_start(srv, loop, cert, o);
+  tclient_connect(cl, loop, srv->port, cert != NULL ? "ca" : NULL, host, o);
+  run_until(loop, &cl->opened, 5000);
+}
+
+void tpair_close(uv_loop_t *loop, tserver_t *srv, tclient_t *cl) {
+  h2r_session_shutdown(&cl->s);
+  run_until(loop, &cl->closed, 5000);
+  tserver_stop(srv);
+  loop_drain(loop);
+}
+
 static void close_walk(uv_handle_t *h, void *arg) {
   (void)arg;
   if (!uv_is_closing(h))

@@ -49,6 +49,13 @@ void test_logger(h2rev_logger_t *lg, const char *who);
 
 /* Runs the loop until *flag is non-zero or timeout_ms passes (then aborts). */
 void run_until(uv_loop_t *loop, volatile int *flag, unsigned timeout_ms);
+/* A server and a client session connected to it: TLS with the test
+ * certificates when cert != NULL (the client verifies host), else cleartext;
+ * session options o for both (NULL: defaults). */
+void tpair_open(uv_loop_t *loop, tserver_t *srv, tclient_t *cl, const char *cert, const char *host,
+                const h2r_session_opts *o);
+/* Ends the client's session, stops the server, checks the loop ends clean. */
+void tpair_close(uv_loop_t *loop, tserver_t *srv, tclient_t *cl);
 /* Closes everything left and checks the loop ends clean. */
 void loop_drain(uv_loop_t *loop);
 /* SHA-256 of what /source?n=total sends. */

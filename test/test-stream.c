@@ -103,10 +103,8 @@ static void echo_one(size_t len, const char *cert, int nsmall) {
   uv_loop_t loop;
   uv_loop_init(&loop);
   tserver_t srv;
-  tserver_start(&srv, &loop, cert, NULL);
   tclient_t cl = {0};
-  tclient_connect(&cl, &loop, srv.port, cert ? "ca" : NULL, "127.0.0.1", NULL);
-  run_until(&loop, &cl.opened, 5000);
+  tpair_open(&loop, &srv, &cl, cert, "127.0.0.1", NULL);
   ASSERT_EQ(cl.opened, 1);
   char *data = malloc(len);
   test_fill_random(data, len, len);
@@ -125,11 +123,8 @@ static void echo_one(size_t len, const char *cert, int nsmall) {
     run_until(&loop, &m.closed, 5000);
     c_check_echo(&m);
   }
-  h2r_session_shutdown(&cl.s);
-  run_until(&loop, &cl.closed, 5000);
+  tpair_close(&loop, &srv, &cl);
   ASSERT_OK(cl.err);
-  tserver_stop(&srv);
-  loop_drain(&loop);
   free(data);
 }
 
@@ -158,10 +153,8 @@ TEST(concurrent_1000_streams) {
   uv_loop_t loop;
   uv_loop_init(&loop);
   tserver_t srv;
-  tserver_start(&srv, &loop, "server", NULL);
   tclient_t cl = {0};
-  tclient_connect(&cl, &loop, srv.port, "ca", "localhost", NULL);
-  run_until(&loop, &cl.opened, 5000);
+  tpair_open(&loop, &srv, &cl, "server", "localhost", NULL);
   char *data = malloc((size_t)N * LEN);
   test_fill_random(data, (size_t)N * LEN, 99);
   cstream_t *cs = calloc(N, sizeof(*cs));
@@ -181,10 +174,7 @@ TEST(concurrent_1000_streams) {
     c_check_echo(&cs[i]);
   ASSERT_EQ(srv.requests, N);
   ASSERT_EQ(srv.sessions, 1);
-  h2r_session_shutdown(&cl.s);
-  run_until(&loop, &cl.closed, 5000);
-  tserver_stop(&srv);
-  loop_drain(&loop);
+  tpair_close(&loop, &srv, &cl);
   free(cs);
   free(data);
 }
@@ -214,10 +204,8 @@ TEST(read_stop_bounds_buffering) {
   h2r_session_opts_default(&o);
   o.stream_window = 256 << 10;
   tserver_t srv;
-  tserver_start(&srv, &loop, "server", &o);
   tclient_t cl = {0};
-  tclient_connect(&cl, &loop, srv.port, "ca", "localhost", &o);
-  run_until(&loop, &cl.opened, 5000);
+  tpair_open(&loop, &srv, &cl, "server", "localhost", &o);
   cstream_t c = {0};
   char path[64];
   snprintf(path, sizeof(path), "/source?n=%llu", (unsigned long long)total);
@@ -241,20 +229,15 @@ TEST(read_stop_bounds_buffering) {
   ASSERT_EQ(c.nread, total);
   ASSERT_MEM_EQ(got, want, 32);
   ASSERT_EQ(c.eof, 1);
-  h2r_session_shutdown(&cl.s);
-  run_until(&loop, &cl.closed, 5000);
-  tserver_stop(&srv);
-  loop_drain(&loop);
+  tpair_close(&loop, &srv, &cl);
 }
 
 TEST(half_close_other_direction_flows) {
   uv_loop_t loop;
   uv_loop_init(&loop);
   tserver_t srv;
-  tserver_start(&srv, &loop, NULL, NULL);
   tclient_t cl = {0};
-  tclient_connect(&cl, &loop, srv.port, NULL, NULL, NULL);
-  run_until(&loop, &cl.opened, 5000);
+  tpair_open(&loop, &srv, &cl, NULL, NULL, NULL);
   static const char msg[] = "hello";
   cstream_t c = {0};
   c_start(&c, &cl, "/echo-tail", msg, 5);
@@ -266,20 +249,15 @@ TEST(half_close_other_direction_flows) {
   test_sha256("hellotail", 9, want);
   ASSERT_MEM_EQ(got, want, 32);
   ASSERT_EQ(c.eof, 1);
-  h2r_session_shutdown(&cl.s);
-  run_until(&loop, &cl.closed, 5000);
-  tserver_stop(&srv);
-  loop_drain(&loop);
+  tpair_close(&loop, &srv, &cl);
 }
 
 TEST(reset_reads_as_error) {
   uv_loop_t loop;
   uv_loop_init(&loop);
   tserver_t srv;
-  tserver_start(&srv, &loop, NULL, NULL);
   tclient_t cl = {0};
-  tclient_connect(&cl, &loop, srv.port, NULL, NULL, NULL);
-  run_until(&loop, &cl.opened, 5000);
+  tpair_open(&loop, &srv, &cl, NULL, NULL, NULL);
   cstream_t c = {0};
   memset(&c.s, 0, sizeof(c.s));
   c.s.data = &c;
@@ -296,20 +274,15 @@ TEST(reset_reads_as_error) {
   c_start(&d, &cl, "/echo", "abc", 3);
   run_until(&loop, &d.closed, 5000);
   c_check_echo(&d);
-  h2r_session_shutdown(&cl.s);
-  run_until(&loop, &cl.closed, 5000);
-  tserver_stop(&srv);
-  loop_drain(&loop);
+  tpair_close(&loop, &srv, &cl);
 }
 
 TEST(close_cancels_pending_writes) {
   uv_loop_t loop;
   uv_loop_init(&loop);
   tserver_t srv;
-  tserver_start(&srv, &loop, NULL, NULL);
   tclient_t cl = {0};
-  tclient_connect(&cl, &loop, srv.port, NULL, NULL, NULL);
-  run_until(&loop, &cl.opened, 5000);
+  tpair_open(&loop, &srv, &cl, NULL, NULL, NULL);
   /* /source never reads: 8 MiB cannot fit in its 1 MiB window. */
   size_t len = 8u << 20;
   char *data = malloc(len);
@@ -331,10 +304,7 @@ TEST(close_cancels_pending_writes) {
   ASSERT_EQ(c.write_status, UV_ECANCELED);
   unsigned char got[32];
   test_sha_final(&c.rx, got);
-  h2r_session_shutdown(&cl.s);
-  run_until(&loop, &cl.closed, 5000);
-  tserver_stop(&srv);
-  loop_drain(&loop);
+  tpair_close(&loop, &srv, &cl);
   free(data);
 }
 
@@ -369,10 +339,8 @@ TEST(window_returned_outside_callbacks) {
   uv_loop_t loop;
   uv_loop_init(&loop);
   tserver_t srv;
-  tserver_start(&srv, &loop, "server", NULL);
   tclient_t cl = {0};
-  tclient_connect(&cl, &loop, srv.port, "ca", "localhost", NULL);
-  run_until(&loop, &cl.opened, 5000);
+  tpair_open(&loop, &srv, &cl, "server", "localhost", NULL);
   mreader_t m = {0};
   uv_timer_init(&loop, &m.t);
   m.t.data = &m;
@@ -390,8 +358,5 @@ TEST(window_returned_outside_callbacks) {
   ASSERT_MEM_EQ(got, want, 32);
   ASSERT_EQ(m.c.eof, 1);
   uv_close((uv_handle_t *)&m.t, NULL);
-  h2r_session_shutdown(&cl.s);
-  run_until(&loop, &cl.closed, 5000);
-  tserver_stop(&srv);
-  loop_drain(&loop);
+  tpair_close(&loop, &srv, &cl);
 }
