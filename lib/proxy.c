@@ -72,6 +72,7 @@ struct h2r_proxy {
   bool client_open;
   bool client_eof; /* request body complete */
   bool timer_open;
+  bool dialing;      /* p->dial is in flight: its callback holds a share of p */
   uv_timer_t linger; /* bounds the wait for the listener's END_STREAM */
   int closes;
   h2r_hbuf_t hb;                 /* the response head being parsed */
@@ -132,6 +133,10 @@ static void p_timer_closed(uv_handle_t *h) {
 }
 
 static void p_close_up(proxy_t *p) {
+  /* A dial still queued completes (UV_ECANCELED) on a later turn; its share
+   * of p keeps p alive until then. */
+  if (p->dialing)
+    h2rev_dial_cancel(&p->dial);
   if (p->up_open) {
     p->up_open = false;
     h2rev_stream_close(&p->up, p_closed);
@@ -734,14 +739,17 @@ bad:
 
 static void dialed(h2rev_dial_t *req, int status) {
   proxy_t *p = req->data;
+  p->dialing = false;
   if (status != 0) {
-    char why[200];
-    snprintf(why, sizeof(why), "listener %s: %s", p->id, h2rev_dial_strerror(req));
-    p_fail(p, status == UV_ETIMEDOUT ? 504 : 502, why);
+    if (status != UV_ECANCELED && p->client_open) {
+      char why[200];
+      snprintf(why, sizeof(why), "listener %s: %s", p->id, h2rev_dial_strerror(req));
+      p_fail(p, status == UV_ETIMEDOUT ? 504 : 502, why);
+    }
+    p_release(p); /* the dial's share */
     return;
   }
-  p->up_open = true;
-  p->closes++;
+  p->up_open = true; /* the dial's share passes to the reverse stream */
   if (!p->client_open) {
     p_finish(p);
     return;
@@ -800,7 +808,10 @@ static proxy_t *p_start(h2rev_dialer_t *dialer, int kind, const h2r_preq_t *rq,
   uv_timer_init(dialer->loop, &p->linger);
   p->linger.data = p;
   p->timer_open = true;
-  p->closes = 2; /* the client and the timer; the reverse stream adds one */
+  /* Shares of p: the client, the timer and the dial (which hands its share
+   * to the reverse stream when it succeeds). */
+  p->closes = 3;
+  p->dialing = true;
   llhttp_settings_init(&p->settings);
   p->settings.on_header_field = on_hfield;
   p->settings.on_header_value = on_hvalue;
@@ -812,9 +823,14 @@ static proxy_t *p_start(h2rev_dialer_t *dialer, int kind, const h2r_preq_t *rq,
   return p;
 }
 
-static void p_dial(proxy_t *p, h2rev_dialer_t *dialer) {
-  if (h2rev_dial(&p->dial, dialer, p->id, &p->up, 0, dialed) != 0)
-    p_fail(p, 400, "invalid id");
+/* False when the dial is refused at once: p has answered the client then. */
+static bool p_dial(proxy_t *p, h2rev_dialer_t *dialer) {
+  if (h2rev_dial(&p->dial, dialer, p->id, &p->up, 0, dialed) == 0)
+    return true;
+  p->dialing = false; /* no callback will come */
+  p_fail(p, 400, "invalid id");
+  p_release(p);
+  return false;
 }
 
 void h2r_proxy_serve(h2rev_dialer_t *dialer, h2r_strm_t *st, const char *prefix, size_t prefixlen,
@@ -863,6 +879,5 @@ h2r_proxy_t *h2r_proxy_serve_h1(h2rev_dialer_t *dialer, h2r_h1c_t *h1, const h2r
     return NULL;
   }
   p->h1 = h1;
-  p_dial(p, dialer);
-  return p;
+  return p_dial(p, dialer) ? p : NULL;
 }
