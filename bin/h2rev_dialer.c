@@ -31,6 +31,16 @@ static const char usage[] =
     "  --client-ca FILE     listeners must present a certificate from this CA whose\n"
     "                       common name equals their id\n"
     "  --dial-timeout MS    wait for a reverse connection (default 10000)\n"
+    "  --max-connections N  connections open at once; at the limit new ones wait\n"
+    "                       in the kernel's backlog (default 16384)\n"
+    "  --max-client-streams N\n"
+    "                       proxied requests open at once on one client\n"
+    "                       connection; over it: 429 (default 100)\n"
+    "  --body-timeout MS    a request that announced a body must start it within\n"
+    "                       MS: 408 (default 30000)\n"
+    "  --response-timeout MS\n"
+    "                       the listener must send the response head within MS\n"
+    "                       of the request's end: 504 (default 60000)\n"
     "  --drain-timeout MS   on SIGINT/SIGTERM: stop listening, let requests in\n"
     "                       flight finish for up to MS, then exit (default 10000)\n"
     "  --log-level LEVEL    error, warn, info (default), debug\n"
@@ -213,12 +223,20 @@ static void drain(void) {
     h2rev_dialer_close(&dialer, closed);
 }
 
+/* The library reads 0 as "the default": a flag given 0 is refused instead. */
+static unsigned positive(const char *flag, unsigned v) {
+  if (v == 0)
+    tool_usage_error("%s must be positive", flag);
+  return v;
+}
+
 int main(int argc, char **argv) {
   tool_name = "h2rev-dialer";
   const char *listen = "127.0.0.1:8443", *cert = NULL, *key = NULL, *base = "";
   const char *client_ca = NULL, *ssdir = ".";
   bool cleartext = false;
   unsigned dial_timeout = 10000;
+  h2rev_dialer_options_t o = {0};
   const char *tokens_file = NULL;
   for (int i = 1; i < argc; i++) {
     const char *v;
@@ -252,6 +270,17 @@ int main(int argc, char **argv) {
       dial_timeout = tool_parse_ms("--dial-timeout", v);
       if (dial_timeout == 0)
         tool_usage_error("--dial-timeout must be a positive number of milliseconds");
+    } else if ((v = tool_flag(argc, argv, &i, "--max-connections")) != NULL) {
+      o.max_connections =
+          positive("--max-connections", tool_parse_count("--max-connections", v, 1u << 20));
+    } else if ((v = tool_flag(argc, argv, &i, "--max-client-streams")) != NULL) {
+      o.max_client_streams =
+          positive("--max-client-streams", tool_parse_count("--max-client-streams", v, 1u << 16));
+    } else if ((v = tool_flag(argc, argv, &i, "--body-timeout")) != NULL) {
+      o.body_timeout_ms = positive("--body-timeout", tool_parse_ms("--body-timeout", v));
+    } else if ((v = tool_flag(argc, argv, &i, "--response-timeout")) != NULL) {
+      o.response_timeout_ms =
+          positive("--response-timeout", tool_parse_ms("--response-timeout", v));
     } else if ((v = tool_flag(argc, argv, &i, "--log-level")) != NULL) {
       tool_log_level = tool_parse_level(v);
     } else {
@@ -288,7 +317,6 @@ int main(int argc, char **argv) {
   }
 
   loop = uv_default_loop();
-  h2rev_dialer_options_t o = {0};
   o.base_path = base;
   o.dial_timeout_ms = dial_timeout;
   o.log = (h2rev_logger_t){tool_log, NULL, tool_log_level};

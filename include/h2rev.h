@@ -235,6 +235,16 @@ typedef struct h2rev_http_server_options_s {
   unsigned max_streams;       /* HTTP/2 concurrent streams per connection; default 100 */
   unsigned ping_interval_ms;  /* HTTP/2 PING after this idle time; default 30000 */
   unsigned ping_timeout_ms;   /* default 15000 */
+  /* Limits against clients that hold resources. At max_connections the
+   * server stops accepting (the backlog waits in the kernel) until one
+   * closes; default 16384 (mind RLIMIT_NOFILE). Header blocks held by the
+   * open HTTP/2 streams of one connection, and of all connections: a header
+   * block over either bound gets RST_STREAM REFUSED_STREAM (HPACK makes a
+   * few bytes on the wire decode into a large block); defaults 2 MiB and
+   * 64 MiB. */
+  unsigned max_connections;
+  size_t max_conn_header_bytes;
+  size_t max_total_header_bytes;
   h2rev_logger_t log;
 } h2rev_http_server_options_t;
 
@@ -369,15 +379,27 @@ typedef int (*h2rev_authorize_cb)(void *arg, const char *id, const h2rev_header_
                                   size_t nheaders, const void *peer_cert);
 
 typedef struct h2rev_dialer_options_s {
-  const char *base_path;        /* e.g. "/reverse/connections"; NULL or "" means "" */
-  unsigned dial_timeout_ms;     /* default for h2rev_dial(timeout 0): 10000 */
-  unsigned max_pending_dials;   /* per id; default 1024 */
-  unsigned max_listeners;       /* default 10000 */
-  unsigned max_control_line;    /* bytes; default 4096 */
-  unsigned keepalive_ms;        /* control keep-alive message interval; default 30000 */
-  unsigned ping_interval_ms;    /* HTTP/2 PING after this idle time; default 30000 */
-  unsigned ping_timeout_ms;     /* default 15000 */
-  unsigned max_streams;         /* per connection; default 1000 */
+  const char *base_path;      /* e.g. "/reverse/connections"; NULL or "" means "" */
+  unsigned dial_timeout_ms;   /* default for h2rev_dial(timeout 0): 10000 */
+  unsigned max_pending_dials; /* per id; default 1024 */
+  unsigned max_listeners;     /* default 10000 */
+  unsigned max_control_line;  /* bytes; default 4096 */
+  unsigned keepalive_ms;      /* control keep-alive message interval; default 30000 */
+  unsigned ping_interval_ms;  /* HTTP/2 PING after this idle time; default 30000 */
+  unsigned ping_timeout_ms;   /* default 15000 */
+  unsigned max_streams;       /* per connection; default 1000 */
+  /* Limits on the clients of <base>/proxy/ (the public side): proxied
+   * requests open at once on one client connection, default 100, over it
+   * 429 (with Retry-After); a request that announced a body must start
+   * sending it within body_timeout_ms (default 30000; 408), and the listener
+   * must send the response head within response_timeout_ms of the request's
+   * end (default 60000; 504). */
+  unsigned max_client_streams;
+  unsigned body_timeout_ms;
+  unsigned response_timeout_ms;
+  /* h2rev_dialer_listen's own server: connections open at once (listeners
+   * and clients), default 16384; see h2rev_http_server_options_t. */
+  unsigned max_connections;
   h2rev_authorize_cb authorize; /* NULL: everyone may attach */
   void *authorize_arg;
   h2rev_logger_t log;

@@ -688,6 +688,12 @@ int h2rev_dialer_init(uv_loop_t *loop, h2rev_dialer_t *dialer, const h2rev_diale
     d->o.ping_timeout_ms = 15000;
   if (d->o.max_streams == 0)
     d->o.max_streams = 1000;
+  if (d->o.max_client_streams == 0)
+    d->o.max_client_streams = 100;
+  if (d->o.body_timeout_ms == 0)
+    d->o.body_timeout_ms = 30000;
+  if (d->o.response_timeout_ms == 0)
+    d->o.response_timeout_ms = 60000;
   d->loop = loop;
   d->pub = dialer;
   uv_timer_init(loop, &d->keepalive);
@@ -714,6 +720,7 @@ static int own_server(h2r_dialer_t *d) {
       .max_streams = d->o.max_streams,
       .ping_interval_ms = d->o.ping_interval_ms,
       .ping_timeout_ms = d->o.ping_timeout_ms,
+      .max_connections = d->o.max_connections,
       .log = d->o.log,
   };
   int r = h2rev_http_server_init(d->loop, &d->own, &so);
@@ -816,6 +823,10 @@ int h2rev_dial_cancel(h2rev_dial_t *req) {
 
 const char *h2rev_dial_strerror(const h2rev_dial_t *req) {
   return req->status_ == H2REV_EPICKUP && req->err_[0] ? req->err_ : h2rev_strerror(req->status_);
+}
+
+const h2rev_dialer_options_t *h2r_dialer_options(const h2rev_dialer_t *dialer) {
+  return &dialer->d_->o;
 }
 
 void h2rev_dialer_stats(const h2rev_dialer_t *dialer, h2rev_dialer_stats_t *out) {

@@ -409,6 +409,8 @@ static void respond_text(h2r_h1c_t *c, int status, const char *text, bool close)
   H2R_OUT_LIT(&o, "\r\n");
   if (close)
     H2R_OUT_LIT(&o, "Connection: close\r\n");
+  if (status == 429 || status == 503) /* a refusal for load says when to come back */
+    H2R_OUT_LIT(&o, "Retry-After: 1\r\n");
   H2R_OUT_LIT(&o, "\r\n");
   out(c, head, o.len, c->head_only ? "" : text, c->head_only ? 0 : tl, NULL, 0);
   if (close) {

@@ -176,6 +176,12 @@ typedef struct h2r_session_opts {
   uint32_t conn_window;      /* connection receive window */
   uint32_t max_streams;      /* SETTINGS_MAX_CONCURRENT_STREAMS we accept */
   uint32_t max_header_bytes; /* per header block */
+  /* Header blocks held by the connection's streams, in all; and by every
+   * connection of a server (*hdr_total, shared; NULL: no such bound). Over
+   * either, a new header block is refused (the stream is reset). */
+  size_t max_conn_header_bytes;
+  size_t max_total_header_bytes;
+  size_t *hdr_total;
   unsigned ping_interval_ms; /* PING after this long without input; 0: never */
   unsigned ping_timeout_ms;  /* close if unanswered this long */
   unsigned handshake_ms;     /* TCP connect + TLS handshake */
@@ -250,6 +256,8 @@ struct h2r_session {
   h2r_strm_t *pending; /* streams with deferred events */
   h2r_strm_t **pending_tail;
   unsigned nstreams;
+  size_t hdr_held;  /* bytes of header blocks held by the streams */
+  unsigned proxied; /* server: streams the dialer's proxy serves (its per-connection limit) */
 };
 
 int h2r_session_connect(h2r_session_t *s, uv_loop_t *loop, const struct sockaddr *addr,
@@ -460,6 +468,8 @@ void h2r_proxy_client_gone(h2r_proxy_t *p);
 /* The client's output queue drained: the proxy may read the listener again. */
 void h2r_proxy_client_drained(h2r_proxy_t *p);
 
+/* The dialer's options, defaults filled in. */
+const h2rev_dialer_options_t *h2r_dialer_options(const h2rev_dialer_t *dialer);
 /* Keep-alive reuse: an idle data stream of listener `id` back among its
  * spares (dialer.c). False when it cannot be kept: the caller still owns it. */
 bool h2r_dialer_recycle(h2rev_dialer_t *dialer, const char *id, h2rev_stream_t *stream);
@@ -536,6 +546,8 @@ typedef struct h2r_lsock {
   h2r_server_t *srv;
   SSL_CTX *ctx;
   struct h2r_lsock *next;
+  struct h2r_lsock *pnext; /* srv->paused */
+  bool paused;
 } h2r_lsock_t;
 
 struct h2r_server {
@@ -546,6 +558,9 @@ struct h2r_server {
   h2r_lsock_t *socks;
   h2r_hconn_t *conns;
   unsigned live;                  /* connections, virtual-stream connections, requests */
+  unsigned nconns;                /* accepted connections open */
+  size_t hdr_total;               /* header blocks held by every connection's streams */
+  struct h2r_lsock *paused;       /* listening sockets not accepted from: at max_connections */
   uint8_t *rbuf;                  /* read buffer shared by the connections */
   h2r_h1c_t *vconns;              /* HTTP/1.1 on virtual streams */
   const h2r_mount_ops *watch_ops; /* the one internal mount watching connections */

@@ -28,6 +28,9 @@
 
 enum { CLIENT_H2, CLIENT_H1 };
 
+/* What the proxy's timer bounds. */
+enum { WAIT_NONE, WAIT_BODY, WAIT_RESPONSE, WAIT_LINGER };
+
 /* A read buffer of the listener's bytes. A response body span in it goes
  * to an HTTP/2 client as it is (no copy); the buffer lives until the last
  * such write is on the socket. */
@@ -72,8 +75,14 @@ struct h2r_proxy {
   bool client_open;
   bool client_eof; /* request body complete */
   bool timer_open;
-  bool dialing;      /* p->dial is in flight: its callback holds a share of p */
-  uv_timer_t linger; /* bounds the wait for the listener's END_STREAM */
+  bool dialing;   /* p->dial is in flight: its callback holds a share of p */
+  bool body_seen; /* a byte of the request body arrived */
+  int waiting;    /* WAIT_*: what the timer bounds */
+  /* The request body's first byte, the response head, then the listener's
+   * END_STREAM: one timer for the phase the exchange is in. */
+  uv_timer_t linger;
+  h2r_session_t *csess; /* CLIENT_H2: its connection, whose proxied streams are counted */
+  const h2rev_dialer_options_t *o;
   int closes;
   h2r_hbuf_t hb;                 /* the response head being parsed */
   struct pwrite *reqhead;        /* the request head, written once the dial is done */
@@ -153,6 +162,7 @@ static void p_close_client(proxy_t *p, bool complete) {
     return;
   p->client_open = false;
   if (p->kind == CLIENT_H2) {
+    p->csess->proxied--;
     h2rev_stream_close(&p->client, p_closed);
     return;
   }
@@ -191,6 +201,45 @@ static void p_fail(proxy_t *p, int status, const char *why) {
     }
   }
   p_finish(p);
+}
+
+/* ------------------------------------------------------------- timing */
+
+static void timed_out(uv_timer_t *t) {
+  proxy_t *p = t->data;
+  int waiting = p->waiting;
+  p->waiting = WAIT_NONE;
+  if (waiting == WAIT_LINGER)
+    p_close_up(p);
+  else if (waiting == WAIT_BODY)
+    p_fail(p, 408, "the request body did not start in time");
+  else if (waiting == WAIT_RESPONSE)
+    p_fail(p, 504, "the listener did not answer in time");
+}
+
+static void p_wait(proxy_t *p, int what, unsigned ms) {
+  if (!p->timer_open || p->waiting == what)
+    return;
+  p->waiting = what;
+  if (what == WAIT_NONE)
+    uv_timer_stop(&p->linger);
+  else
+    uv_timer_start(&p->linger, timed_out, ms, 0);
+}
+
+/* Until the response head: a client that announced a body must start it
+ * within body_timeout_ms, and once the request is complete the listener
+ * must answer within response_timeout_ms. A body under way is not timed
+ * (back-pressure from a slow upstream pauses it legitimately). */
+static void p_arm(proxy_t *p) {
+  if (p->head_sent || !p->up_open || p->waiting == WAIT_LINGER)
+    return;
+  if (p->client_eof)
+    p_wait(p, WAIT_RESPONSE, p->o->response_timeout_ms);
+  else if (!p->body_seen)
+    p_wait(p, WAIT_BODY, p->o->body_timeout_ms);
+  else
+    p_wait(p, WAIT_NONE, 0);
 }
 
 /* ------------------------------------------------------------- writing */
@@ -335,6 +384,7 @@ static int on_headers_complete(llhttp_t *h) {
   for (unsigned i = 0; i < p->hb.n; i++)
     kv[i] = h2r_hbuf_kv(&p->hb, i);
   p->head_sent = true;
+  p_wait(p, WAIT_NONE, 0);
   if (p->kind == CLIENT_H2) {
     if (c_head_h2(p, status, kv, p->hb.n) != 0)
       return -1;
@@ -364,10 +414,6 @@ static void up_shut(h2rev_shutdown_t *req, int status) {
     p_close_up(p);
 }
 
-static void linger_done(uv_timer_t *t) {
-  p_close_up(t->data);
-}
-
 /* Ends our direction of the reverse connection; it closes once the listener
  * has ended its own (a reset would count against the peer's reset limits). */
 static void end_up(proxy_t *p) {
@@ -377,7 +423,7 @@ static void end_up(proxy_t *p) {
   if (h2rev_stream_shutdown(&p->up_sh, &p->up, up_shut) != 0)
     p_close_up(p);
   else if (!p->up_eof)
-    uv_timer_start(&p->linger, linger_done, LINGER_MS, 0);
+    p_wait(p, WAIT_LINGER, LINGER_MS);
 }
 
 /* HTTP/1.1 keep-alive on the reverse connection: when the request went out
@@ -560,6 +606,10 @@ static void send_up_end(proxy_t *p) {
 static void client_read(h2rev_stream_t *s, ssize_t n, const uv_buf_t *buf) {
   proxy_t *p = s->data;
   pwrite_t *w = buf->base != NULL ? H2R_CONTAINER_OF(buf->base, pwrite_t, data) : NULL;
+  if (n > 0 && !p->body_seen) {
+    p->body_seen = true;
+    p_arm(p);
+  }
   if (n > 0 && p->up_open && !p->chunked_req) {
     /* The body keeps its framing: the read buffer itself goes to the tunnel. */
     w->p = p;
@@ -584,6 +634,7 @@ static void client_read(h2rev_stream_t *s, ssize_t n, const uv_buf_t *buf) {
     p->client_eof = true;
     if (p->up_open)
       send_up_end(p);
+    p_arm(p);
     return;
   }
   H2R_INFO(p->log, "proxy %s: client went away: %s", p->id, h2rev_strerror((int)n));
@@ -591,6 +642,10 @@ static void client_read(h2rev_stream_t *s, ssize_t n, const uv_buf_t *buf) {
 }
 
 bool h2r_proxy_client_body(h2r_proxy_t *p, const char *data, size_t len) {
+  if (!p->body_seen) {
+    p->body_seen = true;
+    p_arm(p);
+  }
   if (p->up_open)
     return send_up(p, data, len, 0);
   pchunk_t *c = malloc(sizeof(*c) + len);
@@ -609,6 +664,7 @@ void h2r_proxy_client_end(h2r_proxy_t *p) {
   p->client_eof = true;
   if (p->up_open)
     send_up_end(p);
+  p_arm(p);
 }
 
 void h2r_proxy_client_gone(h2r_proxy_t *p) {
@@ -737,6 +793,14 @@ bad:
   return NULL;
 }
 
+/* The HTTP/2 client reset its stream (or lost its connection) while the
+ * dial was under way: the proxy reads the client only once dialed, so it
+ * asks the stream rather than wait for a read to fail. */
+static bool client_reset(const proxy_t *p) {
+  const h2r_strm_t *st = p->client.s_;
+  return st == NULL || st->err != 0 || (st->flags & H2R_F_NG_CLOSED) != 0;
+}
+
 static void dialed(h2rev_dial_t *req, int status) {
   proxy_t *p = req->data;
   p->dialing = false;
@@ -750,8 +814,8 @@ static void dialed(h2rev_dial_t *req, int status) {
     return;
   }
   p->up_open = true; /* the dial's share passes to the reverse stream */
-  if (!p->client_open) {
-    p_finish(p);
+  if (!p->client_open || (p->kind == CLIENT_H2 && client_reset(p))) {
+    p_finish(p); /* nothing of a request the client abandoned goes out */
     return;
   }
   pwrite_t *head = p->reqhead;
@@ -762,6 +826,7 @@ static void dialed(h2rev_dial_t *req, int status) {
   }
   p->reqhead = NULL; /* body_wrote frees it */
   h2rev_stream_read_start(&p->up, up_alloc, up_read);
+  p_arm(p);
   if (p->kind == CLIENT_H2) {
     h2r_strm_manual_consume(&p->client);
     h2rev_stream_read_start(&p->client, client_alloc, client_read);
@@ -791,6 +856,7 @@ static proxy_t *p_start(h2rev_dialer_t *dialer, int kind, const h2r_preq_t *rq,
   }
   p->kind = kind;
   p->dialer = dialer;
+  p->o = h2r_dialer_options(dialer);
   p->log = log;
   p->upgrade = rq->upgrade;
   p->head_req = strcmp(rq->method, "HEAD") == 0;
@@ -860,12 +926,22 @@ void h2r_proxy_serve(h2rev_dialer_t *dialer, h2r_strm_t *st, const char *prefix,
   for (size_t i = 0; i < n; i++)
     if (kv_is(&kv[i], "transfer-encoding"))
       method = NULL; /* HTTP/2 forbids it: refuse rather than guess */
+  const h2rev_dialer_options_t *o = h2r_dialer_options(dialer);
+  if (st->sess->proxied >= o->max_client_streams) {
+    /* One client must not hold every data stream of an id. */
+    H2R_INFO(log, "proxy %s: 429 for %s: %u proxied requests open on its connection (the limit)",
+             id, st->sess->x.peer, st->sess->proxied);
+    h2r_strm_reject(st, 429, "too many requests on this connection\n");
+    return;
+  }
   proxy_t *p = method != NULL && n < 128 ? p_start(dialer, CLIENT_H2, &rq, log, &status) : NULL;
   if (p == NULL) {
     H2R_WARN(log, "proxy %s: %d for a request that cannot be forwarded safely", id, status);
     h2r_strm_reject(st, status, status == 400 ? "bad request\n" : "unavailable\n");
     return;
   }
+  p->csess = st->sess;
+  p->csess->proxied++;
   h2r_strm_attach(st, &p->client);
   p_dial(p, dialer);
 }

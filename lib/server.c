@@ -44,6 +44,10 @@ struct h2r_hreq {
 };
 
 #define H2_READ_SUGGEST (64 * 1024)
+/* Defaults of the limits against clients that hold resources. */
+#define H2R_MAX_CONNECTIONS    16384
+#define H2R_CONN_HEADER_BYTES  (2u << 20)
+#define H2R_TOTAL_HEADER_BYTES ((size_t)64 << 20)
 
 static void srv_maybe_closed(h2r_server_t *srv);
 static void hreq_schedule(h2r_hreq_t *rq);
@@ -755,6 +759,8 @@ static void conn_dead(h2r_session_t *s, int err) {
     srv->watch_ops->conn_dead(srv->watch_arg, s, err);
 }
 
+static void resume_accepting(h2r_server_t *srv);
+
 static void conn_close(h2r_session_t *s) {
   h2r_hconn_t *c = s->owner;
   h2r_server_t *srv = c->srv;
@@ -769,6 +775,8 @@ static void conn_close(h2r_session_t *s) {
   if (c->next != NULL)
     c->next->prev = c->prev;
   free(c);
+  srv->nconns--;
+  resume_accepting(srv);
   h2r_server_unref(srv);
 }
 
@@ -786,6 +794,18 @@ static void on_connection(uv_stream_t *server, int status) {
   h2r_server_t *srv = k->srv;
   if (status != 0 || srv->closing || srv->draining)
     return;
+  if (srv->nconns >= srv->o.max_connections) {
+    /* Not accepting stops libuv from polling the socket until uv_accept:
+     * the clients wait in the backlog, and the loop does not spin. */
+    if (!k->paused) {
+      H2R_WARN(&srv->o.log, "%u connections open (the limit): not accepting until one closes",
+               srv->nconns);
+      k->paused = true;
+      k->pnext = srv->paused;
+      srv->paused = k;
+    }
+    return;
+  }
   h2r_hconn_t *c = calloc(1, sizeof(*c));
   if (c == NULL)
     return;
@@ -798,6 +818,9 @@ static void on_connection(uv_stream_t *server, int status) {
   o.max_header_bytes = srv->o.max_header_bytes;
   o.allow_h1 = true;
   o.rbuf = srv->rbuf;
+  o.max_conn_header_bytes = srv->o.max_conn_header_bytes;
+  o.max_total_header_bytes = srv->o.max_total_header_bytes;
+  o.hdr_total = &srv->hdr_total;
   c->next = srv->conns;
   if (srv->conns != NULL)
     srv->conns->prev = c;
@@ -809,6 +832,18 @@ static void on_connection(uv_stream_t *server, int status) {
       c->next->prev = NULL;
     free(c);
     h2r_server_unref(srv);
+    return;
+  }
+  srv->nconns++;
+}
+
+/* A connection closed: the sockets paused at the limit take theirs. */
+static void resume_accepting(h2r_server_t *srv) {
+  while (srv->paused != NULL && srv->nconns < srv->o.max_connections) {
+    h2r_lsock_t *k = srv->paused;
+    srv->paused = k->pnext;
+    k->paused = false;
+    on_connection((uv_stream_t *)&k->tcp, 0);
   }
 }
 
@@ -834,6 +869,12 @@ int h2rev_http_server_init(uv_loop_t *loop, h2rev_http_server_t *server,
     o->ping_interval_ms = 30000;
   if (o->ping_timeout_ms == 0)
     o->ping_timeout_ms = 15000;
+  if (o->max_connections == 0)
+    o->max_connections = H2R_MAX_CONNECTIONS;
+  if (o->max_conn_header_bytes == 0)
+    o->max_conn_header_bytes = H2R_CONN_HEADER_BYTES;
+  if (o->max_total_header_bytes == 0)
+    o->max_total_header_bytes = H2R_TOTAL_HEADER_BYTES;
   srv->rbuf = malloc(H2R_RBUF_SIZE);
   if (srv->rbuf == NULL) {
     free(srv);
@@ -947,6 +988,7 @@ static void lsock_closed(uv_handle_t *h) {
 }
 
 void h2r_server_stop_listening(h2r_server_t *srv) {
+  srv->paused = NULL; /* libuv closes the connection each holds back */
   while (srv->socks != NULL) {
     h2r_lsock_t *k = srv->socks;
     srv->socks = k->next;

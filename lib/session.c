@@ -281,9 +281,20 @@ static int cb_header(nghttp2_session *ng, const nghttp2_frame *frame, const uint
   (void)flags;
   h2r_session_t *s = ud;
   h2r_strm_t *st = strm_of(s, frame->hd.stream_id);
-  if (st == NULL || (st->flags & H2R_F_HEADERS))
+  if (st == NULL || (st->flags & H2R_F_HEADERS) || st->err == UV_ENOBUFS)
     return 0; /* trailers are not used by this protocol */
-  if (h2r_strm_add_header(st, name, nl, value, vl) != 0) {
+  int r = h2r_strm_add_header(st, name, nl, value, vl);
+  if (r == UV_ENOBUFS) {
+    /* Not this block's fault alone: REFUSED_STREAM tells the client it may
+     * retry. The rest of the block is dropped, the request never served. */
+    H2R_INFO(s->log, "%s: stream %d refused: header memory used up (%zu bytes on the connection)",
+             s->x.peer, frame->hd.stream_id, s->hdr_held);
+    st->err = UV_ENOBUFS;
+    nghttp2_submit_rst_stream(s->ng, NGHTTP2_FLAG_NONE, frame->hd.stream_id,
+                              NGHTTP2_REFUSED_STREAM);
+    return 0;
+  }
+  if (r != 0) {
     H2R_WARN(s->log, "%s: stream %d: header block over %u bytes, resetting", s->x.peer,
              frame->hd.stream_id, s->o.max_header_bytes);
     return NGHTTP2_ERR_TEMPORAL_CALLBACK_FAILURE;
@@ -297,7 +308,7 @@ static int cb_frame_recv(nghttp2_session *ng, const nghttp2_frame *frame, void *
   h2r_strm_t *st = strm_of(s, frame->hd.stream_id);
   switch (frame->hd.type) {
   case NGHTTP2_HEADERS:
-    if (st == NULL || (st->flags & H2R_F_HEADERS))
+    if (st == NULL || (st->flags & H2R_F_HEADERS) || st->err == UV_ENOBUFS)
       break;
     if (frame->headers.cat == NGHTTP2_HCAT_RESPONSE || frame->headers.cat == NGHTTP2_HCAT_HEADERS) {
       size_t len;
@@ -830,10 +841,12 @@ int h2r_strm_respond_text(h2r_strm_t *st, int status, const char *body) {
   memcpy(st->rbody, body, len + 1);
   st->rbody_len = len;
   st->rbody_off = 0;
-  static const nghttp2_nv ct = {(uint8_t *)"content-type", (uint8_t *)"text/plain", 12, 10,
-                                NGHTTP2_NV_FLAG_NONE};
+  /* A refusal for load (429, 503) says when to come back. */
+  static const nghttp2_nv hdrs[] = {
+      {(uint8_t *)"content-type", (uint8_t *)"text/plain", 12, 10, NGHTTP2_NV_FLAG_NONE},
+      {(uint8_t *)"retry-after", (uint8_t *)"1", 11, 1, NGHTTP2_NV_FLAG_NONE}};
   nghttp2_data_provider dp = {.source.ptr = st, .read_callback = cb_rbody_read};
-  int r = respond(st, status, &ct, 1, &dp);
+  int r = respond(st, status, hdrs, status == 429 || status == 503 ? 2 : 1, &dp);
   if (r == 0)
     st->flags |= H2R_F_REJECT;
   return r;

@@ -56,6 +56,9 @@ void h2r_strm_free(h2r_strm_t *st) {
   if (!(st->flags & H2R_F_NG_CLOSED) && st->id > 0 && s->ng != NULL)
     nghttp2_session_set_stream_user_data(s->ng, st->id, NULL);
   free_chunks(st);
+  s->hdr_held -= st->hcap;
+  if (s->o.hdr_total != NULL)
+    *s->o.hdr_total -= st->hcap;
   free(st->hbuf);
   free(st->hdrs);
   free(st->rbody);
@@ -76,18 +79,28 @@ void h2r_strm_schedule(h2r_strm_t *st) {
 
 int h2r_strm_add_header(h2r_strm_t *st, const uint8_t *name, size_t nl, const uint8_t *value,
                         size_t vl) {
+  h2r_session_t *s = st->sess;
   size_t need = st->hlen + nl + vl + 2;
-  if (need > st->sess->o.max_header_bytes)
+  if (need > s->o.max_header_bytes)
     return UV_E2BIG;
   if (need > st->hcap) {
     size_t cap = st->hcap ? st->hcap * 2 : 256;
     while (cap < need)
       cap *= 2;
+    /* HPACK lets a few bytes on the wire decode to a large block: what the
+     * blocks hold, not what they cost to send, is bounded. */
+    size_t more = cap - st->hcap;
+    if ((s->o.max_conn_header_bytes != 0 && s->hdr_held + more > s->o.max_conn_header_bytes) ||
+        (s->o.hdr_total != NULL && *s->o.hdr_total + more > s->o.max_total_header_bytes))
+      return UV_ENOBUFS;
     char *p = realloc(st->hbuf, cap);
     if (p == NULL)
       return UV_ENOMEM;
     st->hbuf = p;
     st->hcap = cap;
+    s->hdr_held += more;
+    if (s->o.hdr_total != NULL)
+      *s->o.hdr_total += more;
   }
   if (st->nhdrs == st->hdrcap) {
     unsigned cap = st->hdrcap ? st->hdrcap * 2 : 8;

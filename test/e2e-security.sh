@@ -5,6 +5,7 @@
 source "$(dirname "$0")/e2elib.sh"
 
 N=${H2REV_ABORT_N:-1000}
+now_ms() { date +%s%3N; }
 start_upstream
 start_dialer
 start_listener app
@@ -35,3 +36,66 @@ done
 [ "$(curl -sS "http://127.0.0.1:$CP/proxy/app/index.html")" = "hello through the tunnel" ] ||
   fail "cleartext, after the abort floods: no answer"
 ok "$N abandoned and malformed requests per id in cleartext: the dialer serves on"
+
+# ------------------------------------------------------------ the limits
+# A third dialer with small limits, its own listener.
+LP=$(free_port)
+"$BIN/h2rev-dialer" --listen "127.0.0.1:$LP" --cleartext --max-client-streams 4 \
+  --body-timeout 1000 --response-timeout 1500 --max-connections 3 \
+  2>> "$WORK/dialer-limits.log" &
+LIMPID=$!
+PIDS+=($LIMPID)
+"$BIN/h2rev-listener" --url "http://127.0.0.1:$LP" --id lim \
+  --upstream "http://127.0.0.1:$UPSTREAM_PORT" 2>> "$WORK/listener-limits.log" &
+LIMLPID=$!
+PIDS+=($LIMLPID)
+LURL="http://127.0.0.1:$LP/proxy/lim"
+wait_for curl -sf "$LURL/index.html" || fail "limits: no answer"
+
+if command -v h2load > /dev/null; then
+  # 10 requests at once on one connection, 4 allowed: the others get 429.
+  h2load -n 10 -c 1 -m 10 "$LURL/sleep/800" > "$WORK/h2load.txt" 2>&1 || true
+  grep -q "status codes: 4 2xx, 0 3xx, 6 4xx, 0 5xx" "$WORK/h2load.txt" ||
+    fail "per-connection limit: $(grep 'status codes' "$WORK/h2load.txt")"
+  ok "one client connection gets 4 proxied streams at once, then 429"
+fi
+hdrs=$( (for _ in 1 2 3 4 5 6; do
+  curl -sS --http2-prior-knowledge -o /dev/null -D - "$LURL/sleep/800" &
+done; wait) | tr -d '\r')
+echo "$hdrs" | grep -q "^retry-after: 1" && fail "six connections of one stream each were refused" || true
+ok "the limit is per connection: six connections of one request each are served"
+
+got=$(python3 "$SRC/test/hostile.py" silent-body 127.0.0.1 "$LP" - /proxy/lim/post)
+case "$got" in
+  "HTTP/1.1 408 "*) ;;
+  *) fail "a body announced and never sent: $got" ;;
+esac
+secs=${got##* }
+[ "${secs%.*}" -lt 5 ] || fail "408 after $secs s (--body-timeout 1000)"
+ok "a request body that never starts: $got s"
+
+kill -STOP "$LIMLPID"
+trap 'kill -CONT "$LIMLPID" 2> /dev/null; cleanup' EXIT # a stopped process ignores SIGTERM
+t0=$(now_ms)
+code=$(curl -sS --http2-prior-knowledge -o /dev/null -w '%{http_code}' --max-time 20 \
+  "$LURL/index.html" || true)
+t1=$(now_ms)
+kill -CONT "$LIMLPID"
+[ "$code" = 504 ] || fail "listener stopped: got $code, want 504"
+[ $((t1 - t0)) -lt 8000 ] || fail "504 after $((t1 - t0)) ms (--response-timeout 1500)"
+ok "a listener that stops answering: 504 in $((t1 - t0)) ms"
+
+# --max-connections 3: the listener holds one; two idle clients take the rest.
+exec 7<>"/dev/tcp/127.0.0.1/$LP" 8<>"/dev/tcp/127.0.0.1/$LP"
+sleep 0.3
+code=$(curl -sS --http2-prior-knowledge -o /dev/null -w '%{http_code}' --max-time 2 \
+  "$LURL/index.html" 2>/dev/null || true)
+[ "$code" != 200 ] || fail "--max-connections 3: a fourth connection was served"
+exec 7>&- 8>&-
+code=$(curl -sS --http2-prior-knowledge -o /dev/null -w '%{http_code}' --max-time 5 \
+  "$LURL/index.html" || true)
+[ "$code" = 200 ] || fail "--max-connections: no service once connections closed ($code)"
+grep -q "connections open (the limit)" "$WORK/dialer-limits.log" ||
+  fail "--max-connections: nothing logged at the limit"
+ok "--max-connections: new connections wait at the limit, served once one closes"
+kill -0 "$LIMPID" || fail "the limits' dialer died"

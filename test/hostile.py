@@ -2,15 +2,18 @@
 """Hostile HTTP/1.1 clients for the dialer's security tests.
 
 usage: hostile.py abort HOST PORT CA|- ID N
-  N times, each over a fresh connection (TLS, ALPN http/1.1, when a CA file is
+       hostile.py silent-body HOST PORT CA|- PATH
+abort: N times, each over a fresh connection (TLS, ALPN http/1.1, when a CA file is
   given): sends one request for /proxy/ID/a and closes at once, cycling through
   the variants that must not hurt the dialer: a plain GET, and requests that
   llhttp rejects after their head (bad Transfer-Encoding, an over-long chunk
   size, a chunk line ending in a bare LF, a bad trailer). Prints how many
-  connections it made; a refused connection is an error (the dialer died)."""
+  connections it made; a refused connection is an error (the dialer died).
+silent-body: a POST that announces a body and never sends it."""
 import socket
 import ssl
 import sys
+import time
 
 
 def variants(path):
@@ -47,10 +50,27 @@ def abort(host, port, ca, ident, n):
     print(n)
 
 
+def silent_body(host, port, ca, path):
+    """Announces a body and never sends it; prints the status line it gets
+    and the seconds it waited."""
+    ctx = None
+    if ca != "-":
+        ctx = ssl.create_default_context(cafile=ca)
+        ctx.set_alpn_protocols(["http/1.1"])
+    s = connect(host, port, ctx)
+    s.settimeout(60)
+    t = time.monotonic()
+    s.sendall(("POST %s HTTP/1.1\r\nHost: x\r\nContent-Length: 10\r\n\r\n" % path).encode())
+    line = s.makefile("rb").readline().decode(errors="replace").strip()
+    print("%s %.1f" % (line or "(closed)", time.monotonic() - t))
+
+
 def main():
     cmd = sys.argv[1]
     if cmd == "abort":
         abort(sys.argv[2], int(sys.argv[3]), sys.argv[4], sys.argv[5], int(sys.argv[6]))
+    elif cmd == "silent-body":
+        silent_body(sys.argv[2], int(sys.argv[3]), sys.argv[4], sys.argv[5])
     else:
         sys.exit("hostile.py: unknown command " + cmd)
 

@@ -17,6 +17,7 @@ import hashlib
 import http.server
 import os
 import sys
+import time
 
 
 def pattern(n):
@@ -119,6 +120,9 @@ class Handler(http.server.SimpleHTTPRequestHandler):
         elif p.startswith("/headers"):
             lines = [self.requestline] + ["%s: %s" % kv for kv in self.headers.items()]
             self.send_text(200, "\n".join(lines) + "\n")
+        elif p.startswith("/sleep/"):
+            time.sleep(int(p[7:]) / 1000)
+            self.send_text(200, "slept\n")
         elif p == "/conns":
             self.send_text(200, "%d\n" % Handler.connections)
         elif p.startswith("/status/"):
