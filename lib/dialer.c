@@ -56,6 +56,7 @@ struct h2r_dialer {
   uv_timer_t drain_timer;
   uint64_t drain_deadline;
   h2rev_dialer_close_cb drain_cb;
+  h2r_ratelog_t rl;
 };
 
 static void maybe_closed(h2r_dialer_t *d) {
@@ -827,6 +828,10 @@ const char *h2rev_dial_strerror(const h2rev_dial_t *req) {
 
 const h2rev_dialer_options_t *h2r_dialer_options(const h2rev_dialer_t *dialer) {
   return &dialer->d_->o;
+}
+
+h2r_ratelog_t *h2r_dialer_ratelog(h2rev_dialer_t *dialer) {
+  return &dialer->d_->rl;
 }
 
 void h2rev_dialer_stats(const h2rev_dialer_t *dialer, h2rev_dialer_stats_t *out) {

@@ -834,8 +834,9 @@ static void keep_rest(h2r_h1c_t *c, const uint8_t *rest, size_t n) {
 
 static void parse_error(h2r_h1c_t *c) {
   int status = c->hb.too_large ? 431 : 400;
-  H2R_WARN(c->log, "%s: HTTP/1.1 request refused (%d): %s", c->peer, status,
-           c->hb.too_large ? "header block too large" : llhttp_get_error_reason(&c->parser));
+  h2r_log_limited(c->log, &c->srv->rl, c->srv->loop, H2REV_LOG_INFO,
+                  "%s: HTTP/1.1 request refused (%d): %s", c->peer, status,
+                  c->hb.too_large ? "header block too large" : llhttp_get_error_reason(&c->parser));
   if (c->busy) {
     c_dead(c, H2REV_EPROTO);
     c_close_now(c);
@@ -920,7 +921,8 @@ static void slow_head(uv_timer_t *t) {
     c_close_now(c);
     return;
   }
-  H2R_WARN(c->log, "%s: no complete request head in time: closing", c->peer);
+  h2r_log_limited(c->log, &c->srv->rl, c->srv->loop, H2REV_LOG_INFO,
+                  "%s: no complete request head in time: closing", c->peer);
   respond_text(c, 408, "request timeout\n", true);
 }
 

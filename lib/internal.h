@@ -26,6 +26,17 @@ void h2r_log(const h2rev_logger_t *lg, int level, const char *fmt, ...)
 #define H2R_INFO(lg, ...)   h2r_log((lg), H2REV_LOG_INFO, __VA_ARGS__)
 #define H2R_DEBUG(lg, ...)  h2r_log((lg), H2REV_LOG_DEBUG, __VA_ARGS__)
 
+/* Lines that clients can cause at will (refused requests, failed proxy
+ * exchanges) go through a limiter: at most H2R_LOG_BURST a second, and the
+ * count of those dropped is added to the next line logged. */
+#define H2R_LOG_BURST 20
+typedef struct h2r_ratelog {
+  uint64_t sec;
+  unsigned n, dropped;
+} h2r_ratelog_t;
+void h2r_log_limited(const h2rev_logger_t *lg, h2r_ratelog_t *rl, uv_loop_t *loop, int level,
+                     const char *fmt, ...) __attribute__((format(printf, 5, 6)));
+
 /* ---------------------------------------------------------------- url.c */
 
 /* http(s)://host[:port][/path]: parts as C strings (owned), the path without
@@ -468,8 +479,9 @@ void h2r_proxy_client_gone(h2r_proxy_t *p);
 /* The client's output queue drained: the proxy may read the listener again. */
 void h2r_proxy_client_drained(h2r_proxy_t *p);
 
-/* The dialer's options, defaults filled in. */
+/* The dialer's options, defaults filled in; the limiter of its proxy's log lines. */
 const h2rev_dialer_options_t *h2r_dialer_options(const h2rev_dialer_t *dialer);
+h2r_ratelog_t *h2r_dialer_ratelog(h2rev_dialer_t *dialer);
 /* Keep-alive reuse: an idle data stream of listener `id` back among its
  * spares (dialer.c). False when it cannot be kept: the caller still owns it. */
 bool h2r_dialer_recycle(h2rev_dialer_t *dialer, const char *id, h2rev_stream_t *stream);
@@ -560,6 +572,7 @@ struct h2r_server {
   unsigned live;                  /* connections, virtual-stream connections, requests */
   unsigned nconns;                /* accepted connections open */
   size_t hdr_total;               /* header blocks held by every connection's streams */
+  h2r_ratelog_t rl;               /* for the lines clients cause */
   struct h2r_lsock *paused;       /* listening sockets not accepted from: at max_connections */
   uint8_t *rbuf;                  /* read buffer shared by the connections */
   h2r_h1c_t *vconns;              /* HTTP/1.1 on virtual streams */

@@ -185,7 +185,10 @@ static void p_finish(proxy_t *p) {
 /* Before the response head: an error response. After it: the client stream
  * is reset or its connection closed, never a response that looks complete. */
 static void p_fail(proxy_t *p, int status, const char *why) {
-  H2R_WARN(p->log, "proxy %s: %d %s", p->id, status, why);
+  /* A client's own doing (408, 429) is not the operator's concern. */
+  h2r_log_limited(p->log, h2r_dialer_ratelog(p->dialer), p->dialer->loop,
+                  status >= 500 ? H2REV_LOG_WARN : H2REV_LOG_INFO, "proxy %s: %d %s", p->id, status,
+                  why);
   if (!p->head_sent && p->client_open) {
     char body[200];
     snprintf(body, sizeof(body), "%s\n", why);
@@ -865,7 +868,8 @@ static proxy_t *p_start(h2rev_dialer_t *dialer, int kind, const h2r_preq_t *rq,
   snprintf(p->id, sizeof(p->id), "%s", rq->id);
   p->reqhead = build_head(p, rq, status);
   if (p->reqhead == NULL) {
-    H2R_WARN(log, "proxy %s: request refused (%d)", rq->id, *status);
+    h2r_log_limited(log, h2r_dialer_ratelog(dialer), dialer->loop, H2REV_LOG_INFO,
+                    "proxy %s: request refused (%d)", rq->id, *status);
     free(p);
     return NULL;
   }
@@ -929,14 +933,16 @@ void h2r_proxy_serve(h2rev_dialer_t *dialer, h2r_strm_t *st, const char *prefix,
   const h2rev_dialer_options_t *o = h2r_dialer_options(dialer);
   if (st->sess->proxied >= o->max_client_streams) {
     /* One client must not hold every data stream of an id. */
-    H2R_INFO(log, "proxy %s: 429 for %s: %u proxied requests open on its connection (the limit)",
-             id, st->sess->x.peer, st->sess->proxied);
+    h2r_log_limited(log, h2r_dialer_ratelog(dialer), dialer->loop, H2REV_LOG_INFO,
+                    "proxy %s: 429 for %s: %u proxied requests open on its connection (the limit)",
+                    id, st->sess->x.peer, st->sess->proxied);
     h2r_strm_reject(st, 429, "too many requests on this connection\n");
     return;
   }
   proxy_t *p = method != NULL && n < 128 ? p_start(dialer, CLIENT_H2, &rq, log, &status) : NULL;
   if (p == NULL) {
-    H2R_WARN(log, "proxy %s: %d for a request that cannot be forwarded safely", id, status);
+    h2r_log_limited(log, h2r_dialer_ratelog(dialer), dialer->loop, H2REV_LOG_INFO,
+                    "proxy %s: %d for a request that cannot be forwarded safely", id, status);
     h2r_strm_reject(st, status, status == 400 ? "bad request\n" : "unavailable\n");
     return;
   }

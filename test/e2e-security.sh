@@ -19,6 +19,12 @@ done
 [ "$(tcurl "$(tunnel app)/index.html")" = "hello through the tunnel" ] ||
   fail "after the abort floods: no answer"
 ok "$N abandoned and malformed requests per id over TLS: the dialer serves on"
+# Lines clients cause at will are rate-limited (20 a second, the rest counted).
+loglines=$(wc -l < "$WORK/dialer.log")
+[ "$loglines" -lt 400 ] || fail "$((2 * N)) hostile requests: $loglines log lines"
+grep -q "such lines not logged" "$WORK/dialer.log" || [ "$N" -lt 100 ] ||
+  fail "no count of the lines not logged"
+ok "the dialer's log took $loglines lines for $((2 * N)) hostile requests"
 
 CP=$(free_port)
 "$BIN/h2rev-dialer" --listen "127.0.0.1:$CP" --cleartext 2>> "$WORK/dialer-clear.log" &
