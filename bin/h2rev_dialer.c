@@ -114,7 +114,7 @@ static void free_tokens(void) {
 }
 
 static int authorize(void *arg, const char *id, const h2rev_header_t *h, size_t n,
-                     const void *peer_cert) {
+                     const h2rev_peer_t *peer) {
   (void)arg;
   if (token != NULL || have_tokens_file) {
     const char *got = NULL;
@@ -129,12 +129,7 @@ static int authorize(void *arg, const char *id, const h2rev_header_t *h, size_t 
       return -1;
   }
   if (check_cn) {
-    if (peer_cert == NULL)
-      return -1;
-    char cn[256] = "";
-    X509_NAME_get_text_by_NID(X509_get_subject_name((X509 *)peer_cert), NID_commonName, cn,
-                              sizeof(cn));
-    if (strcmp(cn, id) != 0)
+    if (peer->cert_cn == NULL || strcmp(peer->cert_cn, id) != 0)
       return -1;
   }
   return 0;

@@ -107,6 +107,13 @@ typedef struct h2rev_tls_options_s {
   const char *server_name; /* client: SNI and name to verify; NULL: the URL's host */
   int insecure;            /* client: skip peer verification (tests only) */
   int verify_client;       /* server: require a client certificate signed by ca_file */
+  /* The same material as PEM text in memory (NUL-terminated), for programs
+   * that keep no files (secrets from a vault, an embedded test CA); each, when
+   * set, is used instead of its file. Read during the call that takes these
+   * options only. */
+  const char *ca_pem;
+  const char *cert_pem;
+  const char *key_pem;
 } h2rev_tls_options_t;
 
 /* -------------------------------------------------------- virtual stream */
@@ -373,10 +380,26 @@ typedef struct h2rev_dialer_s h2rev_dialer_t;
 typedef struct h2rev_dial_s h2rev_dial_t;
 struct h2r_dialer;
 
-/* Decides whether a listener may attach as `id`. peer_cert is the TLS
- * client certificate (an OpenSSL X509 *) or NULL. Return 0 to allow. */
+/* Who is attaching: the connection's address and, when the listener
+ * presented a TLS client certificate (verified against the dialer's
+ * ca_file), what identifies it. No OpenSSL type crosses the API, so the
+ * callback works whichever copy of OpenSSL the program has. Everything is
+ * valid during the authorize call only. */
+typedef struct h2rev_peer_s {
+  const char *address;         /* "ip:port" ("[v6]:port") */
+  const char *cert_cn;         /* the subject's common name; NULL without a certificate */
+  const char *const *cert_dns; /* its subjectAltName DNS names */
+  size_t cert_ndns;
+  const unsigned char *cert_der; /* the certificate, DER; NULL without one */
+  size_t cert_der_len;
+  unsigned char cert_sha256[32]; /* SHA-256 of the DER (the usual fingerprint); zeros without */
+} h2rev_peer_t;
+
+/* Decides whether a listener may attach as `id`, from the /revdial request
+ * headers (names in lower case; Authorization among them) and the peer.
+ * Return 0 to allow; anything else refuses with 403. */
 typedef int (*h2rev_authorize_cb)(void *arg, const char *id, const h2rev_header_t *headers,
-                                  size_t nheaders, const void *peer_cert);
+                                  size_t nheaders, const h2rev_peer_t *peer);
 
 typedef struct h2rev_dialer_options_s {
   const char *base_path;      /* e.g. "/reverse/connections"; NULL or "" means "" */

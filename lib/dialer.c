@@ -410,7 +410,12 @@ static bool authorized(h2r_dialer_t *d, h2r_strm_t *st, const char *id) {
     hs[n].value = st->hbuf + st->hdrs[i].value;
     n++;
   }
-  return d->o.authorize(d->o.authorize_arg, id, hs, n, h2r_xport_peer_cert(&st->sess->x)) == 0;
+  h2rev_peer_t peer = {.address = st->sess->x.peer};
+  if (h2r_tls_peer_fill(&peer, h2r_xport_peer_cert(&st->sess->x)) != 0)
+    return false;
+  bool ok = d->o.authorize(d->o.authorize_arg, id, hs, n, &peer) == 0;
+  h2r_tls_peer_free(&peer);
+  return ok;
 }
 
 static void revdial(h2r_dialer_t *d, h2r_strm_t *st, const char *query) {

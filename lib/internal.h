@@ -61,6 +61,10 @@ SSL_CTX *h2r_tls_ctx_new(const h2rev_tls_options_t *o, bool server, int alpn, in
                          char *errbuf, size_t errlen);
 /* Copies OpenSSL's error queue into buf (and clears it). */
 void h2r_tls_errstr(char *buf, size_t len);
+/* Fills the certificate fields of *peer from cert (NULL: none); the strings
+ * it allocates are released by h2r_tls_peer_free. 0 or UV_ENOMEM. */
+int h2r_tls_peer_fill(h2rev_peer_t *peer, X509 *cert);
+void h2r_tls_peer_free(h2rev_peer_t *peer);
 
 /* ----------------------------------------------------------- transport.c */
 

@@ -2,6 +2,10 @@
 #include "internal.h"
 
 #include <openssl/err.h>
+#include <openssl/evp.h>
+#include <openssl/pem.h>
+#include <openssl/x509v3.h>
+#include <stdlib.h>
 #include <stdio.h>
 #include <string.h>
 
@@ -52,6 +56,50 @@ static int fail(int *err, int code, char *errbuf, size_t errlen, const char *wha
   return 0;
 }
 
+/* A certificate chain from PEM text: the first is ours, the rest its chain. */
+static bool use_chain_pem(SSL_CTX *ctx, const char *pem) {
+  BIO *b = BIO_new_mem_buf(pem, -1);
+  X509 *x = b != NULL ? PEM_read_bio_X509_AUX(b, NULL, NULL, NULL) : NULL;
+  bool ok = x != NULL && SSL_CTX_use_certificate(ctx, x) == 1;
+  X509_free(x);
+  X509 *c;
+  while (ok && (c = PEM_read_bio_X509(b, NULL, NULL, NULL)) != NULL) {
+    if (SSL_CTX_add0_chain_cert(ctx, c) != 1) {
+      X509_free(c);
+      ok = false;
+    }
+  }
+  ERR_clear_error(); /* the end of the text reads as an error */
+  BIO_free(b);
+  return ok;
+}
+
+static bool use_key_pem(SSL_CTX *ctx, const char *pem) {
+  BIO *b = BIO_new_mem_buf(pem, -1);
+  EVP_PKEY *k = b != NULL ? PEM_read_bio_PrivateKey(b, NULL, NULL, NULL) : NULL;
+  bool ok = k != NULL && SSL_CTX_use_PrivateKey(ctx, k) == 1;
+  EVP_PKEY_free(k);
+  BIO_free(b);
+  return ok;
+}
+
+/* Trust anchors from PEM text: at least one certificate, all of them used. */
+static bool trust_pem(SSL_CTX *ctx, const char *pem) {
+  BIO *b = BIO_new_mem_buf(pem, -1);
+  X509_STORE *store = SSL_CTX_get_cert_store(ctx);
+  unsigned n = 0;
+  X509 *c;
+  while (b != NULL && (c = PEM_read_bio_X509(b, NULL, NULL, NULL)) != NULL) {
+    if (X509_STORE_add_cert(store, c) == 1)
+      n++;
+    X509_free(c);
+  }
+  if (n > 0)
+    ERR_clear_error();
+  BIO_free(b);
+  return n > 0;
+}
+
 SSL_CTX *h2r_tls_ctx_new(const h2rev_tls_options_t *o, bool server, int alpn, int *err,
                          char *errbuf, size_t errlen) {
   static const h2rev_tls_options_t none;
@@ -71,15 +119,31 @@ SSL_CTX *h2r_tls_ctx_new(const h2rev_tls_options_t *o, bool server, int alpn, in
   /* RFC 7540 9.2.2: no renegotiation, no compression. */
   SSL_CTX_set_options(ctx, SSL_OP_NO_COMPRESSION | SSL_OP_NO_RENEGOTIATION);
 
-  if (o->cert_file != NULL) {
+  if (o->cert_pem != NULL) {
+    if (!use_chain_pem(ctx, o->cert_pem)) {
+      fail(err, H2REV_ETLS, errbuf, errlen, "cannot load certificate", "(PEM text)");
+      goto bad;
+    }
+    /* Without key_pem or key_file, the key is looked for beside the chain. */
+    bool key_ok = o->key_file != NULL && o->key_pem == NULL
+                      ? SSL_CTX_use_PrivateKey_file(ctx, o->key_file, SSL_FILETYPE_PEM) == 1
+                      : use_key_pem(ctx, o->key_pem != NULL ? o->key_pem : o->cert_pem);
+    if (!key_ok || SSL_CTX_check_private_key(ctx) != 1) {
+      fail(err, H2REV_ETLS, errbuf, errlen, "cannot load private key",
+           o->key_file != NULL && o->key_pem == NULL ? o->key_file : "(PEM text)");
+      goto bad;
+    }
+  } else if (o->cert_file != NULL) {
     if (SSL_CTX_use_certificate_chain_file(ctx, o->cert_file) != 1) {
       fail(err, H2REV_ETLS, errbuf, errlen, "cannot load certificate", o->cert_file);
       goto bad;
     }
     const char *key = o->key_file ? o->key_file : o->cert_file;
-    if (SSL_CTX_use_PrivateKey_file(ctx, key, SSL_FILETYPE_PEM) != 1 ||
+    if (!(o->key_pem != NULL ? use_key_pem(ctx, o->key_pem)
+                             : SSL_CTX_use_PrivateKey_file(ctx, key, SSL_FILETYPE_PEM) == 1) ||
         SSL_CTX_check_private_key(ctx) != 1) {
-      fail(err, H2REV_ETLS, errbuf, errlen, "cannot load private key", key);
+      fail(err, H2REV_ETLS, errbuf, errlen, "cannot load private key",
+           o->key_pem != NULL ? "(PEM text)" : key);
       goto bad;
     }
   } else if (server) {
@@ -88,7 +152,12 @@ SSL_CTX *h2r_tls_ctx_new(const h2rev_tls_options_t *o, bool server, int alpn, in
     goto bad;
   }
 
-  if (o->ca_file != NULL) {
+  if (o->ca_pem != NULL) {
+    if (!trust_pem(ctx, o->ca_pem)) {
+      fail(err, H2REV_ETLS, errbuf, errlen, "cannot load CA", "(PEM text)");
+      goto bad;
+    }
+  } else if (o->ca_file != NULL) {
     if (SSL_CTX_load_verify_locations(ctx, o->ca_file, NULL) != 1) {
       fail(err, H2REV_ETLS, errbuf, errlen, "cannot load CA file", o->ca_file);
       goto bad;
@@ -126,4 +195,64 @@ SSL_CTX *h2r_tls_ctx_new(const h2rev_tls_options_t *o, bool server, int alpn, in
 bad:
   SSL_CTX_free(ctx);
   return NULL;
+}
+
+/* ------------------------------------------------------ peer identity */
+
+int h2r_tls_peer_fill(h2rev_peer_t *peer, X509 *cert) {
+  peer->cert_cn = NULL;
+  peer->cert_dns = NULL;
+  peer->cert_ndns = 0;
+  peer->cert_der = NULL;
+  peer->cert_der_len = 0;
+  memset(peer->cert_sha256, 0, sizeof(peer->cert_sha256));
+  if (cert == NULL)
+    return 0;
+  char cn[256] = "";
+  X509_NAME_get_text_by_NID(X509_get_subject_name(cert), NID_commonName, cn, sizeof(cn));
+  unsigned char *der = NULL;
+  int dl = i2d_X509(cert, &der);
+  char *cnc = h2r_strndup(cn, strlen(cn));
+  GENERAL_NAMES *sans = X509_get_ext_d2i(cert, NID_subject_alt_name, NULL, NULL);
+  int nsan = sans != NULL ? sk_GENERAL_NAME_num(sans) : 0;
+  char **dns = nsan > 0 ? calloc((size_t)nsan, sizeof(*dns)) : NULL;
+  bool ok = dl > 0 && cnc != NULL && (nsan == 0 || dns != NULL);
+  size_t nd = 0;
+  for (int i = 0; ok && i < nsan; i++) {
+    const GENERAL_NAME *g = sk_GENERAL_NAME_value(sans, i);
+    if (g->type != GEN_DNS)
+      continue;
+    const unsigned char *v = ASN1_STRING_get0_data(g->d.dNSName);
+    int vl = ASN1_STRING_length(g->d.dNSName);
+    if (vl < 0 || memchr(v, '\0', (size_t)vl) != NULL)
+      continue; /* an embedded NUL: a name that is not what it seems */
+    if ((dns[nd] = h2r_strndup((const char *)v, (size_t)vl)) == NULL)
+      ok = false;
+    else
+      nd++;
+  }
+  GENERAL_NAMES_free(sans);
+  peer->cert_cn = cnc;
+  peer->cert_dns = (const char *const *)dns;
+  peer->cert_ndns = nd;
+  peer->cert_der = der;
+  peer->cert_der_len = dl > 0 ? (size_t)dl : 0;
+  if (!ok) {
+    h2r_tls_peer_free(peer);
+    return UV_ENOMEM;
+  }
+  EVP_Digest(der, (size_t)dl, peer->cert_sha256, NULL, EVP_sha256(), NULL);
+  return 0;
+}
+
+void h2r_tls_peer_free(h2rev_peer_t *peer) {
+  for (size_t i = 0; i < peer->cert_ndns; i++)
+    free((char *)peer->cert_dns[i]);
+  free((void *)peer->cert_dns);
+  free((char *)peer->cert_cn);
+  OPENSSL_free((void *)peer->cert_der);
+  peer->cert_dns = NULL;
+  peer->cert_ndns = 0;
+  peer->cert_cn = NULL;
+  peer->cert_der = NULL;
 }

@@ -895,10 +895,15 @@ TEST(id_taken) {
 static int authorize_calls;
 
 static int check_bearer(void *arg, const char *id, const h2rev_header_t *h, size_t n,
-                        const void *cert) {
-  (void)arg, (void)cert;
+                        const h2rev_peer_t *peer) {
+  (void)arg;
   authorize_calls++;
   ASSERT_NOT_NULL(id);
+  /* Who asks: an address, and no certificate (none was presented). */
+  ASSERT_EQ(strncmp(peer->address, "127.0.0.1:", 10), 0);
+  ASSERT_NULL(peer->cert_cn);
+  ASSERT_NULL(peer->cert_der);
+  ASSERT_EQ(peer->cert_ndns, 0);
   for (size_t i = 0; i < n; i++)
     if (strcmp(h[i].name, "authorization") == 0 && strcmp(h[i].value, "Bearer good") == 0)
       return 0;
