@@ -8,6 +8,7 @@
 #define SETUP_MS       10000 /* for the listener to attach */
 #define UP_HEAD_MAX    (1u << 20)
 #define CLIENT_MAX_BUF 65536
+#define UP_CLOSE_MS    200 /* for the listener to close what the upstream closed */
 
 #define DIE(...)                                                                                   \
   do {                                                                                             \
@@ -34,6 +35,7 @@ uv_loop_t *rig_loop(void) {
 }
 
 void rig_set_response(const void *p, size_t n, bool close_after) {
+  rig_init(); /* which sets a response of its own */
   char *b = malloc(n > 0 ? n : 1);
   if (b == NULL)
     DIE("out of memory");
@@ -51,6 +53,7 @@ typedef struct upc {
   uv_shutdown_t sh;
   char *buf;
   size_t len, cap, scan;
+  bool done; /* answered for the last time */
   bool shut;
 } upc_t;
 
@@ -61,8 +64,11 @@ typedef struct upw {
   char data[];
 } upw_t;
 
+static unsigned upc_open; /* fake upstream connections */
+
 static void upc_closed(uv_handle_t *h) {
   upc_t *c = h->data;
+  upc_open--;
   free(c->buf);
   free(c);
 }
@@ -117,7 +123,7 @@ static void upc_read(uv_stream_t *s, ssize_t n, const uv_buf_t *buf) {
     return;
   }
   c->len += (size_t)n;
-  while (!c->shut) {
+  while (!c->done) {
     char *end = NULL;
     for (size_t i = c->scan; i + 4 <= c->len; i++)
       if (memcmp(c->buf + i, "\r\n\r\n", 4) == 0) {
@@ -149,7 +155,7 @@ static void upc_read(uv_stream_t *s, ssize_t n, const uv_buf_t *buf) {
       return;
     }
     if (resp_close)
-      c->shut = true; /* one answer: the rest is the request's body or junk */
+      c->done = true; /* one answer: the rest is the request's body or junk */
   }
 }
 
@@ -161,6 +167,7 @@ static void up_conn(uv_stream_t *server, int status) {
     return;
   uv_tcp_init(&loop, &c->tcp);
   c->tcp.data = c;
+  upc_open++;
   if (uv_accept(server, (uv_stream_t *)&c->tcp) != 0 ||
       uv_read_start((uv_stream_t *)&c->tcp, upc_alloc, upc_read) != 0)
     upc_close(c);
@@ -191,6 +198,22 @@ static void on_state(h2rev_listener_t *l, int state, int err, unsigned delay) {
   attached = state == H2REV_LISTENER_ATTACHED;
 }
 
+/* H2REV_FUZZ_LOG=<level> (1 error .. 4 debug): the library's logs on stderr. */
+static void log_line(void *arg, int level, const char *msg) {
+  fprintf(stderr, "[%s %d] %s\n", (const char *)arg, level, msg);
+}
+
+static h2rev_logger_t logger(const char *who) {
+  const char *env = getenv("H2REV_FUZZ_LOG");
+  h2rev_logger_t lg = {0};
+  if (env != NULL) {
+    lg.cb = log_line;
+    lg.arg = (void *)who;
+    lg.level = atoi(env);
+  }
+  return lg;
+}
+
 static void timer_flag(uv_timer_t *t) {
   *(bool *)t->data = true;
 }
@@ -213,11 +236,11 @@ void rig_init(void) {
     DIE("fake upstream: cannot listen");
   char url[64];
   snprintf(url, sizeof(url), "http://127.0.0.1:%d", ntohs(a.sin_port));
-  h2rev_upstream_options_t uo = {.url = url};
+  h2rev_upstream_options_t uo = {.url = url, .log = logger("upstream")};
   if (h2rev_upstream_init(&loop, &upstream, &uo) != 0)
     DIE("h2rev_upstream_init");
 
-  h2rev_dialer_options_t dopts = {.dial_timeout_ms = 2000};
+  h2rev_dialer_options_t dopts = {.dial_timeout_ms = 2000, .log = logger("dialer")};
   uv_ip4_addr("127.0.0.1", 0, &dialer_addr);
   len = sizeof(dialer_addr);
   if (h2rev_dialer_init(&loop, &dialer, &dopts) != 0 ||
@@ -226,8 +249,12 @@ void rig_init(void) {
     DIE("dialer: cannot listen");
 
   snprintf(url, sizeof(url), "http://127.0.0.1:%d", ntohs(dialer_addr.sin_port));
-  h2rev_listener_options_t lo = {
-      .url = url, .id = RIG_ID, .backoff_min_ms = 10, .backoff_max_ms = 100, .on_state = on_state};
+  h2rev_listener_options_t lo = {.url = url,
+                                 .id = RIG_ID,
+                                 .backoff_min_ms = 10,
+                                 .backoff_max_ms = 100,
+                                 .on_state = on_state,
+                                 .log = logger("listener")};
   if (h2rev_listener_init(&loop, &listener, &lo) != 0 ||
       h2rev_listener_start(&listener, on_connection) != 0)
     DIE("listener");
@@ -385,7 +412,23 @@ bool rig_exchange(const uv_buf_t *bufs, unsigned n, unsigned flags, unsigned lim
   while (c.handles > 0)
     uv_run(&loop, UV_RUN_ONCE);
   current = NULL;
-  /* What the dialer still has to do about it, it does now. */
+  /* What the dialer still has to do about it, it does now. An upstream
+   * that closes after each answer is seen closing before the next input
+   * (else the listener could send that input's request on a connection the
+   * upstream has closed: a race of keep-alive that no input is about). */
   uv_run(&loop, UV_RUN_NOWAIT);
+  if (resp_close && upc_open > 0) {
+    bool late = false;
+    c.limit.data = &late;
+    uv_timer_init(&loop, &c.limit);
+    uv_timer_start(&c.limit, timer_flag, UP_CLOSE_MS, 0);
+    while (upc_open > 0 && !late)
+      uv_run(&loop, UV_RUN_ONCE);
+    c.handles = 1;
+    c.limit.data = &c;
+    uv_close((uv_handle_t *)&c.limit, c_closed);
+    while (c.handles > 0)
+      uv_run(&loop, UV_RUN_ONCE);
+  }
   return c.ended;
 }
