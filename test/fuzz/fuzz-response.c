@@ -27,7 +27,7 @@ enum {
   FL_BODY = 1 << 2,      /* POST with a body */
   FL_H2 = 1 << 3,        /* the client speaks HTTP/2 */
 };
-#define LIMIT_MS 300
+#define LIMIT_MS 100 /* past it, the exchange is cut and not judged */
 #define PATH     "/proxy/" RIG_ID "/r"
 #define BODY     "hello"
 #define MAX_KEEP (1u << 20) /* client bytes kept for the checks */
@@ -232,8 +232,9 @@ static ssize_t h2_body(nghttp2_session *s, int32_t id, uint8_t *buf, size_t len,
   return (ssize_t)n;
 }
 
-/* An HTTP/2 exchange: fills r from what the client got. */
-static void h2_exchange(unsigned fl, resp_t *r) {
+/* An HTTP/2 exchange: fills r from what the client got; false when it
+ * ran out of time. */
+static bool h2_exchange(unsigned fl, resp_t *r) {
   h2c_t c = {0};
   nghttp2_session_callbacks *cbs;
   nghttp2_session_callbacks_new(&cbs);
@@ -260,13 +261,14 @@ static void h2_exchange(unsigned fl, resp_t *r) {
   while ((n = nghttp2_session_mem_send(c.ng, &p)) > 0)
     buf_add(&out, p, (size_t)n);
   uv_buf_t b = uv_buf_init(out.p, (unsigned)out.len);
-  rig_exchange(&b, 1, 0, LIMIT_MS, &h2_ops, &c);
+  bool ended = rig_exchange(&b, 1, 0, LIMIT_MS, &h2_ops, &c);
   CHECK(!c.invalid);
   r->status = c.status;
   r->done = c.closed && c.close_code == NGHTTP2_NO_ERROR && c.complete;
   r->body = c.body;
   nghttp2_session_del(c.ng);
   free(out.p);
+  return ended;
 }
 
 int LLVMFuzzerTestOneInput(const uint8_t *data, size_t size) {
@@ -289,8 +291,7 @@ int LLVMFuzzerTestOneInput(const uint8_t *data, size_t size) {
   resp_t got = {.head_req = want.head_req};
   bool ended;
   if (fl & FL_H2) {
-    h2_exchange(fl, &got);
-    ended = true;
+    ended = h2_exchange(fl, &got);
   } else {
     static const char get[] = "GET " PATH " HTTP/1.1\r\nHost: fuzz\r\nConnection: close\r\n\r\n";
     static const char head[] = "HEAD " PATH " HTTP/1.1\r\nHost: fuzz\r\nConnection: close\r\n\r\n";
