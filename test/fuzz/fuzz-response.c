@@ -13,6 +13,7 @@
  *
  * Input: one byte of flags (FL_*), then the upstream's bytes.
  */
+#define _GNU_SOURCE /* memmem */
 #include "rig.h"
 
 #include <llhttp.h>
@@ -48,6 +49,14 @@ enum {
  * ones, in the order of their names). Set to 0 once fixed. */
 #ifndef KNOWN_BUG_STATUS_UNDER_100
 #define KNOWN_BUG_STATUS_UNDER_100 1
+#endif
+/* And: a header line with an empty name (": x", llhttp takes it) goes on
+ * to the client: to an HTTP/2 client as a header nghttp2 refuses (the
+ * stream is reset), to an HTTP/1.1 client as the same bad line.
+ * test/fuzz/crashes/response-empty-header-name-h2. Judged crudely (a line
+ * starting with ':' anywhere); set to 0 once fixed. */
+#ifndef KNOWN_BUG_EMPTY_NAME
+#define KNOWN_BUG_EMPTY_NAME 1
 #endif
 
 #define CHECK(cond)                                                                                \
@@ -245,7 +254,7 @@ static ssize_t h2_body(nghttp2_session *s, int32_t id, uint8_t *buf, size_t len,
 
 /* An HTTP/2 exchange: fills r from what the client got; false when it
  * ran out of time. */
-static bool h2_exchange(unsigned fl, resp_t *r) {
+static bool h2_exchange(unsigned fl, resp_t *r, bool known_bug) {
   h2c_t c = {0};
   nghttp2_session_callbacks *cbs;
   nghttp2_session_callbacks_new(&cbs);
@@ -273,7 +282,7 @@ static bool h2_exchange(unsigned fl, resp_t *r) {
     buf_add(&out, p, (size_t)n);
   uv_buf_t b = uv_buf_init(out.p, (unsigned)out.len);
   bool ended = rig_exchange(&b, 1, 0, LIMIT_MS, &h2_ops, &c);
-  CHECK(!c.invalid);
+  CHECK(!c.invalid || known_bug);
   r->status = c.status;
   r->done = c.closed && c.close_code == NGHTTP2_NO_ERROR && c.complete;
   r->body = c.body;
@@ -302,11 +311,14 @@ int LLVMFuzzerTestOneInput(const uint8_t *data, size_t size) {
 #if KNOWN_BUG_STATUS_UNDER_100
   known_bug = want.under_100;
 #endif
+#if KNOWN_BUG_EMPTY_NAME
+  known_bug |= memmem(in, n, "\n:", 2) != NULL;
+#endif
 
   resp_t got = {.head_req = want.head_req};
   bool ended;
   if (fl & FL_H2) {
-    ended = h2_exchange(fl, &got);
+    ended = h2_exchange(fl, &got, known_bug);
   } else {
     static const char get[] = "GET " PATH " HTTP/1.1\r\nHost: fuzz\r\nConnection: close\r\n\r\n";
     static const char head[] = "HEAD " PATH " HTTP/1.1\r\nHost: fuzz\r\nConnection: close\r\n\r\n";
