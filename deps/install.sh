@@ -7,6 +7,9 @@ set -euo pipefail
 PACKAGES=(
   # build
   cmake pkg-config gcc make libuv1-dev libnghttp2-dev libssl-dev node-llhttp openssl
+  # fuzzing (test/fuzz): clang, and libFuzzer (libclang_rt.fuzzer-x86_64.a),
+  # which clang does not pull in
+  clang libclang-rt-14-dev
   # test tools
   curl nghttp2-client python3 nginx-light wrk valgrind
 )

@@ -474,6 +474,16 @@ void h2r_proxy_serve(h2rev_dialer_t *dialer, h2r_strm_t *st, const char *prefix,
  * start (an error response was sent). */
 h2r_proxy_t *h2r_proxy_serve_h1(h2rev_dialer_t *dialer, h2r_h1c_t *h1, const h2r_preq_t *rq,
                                 const h2rev_logger_t *log);
+/* The request head the proxy writes to the listener for rq (malloc'd, *len
+ * bytes), or NULL with the status it answers instead. For the fuzz targets
+ * (test/fuzz), which check the head without running a proxy. */
+char *h2r_proxy_head(const h2r_preq_t *rq, size_t *len, int *status);
+/* The head the listener writes to the upstream (path and authority: the
+ * upstream URL's) for the request bytes in p, as h2rev_upstream_serve
+ * rewrites it (malloc'd, *len bytes); NULL when p holds no complete, valid
+ * head. For the fuzz targets too. */
+char *h2r_upstream_head(const char *p, size_t n, const char *path, const char *authority,
+                        bool keep_host, size_t *len);
 /* HTTP/1.1 client side: request body bytes (decoded), its end, raw bytes
  * after an upgrade, and the client going away. body returns true when the
  * caller should pause its input until h2r_h1c_resume_input. */

@@ -963,3 +963,18 @@ h2r_proxy_t *h2r_proxy_serve_h1(h2rev_dialer_t *dialer, h2r_h1c_t *h1, const h2r
   p->h1 = h1;
   return p_dial(p, dialer) ? p : NULL;
 }
+
+char *h2r_proxy_head(const h2r_preq_t *rq, size_t *len, int *status) {
+  proxy_t *p = calloc(1, sizeof(*p));
+  if (p == NULL) {
+    *status = 503;
+    return NULL;
+  }
+  pwrite_t *w = build_head(p, rq, status);
+  free(p);
+  if (w == NULL)
+    return NULL;
+  *len = w->len;
+  memmove(w, w->data, w->len); /* the head alone, at the start of its block */
+  return (char *)w;
+}

@@ -872,6 +872,22 @@ int h2rev_upstream_init(uv_loop_t *loop, h2rev_upstream_t *upstream,
   return 0;
 }
 
+static void uc_parsers_init(uconn_t *c) {
+  llhttp_settings_init(&c->settings);
+  c->settings.on_url = on_url;
+  c->settings.on_header_field = on_hfield;
+  c->settings.on_header_value = on_hvalue;
+  c->settings.on_headers_complete = on_headers_complete;
+  c->settings.on_message_complete = on_req_complete;
+  llhttp_init(&c->parser, HTTP_REQUEST, &c->settings);
+  c->parser.data = c;
+  llhttp_settings_init(&c->rsettings);
+  c->rsettings.on_headers_complete = on_resp_headers;
+  c->rsettings.on_message_complete = on_resp_complete;
+  llhttp_init(&c->rparser, HTTP_RESPONSE, &c->rsettings);
+  c->rparser.data = c;
+}
+
 static void free_data(uv_handle_t *h) {
   free(h->data);
 }
@@ -888,19 +904,7 @@ int h2rev_upstream_serve(h2rev_upstream_t *upstream, h2rev_stream_t *stream, h2r
   c->done = done;
   c->early_tail = &c->early;
   stream->data = c;
-  llhttp_settings_init(&c->settings);
-  c->settings.on_url = on_url;
-  c->settings.on_header_field = on_hfield;
-  c->settings.on_header_value = on_hvalue;
-  c->settings.on_headers_complete = on_headers_complete;
-  c->settings.on_message_complete = on_req_complete;
-  llhttp_init(&c->parser, HTTP_REQUEST, &c->settings);
-  c->parser.data = c;
-  llhttp_settings_init(&c->rsettings);
-  c->rsettings.on_headers_complete = on_resp_headers;
-  c->rsettings.on_message_complete = on_resp_complete;
-  llhttp_init(&c->rparser, HTTP_RESPONSE, &c->rsettings);
-  c->rparser.data = c;
+  uc_parsers_init(c);
   uv_timer_init(u->loop, &c->linger);
   c->linger.data = c;
   int r = h2rev_stream_read_start(stream, uc_alloc, uc_read);
@@ -931,4 +935,27 @@ void h2rev_upstream_close(h2rev_upstream_t *upstream, h2rev_upstream_close_cb cb
   /* Exchanges in progress finish on their own (callers drain first). */
   if (u->active == 0)
     u_finish(u);
+}
+
+char *h2r_upstream_head(const char *p, size_t n, const char *path, const char *authority,
+                        bool keep_host, size_t *len) {
+  h2r_upstream_t u = {.path = (char *)path, .authority = (char *)authority};
+  u.o.keep_host = keep_host;
+  uconn_t *c = calloc(1, sizeof(*c));
+  if (c == NULL)
+    return NULL;
+  c->u = &u;
+  c->early_tail = &c->early;
+  uc_parsers_init(c);
+  llhttp_errno_t e = llhttp_execute(&c->parser, p, n);
+  uwrite_t *k = c->early;
+  char *head = NULL;
+  if (e == HPE_PAUSED && c->parsed && k != NULL && (head = malloc(k->len + 1)) != NULL) {
+    memcpy(head, k->data, k->len);
+    *len = k->len;
+  }
+  free(k);
+  h2r_hbuf_free(&c->hb);
+  free(c);
+  return head;
 }
