@@ -12,6 +12,7 @@ void h2r_hbuf_reset(h2r_hbuf_t *h) {
   h->url_len = 0;
   h->n = 0;
   h->in_value = false;
+  h->value_done = false;
   h->too_large = false;
 }
 
@@ -23,6 +24,8 @@ void h2r_hbuf_free(h2r_hbuf_t *h) {
 }
 
 static int add(h2r_hbuf_t *h, const char *at, size_t len) {
+  if (len == 0)
+    return 0;
   if (h->len + len > (h->max != 0 ? h->max : H2R_MAX_HEAD)) {
     h->too_large = true;
     return -1;
@@ -57,13 +60,16 @@ int h2r_hbuf_field(h2r_hbuf_t *h, const char *at, size_t len) {
     o[0] = (uint32_t)h->len;
     o[1] = o[2] = o[3] = 0;
     h->in_value = false;
+    h->value_done = false;
   }
   h->off[h->n - 1][1] += (uint32_t)len;
   return add(h, at, len);
 }
 
 int h2r_hbuf_value(h2r_hbuf_t *h, const char *at, size_t len) {
-  if (h->n == 0)
+  /* A header line with no name (": x"), which llhttp lets through: either
+   * an empty name or a value with none before it. */
+  if (h->n == 0 || h->value_done || h->off[h->n - 1][1] == 0)
     return -1;
   if (!h->in_value) {
     h->in_value = true;
@@ -71,6 +77,11 @@ int h2r_hbuf_value(h2r_hbuf_t *h, const char *at, size_t len) {
   }
   h->off[h->n - 1][3] += (uint32_t)len;
   return add(h, at, len);
+}
+
+int h2r_hbuf_value_done(h2r_hbuf_t *h) {
+  h->value_done = true;
+  return 0;
 }
 
 h2r_kv_t h2r_hbuf_kv(const h2r_hbuf_t *h, unsigned i) {

@@ -722,6 +722,10 @@ static int on_hvalue(llhttp_t *h, const char *at, size_t len) {
   return h2r_hbuf_value(&((h2r_h1c_t *)h->data)->hb, at, len);
 }
 
+static int on_hvalue_done(llhttp_t *h) {
+  return h2r_hbuf_value_done(&((h2r_h1c_t *)h->data)->hb);
+}
+
 /* A request for a handler of the server's. */
 static int start_handler(h2r_h1c_t *c, const h2r_route_t *route, const h2r_h1head_t *hd) {
   llhttp_t *h = &c->parser;
@@ -942,6 +946,7 @@ static h2r_h1c_t *c_new(h2r_server_t *srv, const h1io_t *io, const char *peer, c
   c->settings.on_url = on_url;
   c->settings.on_header_field = on_hfield;
   c->settings.on_header_value = on_hvalue;
+  c->settings.on_header_value_complete = on_hvalue_done;
   c->settings.on_headers_complete = on_headers_complete;
   c->settings.on_body = on_body;
   c->settings.on_message_complete = on_message_complete;

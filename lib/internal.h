@@ -388,8 +388,9 @@ typedef struct h2r_hbuf {
   uint32_t off[H2R_MAX_HEADERS][4]; /* name offset, length, value offset, length */
   unsigned n;
   bool in_value;
-  bool too_large; /* a limit was hit: the caller answers 431 */
-  size_t max;     /* bytes of URL and headers; 0: H2R_MAX_HEAD */
+  bool value_done; /* the last header's value is complete: a value now has no name */
+  bool too_large;  /* a limit was hit: the caller answers 431 */
+  size_t max;      /* bytes of URL and headers; 0: H2R_MAX_HEAD */
 } h2r_hbuf_t;
 
 void h2r_hbuf_reset(h2r_hbuf_t *h);
@@ -398,6 +399,7 @@ void h2r_hbuf_free(h2r_hbuf_t *h);
 int h2r_hbuf_url(h2r_hbuf_t *h, const char *at, size_t len);
 int h2r_hbuf_field(h2r_hbuf_t *h, const char *at, size_t len);
 int h2r_hbuf_value(h2r_hbuf_t *h, const char *at, size_t len);
+int h2r_hbuf_value_done(h2r_hbuf_t *h); /* llhttp's on_header_value_complete */
 h2r_kv_t h2r_hbuf_kv(const h2r_hbuf_t *h, unsigned i);
 /* A header's value by name (case-insensitive), or NULL. */
 const char *h2r_hbuf_get(const h2r_hbuf_t *h, const char *name, size_t *len);

@@ -356,6 +356,10 @@ static int on_hvalue(llhttp_t *h, const char *at, size_t len) {
   return h2r_hbuf_value(&((proxy_t *)h->data)->hb, at, len);
 }
 
+static int on_hvalue_done(llhttp_t *h) {
+  return h2r_hbuf_value_done(&((proxy_t *)h->data)->hb);
+}
+
 static int c_head_h2(proxy_t *p, int status, const h2r_kv_t *kv, size_t n) {
   nghttp2_nv nv[H2R_MAX_HEADERS];
   size_t m = 0;
@@ -375,6 +379,12 @@ static int on_headers_complete(llhttp_t *h) {
   proxy_t *p = h->data;
   int status = h->status_code;
   bool upgraded = status == 101 && p->upgrade && p->kind == CLIENT_H1;
+  /* llhttp takes any three digits; below 100 is no HTTP status at all, and
+   * taking it for an interim response would let its body through. */
+  if (status < 100) {
+    p_fail(p, 502, "bad status from the listener");
+    return -1;
+  }
   if (status < 200 && !upgraded) {
     h2r_hbuf_reset(&p->hb); /* interim response: wait for the final one */
     return 0;
@@ -402,7 +412,10 @@ static int on_headers_complete(llhttp_t *h) {
 }
 
 static int on_body(llhttp_t *h, const char *at, size_t len) {
-  return c_body(h->data, at, len);
+  proxy_t *p = h->data;
+  if (!p->head_sent)
+    return -1; /* nothing reaches the client ahead of a head */
+  return c_body(p, at, len);
 }
 
 static void client_shut(h2rev_shutdown_t *req, int status) {
@@ -522,7 +535,10 @@ static void up_input(proxy_t *p, ssize_t n, const uv_buf_t *buf) {
     return;
   }
   if (n < 0) {
-    if (n == UV_EOF && p->head_sent && llhttp_finish(&p->parser) == HPE_OK && p->done)
+    /* A body that ends with the connection: llhttp_finish hands back what
+     * on_message_complete returned (HPE_PAUSED). */
+    llhttp_errno_t fe = n == UV_EOF && p->head_sent ? llhttp_finish(&p->parser) : HPE_INTERNAL;
+    if ((fe == HPE_OK || fe == HPE_PAUSED) && p->done)
       return;
     char why[160];
     snprintf(why, sizeof(why), "%s (%s)",
@@ -885,6 +901,7 @@ static proxy_t *p_start(h2rev_dialer_t *dialer, int kind, const h2r_preq_t *rq,
   llhttp_settings_init(&p->settings);
   p->settings.on_header_field = on_hfield;
   p->settings.on_header_value = on_hvalue;
+  p->settings.on_header_value_complete = on_hvalue_done;
   p->settings.on_headers_complete = on_headers_complete;
   p->settings.on_body = on_body;
   p->settings.on_message_complete = on_message_complete;

@@ -590,6 +590,10 @@ static int on_hvalue(llhttp_t *h, const char *at, size_t len) {
   return h2r_hbuf_value(&((uconn_t *)h->data)->hb, at, len);
 }
 
+static int on_hvalue_done(llhttp_t *h) {
+  return h2r_hbuf_value_done(&((uconn_t *)h->data)->hb);
+}
+
 /* Length of the reverse-proxy prefix at the start of url: the
  * X-Forwarded-Prefix h2rev's dialer sends, or the Go dialer's full path
  * .../proxy/<Host>. 0 when there is none. */
@@ -877,6 +881,7 @@ static void uc_parsers_init(uconn_t *c) {
   c->settings.on_url = on_url;
   c->settings.on_header_field = on_hfield;
   c->settings.on_header_value = on_hvalue;
+  c->settings.on_header_value_complete = on_hvalue_done;
   c->settings.on_headers_complete = on_headers_complete;
   c->settings.on_message_complete = on_req_complete;
   llhttp_init(&c->parser, HTTP_REQUEST, &c->settings);

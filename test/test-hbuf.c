@@ -4,6 +4,7 @@
 #include "internal.h"
 #include "test.h"
 
+#include <llhttp.h>
 #include <stdlib.h>
 #include <string.h>
 
@@ -115,4 +116,50 @@ TEST(bufcache_bounded_most_recent_first) {
   ASSERT_GE(tiny.size, sizeof(void *));
   h2r_bufcache_put(&tiny, h2r_bufcache_get(&tiny));
   h2r_bufcache_drain(&tiny);
+}
+
+/* A head parsed by llhttp into an h2r_hbuf_t, as http1.c, proxy.c and
+ * upstream.c do: the llhttp error, and the headers gathered. */
+static int hb_field(llhttp_t *h, const char *at, size_t len) {
+  return h2r_hbuf_field(h->data, at, len);
+}
+static int hb_value(llhttp_t *h, const char *at, size_t len) {
+  return h2r_hbuf_value(h->data, at, len);
+}
+static int hb_value_done(llhttp_t *h) {
+  return h2r_hbuf_value_done(h->data);
+}
+
+static llhttp_errno_t parse_head(h2r_hbuf_t *hb, llhttp_type_t type, const char *head) {
+  llhttp_settings_t st;
+  llhttp_settings_init(&st);
+  st.on_header_field = hb_field;
+  st.on_header_value = hb_value;
+  st.on_header_value_complete = hb_value_done;
+  llhttp_t p;
+  llhttp_init(&p, type, &st);
+  p.data = hb;
+  return llhttp_execute(&p, head, strlen(head));
+}
+
+TEST(hbuf_refuses_headers_without_a_name) {
+  h2r_hbuf_t hb = {0};
+  ASSERT_EQ(parse_head(&hb, HTTP_RESPONSE, "HTTP/1.1 200 OK\r\nA: 1\r\nB: 2\r\n\r\n"), HPE_OK);
+  ASSERT_EQ(hb.n, 2);
+  h2r_kv_t kv = h2r_hbuf_kv(&hb, 1);
+  ASSERT_MEM_EQ(kv.name, "B", 1);
+  ASSERT_MEM_EQ(kv.value, "2", 1);
+  /* llhttp lets ": x" through; it must not become a header, nor join the
+   * value of the one before it. */
+  static const char *const bad[] = {
+      "HTTP/1.1 200 OK\r\n: x\r\n\r\n",
+      "HTTP/1.1 200 OK\r\nTransfer-Encoding: chunked\r\n: chunked\r\n\r\n",
+  };
+  for (size_t i = 0; i < sizeof(bad) / sizeof(bad[0]); i++) {
+    h2r_hbuf_reset(&hb);
+    ASSERT_EQ(parse_head(&hb, HTTP_RESPONSE, bad[i]), HPE_USER);
+  }
+  h2r_hbuf_reset(&hb);
+  ASSERT_EQ(parse_head(&hb, HTTP_REQUEST, "GET / HTTP/1.1\r\nHost: a\r\n: b\r\n\r\n"), HPE_USER);
+  h2r_hbuf_free(&hb);
 }

@@ -66,6 +66,9 @@ static int c_field(llhttp_t *h, const char *at, size_t len) {
 static int c_value(llhttp_t *h, const char *at, size_t len) {
   return h2r_hbuf_value(&((client_t *)h->data)->hb, at, len);
 }
+static int c_value_done(llhttp_t *h) {
+  return h2r_hbuf_value_done(&((client_t *)h->data)->hb);
+}
 
 static bool kv_is(const h2r_kv_t *kv, const char *name) {
   return kv->nl == strlen(name) && strncasecmp(kv->name, name, kv->nl) == 0;
@@ -106,6 +109,9 @@ static int f_field(llhttp_t *h, const char *at, size_t len) {
 static int f_value(llhttp_t *h, const char *at, size_t len) {
   return h2r_hbuf_value(&((final_t *)h->data)->hb, at, len);
 }
+static int f_value_done(llhttp_t *h) {
+  return h2r_hbuf_value_done(&((final_t *)h->data)->hb);
+}
 static int f_headers_complete(llhttp_t *h) {
   final_t *f = h->data;
   f->done = true;
@@ -121,6 +127,7 @@ static void check_final(const char *head, size_t len, const client_t *c, const h
   st.on_url = f_url;
   st.on_header_field = f_field;
   st.on_header_value = f_value;
+  st.on_header_value_complete = f_value_done;
   st.on_headers_complete = f_headers_complete;
   llhttp_t p;
   llhttp_init(&p, HTTP_REQUEST, &st); /* strict: no lenient flag */
@@ -191,6 +198,7 @@ int LLVMFuzzerTestOneInput(const uint8_t *data, size_t size) {
   st.on_url = c_url;
   st.on_header_field = c_field;
   st.on_header_value = c_value;
+  st.on_header_value_complete = c_value_done;
   st.on_headers_complete = c_headers_complete;
   llhttp_t p;
   llhttp_init(&p, HTTP_REQUEST, &st);
