@@ -345,7 +345,8 @@ H2REV_EXTERN int h2rev_http_read_stop(h2rev_http_req_t *req);
  * Transfer-Encoding and connection-specific headers in `headers` are
  * ignored; names and values are copied. Errors: UV_EINVAL (status outside
  * 200-999, a CR, LF or NUL in a header, an empty name), UV_EALREADY
- * (responded already), UV_EBADF (finished), H2REV_ECLOSED (client gone). */
+ * (responded already), UV_EBADF (finished), H2REV_ECLOSED (client gone: the
+ * handler must still end or abort the request, which releases it). */
 H2REV_EXTERN int h2rev_http_respond(h2rev_http_req_t *req, int status,
                                     const h2rev_header_t *headers, size_t nheaders,
                                     int64_t content_length);
@@ -367,7 +368,10 @@ H2REV_EXTERN int h2rev_http_end(h2rev_http_req_t *req);
  * with UV_ECANCELED. Finished already: nothing happens. */
 H2REV_EXTERN void h2rev_http_abort(h2rev_http_req_t *req);
 /* A complete response with a small body (copied): respond, write, end.
- * content_type may be NULL. Errors: those of h2rev_http_respond. */
+ * content_type may be NULL. The request is finished after this call in all
+ * cases: when the response cannot be sent (errors: those of
+ * h2rev_http_respond, e.g. H2REV_ECLOSED when the client has gone) it is
+ * aborted. */
 H2REV_EXTERN int h2rev_http_reply(h2rev_http_req_t *req, int status, const char *content_type,
                                   const void *body, size_t len);
 

@@ -110,12 +110,15 @@ static void dial_closed(uv_handle_t *h) {
   h2rev_dial_t *req = h->data;
   req->state_ = DIAL_DONE;
   h2r_dialer_t *d = req->dialer->d_;
-  d->completing--;
   if (req->status_ == 0)
     d->st.dials_ok++;
   else
     d->st.dials_failed++;
+  /* The dial counts in `completing` until its callback has returned: a
+   * h2rev_dialer_close from inside the callback waits for it, not for one
+   * more event than there is. */
   req->cb_(req, req->status_);
+  d->completing--;
   /* A closing dialer waits for this callback: none may run after its own. */
   if (d->closing)
     maybe_closed(d);

@@ -698,8 +698,13 @@ int h2rev_http_reply(h2rev_http_req_t *req, int status, const char *content_type
                      size_t len) {
   h2rev_header_t ct = {"content-type", content_type};
   int r = h2rev_http_respond(req, status, &ct, content_type != NULL ? 1 : 0, (int64_t)len);
-  if (r != 0)
+  if (r != 0) {
+    /* The request is finished whatever happened (a client gone before its
+     * handler ran is common): a handler that replies has nothing left to do,
+     * and nothing is left holding its connection. */
+    h2rev_http_abort(req);
     return r;
+  }
   if (len > 0 && !R(req)->no_body) {
     reply_t *rp = malloc(sizeof(*rp) + len);
     if (rp == NULL) {

@@ -1391,3 +1391,25 @@ TEST(listener_gives_up) {
   lis_stop(&L);
   loop_drain(&e.loop);
 }
+
+/* The dialer closed from inside a dial's callback: its close callback runs
+ * once, after every handle inside it is closed (ASan: no use after free). */
+static void close_in_dial_cb(h2rev_dial_t *req, int status) {
+  env_t *e = req->data;
+  ASSERT_EQ(status, H2REV_ENOLISTENER);
+  e->dialer_open = 0;
+  h2rev_dialer_close(&e->d, dialer_closed_cb);
+  ASSERT_EQ(e->dialer_closed, 0);
+}
+
+TEST(dialer_close_inside_dial_callback) {
+  env_t e;
+  env_init(&e, NULL);
+  h2rev_dial_t req;
+  h2rev_stream_t s;
+  req.data = &e;
+  ASSERT_OK(h2rev_dial(&req, &e.d, "nobody", &s, 1000, close_in_dial_cb));
+  run_until(&e.loop, &e.dialer_closed, 5000);
+  ASSERT_NULL(e.d.d_);
+  loop_drain(&e.loop);
+}
