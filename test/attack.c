@@ -83,6 +83,7 @@ static struct {
   unsigned long status[MAX_STATUS];
 } st;
 
+static volatile sig_atomic_t stopping; /* SIGTERM or SIGINT: end the flood, print the counts */
 static SSL_CTX *ssl_ctx;
 static nghttp2_nv *req_nv; /* the request's headers but :path, which is per stream */
 static size_t req_nvlen;
@@ -465,7 +466,7 @@ static void run(conn_t *cs) {
       c_flush(&cs[i]);
   for (;;) {
     uint64_t now = now_ms();
-    if (now >= deadline)
+    if (now >= deadline || stopping)
       break;
     bool all_done = true;
     for (unsigned i = 0; i < opt.conns; i++)
@@ -534,7 +535,8 @@ static void usage(void) {
                   "                    (--ca FILE | --cleartext) [options]\n"
                   "  --conns C          connections (default 1)\n"
                   "  --streams N        requests per connection (default 1000)\n"
-                  "  --hold MS          how long the flood lasts at most (default 10000)\n"
+                  "  --hold MS          how long the flood lasts at most (default 10000);\n"
+                  "                     SIGTERM ends it sooner\n"
                   "  --header-bytes B   hpack: decoded header bytes per request (default 60000)\n"
                   "  --ready-file F     written once the flood is in place\n");
   exit(2);
@@ -606,9 +608,17 @@ static void parse(int argc, char **argv) {
   snprintf(authority, sizeof(authority), "%s", connect);
 }
 
+static void on_stop(int sig) {
+  (void)sig;
+  stopping = 1;
+}
+
 int main(int argc, char **argv) {
   parse(argc, argv);
   signal(SIGPIPE, SIG_IGN);
+  struct sigaction sa = {.sa_handler = on_stop}; /* no SA_RESTART: poll() returns EINTR */
+  sigaction(SIGTERM, &sa, NULL);
+  sigaction(SIGINT, &sa, NULL);
   if (opt.ca != NULL) {
     ssl_ctx = SSL_CTX_new(TLS_client_method());
     if (ssl_ctx == NULL || SSL_CTX_load_verify_locations(ssl_ctx, opt.ca, NULL) != 1)

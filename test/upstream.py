@@ -7,16 +7,20 @@ GET  /headers        the request line and headers, as text
 GET  /status/N       an empty response with status N
 GET  /close/N        N bytes, then the upstream closes (Connection: close)
 GET  /conns          how many connections the upstream has accepted
+GET  /count/NAME     how many requests for /NAME/... it has received (a head read whole,
+                     whatever came of it): what reached it of a flood the dialer should stop
 POST|PUT /sha        "<length> <sha256>" of the request body (chunked or not)
 GET  /ws             a WebSocket echo (after the 101, frames come back unmasked)
 anything else        files from --dir
 """
 import argparse
 import base64
+import collections
 import hashlib
 import http.server
 import os
 import sys
+import threading
 
 
 def pattern(n):
@@ -30,10 +34,19 @@ def pattern(n):
 class Handler(http.server.SimpleHTTPRequestHandler):
     protocol_version = "HTTP/1.1"
     connections = 0
+    counts = collections.Counter()  # by the path's first segment
+    counts_lock = threading.Lock()
 
     def setup(self):
         Handler.connections += 1
         super().setup()
+
+    def parse_request(self):
+        if not super().parse_request():
+            return False
+        with Handler.counts_lock:
+            Handler.counts[self.path.split("/")[1].split("?")[0]] += 1
+        return True
 
     def log_message(self, fmt, *args):
         pass
@@ -121,6 +134,10 @@ class Handler(http.server.SimpleHTTPRequestHandler):
             self.send_text(200, "\n".join(lines) + "\n")
         elif p == "/conns":
             self.send_text(200, "%d\n" % Handler.connections)
+        elif p.startswith("/count/"):
+            with Handler.counts_lock:
+                n = Handler.counts[p[7:]]
+            self.send_text(200, "%d\n" % n)
         elif p.startswith("/status/"):
             code = int(p[8:])
             self.send_response(code)
@@ -138,7 +155,10 @@ class Handler(http.server.SimpleHTTPRequestHandler):
         total = 0
         if self.headers.get("Transfer-Encoding", "").lower() == "chunked":
             while True:
-                size = int(self.rfile.readline().strip().split(b";")[0], 16)
+                line = self.rfile.readline()
+                if not line:  # the client left mid-body (a flood's held request)
+                    break
+                size = int(line.strip().split(b";")[0], 16)
                 if size == 0:
                     while self.rfile.readline() not in (b"\r\n", b"\n", b""):
                         pass
