@@ -10,8 +10,8 @@
 # must succeed. The dialer's peak RSS may grow by at most 64 MiB during a flood (more
 # under ASan, see RSS_BOUND_MB), it must serve again once the attacker is gone, the
 # upstream must see at most 10% of the reset requests (of each burst) and the flood must
-# not flood the dialer's log. Prints the figures (RSS before/peak/after, what reached the upstream,
-# log lines) to tune the limits by.
+# not flood the dialer's log. Prints the figures (RSS before/peak/after, what reached the
+# upstream, log lines) to tune the limits by.
 source "$(dirname "$0")/e2elib.sh"
 
 ATTACK="$BIN/h2rev-attack"
