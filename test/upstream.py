@@ -7,16 +7,20 @@ GET  /headers        the request line and headers, as text
 GET  /status/N       an empty response with status N
 GET  /close/N        N bytes, then the upstream closes (Connection: close)
 GET  /conns          how many connections the upstream has accepted
+GET  /count/NAME     how many requests for /NAME/... it has received (a head read whole,
+                     whatever came of it): what reached it of a flood the dialer should stop
 POST|PUT /sha        "<length> <sha256>" of the request body (chunked or not)
 GET  /ws             a WebSocket echo (after the 101, frames come back unmasked)
 anything else        files from --dir
 """
 import argparse
 import base64
+import collections
 import hashlib
 import http.server
 import os
 import sys
+import threading
 import time
 
 
@@ -31,10 +35,19 @@ def pattern(n):
 class Handler(http.server.SimpleHTTPRequestHandler):
     protocol_version = "HTTP/1.1"
     connections = 0
+    counts = collections.Counter()  # by the path's first segment
+    counts_lock = threading.Lock()
 
     def setup(self):
         Handler.connections += 1
         super().setup()
+
+    def parse_request(self):
+        if not super().parse_request():
+            return False
+        with Handler.counts_lock:
+            Handler.counts[self.path.split("/")[1].split("?")[0]] += 1
+        return True
 
     def log_message(self, fmt, *args):
         pass
@@ -125,6 +138,10 @@ class Handler(http.server.SimpleHTTPRequestHandler):
             self.send_text(200, "slept\n")
         elif p == "/conns":
             self.send_text(200, "%d\n" % Handler.connections)
+        elif p.startswith("/count/"):
+            with Handler.counts_lock:
+                n = Handler.counts[p[7:]]
+            self.send_text(200, "%d\n" % n)
         elif p.startswith("/status/"):
             code = int(p[8:])
             self.send_response(code)
@@ -142,7 +159,10 @@ class Handler(http.server.SimpleHTTPRequestHandler):
         total = 0
         if self.headers.get("Transfer-Encoding", "").lower() == "chunked":
             while True:
-                size = int(self.rfile.readline().strip().split(b";")[0], 16)
+                line = self.rfile.readline()
+                if not line:
+                    return None
+                size = int(line.strip().split(b";")[0], 16)
                 if size == 0:
                     while self.rfile.readline() not in (b"\r\n", b"\n", b""):
                         pass
@@ -159,15 +179,20 @@ class Handler(http.server.SimpleHTTPRequestHandler):
             while left:
                 b = self.rfile.read(min(left, 1 << 16))
                 if not b:
-                    break
+                    return None
                 h.update(b)
                 total += len(b)
                 left -= len(b)
         return total, h.hexdigest()
 
     def do_POST(self):
-        total, digest = self.body()
-        self.send_text(200, "%d %s\n" % (total, digest))
+        got = self.body()
+        if got is None:
+            # The client left mid-body (a flood's held requests end so, by the hundred):
+            # nobody to answer, and a traceback each would keep the upstream busy.
+            self.close_connection = True
+            return
+        self.send_text(200, "%d %s\n" % got)
 
     do_PUT = do_POST
 
