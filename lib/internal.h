@@ -273,6 +273,7 @@ struct h2r_session {
   unsigned nstreams;
   size_t hdr_held;  /* bytes of header blocks held by the streams */
   unsigned proxied; /* server: streams the dialer's proxy serves (its per-connection limit) */
+  h2r_ratelog_t rl; /* for the lines its peer causes at will */
 };
 
 int h2r_session_connect(h2r_session_t *s, uv_loop_t *loop, const struct sockaddr *addr,

@@ -656,7 +656,8 @@ static void client_read(h2rev_stream_t *s, ssize_t n, const uv_buf_t *buf) {
     p_arm(p);
     return;
   }
-  H2R_INFO(p->log, "proxy %s: client went away: %s", p->id, h2rev_strerror((int)n));
+  h2r_log_limited(p->log, h2r_dialer_ratelog(p->dialer), p->dialer->loop, H2REV_LOG_INFO,
+                  "proxy %s: client went away: %s", p->id, h2rev_strerror((int)n));
   p_finish(p);
 }
 

@@ -287,8 +287,9 @@ static int cb_header(nghttp2_session *ng, const nghttp2_frame *frame, const uint
   if (r == UV_ENOBUFS) {
     /* Not this block's fault alone: REFUSED_STREAM tells the client it may
      * retry. The rest of the block is dropped, the request never served. */
-    H2R_INFO(s->log, "%s: stream %d refused: header memory used up (%zu bytes on the connection)",
-             s->x.peer, frame->hd.stream_id, s->hdr_held);
+    h2r_log_limited(s->log, &s->rl, s->loop, H2REV_LOG_INFO,
+                    "%s: stream %d refused: header memory used up (%zu bytes on the connection)",
+                    s->x.peer, frame->hd.stream_id, s->hdr_held);
     st->err = UV_ENOBUFS;
     nghttp2_submit_rst_stream(s->ng, NGHTTP2_FLAG_NONE, frame->hd.stream_id,
                               NGHTTP2_REFUSED_STREAM);
