@@ -500,6 +500,21 @@ typedef struct h2rev_listener_options_s {
   unsigned max_retries;       /* 0: forever */
   unsigned spares;            /* data streams kept open ahead of demand at first; default 2;
                                  each conn-ready (demand beyond them) keeps one more, up to 64 */
+  /* 0 (default): a data stream reaches on_connection once the dialer's
+   * client has sent its first byte on it, so every stream the application
+   * accepts is in use; idle spares stay inside the library (they cost the
+   * application nothing and are not its to close). Fits every protocol
+   * where the client speaks first (HTTP, TLS, most others).
+   * Nonzero: on_connection for every data stream as soon as it is open,
+   * idle spares included, for protocols where the server speaks first
+   * (SSH, SMTP, FTP): write the greeting at once, it waits at the dialer
+   * until a dial takes the stream (the wire says nothing when one does).
+   * Such a stream may never be used; it ends with H2REV_ERESET or
+   * H2REV_ECLOSED when the dialer or the listener goes away. */
+  int accept_idle;
+  /* Connection state changes, called on a later loop turn than the call
+   * or event that caused them (never inside h2rev_listener_start or
+   * _close), in order. May be NULL. */
   h2rev_listener_state_cb on_state;
   h2rev_logger_t log;
 } h2rev_listener_options_t;
@@ -515,12 +530,20 @@ struct h2rev_listener_s {
 H2REV_EXTERN int h2rev_listener_init(uv_loop_t *loop, h2rev_listener_t *listener,
                                      const h2rev_listener_options_t *opts);
 /* Connects (and reconnects, with backoff and jitter) and calls cb(l, 0) for
- * each reverse connection ready to be accepted. Errors: UV_EALREADY. */
+ * each reverse connection ready to be accepted (see accept_idle for when a
+ * data stream is ready). Errors: UV_EALREADY, UV_EINVAL (cb NULL). */
 H2REV_EXTERN int h2rev_listener_start(h2rev_listener_t *listener, h2rev_connection_cb cb);
 /* Moves the next reverse connection into `stream`. Errors: UV_EAGAIN (none). */
 H2REV_EXTERN int h2rev_listener_accept(h2rev_listener_t *listener, h2rev_stream_t *stream);
-/* Closes the connection to the dialer; accepted streams report errors and
- * must still be closed by their owners. cb runs last. */
+/* Closes the connection to the dialer and stops reconnecting. Accepted
+ * streams are the application's, as sockets accepted from a closed uv_tcp_t
+ * server are: the close does not wait for them. From then on they report
+ * H2REV_ECLOSED: a reading owner gets read_cb(H2REV_ECLOSED), pending and
+ * later writes complete with an error, read_start delivers it on a later
+ * turn; each must still be closed by its owner (the connection's memory is
+ * released after the last). STOPPED is reported to on_state, then cb (may
+ * be NULL) runs, on a later loop turn; nothing of the listener runs after
+ * it, and the struct may be freed then. */
 H2REV_EXTERN void h2rev_listener_close(h2rev_listener_t *listener, h2rev_listener_close_cb cb);
 /* Graceful drain: ends the control stream (the dialer frees the id at once,
  * so a new listener may take it, and sends no new reverse connections),

@@ -264,6 +264,9 @@ typedef struct env {
   int port;
   int attached;
   int closing;
+  int states[64]; /* on_state's reports, in order */
+  int nstates;
+  int listener_closed, dialer_closed;
   end_t *acc[MAX_ACCEPTED]; /* every stream the listener handed over */
   int nacc;
   struct pair *pairing; /* waiting for its listener side */
@@ -282,8 +285,48 @@ typedef struct pair {
 static void env_state(h2rev_listener_t *l, int state, int err, unsigned delay) {
   env_t *e = l->data;
   (void)err, (void)delay;
+  if (in_api)
+    test_fail(__FILE__, __LINE__, "on_state(%d) inside the call that caused it", state);
+  if (e->listener_closed)
+    test_fail(__FILE__, __LINE__, "on_state(%d) after the listener's close callback", state);
+  ASSERT_LT(e->nstates, 64);
+  e->states[e->nstates++] = state;
   if (state == H2REV_LISTENER_ATTACHED)
     e->attached = 1;
+}
+
+static void env_listener_closed(h2rev_listener_t *l) {
+  env_t *e = l->data;
+  if (in_api)
+    test_fail(__FILE__, __LINE__, "listener close callback inside h2rev_listener_close");
+  ASSERT_EQ(e->listener_closed, 0);
+  ASSERT_GT(e->nstates, 0);
+  ASSERT_EQ(e->states[e->nstates - 1], H2REV_LISTENER_STOPPED);
+  e->listener_closed = 1;
+}
+
+static void env_dialer_closed(h2rev_dialer_t *d) {
+  env_t *e = d->data;
+  if (in_api)
+    test_fail(__FILE__, __LINE__, "dialer close callback inside h2rev_dialer_close");
+  ASSERT_EQ(e->dialer_closed, 0);
+  e->dialer_closed = 1;
+}
+
+static void env_close_listener(env_t *e) {
+  in_api++;
+  h2rev_listener_close(&e->l, env_listener_closed);
+  in_api--;
+  ASSERT_EQ(e->listener_closed, 0);
+  WAIT(&e->loop, e->listener_closed);
+}
+
+static void env_close_dialer(env_t *e) {
+  in_api++;
+  h2rev_dialer_close(&e->d, env_dialer_closed);
+  in_api--;
+  ASSERT_EQ(e->dialer_closed, 0);
+  WAIT(&e->loop, e->dialer_closed);
 }
 
 /* Listener side, until paired: the first byte the dialer side sends names
@@ -329,7 +372,8 @@ static void env_conn(h2rev_listener_t *l, int status) {
     ASSERT_OK(s_read_start(x));
 }
 
-static void env_open(env_t *e) {
+/* accept_idle: the listener option (on_connection for idle spares too). */
+static void env_open_idle(env_t *e, int accept_idle) {
   memset(e, 0, sizeof(*e));
   nev = 0;
   in_api = 0;
@@ -352,12 +396,19 @@ static void env_open(env_t *e) {
   lo.url = url;
   lo.id = "conf";
   lo.on_state = env_state;
+  lo.accept_idle = accept_idle;
   test_logger(&lo.log, "listener");
   lo.log.level = H2REV_LOG_WARN;
   ASSERT_OK(h2rev_listener_init(&e->loop, &e->l, &lo));
   e->l.data = e;
+  in_api++;
   ASSERT_OK(h2rev_listener_start(&e->l, env_conn));
+  in_api--;
   run_until(&e->loop, &e->attached, WAIT_MS);
+}
+
+static void env_open(env_t *e) {
+  env_open_idle(e, 0);
 }
 
 static void pair_dialed(h2rev_dial_t *req, int status) {
@@ -431,8 +482,10 @@ static void env_close(env_t *e, pair_t *pairs, int npairs) {
     WAIT(&e->loop, pairs[i].a.closed >= 1);
   for (int i = 0; i < e->nacc; i++)
     WAIT(&e->loop, e->acc[i]->closed >= 1);
-  h2rev_listener_close(&e->l, NULL);
-  h2rev_dialer_close(&e->d, NULL);
+  if (!e->listener_closed)
+    env_close_listener(e);
+  if (!e->dialer_closed)
+    env_close_dialer(e);
   run_for(&e->loop, 20);
   for (int i = 0; i < npairs; i++) {
     ASSERT_EQ(pairs[i].a.closed, 1);
@@ -1085,5 +1138,139 @@ TEST(peer_reset_with_writes_queued) {
   WAIT(&e.loop, p.a.closed >= 1);
   run_for(&e.loop, 50);
   ASSERT_EQ(evlog[nev - 1].kind, EV_CLOSE);
+  env_close(&e, &p, 1);
+}
+
+/* ============================================ the listener's own rules */
+
+/* on_state never runs inside h2rev_listener_start or _close (the wrappers
+ * check it), reports CONNECTING then ATTACHED, and STOPPED last, before the
+ * close callback; nothing after it. */
+TEST(listener_state_callbacks_deferred) {
+  env_t e;
+  env_open(&e);
+  ASSERT_GE(e.nstates, 2);
+  ASSERT_EQ(e.states[0], H2REV_LISTENER_CONNECTING);
+  ASSERT_EQ(e.states[1], H2REV_LISTENER_ATTACHED);
+  int before = e.nstates;
+  env_close_listener(&e);
+  ASSERT_EQ(e.nstates, before + 1);
+  ASSERT_EQ(e.states[before], H2REV_LISTENER_STOPPED);
+  run_for(&e.loop, 50);
+  ASSERT_EQ(e.nstates, before + 1);
+  env_close(&e, NULL, 0);
+}
+
+/* An accepted stream is open, its owner not reading, writes of its own
+ * queued to a peer that does not read: h2rev_listener_close completes all
+ * the same. The stream then reports H2REV_ECLOSED: its writes fail, a
+ * read_start gets the error, and its close runs one callback. */
+TEST(listener_close_with_accepted_stream_open) {
+  enum { N = 16 };
+  env_t e;
+  env_open(&e);
+  pair_t p;
+  pair_open(&e, &p);
+  static char mib[1 << 20];
+  wreq_t w[N];
+  for (int i = 0; i < N; i++) {
+    uv_buf_t b = uv_buf_init(mib, sizeof(mib));
+    ASSERT_OK(logged_write(&w[i], p.b, i, &b, 1));
+  }
+  WAIT(&e.loop, all_done_or(w, N) > 0);
+  int completed = all_done_or(w, N);
+  ASSERT_LT(completed, N);
+  uint64_t t0 = uv_hrtime();
+  env_close_listener(&e);
+  fprintf(stderr, "listener closed in %.1f ms\n", (double)(uv_hrtime() - t0) / 1e6);
+  /* The writes that did not make it fail; the reader learns why. */
+  WAIT(&e.loop, all_done_or(w, N) == N);
+  for (int i = completed; i < N; i++)
+    ASSERT_LT(w[i].status, 0);
+  ASSERT_OK(s_read_start(p.b));
+  ASSERT_EQ(p.b->err, 0);
+  WAIT(&e.loop, p.b->err != 0);
+  ASSERT_EQ(p.b->err, H2REV_ECLOSED);
+  /* A write now fails too: at once or through its callback. */
+  wreq_t late;
+  uv_buf_t b = uv_buf_init(mib, 10);
+  if (logged_write(&late, p.b, N, &b, 1) == 0) {
+    WAIT(&e.loop, late.done);
+    ASSERT_LT(late.status, 0);
+  }
+  /* The dialer's side sees its stream end. */
+  ASSERT_OK(s_read_start(&p.a));
+  WAIT(&e.loop, p.a.err != 0 || p.a.eof != 0);
+  ASSERT_NE(p.a.err, 0);
+  s_close(p.b);
+  WAIT(&e.loop, p.b->closed);
+  run_for(&e.loop, 50);
+  ASSERT_EQ(p.b->closed, 1);
+  env_close(&e, &p, 1);
+}
+
+static h2rev_dialer_stats_t dstats(env_t *e) {
+  h2rev_dialer_stats_t st;
+  h2rev_dialer_stats(&e->d, &st);
+  return st;
+}
+
+/* By default idle spares stay inside the library: on_connection runs once
+ * a dialed stream carries its first byte, for that stream only. */
+TEST(idle_spares_not_handed_out) {
+  env_t e;
+  env_open(&e);
+  WAIT(&e.loop, dstats(&e).spares >= 2);
+  run_for(&e.loop, 100);
+  ASSERT_EQ(e.nacc, 0);
+  pair_t p;
+  pair_open(&e, &p);
+  ASSERT_EQ(e.nacc, 1);
+  /* The spare it used is replaced, and the replacement is not handed out. */
+  WAIT(&e.loop, dstats(&e).spares >= 2);
+  run_for(&e.loop, 100);
+  ASSERT_EQ(e.nacc, 1);
+  env_close(&e, &p, 1);
+}
+
+/* accept_idle: every data stream is handed out at once, so a server that
+ * speaks first (an SSH or SMTP greeting) writes into a spare before any
+ * dial, and the dialer's client reads the greeting as soon as it dials. */
+static int greeting_written;
+
+static void greeting_wrote(h2rev_write_t *req, int status) {
+  (void)req;
+  ASSERT_OK(status);
+  greeting_written++;
+}
+
+TEST(accept_idle_server_speaks_first) {
+  env_t e;
+  env_open_idle(&e, 1);
+  WAIT(&e.loop, e.nacc >= 2);
+  ASSERT_EQ(dstats(&e).dials_ok, 0);
+  static const char greeting[] = "220 greetings\r\n";
+  static h2rev_write_t gw[MAX_ACCEPTED];
+  greeting_written = 0;
+  int n = e.nacc;
+  for (int i = 0; i < n; i++) {
+    uv_buf_t b = uv_buf_init((char *)greeting, sizeof(greeting) - 1);
+    ASSERT_OK(s_read_stop(e.acc[i])); /* this test pairs by the greeting */
+    e.acc[i]->on_read = NULL;
+    ASSERT_OK(s_write(&gw[i], e.acc[i], &b, 1, greeting_wrote));
+  }
+  WAIT(&e.loop, greeting_written == n);
+  pair_t p;
+  memset(&p, 0, sizeof(p));
+  p.env = &e;
+  end_init(&p.a, "dialer side");
+  p.dial.data = &p;
+  ASSERT_OK(h2rev_dial(&p.dial, &e.d, "conf", &p.a.s, WAIT_MS, pair_dialed));
+  WAIT(&e.loop, p.dialed);
+  ASSERT_OK(p.dial_status);
+  ASSERT_OK(s_read_start(&p.a));
+  WAIT(&e.loop, p.a.nread >= sizeof(greeting) - 1);
+  ASSERT_EQ(p.a.nread, sizeof(greeting) - 1);
+  ASSERT_MEM_EQ(p.a.rbuf, greeting, sizeof(greeting) - 1);
   env_close(&e, &p, 1);
 }
