@@ -9,6 +9,7 @@
  * every callback checks it is not: no callback runs inside the call that
  * asked for it, in any case below. Every callback also checks that its
  * stream's close callback has not run: nothing after close_cb. */
+#define _GNU_SOURCE /* memmem */
 #include "h2util.h"
 #include "test.h"
 #include "util.h"
@@ -1272,5 +1273,158 @@ TEST(accept_idle_server_speaks_first) {
   WAIT(&e.loop, p.a.nread >= sizeof(greeting) - 1);
   ASSERT_EQ(p.a.nread, sizeof(greeting) - 1);
   ASSERT_MEM_EQ(p.a.rbuf, greeting, sizeof(greeting) - 1);
+  env_close(&e, &p, 1);
+}
+
+/* ================================= h2rev_http_write from its callbacks */
+
+/* A handler that writes its body in pieces, each write issued from the
+ * previous one's callback, and ends the response from the last: over
+ * HTTP/1.1 on a reverse connection (http1.c on h2rev_stream_write) and over
+ * HTTP/2 (server.c on h2rev_stream_write). */
+#define HBODY  (256u << 10)
+#define HPIECE 1000u
+
+static char hbody[HBODY];
+
+typedef struct hchain {
+  h2rev_http_req_t *req;
+  h2rev_http_write_t w[2];
+  int turn;
+  size_t off;
+} hchain_t;
+
+static void hchain_next(hchain_t *h);
+
+static void hchain_wrote(h2rev_http_write_t *w, int status) {
+  ASSERT_EQ(in_api, 0);
+  ASSERT_OK(status);
+  hchain_next(w->data);
+}
+
+static void hchain_next(hchain_t *h) {
+  if (h->off == HBODY) {
+    in_api++;
+    ASSERT_OK(h2rev_http_end(h->req));
+    in_api--;
+    return;
+  }
+  size_t k = H2R_MIN(HPIECE, HBODY - h->off);
+  uv_buf_t b = uv_buf_init(hbody + h->off, (unsigned)k);
+  h->off += k;
+  h2rev_http_write_t *w = &h->w[h->turn];
+  h->turn ^= 1;
+  w->data = h;
+  in_api++;
+  ASSERT_OK(h2rev_http_write(w, h->req, &b, 1, hchain_wrote));
+  in_api--;
+}
+
+static int hchain_finished;
+
+static void hchain_done(h2rev_http_req_t *req, int status) {
+  ASSERT_OK(status);
+  hchain_finished++;
+  free(req->data);
+}
+
+static void hchain_handler(h2rev_http_req_t *req, void *arg) {
+  (void)arg;
+  hchain_t *h = calloc(1, sizeof(*h));
+  ASSERT_NOT_NULL(h);
+  h->req = req;
+  req->data = h;
+  h2rev_http_on_done(req, hchain_done);
+  ASSERT_OK(h2rev_http_respond(req, 200, NULL, 0, HBODY));
+  hchain_next(h);
+}
+
+static void served_done(h2rev_stream_t *s) {
+  end_t *x = H2R_CONTAINER_OF(s, end_t, s);
+  x->closed++;
+}
+
+static int srv_closed;
+
+static void on_srv_closed(h2rev_http_server_t *s) {
+  (void)s;
+  srv_closed = 1;
+}
+
+/* The body after the head, once all of it is there. */
+static const char *http_body(end_t *x, const char *rx, size_t n) {
+  (void)x;
+  const char *p = memmem(rx, n, "\r\n\r\n", 4);
+  return p != NULL && (size_t)(rx + n - (p + 4)) >= HBODY ? p + 4 : NULL;
+}
+
+static int collect(end_t *x, ssize_t n, const uv_buf_t *buf) {
+  char *rx = x->arg;
+  if (n > 0) {
+    ASSERT_LE(x->nread + (size_t)n, HBODY + 4096);
+    memcpy(rx + x->nread, buf->base, (size_t)n);
+  }
+  return 0;
+}
+
+TEST(http_write_from_write_cb) {
+  test_fill_random(hbody, sizeof(hbody), 77);
+  env_t e;
+  env_open(&e);
+  h2rev_http_server_t srv;
+  ASSERT_OK(h2rev_http_server_init(&e.loop, &srv, NULL));
+  ASSERT_OK(h2rev_http_server_route(&srv, "/chain", hchain_handler, NULL));
+  hchain_finished = 0;
+  srv_closed = 0;
+
+  /* HTTP/1.1 on a reverse connection. */
+  pair_t p;
+  pair_open(&e, &p);
+  p.b->closing = 1; /* the server's now */
+  ASSERT_OK(h2rev_http_server_serve_stream(&srv, &p.b->s, served_done));
+  char *rx = malloc(HBODY + 4096);
+  p.a.arg = rx;
+  p.a.on_read = collect;
+  ASSERT_OK(s_read_start(&p.a));
+  static char get[] = "GET /chain HTTP/1.1\r\nHost: x\r\n\r\n";
+  wreq_t w;
+  uv_buf_t b = uv_buf_init(get, sizeof(get) - 1);
+  ASSERT_OK(logged_write(&w, &p.a, 0, &b, 1));
+  WAIT(&e.loop, http_body(&p.a, rx, p.a.nread) != NULL);
+  ASSERT_MEM_EQ(http_body(&p.a, rx, p.a.nread), hbody, HBODY);
+  ASSERT_EQ(strncmp(rx, "HTTP/1.1 200", 12), 0);
+  WAIT(&e.loop, hchain_finished == 1);
+
+  /* HTTP/2 (prior knowledge) on a socket. */
+  struct sockaddr_in a;
+  uv_ip4_addr("127.0.0.1", 0, &a);
+  ASSERT_OK(h2rev_http_server_listen(&srv, (struct sockaddr *)&a, NULL));
+  struct sockaddr_in sa;
+  int len = sizeof(sa);
+  ASSERT_OK(h2rev_http_server_getsockname(&srv, 0, (struct sockaddr *)&sa, &len));
+  tclient_t cl = {0};
+  tclient_connect(&cl, &e.loop, ntohs(sa.sin_port), NULL, NULL, NULL);
+  WAIT(&e.loop, cl.opened != 0);
+  ASSERT_EQ(cl.opened, 1);
+  end_t h2;
+  end_init(&h2, "HTTP/2 client");
+  tclient_stream(&cl, &h2.s, "/chain");
+  sreq_t sh = {.end = &h2};
+  ASSERT_OK(s_shutdown(&sh.sh, &h2, logged_shut));
+  ASSERT_OK(s_read_start(&h2));
+  WAIT(&e.loop, h2.eof || h2.err);
+  ASSERT_EQ(h2.err, 0);
+  check_sha(&h2, hbody, HBODY);
+  WAIT(&e.loop, hchain_finished == 2);
+  s_close(&h2);
+  WAIT(&e.loop, h2.closed);
+  h2r_session_close(&cl.s, 0);
+  WAIT(&e.loop, cl.closed);
+
+  s_close(&p.a);
+  WAIT(&e.loop, p.b->closed);
+  h2rev_http_server_close(&srv, on_srv_closed);
+  WAIT(&e.loop, srv_closed);
+  free(rx);
   env_close(&e, &p, 1);
 }
