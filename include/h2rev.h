@@ -166,20 +166,32 @@ H2REV_EXTERN int h2rev_stream_read_stop(h2rev_stream_t *stream);
 
 /* Queues bufs as DATA, sent from the caller's memory without a copy: the
  * bytes must stay valid until cb runs (the bufs array itself is copied).
- * Callbacks run in order, after the bytes have reached the socket.
+ * Callbacks run in order, after the bytes have reached the socket; any
+ * callback may write again (the next piece from the previous write's
+ * callback is the usual pattern), and req may be reused once its cb runs.
+ * An empty write completes in order like the others and sends nothing.
  * Errors: UV_EPIPE (after shutdown), UV_EBADF (closing), UV_ENOMEM;
  * cb's status: 0, UV_ECANCELED (closed first), H2REV_ERESET, or the
  * connection's error. */
 H2REV_EXTERN int h2rev_stream_write(h2rev_write_t *req, h2rev_stream_t *stream,
                                     const uv_buf_t bufs[], unsigned int nbufs, h2rev_write_cb cb);
-/* Sends END_STREAM after the queued writes (a half-close). cb runs once it is
- * sent. Errors: UV_EALREADY (shut down already), UV_EBADF (closing). */
+/* Sends END_STREAM after the queued writes (a half-close). cb (may be NULL)
+ * runs once it is sent. Writes after it fail with UV_EPIPE.
+ * Errors: UV_EALREADY (shut down already: libuv says UV_ENOTCONN),
+ * UV_EBADF (closing). */
 H2REV_EXTERN int h2rev_stream_shutdown(h2rev_shutdown_t *req, h2rev_stream_t *stream,
                                        h2rev_shutdown_cb cb);
 /* Closes the stream, resetting it (RST_STREAM CANCEL) if still open in either
- * direction. Pending writes and shutdown complete with UV_ECANCELED, then
- * close_cb (may be NULL) runs; after it the struct may be freed. */
+ * direction; may be called from any of the stream's callbacks (no read_cb
+ * after it). Writes whose bytes had reached the socket complete with 0, the
+ * others and a pending shutdown with UV_ECANCELED, in order, then close_cb
+ * (may be NULL) runs, once, on a later loop turn; nothing of the stream
+ * runs after it and the struct may be freed then. A second close is
+ * ignored. To end a stream gracefully, shut it down and close it from the
+ * shutdown callback (or once the peer's UV_EOF has come too). */
 H2REV_EXTERN void h2rev_stream_close(h2rev_stream_t *stream, h2rev_close_cb close_cb);
+/* Nonzero once h2rev_stream_close has been called, and for a handle that
+ * holds no stream (never opened, or its close callback has run). */
 H2REV_EXTERN int h2rev_stream_is_closing(const h2rev_stream_t *stream);
 /* Bytes received but not yet handed to read_cb (bounded by the stream window). */
 H2REV_EXTERN size_t h2rev_stream_buffered(const h2rev_stream_t *stream);
