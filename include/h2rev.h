@@ -173,20 +173,32 @@ H2REV_EXTERN int h2rev_stream_read_stop(h2rev_stream_t *stream);
 
 /* Queues bufs as DATA, sent from the caller's memory without a copy: the
  * bytes must stay valid until cb runs (the bufs array itself is copied).
- * Callbacks run in order, after the bytes have reached the socket.
+ * Callbacks run in order, after the bytes have reached the socket; any
+ * callback may write again (the next piece from the previous write's
+ * callback is the usual pattern), and req may be reused once its cb runs.
+ * An empty write completes in order like the others and sends nothing.
  * Errors: UV_EPIPE (after shutdown), UV_EBADF (closing), UV_ENOMEM;
  * cb's status: 0, UV_ECANCELED (closed first), H2REV_ERESET, or the
  * connection's error. */
 H2REV_EXTERN int h2rev_stream_write(h2rev_write_t *req, h2rev_stream_t *stream,
                                     const uv_buf_t bufs[], unsigned int nbufs, h2rev_write_cb cb);
-/* Sends END_STREAM after the queued writes (a half-close). cb runs once it is
- * sent. Errors: UV_EALREADY (shut down already), UV_EBADF (closing). */
+/* Sends END_STREAM after the queued writes (a half-close). cb (may be NULL)
+ * runs once it is sent. Writes after it fail with UV_EPIPE.
+ * Errors: UV_EALREADY (shut down already: libuv says UV_ENOTCONN),
+ * UV_EBADF (closing). */
 H2REV_EXTERN int h2rev_stream_shutdown(h2rev_shutdown_t *req, h2rev_stream_t *stream,
                                        h2rev_shutdown_cb cb);
 /* Closes the stream, resetting it (RST_STREAM CANCEL) if still open in either
- * direction. Pending writes and shutdown complete with UV_ECANCELED, then
- * close_cb (may be NULL) runs; after it the struct may be freed. */
+ * direction; may be called from any of the stream's callbacks (no read_cb
+ * after it). Writes whose bytes had reached the socket complete with 0, the
+ * others and a pending shutdown with UV_ECANCELED, in order, then close_cb
+ * (may be NULL) runs, once, on a later loop turn; nothing of the stream
+ * runs after it and the struct may be freed then. A second close is
+ * ignored. To end a stream gracefully, shut it down and close it from the
+ * shutdown callback (or once the peer's UV_EOF has come too). */
 H2REV_EXTERN void h2rev_stream_close(h2rev_stream_t *stream, h2rev_close_cb close_cb);
+/* Nonzero once h2rev_stream_close has been called, and for a handle that
+ * holds no stream (never opened, or its close callback has run). */
 H2REV_EXTERN int h2rev_stream_is_closing(const h2rev_stream_t *stream);
 /* Bytes received but not yet handed to read_cb (bounded by the stream window). */
 H2REV_EXTERN size_t h2rev_stream_buffered(const h2rev_stream_t *stream);
@@ -549,6 +561,21 @@ typedef struct h2rev_listener_options_s {
   unsigned max_retries;       /* 0: forever */
   unsigned spares;            /* data streams kept open ahead of demand at first; default 2;
                                  each conn-ready (demand beyond them) keeps one more, up to 64 */
+  /* 0 (default): a data stream reaches on_connection once the dialer's
+   * client has sent its first byte on it, so every stream the application
+   * accepts is in use; idle spares stay inside the library (they cost the
+   * application nothing and are not its to close). Fits every protocol
+   * where the client speaks first (HTTP, TLS, most others).
+   * Nonzero: on_connection for every data stream as soon as it is open,
+   * idle spares included, for protocols where the server speaks first
+   * (SSH, SMTP, FTP): write the greeting at once, it waits at the dialer
+   * until a dial takes the stream (the wire says nothing when one does).
+   * Such a stream may never be used; it ends with H2REV_ERESET or
+   * H2REV_ECLOSED when the dialer or the listener goes away. */
+  int accept_idle;
+  /* Connection state changes, called on a later loop turn than the call
+   * or event that caused them (never inside h2rev_listener_start or
+   * _close), in order. May be NULL. */
   h2rev_listener_state_cb on_state;
   h2rev_logger_t log;
 } h2rev_listener_options_t;
@@ -564,12 +591,20 @@ struct h2rev_listener_s {
 H2REV_EXTERN int h2rev_listener_init(uv_loop_t *loop, h2rev_listener_t *listener,
                                      const h2rev_listener_options_t *opts);
 /* Connects (and reconnects, with backoff and jitter) and calls cb(l, 0) for
- * each reverse connection ready to be accepted. Errors: UV_EALREADY. */
+ * each reverse connection ready to be accepted (see accept_idle for when a
+ * data stream is ready). Errors: UV_EALREADY, UV_EINVAL (cb NULL). */
 H2REV_EXTERN int h2rev_listener_start(h2rev_listener_t *listener, h2rev_connection_cb cb);
 /* Moves the next reverse connection into `stream`. Errors: UV_EAGAIN (none). */
 H2REV_EXTERN int h2rev_listener_accept(h2rev_listener_t *listener, h2rev_stream_t *stream);
-/* Closes the connection to the dialer; accepted streams report errors and
- * must still be closed by their owners. cb runs last. */
+/* Closes the connection to the dialer and stops reconnecting. Accepted
+ * streams are the application's, as sockets accepted from a closed uv_tcp_t
+ * server are: the close does not wait for them. From then on they report
+ * H2REV_ECLOSED: a reading owner gets read_cb(H2REV_ECLOSED), pending and
+ * later writes complete with an error, read_start delivers it on a later
+ * turn; each must still be closed by its owner (the connection's memory is
+ * released after the last). STOPPED is reported to on_state, then cb (may
+ * be NULL) runs, on a later loop turn; nothing of the listener runs after
+ * it, and the struct may be freed then. */
 H2REV_EXTERN void h2rev_listener_close(h2rev_listener_t *listener, h2rev_listener_close_cb cb);
 /* Graceful drain: ends the control stream (the dialer frees the id at once,
  * so a new listener may take it, and sends no new reverse connections),

@@ -794,8 +794,10 @@ int h2rev_dial(h2rev_dial_t *req, h2rev_dialer_t *dialer, const char *id, h2rev_
     st->hooks = NULL;
     if ((st->flags & H2R_F_NG_CLOSED) || st->sess->state == H2R_S_DEAD)
       continue; /* reset by the listener, not yet reaped: it frees itself */
-    if ((st->flags & H2R_F_EOF) || st->rq_head != NULL || st->err != 0) {
-      h2r_strm_abandon(st); /* ended or spoke while idle: not usable */
+    /* A reused stream that spoke while idle is not usable; a listener's
+     * spare may carry the greeting of a server that speaks first. */
+    if ((st->flags & H2R_F_EOF) || (st->rq_head != NULL && st->idle_since != 0) || st->err != 0) {
+      h2r_strm_abandon(st); /* ended, or spoke while idle */
       continue;
     }
     st->idle_since = 0;

@@ -13,11 +13,17 @@
 typedef struct h2r_listener h2r_listener_t;
 
 #define H2R_MAX_SPARES 64
+/* State changes waiting for their callback: a handful per loop turn at most
+ * (connecting, lost, retrying, stopped); beyond it the oldest is dropped. */
+#define H2R_STATE_QUEUE 16
 
 /* One attempt: a connection and its control stream. */
 typedef struct lconn {
   h2r_session_t s;
-  h2r_listener_t *l;
+  h2r_listener_t *l;         /* NULL once the listener is closed: the connection
+                                lives on only for the streams the application holds */
+  struct lconn *next, *prev; /* the listener's live connections */
+  h2rev_logger_t log;        /* the session's, kept when the listener is gone */
   h2rev_stream_t ctl;
   h2r_ctl_reader rd;
   bool attached;
@@ -43,8 +49,10 @@ struct h2r_listener {
   uv_timer_t retry;
   uv_timer_t kick; /* announces ready streams outside nghttp2's callbacks */
   lconn_t *conn;
+  lconn_t *conns; /* every live connection, conn among them */
   unsigned live_conns;
   h2r_strm_t *ready_head, *ready_tail; /* linked by lnext */
+  h2r_strm_t *parked;                  /* open, not used yet, not announced (lnext/lprev) */
   unsigned nready, unannounced;
   unsigned unused;  /* data streams open, not yet used */
   unsigned opening; /* data streams requested, no response yet */
@@ -55,6 +63,14 @@ struct h2r_listener {
   h2rev_listener_close_cb close_cb;
   bool closing;
   int handles;
+  /* on_state runs from this timer, never inside the call that caused it */
+  uv_timer_t state_timer;
+  struct {
+    int state, err;
+    unsigned delay;
+  } states[H2R_STATE_QUEUE];
+  unsigned nstates;
+  bool state_closed;
   /* h2rev_listener_shutdown */
   bool draining;
   lconn_t *drain_conn; /* alive while live_conns > 0 */
@@ -65,10 +81,37 @@ struct h2r_listener {
 
 static void connect_now(h2r_listener_t *l);
 static void open_data(h2r_listener_t *l);
+static void kick_fire(uv_timer_t *t);
+
+static void handle_closed(uv_handle_t *h);
+
+static void state_fire(uv_timer_t *t) {
+  h2r_listener_t *l = t->data;
+  /* A callback may cause (or close, which queues) more: they run here too. */
+  for (unsigned i = 0; i < l->nstates; i++) {
+    if (l->o.on_state != NULL)
+      l->o.on_state(l->pub, l->states[i].state, l->states[i].err, l->states[i].delay);
+  }
+  l->nstates = 0;
+  if (l->closing && !l->state_closed) {
+    /* STOPPED, queued by the close, has run: the close may complete. */
+    l->state_closed = true;
+    uv_close((uv_handle_t *)t, handle_closed);
+  }
+}
 
 static void set_state(h2r_listener_t *l, int state, int err, unsigned delay) {
-  if (l->o.on_state != NULL)
-    l->o.on_state(l->pub, state, err, delay);
+  if (l->state_closed)
+    return;
+  if (l->nstates == H2R_STATE_QUEUE) {
+    memmove(&l->states[0], &l->states[1], sizeof(l->states[0]) * (H2R_STATE_QUEUE - 1));
+    l->nstates--;
+  }
+  l->states[l->nstates].state = state;
+  l->states[l->nstates].err = err;
+  l->states[l->nstates].delay = delay;
+  l->nstates++;
+  uv_timer_start(&l->state_timer, state_fire, 0, 0);
 }
 
 /* ------------------------------------------------------------- headers */
@@ -109,7 +152,41 @@ static void ready_remove(h2r_listener_t *l, h2r_strm_t *st) {
     l->unannounced = l->nready;
 }
 
-static void kick(uv_timer_t *t) {
+static void ready_push(h2r_listener_t *l, h2r_strm_t *st) {
+  st->lnext = NULL;
+  if (l->ready_tail != NULL)
+    l->ready_tail->lnext = st;
+  else
+    l->ready_head = st;
+  l->ready_tail = st;
+  l->nready++;
+  l->unannounced++;
+  uv_timer_start(&l->kick, kick_fire, 0, 0);
+}
+
+static bool parked(h2r_listener_t *l, h2r_strm_t *st) {
+  return st->lprev != NULL || l->parked == st;
+}
+
+static void park(h2r_listener_t *l, h2r_strm_t *st) {
+  st->lprev = NULL;
+  st->lnext = l->parked;
+  if (l->parked != NULL)
+    l->parked->lprev = st;
+  l->parked = st;
+}
+
+static void unpark(h2r_listener_t *l, h2r_strm_t *st) {
+  if (st->lprev != NULL)
+    st->lprev->lnext = st->lnext;
+  else
+    l->parked = st->lnext;
+  if (st->lnext != NULL)
+    st->lnext->lprev = st->lprev;
+  st->lnext = st->lprev = NULL;
+}
+
+static void kick_fire(uv_timer_t *t) {
   h2r_listener_t *l = t->data;
   while (l->unannounced > 0 && !l->closing && l->cb != NULL) {
     l->unannounced--;
@@ -136,10 +213,16 @@ static void ctl_send(lconn_t *c, const char *command, const char *err) {
     free(w);
 }
 
+/* The dialer's side sent its first byte (or the stream closed unused). */
 static void data_used(h2r_strm_t *st) {
   h2r_listener_t *l = st->used_arg;
   if (l->unused > 0)
     l->unused--;
+  if (parked(l, st)) {
+    unpark(l, st);
+    if (!(st->flags & H2R_F_CLOSING) && st->pub == NULL)
+      ready_push(l, st); /* in use now: the application gets it */
+  }
   if (l->state == L_ATTACHED && l->unused + l->opening < l->spares)
     open_data(l);
 }
@@ -147,35 +230,43 @@ static void data_used(h2r_strm_t *st) {
 static void data_headers(h2r_strm_t *st) {
   lconn_t *c = st->owner;
   h2r_listener_t *l = c->l;
+  if (l == NULL) {
+    st->hooks = NULL;
+    h2r_strm_abandon(st);
+    return;
+  }
   if (l->opening > 0)
     l->opening--;
   if (st->status != 200) {
     char why[64];
     snprintf(why, sizeof(why), "dialer answered %d", st->status);
-    H2R_WARN(&l->o.log, "data stream refused: %s", why);
+    H2R_WARN(&c->log, "data stream refused: %s", why);
     ctl_send(c, H2R_CMD_PICKUP_FAILED, why);
     st->hooks = NULL;
     h2r_strm_abandon(st);
     return;
   }
-  st->lnext = NULL;
-  if (l->ready_tail != NULL)
-    l->ready_tail->lnext = st;
-  else
-    l->ready_head = st;
-  l->ready_tail = st;
-  l->nready++;
   l->unused++;
-  l->unannounced++;
   st->on_used = data_used;
   st->used_arg = l;
-  uv_timer_start(&l->kick, kick, 0, 0);
+  /* An idle spare is not a connection yet: it reaches on_connection when
+   * the dialer's client sends its first byte, unless the application takes
+   * every stream at once (protocols where the server speaks first). */
+  if (l->o.accept_idle)
+    ready_push(l, st);
+  else
+    park(l, st);
 }
 
 static void data_gone(h2r_strm_t *st, int err) {
   lconn_t *c = st->owner;
   h2r_listener_t *l = c->l;
+  if (l == NULL)
+    return;
   if (st->flags & H2R_F_HEADERS) {
+    /* Not handed over yet; freeing it runs data_used, which counts it. */
+    if (parked(l, st))
+      unpark(l, st);
     ready_remove(l, st);
     return;
   }
@@ -209,6 +300,8 @@ static int ctl_msg(void *arg, const h2r_ctl_msg *m) {
     /* Demand outran the spares: keep more of them from now on, so that
      * the next burst costs no round trip. */
     h2r_listener_t *l = c->l;
+    if (l == NULL)
+      return 0;
     if (l->spares < H2R_MAX_SPARES)
       l->spares++;
     open_data(l);
@@ -231,8 +324,7 @@ static void ctl_read(h2rev_stream_t *s, ssize_t n, const uv_buf_t *buf) {
     r = h2r_ctl_feed(&c->rd, buf->base, (size_t)n, ctl_msg, c);
     if (r == 0)
       return;
-    H2R_WARN(&c->l->o.log, "control stream: %s",
-             r == H2REV_ECONTROL ? c->rd.why : h2rev_strerror(r));
+    H2R_WARN(&c->log, "control stream: %s", r == H2REV_ECONTROL ? c->rd.why : h2rev_strerror(r));
   } else {
     r = n == UV_EOF ? H2REV_ECLOSED : (int)n;
   }
@@ -246,6 +338,11 @@ static void ctl_read(h2rev_stream_t *s, ssize_t n, const uv_buf_t *buf) {
 static void ctl_headers(h2r_strm_t *st) {
   lconn_t *c = st->owner;
   h2r_listener_t *l = c->l;
+  if (l == NULL) {
+    st->hooks = NULL;
+    h2r_strm_abandon(st);
+    return;
+  }
   if (st->status != 200) {
     size_t len;
     const char *v = h2r_strm_header(st, ":status", &len);
@@ -323,6 +420,8 @@ static void lost(h2r_listener_t *l, int err) {
 static void conn_open(h2r_session_t *s, int status) {
   lconn_t *c = s->owner;
   h2r_listener_t *l = c->l;
+  if (l == NULL)
+    return; /* closed while connecting: on_close follows */
   if (status != 0) {
     c->why = status;
     if (s->x.errmsg[0])
@@ -342,21 +441,59 @@ static void conn_request(h2r_session_t *s, h2r_strm_t *st) {
   h2r_strm_reject(st, 405, "listeners take no requests\n");
 }
 
+/* Unaccepted streams die with the connection (the current one: only it
+ * opens data streams). */
+static void forget_streams(h2r_listener_t *l) {
+  for (h2r_strm_t *st = l->ready_head; st != NULL; st = st->lnext) {
+    st->hooks = NULL;
+    st->on_used = NULL;
+  }
+  while (l->parked != NULL) {
+    h2r_strm_t *st = l->parked;
+    unpark(l, st);
+    st->hooks = NULL;
+    st->on_used = NULL;
+  }
+  l->ready_head = l->ready_tail = NULL;
+  l->nready = l->unannounced = l->unused = l->opening = 0;
+}
+
+static void conn_unlink(h2r_listener_t *l, lconn_t *c) {
+  if (c->prev != NULL)
+    c->prev->next = c->next;
+  else
+    l->conns = c->next;
+  if (c->next != NULL)
+    c->next->prev = c->prev;
+  c->next = c->prev = NULL;
+}
+
+/* The listener is closing: the connection goes on without it, for as long as
+ * the application holds streams of it (they report H2REV_ECLOSED). Nothing
+ * of it may point to the listener any more. */
+static void conn_detach(h2r_listener_t *l, lconn_t *c) {
+  if (l->conn == c || l->drain_conn == c)
+    forget_streams(l);
+  if (l->drain_conn == c)
+    l->drain_conn = NULL;
+  for (h2r_strm_t *st = c->s.streams; st != NULL; st = st->next) {
+    if (st->on_used == data_used)
+      st->on_used = NULL; /* accepted before its first byte */
+  }
+  conn_unlink(l, c);
+  c->l = NULL;
+  l->live_conns--;
+}
+
 static void conn_dead(h2r_session_t *s, int err) {
   lconn_t *c = s->owner;
   h2r_listener_t *l = c->l;
   c->dead = true;
   if (c->why == 0)
     c->why = err ? err : H2REV_ECLOSED;
-  if (l->conn != c)
+  if (l == NULL || l->conn != c)
     return;
-  /* Unaccepted streams die with the connection. */
-  for (h2r_strm_t *st = l->ready_head; st != NULL; st = st->lnext) {
-    st->hooks = NULL;
-    st->on_used = NULL;
-  }
-  l->ready_head = l->ready_tail = NULL;
-  l->nready = l->unannounced = l->unused = l->opening = 0;
+  forget_streams(l);
 }
 
 static void maybe_done(h2r_listener_t *l);
@@ -365,8 +502,15 @@ static void conn_close(h2r_session_t *s) {
   lconn_t *c = s->owner;
   h2r_listener_t *l = c->l;
   int why = c->why;
-  bool current = l->conn == c;
   h2r_ctl_reader_free(&c->rd);
+  if (l == NULL) {
+    free(c);
+    return;
+  }
+  bool current = l->conn == c;
+  if (l->drain_conn == c)
+    l->drain_conn = NULL;
+  conn_unlink(l, c);
   free(c);
   l->live_conns--;
   if (current) {
@@ -399,6 +543,11 @@ static void resolved(uv_getaddrinfo_t *req, int status, struct addrinfo *res) {
     return;
   }
   c->l = l;
+  c->log = l->o.log;
+  c->next = l->conns;
+  if (l->conns != NULL)
+    l->conns->prev = c;
+  l->conns = c;
   c->ctl.data = c;
   c->rd.max = 4096;
   h2r_session_opts o;
@@ -410,7 +559,7 @@ static void resolved(uv_getaddrinfo_t *req, int status, struct addrinfo *res) {
   l->live_conns++;
   l->state = L_CONNECTING;
   const char *sni = l->o.tls.server_name ? l->o.tls.server_name : l->host;
-  h2r_session_connect(&c->s, l->loop, res->ai_addr, l->ctx, sni, &o, &conn_cbs, c, &l->o.log);
+  h2r_session_connect(&c->s, l->loop, res->ai_addr, l->ctx, sni, &o, &conn_cbs, c, &c->log);
   uv_freeaddrinfo(res);
 }
 
@@ -545,8 +694,9 @@ int h2rev_listener_init(uv_loop_t *loop, h2rev_listener_t *listener,
     l->rng = 1;
   uv_timer_init(loop, &l->retry);
   uv_timer_init(loop, &l->kick);
-  l->retry.data = l->kick.data = l;
-  l->handles = 2;
+  uv_timer_init(loop, &l->state_timer);
+  l->retry.data = l->kick.data = l->state_timer.data = l;
+  l->handles = 3;
   listener->loop = loop;
   listener->l_ = l;
   return 0;
@@ -606,12 +756,19 @@ void h2rev_listener_close(h2rev_listener_t *listener, h2rev_listener_close_cb cb
     uv_cancel((uv_req_t *)&l->gai);
   uv_close((uv_handle_t *)&l->retry, handle_closed);
   uv_close((uv_handle_t *)&l->kick, handle_closed);
-  if (l->conn != NULL) {
-    lconn_t *c = l->conn;
-    if (c->attached && !c->dead)
+  /* Every connection ends now; the close does not wait for the streams the
+   * application holds (they report H2REV_ECLOSED until their owners close
+   * them), as closing a uv_tcp_t server leaves the accepted sockets alone. */
+  while (l->conns != NULL) {
+    lconn_t *c = l->conns;
+    bool ctl_open = c->attached && !c->dead && !h2rev_stream_is_closing(&c->ctl);
+    conn_detach(l, c);
+    if (ctl_open)
       h2rev_stream_close(&c->ctl, NULL);
     h2r_session_close(&c->s, H2REV_ECLOSED);
   }
+  l->conn = NULL;
+  /* The close completes once STOPPED has been reported (state_fire). */
   set_state(l, H2REV_LISTENER_STOPPED, 0, 0);
 }
 
@@ -628,20 +785,22 @@ static void drain_timer_closed(uv_handle_t *h) {
 static void drain_tick(uv_timer_t *t) {
   h2r_listener_t *l = t->data;
   if (!l->closing) {
-    /* Only the drained connection can be alive: no other is started. */
+    /* Only the drained connection, and older ones the application still
+     * holds streams of, can be alive: no other is started. */
     bool expired = uv_now(l->loop) >= l->drain_deadline;
     if (l->live_conns > 0 && !expired)
       return;
     if (l->live_conns > 0) {
-      H2R_WARN(&l->o.log, "drain timeout: closing with %u stream%s in flight",
-               l->drain_conn->s.nstreams, l->drain_conn->s.nstreams == 1 ? "" : "s");
-      h2r_session_close(&l->drain_conn->s, H2REV_ECLOSED);
+      unsigned n = 0;
+      for (lconn_t *c = l->conns; c != NULL; c = c->next)
+        n += c->s.nstreams;
+      H2R_WARN(&l->o.log, "drain timeout: closing with %u stream%s in flight", n,
+               n == 1 ? "" : "s");
     } else {
       H2R_INFO(&l->o.log, "drained: no reverse connection in flight");
     }
+    /* Ends every connection left. */
     h2rev_listener_close(l->pub, l->drain_cb);
-  } else if (l->live_conns > 0) {
-    h2r_session_close(&l->drain_conn->s, H2REV_ECLOSED); /* closed during the drain */
   }
   uv_timer_stop(t);
   uv_close((uv_handle_t *)t, drain_timer_closed);

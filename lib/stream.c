@@ -213,6 +213,8 @@ static void pump_reads(h2r_strm_t *st) {
   while (st->rq_head != NULL && (st->flags & H2R_F_READING) && !(st->flags & H2R_F_CLOSING)) {
     h2r_chunk_t *c = st->rq_head;
     size_t k = deliver(st, c->data + c->off, c->len - c->off);
+    if (st->flags & H2R_F_CLOSING)
+      return; /* closed by read_cb: the chunks are freed already */
     c->off += k;
     st->rq_bytes -= k;
     if (c->off < c->len)
@@ -304,39 +306,56 @@ static void free_bufs(h2rev_write_t *w) {
   w->bufs_ = NULL;
 }
 
-/* Completes the writes whose bytes are on the socket, and fails the rest
- * once nothing of the stream can be sent any more. */
-static void pump_writes(h2r_strm_t *st) {
-  while (st->wq_head != NULL && st->wq_head->end_ <= st->acked) {
-    h2rev_write_t *w = st->wq_head;
-    st->wq_head = w->next_;
-    if (st->wcur == w) {
-      st->wcur = w->next_;
-      st->wcur_buf = 0;
-      st->wcur_off = 0;
-    }
-    free_bufs(w);
-    w->cb_(w, 0);
-  }
+/* Takes the head of the write queue off, leaving the queue consistent: its
+ * callback may queue the next write (the usual libuv pattern), which must
+ * link to what is left, not to the finished request. */
+static h2rev_write_t *wq_pop(h2r_strm_t *st) {
+  h2rev_write_t *w = st->wq_head;
+  st->wq_head = w->next_;
   if (st->wq_head == NULL)
     st->wq_tail = NULL;
+  w->next_ = NULL;
+  if (st->wcur == w) {
+    st->wcur = st->wq_head;
+    st->wcur_buf = 0;
+    st->wcur_off = 0;
+  }
+  free_bufs(w);
+  return w;
+}
+
+/* Completes the writes whose bytes are on the socket, and fails the rest
+ * once nothing of the stream can be sent any more. Only the writes queued
+ * when it starts: one queued by a callback (a zero-length one is complete
+ * at once) waits for the next run, so a callback that always writes again
+ * cannot keep this loop, or the loop turn, from ending. */
+static void pump_writes(h2r_strm_t *st) {
+  h2rev_write_t *last = st->wq_tail;
+  bool more = last != NULL;
+  while (more && st->wq_head != NULL && st->wq_head->end_ <= st->acked) {
+    h2rev_write_t *w = wq_pop(st);
+    more = w != last;
+    w->cb_(w, 0);
+  }
   bool ended = (st->flags & (H2R_F_NG_CLOSED | H2R_F_CLOSING)) || !sess_alive(st);
-  if (!ended || st->inflight > 0)
-    return;
-  int err = st->flags & H2R_F_CLOSING ? UV_ECANCELED : (st->err ? st->err : H2REV_ERESET);
-  while (st->wq_head != NULL) {
-    h2rev_write_t *w = st->wq_head;
-    st->wq_head = w->next_;
-    free_bufs(w);
-    w->cb_(w, err);
+  if (ended && st->inflight == 0) {
+    int err = st->flags & H2R_F_CLOSING ? UV_ECANCELED : (st->err ? st->err : H2REV_ERESET);
+    last = st->wq_tail;
+    more = last != NULL;
+    while (more && st->wq_head != NULL) {
+      h2rev_write_t *w = wq_pop(st);
+      more = w != last;
+      w->cb_(w, err);
+    }
+    if (st->shut_req != NULL && !(st->flags & H2R_F_SHUT_SENT)) {
+      h2rev_shutdown_t *req = st->shut_req;
+      st->shut_req = NULL;
+      if (req->cb_ != NULL)
+        req->cb_(req, err);
+    }
   }
-  st->wq_tail = NULL;
-  st->wcur = NULL;
-  if (st->shut_req != NULL && !(st->flags & H2R_F_SHUT_SENT)) {
-    h2rev_shutdown_t *req = st->shut_req;
-    st->shut_req = NULL;
-    req->cb_(req, err);
-  }
+  if (st->wq_head != NULL && (ended || st->wq_head->end_ <= st->acked))
+    h2r_strm_schedule(st);
 }
 
 static void pump_shutdown(h2r_strm_t *st) {
