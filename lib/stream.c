@@ -243,7 +243,7 @@ static void pump_reads(h2r_strm_t *st) {
 ssize_t h2r_strm_data_len(h2r_strm_t *st, size_t max, uint32_t *flags) {
   if (st->flags & H2R_F_CLOSING)
     return NGHTTP2_ERR_TEMPORAL_CALLBACK_FAILURE;
-  uint64_t avail = st->queued - st->sent;
+  uint64_t avail = st->wcur != NULL ? st->queued - st->sent : 0;
   if (avail == 0) {
     if (st->flags & H2R_F_SHUT) {
       *flags |= NGHTTP2_DATA_FLAG_EOF;
@@ -347,7 +347,13 @@ static void pump_writes(h2r_strm_t *st) {
       more = w != last;
       w->cb_(w, err);
     }
-    if (st->shut_req != NULL && !(st->flags & H2R_F_SHUT_SENT)) {
+    if (st->wq_head == NULL)
+      st->queued = st->sent; /* the failed writes' bytes will not be asked for */
+    /* A shutdown whose END_STREAM never reached the socket (not sent, or in
+     * a transport write that failed or was cancelled) fails with the rest:
+     * it will not complete now. */
+    bool shut_done = (st->flags & H2R_F_SHUT_SENT) && st->acked == st->queued;
+    if (st->shut_req != NULL && !shut_done) {
       h2rev_shutdown_t *req = st->shut_req;
       st->shut_req = NULL;
       if (req->cb_ != NULL)

@@ -105,3 +105,20 @@ grep -q "connections open (the limit)" "$WORK/dialer-limits.log" ||
   fail "--max-connections: nothing logged at the limit"
 ok "--max-connections: new connections wait at the limit, served once one closes"
 kill -0 "$LIMPID" || fail "the limits' dialer died"
+
+# A client that stops reading a large response, then resets its connection:
+# nothing of that exchange may be left holding the dialer's drain.
+curl -sS --http2-prior-knowledge --limit-rate 1k -o /dev/null \
+  "http://127.0.0.1:$CP/proxy/app/bytes/20000000" 2> /dev/null &
+SLOWC=$!
+sleep 2
+kill -9 "$SLOWC" 2> /dev/null || true
+wait "$SLOWC" 2> /dev/null || true
+sleep 0.5
+t0=$(now_ms)
+kill -TERM "$CPID"
+wait "$CPID" || fail "the cleartext dialer exited $? after a client reset mid-response"
+t1=$(now_ms)
+[ $((t1 - t0)) -lt 5000 ] || fail "drain took $((t1 - t0)) ms after a client reset mid-response"
+grep -q "did not finish" "$WORK/dialer-clear.log" && fail "drain did not finish" || true
+ok "a client reset in the middle of a large response: the dialer drains in $((t1 - t0)) ms"
