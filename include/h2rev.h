@@ -417,6 +417,23 @@ typedef struct h2rev_peer_s {
 typedef int (*h2rev_authorize_cb)(void *arg, const char *id, const h2rev_header_t *headers,
                                   size_t nheaders, const h2rev_peer_t *peer);
 
+/* An attached listener, as h2rev_dialer_listeners and the on_listener
+ * event describe it. The strings are valid until control returns to the loop. */
+typedef struct h2rev_listener_info_s {
+  const char *id;
+  const char *peer;     /* "ip:port" of the connection holding its control stream */
+  uint64_t attached_at; /* uv_now() of the dialer's loop when it attached, in ms */
+  unsigned spares;      /* idle data streams ready for a dial */
+  unsigned pending;     /* dials waiting for a data stream */
+} h2rev_listener_info_t;
+
+enum { H2REV_EV_ATTACH = 1, H2REV_EV_DETACH = 2 };
+
+/* A listener attached or detached (event: H2REV_EV_ATTACH or H2REV_EV_DETACH). Not called
+ * while h2rev_dialer_close runs: its callback says they are all gone. */
+typedef void (*h2rev_listener_event_cb)(h2rev_dialer_t *dialer, int event,
+                                        const h2rev_listener_info_t *info);
+
 typedef struct h2rev_dialer_options_s {
   const char *base_path;      /* e.g. "/reverse/connections"; NULL or "" means "" */
   unsigned dial_timeout_ms;   /* default for h2rev_dial(timeout 0): 10000 */
@@ -441,6 +458,7 @@ typedef struct h2rev_dialer_options_s {
   unsigned max_connections;
   h2rev_authorize_cb authorize; /* NULL: everyone may attach */
   void *authorize_arg;
+  h2rev_listener_event_cb on_listener; /* NULL: no events */
   h2rev_logger_t log;
 } h2rev_dialer_options_t;
 
@@ -514,6 +532,10 @@ H2REV_EXTERN int h2rev_dial_cancel(h2rev_dial_t *req);
 /* The listener's text for H2REV_EPICKUP, else h2rev_strerror(status). */
 H2REV_EXTERN const char *h2rev_dial_strerror(const h2rev_dial_t *req);
 H2REV_EXTERN void h2rev_dialer_stats(const h2rev_dialer_t *dialer, h2rev_dialer_stats_t *out);
+/* The listeners attached now: fills out[0..cap) (in no particular order)
+ * and returns how many there are, which may be more than cap. */
+H2REV_EXTERN size_t h2rev_dialer_listeners(const h2rev_dialer_t *dialer, h2rev_listener_info_t *out,
+                                           size_t cap);
 /* Stops listening, closes every connection, fails pending dials with
  * UV_ECANCELED, then calls cb. */
 H2REV_EXTERN void h2rev_dialer_close(h2rev_dialer_t *dialer, h2rev_dialer_close_cb cb);

@@ -24,7 +24,8 @@ struct dlst {
   unsigned npending;
   unsigned asked; /* conn-ready sent, data stream not yet arrived */
   bool gone;
-  bool counted; /* in the dialer's pending closes */
+  bool counted;         /* in the dialer's pending closes */
+  uint64_t attached_at; /* uv_now() */
   char rxbuf[512];
   char id[];
 };
@@ -217,6 +218,23 @@ static void spare_remove(dlst_t *l, h2r_strm_t *st) {
 }
 
 /* The id is free again at once; its pending dials fail, its spares close. */
+static void info_of(const dlst_t *l, h2rev_listener_info_t *info) {
+  info->id = l->id;
+  info->peer = l->conn->x.peer;
+  info->attached_at = l->attached_at;
+  info->spares = l->nspares;
+  info->pending = l->npending;
+}
+
+static void event(dlst_t *l, int ev) {
+  h2r_dialer_t *d = l->d;
+  if (d->o.on_listener == NULL || d->closing)
+    return;
+  h2rev_listener_info_t info;
+  info_of(l, &info);
+  d->o.on_listener(d->pub, ev, &info);
+}
+
 static void unregister(dlst_t *l, int err, const char *why) {
   if (l->gone)
     return;
@@ -228,6 +246,7 @@ static void unregister(dlst_t *l, int err, const char *why) {
   d->count--;
   d->st.listeners--;
   H2R_INFO(&d->o.log, "listener %s detached: %s", l->id, why);
+  event(l, H2REV_EV_DETACH);
   while (l->pend_head != NULL)
     dial_complete(l->pend_head, err, NULL);
   while (l->spares != NULL) {
@@ -483,7 +502,9 @@ static void revdial(h2r_dialer_t *d, h2r_strm_t *st, const char *query) {
   d->st.listeners++;
   if (d->count > d->tsize)
     table_grow(d);
+  l->attached_at = uv_now(d->loop);
   H2R_INFO(&d->o.log, "listener %s attached from %s", l->id, st->sess->x.peer);
+  event(l, H2REV_EV_ATTACH);
 }
 
 /* <base>/proxy/<id>[/<rest>]: the id, and the rest with its leading '/'. */
@@ -842,6 +863,17 @@ const h2rev_dialer_options_t *h2r_dialer_options(const h2rev_dialer_t *dialer) {
 
 h2r_ratelog_t *h2r_dialer_ratelog(h2rev_dialer_t *dialer) {
   return &dialer->d_->rl;
+}
+
+size_t h2rev_dialer_listeners(const h2rev_dialer_t *dialer, h2rev_listener_info_t *out,
+                              size_t cap) {
+  const h2r_dialer_t *d = dialer->d_;
+  size_t n = 0;
+  for (unsigned i = 0; d != NULL && i < d->tsize; i++)
+    for (const dlst_t *l = d->table[i]; l != NULL; l = l->hnext, n++)
+      if (n < cap)
+        info_of(l, &out[n]);
+  return n;
 }
 
 void h2rev_dialer_stats(const h2rev_dialer_t *dialer, h2rev_dialer_stats_t *out) {

@@ -1413,3 +1413,67 @@ TEST(dialer_close_inside_dial_callback) {
   ASSERT_NULL(e.d.d_);
   loop_drain(&e.loop);
 }
+
+/* Attach and detach events, and the list of attached listeners. */
+static int nev, ev_kind[8];
+static char ev_id[8][32];
+static uint64_t ev_since;
+
+static void on_listener_ev(h2rev_dialer_t *d, int ev, const h2rev_listener_info_t *info) {
+  ASSERT_NOT_NULL(d);
+  ASSERT_LT(nev, 8);
+  ev_kind[nev] = ev;
+  snprintf(ev_id[nev], sizeof(ev_id[nev]), "%s", info->id);
+  ASSERT_EQ(strncmp(info->peer, "127.0.0.1:", 10), 0);
+  if (ev == H2REV_EV_ATTACH)
+    ev_since = info->attached_at;
+  nev++;
+}
+
+static int two_events(void *arg) {
+  (void)arg;
+  return nev >= 2;
+}
+
+static int three_events(void *arg) {
+  (void)arg;
+  return nev >= 3;
+}
+
+TEST(listener_events_and_list) {
+  h2rev_dialer_options_t o = {.on_listener = on_listener_ev};
+  env_t e;
+  env_init(&e, &o);
+  nev = 0;
+  h2rev_listener_info_t info[4];
+  ASSERT_EQ(h2rev_dialer_listeners(&e.d, info, 4), 0);
+  lis_t A, B;
+  lis_start(&A, &e, "alpha", 2, NULL);
+  lis_start(&B, &e, "beta", 0, NULL);
+  run_cond(&e.loop, two_events, NULL, 5000, "two attach events");
+  ASSERT_EQ(ev_kind[0], H2REV_EV_ATTACH);
+  ASSERT_EQ(ev_kind[1], H2REV_EV_ATTACH);
+  ASSERT(strcmp(ev_id[0], "alpha") == 0 || strcmp(ev_id[1], "alpha") == 0);
+  ASSERT(strcmp(ev_id[0], "beta") == 0 || strcmp(ev_id[1], "beta") == 0);
+  ASSERT_GT(ev_since, 0);
+  run_cond(&e.loop, lis_attached, &A, 5000, "alpha attached");
+  ASSERT_EQ(h2rev_dialer_listeners(&e.d, info, 4), 2);
+  ASSERT_EQ(h2rev_dialer_listeners(&e.d, info, 1), 2); /* the count, beyond cap */
+  h2rev_dialer_listeners(&e.d, info, 4);
+  int alpha = strcmp(info[0].id, "alpha") == 0 ? 0 : 1;
+  ASSERT_STR_EQ(info[alpha].id, "alpha");
+  ASSERT_STR_EQ(info[1 - alpha].id, "beta");
+  ASSERT_EQ(info[alpha].pending, 0);
+  ASSERT_LE(info[alpha].attached_at, uv_now(&e.loop));
+  lis_stop(&B);
+  run_cond(&e.loop, three_events, NULL, 5000, "detach event");
+  ASSERT_EQ(ev_kind[2], H2REV_EV_DETACH);
+  ASSERT_STR_EQ(ev_id[2], "beta");
+  ASSERT_EQ(h2rev_dialer_listeners(&e.d, info, 4), 1);
+  ASSERT_STR_EQ(info[0].id, "alpha");
+  /* No event while the dialer closes, though alpha goes with it. */
+  dialer_stop(&e);
+  ASSERT_EQ(nev, 3);
+  lis_stop(&A);
+  loop_drain(&e.loop);
+}
