@@ -734,7 +734,8 @@ static pwrite_t *build_head(proxy_t *p, const h2r_preq_t *rq, int *status) {
   h2r_out_put(&o, rq->peer, ipl);
   H2R_OUT_LIT(&o, "\r\n");
   h2r_out_header(&o, "X-Forwarded-Proto", 17, rq->scheme, sl);
-  h2r_out_header(&o, "X-Forwarded-Host", 16, rq->authority, al);
+  if (al > 0) /* HTTP/1.0 may have no Host: then there is none to forward */
+    h2r_out_header(&o, "X-Forwarded-Host", 16, rq->authority, al);
   h2r_out_header(&o, "X-Forwarded-Prefix", 18, rq->prefix, rq->prefixlen);
   if (cl == NULL && !rq->no_body && !rq->upgrade) {
     p->chunked_req = true;
