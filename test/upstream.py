@@ -10,9 +10,13 @@ GET  /conns          how many connections the upstream has accepted
 POST|PUT /sha        "<length> <sha256>" of the request body (chunked or not)
 GET  /ws             a WebSocket echo (after the 101, frames come back unmasked)
 anything else        files from --dir
+With --echo, every request is answered 200 with what the upstream received:
+the request line, the headers, and for a request with a body a line
+"body: <length> <sha256>" and its chunked trailers, if any.
 """
 import argparse
 import base64
+import http.client
 import hashlib
 import http.server
 import os
@@ -80,7 +84,18 @@ class Handler(http.server.SimpleHTTPRequestHandler):
             self.wfile.write(head + data)
             self.wfile.flush()
 
+    def echo(self):
+        lines = [self.requestline] + ["%s: %s" % kv for kv in self.headers.items()]
+        if "Content-Length" in self.headers or "Transfer-Encoding" in self.headers:
+            total, digest = self.body()
+            lines.append("body: %d %s" % (total, digest))
+            lines += ["trailer: " + t for t in self.trailers]
+        self.send_text(200, "\n".join(lines) + "\n")
+
     def do_GET(self):
+        if self.server.echo:
+            self.echo()
+            return
         p = self.path
         if p.startswith("/ws") and self.headers.get("Upgrade", "").lower() == "websocket":
             self.close_connection = True
@@ -136,12 +151,16 @@ class Handler(http.server.SimpleHTTPRequestHandler):
     def body(self):
         h = hashlib.sha256()
         total = 0
+        self.trailers = []
         if self.headers.get("Transfer-Encoding", "").lower() == "chunked":
             while True:
                 size = int(self.rfile.readline().strip().split(b";")[0], 16)
                 if size == 0:
-                    while self.rfile.readline() not in (b"\r\n", b"\n", b""):
-                        pass
+                    while True:
+                        line = self.rfile.readline()
+                        if line in (b"\r\n", b"\n", b""):
+                            break
+                        self.trailers.append(line.decode(errors="replace").strip())
                     break
                 left = size
                 while left:
@@ -162,10 +181,19 @@ class Handler(http.server.SimpleHTTPRequestHandler):
         return total, h.hexdigest()
 
     def do_POST(self):
+        if self.server.echo:
+            self.echo()
+            return
         total, digest = self.body()
         self.send_text(200, "%d %s\n" % (total, digest))
 
     do_PUT = do_POST
+
+    def __getattr__(self, name):
+        # --echo answers any method (DELETE, OPTIONS, PATCH, ...).
+        if name.startswith("do_") and self.server.echo:
+            return self.echo
+        raise AttributeError(name)
 
 
 def main():
@@ -175,11 +203,15 @@ def main():
     ap.add_argument("--port-file")
     ap.add_argument("--tls-cert")
     ap.add_argument("--tls-key")
+    ap.add_argument("--echo", action="store_true")
     a = ap.parse_args()
+    # As many header fields as a listener passes on (http.client stops at 100).
+    http.client._MAXHEADERS = 1000
     os.chdir(a.dir)
     # Room for the connections a listener opens at once under concurrent load.
     http.server.ThreadingHTTPServer.request_queue_size = 256
     srv = http.server.ThreadingHTTPServer(("127.0.0.1", a.port), Handler)
+    srv.echo = a.echo
     if a.tls_cert:
         import ssl
         ctx = ssl.SSLContext(ssl.PROTOCOL_TLS_SERVER)
