@@ -102,6 +102,15 @@ for n in 120 125 127 128 129 130; do
   fi
 done
 ok "120 to 128 header fields reach the upstream, 129 and 130 get 431, over HTTP/1.1 and HTTP/2"
+# Bytes likewise: a head at the dialer's limit (64 KiB of target, names and values) goes on
+# with the dialer's fields.
+big=$(head -c 65497 /dev/zero | tr '\0' a)
+out=$(raw "GET /proxy/app/big HTTP/1.1\r\nHost: x\r\nX-Big: $big\r\nConnection: close\r\n\r\n")
+[ "$(status "$out")" = 200 ] || fail "a head of 64 KiB: $(head -n 1 <<< "$out")"
+has "$out" "X-Big: $big" || fail "a head of 64 KiB: X-Big did not reach the upstream"
+out=$(raw "GET /proxy/app/big HTTP/1.1\r\nHost: x\r\nX-Big: ${big}a\r\nConnection: close\r\n\r\n")
+[ "$(status "$out")" = 431 ] || fail "a head over 64 KiB: $(head -n 1 <<< "$out"), want 431"
+ok "a head of 64 KiB reaches the upstream, one byte more gets 431"
 
 # ------------------------------------------------- HTTP/2 trailers end the body
 if command -v nghttp > /dev/null; then
