@@ -13,6 +13,7 @@
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
+#include <strings.h>
 #include <time.h>
 #include <unistd.h>
 
@@ -118,9 +119,9 @@ static int authorize(void *arg, const char *id, const h2rev_header_t *h, size_t 
   (void)arg;
   if (token != NULL || have_tokens_file) {
     const char *got = NULL;
-    for (size_t i = 0; i < n; i++)
-      if (strcmp(h[i].name, "authorization") == 0 && strncmp(h[i].value, "Bearer ", 7) == 0)
-        got = h[i].value + 7;
+    for (size_t i = 0; i < n; i++) /* the scheme is case-insensitive (RFC 9110 11.1) */
+      if (strcmp(h[i].name, "authorization") == 0 && strncasecmp(h[i].value, "bearer ", 7) == 0)
+        got = h[i].value + 7 + strspn(h[i].value + 7, " ");
     bool ok = got != NULL && token != NULL && secret_eq(got, token);
     for (size_t i = 0; got != NULL && i < ntokens; i++)
       if (strcmp(tokens[i].id, id) == 0 && secret_eq(got, tokens[i].token))

@@ -643,9 +643,11 @@ H2REV_EXTERN int h2rev_listener_shutdown(h2rev_listener_t *listener, unsigned ti
 
 /* The listener side of a reverse proxy: serves the HTTP/1.1 requests carried
  * by an accepted reverse connection from an http:// or https:// upstream. The
- * request path loses its <base>/proxy/<id> prefix (h2rev's X-Forwarded-Prefix
- * or the Go dialer's full path), Host becomes the upstream's unless
- * keep_host, and the bytes after the head pass through both ways. */
+ * request path is h2rev's dialer's as it comes (already stripped, as its
+ * X-Forwarded-Prefix says), or the Go dialer's full path without its first
+ * <base>/proxy/<id>; a path with dot segments or a field name that is not a
+ * token is refused (400). Host becomes the upstream's unless keep_host, and
+ * the bytes after the head pass through both ways. */
 typedef struct h2rev_upstream_s h2rev_upstream_t;
 struct h2r_upstream;
 typedef void (*h2rev_upstream_close_cb)(h2rev_upstream_t *upstream);

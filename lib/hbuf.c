@@ -1,6 +1,7 @@
 /* A request or response head as llhttp hands it over in pieces: the URL and
  * the header names and values gathered into one buffer, with a size limit;
- * the writing of heads (h2r_out_t); and a cache of buffers of one size. */
+ * the checks of field names and paths both sides of the tunnel make; the
+ * writing of heads (h2r_out_t); and a cache of buffers of one size. */
 #include "internal.h"
 
 #include <stdlib.h>
@@ -52,7 +53,7 @@ int h2r_hbuf_url(h2r_hbuf_t *h, const char *at, size_t len) {
 
 int h2r_hbuf_field(h2r_hbuf_t *h, const char *at, size_t len) {
   if (h->in_value || h->n == 0) {
-    if (h->n == H2R_MAX_HEADERS) {
+    if (h->n == (h->max_n != 0 ? H2R_MIN(h->max_n, H2R_HBUF_HEADERS) : H2R_MAX_HEADERS)) {
       h->too_large = true;
       return -1;
     }
@@ -97,6 +98,74 @@ const char *h2r_hbuf_get(const h2r_hbuf_t *h, const char *name, size_t *len) {
       return h->buf + h->off[i][2];
     }
   return NULL;
+}
+
+const char *h2r_hbuf_get_last(const h2r_hbuf_t *h, const char *name, size_t *len) {
+  size_t nl = strlen(name);
+  for (unsigned i = h->n; i-- > 0;)
+    if (h->off[i][1] == nl && strncasecmp(h->buf + h->off[i][0], name, nl) == 0) {
+      *len = h->off[i][3];
+      return h->buf + h->off[i][2];
+    }
+  return NULL;
+}
+
+bool h2r_is_token(const char *s, size_t n) {
+  static const char extra[] = "!#$%&'*+-.^_`|~";
+  if (n == 0)
+    return false;
+  for (size_t i = 0; i < n; i++) {
+    unsigned char ch = (unsigned char)s[i];
+    bool alnum = (ch >= '0' && ch <= '9') || (ch >= 'a' && ch <= 'z') || (ch >= 'A' && ch <= 'Z');
+    if (!alnum && (ch == '\0' || strchr(extra, ch) == NULL))
+      return false;
+  }
+  return true;
+}
+
+/* The length of a segment separator at p ('/', '\\', %2f, %5c), or 0. */
+static size_t separator(const char *p, const char *end) {
+  if (*p == '/' || *p == '\\')
+    return 1;
+  if (end - p >= 3 && p[0] == '%' &&
+      ((p[1] == '2' && (p[2] == 'f' || p[2] == 'F')) ||
+       (p[1] == '5' && (p[2] == 'c' || p[2] == 'C'))))
+    return 3;
+  return 0;
+}
+
+bool h2r_path_has_dot_segment(const char *path, size_t n) {
+  const char *end = path, *stop = path + n;
+  while (end < stop && *end != '?')
+    end++;
+  const char *p = path;
+  while (p < end) {
+    size_t sl = separator(p, end);
+    if (sl > 0) {
+      p += sl;
+      continue;
+    }
+    unsigned dots = 0;
+    bool other = false;
+    while (p < end && separator(p, end) == 0) {
+      if (*p == '.') {
+        dots++;
+        p++;
+      } else if (end - p >= 3 && p[0] == '%' && p[1] == '2' && (p[2] == 'e' || p[2] == 'E')) {
+        dots++;
+        p += 3;
+      } else if (*p == ';') { /* "..;x": a path parameter (Tomcat drops it) */
+        while (p < end && separator(p, end) == 0)
+          p++;
+      } else {
+        other = true;
+        p++;
+      }
+    }
+    if (!other && (dots == 1 || dots == 2))
+      return true;
+  }
+  return false;
 }
 
 void h2r_out_uint(h2r_out_t *o, uint64_t v, unsigned base) {

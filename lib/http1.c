@@ -743,6 +743,38 @@ static int start_handler(h2r_h1c_t *c, const h2r_route_t *route, const h2r_h1hea
   return 0;
 }
 
+/* The request offers HTTP/2 in its Upgrade header. */
+static bool offers_h2c(const h2r_kv_t *kv) {
+  const char *v = kv->value, *end = v + kv->vl;
+  while (v < end) {
+    while (v < end && (*v == ' ' || *v == '\t' || *v == ','))
+      v++;
+    const char *tok = v;
+    while (v < end && *v != ',' && *v != ' ' && *v != '\t')
+      v++;
+    if (v - tok == 3 && strncasecmp(tok, "h2c", 3) == 0)
+      return true;
+  }
+  return false;
+}
+
+/* What RFC 9112 says a server must refuse (400): a field name that is not a
+ * token ("Foo Bar", "X :"), and an HTTP/1.1 request without exactly one
+ * Host. NULL when the head is fine. */
+static const char *bad_head(const llhttp_t *h, const h2r_kv_t *kv, size_t n) {
+  unsigned hosts = 0;
+  for (size_t i = 0; i < n; i++) {
+    if (!h2r_is_token(kv[i].name, kv[i].nl))
+      return "a header field name is not a token";
+    hosts += kv[i].nl == 4 && strncasecmp(kv[i].name, "host", 4) == 0;
+  }
+  if (hosts > 1)
+    return "more than one Host";
+  if (hosts == 0 && (h->http_major > 1 || (h->http_major == 1 && h->http_minor >= 1)))
+    return "HTTP/1.1 without Host";
+  return NULL;
+}
+
 static int on_headers_complete(llhttp_t *h) {
   h2r_h1c_t *c = h->data;
   uv_timer_stop(&c->timer);
@@ -764,6 +796,20 @@ static int on_headers_complete(llhttp_t *h) {
       has_cl = true;
     if (kv[i].nl == 4 && strncasecmp(kv[i].name, "host", 4) == 0)
       authority = kv[i].value, alen = kv[i].vl;
+    /* No h2c upgrade here (RFC 9113 deprecates it): the request is served as
+     * a plain one, as a server may ignore Upgrade; a proxy must not pass the
+     * offer on to a server behind that could take it. */
+    if (upgrade && h->method != HTTP_CONNECT && kv[i].nl == 7 &&
+        strncasecmp(kv[i].name, "upgrade", 7) == 0 && offers_h2c(&kv[i]))
+      upgrade = false;
+  }
+  if (!upgrade && h->upgrade)
+    h->upgrade = 0; /* llhttp reads the body, if any, and parses what follows */
+  const char *bad = bad_head(h, kv, hb->n);
+  if (bad != NULL) {
+    H2R_WARN(c->log, "%s: HTTP/1.1 request refused (400): %s", c->peer, bad);
+    respond_text(c, 400, "bad request\n", true);
+    return -1;
   }
   /* Copies as C strings: the url (path and query) and the authority. */
   char url[8192], auth[512];

@@ -379,19 +379,32 @@ typedef struct h2r_kv {
 } h2r_kv_t;
 
 /* A head gathered from llhttp's callbacks (hbuf.c). */
-#define H2R_MAX_HEAD    65536 /* request line or status line + headers */
+#define H2R_MAX_HEAD 65536 /* request line or status line + headers */
+/* Header fields of a client's request (431 beyond) and of a response. */
 #define H2R_MAX_HEADERS 128
+/* The dialer replaces the client's Host and X-Forwarded-* and adds framing:
+ * a request head toward the listener has at most this many fields more than
+ * the client sent (Host, X-Forwarded-For, -Proto, -Host, -Prefix,
+ * Transfer-Encoding or Connection; two spare). */
+#define H2R_PROXY_ADDED_HEADERS 8
+/* What the listener accepts from a dialer: whatever the dialer let in. */
+#define H2R_HBUF_HEADERS (H2R_MAX_HEADERS + H2R_PROXY_ADDED_HEADERS)
+/* Bytes of the head likewise: a client's head of H2R_MAX_HEAD at most, and
+ * the dialer's fields, the largest a copy of the client's authority
+ * (X-Forwarded-Host). */
+#define H2R_PROXY_HEAD_BYTES (2 * H2R_MAX_HEAD + 4096)
 
 typedef struct h2r_hbuf {
   char *buf;
   size_t len, cap;
-  uint32_t url_len;                 /* the URL comes first in buf */
-  uint32_t off[H2R_MAX_HEADERS][4]; /* name offset, length, value offset, length */
+  uint32_t url_len;                  /* the URL comes first in buf */
+  uint32_t off[H2R_HBUF_HEADERS][4]; /* name offset, length, value offset, length */
   unsigned n;
   bool in_value;
   bool value_done; /* the last header's value is complete: a value now has no name */
   bool too_large;  /* a limit was hit: the caller answers 431 */
   size_t max;      /* bytes of URL and headers; 0: H2R_MAX_HEAD */
+  unsigned max_n;  /* header fields, up to H2R_HBUF_HEADERS; 0: H2R_MAX_HEADERS */
 } h2r_hbuf_t;
 
 void h2r_hbuf_reset(h2r_hbuf_t *h);
@@ -404,6 +417,15 @@ int h2r_hbuf_value_done(h2r_hbuf_t *h); /* llhttp's on_header_value_complete */
 h2r_kv_t h2r_hbuf_kv(const h2r_hbuf_t *h, unsigned i);
 /* A header's value by name (case-insensitive), or NULL. */
 const char *h2r_hbuf_get(const h2r_hbuf_t *h, const char *name, size_t *len);
+/* The same, the last of the fields with that name. */
+const char *h2r_hbuf_get_last(const h2r_hbuf_t *h, const char *name, size_t *len);
+/* A field name is a token (RFC 9110 5.1): no space, separator or control. */
+bool h2r_is_token(const char *s, size_t n);
+/* A request target's path (up to '?') has a "." or ".." segment, also with
+ * its dots percent-encoded (%2e), segments cut by "\", %2f or %5c, or a
+ * path parameter after the dots ("..;x"): a path that could climb out of
+ * the prefix it is served under, for some server behind. */
+bool h2r_path_has_dot_segment(const char *path, size_t n);
 
 /* An HTTP/1.1 head being written into a buffer its writer sized. Appends
  * are plain copies (snprintf per header was a sixth of the proxy's time)

@@ -692,13 +692,24 @@ void h2r_proxy_client_gone(h2r_proxy_t *p) {
   p_finish(p);
 }
 
-static bool valid_content_length(const char *v, size_t n) {
+/* The value of a Content-Length of at most 18 digits, or -1. */
+static int64_t content_length(const char *v, size_t n) {
   if (n == 0 || n > 18)
-    return false;
-  for (size_t i = 0; i < n; i++)
+    return -1;
+  int64_t len = 0;
+  for (size_t i = 0; i < n; i++) {
     if (v[i] < '0' || v[i] > '9')
-      return false;
-  return true;
+      return -1;
+    len = len * 10 + (v[i] - '0');
+  }
+  return len;
+}
+
+/* X-Forwarded-Host, -Proto and -Prefix are the dialer's to say: a client's
+ * would reach the upstream as if the dialer had said them. */
+static bool dialers_own(const h2r_kv_t *kv) {
+  return kv_is(kv, "x-forwarded-host") || kv_is(kv, "x-forwarded-proto") ||
+         kv_is(kv, "x-forwarded-prefix");
 }
 
 static bool safe_text(const char *v, size_t n) {
@@ -729,7 +740,9 @@ static bool named_by_connection(const h2r_preq_t *rq, const h2r_kv_t *h) {
 
 /* Builds the HTTP/1.1 request head for the listener, as the write that will
  * carry it; NULL (with *status) when the request cannot be translated
- * without ambiguity. */
+ * without ambiguity (400), is a CONNECT (405: raw streams are not served
+ * yet), or its path has dot segments, which a server behind could resolve
+ * to somewhere outside <base>/proxy/<id>/ (400). */
 static pwrite_t *build_head(proxy_t *p, const h2r_preq_t *rq, int *status) {
   size_t ml = strlen(rq->method), rl = strlen(rq->rest), il = strlen(rq->id);
   size_t al = strlen(rq->authority), sl = strlen(rq->scheme), pl = strlen(rq->peer);
@@ -742,9 +755,13 @@ static pwrite_t *build_head(proxy_t *p, const h2r_preq_t *rq, int *status) {
     return NULL;
   }
   *status = 400;
-  if (!safe_text(rq->method, ml) || !safe_text(rq->rest, rl) || memchr(rq->method, ' ', ml) ||
-      memchr(rq->rest, ' ', rl))
+  if (!h2r_is_token(rq->method, ml) || !safe_text(rq->rest, rl) || memchr(rq->rest, ' ', rl) ||
+      h2r_path_has_dot_segment(rq->prefix, rq->prefixlen) || h2r_path_has_dot_segment(rq->rest, rl))
     goto bad;
+  if (strcmp(rq->method, "CONNECT") == 0) {
+    *status = 405;
+    goto bad;
+  }
   h2r_out_t o = {w->data, 0, cap};
   h2r_out_put(&o, rq->method, ml);
   H2R_OUT_LIT(&o, " ");
@@ -752,23 +769,27 @@ static pwrite_t *build_head(proxy_t *p, const h2r_preq_t *rq, int *status) {
   H2R_OUT_LIT(&o, " HTTP/1.1\r\nHost: ");
   h2r_out_put(&o, rq->id, il);
   H2R_OUT_LIT(&o, "\r\n");
-  const h2r_kv_t *cl = NULL, *xff = NULL;
+  const h2r_kv_t *cl = NULL;
   for (size_t i = 0; i < rq->nhdrs; i++) {
     const h2r_kv_t *kv = &rq->hdrs[i];
-    if (!safe_text(kv->name, kv->nl) || !safe_text(kv->value, kv->vl) || kv->nl == 0)
+    if (kv->nl > 0 && kv->name[0] == ':')
+      continue; /* HTTP/2 pseudo-headers: read through rq */
+    if (!h2r_is_token(kv->name, kv->nl) || !safe_text(kv->value, kv->vl))
       goto bad;
-    if (kv->name[0] == ':' || kv_is(kv, "host"))
+    if (kv_is(kv, "host") || kv_is(kv, "x-forwarded-for") || dialers_own(kv))
       continue;
     if (kv_is(kv, "content-length")) {
-      if (!valid_content_length(kv->value, kv->vl) ||
+      int64_t len = content_length(kv->value, kv->vl);
+      if (len < 0 ||
           (cl != NULL && (cl->vl != kv->vl || memcmp(cl->value, kv->value, kv->vl) != 0)))
         goto bad; /* conflicting lengths: a smuggling attempt */
       if (cl != NULL)
         continue;
       cl = kv;
-    }
-    if (kv_is(kv, "x-forwarded-for")) {
-      xff = kv;
+      /* In its canonical form ("0005" is 5): one reading for every parser behind. */
+      H2R_OUT_LIT(&o, "Content-Length: ");
+      h2r_out_uint(&o, (uint64_t)len, 10);
+      H2R_OUT_LIT(&o, "\r\n");
       continue;
     }
     bool keep = (kv_is(kv, "te") && kv->vl == 8 && strncasecmp(kv->value, "trailers", 8) == 0) ||
@@ -785,14 +806,17 @@ static pwrite_t *build_head(proxy_t *p, const h2r_preq_t *rq, int *status) {
     ipl--;
   ipl = ipl > 0 ? ipl - 1 : pl;
   H2R_OUT_LIT(&o, "X-Forwarded-For: ");
-  if (xff != NULL) {
-    h2r_out_put(&o, xff->value, xff->vl);
-    H2R_OUT_LIT(&o, ", ");
+  for (size_t i = 0; i < rq->nhdrs; i++) {
+    if (kv_is(&rq->hdrs[i], "x-forwarded-for")) { /* every one the client sent, in order */
+      h2r_out_put(&o, rq->hdrs[i].value, rq->hdrs[i].vl);
+      H2R_OUT_LIT(&o, ", ");
+    }
   }
   h2r_out_put(&o, rq->peer, ipl);
   H2R_OUT_LIT(&o, "\r\n");
   h2r_out_header(&o, "X-Forwarded-Proto", 17, rq->scheme, sl);
-  h2r_out_header(&o, "X-Forwarded-Host", 16, rq->authority, al);
+  if (al > 0) /* HTTP/1.0 may have no Host: then there is none to forward */
+    h2r_out_header(&o, "X-Forwarded-Host", 16, rq->authority, al);
   h2r_out_header(&o, "X-Forwarded-Prefix", 18, rq->prefix, rq->prefixlen);
   if (cl == NULL && !rq->no_body && !rq->upgrade) {
     p->chunked_req = true;
@@ -911,6 +935,20 @@ static proxy_t *p_start(h2rev_dialer_t *dialer, int kind, const h2r_preq_t *rq,
   return p;
 }
 
+/* The text of a response for a request refused before it was sent on. */
+static const char *refusal(int status) {
+  switch (status) {
+  case 400:
+    return "bad request\n";
+  case 405:
+    return "method not allowed here\n";
+  case 431:
+    return "request header fields too large\n";
+  default:
+    return "unavailable\n";
+  }
+}
+
 /* False when the dial is refused at once: p has answered the client then. */
 static bool p_dial(proxy_t *p, h2rev_dialer_t *dialer) {
   if (h2rev_dial(&p->dial, dialer, p->id, &p->up, 0, dialed) == 0)
@@ -923,11 +961,19 @@ static bool p_dial(proxy_t *p, h2rev_dialer_t *dialer) {
 
 void h2r_proxy_serve(h2rev_dialer_t *dialer, h2r_strm_t *st, const char *prefix, size_t prefixlen,
                      const char *id, const char *rest, const h2rev_logger_t *log) {
-  h2r_kv_t kv[128];
+  /* The same limit as an HTTP/1.1 client's (431), which leaves room for the
+   * fields the dialer adds (H2R_PROXY_ADDED_HEADERS). */
+  h2r_kv_t kv[H2R_MAX_HEADERS];
   size_t n = 0;
-  for (unsigned i = 0; i < st->nhdrs && n < 128; i++)
-    kv[n++] = (h2r_kv_t){st->hbuf + st->hdrs[i].name, st->hbuf + st->hdrs[i].value,
-                         st->hdrs[i].namelen, st->hdrs[i].valuelen};
+  bool too_many = false;
+  for (unsigned i = 0; i < st->nhdrs && !too_many; i++) {
+    if (st->hbuf[st->hdrs[i].name] == ':')
+      continue; /* pseudo-headers: read by name below */
+    too_many = n == H2R_MAX_HEADERS;
+    if (!too_many)
+      kv[n++] = (h2r_kv_t){st->hbuf + st->hdrs[i].name, st->hbuf + st->hdrs[i].value,
+                           st->hdrs[i].namelen, st->hdrs[i].valuelen};
+  }
   const char *method = h2r_strm_header(st, ":method", NULL);
   const char *authority = h2r_strm_header(st, ":authority", NULL);
   const char *scheme = h2r_strm_header(st, ":scheme", NULL);
@@ -944,7 +990,7 @@ void h2r_proxy_serve(h2rev_dialer_t *dialer, h2r_strm_t *st, const char *prefix,
       .nhdrs = n,
       .no_body = (st->flags & H2R_F_EOF) && st->rq_bytes == 0,
   };
-  int status = 400;
+  int status = too_many ? 431 : 400;
   for (size_t i = 0; i < n; i++)
     if (kv_is(&kv[i], "transfer-encoding"))
       method = NULL; /* HTTP/2 forbids it: refuse rather than guess */
@@ -957,11 +1003,11 @@ void h2r_proxy_serve(h2rev_dialer_t *dialer, h2r_strm_t *st, const char *prefix,
     h2r_strm_reject(st, 429, "too many requests on this connection\n");
     return;
   }
-  proxy_t *p = method != NULL && n < 128 ? p_start(dialer, CLIENT_H2, &rq, log, &status) : NULL;
+  proxy_t *p = method != NULL && !too_many ? p_start(dialer, CLIENT_H2, &rq, log, &status) : NULL;
   if (p == NULL) {
     h2r_log_limited(log, h2r_dialer_ratelog(dialer), dialer->loop, H2REV_LOG_INFO,
                     "proxy %s: %d for a request that cannot be forwarded safely", id, status);
-    h2r_strm_reject(st, status, status == 400 ? "bad request\n" : "unavailable\n");
+    h2r_strm_reject(st, status, refusal(status));
     return;
   }
   p->csess = st->sess;
@@ -975,7 +1021,7 @@ h2r_proxy_t *h2r_proxy_serve_h1(h2rev_dialer_t *dialer, h2r_h1c_t *h1, const h2r
   int status = 400;
   proxy_t *p = p_start(dialer, CLIENT_H1, rq, log, &status);
   if (p == NULL) {
-    h2r_h1c_error(h1, status, status == 400 ? "bad request\n" : "unavailable\n");
+    h2r_h1c_error(h1, status, refusal(status));
     return NULL;
   }
   p->h1 = h1;

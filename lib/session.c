@@ -309,6 +309,12 @@ static int cb_frame_recv(nghttp2_session *ng, const nghttp2_frame *frame, void *
   h2r_strm_t *st = strm_of(s, frame->hd.stream_id);
   switch (frame->hd.type) {
   case NGHTTP2_HEADERS:
+    if (st != NULL && (st->flags & H2R_F_HEADERS) && (frame->hd.flags & NGHTTP2_FLAG_END_STREAM)) {
+      /* Trailers (dropped, see cb_header) end the body as END_STREAM on DATA would. */
+      st->flags |= H2R_F_EOF;
+      h2r_strm_schedule(st);
+      break;
+    }
     if (st == NULL || (st->flags & H2R_F_HEADERS) || st->err == UV_ENOBUFS)
       break;
     if (frame->headers.cat == NGHTTP2_HCAT_RESPONSE || frame->headers.cat == NGHTTP2_HCAT_HEADERS) {

@@ -72,9 +72,10 @@ typedef struct uconn {
   uv_timer_t linger;
   llhttp_t parser;
   llhttp_settings_t settings;
-  h2r_hbuf_t hb;  /* the request head */
-  bool parsed;    /* the request head is complete */
-  bool resolving; /* uv_getaddrinfo in flight */
+  h2r_hbuf_t hb;       /* the request head */
+  const char *refused; /* why the request is refused (400), or NULL */
+  bool parsed;         /* the request head is complete */
+  bool resolving;      /* uv_getaddrinfo in flight */
   bool x_open;
   bool s_eof, s_shut_done, x_eof;
   bool closing;
@@ -594,19 +595,30 @@ static int on_hvalue_done(llhttp_t *h) {
   return h2r_hbuf_value_done(&((uconn_t *)h->data)->hb);
 }
 
-/* Length of the reverse-proxy prefix at the start of url: the
- * X-Forwarded-Prefix h2rev's dialer sends, or the Go dialer's full path
- * .../proxy/<Host>. 0 when there is none. */
+/* Length of the reverse-proxy prefix at the start of url, which the
+ * upstream does not see; 0 when there is none. Host is the id with both
+ * dialers. h2rev's dialer sends the path already stripped and states what
+ * it stripped, X-Forwarded-Prefix: <base>/proxy/<id>: nothing more goes
+ * (GET /proxy/<id>/proxy/<id>/x arrives as /proxy/<id>/x). Its prefix comes
+ * last: older dialers passed a client's ahead of it. The Go dialer sends the
+ * full path, <base>/proxy/<id>/<path>, and no prefix of its own: the prefix
+ * ends after the first "/proxy/<id>" of the path followed by '/', '?' or
+ * its end, never a later one (/proxy/app/a/proxy/app/b arrives as
+ * /a/proxy/app/b). A client's X-Forwarded-Prefix through the Go dialer can
+ * at most keep the path from being stripped. */
 static size_t prefix_len(uconn_t *c, const char *url, size_t ul) {
   size_t pl, hl;
-  const char *p = h2r_hbuf_get(&c->hb, "x-forwarded-prefix", &pl);
-  if (p != NULL && pl > 0 && pl <= ul && memcmp(url, p, pl) == 0 &&
-      (pl == ul || url[pl] == '/' || url[pl] == '?'))
-    return pl;
   const char *host = h2r_hbuf_get(&c->hb, "host", &hl);
   if (host == NULL || hl == 0)
     return 0;
-  for (size_t i = 0; i + 7 + hl <= ul; i++) {
+  const char *p = h2r_hbuf_get_last(&c->hb, "x-forwarded-prefix", &pl);
+  if (p != NULL && pl >= 7 + hl && memcmp(p + pl - hl - 7, "/proxy/", 7) == 0 &&
+      memcmp(p + pl - hl, host, hl) == 0)
+    return 0;
+  size_t path_end = 0; /* the query is not searched */
+  while (path_end < ul && url[path_end] != '?')
+    path_end++;
+  for (size_t i = 0; i + 7 + hl <= path_end; i++) {
     if (memcmp(url + i, "/proxy/", 7) == 0 && memcmp(url + i + 7, host, hl) == 0) {
       size_t end = i + 7 + hl;
       if (end == ul || url[end] == '/' || url[end] == '?')
@@ -614,6 +626,20 @@ static size_t prefix_len(uconn_t *c, const char *url, size_t ul) {
     }
   }
   return 0;
+}
+
+/* Answers 400 in the upstream's place for a request not sent on. */
+static void uc_refuse(uconn_t *c, const char *why) {
+  H2R_WARN(&c->u->log, "upstream %s: request refused (400): %s", c->u->authority, why);
+  char resp[320];
+  int n = snprintf(resp, sizeof(resp),
+                   "HTTP/1.1 400 Bad Request\r\nContent-Type: text/plain\r\n"
+                   "Content-Length: %zu\r\nConnection: close\r\n\r\n%s\n",
+                   strlen(why) + 1, why);
+  send_s(c, resp, (size_t)n);
+  c->x_eof = true;
+  if (!c->closing)
+    end_stream(c);
 }
 
 static int on_headers_complete(llhttp_t *h) {
@@ -626,6 +652,15 @@ static int on_headers_complete(llhttp_t *h) {
   size_t skip = prefix_len(c, url, ul);
   url += skip;
   ul -= skip;
+  /* What the dialer checks, again for a dialer that does not (Go's). */
+  c->refused = h2r_path_has_dot_segment(url, ul) ? "a dot segment in the path" : NULL;
+  for (unsigned i = 0; i < hb->n && c->refused == NULL; i++) {
+    h2r_kv_t kv = h2r_hbuf_kv(hb, i);
+    if (!h2r_is_token(kv.name, kv.nl))
+      c->refused = "a header field name is not a token";
+  }
+  if (c->refused != NULL)
+    return -1;
   size_t cap = 256 + strlen(method) + strlen(u->path) + strlen(u->authority) + hb->len + 4 * hb->n;
   uwrite_t *k = malloc(sizeof(*k) + cap);
   if (k == NULL)
@@ -802,7 +837,9 @@ static void uc_read(h2rev_stream_t *s, ssize_t n, const uv_buf_t *buf) {
     return;
   }
   wfree(c->u, w);
-  if (e != HPE_OK) {
+  if (e != HPE_OK && c->refused != NULL) {
+    uc_refuse(c, c->refused);
+  } else if (e != HPE_OK) {
     char why[160];
     snprintf(why, sizeof(why), "bad request on a reverse connection: %s",
              c->hb.too_large ? "head too large" : llhttp_errno_name(e));
@@ -908,6 +945,9 @@ int h2rev_upstream_serve(h2rev_upstream_t *upstream, h2rev_stream_t *stream, h2r
   c->s = stream;
   c->done = done;
   c->early_tail = &c->early;
+  /* Room for what the dialer adds to a head its limits let in. */
+  c->hb.max_n = H2R_HBUF_HEADERS;
+  c->hb.max = H2R_PROXY_HEAD_BYTES;
   stream->data = c;
   uc_parsers_init(c);
   uv_timer_init(u->loop, &c->linger);

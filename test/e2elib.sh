@@ -37,10 +37,11 @@ wait_for() {
   return 1
 }
 
+# start_upstream [upstream.py flags, e.g. --echo]
 start_upstream() {
   mkdir -p "$WORK/www"
   echo "hello through the tunnel" > "$WORK/www/index.html"
-  python3 "$SRC/test/upstream.py" --dir "$WORK/www" --port-file "$WORK/upstream.port" \
+  python3 "$SRC/test/upstream.py" --dir "$WORK/www" --port-file "$WORK/upstream.port" "$@" \
     2> "$WORK/upstream.log" &
   PIDS+=($!)
   wait_for test -s "$WORK/upstream.port" || fail "upstream did not start"

@@ -1,7 +1,10 @@
 #!/usr/bin/env python3
 """Sends raw bytes to HOST:PORT (TLS when a CA file is given) and prints the
-first response line. Used for malformed and hostile requests.
+first response line. Used for malformed and hostile requests. With
+RAWHTTP_ALL=1 it prints everything received until the peer closes (send
+Connection: close) or 10 s pass.
 usage: rawhttp.py HOST PORT CA|- (file|-) [delay-per-byte]"""
+import os
 import socket
 import ssl
 import sys
@@ -26,6 +29,19 @@ def main():
             s.sendall(data)
     except (BrokenPipeError, ConnectionResetError, ssl.SSLError):
         pass
+    if os.environ.get("RAWHTTP_ALL") == "1":
+        s.settimeout(10)
+        got = b""
+        try:
+            while True:
+                b = s.recv(65536)
+                if not b:
+                    break
+                got += b
+        except (ConnectionResetError, ssl.SSLError, socket.timeout):
+            pass
+        sys.stdout.write(got.decode(errors="replace").replace("\r\n", "\n"))
+        return
     try:
         line = s.makefile("rb").readline().decode(errors="replace").strip()
     except (ConnectionResetError, ssl.SSLError, socket.timeout):

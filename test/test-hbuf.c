@@ -1,6 +1,7 @@
 /* Heads and buffers without a network: h2r_out_t never writes past its
- * buffer, h2r_hbuf_t enforces its limits, h2r_bufcache_t keeps at most its
- * bound and hands buffers back most recent first. */
+ * buffer, h2r_hbuf_t enforces its limits, field names and dot segments are
+ * told apart as the proxy needs, h2r_bufcache_t keeps at most its bound and
+ * hands buffers back most recent first. */
 #include "internal.h"
 #include "test.h"
 
@@ -85,6 +86,75 @@ TEST(hbuf_limits) {
   ASSERT(m.too_large);
   ASSERT_EQ(m.n, H2R_MAX_HEADERS);
   h2r_hbuf_free(&m);
+}
+
+/* The listener's heads (max_n) take the fields the dialer adds to a
+ * client's most; never more than the array holds. */
+TEST(hbuf_field_limit_per_head) {
+  h2r_hbuf_t m = {.max_n = H2R_HBUF_HEADERS};
+  ASSERT_OK(h2r_hbuf_url(&m, "/", 1));
+  for (unsigned i = 0; i < H2R_MAX_HEADERS + H2R_PROXY_ADDED_HEADERS; i++) {
+    ASSERT_OK(h2r_hbuf_field(&m, "A", 1));
+    ASSERT_OK(h2r_hbuf_value(&m, "b", 1));
+  }
+  ASSERT_EQ(h2r_hbuf_field(&m, "A", 1), -1);
+  ASSERT(m.too_large);
+  h2r_hbuf_free(&m);
+  h2r_hbuf_t big = {.max_n = 10 * H2R_HBUF_HEADERS};
+  ASSERT_OK(h2r_hbuf_url(&big, "/", 1));
+  for (unsigned i = 0; i < H2R_HBUF_HEADERS; i++) {
+    ASSERT_OK(h2r_hbuf_field(&big, "A", 1));
+    ASSERT_OK(h2r_hbuf_value(&big, "b", 1));
+  }
+  ASSERT_EQ(h2r_hbuf_field(&big, "A", 1), -1);
+  h2r_hbuf_free(&big);
+}
+
+TEST(hbuf_get_last) {
+  h2r_hbuf_t h = {0};
+  ASSERT_OK(h2r_hbuf_url(&h, "/", 1));
+  const char *kv[][2] = {{"X-P", "/client"}, {"Host", "a"}, {"x-p", "/proxy/a"}};
+  for (size_t i = 0; i < 3; i++) {
+    ASSERT_OK(h2r_hbuf_field(&h, kv[i][0], strlen(kv[i][0])));
+    ASSERT_OK(h2r_hbuf_value(&h, kv[i][1], strlen(kv[i][1])));
+  }
+  size_t len;
+  const char *v = h2r_hbuf_get_last(&h, "x-p", &len);
+  ASSERT(v != NULL && len == 8 && memcmp(v, "/proxy/a", 8) == 0);
+  v = h2r_hbuf_get(&h, "x-p", &len);
+  ASSERT(v != NULL && len == 7 && memcmp(v, "/client", 7) == 0);
+  ASSERT_NULL(h2r_hbuf_get_last(&h, "x-q", &len));
+  h2r_hbuf_free(&h);
+}
+
+TEST(field_names_are_tokens) {
+  const char *good[] = {"Host", "x-forwarded-for", "A", "!#$%&'*+-.^_`|~09azAZ"};
+  const char *bad[] = {"",    "Foo Bar", "X ",  " X",   "a:b",      "a\tb", "a\"b", "(x)",
+                       "a,b", "a/b",     "a@b", "\x7f", "\xc3\xa9", "a;b",  "a=b",  "{}"};
+  for (size_t i = 0; i < sizeof(good) / sizeof(good[0]); i++)
+    ASSERT(h2r_is_token(good[i], strlen(good[i])));
+  for (size_t i = 0; i < sizeof(bad) / sizeof(bad[0]); i++)
+    if (h2r_is_token(bad[i], strlen(bad[i])))
+      test_fail(__FILE__, __LINE__, "\"%s\" taken for a token", bad[i]);
+  ASSERT(!h2r_is_token("a\0b", 3));
+}
+
+TEST(dot_segments) {
+  const char *dots[] = {"/..",       "/.",        "/a/../b",   "/a/./b",    "/a/..",
+                        "/%2e%2e/x", "/%2E%2e",   "/.%2e/x",   "/a/%2e",    "/a/..%2fb",
+                        "/a/..%2Fb", "/a\\..\\b", "/a/..%5cb", "/a/..;x/b", "/a/.;/b",
+                        "..",        "/a/..?x",   "/a/%2e?x=1"};
+  const char *fine[] = {
+      "/",         "/a/...", "/a/..b",   "/a/b..",    "/a/.b",    "/a/%2e%2e%2e",  "/a//b",
+      "/a?x=/../", "/a?..",  "/%2e%2ex", "/a/.%2ex/", "/a/;/..b", "/a/%252e%252e", ""};
+  for (size_t i = 0; i < sizeof(dots) / sizeof(dots[0]); i++)
+    if (!h2r_path_has_dot_segment(dots[i], strlen(dots[i])))
+      test_fail(__FILE__, __LINE__, "no dot segment found in %s", dots[i]);
+  for (size_t i = 0; i < sizeof(fine) / sizeof(fine[0]); i++)
+    if (h2r_path_has_dot_segment(fine[i], strlen(fine[i])))
+      test_fail(__FILE__, __LINE__, "a dot segment found in %s", fine[i]);
+  /* Only the n bytes given are read. */
+  ASSERT(!h2r_path_has_dot_segment("/a/..", 3));
 }
 
 TEST(bufcache_bounded_most_recent_first) {

@@ -3,6 +3,7 @@
  * HTTP/1.1 served on reverse connections of a real listener; the dialer
  * mounted on an application's server. */
 #include "h2util.h"
+#include "internal.h"
 #include "test.h"
 #include "util.h"
 
@@ -465,6 +466,9 @@ static void stream_done(h2rev_stream_t *s) {
   E->done++;
 }
 
+/* When set, the listener's streams go to this upstream instead of `back`. */
+static h2rev_upstream_t *UP;
+
 static void lis_conn(h2rev_listener_t *l, int status) {
   rev_t *r = l->data;
   if (status != 0)
@@ -474,7 +478,10 @@ static void lis_conn(h2rev_listener_t *l, int status) {
     free(s);
     return;
   }
-  ASSERT_OK(h2rev_http_server_serve_stream(&r->back, s, stream_done));
+  if (UP != NULL)
+    ASSERT_OK(h2rev_upstream_serve(UP, s, stream_done));
+  else
+    ASSERT_OK(h2rev_http_server_serve_stream(&r->back, s, stream_done));
 }
 
 static void dialed_cb(h2rev_dial_t *req, int status) {
@@ -643,5 +650,103 @@ TEST(dialer_mounted) {
   snprintf(cmd, sizeof(cmd), "curl -s -w ' %%{http_code}' http://127.0.0.1:%d/rc/proxy/back/x",
            e.port);
   expect_out(&e, cmd, "root\n 200");
+  env_stop(&e);
+}
+
+/* ------------------------------------------------- the listener's side */
+
+static int s_closed;
+static void s_closed_cb(h2rev_stream_t *s) {
+  (void)s;
+  s_closed = 1;
+}
+static int up_closed;
+static void up_closed_cb(h2rev_upstream_t *u) {
+  (void)u;
+  up_closed = 1;
+}
+
+/* One request (with Connection: close) on a reverse connection of its own,
+ * written as a dialer would; what the listener answered. */
+static const char *exchange(env_t *e, rev_t *r, const char *req) {
+  r->dialed = r->eof = 0;
+  r->rxlen = 0;
+  r->rx[0] = '\0';
+  r->dial.data = r->s.data = r;
+  ASSERT_OK(h2rev_dial(&r->dial, &r->d, "back", &r->s, 5000, dialed_cb));
+  run_while(e, is_dialed, r, "dialed");
+  ASSERT_OK(h2rev_stream_read_start(&r->s, r_alloc, r_read));
+  r_send(r, req);
+  run_while(e, has_eof, r, "the response and the end of the stream");
+  s_closed = 0;
+  h2rev_stream_close(&r->s, s_closed_cb);
+  run_until(&e->loop, &s_closed, 5000);
+  return r->rx;
+}
+
+static void expect_seen(env_t *e, rev_t *r, const char *req, const char *want) {
+  const char *got = exchange(e, r, req);
+  if (strstr(got, want) == NULL)
+    test_fail(__FILE__, __LINE__, "for %s\nwant %s\ngot %s", req, want, got);
+}
+
+/* The listener strips the prefix the dialer states or, from the Go dialer,
+ * the first <base>/proxy/<id> of the path, nothing else; it refuses (400)
+ * what a dialer should have refused; it takes the fields a dialer adds to
+ * the most a client may send. The upstream is the /info route of e.srv. */
+TEST(upstream_prefix) {
+  env_t e;
+  env_init(&e);
+  char url[128];
+  snprintf(url, sizeof(url), "http://127.0.0.1:%d/info", e.port);
+  h2rev_upstream_t up;
+  h2rev_upstream_options_t uo = {.url = url};
+  test_logger(&uo.log, "upstream");
+  ASSERT_OK(h2rev_upstream_init(&e.loop, &up, &uo));
+  UP = &up;
+  rev_t r;
+  rev_start(&r, &e, NULL, 0);
+#define REQ(target, fields)                                                                        \
+  "GET " target " HTTP/1.1\r\nHost: back\r\n" fields "Connection: close\r\n\r\n"
+  /* The Go dialer's full path: its first /proxy/<id> goes, a later one stays. */
+  expect_seen(&e, &r, REQ("/proxy/back/public/x/proxy/back/admin", ""),
+              "GET /info/public/x/proxy/back/admin 1.1 xfp=-");
+  expect_seen(&e, &r, REQ("/base/proxy/back/a?q=/proxy/back/b", ""),
+              "GET /info/a?q=/proxy/back/b 1.1 xfp=-");
+  expect_seen(&e, &r, REQ("/proxy/back?q=1", ""), "GET /info/?q=1 1.1");
+  /* Never in the query. */
+  expect_seen(&e, &r, REQ("/x?q=/proxy/back/y", ""), "GET /info/x?q=/proxy/back/y 1.1");
+  /* A client's X-Forwarded-Prefix through the Go dialer strips nothing more. */
+  expect_seen(&e, &r, REQ("/proxy/back/public/x", "X-Forwarded-Prefix: /proxy/back/public\r\n"),
+              "GET /info/public/x 1.1");
+  /* h2rev's dialer stripped the prefix it states: a path that starts with
+   * it again is the client's (GET /proxy/back/proxy/back/admin). */
+  expect_seen(&e, &r, REQ("/proxy/back/admin", "X-Forwarded-Prefix: /proxy/back\r\n"),
+              "GET /info/proxy/back/admin 1.1");
+  expect_seen(&e, &r, REQ("/public/x/proxy/back/admin", "X-Forwarded-Prefix: /proxy/back\r\n"),
+              "GET /info/public/x/proxy/back/admin 1.1");
+  /* An older dialer passed the client's X-Forwarded-Prefix ahead of its own. */
+  expect_seen(&e, &r,
+              REQ("/admin/x", "X-Forwarded-Prefix: /admin\r\nX-Forwarded-Prefix: /proxy/back\r\n"),
+              "GET /info/admin/x 1.1");
+  /* Refused in the upstream's place. */
+  expect_seen(&e, &r, REQ("/proxy/back/%2e%2e/x", ""), "HTTP/1.1 400 ");
+  expect_seen(&e, &r, REQ("/proxy/back/a/..;x/b", ""), "HTTP/1.1 400 ");
+  expect_seen(&e, &r, REQ("/proxy/back/a", "Foo Bar: 1\r\n"), "HTTP/1.1 400 ");
+  /* As many fields as the dialer passes on: a client's most, and its own.
+   * The upstream here (an h2rev server) takes 128: its 431 shows the head
+   * went on, where the listener answered 502 itself before. */
+  static char many[8192];
+  size_t n =
+      (size_t)snprintf(many, sizeof(many), "GET /proxy/back/many HTTP/1.1\r\nHost: back\r\n");
+  for (int i = 2; i < H2R_MAX_HEADERS + H2R_PROXY_ADDED_HEADERS; i++)
+    n += (size_t)snprintf(many + n, sizeof(many) - n, "X-N%d: v\r\n", i);
+  snprintf(many + n, sizeof(many) - n, "Connection: close\r\n\r\n");
+  expect_seen(&e, &r, many, "HTTP/1.1 431 ");
+#undef REQ
+  rev_stop(&r);
+  h2rev_upstream_close(&up, up_closed_cb);
+  run_until(&e.loop, &up_closed, 5000);
+  UP = NULL;
   env_stop(&e);
 }

@@ -12,10 +12,14 @@ GET  /count/NAME     how many requests for /NAME/... it has received (a head rea
 POST|PUT /sha        "<length> <sha256>" of the request body (chunked or not)
 GET  /ws             a WebSocket echo (after the 101, frames come back unmasked)
 anything else        files from --dir
+With --echo, every request is answered 200 with what the upstream received:
+the request line, the headers, and for a request with a body a line
+"body: <length> <sha256>" and its chunked trailers, if any.
 """
 import argparse
 import base64
 import collections
+import http.client
 import hashlib
 import http.server
 import os
@@ -94,7 +98,22 @@ class Handler(http.server.SimpleHTTPRequestHandler):
             self.wfile.write(head + data)
             self.wfile.flush()
 
+    def echo(self):
+        lines = [self.requestline] + ["%s: %s" % kv for kv in self.headers.items()]
+        if "Content-Length" in self.headers or "Transfer-Encoding" in self.headers:
+            got = self.body()
+            if got is None:
+                self.close_connection = True
+                return
+            total, digest = got
+            lines.append("body: %d %s" % (total, digest))
+            lines += ["trailer: " + t for t in self.trailers]
+        self.send_text(200, "\n".join(lines) + "\n")
+
     def do_GET(self):
+        if self.server.echo:
+            self.echo()
+            return
         p = self.path
         if p.startswith("/ws") and self.headers.get("Upgrade", "").lower() == "websocket":
             self.close_connection = True
@@ -157,6 +176,7 @@ class Handler(http.server.SimpleHTTPRequestHandler):
     def body(self):
         h = hashlib.sha256()
         total = 0
+        self.trailers = []
         if self.headers.get("Transfer-Encoding", "").lower() == "chunked":
             while True:
                 line = self.rfile.readline()
@@ -164,12 +184,17 @@ class Handler(http.server.SimpleHTTPRequestHandler):
                     return None
                 size = int(line.strip().split(b";")[0], 16)
                 if size == 0:
-                    while self.rfile.readline() not in (b"\r\n", b"\n", b""):
-                        pass
+                    while True:
+                        line = self.rfile.readline()
+                        if line in (b"\r\n", b"\n", b""):
+                            break
+                        self.trailers.append(line.decode(errors="replace").strip())
                     break
                 left = size
                 while left:
                     b = self.rfile.read(min(left, 1 << 16))
+                    if not b:
+                        return None
                     h.update(b)
                     left -= len(b)
                 total += size
@@ -186,6 +211,9 @@ class Handler(http.server.SimpleHTTPRequestHandler):
         return total, h.hexdigest()
 
     def do_POST(self):
+        if self.server.echo:
+            self.echo()
+            return
         got = self.body()
         if got is None:
             # The client left mid-body (a flood's held requests end so, by the hundred):
@@ -196,6 +224,12 @@ class Handler(http.server.SimpleHTTPRequestHandler):
 
     do_PUT = do_POST
 
+    def __getattr__(self, name):
+        # --echo answers any method (DELETE, OPTIONS, PATCH, ...).
+        if name.startswith("do_") and self.server.echo:
+            return self.echo
+        raise AttributeError(name)
+
 
 def main():
     ap = argparse.ArgumentParser()
@@ -204,11 +238,15 @@ def main():
     ap.add_argument("--port-file")
     ap.add_argument("--tls-cert")
     ap.add_argument("--tls-key")
+    ap.add_argument("--echo", action="store_true")
     a = ap.parse_args()
+    # As many header fields as a listener passes on (http.client stops at 100).
+    http.client._MAXHEADERS = 1000
     os.chdir(a.dir)
     # Room for the connections a listener opens at once under concurrent load.
     http.server.ThreadingHTTPServer.request_queue_size = 256
     srv = http.server.ThreadingHTTPServer(("127.0.0.1", a.port), Handler)
+    srv.echo = a.echo
     if a.tls_cert:
         import ssl
         ctx = ssl.SSLContext(ssl.PROTOCOL_TLS_SERVER)
