@@ -460,8 +460,10 @@ void h2r_proxy_client_gone(h2r_proxy_t *p);
 /* The client's output queue drained: the proxy may read the listener again. */
 void h2r_proxy_client_drained(h2r_proxy_t *p);
 
-/* Keep-alive reuse: an idle data stream of listener `id` back among its
- * spares (dialer.c). False when it cannot be kept: the caller still owns it. */
+/* Keep-alive reuse: an idle data stream of listener `id` back to the dialer
+ * (dialer.c), which keeps it among the spares, or closes it when the
+ * listener serves one request per stream (Go's). False when the dialer
+ * cannot take it: the caller still owns it. */
 bool h2r_dialer_recycle(h2rev_dialer_t *dialer, const char *id, h2rev_stream_t *stream);
 
 /* HTTP/1.1 server connection (http1.c): on a session's transport (an
