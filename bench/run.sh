@@ -5,15 +5,17 @@
 #   bench/run.sh            default run (200,000-request growth run, 1000 idle listeners)
 #   bench/run.sh --smoke    tiny counts for CI, under 2 minutes
 #   bench/run.sh --full     1,000,000-request growth run
-# Options: --long N (requests of the growth run), --rev REV (build commit REV from git
-# instead of the working tree), --no-build (use build-bench/ as it is), --keep (keep the
-# temp dir). Needs: cmake, a C compiler, openssl, nginx (nginx-light), h2load
-# (nghttp2-client), wrk, curl, python3.
+# Options: --long N (requests of the growth run), --mix N (requests through each pairing of
+# C and Go), --rev REV (build commit REV from git instead of the working tree), --no-build
+# (use build-bench/ as it is), --keep (keep the temp dir). Needs: cmake, a C compiler,
+# openssl, nginx (nginx-light), h2load (nghttp2-client), wrk, curl, python3; with the Go
+# h2rev2 binaries in ../shared/interop (revsrv, revcli), small GETs through each pairing.
 set -euo pipefail
 
 ARGS="$*"
 MODE=default
 LONG=
+MIX_N=
 REV=
 BUILD=1
 KEEP=0
@@ -22,21 +24,23 @@ while [ $# -gt 0 ]; do
   --smoke) MODE=smoke ;;
   --full) MODE=full ;;
   --long) LONG=$2; shift ;;
+  --mix) MIX_N=$2; shift ;;
   --rev) REV=$2; shift ;;
   --no-build) BUILD=0 ;;
   --keep) KEEP=1 ;;
-  -h | --help) sed -n '2,11p' "$0"; exit 0 ;;
+  -h | --help) sed -n '2,13p' "$0"; exit 0 ;;
   *) echo "bench/run.sh: unknown option $1" >&2; exit 2 ;;
   esac
   shift
 done
 
 case $MODE in
-smoke) H2_RUNS=1 N_GET=2000 WARM=500 GWARM=500 FIRST=1000 DEF_LONG=4000 WRK_S=3 XFER_MIB=10 XFER_RUNS=1 IDLE=50 SLOW_S=5 ;;
-full) H2_RUNS=3 N_GET=100000 WARM=2000 GWARM=10000 FIRST=50000 DEF_LONG=1000000 WRK_S=10 XFER_MIB=100 XFER_RUNS=5 IDLE=1000 SLOW_S=20 ;;
-*) H2_RUNS=3 N_GET=100000 WARM=2000 GWARM=10000 FIRST=50000 DEF_LONG=200000 WRK_S=10 XFER_MIB=100 XFER_RUNS=5 IDLE=1000 SLOW_S=20 ;;
+smoke) H2_RUNS=1 N_GET=2000 N_MIX=1000 WARM=500 GWARM=500 FIRST=1000 DEF_LONG=4000 WRK_S=3 XFER_MIB=10 XFER_RUNS=1 IDLE=50 SLOW_S=5 ;;
+full) H2_RUNS=3 N_GET=100000 N_MIX=10000 WARM=2000 GWARM=10000 FIRST=50000 DEF_LONG=1000000 WRK_S=10 XFER_MIB=100 XFER_RUNS=5 IDLE=1000 SLOW_S=20 ;;
+*) H2_RUNS=3 N_GET=100000 N_MIX=10000 WARM=2000 GWARM=10000 FIRST=50000 DEF_LONG=200000 WRK_S=10 XFER_MIB=100 XFER_RUNS=5 IDLE=1000 SLOW_S=20 ;;
 esac
 LONG=${LONG:-$DEF_LONG}
+N_MIX=${MIX_N:-$N_MIX}
 [ "$LONG" -gt "$FIRST" ] || { echo "bench/run.sh: --long must exceed $FIRST" >&2; exit 2; }
 
 SRC=$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)
@@ -309,6 +313,47 @@ med() { echo "${M[$1]}" | median; }
 R_RPS=$(med ref-rps) R_MEAN=$(med ref-mean) R_P50=$(med ref-p50) R_P99=$(med ref-p99)
 X_RPS=$(med h2rev-rps) X_MEAN=$(med h2rev-mean) X_P50=$(med h2rev-p50) X_P99=$(med h2rev-p99)
 
+# ---------------------------------------------------------------------------- C and Go
+# Small GETs through the four pairings of dialer and listener, C (h2rev) or Go (h2rev2's
+# revsrv and revcli), one after the other on the same upstream: C-C is the pair above
+# (the same count as the others, for a like-for-like row).
+GO=$SRC/../shared/interop
+MIX=
+if [ -x "$GO/revsrv" ] && [ -x "$GO/revcli" ]; then
+  GP=$(free_port)
+  "$GO/revsrv" -addr "127.0.0.1:$GP" -cert "$W/ref.crt" -key "$W/ref.key" >>"$W/revsrv.log" 2>&1 &
+  MIX_PIDS=($!)
+  wait_for 10 curl -s -o /dev/null --cacert "$W/ref.crt" "https://127.0.0.1:$GP/" || die "revsrv did not start"
+  "$BIN/h2rev-listener" --url "https://127.0.0.1:$GP" --id gc --ca "$W/ref.crt" \
+    --upstream "http://127.0.0.1:$UP" --log-level warn 2>>"$W/mix-listener.log" &
+  MIX_PIDS+=($!)
+  "$GO/revcli" -url "https://127.0.0.1:$DP/" -ca "$W/d/h2rev-dialer.crt" -id cg \
+    -upstream "http://127.0.0.1:$UP" >>"$W/revcli.log" 2>&1 &
+  MIX_PIDS+=($!)
+  "$GO/revcli" -url "https://127.0.0.1:$GP/" -ca "$W/ref.crt" -id gg \
+    -upstream "http://127.0.0.1:$UP" >>"$W/revcli.log" 2>&1 &
+  MIX_PIDS+=($!)
+  PIDS+=("${MIX_PIDS[@]}")
+  mkdir -p "$W/www/proxy/gg" # the Go dialer forwards the full path, the Go listener keeps it
+  cp "$W/www/small.bin" "$W/www/proxy/gg/"
+  for u in "https://127.0.0.1:$GP/proxy/gc" "https://127.0.0.1:$DP/proxy/cg" "https://127.0.0.1:$GP/proxy/gg"; do
+    wait_for 20 curl -sfk -o /dev/null "$u/small.bin" || die "no answer through $u"
+  done
+  log "C and Go: h2load -c 16 -m 10 -n $N_MIX through each pairing (dialer-listener)"
+  h2load_run mix-c-c "$H2R_URL/small.bin" "$N_MIX"
+  MIX="C-C $H_RPS"
+  h2load_run mix-c-go "https://127.0.0.1:$DP/proxy/cg/small.bin" "$N_MIX"
+  MIX+=", C-Go $H_RPS"
+  h2load_run mix-go-c "https://127.0.0.1:$GP/proxy/gc/small.bin" "$N_MIX"
+  MIX+=", Go-C $H_RPS"
+  h2load_run mix-go-go "https://127.0.0.1:$GP/proxy/gg/small.bin" "$N_MIX"
+  MIX+=", Go-Go $H_RPS"
+  stop_pids 5 "${MIX_PIDS[@]}" >/dev/null
+  wait "${MIX_PIDS[@]}" 2>/dev/null || true
+else
+  log "C and Go: $GO/revsrv or revcli not found, pairings skipped"
+fi
+
 # ---------------------------------------------------------------------------- wrk (HTTP/1.1)
 # wrk_run NAME URL: sets K_RPS K_P50 K_P99 K_ERR
 wrk_run() {
@@ -514,6 +559,10 @@ P_SUM=$((P_D + P_L))
   row "small GET h2load: p99 latency (2xx), ms" "$R_P99" "$X_P99" "$(ratio "$X_P99" "$R_P99")" "≤ 2× ref" \
     "$(pf le "$(ratio "$X_P99" "$R_P99")" 2)"
   row "small GET h2load: requests not answered 2xx (of $((H2_RUNS * N_GET)))" "$R_BAD" "$X_BAD" "-" "0" "$(pf test "$X_BAD" = 0)"
+  if [ -n "$MIX" ]; then
+    row "small GET h2load -c 16 -m 10 -n $N_MIX by pairing (dialer-listener; Go: h2rev2's revsrv, revcli): 2xx req/s" \
+      "-" "$MIX" "-" "-" "-"
+  fi
   if [ "$H1" = 1 ]; then
     row "small GET wrk HTTP/1.1 -c16 ${WRK_S}s (median of $H2_RUNS): req/s" "$RW_RPS" "$XW_RPS" "$(ratio "$XW_RPS" "$RW_RPS")" "≥ 0.7× ref" \
       "$(pf ge "$(ratio "$XW_RPS" "$RW_RPS")" 0.7)"

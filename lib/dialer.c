@@ -25,6 +25,7 @@ struct dlst {
   unsigned asked; /* conn-ready sent, data stream not yet arrived */
   bool gone;
   bool counted;         /* in the dialer's pending closes */
+  bool reuse;           /* its data streams may carry several requests in turn */
   uint64_t attached_at; /* uv_now() */
   char rxbuf[512];
   char id[];
@@ -344,6 +345,15 @@ bool h2r_dialer_recycle(h2rev_dialer_t *dialer, const char *id, h2rev_stream_t *
   h2r_strm_t *st = h2r_strm_detach(stream);
   if (st == NULL)
     return false;
+  if (!l->reuse) {
+    /* Closed now rather than ended gracefully: the Go listener holds a
+     * stream a second after its last write before it ends its side, and
+     * past the concurrent streams we allow, its HTTP/2 client opens
+     * another connection, whose data streams are refused (409). */
+    st->hooks = NULL;
+    h2r_strm_abandon(st);
+    return true;
+  }
   /* Among the spares, not to a waiting dial at once: this runs inside the
    * stream's read callback, and a byte after the response (which would make
    * it unusable, see h2rev_dial) may still be on its way in. */
@@ -487,6 +497,13 @@ static void revdial(h2r_dialer_t *d, h2r_strm_t *st, const char *query) {
   memcpy(l->id, id, idlen + 1);
   l->d = d;
   l->conn = c;
+  /* Only h2rev's listener states the roles of its streams. The Go listener's
+   * http.Server loses a request that reaches a kept-alive connection before
+   * its handler of the previous one has returned (its pending background
+   * read of one byte takes the whole chunk the revdial connection hands it),
+   * and the exchange then waits for ever: one request per stream for it,
+   * as the Go dialer does. */
+  l->reuse = role != NULL;
   l->rd.max = d->o.max_control_line;
   l->ctl.data = l;
   /* The Go listener waits for the response head before anything else. */

@@ -521,8 +521,10 @@ void h2r_proxy_client_drained(h2r_proxy_t *p);
 /* The dialer's options, defaults filled in; the limiter of its proxy's log lines. */
 const h2rev_dialer_options_t *h2r_dialer_options(const h2rev_dialer_t *dialer);
 h2r_ratelog_t *h2r_dialer_ratelog(h2rev_dialer_t *dialer);
-/* Keep-alive reuse: an idle data stream of listener `id` back among its
- * spares (dialer.c). False when it cannot be kept: the caller still owns it. */
+/* Keep-alive reuse: an idle data stream of listener `id` back to the dialer
+ * (dialer.c), which keeps it among the spares, or closes it when the
+ * listener serves one request per stream (Go's). False when the dialer
+ * cannot take it: the caller still owns it. */
 bool h2r_dialer_recycle(h2rev_dialer_t *dialer, const char *id, h2rev_stream_t *stream);
 
 /* HTTP/1.1 server connection (http1.c): on a session's transport (an

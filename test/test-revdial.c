@@ -1475,5 +1475,60 @@ TEST(listener_events_and_list) {
   dialer_stop(&e);
   ASSERT_EQ(nev, 3);
   lis_stop(&A);
+
+static int r_reset(void *arg) {
+  rstrm_t *r = arg;
+  return r->err != 0 || r->gone;
+}
+
+/* A data stream handed back after an exchange (HTTP/1.1 keep-alive, see proxy.c) waits
+ * for the next dial when the listener states the roles of its streams (h2rev's), and is
+ * closed at once when it does not (Go's, whose http.Server loses a request that reaches
+ * a kept-alive connection before the previous handler has returned). */
+TEST(recycle_only_for_a_listener_stating_roles) {
+  env_t e;
+  env_init(&e, NULL);
+  fake_t h, g;
+  ASSERT_EQ(f_attach(&h, &e, "h", "control", F_OPEN_DATA), 200);
+  ASSERT_EQ(f_attach(&g, &e, "g", NULL, F_OPEN_DATA), 200);
+  dclient_t c = {0};
+
+  dc_dial(&c, &e, "h", NULL, 0, 5000);
+  run_cond(&e.loop, dc_done, &c, 5000, "dial to h");
+  ASSERT_OK(c.status);
+  ASSERT_EQ(h.conn_ready, 1);
+  ASSERT(h2r_dialer_recycle(&e.d, "h", &c.s));
+  ASSERT_EQ(stats(&e).spares, 1);
+  dc_free(&c);
+  dc_dial(&c, &e, "h", NULL, 0, 5000);
+  run_cond(&e.loop, dc_done, &c, 5000, "second dial to h");
+  ASSERT_OK(c.status);
+  run_for(&e.loop, 50);
+  ASSERT_EQ(h.conn_ready, 1); /* the same stream again */
+  ASSERT_EQ(h.ndata, 1);
+  ASSERT_EQ(h.data[0].err, 0);
+  h2rev_stream_close(&c.s, dc_closed);
+  run_until(&e.loop, &c.closed, 5000);
+  dc_free(&c);
+
+  dc_dial(&c, &e, "g", NULL, 0, 5000);
+  run_cond(&e.loop, dc_done, &c, 5000, "dial to g");
+  ASSERT_OK(c.status);
+  ASSERT_EQ(g.conn_ready, 1);
+  ASSERT(h2r_dialer_recycle(&e.d, "g", &c.s));
+  ASSERT_EQ(stats(&e).spares, 0);
+  run_cond(&e.loop, r_reset, &g.data[0], 5000, "g's data stream reset");
+  dc_free(&c);
+  dc_dial(&c, &e, "g", NULL, 0, 5000);
+  run_cond(&e.loop, dc_done, &c, 5000, "second dial to g");
+  ASSERT_OK(c.status);
+  ASSERT_EQ(g.conn_ready, 2); /* a new stream for each request */
+  h2rev_stream_close(&c.s, dc_closed);
+  run_until(&e.loop, &c.closed, 5000);
+  dc_free(&c);
+
+  f_stop(&h);
+  f_stop(&g);
+  dialer_stop(&e);
   loop_drain(&e.loop);
 }
