@@ -20,7 +20,8 @@ cleanup() {
   if [ "${E2E_FAILED:-0}" = 1 ]; then
     for f in "$WORK"/*.log; do echo "== $f"; tail -n 30 "$f"; done >&2
   fi
-  rm -rf "$WORK"
+  # E2E_KEEP=1 keeps the logs of a failed run for a look.
+  [ -n "${E2E_KEEP:-}" ] && [ "${E2E_FAILED:-0}" = 1 ] && echo "kept $WORK" >&2 || rm -rf "$WORK"
   exit "$rc"
 }
 trap cleanup EXIT

@@ -1475,6 +1475,8 @@ TEST(listener_events_and_list) {
   dialer_stop(&e);
   ASSERT_EQ(nev, 3);
   lis_stop(&A);
+  loop_drain(&e.loop);
+}
 
 static int r_reset(void *arg) {
   rstrm_t *r = arg;
