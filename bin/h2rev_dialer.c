@@ -1,19 +1,16 @@
 /* h2rev-dialer: the public server. Serves <base>/revdial for listeners and
  * <base>/proxy/<id>/<path> for clients, over HTTP/2 (TLS, or cleartext with
  * prior knowledge). */
+#include "selfsigned.h"
 #include "tool.h"
 
+#include <arpa/inet.h>
 #include <errno.h>
+#include <netinet/in.h>
 #include <openssl/crypto.h>
-#include <openssl/err.h>
-#include <openssl/evp.h>
-#include <openssl/pem.h>
-#include <openssl/x509v3.h>
-#include <fcntl.h>
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
-#include <time.h>
 #include <unistd.h>
 
 static const char usage[] =
@@ -22,7 +19,14 @@ static const char usage[] =
     "  --cert FILE --key FILE\n"
     "                       TLS certificate and key; without them a self-signed\n"
     "                       certificate is made at start (see --self-signed-dir)\n"
-    "  --self-signed-dir D  where the made certificate is written (default .)\n"
+    "  --self-signed-dir D  where the made certificate is written (default .); one\n"
+    "                       left there by an earlier run is reused while it is\n"
+    "                       good and names every name below\n"
+    "  --self-signed-names NAME,...\n"
+    "                       DNS names and IP addresses the self-signed certificate\n"
+    "                       names besides localhost, 127.0.0.1, ::1, the host name\n"
+    "                       and the --listen address (every interface's address\n"
+    "                       for 0.0.0.0 or [::]); may be repeated\n"
     "  --cleartext          HTTP/2 without TLS (prior knowledge; behind a TLS proxy)\n"
     "  --base-path PATH     mount point, e.g. /reverse/connections (default none)\n"
     "  --token TOKEN        listeners must send Authorization: Bearer TOKEN\n"
@@ -135,75 +139,52 @@ static int authorize(void *arg, const char *id, const h2rev_header_t *h, size_t 
   return 0;
 }
 
-/* A certificate and key made by an earlier run, if they match and are good
- * for at least another day: listeners given it with --ca keep trusting us
- * across restarts. */
-static bool reusable(const char *cert, const char *key) {
-  FILE *f = fopen(cert, "r");
-  X509 *x = f != NULL ? PEM_read_X509(f, NULL, NULL, NULL) : NULL;
-  if (f != NULL)
-    fclose(f);
-  f = fopen(key, "r");
-  EVP_PKEY *pk = f != NULL ? PEM_read_PrivateKey(f, NULL, NULL, NULL) : NULL;
-  if (f != NULL)
-    fclose(f);
-  time_t soon = time(NULL) + 24 * 3600;
-  bool ok = x != NULL && pk != NULL && X509_check_private_key(x, pk) == 1 &&
-            X509_cmp_time(X509_get0_notAfter(x), &soon) > 0;
-  X509_free(x);
-  EVP_PKEY_free(pk);
-  ERR_clear_error();
-  return ok;
+/* The names of the self-signed certificate: the host name (the first: the
+ * common name), the address served on, localhost and the loopback addresses,
+ * each interface's address when serving on a wildcard. */
+static void default_names(ss_names_t *names, const struct sockaddr_storage *addr) {
+  char host[256];
+  if (gethostname(host, sizeof(host)) == 0) {
+    host[sizeof(host) - 1] = '\0';
+    ss_names_add(names, host); /* skipped when it is not a DNS name */
+  }
+  char ip[INET6_ADDRSTRLEN];
+  bool wildcard = addr->ss_family == AF_INET
+                      ? ((const struct sockaddr_in *)addr)->sin_addr.s_addr == htonl(INADDR_ANY)
+                      : IN6_IS_ADDR_UNSPECIFIED(&((const struct sockaddr_in6 *)addr)->sin6_addr);
+  if (!wildcard && uv_ip_name((const struct sockaddr *)addr, ip, sizeof(ip)) == 0)
+    ss_names_add(names, ip);
+  ss_names_add(names, "localhost");
+  ss_names_add(names, "127.0.0.1");
+  ss_names_add(names, "::1");
+  uv_interface_address_t *ifs;
+  int nifs;
+  if (wildcard && uv_interface_addresses(&ifs, &nifs) == 0) {
+    for (int i = 0; i < nifs; i++) {
+      const struct sockaddr *a = (const struct sockaddr *)&ifs[i].address;
+      /* A link-local address needs a scope no URL of a listener carries. */
+      if (a->sa_family == AF_INET6 && IN6_IS_ADDR_LINKLOCAL(&ifs[i].address.address6.sin6_addr))
+        continue;
+      if (uv_ip_name(a, ip, sizeof(ip)) == 0)
+        ss_names_add(names, ip);
+    }
+    uv_free_interface_addresses(ifs, nifs);
+  }
 }
 
-/* A self-signed certificate for localhost, 127.0.0.1 and ::1, in dir; the
- * one already there when it is still good. 1: reused, 0: made, -1: failed. */
-static int make_self_signed(const char *dir, char *cert, char *key, size_t len) {
-  snprintf(cert, len, "%s/h2rev-dialer.crt", dir);
-  snprintf(key, len, "%s/h2rev-dialer.key", dir);
-  if (reusable(cert, key))
-    return 1;
-  EVP_PKEY *pk = EVP_EC_gen("P-256");
-  X509 *x = X509_new();
-  if (pk == NULL || x == NULL)
-    return -1;
-  X509_set_version(x, 2);
-  ASN1_INTEGER_set(X509_get_serialNumber(x), (long)(uv_hrtime() & 0x7fffffff));
-  X509_gmtime_adj(X509_getm_notBefore(x), -3600);
-  X509_gmtime_adj(X509_getm_notAfter(x), 365L * 24 * 3600);
-  X509_set_pubkey(x, pk);
-  X509_NAME *name = X509_get_subject_name(x);
-  X509_NAME_add_entry_by_txt(name, "CN", MBSTRING_ASC, (const unsigned char *)"localhost", -1, -1,
-                             0);
-  X509_set_issuer_name(x, name);
-  X509V3_CTX ctx;
-  X509V3_set_ctx_nodb(&ctx);
-  X509V3_set_ctx(&ctx, x, x, NULL, NULL, 0);
-  X509_EXTENSION *ext =
-      X509V3_EXT_conf_nid(NULL, &ctx, NID_subject_alt_name, "DNS:localhost,IP:127.0.0.1,IP:::1");
-  X509_add_ext(x, ext, -1);
-  X509_EXTENSION_free(ext);
-  ext = X509V3_EXT_conf_nid(NULL, &ctx, NID_basic_constraints, "critical,CA:TRUE");
-  X509_add_ext(x, ext, -1);
-  X509_EXTENSION_free(ext);
-  int rc = X509_sign(x, pk, EVP_sha256()) > 0 ? 0 : -1;
-  FILE *f = rc == 0 ? fopen(cert, "w") : NULL;
-  if (f == NULL || PEM_write_X509(f, x) != 1)
-    rc = -1;
-  if (f)
-    fclose(f);
-  /* The key is for this user only. */
-  int fd = rc == 0 ? open(key, O_WRONLY | O_CREAT | O_TRUNC, 0600) : -1;
-  f = fd >= 0 ? fdopen(fd, "w") : NULL;
-  if (fd >= 0 && f == NULL)
-    close(fd);
-  if (f == NULL || PEM_write_PrivateKey(f, pk, NULL, NULL, 0, NULL, NULL) != 1)
-    rc = -1;
-  if (f)
-    fclose(f);
-  X509_free(x);
-  EVP_PKEY_free(pk);
-  return rc;
+/* --self-signed-names a,b,c */
+static void add_names(ss_names_t *names, const char *list) {
+  char buf[4096];
+  if (snprintf(buf, sizeof(buf), "%s", list) >= (int)sizeof(buf))
+    tool_usage_error("--self-signed-names: too long");
+  char *save = NULL;
+  for (char *n = strtok_r(buf, ", ", &save); n != NULL; n = strtok_r(NULL, ", ", &save)) {
+    int r = ss_names_add(names, n);
+    if (r == -1)
+      tool_usage_error("--self-signed-names: \"%s\" is neither a DNS name nor an IP address", n);
+    if (r == -2)
+      tool_usage_error("--self-signed-names: more than %d names", SS_MAX_NAMES);
+  }
 }
 
 static void closed(h2rev_dialer_t *d) {
@@ -233,6 +214,8 @@ int main(int argc, char **argv) {
   unsigned dial_timeout = 10000;
   h2rev_dialer_options_t o = {0};
   const char *tokens_file = NULL;
+  const char *name_lists[SS_MAX_NAMES];
+  size_t nname_lists = 0;
   for (int i = 1; i < argc; i++) {
     const char *v;
     if (strcmp(argv[i], "--help") == 0 || strcmp(argv[i], "-h") == 0) {
@@ -251,6 +234,10 @@ int main(int argc, char **argv) {
       key = v;
     } else if ((v = tool_flag(argc, argv, &i, "--self-signed-dir")) != NULL) {
       ssdir = v;
+    } else if ((v = tool_flag(argc, argv, &i, "--self-signed-names")) != NULL) {
+      if (nname_lists == SS_MAX_NAMES)
+        tool_usage_error("--self-signed-names: more than %d names", SS_MAX_NAMES);
+      name_lists[nname_lists++] = v;
     } else if ((v = tool_flag(argc, argv, &i, "--base-path")) != NULL) {
       base = v;
     } else if ((v = tool_flag(argc, argv, &i, "--token")) != NULL) {
@@ -300,15 +287,26 @@ int main(int argc, char **argv) {
 
   char scert[1024], skey[1024];
   if (!cleartext && cert == NULL) {
-    int made = make_self_signed(ssdir, scert, skey, sizeof(scert));
-    if (made < 0) {
-      fprintf(stderr, "h2rev-dialer: cannot write a self-signed certificate into %s\n", ssdir);
-      return 2;
-    }
+    ss_names_t names;
+    ss_names_init(&names);
+    default_names(&names, &addr);
+    for (size_t i = 0; i < nname_lists; i++)
+      add_names(&names, name_lists[i]);
+    char why[512], joined[1024];
+    int made = ss_make(ssdir, &names, scert, skey, sizeof(scert), why, sizeof(why));
+    if (made < 0)
+      tool_fatal("cannot make a self-signed certificate: %s", why);
     cert = scert;
     key = skey;
-    tool_logf(H2REV_LOG_INFO, "self-signed certificate %s %s (listeners: --ca %s)",
-              made == 1 ? "reused from" : "written to", cert, cert);
+    ss_names_join(&names, joined, sizeof(joined));
+    if (made == SS_REPLACED)
+      tool_logf(H2REV_LOG_WARN,
+                "self-signed certificate %s replaced: %s (listeners need the new one)", cert, why);
+    tool_logf(H2REV_LOG_INFO, "self-signed certificate %s %s for %s (listeners: --ca %s)",
+              made == SS_REUSED ? "reused from" : "written to", cert, joined, cert);
+  } else if (nname_lists > 0) {
+    tool_usage_error(
+        "--self-signed-names is for the self-signed certificate (not with --cert or --cleartext)");
   }
 
   loop = uv_default_loop();
