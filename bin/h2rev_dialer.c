@@ -29,9 +29,13 @@ static const char usage[] =
     "                       for 0.0.0.0 or [::]); may be repeated\n"
     "  --cleartext          HTTP/2 without TLS (prior knowledge; behind a TLS proxy)\n"
     "  --base-path PATH     mount point, e.g. /reverse/connections (default none)\n"
-    "  --token TOKEN        listeners must send Authorization: Bearer TOKEN\n"
+    "  --token TOKEN        listeners must send Authorization: Bearer TOKEN (visible\n"
+    "                       in ps: prefer one of the next two)\n"
+    "  --token-file FILE    the token is the first line of FILE\n"
+    "                       without either flag, the environment's H2REV_TOKEN\n"
+    "                       is the token, if set\n"
     "  --tokens-file FILE   per-id tokens, one \"ID TOKEN\" a line (# comments);\n"
-    "                       a listener must send its id's token (or --token)\n"
+    "                       a listener must send its id's token (or the --token one)\n"
     "  --client-ca FILE     listeners must present a certificate from this CA whose\n"
     "                       common name equals their id\n"
     "  --dial-timeout MS    wait for a reverse connection (default 10000)\n"
@@ -52,7 +56,7 @@ static const char usage[] =
 
 static uv_loop_t *loop;
 static h2rev_dialer_t dialer;
-static const char *token;
+static char *token; /* --token, --token-file or H2REV_TOKEN */
 static bool check_cn;
 static unsigned drain_timeout = 10000;
 
@@ -213,7 +217,7 @@ int main(int argc, char **argv) {
   bool cleartext = false;
   unsigned dial_timeout = 10000;
   h2rev_dialer_options_t o = {0};
-  const char *tokens_file = NULL;
+  const char *tokens_file = NULL, *token_flag = NULL, *token_file = NULL;
   const char *name_lists[SS_MAX_NAMES];
   size_t nname_lists = 0;
   for (int i = 1; i < argc; i++) {
@@ -241,7 +245,9 @@ int main(int argc, char **argv) {
     } else if ((v = tool_flag(argc, argv, &i, "--base-path")) != NULL) {
       base = v;
     } else if ((v = tool_flag(argc, argv, &i, "--token")) != NULL) {
-      token = v;
+      token_flag = v;
+    } else if ((v = tool_flag(argc, argv, &i, "--token-file")) != NULL) {
+      token_file = v;
     } else if ((v = tool_flag(argc, argv, &i, "--tokens-file")) != NULL) {
       tokens_file = v;
     } else if ((v = tool_flag(argc, argv, &i, "--drain-timeout")) != NULL) {
@@ -284,6 +290,10 @@ int main(int argc, char **argv) {
     tool_usage_error("--base-path must start with /");
   if (tokens_file != NULL)
     load_tokens(tokens_file);
+  const char *token_from;
+  token = tool_token(token_flag, token_file, &token_from);
+  if (token != NULL)
+    tool_logf(H2REV_LOG_INFO, "listeners must send the token of %s", token_from);
 
   char scert[1024], skey[1024];
   if (!cleartext && cert == NULL) {
@@ -341,6 +351,7 @@ int main(int argc, char **argv) {
   uv_run(loop, UV_RUN_DEFAULT);
   uv_loop_close(loop);
   free_tokens();
+  free(token);
   tool_logf(H2REV_LOG_INFO, "stopped");
   return 0;
 }

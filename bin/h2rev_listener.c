@@ -2,6 +2,7 @@
  * forwards every reverse connection to the --upstream server. */
 #include "tool.h"
 
+#include <openssl/crypto.h>
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
@@ -21,7 +22,11 @@ static const char usage[] =
     "                       in flight at once, or some pay a new connection each)\n"
     "  --ca FILE            trust this CA (or certificate) for the dialer\n"
     "  --cert FILE --key FILE  client certificate (mTLS)\n"
-    "  --token TOKEN        sent as Authorization: Bearer TOKEN\n"
+    "  --token TOKEN        sent as Authorization: Bearer TOKEN (visible in ps:\n"
+    "                       prefer one of the next two)\n"
+    "  --token-file FILE    the token is the first line of FILE\n"
+    "                       without either flag, the environment's H2REV_TOKEN\n"
+    "                       is the token, if set\n"
     "  --insecure           do not verify the dialer's certificate (tests only)\n"
     "  --drain-timeout MS   on SIGINT/SIGTERM: detach (the dialer sends no new\n"
     "                       connections), let those in flight finish for up to\n"
@@ -87,7 +92,7 @@ static void drain(void) {
 int main(int argc, char **argv) {
   tool_name = "h2rev-listener";
   const char *url = NULL, *id = NULL, *up = NULL, *ca = NULL, *cert = NULL, *key = NULL;
-  const char *token = NULL, *upstream_ca = NULL;
+  const char *token_flag = NULL, *token_file = NULL, *upstream_ca = NULL;
   bool insecure = false, upstream_insecure = false, keep_host = false;
   unsigned upstream_idle = 0;
   for (int i = 1; i < argc; i++) {
@@ -119,7 +124,9 @@ int main(int argc, char **argv) {
     } else if ((v = tool_flag(argc, argv, &i, "--key")) != NULL) {
       key = v;
     } else if ((v = tool_flag(argc, argv, &i, "--token")) != NULL) {
-      token = v;
+      token_flag = v;
+    } else if ((v = tool_flag(argc, argv, &i, "--token-file")) != NULL) {
+      token_file = v;
     } else if ((v = tool_flag(argc, argv, &i, "--upstream-idle")) != NULL) {
       upstream_idle = tool_parse_count("--upstream-idle", v, 65536);
       if (upstream_idle == 0)
@@ -153,11 +160,14 @@ int main(int argc, char **argv) {
   for (int i = 0; i < 3; i++)
     if (files[i] != NULL && !tool_readable(files[i]))
       tool_usage_error("cannot read %s", files[i]);
-  char auth[600];
+  const char *from;
+  char *token = tool_token(token_flag, token_file, &from);
+  char auth[TOOL_SECRET_MAX + 32];
   const char *headers[2] = {NULL, NULL};
   if (token != NULL) {
     snprintf(auth, sizeof(auth), "Authorization: Bearer %s", token);
     headers[0] = auth;
+    tool_logf(H2REV_LOG_DEBUG, "token from %s", from);
   }
   loop = uv_default_loop();
   h2rev_listener_options_t o = {0};
@@ -174,6 +184,11 @@ int main(int argc, char **argv) {
   tool_capture(why, sizeof(why));
   int r = h2rev_listener_init(loop, &listener, &o);
   tool_capture_end();
+  /* The library keeps its own copy: the secret leaves this process's other memory. */
+  OPENSSL_cleanse(auth, sizeof(auth));
+  if (token != NULL)
+    OPENSSL_cleanse(token, strlen(token));
+  free(token);
   if (r != 0) {
     fprintf(stderr, "h2rev-listener: %s%s%s\n", h2rev_strerror(r), why[0] ? ": " : "", why);
     return 2;

@@ -1,5 +1,7 @@
 #include "tool.h"
 
+#include <errno.h>
+#include <openssl/crypto.h>
 #include <signal.h>
 #include <stdarg.h>
 #include <stdio.h>
@@ -189,4 +191,87 @@ unsigned tool_parse_ms(const char *flag, const char *v) {
 
 unsigned tool_parse_count(const char *flag, const char *v, unsigned max) {
   return parse_uint(flag, v, max, "items");
+}
+
+static bool secret_ok(const char *s, size_t n) {
+  if (n == 0 || n > TOOL_SECRET_MAX)
+    return false;
+  for (size_t i = 0; i < n; i++)
+    if (s[i] < 0x21 || s[i] > 0x7e)
+      return false;
+  return true;
+}
+
+int tool_read_secret(const char *path, char **out, char *why, size_t len) {
+  FILE *f = fopen(path, "r");
+  if (f == NULL) {
+    snprintf(why, len, "cannot read %s: %s", path, strerror(errno));
+    return -1;
+  }
+  /* One more than a token may be, to tell a long one from one that fits. */
+  char buf[TOOL_SECRET_MAX + 2];
+  size_t n = fread(buf, 1, sizeof(buf) - 1, f);
+  bool err = ferror(f) != 0;
+  int e = errno;
+  fclose(f);
+  if (err) {
+    snprintf(why, len, "cannot read %s: %s", path, strerror(e));
+    return -1;
+  }
+  buf[n] = '\0';
+  char *nl = strchr(buf, '\n');
+  if (nl != NULL)
+    *nl = '\0';
+  else if (n == sizeof(buf) - 1)
+    n = TOOL_SECRET_MAX + 1; /* longer than a token: refused below */
+  char *start = buf;
+  while (*start == ' ' || *start == '\t')
+    start++;
+  size_t l = strlen(start);
+  while (l > 0 && (start[l - 1] == ' ' || start[l - 1] == '\t' || start[l - 1] == '\r'))
+    l--;
+  if (n > TOOL_SECRET_MAX || !secret_ok(start, l)) {
+    snprintf(why, len,
+             "%s: the first line must be the token (1 to %d printable characters, no spaces)", path,
+             TOOL_SECRET_MAX);
+    OPENSSL_cleanse(buf, sizeof(buf));
+    return -1;
+  }
+  *out = strndup(start, l);
+  OPENSSL_cleanse(buf, sizeof(buf));
+  if (*out == NULL) {
+    snprintf(why, len, "out of memory");
+    return -1;
+  }
+  return 0;
+}
+
+char *tool_token(const char *flag_value, const char *file, const char **from) {
+  if (flag_value != NULL && file != NULL)
+    tool_usage_error("--token and --token-file: give one of them");
+  char *t = NULL;
+  if (file != NULL) {
+    char why[512];
+    if (tool_read_secret(file, &t, why, sizeof(why)) != 0)
+      tool_fatal("--token-file: %s", why);
+    *from = "--token-file";
+    return t;
+  }
+  const char *v = flag_value;
+  *from = "--token";
+  if (v == NULL) {
+    v = getenv(TOOL_TOKEN_ENV);
+    /* Empty (a blank value in a systemd EnvironmentFile): none. */
+    if (v != NULL && v[0] == '\0')
+      v = NULL;
+    *from = TOOL_TOKEN_ENV;
+  }
+  if (v == NULL)
+    return NULL;
+  if (!secret_ok(v, strlen(v)))
+    tool_usage_error("%s: a token is 1 to %d printable characters, no spaces", *from,
+                     TOOL_SECRET_MAX);
+  if ((t = strdup(v)) == NULL)
+    tool_fatal("out of memory");
+  return t;
 }

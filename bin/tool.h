@@ -36,4 +36,16 @@ void tool_capture_end(void);
  * released) logs an error and exits with status 1 rather than hang. */
 void tool_watchdog(uv_loop_t *loop, unsigned ms);
 
+/* A bearer token: at most TOOL_SECRET_MAX visible ASCII characters
+ * (RFC 6750's token68 and more, no space or control character). */
+#define TOOL_SECRET_MAX 4096
+#define TOOL_TOKEN_ENV  "H2REV_TOKEN"
+/* The token in path (its first line; surrounding white space dropped) into
+ * a malloc'd *out. 0, or -1 with why set. */
+int tool_read_secret(const char *path, char **out, char *why, size_t len);
+/* The token from --token (flag_value), else --token-file (file), else the
+ * environment's H2REV_TOKEN; NULL when none is given. Both flags at once, an
+ * unreadable file or a malformed token: exits 2. *from names the source. */
+char *tool_token(const char *flag_value, const char *file, const char **from);
+
 #endif

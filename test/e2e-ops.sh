@@ -110,3 +110,58 @@ stop "$DPID"
 bad h2rev-dialer --self-signed-names 'bad_name!' --self-signed-dir "$WORK"
 grep -q 'bad_name!' "$WORK/err" || fail "bad name not quoted: $(cat "$WORK/err")"
 ok "--self-signed-names adds DNS names (wildcards too) and IP addresses; a certificate lacking one is replaced"
+
+# ----------------------------------------------- 8. secrets outside argv
+unset H2REV_TOKEN
+secret=tok-$RANDOM$RANDOM-s3cret
+printf '%s\n' "$secret" > "$WORK/token"
+chmod 600 "$WORK/token"
+printf '  %s \r\n# not the token\n' "$secret" > "$WORK/token-crlf"
+dialer tok --token-file "$WORK/token"
+crt=$WORK/tok/h2rev-dialer.crt
+listener tfile tfile "$crt" --token-file "$WORK/token"
+L1=$LPID
+H2REV_TOKEN=$secret listener tenv tenv "$crt"
+L2=$LPID
+listener tcrlf tcrlf "$crt" --token-file "$WORK/token-crlf"
+L3=$LPID
+# The flag wins over the environment.
+H2REV_TOKEN=wrong listener tflag tflag "$crt" --token "$secret"
+L4=$LPID
+H2REV_TOKEN=wrong listener twrong twrong "$crt"
+L5=$LPID
+for id in tfile tenv tcrlf tflag; do
+  wait_for get "$crt" "$(tun $id)/index.html" -f || fail "token from a file or H2REV_TOKEN: $id not attached"
+done
+wait_for grep -q 'refused (403) for id "twrong"' "$WORK/dialer-tok.log" ||
+  fail "a wrong H2REV_TOKEN was not refused"
+for p in "$DPID" "$L1" "$L2" "$L3"; do
+  ! tr '\0' ' ' < "/proc/$p/cmdline" | grep -q -- "$secret" || fail "the token is in pid $p's argv"
+done
+grep -q "token of --token-file" "$WORK/dialer-tok.log" || fail "dialer did not say where its token is from"
+! grep -q -- "$secret" "$WORK"/*.log || fail "a token was logged"
+stop "$DPID" "$L1" "$L2" "$L3" "$L4" "$L5"
+H2REV_TOKEN=$secret dialer tokenv
+crt=$WORK/tokenv/h2rev-dialer.crt
+listener tenv2 tenv2 "$crt" --token-file "$WORK/token"
+L1=$LPID
+listener tnone tnone "$crt"
+L2=$LPID
+wait_for get "$crt" "$(tun tenv2)/index.html" -f || fail "dialer with H2REV_TOKEN: tenv2 not attached"
+wait_for grep -q 'refused (403) for id "tnone"' "$WORK/dialer-tokenv.log" ||
+  fail "dialer with H2REV_TOKEN let a listener without a token attach"
+stop "$DPID" "$L1" "$L2"
+: > "$WORK/empty"
+for t in h2rev-dialer h2rev-listener; do
+  args=(--self-signed-dir "$WORK")
+  [ $t = h2rev-dialer ] || args=(--url "https://$H:1" --upstream http://127.0.0.1:1 --id x)
+  bad $t "${args[@]}" --token-file /nonexistent/token
+  grep -q "/nonexistent/token" "$WORK/err" || fail "$t: unreadable token file not named"
+  bad $t "${args[@]}" --token-file "$WORK/empty"
+  bad $t "${args[@]}" --token x --token-file "$WORK/token"
+  H2REV_TOKEN='two words' bad $t "${args[@]}"
+  grep -q "H2REV_TOKEN" "$WORK/err" || fail "$t: a bad H2REV_TOKEN not named: $(cat "$WORK/err")"
+  timeout 10 "$BIN/$t" --help | grep -q -- "--token-file" || fail "$t --help lacks --token-file"
+  timeout 10 "$BIN/$t" --help | grep -q -- "H2REV_TOKEN" || fail "$t --help lacks H2REV_TOKEN"
+done
+ok "--token-file and H2REV_TOKEN on both tools (--token first, then --token-file, then H2REV_TOKEN); not in argv"
