@@ -52,73 +52,105 @@ static const char usage[] =
     "  --drain-timeout MS   on SIGINT/SIGTERM: stop listening, let requests in\n"
     "                       flight finish for up to MS, then exit (default 10000)\n"
     "  --log-level LEVEL    error, warn, info (default), debug\n"
-    "  --help, --version\n";
+    "  --help, --version\n"
+    "SIGHUP reads --cert, --key, --client-ca, --tokens-file and --token-file again\n"
+    "for new connections (those open keep theirs); a file that does not load is\n"
+    "logged and what it would replace stays in use.\n";
 
 static uv_loop_t *loop;
 static h2rev_dialer_t dialer;
 static char *token; /* --token, --token-file or H2REV_TOKEN */
 static bool check_cn;
+/* What SIGHUP reads again. */
+static struct {
+  const char *cert, *key, *client_ca, *tokens_file, *token_file;
+  bool tls;
+} files;
 static unsigned drain_timeout = 10000;
 
 /* --tokens-file: "id token" pairs; an id may have several (rotation). */
 typedef struct {
   char *id, *token;
 } id_token_t;
-static id_token_t *tokens;
-static size_t ntokens;
+typedef struct {
+  id_token_t *v;
+  size_t n;
+} token_set_t;
+static token_set_t tokens;
 static bool have_tokens_file;
 
-static void load_tokens(const char *path) {
+static void tokens_free(token_set_t *t) {
+  for (size_t i = 0; i < t->n; i++) {
+    OPENSSL_cleanse(t->v[i].token, strlen(t->v[i].token));
+    free(t->v[i].id);
+    free(t->v[i].token);
+  }
+  free(t->v);
+  t->v = NULL;
+  t->n = 0;
+}
+
+/* 0, or -1 with why set and *out left empty. */
+static int tokens_read(const char *path, token_set_t *out, char *why, size_t wlen) {
+  out->v = NULL;
+  out->n = 0;
   FILE *f = fopen(path, "r");
-  if (f == NULL)
-    tool_fatal("cannot read tokens file %s: %s", path, strerror(errno));
+  if (f == NULL) {
+    snprintf(why, wlen, "cannot read tokens file %s: %s", path, strerror(errno));
+    return -1;
+  }
   char line[4096];
   unsigned lineno = 0;
-  while (fgets(line, sizeof(line), f) != NULL) {
+  int rc = 0;
+  while (rc == 0 && fgets(line, sizeof(line), f) != NULL) {
     lineno++;
     size_t len = strlen(line);
-    if (len == sizeof(line) - 1 && line[len - 1] != '\n')
-      tool_fatal("%s:%u: line too long", path, lineno);
+    if (len == sizeof(line) - 1 && line[len - 1] != '\n') {
+      snprintf(why, wlen, "%s:%u: line too long", path, lineno);
+      rc = -1;
+      break;
+    }
     char *save = NULL;
     char *id = strtok_r(line, " \t\r\n", &save);
     if (id == NULL || id[0] == '#')
       continue; /* blank or comment */
     char *tok = strtok_r(NULL, " \t\r\n", &save);
     char *extra = strtok_r(NULL, " \t\r\n", &save);
-    if (tok == NULL || extra != NULL)
-      tool_fatal("%s:%u: expected \"ID TOKEN\"", path, lineno);
-    id_token_t *t = realloc(tokens, (ntokens + 1) * sizeof(*t));
-    if (t == NULL)
-      tool_fatal("out of memory reading %s", path);
-    tokens = t;
-    tokens[ntokens].id = strdup(id);
-    tokens[ntokens].token = strdup(tok);
-    if (tokens[ntokens].id == NULL || tokens[ntokens].token == NULL)
-      tool_fatal("out of memory reading %s", path);
-    ntokens++;
+    if (tok == NULL || extra != NULL) {
+      snprintf(why, wlen, "%s:%u: expected \"ID TOKEN\"", path, lineno);
+      rc = -1;
+      break;
+    }
+    id_token_t *t = realloc(out->v, (out->n + 1) * sizeof(*t));
+    char *idc = strdup(id), *tokc = strdup(tok);
+    if (t != NULL)
+      out->v = t;
+    if (t == NULL || idc == NULL || tokc == NULL) {
+      free(idc);
+      free(tokc);
+      snprintf(why, wlen, "out of memory reading %s", path);
+      rc = -1;
+      break;
+    }
+    out->v[out->n].id = idc;
+    out->v[out->n].token = tokc;
+    out->n++;
   }
-  if (ferror(f))
-    tool_fatal("cannot read tokens file %s: %s", path, strerror(errno));
+  if (rc == 0 && ferror(f)) {
+    snprintf(why, wlen, "cannot read tokens file %s: %s", path, strerror(errno));
+    rc = -1;
+  }
+  OPENSSL_cleanse(line, sizeof(line));
   fclose(f);
-  have_tokens_file = true;
-  if (ntokens == 0)
-    tool_logf(H2REV_LOG_WARN, "%s has no tokens: only --token (if any) is accepted", path);
+  if (rc != 0)
+    tokens_free(out);
+  return rc;
 }
 
 /* Equal strings, in a time that does not depend on where they differ. */
 static bool secret_eq(const char *a, const char *b) {
   size_t la = strlen(a), lb = strlen(b);
   return la == lb && CRYPTO_memcmp(a, b, la) == 0;
-}
-
-static void free_tokens(void) {
-  for (size_t i = 0; i < ntokens; i++) {
-    free(tokens[i].id);
-    free(tokens[i].token);
-  }
-  free(tokens);
-  tokens = NULL;
-  ntokens = 0;
 }
 
 static int authorize(void *arg, const char *id, const h2rev_header_t *h, size_t n,
@@ -130,8 +162,8 @@ static int authorize(void *arg, const char *id, const h2rev_header_t *h, size_t 
       if (strcmp(h[i].name, "authorization") == 0 && strncmp(h[i].value, "Bearer ", 7) == 0)
         got = h[i].value + 7;
     bool ok = got != NULL && token != NULL && secret_eq(got, token);
-    for (size_t i = 0; got != NULL && i < ntokens; i++)
-      if (strcmp(tokens[i].id, id) == 0 && secret_eq(got, tokens[i].token))
+    for (size_t i = 0; got != NULL && i < tokens.n; i++)
+      if (strcmp(tokens.v[i].id, id) == 0 && secret_eq(got, tokens.v[i].token))
         ok = true;
     if (!ok)
       return -1;
@@ -188,6 +220,56 @@ static void add_names(ss_names_t *names, const char *list) {
       tool_usage_error("--self-signed-names: \"%s\" is neither a DNS name nor an IP address", n);
     if (r == -2)
       tool_usage_error("--self-signed-names: more than %d names", SS_MAX_NAMES);
+  }
+}
+
+static h2rev_tls_options_t tls_options(void) {
+  h2rev_tls_options_t tls = {.cert_file = files.cert, .key_file = files.key};
+  if (files.client_ca != NULL) {
+    tls.ca_file = files.client_ca;
+    tls.verify_client = 1;
+  }
+  return tls;
+}
+
+/* SIGHUP: certificate, key, client CA, tokens file and token file read
+ * again; connections open keep what they have. A file that does not load
+ * leaves what it was to replace in use. */
+static void reload(void) {
+  char why[512];
+  if (files.tokens_file != NULL) {
+    token_set_t t;
+    if (tokens_read(files.tokens_file, &t, why, sizeof(why)) != 0) {
+      tool_logf(H2REV_LOG_ERROR, "reload: %s: the %zu tokens in use are kept", why, tokens.n);
+    } else {
+      tokens_free(&tokens);
+      tokens = t;
+      tool_logf(H2REV_LOG_INFO, "reload: %zu tokens from %s", tokens.n, files.tokens_file);
+    }
+  }
+  if (files.token_file != NULL) {
+    char *t;
+    if (tool_read_secret(files.token_file, &t, why, sizeof(why)) != 0) {
+      tool_logf(H2REV_LOG_ERROR, "reload: --token-file: %s: the token in use is kept", why);
+    } else {
+      OPENSSL_cleanse(token, strlen(token));
+      free(token);
+      token = t;
+      tool_logf(H2REV_LOG_INFO, "reload: token from %s", files.token_file);
+    }
+  }
+  if (files.tls) {
+    h2rev_tls_options_t tls = tls_options();
+    tool_capture(why, sizeof(why));
+    int r = h2rev_dialer_set_tls(&dialer, &tls);
+    tool_capture_end();
+    if (r != 0)
+      tool_logf(H2REV_LOG_ERROR, "reload: %s: the certificate in use is kept",
+                why[0] ? why : h2rev_strerror(r));
+    else
+      tool_logf(H2REV_LOG_INFO, "reload: certificate %s, key %s%s%s: for new connections",
+                files.cert, files.key, files.client_ca ? ", client CA " : "",
+                files.client_ca ? files.client_ca : "");
   }
 }
 
@@ -288,8 +370,14 @@ int main(int argc, char **argv) {
     tool_usage_error("cannot read CA file %s", client_ca);
   if (base[0] != '\0' && base[0] != '/')
     tool_usage_error("--base-path must start with /");
-  if (tokens_file != NULL)
-    load_tokens(tokens_file);
+  if (tokens_file != NULL) {
+    char why[512];
+    if (tokens_read(tokens_file, &tokens, why, sizeof(why)) != 0)
+      tool_fatal("%s", why);
+    have_tokens_file = true;
+    if (tokens.n == 0)
+      tool_logf(H2REV_LOG_WARN, "%s has no tokens: only --token (if any) is accepted", tokens_file);
+  }
   const char *token_from;
   token = tool_token(token_flag, token_file, &token_from);
   if (token != NULL)
@@ -331,11 +419,13 @@ int main(int argc, char **argv) {
     fprintf(stderr, "h2rev-dialer: %s\n", h2rev_strerror(r));
     return 2;
   }
-  h2rev_tls_options_t tls = {.cert_file = cert, .key_file = key};
-  if (client_ca != NULL) {
-    tls.ca_file = client_ca;
-    tls.verify_client = 1;
-  }
+  files.cert = cert;
+  files.key = key;
+  files.client_ca = client_ca;
+  files.tokens_file = tokens_file;
+  files.token_file = token_file;
+  files.tls = !cleartext;
+  h2rev_tls_options_t tls = tls_options();
   char why[512];
   tool_capture(why, sizeof(why));
   r = h2rev_dialer_listen(&dialer, (struct sockaddr *)&addr, cleartext ? NULL : &tls);
@@ -348,9 +438,10 @@ int main(int argc, char **argv) {
   tool_logf(H2REV_LOG_INFO, "serving %s on %s: %s/revdial?id=ID and %s/proxy/ID/PATH",
             cleartext ? "h2c" : "h2 over TLS", listen, base, base);
   tool_on_signal(loop, drain);
+  tool_on_reload(loop, reload);
   uv_run(loop, UV_RUN_DEFAULT);
   uv_loop_close(loop);
-  free_tokens();
+  tokens_free(&tokens);
   free(token);
   tool_logf(H2REV_LOG_INFO, "stopped");
   return 0;

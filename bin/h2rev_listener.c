@@ -32,7 +32,8 @@ static const char usage[] =
     "                       connections), let those in flight finish for up to\n"
     "                       MS, then exit (default 10000)\n"
     "  --log-level LEVEL    error, warn, info (default), debug\n"
-    "  --help, --version\n";
+    "  --help, --version\n"
+    "SIGHUP is logged and ignored: restart the listener to change its settings.\n";
 
 static uv_loop_t *loop;
 static h2rev_listener_t listener;
@@ -87,6 +88,10 @@ static void drain(void) {
   tool_watchdog(loop, drain_timeout + 5000);
   if (h2rev_listener_shutdown(&listener, drain_timeout, closed) != 0)
     h2rev_listener_close(&listener, closed);
+}
+
+static void hup(void) {
+  tool_logf(H2REV_LOG_WARN, "SIGHUP: nothing to reload (restart to change the settings)");
 }
 
 int main(int argc, char **argv) {
@@ -207,6 +212,7 @@ int main(int argc, char **argv) {
   }
   h2rev_listener_start(&listener, on_connection);
   tool_on_signal(loop, drain);
+  tool_on_reload(loop, hup);
   uv_run(loop, UV_RUN_DEFAULT);
   uv_loop_close(loop);
   tool_logf(H2REV_LOG_INFO, "stopped");

@@ -122,7 +122,8 @@ const char *tool_flag(int argc, char **argv, int *i, const char *flag) {
   return argv[++*i];
 }
 
-static uv_signal_t sigint, sigterm;
+static uv_signal_t sigint, sigterm, sighup;
+static void (*on_hup)(void);
 static uv_timer_t watchdog; /* tool_watchdog */
 static void (*on_sig)(void);
 static int signals_seen;
@@ -148,9 +149,26 @@ void tool_on_signal(uv_loop_t *loop, void (*cb)(void)) {
   uv_signal_start(&sigterm, got_signal, SIGTERM);
 }
 
+static void got_hup(uv_signal_t *h, int signum) {
+  (void)h, (void)signum;
+  if (signals_seen > 0) {
+    tool_logf(H2REV_LOG_WARN, "SIGHUP while draining: ignored");
+    return;
+  }
+  on_hup();
+}
+
+void tool_on_reload(uv_loop_t *loop, void (*cb)(void)) {
+  on_hup = cb;
+  uv_signal_init(loop, &sighup);
+  uv_signal_start(&sighup, got_hup, SIGHUP);
+}
+
 void tool_signals_close(void) {
   uv_close((uv_handle_t *)&sigint, NULL);
   uv_close((uv_handle_t *)&sigterm, NULL);
+  if (on_hup != NULL)
+    uv_close((uv_handle_t *)&sighup, NULL);
   if (uv_is_active((uv_handle_t *)&watchdog))
     uv_close((uv_handle_t *)&watchdog, NULL);
 }

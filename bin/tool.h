@@ -21,6 +21,8 @@ bool tool_readable(const char *path);
 const char *tool_flag(int argc, char **argv, int *i, const char *flag);
 /* SIGINT/SIGTERM call cb once (then a second signal exits at once). */
 void tool_on_signal(uv_loop_t *loop, void (*cb)(void));
+/* SIGHUP calls cb (not once draining). */
+void tool_on_reload(uv_loop_t *loop, void (*cb)(void));
 void tool_signals_close(void);
 /* Prints "<tool>: <message>" (one line) and exits with status 2. */
 void tool_fatal(const char *fmt, ...) __attribute__((format(printf, 1, 2), noreturn));

@@ -758,6 +758,15 @@ int h2rev_dialer_listen(h2rev_dialer_t *dialer, const struct sockaddr *addr,
   return h2rev_http_server_listen(&d->own, addr, tls);
 }
 
+int h2rev_dialer_set_tls(h2rev_dialer_t *dialer, const h2rev_tls_options_t *tls) {
+  h2r_dialer_t *d = dialer->d_;
+  if (d == NULL || d->closing || d->draining)
+    return UV_EBADF;
+  if (!d->own_srv || d->own.s_ == NULL)
+    return UV_EINVAL;
+  return h2rev_http_server_set_tls(&d->own, tls);
+}
+
 int h2rev_dialer_getsockname(const h2rev_dialer_t *dialer, unsigned n, struct sockaddr *addr,
                              int *len) {
   const h2r_dialer_t *d = dialer->d_;

@@ -165,3 +165,91 @@ for t in h2rev-dialer h2rev-listener; do
   timeout 10 "$BIN/$t" --help | grep -q -- "H2REV_TOKEN" || fail "$t --help lacks H2REV_TOKEN"
 done
 ok "--token-file and H2REV_TOKEN on both tools (--token first, then --token-file, then H2REV_TOKEN); not in argv"
+
+# ------------------------------------------------- 9. SIGHUP on the dialer
+# Two CAs, each with a server certificate for $H.
+(
+  cd "$WORK"
+  echo "subjectAltName=IP:$H" > san.ext
+  for n in 1 2; do
+    openssl req -x509 -newkey ec -pkeyopt ec_paramgen_curve:P-256 -nodes -days 2 \
+      -subj "/CN=reload CA $n" -keyout ca$n.key -out ca$n.pem
+    openssl req -newkey ec -pkeyopt ec_paramgen_curve:P-256 -nodes -subj "/CN=relay $n" \
+      -keyout srv$n.key -out srv$n.csr
+    openssl x509 -req -in srv$n.csr -CA ca$n.pem -CAkey ca$n.key -CAcreateserial -days 2 \
+      -extfile san.ext -out srv$n.crt
+  done
+) > "$WORK/openssl.log" 2>&1 || fail "openssl: $(cat "$WORK/openssl.log")"
+mkdir -p "$WORK/live"
+cp "$WORK/srv1.crt" "$WORK/live/cert.pem"
+cp "$WORK/srv1.key" "$WORK/live/key.pem"
+printf 'alpha tokA\n' > "$WORK/live/ids.tokens"
+dialer rl --cert "$WORK/live/cert.pem" --key "$WORK/live/key.pem" \
+  --tokens-file "$WORK/live/ids.tokens"
+listener alpha alpha "$WORK/ca1.pem" --token tokA
+A_LPID=$LPID
+wait_for get "$WORK/ca1.pem" "$(tun alpha)/index.html" -f || fail "reload: alpha not attached"
+# A download on a connection opened before the reload.
+N=8000000
+python3 -c 'import sys; b=bytes(range(256))*256; n='$N'; o=sys.stdout.buffer
+while n>0: k=min(n,len(b)); o.write(b[:k]); n-=k' > "$WORK/want.bin"
+curl -sS -f --cacert "$WORK/ca1.pem" --limit-rate 2M "$(tun alpha)/bytes/$N" \
+  -o "$WORK/got.bin" 2> "$WORK/curl-reload.log" &
+C=$!
+sleep 1
+cp "$WORK/srv2.crt" "$WORK/live/cert.pem"
+cp "$WORK/srv2.key" "$WORK/live/key.pem"
+printf 'alpha tokA\nbeta tokB\n' > "$WORK/live/ids.tokens"
+kill -HUP "$DPID"
+wait_for grep -q "reload: certificate" "$WORK/dialer-rl.log" || fail "no reload logged"
+grep -q "reload: 2 tokens" "$WORK/dialer-rl.log" || fail "tokens file not reloaded"
+kill -0 "$DPID" || fail "SIGHUP ended the dialer"
+[ "$(get "$WORK/ca2.pem" "https://$H:$DP/healthz")" = ok ] ||
+  fail "a new handshake after SIGHUP: not the new certificate"
+! get "$WORK/ca1.pem" "https://$H:$DP/healthz" 2> /dev/null || fail "the old certificate still served"
+openssl s_client -connect "$H:$DP" < /dev/null 2> /dev/null | openssl x509 -noout -subject |
+  grep -q "relay 2" || fail "s_client does not see the new certificate"
+set +e
+wait "$C"
+crc=$?
+set -e
+[ "$crc" = 0 ] || fail "a download open across SIGHUP was cut (curl $crc: $(cat "$WORK/curl-reload.log"))"
+cmp -s "$WORK/want.bin" "$WORK/got.bin" || fail "a download open across SIGHUP differs"
+# The listener's connection predates the reload (it trusts CA 1 only): still attached.
+[ "$(get "$WORK/ca2.pem" "$(tun alpha)/index.html")" = "hello through the tunnel" ] ||
+  fail "alpha lost by the reload"
+[ "$(grep -c "attached as alpha" "$WORK/listener-alpha.log")" = 1 ] || fail "alpha reattached"
+listener beta beta "$WORK/ca2.pem" --token tokB
+B_LPID=$LPID
+wait_for get "$WORK/ca2.pem" "$(tun beta)/index.html" -f || fail "a token added by the reload is refused"
+ok "SIGHUP: new certificate for new handshakes, a download and the attached listener go on, new tokens"
+
+# Bad files: each keeps what it would replace, and the log says why.
+echo "not a certificate" > "$WORK/live/cert.pem"
+printf 'alpha tokA\nbeta\n' > "$WORK/live/ids.tokens"
+kill -HUP "$DPID"
+wait_for grep -q "certificate in use is kept" "$WORK/dialer-rl.log" ||
+  fail "a bad certificate: no reason logged"
+grep "certificate in use is kept" "$WORK/dialer-rl.log" | grep -q "live/cert.pem" ||
+  fail "the reason does not name the file: $(grep kept "$WORK/dialer-rl.log")"
+grep -q "ids.tokens:2.*the 2 tokens in use are kept" "$WORK/dialer-rl.log" ||
+  fail "a bad tokens file: no reason logged ($(tail -n 3 "$WORK/dialer-rl.log"))"
+[ "$(get "$WORK/ca2.pem" "https://$H:$DP/healthz")" = ok ] ||
+  fail "a bad certificate file replaced the good one"
+stop "$B_LPID"
+listener beta2 beta "$WORK/ca2.pem" --token tokB
+B_LPID=$LPID
+wait_for get "$WORK/ca2.pem" "$(tun beta)/index.html" -f || fail "a bad tokens file dropped the tokens"
+kill -HUP "$A_LPID"
+sleep 0.5
+kill -0 "$A_LPID" || fail "SIGHUP ended the listener"
+grep -q "SIGHUP" "$WORK/listener-alpha.log" || fail "the listener did not log SIGHUP"
+set +e
+kill -TERM "$DPID"
+wait "$DPID"
+drc=$?
+set -e
+forget "$DPID"
+[ "$drc" = 0 ] || fail "dialer exit $drc after reloads"
+ok "SIGHUP with bad files: the certificate and tokens in use are kept, the reason logged"
+stop "$A_LPID" "$B_LPID"
