@@ -253,3 +253,35 @@ forget "$DPID"
 [ "$drc" = 0 ] || fail "dialer exit $drc after reloads"
 ok "SIGHUP with bad files: the certificate and tokens in use are kept, the reason logged"
 stop "$A_LPID" "$B_LPID"
+
+# ------------------------------- 7. error bodies carry no internal detail
+dialer pub --response-timeout 1500
+crt=$WORK/pub/h2rev-dialer.crt
+listener pub pub "$crt"
+P1=$LPID
+# An https upstream the listener does not trust: the dialer itself.
+"$BIN/h2rev-listener" --url "https://$H:$DP" --id untrusted --ca "$crt" \
+  --upstream "https://$H:$DP" 2>> "$WORK/listener-untrusted.log" &
+P2=$!
+PIDS+=($P2)
+wait_for get "$crt" "$(tun pub)/index.html" -f || fail "pub not attached"
+wait_for grep -q "attached as untrusted" "$WORK/listener-untrusted.log" || fail "untrusted not attached"
+# check URL STATUS BODY: what a public client gets
+check() {
+  local out code
+  out=$(get "$crt" "$1" -w '\n%{http_code}' 2>&1 || true)
+  code=${out##*$'\n'}
+  out=${out%$'\n'*}
+  out=${out%$'\n'}
+  [ "$code" = "$2" ] || fail "$1: status $code, want $2 ($out)"
+  [ "$out" = "$3" ] || fail "$1: body \"$out\", want \"$3\""
+}
+check "$(tun untrusted)/index.html" 502 "upstream unavailable"
+grep -q "certificate verify failed" "$WORK/listener-untrusted.log" ||
+  fail "the listener's log lacks the upstream's certificate error"
+check "$(tun nobody)/index.html" 502 "listener unavailable"
+grep -q "proxy nobody: 502 listener nobody: no listener attached" "$WORK/dialer-pub.log" ||
+  fail "the dialer's log lacks the reason of the 502"
+check "$(tun pub)/sleep/4000" 504 "listener did not answer in time"
+stop "$DPID" "$P1" "$P2"
+ok "502/504 bodies: a generic reason (listener or upstream unavailable, no answer in time); details in the logs"
