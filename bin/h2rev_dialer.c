@@ -435,8 +435,19 @@ int main(int argc, char **argv) {
             why[0] ? ": " : "", why);
     return r == H2REV_ETLS ? 2 : 1;
   }
-  tool_logf(H2REV_LOG_INFO, "serving %s on %s: %s/revdial?id=ID and %s/proxy/ID/PATH",
-            cleartext ? "h2c" : "h2 over TLS", listen, base, base);
+  /* The address bound (the port chosen for :0), and the base path as the
+   * library mounts it (trailing slashes dropped). */
+  struct sockaddr_storage bound;
+  int blen = sizeof(bound);
+  char where[INET6_ADDRSTRLEN + 16] = "";
+  if (h2rev_dialer_getsockname(&dialer, 0, (struct sockaddr *)&bound, &blen) == 0)
+    tool_format_addr((struct sockaddr *)&bound, where, sizeof(where));
+  size_t bl = strlen(base);
+  while (bl > 0 && base[bl - 1] == '/')
+    bl--;
+  tool_logf(H2REV_LOG_INFO, "serving %s on %s: %.*s/revdial?id=ID and %.*s/proxy/ID/PATH",
+            cleartext ? "h2c" : "h2 over TLS", where[0] ? where : listen, (int)bl, base, (int)bl,
+            base);
   tool_on_signal(loop, drain);
   tool_on_reload(loop, reload);
   uv_run(loop, UV_RUN_DEFAULT);

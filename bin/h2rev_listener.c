@@ -194,6 +194,14 @@ int main(int argc, char **argv) {
   if (token != NULL)
     OPENSSL_cleanse(token, strlen(token));
   free(token);
+  if (r == H2REV_EURL)
+    tool_usage_error("--url: \"%s\" is not a dialer URL: expected https://HOST[:PORT][/BASE-PATH] "
+                     "(or http:// for cleartext HTTP/2)",
+                     url);
+  if (r == H2REV_EBADID)
+    tool_usage_error(
+        "%s \"%s\" is not a valid id: expected 1 to 128 letters, digits or . _ ~ : @ -%s",
+        id == host ? "the host name" : "--id:", id, id == host ? " (give --id)" : "");
   if (r != 0) {
     fprintf(stderr, "h2rev-listener: %s%s%s\n", h2rev_strerror(r), why[0] ? ": " : "", why);
     return 2;
@@ -207,6 +215,10 @@ int main(int argc, char **argv) {
   uo.log = o.log;
   r = h2rev_upstream_init(loop, &upstream, &uo);
   if (r != 0) {
+    if (r == H2REV_EURL)
+      tool_usage_error("--upstream: \"%s\" is not an upstream URL: expected "
+                       "http://HOST[:PORT][/PATH] or https://...",
+                       up);
     fprintf(stderr, "h2rev-listener: --upstream %s: %s\n", up, h2rev_strerror(r));
     return 2;
   }

@@ -1,5 +1,6 @@
 #include "tool.h"
 
+#include <arpa/inet.h>
 #include <errno.h>
 #include <openssl/crypto.h>
 #include <signal.h>
@@ -102,6 +103,14 @@ int tool_parse_hostport(const char *s, struct sockaddr_storage *ss) {
   if (uv_ip4_addr(host, (int)port, (struct sockaddr_in *)ss) == 0)
     return 0;
   return uv_ip6_addr(host, (int)port, (struct sockaddr_in6 *)ss);
+}
+
+void tool_format_addr(const struct sockaddr *sa, char *buf, size_t len) {
+  char ip[64] = "?";
+  uv_ip_name(sa, ip, sizeof(ip));
+  int port = ntohs(sa->sa_family == AF_INET6 ? ((const struct sockaddr_in6 *)sa)->sin6_port
+                                             : ((const struct sockaddr_in *)sa)->sin_port);
+  snprintf(buf, len, sa->sa_family == AF_INET6 ? "[%s]:%d" : "%s:%d", ip, port);
 }
 
 bool tool_readable(const char *path) {

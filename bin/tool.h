@@ -16,6 +16,8 @@ void tool_usage_error(const char *fmt, ...) __attribute__((format(printf, 1, 2),
 int tool_parse_level(const char *s);
 /* "host:port" into a sockaddr (host may be [v6]). */
 int tool_parse_hostport(const char *s, struct sockaddr_storage *ss);
+/* "ip:port" or "[v6]:port". */
+void tool_format_addr(const struct sockaddr *sa, char *buf, size_t len);
 bool tool_readable(const char *path);
 /* The value of --flag VALUE or --flag=VALUE at argv[*i]; NULL when it is not flag. */
 const char *tool_flag(int argc, char **argv, int *i, const char *flag);

@@ -285,3 +285,66 @@ grep -q "proxy nobody: 502 listener nobody: no listener attached" "$WORK/dialer-
 check "$(tun pub)/sleep/4000" 504 "listener did not answer in time"
 stop "$DPID" "$P1" "$P2"
 ok "502/504 bodies: a generic reason (listener or upstream unavailable, no answer in time); details in the logs"
+
+# ----------------------------------------- 12. messages that say what to do
+"$BIN/h2rev-dialer" --listen "$H:0" --cleartext --base-path /reverse/ 2>> "$WORK/dialer-zero.log" &
+DPID=$!
+PIDS+=($DPID)
+wait_for grep -q "serving" "$WORK/dialer-zero.log" || fail "dialer on port 0 did not start"
+line=$(grep serving "$WORK/dialer-zero.log")
+[[ $line =~ on\ $H:([0-9]+): ]] || fail "--listen $H:0: no address in \"$line\""
+DP=${BASH_REMATCH[1]}
+[ "$DP" != 0 ] || fail "--listen $H:0 logged port 0"
+[[ $line == *" /reverse/revdial?id=ID and /reverse/proxy/ID/PATH"* ]] ||
+  fail "--base-path /reverse/ logged as: $line"
+"$BIN/h2rev-listener" --url "http://$H:$DP/reverse/" --id zero \
+  --upstream "http://127.0.0.1:$UPSTREAM_PORT" 2>> "$WORK/listener-zero.log" &
+LPID=$!
+PIDS+=($LPID)
+wait_for curl -sf --http2-prior-knowledge "http://$H:$DP/reverse/proxy/zero/index.html" ||
+  fail "the logged port and base path do not work"
+stop "$DPID" "$LPID"
+bad h2rev-dialer --listen "$H:0" --self-signed-dir /nonexistent
+grep -q "/nonexistent: No such file or directory" "$WORK/err" || fail "--self-signed-dir: $(cat "$WORK/err")"
+mkdir -p "$WORK/ro"
+chmod 500 "$WORK/ro"
+if [ ! -w "$WORK/ro" ]; then # root writes anywhere
+  bad h2rev-dialer --listen "$H:0" --self-signed-dir "$WORK/ro"
+  grep -q "Permission denied" "$WORK/err" || fail "--self-signed-dir read-only: $(cat "$WORK/err")"
+fi
+L=(--upstream http://127.0.0.1:1)
+bad h2rev-listener "${L[@]}" --id x --url ftp://relay
+grep -q -- '--url: "ftp://relay" .*https://HOST\[:PORT\]' "$WORK/err" || fail "bad --url: $(cat "$WORK/err")"
+bad h2rev-listener "${L[@]}" --id x --url https://
+grep -q -- '--url' "$WORK/err" || fail "bad --url: $(cat "$WORK/err")"
+bad h2rev-listener "${L[@]}" --url https://relay --id 'a/b'
+grep -q -- '--id: "a/b" is not a valid id: expected' "$WORK/err" || fail "bad --id: $(cat "$WORK/err")"
+bad h2rev-listener --url https://relay --id x --upstream http://
+grep -q -- '--upstream: "http://" .*http://HOST' "$WORK/err" || fail "bad --upstream: $(cat "$WORK/err")"
+ok "--listen :0 logs the bound port, --base-path /reverse/ no double slash, reasons for bad flags"
+
+# bin/demo.sh: refuses a port in use instead of proxying what is there.
+busy=$(free_port)
+python3 -m http.server "$busy" --bind 127.0.0.1 > /dev/null 2>&1 &
+B=$!
+PIDS+=($B)
+wait_for curl -sf "http://127.0.0.1:$busy/" || fail "busy server"
+set +e
+H2REV_BIN=$BIN H2REV_DEMO_PORT=$(free_port) H2REV_DEMO_UPSTREAM_PORT=$busy \
+  timeout 30 bash "$SRC/bin/demo.sh" --check > "$WORK/demo.out" 2> "$WORK/demo.err"
+rc=$?
+set -e
+[ "$rc" = 1 ] || fail "demo.sh with its upstream port in use: exit $rc ($(cat "$WORK/demo.out"))"
+grep -q "already listens on 127.0.0.1:$busy" "$WORK/demo.err" || fail "demo.sh: $(cat "$WORK/demo.err")"
+set +e
+H2REV_BIN=$BIN H2REV_DEMO_PORT=$busy H2REV_DEMO_UPSTREAM_PORT=$(free_port) \
+  timeout 30 bash "$SRC/bin/demo.sh" --check > "$WORK/demo.out" 2> "$WORK/demo.err"
+rc=$?
+set -e
+[ "$rc" = 1 ] || fail "demo.sh with its port in use: exit $rc"
+H2REV_BIN=$BIN H2REV_DEMO_PORT=$(free_port) H2REV_DEMO_UPSTREAM_PORT=$(free_port) \
+  timeout 30 bash "$SRC/bin/demo.sh" --check > "$WORK/demo.out" 2> "$WORK/demo.err" ||
+  fail "demo.sh --check on free ports: $(cat "$WORK/demo.err")"
+grep -q "tunnel is up: Hello from behind the NAT" "$WORK/demo.out" || fail "demo.sh: $(cat "$WORK/demo.out")"
+stop "$B"
+ok "demo.sh refuses ports in use and works on free ones"
