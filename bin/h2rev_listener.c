@@ -28,12 +28,20 @@ static const char usage[] =
     "                       without either flag, the environment's H2REV_TOKEN\n"
     "                       is the token, if set\n"
     "  --insecure           do not verify the dialer's certificate (tests only)\n"
+    "  --min-backoff MS --max-backoff MS\n"
+    "                       after a failed attempt or a lost connection, wait\n"
+    "                       between MS/2 and MS before the next; MS doubles from\n"
+    "                       --min-backoff (default 500) up to --max-backoff\n"
+    "                       (default 30000): the downtime after a dialer outage\n"
     "  --drain-timeout MS   on SIGINT/SIGTERM: detach (the dialer sends no new\n"
     "                       connections), let those in flight finish for up to\n"
     "                       MS, then exit (default 10000)\n"
     "  --log-level LEVEL    error, warn, info (default), debug\n"
     "  --help, --version\n"
     "SIGHUP is logged and ignored: restart the listener to change its settings.\n";
+
+/* The library's default backoff_min_ms. */
+#define LISTENER_MIN_BACKOFF 500
 
 static uv_loop_t *loop;
 static h2rev_listener_t listener;
@@ -99,7 +107,7 @@ int main(int argc, char **argv) {
   const char *url = NULL, *id = NULL, *up = NULL, *ca = NULL, *cert = NULL, *key = NULL;
   const char *token_flag = NULL, *token_file = NULL, *upstream_ca = NULL;
   bool insecure = false, upstream_insecure = false, keep_host = false;
-  unsigned upstream_idle = 0;
+  unsigned upstream_idle = 0, min_backoff = 0, max_backoff = 0;
   for (int i = 1; i < argc; i++) {
     const char *v;
     if (strcmp(argv[i], "--help") == 0 || strcmp(argv[i], "-h") == 0) {
@@ -136,6 +144,14 @@ int main(int argc, char **argv) {
       upstream_idle = tool_parse_count("--upstream-idle", v, 65536);
       if (upstream_idle == 0)
         tool_usage_error("--upstream-idle: must be at least 1");
+    } else if ((v = tool_flag(argc, argv, &i, "--min-backoff")) != NULL) {
+      min_backoff = tool_parse_ms("--min-backoff", v);
+      if (min_backoff == 0)
+        tool_usage_error("--min-backoff: must be at least 1 ms");
+    } else if ((v = tool_flag(argc, argv, &i, "--max-backoff")) != NULL) {
+      max_backoff = tool_parse_ms("--max-backoff", v);
+      if (max_backoff == 0)
+        tool_usage_error("--max-backoff: must be at least 1 ms");
     } else if ((v = tool_flag(argc, argv, &i, "--drain-timeout")) != NULL) {
       drain_timeout = tool_parse_ms("--drain-timeout", v);
     } else if ((v = tool_flag(argc, argv, &i, "--log-level")) != NULL) {
@@ -161,6 +177,12 @@ int main(int argc, char **argv) {
   }
   if ((cert == NULL) != (key == NULL))
     tool_usage_error("--cert and --key go together");
+  if (min_backoff != 0 && max_backoff != 0 && max_backoff < min_backoff)
+    tool_usage_error("--max-backoff %u is below --min-backoff %u", max_backoff, min_backoff);
+  /* The library raises a maximum below its minimum: a small --max-backoff
+   * alone lowers the minimum instead. */
+  if (min_backoff == 0 && max_backoff != 0 && max_backoff < LISTENER_MIN_BACKOFF)
+    min_backoff = max_backoff;
   const char *files[] = {ca, cert, key};
   for (int i = 0; i < 3; i++)
     if (files[i] != NULL && !tool_readable(files[i]))
@@ -184,6 +206,8 @@ int main(int argc, char **argv) {
   o.tls.insecure = insecure;
   o.headers = headers;
   o.on_state = on_state;
+  o.backoff_min_ms = min_backoff;
+  o.backoff_max_ms = max_backoff;
   o.log = (h2rev_logger_t){tool_log, NULL, tool_log_level};
   char why[512];
   tool_capture(why, sizeof(why));

@@ -348,3 +348,25 @@ H2REV_BIN=$BIN H2REV_DEMO_PORT=$(free_port) H2REV_DEMO_UPSTREAM_PORT=$(free_port
 grep -q "tunnel is up: Hello from behind the NAT" "$WORK/demo.out" || fail "demo.sh: $(cat "$WORK/demo.out")"
 stop "$B"
 ok "demo.sh refuses ports in use and works on free ones"
+
+# ------------------------------------- 10. --max-backoff after an outage
+dialer bo
+crt=$WORK/bo/h2rev-dialer.crt
+listener bo bo "$crt" --max-backoff 1000
+B_LPID=$LPID
+wait_for get "$crt" "$(tun bo)/index.html" -f || fail "bo not attached"
+stop "$DPID"
+sleep 6 # about 7 attempts; without the flag the delays would reach 8 s
+KEEP_PORT=1 dialer bo
+t0=$(date +%s%3N)
+wait_for get "$crt" "$(tun bo)/index.html" -f || fail "bo did not come back"
+t1=$(date +%s%3N)
+delays=$(grep -o "retrying in [0-9.]* s" "$WORK/listener-bo.log" | awk '{print $3}')
+[ "$(echo "$delays" | wc -l)" -ge 4 ] || fail "--max-backoff: few retries: $delays"
+echo "$delays" | awk '$1 > 1.0 {exit 1}' || fail "--max-backoff 1000: delays $(echo $delays)"
+[ $((t1 - t0)) -lt 5000 ] || fail "--max-backoff 1000: back $((t1 - t0)) ms after the dialer"
+stop "$DPID" "$B_LPID"
+bad h2rev-listener --url https://relay --id x --upstream http://127.0.0.1:1 --max-backoff 0
+bad h2rev-listener --url https://relay --id x --upstream http://127.0.0.1:1 \
+  --min-backoff 2000 --max-backoff 1000
+ok "--max-backoff 1000: retries at most 1 s apart, back $((t1 - t0)) ms after the dialer"
