@@ -37,7 +37,9 @@ static const char usage[] =
     "  --tokens-file FILE   per-id tokens, one \"ID TOKEN\" a line (# comments);\n"
     "                       a listener must send its id's token (or the --token one)\n"
     "  --client-ca FILE     listeners must present a certificate from this CA whose\n"
-    "                       common name equals their id\n"
+    "                       common name equals their id (403 otherwise); clients of\n"
+    "                       /proxy/ and /healthz need none (one they present must\n"
+    "                       be from this CA)\n"
     "  --dial-timeout MS    wait for a reverse connection (default 10000)\n"
     "  --max-connections N  connections open at once; at the limit new ones wait\n"
     "                       in the kernel's backlog (default 16384)\n"
@@ -227,7 +229,8 @@ static h2rev_tls_options_t tls_options(void) {
   h2rev_tls_options_t tls = {.cert_file = files.cert, .key_file = files.key};
   if (files.client_ca != NULL) {
     tls.ca_file = files.client_ca;
-    tls.verify_client = 1;
+    /* Proxy clients and health checks on the same port need none. */
+    tls.verify_client = H2REV_VERIFY_CLIENT_REQUEST;
   }
   return tls;
 }

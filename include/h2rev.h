@@ -98,6 +98,8 @@ typedef struct h2rev_logger_s {
 
 /* ------------------------------------------------------------------- TLS */
 
+enum { H2REV_VERIFY_CLIENT_REQUIRE = 1, H2REV_VERIFY_CLIENT_REQUEST = 2 };
+
 /* TLS settings. Strings are copied or only read during the call that takes
  * the options; the caller keeps ownership. */
 typedef struct h2rev_tls_options_s {
@@ -106,7 +108,13 @@ typedef struct h2rev_tls_options_s {
   const char *key_file;    /* its private key (PEM) */
   const char *server_name; /* client: SNI and name to verify; NULL: the URL's host */
   int insecure;            /* client: skip peer verification (tests only) */
-  int verify_client;       /* server: require a client certificate signed by ca_file */
+  /* Server: client certificates, verified against ca_file.
+   * H2REV_VERIFY_CLIENT_REQUIRE (1): the handshake fails without one.
+   * H2REV_VERIFY_CLIENT_REQUEST (2): one is asked for, and one that does not
+   * verify fails the handshake, but a client may present none: the dialer
+   * then refuses that connection's /revdial (403) while <base>/proxy/ and
+   * /healthz serve it (mTLS for listeners beside public clients on one port). */
+  int verify_client;
   /* The same material as PEM text in memory (NUL-terminated), for programs
    * that keep no files (secrets from a vault, an embedded test CA); each, when
    * set, is used instead of its file. Read during the call that takes these

@@ -403,6 +403,16 @@ static void refuse(h2r_dialer_t *d, h2r_strm_t *st, int status, const char *why,
   h2r_strm_reject(st, status, body);
 }
 
+/* A server that asks for client certificates (verify_client) lets clients
+ * without one through the handshake for the proxy: a listener needs one. A
+ * certificate that did not verify has failed the handshake already. */
+static bool has_client_cert(const h2r_strm_t *st) {
+  SSL *ssl = st->sess->x.ssl;
+  if (ssl == NULL || !(SSL_get_verify_mode(ssl) & SSL_VERIFY_PEER))
+    return true;
+  return h2r_xport_peer_cert(&st->sess->x) != NULL && SSL_get_verify_result(ssl) == X509_V_OK;
+}
+
 static bool authorized(h2r_dialer_t *d, h2r_strm_t *st, const char *id) {
   if (d->o.authorize == NULL)
     return true;
@@ -430,6 +440,10 @@ static void revdial(h2r_dialer_t *d, h2r_strm_t *st, const char *query) {
     return;
   }
   const char *role = h2r_strm_header(st, H2R_ROLE_HEADER, NULL);
+  if (!has_client_cert(st)) {
+    refuse(d, st, 403, "no client certificate", id);
+    return;
+  }
   if (!authorized(d, st, id)) {
     refuse(d, st, 403, "not authorized", id);
     return;

@@ -370,3 +370,45 @@ bad h2rev-listener --url https://relay --id x --upstream http://127.0.0.1:1 --ma
 bad h2rev-listener --url https://relay --id x --upstream http://127.0.0.1:1 \
   --min-backoff 2000 --max-backoff 1000
 ok "--max-backoff 1000: retries at most 1 s apart, back $((t1 - t0)) ms after the dialer"
+
+# --------------------- 2. mTLS for listeners, none for the public clients
+(
+  cd "$WORK"
+  for n in m other; do
+    openssl req -x509 -newkey ec -pkeyopt ec_paramgen_curve:P-256 -nodes -days 2 \
+      -subj "/CN=$n CA" -keyout $n-ca.key -out $n-ca.pem
+  done
+  for c in good:m stranger:other; do
+    id=${c%%:*} ca=${c##*:}
+    openssl req -newkey ec -pkeyopt ec_paramgen_curve:P-256 -nodes -subj "/CN=$id" \
+      -keyout $id.key -out $id.csr
+    openssl x509 -req -in $id.csr -CA $ca-ca.pem -CAkey $ca-ca.key -CAcreateserial -days 2 \
+      -out $id.crt
+  done
+) > "$WORK/openssl.log" 2>&1 || fail "openssl: $(cat "$WORK/openssl.log")"
+dialer mtls --client-ca "$WORK/m-ca.pem"
+crt=$WORK/mtls/h2rev-dialer.crt
+listener mgood good "$crt" --cert "$WORK/good.crt" --key "$WORK/good.key"
+G=$LPID
+listener mnone nocert "$crt"
+N=$LPID
+listener mstranger stranger "$crt" --cert "$WORK/stranger.crt" --key "$WORK/stranger.key"
+S=$LPID
+# Public clients present no certificate.
+wait_for get "$crt" "$(tun good)/index.html" -f || fail "mTLS: a client without a certificate is refused"
+[ "$(get "$crt" "$(tun good)/index.html" --http1.1)" = "hello through the tunnel" ] ||
+  fail "mTLS: an HTTP/1.1 client without a certificate"
+[ "$(get "$crt" "https://$H:$DP/healthz")" = ok ] || fail "mTLS: /healthz needs a certificate"
+wait_for grep -q 'refused (403) for id "nocert": no client certificate' "$WORK/dialer-mtls.log" ||
+  fail "mTLS: a listener without a certificate was not refused"
+! grep -q "attached as nocert" "$WORK/listener-mnone.log" || fail "mTLS: attached without a certificate"
+wait_for grep -q "refused" "$WORK/listener-mnone.log" || fail "mTLS: the listener did not log its refusal"
+# A certificate from another CA fails the handshake, for a listener and a client alike.
+wait_for grep -q "lost" "$WORK/listener-mstranger.log" || fail "mTLS: the stranger's failure not logged"
+! grep -q "attached as stranger" "$WORK/listener-mstranger.log" || fail "mTLS: a stranger's certificate attached"
+! get "$crt" "https://$H:$DP/healthz" --cert "$WORK/stranger.crt" --key "$WORK/stranger.key" \
+  2> /dev/null || fail "mTLS: a client certificate from another CA accepted"
+[ "$(get "$crt" "$(tun nocert)/index.html" -o /dev/null -w '%{http_code}')" = 502 ] ||
+  fail "mTLS: /proxy/nocert is not 502"
+stop "$DPID" "$G" "$N" "$S"
+ok "--client-ca: listeners need a certificate (403 without, handshake failure with another CA's); /proxy/ and /healthz need none"
