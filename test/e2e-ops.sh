@@ -184,8 +184,9 @@ mkdir -p "$WORK/live"
 cp "$WORK/srv1.crt" "$WORK/live/cert.pem"
 cp "$WORK/srv1.key" "$WORK/live/key.pem"
 printf 'alpha tokA\n' > "$WORK/live/ids.tokens"
+echo shared1 > "$WORK/live/token"
 dialer rl --cert "$WORK/live/cert.pem" --key "$WORK/live/key.pem" \
-  --tokens-file "$WORK/live/ids.tokens"
+  --tokens-file "$WORK/live/ids.tokens" --token-file "$WORK/live/token"
 listener alpha alpha "$WORK/ca1.pem" --token tokA
 A_LPID=$LPID
 wait_for get "$WORK/ca1.pem" "$(tun alpha)/index.html" -f || fail "reload: alpha not attached"
@@ -200,6 +201,7 @@ sleep 1
 cp "$WORK/srv2.crt" "$WORK/live/cert.pem"
 cp "$WORK/srv2.key" "$WORK/live/key.pem"
 printf 'alpha tokA\nbeta tokB\n' > "$WORK/live/ids.tokens"
+echo shared2 > "$WORK/live/token"
 kill -HUP "$DPID"
 wait_for grep -q "reload: certificate" "$WORK/dialer-rl.log" || fail "no reload logged"
 grep -q "reload: 2 tokens" "$WORK/dialer-rl.log" || fail "tokens file not reloaded"
@@ -222,7 +224,15 @@ cmp -s "$WORK/want.bin" "$WORK/got.bin" || fail "a download open across SIGHUP d
 listener beta beta "$WORK/ca2.pem" --token tokB
 B_LPID=$LPID
 wait_for get "$WORK/ca2.pem" "$(tun beta)/index.html" -f || fail "a token added by the reload is refused"
-ok "SIGHUP: new certificate for new handshakes, a download and the attached listener go on, new tokens"
+listener gamma gamma "$WORK/ca2.pem" --token shared2
+C_LPID=$LPID
+listener delta delta "$WORK/ca2.pem" --token shared1
+D_LPID=$LPID
+wait_for get "$WORK/ca2.pem" "$(tun gamma)/index.html" -f || fail "the reloaded --token-file is refused"
+wait_for grep -q 'refused (403) for id "delta"' "$WORK/dialer-rl.log" ||
+  fail "the token replaced by the reload still accepted"
+stop "$C_LPID" "$D_LPID"
+ok "SIGHUP: new certificate for new handshakes, a download and the attached listener go on, new tokens (file and tokens file)"
 
 # Bad files: each keeps what it would replace, and the log says why.
 echo "not a certificate" > "$WORK/live/cert.pem"
