@@ -20,12 +20,23 @@ for b in h2rev-dialer h2rev-listener; do
   [ -x "$BIN/$b" ] || { echo "demo: $BIN/$b is missing: build first" >&2; exit 1; }
 done
 
+# Something already on a port would be proxied (or answer) in the demo's place.
+for p in "$PORT" "$UPORT"; do
+  if (exec 3<> "/dev/tcp/127.0.0.1/$p") 2> /dev/null; then
+    echo "demo: something already listens on 127.0.0.1:$p; stop it, or choose other ports" \
+      "with H2REV_DEMO_PORT and H2REV_DEMO_UPSTREAM_PORT" >&2
+    exit 1
+  fi
+done
+
 mkdir -p "$work/www"
 echo "Hello from behind the NAT, served through h2rev." > "$work/www/index.html"
 python3 -m http.server "$UPORT" --bind 127.0.0.1 --directory "$work/www" \
   > "$work/upstream.log" 2>&1 &
-pids+=($!)
+upid=$!
+pids+=($upid)
 for _ in $(seq 1 50); do curl -sf "http://127.0.0.1:$UPORT/" > /dev/null && break; sleep 0.1; done
+kill -0 "$upid" 2> /dev/null || { echo "demo: the upstream did not start:" >&2; cat "$work/upstream.log" >&2; exit 1; }
 
 "$BIN/h2rev-dialer" --listen "127.0.0.1:$PORT" --self-signed-dir "$work" 2> "$work/dialer.log" &
 pids+=($!)

@@ -1,15 +1,13 @@
 /* h2rev-dialer: the public server. Serves <base>/revdial for listeners and
  * <base>/proxy/<id>/<path> for clients, over HTTP/2 (TLS, or cleartext with
  * prior knowledge). */
+#include "selfsigned.h"
 #include "tool.h"
 
+#include <arpa/inet.h>
 #include <errno.h>
+#include <netinet/in.h>
 #include <openssl/crypto.h>
-#include <openssl/err.h>
-#include <openssl/evp.h>
-#include <openssl/pem.h>
-#include <openssl/x509v3.h>
-#include <fcntl.h>
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
@@ -23,14 +21,27 @@ static const char usage[] =
     "  --cert FILE --key FILE\n"
     "                       TLS certificate and key; without them a self-signed\n"
     "                       certificate is made at start (see --self-signed-dir)\n"
-    "  --self-signed-dir D  where the made certificate is written (default .)\n"
+    "  --self-signed-dir D  where the made certificate is written (default .); one\n"
+    "                       left there by an earlier run is reused while it is\n"
+    "                       good and names every name below\n"
+    "  --self-signed-names NAME,...\n"
+    "                       DNS names and IP addresses the self-signed certificate\n"
+    "                       names besides localhost, 127.0.0.1, ::1, the host name\n"
+    "                       and the --listen address (every interface's address\n"
+    "                       for 0.0.0.0 or [::]); may be repeated\n"
     "  --cleartext          HTTP/2 without TLS (prior knowledge; behind a TLS proxy)\n"
     "  --base-path PATH     mount point, e.g. /reverse/connections (default none)\n"
-    "  --token TOKEN        listeners must send Authorization: Bearer TOKEN\n"
+    "  --token TOKEN        listeners must send Authorization: Bearer TOKEN (visible\n"
+    "                       in ps: prefer one of the next two)\n"
+    "  --token-file FILE    the token is the first line of FILE\n"
+    "                       without either flag, the environment's H2REV_TOKEN\n"
+    "                       is the token, if set\n"
     "  --tokens-file FILE   per-id tokens, one \"ID TOKEN\" a line (# comments);\n"
-    "                       a listener must send its id's token (or --token)\n"
+    "                       a listener must send its id's token (or the --token one)\n"
     "  --client-ca FILE     listeners must present a certificate from this CA whose\n"
-    "                       common name equals their id\n"
+    "                       common name equals their id (403 otherwise); clients of\n"
+    "                       /proxy/ and /healthz need none (one they present must\n"
+    "                       be from this CA)\n"
     "  --dial-timeout MS    wait for a reverse connection (default 10000)\n"
     "  --max-connections N  connections open at once; at the limit new ones wait\n"
     "                       in the kernel's backlog (default 16384)\n"
@@ -45,73 +56,105 @@ static const char usage[] =
     "  --drain-timeout MS   on SIGINT/SIGTERM: stop listening, let requests in\n"
     "                       flight finish for up to MS, then exit (default 10000)\n"
     "  --log-level LEVEL    error, warn, info (default), debug\n"
-    "  --help, --version\n";
+    "  --help, --version\n"
+    "SIGHUP reads --cert, --key, --client-ca, --tokens-file and --token-file again\n"
+    "for new connections (those open keep theirs); a file that does not load is\n"
+    "logged and what it would replace stays in use.\n";
 
 static uv_loop_t *loop;
 static h2rev_dialer_t dialer;
-static const char *token;
+static char *token; /* --token, --token-file or H2REV_TOKEN */
 static bool check_cn;
+/* What SIGHUP reads again. */
+static struct {
+  const char *cert, *key, *client_ca, *tokens_file, *token_file;
+  bool tls;
+} files;
 static unsigned drain_timeout = 10000;
 
 /* --tokens-file: "id token" pairs; an id may have several (rotation). */
 typedef struct {
   char *id, *token;
 } id_token_t;
-static id_token_t *tokens;
-static size_t ntokens;
+typedef struct {
+  id_token_t *v;
+  size_t n;
+} token_set_t;
+static token_set_t tokens;
 static bool have_tokens_file;
 
-static void load_tokens(const char *path) {
+static void tokens_free(token_set_t *t) {
+  for (size_t i = 0; i < t->n; i++) {
+    OPENSSL_cleanse(t->v[i].token, strlen(t->v[i].token));
+    free(t->v[i].id);
+    free(t->v[i].token);
+  }
+  free(t->v);
+  t->v = NULL;
+  t->n = 0;
+}
+
+/* 0, or -1 with why set and *out left empty. */
+static int tokens_read(const char *path, token_set_t *out, char *why, size_t wlen) {
+  out->v = NULL;
+  out->n = 0;
   FILE *f = fopen(path, "r");
-  if (f == NULL)
-    tool_fatal("cannot read tokens file %s: %s", path, strerror(errno));
+  if (f == NULL) {
+    snprintf(why, wlen, "cannot read tokens file %s: %s", path, strerror(errno));
+    return -1;
+  }
   char line[4096];
   unsigned lineno = 0;
-  while (fgets(line, sizeof(line), f) != NULL) {
+  int rc = 0;
+  while (rc == 0 && fgets(line, sizeof(line), f) != NULL) {
     lineno++;
     size_t len = strlen(line);
-    if (len == sizeof(line) - 1 && line[len - 1] != '\n')
-      tool_fatal("%s:%u: line too long", path, lineno);
+    if (len == sizeof(line) - 1 && line[len - 1] != '\n') {
+      snprintf(why, wlen, "%s:%u: line too long", path, lineno);
+      rc = -1;
+      break;
+    }
     char *save = NULL;
     char *id = strtok_r(line, " \t\r\n", &save);
     if (id == NULL || id[0] == '#')
       continue; /* blank or comment */
     char *tok = strtok_r(NULL, " \t\r\n", &save);
     char *extra = strtok_r(NULL, " \t\r\n", &save);
-    if (tok == NULL || extra != NULL)
-      tool_fatal("%s:%u: expected \"ID TOKEN\"", path, lineno);
-    id_token_t *t = realloc(tokens, (ntokens + 1) * sizeof(*t));
-    if (t == NULL)
-      tool_fatal("out of memory reading %s", path);
-    tokens = t;
-    tokens[ntokens].id = strdup(id);
-    tokens[ntokens].token = strdup(tok);
-    if (tokens[ntokens].id == NULL || tokens[ntokens].token == NULL)
-      tool_fatal("out of memory reading %s", path);
-    ntokens++;
+    if (tok == NULL || extra != NULL) {
+      snprintf(why, wlen, "%s:%u: expected \"ID TOKEN\"", path, lineno);
+      rc = -1;
+      break;
+    }
+    id_token_t *t = realloc(out->v, (out->n + 1) * sizeof(*t));
+    char *idc = strdup(id), *tokc = strdup(tok);
+    if (t != NULL)
+      out->v = t;
+    if (t == NULL || idc == NULL || tokc == NULL) {
+      free(idc);
+      free(tokc);
+      snprintf(why, wlen, "out of memory reading %s", path);
+      rc = -1;
+      break;
+    }
+    out->v[out->n].id = idc;
+    out->v[out->n].token = tokc;
+    out->n++;
   }
-  if (ferror(f))
-    tool_fatal("cannot read tokens file %s: %s", path, strerror(errno));
+  if (rc == 0 && ferror(f)) {
+    snprintf(why, wlen, "cannot read tokens file %s: %s", path, strerror(errno));
+    rc = -1;
+  }
+  OPENSSL_cleanse(line, sizeof(line));
   fclose(f);
-  have_tokens_file = true;
-  if (ntokens == 0)
-    tool_logf(H2REV_LOG_WARN, "%s has no tokens: only --token (if any) is accepted", path);
+  if (rc != 0)
+    tokens_free(out);
+  return rc;
 }
 
 /* Equal strings, in a time that does not depend on where they differ. */
 static bool secret_eq(const char *a, const char *b) {
   size_t la = strlen(a), lb = strlen(b);
   return la == lb && CRYPTO_memcmp(a, b, la) == 0;
-}
-
-static void free_tokens(void) {
-  for (size_t i = 0; i < ntokens; i++) {
-    free(tokens[i].id);
-    free(tokens[i].token);
-  }
-  free(tokens);
-  tokens = NULL;
-  ntokens = 0;
 }
 
 static int authorize(void *arg, const char *id, const h2rev_header_t *h, size_t n,
@@ -123,8 +166,8 @@ static int authorize(void *arg, const char *id, const h2rev_header_t *h, size_t 
       if (strcmp(h[i].name, "authorization") == 0 && strncasecmp(h[i].value, "bearer ", 7) == 0)
         got = h[i].value + 7 + strspn(h[i].value + 7, " ");
     bool ok = got != NULL && token != NULL && secret_eq(got, token);
-    for (size_t i = 0; got != NULL && i < ntokens; i++)
-      if (strcmp(tokens[i].id, id) == 0 && secret_eq(got, tokens[i].token))
+    for (size_t i = 0; got != NULL && i < tokens.n; i++)
+      if (strcmp(tokens.v[i].id, id) == 0 && secret_eq(got, tokens.v[i].token))
         ok = true;
     if (!ok)
       return -1;
@@ -136,75 +179,103 @@ static int authorize(void *arg, const char *id, const h2rev_header_t *h, size_t 
   return 0;
 }
 
-/* A certificate and key made by an earlier run, if they match and are good
- * for at least another day: listeners given it with --ca keep trusting us
- * across restarts. */
-static bool reusable(const char *cert, const char *key) {
-  FILE *f = fopen(cert, "r");
-  X509 *x = f != NULL ? PEM_read_X509(f, NULL, NULL, NULL) : NULL;
-  if (f != NULL)
-    fclose(f);
-  f = fopen(key, "r");
-  EVP_PKEY *pk = f != NULL ? PEM_read_PrivateKey(f, NULL, NULL, NULL) : NULL;
-  if (f != NULL)
-    fclose(f);
-  time_t soon = time(NULL) + 24 * 3600;
-  bool ok = x != NULL && pk != NULL && X509_check_private_key(x, pk) == 1 &&
-            X509_cmp_time(X509_get0_notAfter(x), &soon) > 0;
-  X509_free(x);
-  EVP_PKEY_free(pk);
-  ERR_clear_error();
-  return ok;
+/* The names of the self-signed certificate: the host name (the first: the
+ * common name), the address served on, localhost and the loopback addresses,
+ * each interface's address when serving on a wildcard. */
+static void default_names(ss_names_t *names, const struct sockaddr_storage *addr) {
+  char host[256];
+  if (gethostname(host, sizeof(host)) == 0) {
+    host[sizeof(host) - 1] = '\0';
+    ss_names_add(names, host); /* skipped when it is not a DNS name */
+  }
+  char ip[INET6_ADDRSTRLEN];
+  bool wildcard = addr->ss_family == AF_INET
+                      ? ((const struct sockaddr_in *)addr)->sin_addr.s_addr == htonl(INADDR_ANY)
+                      : IN6_IS_ADDR_UNSPECIFIED(&((const struct sockaddr_in6 *)addr)->sin6_addr);
+  if (!wildcard && uv_ip_name((const struct sockaddr *)addr, ip, sizeof(ip)) == 0)
+    ss_names_add(names, ip);
+  ss_names_add(names, "localhost");
+  ss_names_add(names, "127.0.0.1");
+  ss_names_add(names, "::1");
+  uv_interface_address_t *ifs;
+  int nifs;
+  if (wildcard && uv_interface_addresses(&ifs, &nifs) == 0) {
+    for (int i = 0; i < nifs; i++) {
+      const struct sockaddr *a = (const struct sockaddr *)&ifs[i].address;
+      /* A link-local address needs a scope no URL of a listener carries. */
+      if (a->sa_family == AF_INET6 && IN6_IS_ADDR_LINKLOCAL(&ifs[i].address.address6.sin6_addr))
+        continue;
+      if (uv_ip_name(a, ip, sizeof(ip)) == 0)
+        ss_names_add(names, ip);
+    }
+    uv_free_interface_addresses(ifs, nifs);
+  }
 }
 
-/* A self-signed certificate for localhost, 127.0.0.1 and ::1, in dir; the
- * one already there when it is still good. 1: reused, 0: made, -1: failed. */
-static int make_self_signed(const char *dir, char *cert, char *key, size_t len) {
-  snprintf(cert, len, "%s/h2rev-dialer.crt", dir);
-  snprintf(key, len, "%s/h2rev-dialer.key", dir);
-  if (reusable(cert, key))
-    return 1;
-  EVP_PKEY *pk = EVP_EC_gen("P-256");
-  X509 *x = X509_new();
-  if (pk == NULL || x == NULL)
-    return -1;
-  X509_set_version(x, 2);
-  ASN1_INTEGER_set(X509_get_serialNumber(x), (long)(uv_hrtime() & 0x7fffffff));
-  X509_gmtime_adj(X509_getm_notBefore(x), -3600);
-  X509_gmtime_adj(X509_getm_notAfter(x), 365L * 24 * 3600);
-  X509_set_pubkey(x, pk);
-  X509_NAME *name = X509_get_subject_name(x);
-  X509_NAME_add_entry_by_txt(name, "CN", MBSTRING_ASC, (const unsigned char *)"localhost", -1, -1,
-                             0);
-  X509_set_issuer_name(x, name);
-  X509V3_CTX ctx;
-  X509V3_set_ctx_nodb(&ctx);
-  X509V3_set_ctx(&ctx, x, x, NULL, NULL, 0);
-  X509_EXTENSION *ext =
-      X509V3_EXT_conf_nid(NULL, &ctx, NID_subject_alt_name, "DNS:localhost,IP:127.0.0.1,IP:::1");
-  X509_add_ext(x, ext, -1);
-  X509_EXTENSION_free(ext);
-  ext = X509V3_EXT_conf_nid(NULL, &ctx, NID_basic_constraints, "critical,CA:TRUE");
-  X509_add_ext(x, ext, -1);
-  X509_EXTENSION_free(ext);
-  int rc = X509_sign(x, pk, EVP_sha256()) > 0 ? 0 : -1;
-  FILE *f = rc == 0 ? fopen(cert, "w") : NULL;
-  if (f == NULL || PEM_write_X509(f, x) != 1)
-    rc = -1;
-  if (f)
-    fclose(f);
-  /* The key is for this user only. */
-  int fd = rc == 0 ? open(key, O_WRONLY | O_CREAT | O_TRUNC, 0600) : -1;
-  f = fd >= 0 ? fdopen(fd, "w") : NULL;
-  if (fd >= 0 && f == NULL)
-    close(fd);
-  if (f == NULL || PEM_write_PrivateKey(f, pk, NULL, NULL, 0, NULL, NULL) != 1)
-    rc = -1;
-  if (f)
-    fclose(f);
-  X509_free(x);
-  EVP_PKEY_free(pk);
-  return rc;
+/* --self-signed-names a,b,c */
+static void add_names(ss_names_t *names, const char *list) {
+  char buf[4096];
+  if (snprintf(buf, sizeof(buf), "%s", list) >= (int)sizeof(buf))
+    tool_usage_error("--self-signed-names: too long");
+  char *save = NULL;
+  for (char *n = strtok_r(buf, ", ", &save); n != NULL; n = strtok_r(NULL, ", ", &save)) {
+    int r = ss_names_add(names, n);
+    if (r == -1)
+      tool_usage_error("--self-signed-names: \"%s\" is neither a DNS name nor an IP address", n);
+    if (r == -2)
+      tool_usage_error("--self-signed-names: more than %d names", SS_MAX_NAMES);
+  }
+}
+
+static h2rev_tls_options_t tls_options(void) {
+  h2rev_tls_options_t tls = {.cert_file = files.cert, .key_file = files.key};
+  if (files.client_ca != NULL) {
+    tls.ca_file = files.client_ca;
+    /* Proxy clients and health checks on the same port need none. */
+    tls.verify_client = H2REV_VERIFY_CLIENT_REQUEST;
+  }
+  return tls;
+}
+
+/* SIGHUP: certificate, key, client CA, tokens file and token file read
+ * again; connections open keep what they have. A file that does not load
+ * leaves what it was to replace in use. */
+static void reload(void) {
+  char why[512];
+  if (files.tokens_file != NULL) {
+    token_set_t t;
+    if (tokens_read(files.tokens_file, &t, why, sizeof(why)) != 0) {
+      tool_logf(H2REV_LOG_ERROR, "reload: %s: the %zu tokens in use are kept", why, tokens.n);
+    } else {
+      tokens_free(&tokens);
+      tokens = t;
+      tool_logf(H2REV_LOG_INFO, "reload: %zu tokens from %s", tokens.n, files.tokens_file);
+    }
+  }
+  if (files.token_file != NULL) {
+    char *t;
+    if (tool_read_secret(files.token_file, &t, why, sizeof(why)) != 0) {
+      tool_logf(H2REV_LOG_ERROR, "reload: --token-file: %s: the token in use is kept", why);
+    } else {
+      OPENSSL_cleanse(token, strlen(token));
+      free(token);
+      token = t;
+      tool_logf(H2REV_LOG_INFO, "reload: token from %s", files.token_file);
+    }
+  }
+  if (files.tls) {
+    h2rev_tls_options_t tls = tls_options();
+    tool_capture(why, sizeof(why));
+    int r = h2rev_dialer_set_tls(&dialer, &tls);
+    tool_capture_end();
+    if (r != 0)
+      tool_logf(H2REV_LOG_ERROR, "reload: %s: the certificate in use is kept",
+                why[0] ? why : h2rev_strerror(r));
+    else
+      tool_logf(H2REV_LOG_INFO, "reload: certificate %s, key %s%s%s: for new connections",
+                files.cert, files.key, files.client_ca ? ", client CA " : "",
+                files.client_ca ? files.client_ca : "");
+  }
 }
 
 static void closed(h2rev_dialer_t *d) {
@@ -233,7 +304,9 @@ int main(int argc, char **argv) {
   bool cleartext = false;
   unsigned dial_timeout = 10000;
   h2rev_dialer_options_t o = {0};
-  const char *tokens_file = NULL;
+  const char *tokens_file = NULL, *token_flag = NULL, *token_file = NULL;
+  const char *name_lists[SS_MAX_NAMES];
+  size_t nname_lists = 0;
   for (int i = 1; i < argc; i++) {
     const char *v;
     if (strcmp(argv[i], "--help") == 0 || strcmp(argv[i], "-h") == 0) {
@@ -252,10 +325,16 @@ int main(int argc, char **argv) {
       key = v;
     } else if ((v = tool_flag(argc, argv, &i, "--self-signed-dir")) != NULL) {
       ssdir = v;
+    } else if ((v = tool_flag(argc, argv, &i, "--self-signed-names")) != NULL) {
+      if (nname_lists == SS_MAX_NAMES)
+        tool_usage_error("--self-signed-names: more than %d names", SS_MAX_NAMES);
+      name_lists[nname_lists++] = v;
     } else if ((v = tool_flag(argc, argv, &i, "--base-path")) != NULL) {
       base = v;
     } else if ((v = tool_flag(argc, argv, &i, "--token")) != NULL) {
-      token = v;
+      token_flag = v;
+    } else if ((v = tool_flag(argc, argv, &i, "--token-file")) != NULL) {
+      token_file = v;
     } else if ((v = tool_flag(argc, argv, &i, "--tokens-file")) != NULL) {
       tokens_file = v;
     } else if ((v = tool_flag(argc, argv, &i, "--drain-timeout")) != NULL) {
@@ -296,20 +375,41 @@ int main(int argc, char **argv) {
     tool_usage_error("cannot read CA file %s", client_ca);
   if (base[0] != '\0' && base[0] != '/')
     tool_usage_error("--base-path must start with /");
-  if (tokens_file != NULL)
-    load_tokens(tokens_file);
+  if (tokens_file != NULL) {
+    char why[512];
+    if (tokens_read(tokens_file, &tokens, why, sizeof(why)) != 0)
+      tool_fatal("%s", why);
+    have_tokens_file = true;
+    if (tokens.n == 0)
+      tool_logf(H2REV_LOG_WARN, "%s has no tokens: only --token (if any) is accepted", tokens_file);
+  }
+  const char *token_from;
+  token = tool_token(token_flag, token_file, &token_from);
+  if (token != NULL)
+    tool_logf(H2REV_LOG_INFO, "listeners must send the token of %s", token_from);
 
   char scert[1024], skey[1024];
   if (!cleartext && cert == NULL) {
-    int made = make_self_signed(ssdir, scert, skey, sizeof(scert));
-    if (made < 0) {
-      fprintf(stderr, "h2rev-dialer: cannot write a self-signed certificate into %s\n", ssdir);
-      return 2;
-    }
+    ss_names_t names;
+    ss_names_init(&names);
+    default_names(&names, &addr);
+    for (size_t i = 0; i < nname_lists; i++)
+      add_names(&names, name_lists[i]);
+    char why[512], joined[1024];
+    int made = ss_make(ssdir, &names, scert, skey, sizeof(scert), why, sizeof(why));
+    if (made < 0)
+      tool_fatal("cannot make a self-signed certificate: %s", why);
     cert = scert;
     key = skey;
-    tool_logf(H2REV_LOG_INFO, "self-signed certificate %s %s (listeners: --ca %s)",
-              made == 1 ? "reused from" : "written to", cert, cert);
+    ss_names_join(&names, joined, sizeof(joined));
+    if (made == SS_REPLACED)
+      tool_logf(H2REV_LOG_WARN,
+                "self-signed certificate %s replaced: %s (listeners need the new one)", cert, why);
+    tool_logf(H2REV_LOG_INFO, "self-signed certificate %s %s for %s (listeners: --ca %s)",
+              made == SS_REUSED ? "reused from" : "written to", cert, joined, cert);
+  } else if (nname_lists > 0) {
+    tool_usage_error(
+        "--self-signed-names is for the self-signed certificate (not with --cert or --cleartext)");
   }
 
   loop = uv_default_loop();
@@ -324,11 +424,13 @@ int main(int argc, char **argv) {
     fprintf(stderr, "h2rev-dialer: %s\n", h2rev_strerror(r));
     return 2;
   }
-  h2rev_tls_options_t tls = {.cert_file = cert, .key_file = key};
-  if (client_ca != NULL) {
-    tls.ca_file = client_ca;
-    tls.verify_client = 1;
-  }
+  files.cert = cert;
+  files.key = key;
+  files.client_ca = client_ca;
+  files.tokens_file = tokens_file;
+  files.token_file = token_file;
+  files.tls = !cleartext;
+  h2rev_tls_options_t tls = tls_options();
   char why[512];
   tool_capture(why, sizeof(why));
   r = h2rev_dialer_listen(&dialer, (struct sockaddr *)&addr, cleartext ? NULL : &tls);
@@ -338,12 +440,25 @@ int main(int argc, char **argv) {
             why[0] ? ": " : "", why);
     return r == H2REV_ETLS ? 2 : 1;
   }
-  tool_logf(H2REV_LOG_INFO, "serving %s on %s: %s/revdial?id=ID and %s/proxy/ID/PATH",
-            cleartext ? "h2c" : "h2 over TLS", listen, base, base);
+  /* The address bound (the port chosen for :0), and the base path as the
+   * library mounts it (trailing slashes dropped). */
+  struct sockaddr_storage bound;
+  int blen = sizeof(bound);
+  char where[INET6_ADDRSTRLEN + 16] = "";
+  if (h2rev_dialer_getsockname(&dialer, 0, (struct sockaddr *)&bound, &blen) == 0)
+    tool_format_addr((struct sockaddr *)&bound, where, sizeof(where));
+  size_t bl = strlen(base);
+  while (bl > 0 && base[bl - 1] == '/')
+    bl--;
+  tool_logf(H2REV_LOG_INFO, "serving %s on %s: %.*s/revdial?id=ID and %.*s/proxy/ID/PATH",
+            cleartext ? "h2c" : "h2 over TLS", where[0] ? where : listen, (int)bl, base, (int)bl,
+            base);
   tool_on_signal(loop, drain);
+  tool_on_reload(loop, reload);
   uv_run(loop, UV_RUN_DEFAULT);
   uv_loop_close(loop);
-  free_tokens();
+  tokens_free(&tokens);
+  free(token);
   tool_logf(H2REV_LOG_INFO, "stopped");
   return 0;
 }

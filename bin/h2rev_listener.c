@@ -2,6 +2,7 @@
  * forwards every reverse connection to the --upstream server. */
 #include "tool.h"
 
+#include <openssl/crypto.h>
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
@@ -21,13 +22,26 @@ static const char usage[] =
     "                       in flight at once, or some pay a new connection each)\n"
     "  --ca FILE            trust this CA (or certificate) for the dialer\n"
     "  --cert FILE --key FILE  client certificate (mTLS)\n"
-    "  --token TOKEN        sent as Authorization: Bearer TOKEN\n"
+    "  --token TOKEN        sent as Authorization: Bearer TOKEN (visible in ps:\n"
+    "                       prefer one of the next two)\n"
+    "  --token-file FILE    the token is the first line of FILE\n"
+    "                       without either flag, the environment's H2REV_TOKEN\n"
+    "                       is the token, if set\n"
     "  --insecure           do not verify the dialer's certificate (tests only)\n"
+    "  --min-backoff MS --max-backoff MS\n"
+    "                       after a failed attempt or a lost connection, wait\n"
+    "                       between MS/2 and MS before the next; MS doubles from\n"
+    "                       --min-backoff (default 500) up to --max-backoff\n"
+    "                       (default 30000): the downtime after a dialer outage\n"
     "  --drain-timeout MS   on SIGINT/SIGTERM: detach (the dialer sends no new\n"
     "                       connections), let those in flight finish for up to\n"
     "                       MS, then exit (default 10000)\n"
     "  --log-level LEVEL    error, warn, info (default), debug\n"
-    "  --help, --version\n";
+    "  --help, --version\n"
+    "SIGHUP is logged and ignored: restart the listener to change its settings.\n";
+
+/* The library's default backoff_min_ms. */
+#define LISTENER_MIN_BACKOFF 500
 
 static uv_loop_t *loop;
 static h2rev_listener_t listener;
@@ -84,12 +98,16 @@ static void drain(void) {
     h2rev_listener_close(&listener, closed);
 }
 
+static void hup(void) {
+  tool_logf(H2REV_LOG_WARN, "SIGHUP: nothing to reload (restart to change the settings)");
+}
+
 int main(int argc, char **argv) {
   tool_name = "h2rev-listener";
   const char *url = NULL, *id = NULL, *up = NULL, *ca = NULL, *cert = NULL, *key = NULL;
-  const char *token = NULL, *upstream_ca = NULL;
+  const char *token_flag = NULL, *token_file = NULL, *upstream_ca = NULL;
   bool insecure = false, upstream_insecure = false, keep_host = false;
-  unsigned upstream_idle = 0;
+  unsigned upstream_idle = 0, min_backoff = 0, max_backoff = 0;
   for (int i = 1; i < argc; i++) {
     const char *v;
     if (strcmp(argv[i], "--help") == 0 || strcmp(argv[i], "-h") == 0) {
@@ -119,11 +137,21 @@ int main(int argc, char **argv) {
     } else if ((v = tool_flag(argc, argv, &i, "--key")) != NULL) {
       key = v;
     } else if ((v = tool_flag(argc, argv, &i, "--token")) != NULL) {
-      token = v;
+      token_flag = v;
+    } else if ((v = tool_flag(argc, argv, &i, "--token-file")) != NULL) {
+      token_file = v;
     } else if ((v = tool_flag(argc, argv, &i, "--upstream-idle")) != NULL) {
       upstream_idle = tool_parse_count("--upstream-idle", v, 65536);
       if (upstream_idle == 0)
         tool_usage_error("--upstream-idle: must be at least 1");
+    } else if ((v = tool_flag(argc, argv, &i, "--min-backoff")) != NULL) {
+      min_backoff = tool_parse_ms("--min-backoff", v);
+      if (min_backoff == 0)
+        tool_usage_error("--min-backoff: must be at least 1 ms");
+    } else if ((v = tool_flag(argc, argv, &i, "--max-backoff")) != NULL) {
+      max_backoff = tool_parse_ms("--max-backoff", v);
+      if (max_backoff == 0)
+        tool_usage_error("--max-backoff: must be at least 1 ms");
     } else if ((v = tool_flag(argc, argv, &i, "--drain-timeout")) != NULL) {
       drain_timeout = tool_parse_ms("--drain-timeout", v);
     } else if ((v = tool_flag(argc, argv, &i, "--log-level")) != NULL) {
@@ -149,15 +177,24 @@ int main(int argc, char **argv) {
   }
   if ((cert == NULL) != (key == NULL))
     tool_usage_error("--cert and --key go together");
+  if (min_backoff != 0 && max_backoff != 0 && max_backoff < min_backoff)
+    tool_usage_error("--max-backoff %u is below --min-backoff %u", max_backoff, min_backoff);
+  /* The library raises a maximum below its minimum: a small --max-backoff
+   * alone lowers the minimum instead. */
+  if (min_backoff == 0 && max_backoff != 0 && max_backoff < LISTENER_MIN_BACKOFF)
+    min_backoff = max_backoff;
   const char *files[] = {ca, cert, key};
   for (int i = 0; i < 3; i++)
     if (files[i] != NULL && !tool_readable(files[i]))
       tool_usage_error("cannot read %s", files[i]);
-  char auth[600];
+  const char *from;
+  char *token = tool_token(token_flag, token_file, &from);
+  char auth[TOOL_SECRET_MAX + 32];
   const char *headers[2] = {NULL, NULL};
   if (token != NULL) {
     snprintf(auth, sizeof(auth), "Authorization: Bearer %s", token);
     headers[0] = auth;
+    tool_logf(H2REV_LOG_DEBUG, "token from %s", from);
   }
   loop = uv_default_loop();
   h2rev_listener_options_t o = {0};
@@ -169,11 +206,26 @@ int main(int argc, char **argv) {
   o.tls.insecure = insecure;
   o.headers = headers;
   o.on_state = on_state;
+  o.backoff_min_ms = min_backoff;
+  o.backoff_max_ms = max_backoff;
   o.log = (h2rev_logger_t){tool_log, NULL, tool_log_level};
   char why[512];
   tool_capture(why, sizeof(why));
   int r = h2rev_listener_init(loop, &listener, &o);
   tool_capture_end();
+  /* The library keeps its own copy: the secret leaves this process's other memory. */
+  OPENSSL_cleanse(auth, sizeof(auth));
+  if (token != NULL)
+    OPENSSL_cleanse(token, strlen(token));
+  free(token);
+  if (r == H2REV_EURL)
+    tool_usage_error("--url: \"%s\" is not a dialer URL: expected https://HOST[:PORT][/BASE-PATH] "
+                     "(or http:// for cleartext HTTP/2)",
+                     url);
+  if (r == H2REV_EBADID)
+    tool_usage_error(
+        "%s \"%s\" is not a valid id: expected 1 to 128 letters, digits or . _ ~ : @ -%s",
+        id == host ? "the host name" : "--id:", id, id == host ? " (give --id)" : "");
   if (r != 0) {
     fprintf(stderr, "h2rev-listener: %s%s%s\n", h2rev_strerror(r), why[0] ? ": " : "", why);
     return 2;
@@ -187,11 +239,16 @@ int main(int argc, char **argv) {
   uo.log = o.log;
   r = h2rev_upstream_init(loop, &upstream, &uo);
   if (r != 0) {
+    if (r == H2REV_EURL)
+      tool_usage_error("--upstream: \"%s\" is not an upstream URL: expected "
+                       "http://HOST[:PORT][/PATH] or https://...",
+                       up);
     fprintf(stderr, "h2rev-listener: --upstream %s: %s\n", up, h2rev_strerror(r));
     return 2;
   }
   h2rev_listener_start(&listener, on_connection);
   tool_on_signal(loop, drain);
+  tool_on_reload(loop, hup);
   uv_run(loop, UV_RUN_DEFAULT);
   uv_loop_close(loop);
   tool_logf(H2REV_LOG_INFO, "stopped");

@@ -1,5 +1,8 @@
 #include "tool.h"
 
+#include <arpa/inet.h>
+#include <errno.h>
+#include <openssl/crypto.h>
 #include <signal.h>
 #include <stdarg.h>
 #include <stdio.h>
@@ -102,6 +105,14 @@ int tool_parse_hostport(const char *s, struct sockaddr_storage *ss) {
   return uv_ip6_addr(host, (int)port, (struct sockaddr_in6 *)ss);
 }
 
+void tool_format_addr(const struct sockaddr *sa, char *buf, size_t len) {
+  char ip[64] = "?";
+  uv_ip_name(sa, ip, sizeof(ip));
+  int port = ntohs(sa->sa_family == AF_INET6 ? ((const struct sockaddr_in6 *)sa)->sin6_port
+                                             : ((const struct sockaddr_in *)sa)->sin_port);
+  snprintf(buf, len, sa->sa_family == AF_INET6 ? "[%s]:%d" : "%s:%d", ip, port);
+}
+
 bool tool_readable(const char *path) {
   return access(path, R_OK) == 0;
 }
@@ -120,7 +131,8 @@ const char *tool_flag(int argc, char **argv, int *i, const char *flag) {
   return argv[++*i];
 }
 
-static uv_signal_t sigint, sigterm;
+static uv_signal_t sigint, sigterm, sighup;
+static void (*on_hup)(void);
 static uv_timer_t watchdog; /* tool_watchdog */
 static void (*on_sig)(void);
 static int signals_seen;
@@ -146,9 +158,26 @@ void tool_on_signal(uv_loop_t *loop, void (*cb)(void)) {
   uv_signal_start(&sigterm, got_signal, SIGTERM);
 }
 
+static void got_hup(uv_signal_t *h, int signum) {
+  (void)h, (void)signum;
+  if (signals_seen > 0) {
+    tool_logf(H2REV_LOG_WARN, "SIGHUP while draining: ignored");
+    return;
+  }
+  on_hup();
+}
+
+void tool_on_reload(uv_loop_t *loop, void (*cb)(void)) {
+  on_hup = cb;
+  uv_signal_init(loop, &sighup);
+  uv_signal_start(&sighup, got_hup, SIGHUP);
+}
+
 void tool_signals_close(void) {
   uv_close((uv_handle_t *)&sigint, NULL);
   uv_close((uv_handle_t *)&sigterm, NULL);
+  if (on_hup != NULL)
+    uv_close((uv_handle_t *)&sighup, NULL);
   if (uv_is_active((uv_handle_t *)&watchdog))
     uv_close((uv_handle_t *)&watchdog, NULL);
 }
@@ -189,4 +218,87 @@ unsigned tool_parse_ms(const char *flag, const char *v) {
 
 unsigned tool_parse_count(const char *flag, const char *v, unsigned max) {
   return parse_uint(flag, v, max, "items");
+}
+
+static bool secret_ok(const char *s, size_t n) {
+  if (n == 0 || n > TOOL_SECRET_MAX)
+    return false;
+  for (size_t i = 0; i < n; i++)
+    if (s[i] < 0x21 || s[i] > 0x7e)
+      return false;
+  return true;
+}
+
+int tool_read_secret(const char *path, char **out, char *why, size_t len) {
+  FILE *f = fopen(path, "r");
+  if (f == NULL) {
+    snprintf(why, len, "cannot read %s: %s", path, strerror(errno));
+    return -1;
+  }
+  /* One more than a token may be, to tell a long one from one that fits. */
+  char buf[TOOL_SECRET_MAX + 2];
+  size_t n = fread(buf, 1, sizeof(buf) - 1, f);
+  bool err = ferror(f) != 0;
+  int e = errno;
+  fclose(f);
+  if (err) {
+    snprintf(why, len, "cannot read %s: %s", path, strerror(e));
+    return -1;
+  }
+  buf[n] = '\0';
+  char *nl = strchr(buf, '\n');
+  if (nl != NULL)
+    *nl = '\0';
+  else if (n == sizeof(buf) - 1)
+    n = TOOL_SECRET_MAX + 1; /* longer than a token: refused below */
+  char *start = buf;
+  while (*start == ' ' || *start == '\t')
+    start++;
+  size_t l = strlen(start);
+  while (l > 0 && (start[l - 1] == ' ' || start[l - 1] == '\t' || start[l - 1] == '\r'))
+    l--;
+  if (n > TOOL_SECRET_MAX || !secret_ok(start, l)) {
+    snprintf(why, len,
+             "%s: the first line must be the token (1 to %d printable characters, no spaces)", path,
+             TOOL_SECRET_MAX);
+    OPENSSL_cleanse(buf, sizeof(buf));
+    return -1;
+  }
+  *out = strndup(start, l);
+  OPENSSL_cleanse(buf, sizeof(buf));
+  if (*out == NULL) {
+    snprintf(why, len, "out of memory");
+    return -1;
+  }
+  return 0;
+}
+
+char *tool_token(const char *flag_value, const char *file, const char **from) {
+  if (flag_value != NULL && file != NULL)
+    tool_usage_error("--token and --token-file: give one of them");
+  char *t = NULL;
+  if (file != NULL) {
+    char why[512];
+    if (tool_read_secret(file, &t, why, sizeof(why)) != 0)
+      tool_fatal("--token-file: %s", why);
+    *from = "--token-file";
+    return t;
+  }
+  const char *v = flag_value;
+  *from = "--token";
+  if (v == NULL) {
+    v = getenv(TOOL_TOKEN_ENV);
+    /* Empty (a blank value in a systemd EnvironmentFile): none. */
+    if (v != NULL && v[0] == '\0')
+      v = NULL;
+    *from = TOOL_TOKEN_ENV;
+  }
+  if (v == NULL)
+    return NULL;
+  if (!secret_ok(v, strlen(v)))
+    tool_usage_error("%s: a token is 1 to %d printable characters, no spaces", *from,
+                     TOOL_SECRET_MAX);
+  if ((t = strdup(v)) == NULL)
+    tool_fatal("out of memory");
+  return t;
 }

@@ -16,11 +16,15 @@ void tool_usage_error(const char *fmt, ...) __attribute__((format(printf, 1, 2),
 int tool_parse_level(const char *s);
 /* "host:port" into a sockaddr (host may be [v6]). */
 int tool_parse_hostport(const char *s, struct sockaddr_storage *ss);
+/* "ip:port" or "[v6]:port". */
+void tool_format_addr(const struct sockaddr *sa, char *buf, size_t len);
 bool tool_readable(const char *path);
 /* The value of --flag VALUE or --flag=VALUE at argv[*i]; NULL when it is not flag. */
 const char *tool_flag(int argc, char **argv, int *i, const char *flag);
 /* SIGINT/SIGTERM call cb once (then a second signal exits at once). */
 void tool_on_signal(uv_loop_t *loop, void (*cb)(void));
+/* SIGHUP calls cb (not once draining). */
+void tool_on_reload(uv_loop_t *loop, void (*cb)(void));
 void tool_signals_close(void);
 /* Prints "<tool>: <message>" (one line) and exits with status 2. */
 void tool_fatal(const char *fmt, ...) __attribute__((format(printf, 1, 2), noreturn));
@@ -35,5 +39,17 @@ void tool_capture_end(void);
 /* A shutdown that has not finished after ms (a bug: something was not
  * released) logs an error and exits with status 1 rather than hang. */
 void tool_watchdog(uv_loop_t *loop, unsigned ms);
+
+/* A bearer token: at most TOOL_SECRET_MAX visible ASCII characters
+ * (RFC 6750's token68 and more, no space or control character). */
+#define TOOL_SECRET_MAX 4096
+#define TOOL_TOKEN_ENV  "H2REV_TOKEN"
+/* The token in path (its first line; surrounding white space dropped) into
+ * a malloc'd *out. 0, or -1 with why set. */
+int tool_read_secret(const char *path, char **out, char *why, size_t len);
+/* The token from --token (flag_value), else --token-file (file), else the
+ * environment's H2REV_TOKEN; NULL when none is given. Both flags at once, an
+ * unreadable file or a malformed token: exits 2. *from names the source. */
+char *tool_token(const char *flag_value, const char *file, const char **from);
 
 #endif

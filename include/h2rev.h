@@ -98,6 +98,8 @@ typedef struct h2rev_logger_s {
 
 /* ------------------------------------------------------------------- TLS */
 
+enum { H2REV_VERIFY_CLIENT_REQUIRE = 1, H2REV_VERIFY_CLIENT_REQUEST = 2 };
+
 /* TLS settings. Strings are copied or only read during the call that takes
  * the options; the caller keeps ownership. */
 typedef struct h2rev_tls_options_s {
@@ -106,7 +108,13 @@ typedef struct h2rev_tls_options_s {
   const char *key_file;    /* its private key (PEM) */
   const char *server_name; /* client: SNI and name to verify; NULL: the URL's host */
   int insecure;            /* client: skip peer verification (tests only) */
-  int verify_client;       /* server: require a client certificate signed by ca_file */
+  /* Server: client certificates, verified against ca_file.
+   * H2REV_VERIFY_CLIENT_REQUIRE (1): the handshake fails without one.
+   * H2REV_VERIFY_CLIENT_REQUEST (2): one is asked for, and one that does not
+   * verify fails the handshake, but a client may present none: the dialer
+   * then refuses that connection's /revdial (403) while <base>/proxy/ and
+   * /healthz serve it (mTLS for listeners beside public clients on one port). */
+  int verify_client;
   /* The same material as PEM text in memory (NUL-terminated), for programs
    * that keep no files (secrets from a vault, an embedded test CA); each, when
    * set, is used instead of its file. Read during the call that takes these
@@ -308,6 +316,15 @@ H2REV_EXTERN int h2rev_http_server_init(uv_loop_t *loop, h2rev_http_server_t *se
  * uv_tcp_bind/uv_listen, H2REV_ETLS, UV_EBADF (closing). */
 H2REV_EXTERN int h2rev_http_server_listen(h2rev_http_server_t *server, const struct sockaddr *addr,
                                           const h2rev_tls_options_t *tls);
+/* Replaces the TLS settings (read during the call only) of every socket
+ * listening with TLS; cleartext ones stay so. Connections accepted from now
+ * on use the new settings, those already open keep theirs (a certificate
+ * renewal, a new client CA: no connection is cut). On an error the settings
+ * in use stay. Errors: H2REV_ETLS (bad certificate, key or CA; the reason is
+ * logged), UV_EINVAL (tls NULL, or no TLS socket), UV_ENOMEM, UV_EBADF
+ * (closing or draining). */
+H2REV_EXTERN int h2rev_http_server_set_tls(h2rev_http_server_t *server,
+                                           const h2rev_tls_options_t *tls);
 /* The address of the n-th listening socket, in the order of listen calls.
  * Errors: UV_EINVAL (no such socket), those of uv_tcp_getsockname. */
 H2REV_EXTERN int h2rev_http_server_getsockname(const h2rev_http_server_t *server, unsigned n,
@@ -516,6 +533,10 @@ H2REV_EXTERN int h2rev_dialer_listen(h2rev_dialer_t *dialer, const struct sockad
  * Errors: UV_EBUSY (mounted or listening already), UV_EEXIST (the server
  * has a route at one of those prefixes), UV_ENOMEM. */
 H2REV_EXTERN int h2rev_dialer_mount(h2rev_dialer_t *dialer, h2rev_http_server_t *server);
+/* h2rev_http_server_set_tls for the dialer's own server (made by
+ * h2rev_dialer_listen). Errors: those of h2rev_http_server_set_tls,
+ * UV_EINVAL (mounted on the application's server: call it there). */
+H2REV_EXTERN int h2rev_dialer_set_tls(h2rev_dialer_t *dialer, const h2rev_tls_options_t *tls);
 /* The address of the n-th listening socket (for port 0). */
 H2REV_EXTERN int h2rev_dialer_getsockname(const h2rev_dialer_t *dialer, unsigned n,
                                           struct sockaddr *addr, int *len);

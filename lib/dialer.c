@@ -432,6 +432,16 @@ static void refuse(h2r_dialer_t *d, h2r_strm_t *st, int status, const char *why,
   h2r_strm_reject(st, status, body);
 }
 
+/* A server that asks for client certificates (verify_client) lets clients
+ * without one through the handshake for the proxy: a listener needs one. A
+ * certificate that did not verify has failed the handshake already. */
+static bool has_client_cert(const h2r_strm_t *st) {
+  SSL *ssl = st->sess->x.ssl;
+  if (ssl == NULL || !(SSL_get_verify_mode(ssl) & SSL_VERIFY_PEER))
+    return true;
+  return h2r_xport_peer_cert(&st->sess->x) != NULL && SSL_get_verify_result(ssl) == X509_V_OK;
+}
+
 static bool authorized(h2r_dialer_t *d, h2r_strm_t *st, const char *id) {
   if (d->o.authorize == NULL)
     return true;
@@ -459,6 +469,10 @@ static void revdial(h2r_dialer_t *d, h2r_strm_t *st, const char *query) {
     return;
   }
   const char *role = h2r_strm_header(st, H2R_ROLE_HEADER, NULL);
+  if (!has_client_cert(st)) {
+    refuse(d, st, 403, "no client certificate", id);
+    return;
+  }
   if (!authorized(d, st, id)) {
     refuse(d, st, 403, "not authorized", id);
     return;
@@ -794,6 +808,15 @@ int h2rev_dialer_listen(h2rev_dialer_t *dialer, const struct sockaddr *addr,
       return r; /* the server, if made, is closed with the dialer */
   }
   return h2rev_http_server_listen(&d->own, addr, tls);
+}
+
+int h2rev_dialer_set_tls(h2rev_dialer_t *dialer, const h2rev_tls_options_t *tls) {
+  h2r_dialer_t *d = dialer->d_;
+  if (d == NULL || d->closing || d->draining)
+    return UV_EBADF;
+  if (!d->own_srv || d->own.s_ == NULL)
+    return UV_EINVAL;
+  return h2rev_http_server_set_tls(&d->own, tls);
 }
 
 int h2rev_dialer_getsockname(const h2rev_dialer_t *dialer, unsigned n, struct sockaddr *addr,

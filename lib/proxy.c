@@ -182,6 +182,17 @@ static void p_finish(proxy_t *p) {
   p_close_up(p);
 }
 
+/* What a public client reads in an error's body: for a 5xx the status's
+ * meaning only. The details (a listener's certificate error, its pickup
+ * text) may tell an outsider about the inside: they go to the log. */
+static const char *public_text(int status, const char *why) {
+  if (status == 502)
+    return "listener unavailable";
+  if (status == 504)
+    return "listener did not answer in time";
+  return status >= 500 ? "unavailable" : why;
+}
+
 /* Before the response head: an error response. After it: the client stream
  * is reset or its connection closed, never a response that looks complete. */
 static void p_fail(proxy_t *p, int status, const char *why) {
@@ -191,7 +202,7 @@ static void p_fail(proxy_t *p, int status, const char *why) {
                   why);
   if (!p->head_sent && p->client_open) {
     char body[200];
-    snprintf(body, sizeof(body), "%s\n", why);
+    snprintf(body, sizeof(body), "%s\n", public_text(status, why));
     p->head_sent = true;
     if (p->kind == CLIENT_H2) {
       h2r_strm_respond_text(p->client.s_, status, body);

@@ -936,6 +936,35 @@ int h2rev_http_server_listen(h2rev_http_server_t *server, const struct sockaddr 
   return 0;
 }
 
+int h2rev_http_server_set_tls(h2rev_http_server_t *server, const h2rev_tls_options_t *tls) {
+  h2r_server_t *srv = server->s_;
+  if (srv == NULL || srv->closing || srv->draining)
+    return UV_EBADF;
+  bool any = false;
+  for (h2r_lsock_t *k = srv->socks; k != NULL; k = k->next)
+    any = any || k->ctx != NULL;
+  if (tls == NULL || !any)
+    return UV_EINVAL;
+  char why[256];
+  int err = 0;
+  SSL_CTX *ctx = h2r_tls_ctx_new(tls, true, H2R_ALPN_H2 | H2R_ALPN_H1, &err, why, sizeof(why));
+  if (ctx == NULL) {
+    H2R_ERR(&srv->o.log, "TLS setup failed: %s", why);
+    return err;
+  }
+  /* Each connection's SSL holds a reference to the context it was made
+   * from: those open keep the old one, which goes with the last of them. */
+  for (h2r_lsock_t *k = srv->socks; k != NULL; k = k->next) {
+    if (k->ctx == NULL)
+      continue;
+    SSL_CTX_up_ref(ctx);
+    SSL_CTX_free(k->ctx);
+    k->ctx = ctx;
+  }
+  SSL_CTX_free(ctx);
+  return 0;
+}
+
 int h2rev_http_server_getsockname(const h2rev_http_server_t *server, unsigned n,
                                   struct sockaddr *addr, int *len) {
   h2r_lsock_t *k = server->s_ != NULL ? server->s_->socks : NULL;

@@ -167,7 +167,9 @@ SSL_CTX *h2r_tls_ctx_new(const h2rev_tls_options_t *o, bool server, int alpn, in
   }
 
   if (server) {
-    if (o->verify_client)
+    if (o->verify_client == H2REV_VERIFY_CLIENT_REQUEST)
+      SSL_CTX_set_verify(ctx, SSL_VERIFY_PEER, NULL);
+    else if (o->verify_client)
       SSL_CTX_set_verify(ctx, SSL_VERIFY_PEER | SSL_VERIFY_FAIL_IF_NO_PEER_CERT, NULL);
     SSL_CTX_set_alpn_select_cb(ctx, alpn_select, (void *)(intptr_t)alpn);
   } else {

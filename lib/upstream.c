@@ -316,11 +316,12 @@ static void uc_fail(uconn_t *c, const char *why) {
     uc_close(c);
     return;
   }
-  char resp[320];
-  int n = snprintf(resp, sizeof(resp),
-                   "HTTP/1.1 502 Bad Gateway\r\nContent-Type: text/plain\r\n"
-                   "Content-Length: %zu\r\nConnection: close\r\n\r\n%s\n",
-                   strlen(why) + 1, why);
+  /* why (a connect error, the upstream's certificate) is for the log: the
+   * body reaches public clients. */
+  static const char resp[] = "HTTP/1.1 502 Bad Gateway\r\nContent-Type: text/plain\r\n"
+                             "Content-Length: 21\r\nConnection: close\r\n\r\n"
+                             "upstream unavailable\n";
+  size_t n = sizeof(resp) - 1;
   send_s(c, resp, (size_t)n);
   c->x_eof = true;
   c->over = true;

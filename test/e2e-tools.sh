@@ -195,7 +195,7 @@ listener mother other --cert "$WORK/good.crt" --key "$WORK/good.key"
 O_LPID=$LPID
 listener mnone nocert
 N_LPID=$LPID
-# Every client of this dialer needs a certificate from the CA, curl too.
+# A client may present a certificate from the CA (none is needed: e2e-ops).
 mcurl() { tcurl --cert "$WORK/good.crt" --key "$WORK/good.key" "$@"; }
 wait_for mcurl -f "$(tun good)/index.html" || fail "mTLS: good not attached"
 wait_for grep -q 'refused (403) for id "other"' "$WORK/dialer-mtls.log" ||

@@ -71,6 +71,11 @@ typedef struct env {
   char ca[512], cert[512], key[512];
 } env_t;
 
+/* verify_client for the next dialer_start (the client CA is ca.pem), and
+ * the client certificate of the next lis_start (in the test certificates). */
+static int next_verify_client;
+static const char *next_lis_cert;
+
 static void dialer_start(env_t *e, int port) {
   test_logger(&e->o.log, "dialer");
   ASSERT_OK(h2rev_dialer_init(&e->loop, &e->d, &e->o));
@@ -78,6 +83,10 @@ static void dialer_start(env_t *e, int port) {
   struct sockaddr_in a;
   uv_ip4_addr("127.0.0.1", port, &a);
   h2rev_tls_options_t tls = {.cert_file = e->cert, .key_file = e->key};
+  if (next_verify_client) {
+    tls.ca_file = e->ca;
+    tls.verify_client = next_verify_client;
+  }
   ASSERT_OK(h2rev_dialer_listen(&e->d, (struct sockaddr *)&a, &tls));
   struct sockaddr_in b;
   int len = sizeof(b);
@@ -247,6 +256,13 @@ static void lis_start(lis_t *L, env_t *e, const char *id, unsigned spares,
   o.url = url;
   o.id = id;
   o.tls.ca_file = e->ca;
+  char cert[512], key[512], name[64];
+  if (next_lis_cert != NULL) {
+    snprintf(name, sizeof(name), "%s.pem", next_lis_cert);
+    o.tls.cert_file = test_path(cert, sizeof(cert), test_certs(), name);
+    snprintf(name, sizeof(name), "%s.key", next_lis_cert);
+    o.tls.key_file = test_path(key, sizeof(key), test_certs(), name);
+  }
   o.headers = headers;
   o.backoff_min_ms = 50;
   o.backoff_max_ms = 200;
@@ -942,6 +958,30 @@ TEST(authorize_denied) {
   f_stop(&g);
   f_stop(&h);
   f_stop(&k);
+  lis_stop(&L);
+  dialer_stop(&e);
+  loop_drain(&e.loop);
+}
+
+/* verify_client REQUEST: the handshake lets a client without a certificate
+ * through (a proxy client), but /revdial refuses it, with no authorize
+ * callback to do it; a listener with a certificate from the CA attaches. */
+TEST(client_cert_requested) {
+  env_t e;
+  next_verify_client = H2REV_VERIFY_CLIENT_REQUEST;
+  env_init(&e, NULL);
+  next_verify_client = 0;
+  fake_t f;
+  ASSERT_EQ(f_attach(&f, &e, "nocert", NULL, F_IGNORE), 403);
+  ASSERT_EQ(stats(&e).refused, 1);
+  ASSERT_EQ(stats(&e).listeners, 0);
+  lis_t L;
+  next_lis_cert = "client";
+  lis_start(&L, &e, "client-1", 1, NULL);
+  next_lis_cert = NULL;
+  run_cond(&e.loop, lis_attached, &L, 5000, "listener with a certificate attached");
+  echo_through(&e, "client-1", 4096, 1);
+  f_stop(&f);
   lis_stop(&L);
   dialer_stop(&e);
   loop_drain(&e.loop);

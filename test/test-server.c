@@ -626,6 +626,56 @@ TEST(serve_stream) {
   env_stop(&e);
 }
 
+/* h2rev_http_server_set_tls: new connections get the new certificate, a bad
+ * one keeps the old, a server without TLS sockets has nothing to change. */
+TEST(set_tls) {
+  env_t e;
+  env_init(&e);
+  char ca[512], cacert[512], cakey[512], cmd[1024];
+  test_path(ca, sizeof(ca), test_certs(), "ca.pem");
+  test_path(cacert, sizeof(cacert), test_certs(), "ca.pem");
+  test_path(cakey, sizeof(cakey), test_certs(), "ca.key");
+  snprintf(cmd, sizeof(cmd), "curl -s --cacert %s https://localhost:%d/a", ca, e.tls_port);
+  expect_out(&e, cmd, "a\n");
+  /* The CA's own certificate as the server's: it does not name localhost. */
+  h2rev_tls_options_t other = {.cert_file = cacert, .key_file = cakey};
+  ASSERT_OK(h2rev_http_server_set_tls(&e.srv, &other));
+  snprintf(cmd, sizeof(cmd),
+           "openssl s_client -connect 127.0.0.1:%d < /dev/null 2> /dev/null | "
+           "openssl x509 -noout -subject",
+           e.tls_port);
+  expect_out(&e, cmd, "subject=O = h2rev test, CN = h2rev test CA\n");
+  snprintf(cmd, sizeof(cmd), "curl -s --cacert %s https://localhost:%d/a", ca, e.tls_port);
+  ASSERT_NE(sh(&e, cmd), 0);
+  /* A key that is not the certificate's, a missing file: kept as it was. */
+  char key[512];
+  test_path(key, sizeof(key), test_certs(), "server.key");
+  h2rev_tls_options_t bad = {.cert_file = cacert, .key_file = key};
+  ASSERT_EQ(h2rev_http_server_set_tls(&e.srv, &bad), H2REV_ETLS);
+  h2rev_tls_options_t missing = {.cert_file = "/nonexistent.pem", .key_file = key};
+  ASSERT_EQ(h2rev_http_server_set_tls(&e.srv, &missing), H2REV_ETLS);
+  ASSERT_EQ(h2rev_http_server_set_tls(&e.srv, NULL), UV_EINVAL);
+  snprintf(cmd, sizeof(cmd), "curl -sk https://127.0.0.1:%d/a", e.tls_port);
+  expect_out(&e, cmd, "a\n");
+  snprintf(cmd, sizeof(cmd),
+           "openssl s_client -connect 127.0.0.1:%d < /dev/null 2> /dev/null | "
+           "openssl x509 -noout -subject",
+           e.tls_port);
+  expect_out(&e, cmd, "subject=O = h2rev test, CN = h2rev test CA\n");
+  /* The cleartext socket stays cleartext. */
+  snprintf(cmd, sizeof(cmd), "curl -s http://127.0.0.1:%d/a", e.port);
+  expect_out(&e, cmd, "a\n");
+  h2rev_http_server_t plain;
+  ASSERT_OK(h2rev_http_server_init(&e.loop, &plain, NULL));
+  listen_on(&plain, NULL, 0);
+  ASSERT_EQ(h2rev_http_server_set_tls(&plain, &other), UV_EINVAL);
+  plain.data = &e;
+  h2rev_http_server_close(&plain, srv_closed);
+  run_until(&e.loop, &e.closed, 5000);
+  e.closed = 0;
+  env_stop(&e);
+}
+
 /* The dialer mounted on the application's server next to its routes: a
  * listener attaches through it and a proxied request reaches the server
  * behind the listener. */
