@@ -689,6 +689,45 @@ H2REV_EXTERN unsigned h2rev_upstream_active(const h2rev_upstream_t *upstream);
 /* Stops taking streams; cb runs once those being served are done. */
 H2REV_EXTERN void h2rev_upstream_close(h2rev_upstream_t *upstream, h2rev_upstream_close_cb cb);
 
+/* ------------------------------------------------------------ ref/unref */
+
+/* uv_ref()/uv_unref() for the library's handles. An unref'd dialer,
+ * listener, HTTP server or upstream does not keep uv_run(loop,
+ * UV_RUN_DEFAULT) running: every libuv handle it owns is unref'd, now and
+ * whenever it creates one later, until the matching *_ref call restores
+ * the default (every handle referenced). uv_run then returns once nothing
+ * else keeps the loop alive, with the handle still open and usable; close
+ * it as usual (the close needs the loop to run once more).
+ *
+ * The handles concerned:
+ *  - HTTP server: its listening sockets, every accepted connection (the TCP
+ *    handle, its timers, check and idle handles, HTTP/1.1 timers);
+ *  - dialer: its drain timer and, when it listens itself
+ *    (h2rev_dialer_listen), all of its own server's handles as above. A
+ *    dialer mounted on an application's server (h2rev_dialer_mount) holds
+ *    no connection of its own: ref or unref that server;
+ *  - listener: its reconnect, backoff and state timers, and each connection
+ *    to the dialer (TCP handle, timers, check and idle handles);
+ *  - upstream: each connection to the upstream, pooled or in use, and the
+ *    per-stream linger timers.
+ *
+ * As in libuv, requests in flight are not handles and keep the loop alive
+ * until they complete, whatever the setting: a name resolution or a TCP
+ * connect of the listener or the upstream, a write, a pending h2rev_dial.
+ * Virtual streams (h2rev_stream_t) own no libuv handle: their connection's
+ * owner decides. Idempotent (no counting: one ref undoes any number of
+ * unrefs); no return value, nothing can fail; does nothing once the
+ * handle's close callback has run. Nothing else changes: an unref'd handle
+ * works as before while the loop runs for other reasons. */
+H2REV_EXTERN void h2rev_http_server_ref(h2rev_http_server_t *server);
+H2REV_EXTERN void h2rev_http_server_unref(h2rev_http_server_t *server);
+H2REV_EXTERN void h2rev_dialer_ref(h2rev_dialer_t *dialer);
+H2REV_EXTERN void h2rev_dialer_unref(h2rev_dialer_t *dialer);
+H2REV_EXTERN void h2rev_listener_ref(h2rev_listener_t *listener);
+H2REV_EXTERN void h2rev_listener_unref(h2rev_listener_t *listener);
+H2REV_EXTERN void h2rev_upstream_ref(h2rev_upstream_t *upstream);
+H2REV_EXTERN void h2rev_upstream_unref(h2rev_upstream_t *upstream);
+
 #ifdef __cplusplus
 }
 #endif
