@@ -205,6 +205,43 @@ H2REV_EXTERN size_t h2rev_stream_buffered(const h2rev_stream_t *stream);
 /* Bytes written but not yet on the socket. */
 H2REV_EXTERN size_t h2rev_stream_write_queue_size(const h2rev_stream_t *stream);
 
+/* A real libuv stream for code written against libuv's own types (an HTTP
+ * or WebSocket library on uv_stream_t, a runtime that wraps a file
+ * descriptor): splices the virtual stream to one end of a socketpair
+ * (AF_UNIX, SOCK_STREAM) and initialises `out` (uv_pipe_init with ipc 0,
+ * then uv_pipe_open) on `loop` with the other end. Bytes pass both ways
+ * unchanged, with:
+ *  - back-pressure both ways: the stream's bytes return their HTTP/2 window
+ *    only once they are in the socketpair, so a reader of `out` that stops
+ *    (uv_read_stop) pauses the HTTP/2 sender; what is written to `out` is
+ *    read only while at most a bounded amount (256 KiB) waits for the
+ *    stream's window, so a peer that stops reading pauses the writer of
+ *    `out` once the socketpair's buffer is full;
+ *  - half-close both ways: the peer's END_STREAM becomes the end of the
+ *    pipe (uv_read_cb gets UV_EOF on `out` after the last byte);
+ *    uv_shutdown on `out` becomes h2rev_stream_shutdown;
+ *  - close either side and the other follows: once both directions have
+ *    ended, or on a reset of the stream, an error of its connection or a
+ *    write to `out` after `out` was closed (UV_EPIPE), the bridge closes the
+ *    stream (resetting it unless both directions had ended) and its end of
+ *    the socketpair: `out` then reads UV_EOF (or an error) and its writes
+ *    fail. uv_close on `out` ends the stream's direction towards it (the
+ *    stream is shut down, as for uv_shutdown) and the bridge ends once the
+ *    peer ends its side too or sends more (reset then).
+ * The bridge takes over the stream (its `data` field is used; do not call
+ * the stream's functions any more): when it is over the stream is closed,
+ * then done(stream) (may be NULL) runs and the stream may be freed then.
+ * `out` is the caller's: read, write, shut it down and close it with
+ * libuv as any pipe (uv_fileno gives the descriptor). The bridge's own end
+ * does not keep the loop alive (as for the stream itself, the connection's
+ * owner decides; see h2rev_listener_unref).
+ * Errors: UV_EINVAL (NULL argument), UV_EBADF (the stream is closing),
+ * UV_ENOMEM, errors of uv_socketpair and uv_pipe_open (`out` is then being
+ * closed if it was initialised; its memory must last one more loop turn).
+ * done does not run after an error. */
+H2REV_EXTERN int h2rev_stream_bridge(h2rev_stream_t *stream, uv_loop_t *loop, uv_pipe_t *out,
+                                     h2rev_close_cb done);
+
 /* ----------------------------------------------------------- HTTP server */
 
 /* A header: the request headers handlers and the dialer's authorization
