@@ -671,3 +671,67 @@ TEST(backpressure_stream_reader) {
   run_until(&e.loop, &p.closed, WAIT_MS);
   env_close(&e);
 }
+
+#define XFER_BYTES (64u << 20)
+
+static void free_stream(h2rev_stream_t *s) {
+  free(s); /* the lend_t that holds it */
+}
+
+static double mib_per_s(uint64_t bytes, uint64_t ns) {
+  return (double)bytes / (1 << 20) / ((double)ns / 1e9);
+}
+
+/* The cost of the bridge: one direction (dialer end to listener side) of
+ * XFER_BYTES, read by the h2rev stream API directly, then by a libuv
+ * reader through the bridge; both checked by SHA-256, both rates printed. */
+TEST(throughput_vs_direct) {
+  env_t e;
+  dend_t x, sink;
+  side_t p;
+  env_open(&e);
+
+  dend_open(&e, &x);
+  memset(&sink, 0, sizeof(sink));
+  test_sha_init(&sink.rx);
+  test_sha_init(&sink.tx);
+  h2rev_stream_t *direct = e.accepted;
+  e.accepted = NULL;
+  direct->data = &sink;
+  uint64_t t0 = uv_hrtime();
+  ASSERT_OK(h2rev_stream_read_start(direct, d_alloc, d_read));
+  x.to_send = XFER_BYTES;
+  x.shut_after = 1;
+  d_send_next(&x);
+  run_until(&e.loop, &sink.eof, WAIT_MS);
+  uint64_t direct_ns = uv_hrtime() - t0;
+  ASSERT_EQ(sink.nread, XFER_BYTES);
+  sha_equal(&x.tx, &sink.rx);
+  test_sha_final(&x.rx, (unsigned char[32]){0});
+  test_sha_final(&sink.tx, (unsigned char[32]){0});
+  h2rev_stream_close(direct, free_stream);
+  h2rev_stream_close(&x.s, d_closed_cb);
+  run_until(&e.loop, &x.closed, WAIT_MS);
+
+  dend_open(&e, &x);
+  side_init(&p);
+  t0 = uv_hrtime();
+  bridge(&e, &p.pipe);
+  ASSERT_OK(uv_read_start((uv_stream_t *)&p.pipe, side_alloc, side_read));
+  x.to_send = XFER_BYTES;
+  x.shut_after = 1;
+  d_send_next(&x);
+  run_until(&e.loop, &p.eof, WAIT_MS);
+  uint64_t bridge_ns = uv_hrtime() - t0;
+  ASSERT_EQ(p.nread, XFER_BYTES);
+  sha_equal(&x.tx, &p.rx);
+  test_sha_final(&x.rx, (unsigned char[32]){0});
+  test_sha_final(&p.tx, (unsigned char[32]){0});
+  fprintf(stderr, "%u MiB one way: direct stream %.0f MiB/s, bridged uv_pipe_t %.0f MiB/s\n",
+          XFER_BYTES >> 20, mib_per_s(XFER_BYTES, direct_ns), mib_per_s(XFER_BYTES, bridge_ns));
+  uv_close((uv_handle_t *)&p.pipe, side_closed);
+  h2rev_stream_close(&x.s, d_closed_cb);
+  run_until(&e.loop, &x.closed, WAIT_MS);
+  run_until(&e.loop, &p.closed, WAIT_MS);
+  env_close(&e);
+}
