@@ -265,3 +265,139 @@ TEST(server_unref) {
   run_until(&loop, &closed, WAIT_MS);
   loop_drain(&loop);
 }
+
+/* The upstream: a reverse connection served from an HTTP server on
+ * loopback keeps a pooled keep-alive connection to that server and waits
+ * for the stream's next request; with everything else unref'd, those are
+ * what holds the loop until the upstream is unref'd too. */
+typedef struct uenv {
+  env_t e;
+  h2rev_upstream_t u;
+  h2rev_stream_t *served; /* the listener end, given to the upstream */
+  h2rev_stream_t a;       /* the dialer end */
+  h2rev_dial_t dial;
+  h2rev_write_t w;
+  int dialed, got, uclosed, sclosed;
+  char buf[4096];
+  size_t n;
+} uenv_t;
+
+static void u_conn(h2rev_listener_t *l, int status) {
+  uenv_t *ue = l->data;
+  ASSERT_OK(status);
+  h2rev_stream_t *s = calloc(1, sizeof(*s));
+  ASSERT_NOT_NULL(s);
+  if (h2rev_listener_accept(l, s) != 0) {
+    free(s);
+    return;
+  }
+  ASSERT_NULL(ue->served);
+  ue->served = s;
+  ASSERT_OK(h2rev_upstream_serve(&ue->u, s, (h2rev_close_cb)NULL));
+}
+
+static void u_dialed(h2rev_dial_t *req, int status) {
+  uenv_t *ue = req->data;
+  ASSERT_OK(status);
+  ue->dialed = 1;
+}
+
+static void u_alloc(h2rev_stream_t *s, size_t sz, uv_buf_t *b) {
+  uenv_t *ue = s->data;
+  (void)sz;
+  *b = uv_buf_init(ue->buf + ue->n, (unsigned)(sizeof(ue->buf) - 1 - ue->n));
+}
+
+static void u_read(h2rev_stream_t *s, ssize_t n, const uv_buf_t *b) {
+  uenv_t *ue = s->data;
+  (void)b;
+  ASSERT_GT(n, 0);
+  ue->n += (size_t)n;
+  ue->buf[ue->n] = '\0';
+  if (strstr(ue->buf, "\r\n\r\nhi\n") != NULL)
+    ue->got = 1;
+}
+
+static void u_wrote(h2rev_write_t *req, int status) {
+  (void)req;
+  ASSERT_OK(status);
+}
+
+static void u_closed(h2rev_upstream_t *u) {
+  ((uenv_t *)u->data)->uclosed = 1;
+}
+
+static void us_closed(h2rev_http_server_t *s) {
+  *(int *)s->data = 1;
+}
+
+static void a_closed(h2rev_stream_t *s) {
+  (void)s;
+}
+
+TEST(upstream_unref) {
+  uenv_t ue;
+  memset(&ue, 0, sizeof(ue));
+  env_t *e = &ue.e;
+  ASSERT_OK(uv_loop_init(&e->loop));
+  /* The upstream's server. */
+  h2rev_http_server_t srv;
+  ASSERT_OK(h2rev_http_server_init(&e->loop, &srv, NULL));
+  srv.data = &ue.sclosed;
+  ASSERT_OK(h2rev_http_server_route(&srv, "/hello", hello, NULL));
+  struct sockaddr_in a;
+  uv_ip4_addr("127.0.0.1", 0, &a);
+  ASSERT_OK(h2rev_http_server_listen(&srv, (struct sockaddr *)&a, NULL));
+  int len = sizeof(a);
+  ASSERT_OK(h2rev_http_server_getsockname(&srv, 0, (struct sockaddr *)&a, &len));
+  char url[128];
+  snprintf(url, sizeof(url), "http://127.0.0.1:%d", ntohs(a.sin_port));
+  h2rev_upstream_options_t uo = {.url = url};
+  ASSERT_OK(h2rev_upstream_init(&e->loop, &ue.u, &uo));
+  ue.u.data = &ue;
+  /* The reverse connection. */
+  h2rev_dialer_options_t dopts = {.base_path = "/base"};
+  ASSERT_OK(h2rev_dialer_init(&e->loop, &e->d, &dopts));
+  e->d.data = e;
+  uv_ip4_addr("127.0.0.1", 0, &a);
+  ASSERT_OK(h2rev_dialer_listen(&e->d, (struct sockaddr *)&a, NULL));
+  len = sizeof(a);
+  ASSERT_OK(h2rev_dialer_getsockname(&e->d, 0, (struct sockaddr *)&a, &len));
+  listener_init(e, ntohs(a.sin_port));
+  e->l.data = &ue; /* env_t is the first member: on_state still finds it */
+  ASSERT_OK(h2rev_listener_start(&e->l, u_conn));
+  run_until(&e->loop, &e->attached, WAIT_MS);
+  ue.dial.data = &ue;
+  ASSERT_OK(h2rev_dial(&ue.dial, &e->d, "ref", &ue.a, WAIT_MS, u_dialed));
+  run_until(&e->loop, &ue.dialed, WAIT_MS);
+  ue.a.data = &ue;
+  static char rq[] = "GET /hello HTTP/1.1\r\nHost: x\r\n\r\n";
+  uv_buf_t b = uv_buf_init(rq, sizeof(rq) - 1);
+  ASSERT_OK(h2rev_stream_write(&ue.w, &ue.a, &b, 1, u_wrote));
+  ASSERT_OK(h2rev_stream_read_start(&ue.a, u_alloc, u_read));
+  run_until(&e->loop, &ue.got, WAIT_MS);
+  ASSERT_EQ(h2rev_upstream_active(&ue.u), 1);
+
+  h2rev_http_server_unref(&srv);
+  h2rev_dialer_unref(&e->d);
+  h2rev_listener_unref(&e->l);
+  assert_run_held(&e->loop); /* the upstream's connection and stream timer */
+  h2rev_upstream_unref(&ue.u);
+  assert_run_returns(&e->loop);
+  h2rev_upstream_ref(&ue.u);
+  assert_run_held(&e->loop);
+  h2rev_upstream_unref(&ue.u);
+  assert_run_returns(&e->loop);
+
+  h2rev_stream_close(&ue.a, a_closed);
+  h2rev_upstream_close(&ue.u, u_closed);
+  run_until(&e->loop, &ue.uclosed, WAIT_MS);
+  free(ue.served);
+  h2rev_listener_close(&e->l, l_closed);
+  h2rev_dialer_close(&e->d, d_closed);
+  h2rev_http_server_close(&srv, us_closed);
+  run_until(&e->loop, &e->lclosed, WAIT_MS);
+  run_until(&e->loop, &e->dclosed, WAIT_MS);
+  run_until(&e->loop, &ue.sclosed, WAIT_MS);
+  loop_drain(&e->loop);
+}
