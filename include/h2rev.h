@@ -225,9 +225,10 @@ H2REV_EXTERN size_t h2rev_stream_write_queue_size(const h2rev_stream_t *stream);
  *    write to `out` after `out` was closed (UV_EPIPE), the bridge closes the
  *    stream (resetting it unless both directions had ended) and its end of
  *    the socketpair: `out` then reads UV_EOF (or an error) and its writes
- *    fail. uv_close on `out` ends the stream's direction towards it (the
- *    stream is shut down, as for uv_shutdown) and the bridge ends once the
- *    peer ends its side too or sends more (reset then).
+ *    fail. uv_close on `out` shuts the stream down as uv_shutdown does
+ *    (the kernel tells a close from a shutdown only when bytes were left
+ *    unread in `out`: the stream is reset then); the bridge ends once the
+ *    peer ends its side too, or sends more (the stream is reset then).
  * The bridge takes over the stream (its `data` field is used; do not call
  * the stream's functions any more): when it is over the stream is closed,
  * then done(stream) (may be NULL) runs and the stream may be freed then.
