@@ -213,6 +213,44 @@ H2REV_EXTERN size_t h2rev_stream_buffered(const h2rev_stream_t *stream);
 /* Bytes written but not yet on the socket. */
 H2REV_EXTERN size_t h2rev_stream_write_queue_size(const h2rev_stream_t *stream);
 
+/* A real libuv stream for code written against libuv's own types (an HTTP
+ * or WebSocket library on uv_stream_t, a runtime that wraps a file
+ * descriptor): splices the virtual stream to one end of a socketpair
+ * (AF_UNIX, SOCK_STREAM) and initialises `out` (uv_pipe_init with ipc 0,
+ * then uv_pipe_open) on `loop` with the other end. Bytes pass both ways
+ * unchanged, with:
+ *  - back-pressure both ways: the stream's bytes return their HTTP/2 window
+ *    only once they are in the socketpair, so a reader of `out` that stops
+ *    (uv_read_stop) pauses the HTTP/2 sender; what is written to `out` is
+ *    read only while at most a bounded amount (256 KiB) waits for the
+ *    stream's window, so a peer that stops reading pauses the writer of
+ *    `out` once the socketpair's buffer is full;
+ *  - half-close both ways: the peer's END_STREAM becomes the end of the
+ *    pipe (uv_read_cb gets UV_EOF on `out` after the last byte);
+ *    uv_shutdown on `out` becomes h2rev_stream_shutdown;
+ *  - close either side and the other follows: once both directions have
+ *    ended, or on a reset of the stream, an error of its connection or a
+ *    write to `out` after `out` was closed (UV_EPIPE), the bridge closes the
+ *    stream (resetting it unless both directions had ended) and its end of
+ *    the socketpair: `out` then reads UV_EOF (or an error) and its writes
+ *    fail. uv_close on `out` shuts the stream down as uv_shutdown does
+ *    (the kernel tells a close from a shutdown only when bytes were left
+ *    unread in `out`: the stream is reset then); the bridge ends once the
+ *    peer ends its side too, or sends more (the stream is reset then).
+ * The bridge takes over the stream (its `data` field is used; do not call
+ * the stream's functions any more): when it is over the stream is closed,
+ * then done(stream) (may be NULL) runs and the stream may be freed then.
+ * `out` is the caller's: read, write, shut it down and close it with
+ * libuv as any pipe (uv_fileno gives the descriptor). The bridge's own end
+ * does not keep the loop alive (as for the stream itself, the connection's
+ * owner decides; see h2rev_listener_unref).
+ * Errors: UV_EINVAL (NULL argument), UV_EBADF (the stream is closing),
+ * UV_ENOMEM, errors of uv_socketpair and uv_pipe_open (`out` is then being
+ * closed if it was initialised; its memory must last one more loop turn).
+ * done does not run after an error. */
+H2REV_EXTERN int h2rev_stream_bridge(h2rev_stream_t *stream, uv_loop_t *loop, uv_pipe_t *out,
+                                     h2rev_close_cb done);
+
 /* ----------------------------------------------------------- HTTP server */
 
 /* A header: the request headers handlers and the dialer's authorization
@@ -709,6 +747,45 @@ H2REV_EXTERN int h2rev_upstream_serve(h2rev_upstream_t *upstream, h2rev_stream_t
 H2REV_EXTERN unsigned h2rev_upstream_active(const h2rev_upstream_t *upstream);
 /* Stops taking streams; cb runs once those being served are done. */
 H2REV_EXTERN void h2rev_upstream_close(h2rev_upstream_t *upstream, h2rev_upstream_close_cb cb);
+
+/* ------------------------------------------------------------ ref/unref */
+
+/* uv_ref()/uv_unref() for the library's handles. An unref'd dialer,
+ * listener, HTTP server or upstream does not keep uv_run(loop,
+ * UV_RUN_DEFAULT) running: every libuv handle it owns is unref'd, now and
+ * whenever it creates one later, until the matching *_ref call restores
+ * the default (every handle referenced). uv_run then returns once nothing
+ * else keeps the loop alive, with the handle still open and usable; close
+ * it as usual (the close needs the loop to run once more).
+ *
+ * The handles concerned:
+ *  - HTTP server: its listening sockets, every accepted connection (the TCP
+ *    handle, its timers, check and idle handles, HTTP/1.1 timers);
+ *  - dialer: its drain timer and, when it listens itself
+ *    (h2rev_dialer_listen), all of its own server's handles as above. A
+ *    dialer mounted on an application's server (h2rev_dialer_mount) holds
+ *    no connection of its own: ref or unref that server;
+ *  - listener: its reconnect, backoff and state timers, and each connection
+ *    to the dialer (TCP handle, timers, check and idle handles);
+ *  - upstream: each connection to the upstream, pooled or in use, and the
+ *    per-stream linger timers.
+ *
+ * As in libuv, requests in flight are not handles and keep the loop alive
+ * until they complete, whatever the setting: a name resolution or a TCP
+ * connect of the listener or the upstream, a write, a pending h2rev_dial.
+ * Virtual streams (h2rev_stream_t) own no libuv handle: their connection's
+ * owner decides. Idempotent (no counting: one ref undoes any number of
+ * unrefs); no return value, nothing can fail; does nothing once the
+ * handle's close callback has run. Nothing else changes: an unref'd handle
+ * works as before while the loop runs for other reasons. */
+H2REV_EXTERN void h2rev_http_server_ref(h2rev_http_server_t *server);
+H2REV_EXTERN void h2rev_http_server_unref(h2rev_http_server_t *server);
+H2REV_EXTERN void h2rev_dialer_ref(h2rev_dialer_t *dialer);
+H2REV_EXTERN void h2rev_dialer_unref(h2rev_dialer_t *dialer);
+H2REV_EXTERN void h2rev_listener_ref(h2rev_listener_t *listener);
+H2REV_EXTERN void h2rev_listener_unref(h2rev_listener_t *listener);
+H2REV_EXTERN void h2rev_upstream_ref(h2rev_upstream_t *upstream);
+H2REV_EXTERN void h2rev_upstream_unref(h2rev_upstream_t *upstream);
 
 #ifdef __cplusplus
 }

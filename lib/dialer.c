@@ -59,6 +59,7 @@ struct h2r_dialer {
   uint64_t drain_deadline;
   h2rev_dialer_close_cb drain_cb;
   h2r_ratelog_t rl;
+  bool unref; /* h2rev_dialer_unref: its own server's handles are unref'd */
 };
 
 static void maybe_closed(h2r_dialer_t *d) {
@@ -789,6 +790,8 @@ static int own_server(h2r_dialer_t *d) {
     return r;
   d->own.data = d;
   d->own_srv = true;
+  if (d->unref)
+    h2rev_http_server_unref(&d->own);
   r = mount(d, d->own.s_);
   if (r == 0)
     r = h2rev_http_server_route(&d->own, "/healthz", healthz, d);
@@ -817,6 +820,29 @@ int h2rev_dialer_set_tls(h2rev_dialer_t *dialer, const h2rev_tls_options_t *tls)
   if (!d->own_srv || d->own.s_ == NULL)
     return UV_EINVAL;
   return h2rev_http_server_set_tls(&d->own, tls);
+}
+
+static void dialer_set_unref(h2rev_dialer_t *dialer, bool unref) {
+  h2r_dialer_t *d = dialer->d_;
+  if (d == NULL)
+    return;
+  d->unref = unref;
+  if (d->own_srv) {
+    if (unref)
+      h2rev_http_server_unref(&d->own);
+    else
+      h2rev_http_server_ref(&d->own);
+  }
+  if (d->draining)
+    h2r_handle_ref(&d->drain_timer, unref);
+}
+
+void h2rev_dialer_ref(h2rev_dialer_t *dialer) {
+  dialer_set_unref(dialer, false);
+}
+
+void h2rev_dialer_unref(h2rev_dialer_t *dialer) {
+  dialer_set_unref(dialer, true);
 }
 
 int h2rev_dialer_getsockname(const h2rev_dialer_t *dialer, unsigned n, struct sockaddr *addr,
@@ -1090,6 +1116,8 @@ int h2rev_dialer_shutdown(h2rev_dialer_t *dialer, unsigned timeout_ms, h2rev_dia
            n, n == 1 ? "" : "s", timeout_ms);
   uv_timer_init(d->loop, &d->drain_timer);
   d->drain_timer.data = d;
+  if (d->unref)
+    uv_unref((uv_handle_t *)&d->drain_timer);
   d->completing++;
   uv_timer_start(&d->drain_timer, drain_tick, 0, DRAIN_POLL_MS);
   return 0;

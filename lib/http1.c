@@ -1001,11 +1001,18 @@ static h2r_h1c_t *c_new(h2r_server_t *srv, const h1io_t *io, const char *peer, c
   uv_timer_init(srv->loop, &c->timer);
   c->timer.data = c;
   c->timer_open = true;
+  if (srv->unref)
+    uv_unref((uv_handle_t *)&c->timer);
   /* The first request head is due within the header timeout. */
   c->in_message = true;
   uv_timer_start(&c->timer, slow_head, srv->o.header_timeout_ms, 0);
   h2r_server_ref(srv);
   return c;
+}
+
+void h2r_h1c_set_unref(h2r_h1c_t *c, bool unref) {
+  if (c->timer_open)
+    h2r_handle_ref(&c->timer, unref);
 }
 
 h2r_h1c_t *h2r_h1c_new(h2r_session_t *s, h2r_server_t *srv) {

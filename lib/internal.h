@@ -16,6 +16,15 @@
 #define H2R_CONTAINER_OF(ptr, type, field) ((type *)((char *)(ptr)-offsetof(type, field)))
 #define H2R_MIN(a, b)                      ((a) < (b) ? (a) : (b))
 
+/* uv_ref semantics of the public handles (h2rev_*_unref): every libuv
+ * handle an unref'd object owns is unref'd, those it creates later too. */
+static inline void h2r_handle_ref(void *h, bool unref) {
+  if (unref)
+    uv_unref((uv_handle_t *)h);
+  else
+    uv_ref((uv_handle_t *)h);
+}
+
 /* ---------------------------------------------------------------- log.c */
 
 void h2r_log(const h2rev_logger_t *lg, int level, const char *fmt, ...)
@@ -126,6 +135,7 @@ struct h2r_xport {
    * connections (bytes are consumed within the read callback), so an idle
    * connection holds none of its own. */
   uint8_t *shared_rbuf;
+  bool unref; /* set before connect/accept too: its handles do not keep the loop alive */
   /* TLS input: the ciphertext OpenSSL is reading now (in the read buffer),
    * and what it left there when reading paused (kept here until resumed). */
   const uint8_t *in_p;
@@ -173,6 +183,8 @@ int h2r_xport_write(h2r_xport_t *x, h2r_xwrite_t *w, const uv_buf_t *bufs, unsig
                     h2r_xwrite_cb cb);
 void h2r_xport_read_pause(h2r_xport_t *x, bool pause);
 void h2r_xport_close(h2r_xport_t *x);
+/* uv_ref / uv_unref on the transport's handles, now and later. */
+void h2r_xport_set_unref(h2r_xport_t *x, bool unref);
 /* The TLS peer certificate, or NULL (not reference-counted: valid while open). */
 X509 *h2r_xport_peer_cert(const h2r_xport_t *x);
 
@@ -202,6 +214,7 @@ typedef struct h2r_session_opts {
   unsigned handshake_ms;     /* TCP connect + TLS handshake */
   bool allow_h1;             /* server: serve HTTP/1.1 clients through cbs->on_h1 */
   uint8_t *rbuf;             /* H2R_RBUF_SIZE bytes shared by the owner's sessions, or NULL */
+  bool unref;                /* its handles do not keep the loop alive (h2r_session_set_unref) */
 } h2r_session_opts;
 
 void h2r_session_opts_default(h2r_session_opts *o);
@@ -287,6 +300,8 @@ void h2r_session_shutdown(h2r_session_t *s);
 /* Abort: GOAWAY if possible, close the transport now. */
 void h2r_session_close(h2r_session_t *s, int err);
 void h2r_session_schedule(h2r_session_t *s);
+/* uv_ref / uv_unref on the session's handles and its transport's. */
+void h2r_session_set_unref(h2r_session_t *s, bool unref);
 
 /* ------------------------------------------------------------- stream.c */
 
@@ -628,6 +643,7 @@ struct h2r_server {
   bool drain_timer_open;
   uint64_t drain_deadline;
   h2rev_http_server_close_cb close_cb;
+  bool unref; /* h2rev_http_server_unref */
 };
 
 /* Mounts ops at prefix (several prefixes may share arg; the first mount's
@@ -665,6 +681,8 @@ int h2r_h1c_finish(h2r_h1c_t *c, h2r_hreq_t *rq, bool complete); /* end or abort
 h2r_h1c_t *h2r_h1c_next(h2r_h1c_t *c);  /* the server's next virtual-stream connection */
 void h2r_h1c_read_resume(h2r_h1c_t *c); /* the handler reads again */
 void h2r_h1c_release(h2r_h1c_t *c);     /* the handler's request is done with it */
+/* uv_ref / uv_unref on its timer (the server's h2rev_http_server_unref). */
+void h2r_h1c_set_unref(h2r_h1c_t *c, bool unref);
 
 /* Flow control by the reader's own measure: bytes read return their window
  * only when the reader calls h2r_strm_consume (once it has passed them on),

@@ -77,6 +77,7 @@ struct h2r_listener {
   uv_timer_t drain_timer;
   uint64_t drain_deadline;
   h2rev_listener_close_cb drain_cb;
+  bool unref; /* h2rev_listener_unref */
 };
 
 static void connect_now(h2r_listener_t *l);
@@ -555,6 +556,7 @@ static void resolved(uv_getaddrinfo_t *req, int status, struct addrinfo *res) {
   o.ping_interval_ms = l->o.ping_interval_ms;
   o.ping_timeout_ms = l->o.ping_timeout_ms;
   o.handshake_ms = l->o.handshake_ms;
+  o.unref = l->unref;
   l->conn = c;
   l->live_conns++;
   l->state = L_CONNECTING;
@@ -702,6 +704,28 @@ int h2rev_listener_init(uv_loop_t *loop, h2rev_listener_t *listener,
   return 0;
 }
 
+static void listener_set_unref(h2rev_listener_t *listener, bool unref) {
+  h2r_listener_t *l = listener->l_;
+  if (l == NULL)
+    return;
+  l->unref = unref;
+  h2r_handle_ref(&l->retry, unref);
+  h2r_handle_ref(&l->kick, unref);
+  h2r_handle_ref(&l->state_timer, unref);
+  if (l->draining)
+    h2r_handle_ref(&l->drain_timer, unref);
+  for (lconn_t *c = l->conns; c != NULL; c = c->next)
+    h2r_session_set_unref(&c->s, unref);
+}
+
+void h2rev_listener_ref(h2rev_listener_t *listener) {
+  listener_set_unref(listener, false);
+}
+
+void h2rev_listener_unref(h2rev_listener_t *listener) {
+  listener_set_unref(listener, true);
+}
+
 int h2rev_listener_start(h2rev_listener_t *listener, h2rev_connection_cb cb) {
   h2r_listener_t *l = listener->l_;
   if (l->cb != NULL)
@@ -832,6 +856,8 @@ int h2rev_listener_shutdown(h2rev_listener_t *listener, unsigned timeout_ms,
   H2R_INFO(&l->o.log, "draining: detached %s, %u ms to go", l->id, timeout_ms);
   uv_timer_init(l->loop, &l->drain_timer);
   l->drain_timer.data = l;
+  if (l->unref)
+    uv_unref((uv_handle_t *)&l->drain_timer);
   l->handles++;
   uv_timer_start(&l->drain_timer, drain_tick, 0, DRAIN_POLL_MS);
   return 0;

@@ -826,6 +826,7 @@ static void on_connection(uv_stream_t *server, int status) {
   o.max_conn_header_bytes = srv->o.max_conn_header_bytes;
   o.max_total_header_bytes = srv->o.max_total_header_bytes;
   o.hdr_total = &srv->hdr_total;
+  o.unref = srv->unref;
   c->next = srv->conns;
   if (srv->conns != NULL)
     srv->conns->prev = c;
@@ -896,6 +897,34 @@ int h2rev_http_server_init(uv_loop_t *loop, h2rev_http_server_t *server,
   return 0;
 }
 
+static void server_set_unref(h2rev_http_server_t *server, bool unref) {
+  h2r_server_t *srv = server->s_;
+  if (srv == NULL)
+    return;
+  srv->unref = unref;
+  h2r_handle_ref(&srv->check, unref);
+  h2r_handle_ref(&srv->idle, unref);
+  if (srv->drain_timer_open)
+    h2r_handle_ref(&srv->drain_timer, unref);
+  for (h2r_lsock_t *k = srv->socks; k != NULL; k = k->next)
+    h2r_handle_ref(&k->tcp, unref);
+  for (h2r_hconn_t *c = srv->conns; c != NULL; c = c->next) {
+    h2r_session_set_unref(&c->s, unref);
+    if (c->s.h1 != NULL && c->s.h1_data != NULL)
+      h2r_h1c_set_unref(c->s.h1_data, unref);
+  }
+  for (h2r_h1c_t *c = srv->vconns; c != NULL; c = h2r_h1c_next(c))
+    h2r_h1c_set_unref(c, unref);
+}
+
+void h2rev_http_server_ref(h2rev_http_server_t *server) {
+  server_set_unref(server, false);
+}
+
+void h2rev_http_server_unref(h2rev_http_server_t *server) {
+  server_set_unref(server, true);
+}
+
 static void free_data(uv_handle_t *h) {
   free(h->data);
 }
@@ -921,6 +950,8 @@ int h2rev_http_server_listen(h2rev_http_server_t *server, const struct sockaddr 
   }
   uv_tcp_init(srv->loop, &k->tcp);
   k->tcp.data = k;
+  if (srv->unref)
+    uv_unref((uv_handle_t *)&k->tcp);
   int r = uv_tcp_bind(&k->tcp, addr, 0);
   if (r == 0)
     r = uv_listen((uv_stream_t *)&k->tcp, 511, on_connection);
@@ -1093,6 +1124,8 @@ int h2rev_http_server_shutdown(h2rev_http_server_t *server, unsigned timeout_ms,
   uv_timer_init(srv->loop, &srv->drain_timer);
   srv->drain_timer.data = srv;
   srv->drain_timer_open = true;
+  if (srv->unref)
+    uv_unref((uv_handle_t *)&srv->drain_timer);
   uv_timer_start(&srv->drain_timer, drain_tick, DRAIN_POLL_MS, DRAIN_POLL_MS);
   return 0;
 }

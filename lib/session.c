@@ -637,6 +637,7 @@ static int s_init(h2r_session_t *s, uv_loop_t *loop, bool server, const h2r_sess
   s->log = log;
   s->x.log = log;
   s->x.shared_rbuf = o != NULL ? o->rbuf : NULL;
+  s->x.unref = o != NULL && o->unref;
   if (o != NULL)
     s->o = *o;
   else
@@ -688,6 +689,11 @@ static int s_init(h2r_session_t *s, uv_loop_t *loop, bool server, const h2r_sess
   uv_timer_init(loop, &s->ping_timer);
   s->check.data = s->idle.data = s->ping_timer.data = s;
   s->nhandles = 3;
+  if (s->o.unref) {
+    uv_unref((uv_handle_t *)&s->check);
+    uv_unref((uv_handle_t *)&s->idle);
+    uv_unref((uv_handle_t *)&s->ping_timer);
+  }
   if (s->o.ping_interval_ms > 0) {
     unsigned tick = H2R_MIN(s->o.ping_interval_ms, s->o.ping_timeout_ms) / 4;
     if (tick < 50)
@@ -710,6 +716,16 @@ static int s_init_failed(h2r_session_t *s, int r) {
     s->ng = NULL;
   }
   return r;
+}
+
+void h2r_session_set_unref(h2r_session_t *s, bool unref) {
+  s->o.unref = unref;
+  if (s->nhandles > 0) {
+    h2r_handle_ref(&s->check, unref);
+    h2r_handle_ref(&s->idle, unref);
+    h2r_handle_ref(&s->ping_timer, unref);
+  }
+  h2r_xport_set_unref(&s->x, unref);
 }
 
 int h2r_session_connect(h2r_session_t *s, uv_loop_t *loop, const struct sockaddr *addr,

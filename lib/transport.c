@@ -197,9 +197,11 @@ static int x_init(h2r_xport_t *x, uv_loop_t *loop, SSL_CTX *ctx, bool server, un
                   const h2r_xport_cbs *cbs, void *owner) {
   const h2rev_logger_t *log = x->log;
   uint8_t *shared = x->shared_rbuf;
+  bool unref = x->unref;
   memset(x, 0, sizeof(*x));
   x->log = log;
   x->shared_rbuf = shared;
+  x->unref = unref;
   x->loop = loop;
   x->cbs = cbs;
   x->owner = owner;
@@ -218,6 +220,8 @@ static int x_init(h2r_xport_t *x, uv_loop_t *loop, SSL_CTX *ctx, bool server, un
   x->done.data = x;
   x->gather.data = x;
   x->nhandles = 4;
+  if (unref)
+    h2r_xport_set_unref(x, true);
   if (ctx != NULL) {
     x->ssl = SSL_new(ctx);
     BIO *b = x->ssl != NULL ? x_bio_new(x) : NULL;
@@ -596,6 +600,16 @@ static void x_connected(uv_connect_t *req, int status) {
 static bool is_ip_literal(const char *host) {
   unsigned char tmp[16];
   return uv_inet_pton(AF_INET, host, tmp) == 0 || uv_inet_pton(AF_INET6, host, tmp) == 0;
+}
+
+void h2r_xport_set_unref(h2r_xport_t *x, bool unref) {
+  x->unref = unref;
+  if (x->nhandles == 0)
+    return;
+  h2r_handle_ref(&x->tcp, unref);
+  h2r_handle_ref(&x->timer, unref);
+  h2r_handle_ref(&x->done, unref);
+  h2r_handle_ref(&x->gather, unref);
 }
 
 int h2r_xport_connect(h2r_xport_t *x, uv_loop_t *loop, const struct sockaddr *addr, SSL_CTX *ctx,

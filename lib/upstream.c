@@ -47,6 +47,8 @@ typedef struct h2r_upstream {
   struct sockaddr_storage addr; /* the upstream's address: an IP literal, or */
   bool addr_literal;
   uint64_t addr_until; /* a name's last answer, valid until then */
+  struct uconn *conns; /* the streams being served (unext/uprev) */
+  bool unref;          /* h2rev_upstream_unref */
 } h2r_upstream_t;
 
 struct uconn;
@@ -90,6 +92,7 @@ typedef struct uconn {
   struct uwrite *early, **early_tail; /* the rewritten head and what followed it */
   size_t to_x, to_s;                  /* bytes queued each way */
   h2rev_shutdown_t sh;
+  struct uconn *unext, *uprev; /* u->conns */
 } uconn_t;
 
 typedef struct uwrite {
@@ -158,6 +161,12 @@ static void uc_release(uconn_t *c) {
     free(w);
   }
   h2r_hbuf_free(&c->hb);
+  if (c->uprev != NULL)
+    c->uprev->unext = c->unext;
+  else
+    u->conns = c->unext;
+  if (c->unext != NULL)
+    c->unext->uprev = c->uprev;
   free(c);
   u->active--;
   if (done != NULL)
@@ -575,6 +584,7 @@ static void connect_to(uconn_t *c, const struct sockaddr *addr) {
   pc->c = c;
   pc->x.log = &u->log;
   pc->x.shared_rbuf = u->rbuf;
+  pc->x.unref = u->unref;
   c->pc = pc; /* its handles exist even when connect fails */
   const char *sni = u->o.tls.server_name ? u->o.tls.server_name : u->host;
   int r = h2r_xport_connect(&pc->x, u->loop, addr, u->ctx, sni, u->o.connect_timeout_ms, &ucbs, pc);
@@ -997,14 +1007,44 @@ int h2rev_upstream_serve(h2rev_upstream_t *upstream, h2rev_stream_t *stream, h2r
   uc_parsers_init(c);
   uv_timer_init(u->loop, &c->linger);
   c->linger.data = c;
+  if (u->unref)
+    uv_unref((uv_handle_t *)&c->linger);
   int r = h2rev_stream_read_start(stream, uc_alloc, uc_read);
   if (r != 0) {
     uv_close((uv_handle_t *)&c->linger, free_data);
     return r;
   }
   h2r_strm_manual_consume(stream);
+  c->unext = u->conns;
+  if (u->conns != NULL)
+    u->conns->uprev = c;
+  u->conns = c;
   u->active++;
   return 0;
+}
+
+static void upstream_set_unref(h2rev_upstream_t *upstream, bool unref) {
+  h2r_upstream_t *u = upstream->u_;
+  if (u == NULL)
+    return;
+  u->unref = unref;
+  h2r_handle_ref(&u->defer, unref);
+  /* sweep stays unref'd: idle connections alone never keep the loop alive */
+  for (upconn_t *pc = u->idle; pc != NULL; pc = pc->next)
+    h2r_xport_set_unref(&pc->x, unref);
+  for (uconn_t *c = u->conns; c != NULL; c = c->unext) {
+    h2r_handle_ref(&c->linger, unref);
+    if (c->pc != NULL)
+      h2r_xport_set_unref(&c->pc->x, unref);
+  }
+}
+
+void h2rev_upstream_ref(h2rev_upstream_t *upstream) {
+  upstream_set_unref(upstream, false);
+}
+
+void h2rev_upstream_unref(h2rev_upstream_t *upstream) {
+  upstream_set_unref(upstream, true);
 }
 
 unsigned h2rev_upstream_active(const h2rev_upstream_t *upstream) {
