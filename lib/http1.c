@@ -775,6 +775,14 @@ static const char *bad_head(const llhttp_t *h, const h2r_kv_t *kv, size_t n) {
   return NULL;
 }
 
+static bool expects_continue(const h2r_kv_t *kv, unsigned n) {
+  for (unsigned i = 0; i < n; i++)
+    if (kv[i].nl == 6 && strncasecmp(kv[i].name, "expect", 6) == 0 && kv[i].vl == 12 &&
+        strncasecmp(kv[i].value, "100-continue", 12) == 0)
+      return true;
+  return false;
+}
+
 static int on_headers_complete(llhttp_t *h) {
   h2r_h1c_t *c = h->data;
   uv_timer_stop(&c->timer);
@@ -807,10 +815,17 @@ static int on_headers_complete(llhttp_t *h) {
     h->upgrade = 0; /* llhttp reads the body, if any, and parses what follows */
   const char *bad = bad_head(h, kv, hb->n);
   if (bad != NULL) {
-    H2R_WARN(c->log, "%s: HTTP/1.1 request refused (400): %s", c->peer, bad);
+    h2r_log_limited(c->log, &c->srv->rl, c->srv->loop, H2REV_LOG_INFO,
+                    "%s: HTTP/1.1 request refused (400): %s", c->peer, bad);
     respond_text(c, 400, "bad request\n", true);
     return -1;
   }
+  /* A client that waits for leave to send its body (curl does, a second,
+   * for uploads over 1 MiB) gets it at once: the body is read as it comes,
+   * with back-pressure, whatever the handler or the upstream will say. */
+  static const char cont[] = "HTTP/1.1 100 Continue\r\n\r\n";
+  if ((chunked || has_cl) && h->http_minor >= 1 && expects_continue(kv, hb->n))
+    out(c, cont, sizeof(cont) - 1, NULL, 0, NULL, 0);
   /* Copies as C strings: the url (path and query) and the authority. */
   char url[8192], auth[512];
   if (hb->url_len >= sizeof(url) || alen >= sizeof(auth)) {

@@ -805,7 +805,11 @@ static pwrite_t *build_head(proxy_t *p, const h2r_preq_t *rq, int *status) {
     }
     bool keep = (kv_is(kv, "te") && kv->vl == 8 && strncasecmp(kv->value, "trailers", 8) == 0) ||
                 (rq->upgrade && kv_is(kv, "upgrade"));
-    if (!keep && (hop_by_hop(kv->name, kv->nl) || named_by_connection(rq, kv)))
+    /* Expect: 100-continue was answered at the door (http1.c): the body is
+     * on its way, nobody behind needs to be asked. */
+    if (!keep &&
+        (hop_by_hop(kv->name, kv->nl) || named_by_connection(rq, kv) ||
+         (kv_is(kv, "expect") && kv->vl == 12 && strncasecmp(kv->value, "100-continue", 12) == 0)))
       continue;
     h2r_out_header(&o, kv->name, kv->nl, kv->value, kv->vl);
   }
