@@ -533,10 +533,16 @@ static void up_input(proxy_t *p, ssize_t n, const uv_buf_t *buf) {
       if (c_body(p, buf->base, (size_t)n) != 0)
         p_finish(p);
     } else {
+      /* The upstream ended the upgraded connection: the client's goes too
+       * (once what it was sent is out), so nothing more comes for ours:
+       * it ends now, and the stream closes with it (it stayed half-open,
+       * holding the drain and the dialer's close, after every WebSocket). */
       p->done = true;
       p_close_client(p, n == UV_EOF);
       if (n != UV_EOF || p->up_shut_done)
         p_close_up(p);
+      else
+        end_up(p);
     }
     return;
   }

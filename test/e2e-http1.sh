@@ -76,3 +76,15 @@ ok "HTTP/2 Transfer-Encoding and CR/LF/control bytes in headers refused"
 body=$(tcurl --http1.1 "$(tunnel h1)/index.html")
 [ "$body" = "hello through the tunnel" ] || fail "still serving"
 ok "still serving after all that"
+
+# Everything above is over, the WebSocket session among it: nothing holds the
+# drain (an upgraded stream the upstream had ended stayed half-open: SIGTERM
+# took the whole drain timeout and the dialer exited 1).
+t0=$(date +%s%3N)
+kill -TERM "$DIALER_PID"
+rc=0
+wait "$DIALER_PID" || rc=$?
+t1=$(date +%s%3N)
+[ "$rc" = 0 ] || fail "dialer exited $rc on SIGTERM"
+[ $((t1 - t0)) -lt 5000 ] || fail "dialer took $((t1 - t0)) ms to drain"
+ok "SIGTERM after it all: drained in $((t1 - t0)) ms, exit 0"
