@@ -342,8 +342,9 @@ struct h2rev_strm {
   h2r_strm_t *pnext;       /* pending list */
   int32_t id;
   unsigned flags;
-  int err;    /* abort reason to report */
-  int status; /* client: :status of the response */
+  int err;           /* abort reason to report */
+  uint32_t rst_code; /* RST_STREAM error code received or sent (nghttp2's close code) */
+  int status;        /* client: :status of the response */
   h2rev_alloc_cb alloc_cb;
   h2rev_read_cb read_cb;
   h2rev_close_cb close_cb;

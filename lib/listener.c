@@ -13,6 +13,9 @@
 typedef struct h2r_listener h2r_listener_t;
 
 #define H2R_MAX_SPARES 64
+/* Data streams the dialer refused in a row (REFUSED_STREAM) before the dial
+ * they were for is given up (pickup-failed). */
+#define H2R_REFUSED_RETRIES 100
 /* State changes waiting for their callback: a handful per loop turn at most
  * (connecting, lost, retrying, stopped); beyond it the oldest is dropped. */
 #define H2R_STATE_QUEUE 16
@@ -28,7 +31,8 @@ typedef struct lconn {
   h2r_ctl_reader rd;
   bool attached;
   bool dead;
-  int why; /* the reason to report when it dies */
+  unsigned refused; /* data streams refused (REFUSED_STREAM) in a row */
+  int why;          /* the reason to report when it dies */
   char rxbuf[512];
 } lconn_t;
 
@@ -247,6 +251,7 @@ static void data_headers(h2r_strm_t *st) {
     h2r_strm_abandon(st);
     return;
   }
+  c->refused = 0;
   l->unused++;
   st->on_used = data_used;
   st->used_arg = l;
@@ -273,6 +278,15 @@ static void data_gone(h2r_strm_t *st, int err) {
   }
   if (l->opening > 0)
     l->opening--;
+  /* REFUSED_STREAM: the dialer had no room for the stream yet (Go's server
+   * counts a stream until its handler returns, a second after its last
+   * write): nothing was done with it, so it is asked for again rather than
+   * failing the dial it was for. */
+  if (!c->dead && st->rst_code == NGHTTP2_REFUSED_STREAM && c->refused < H2R_REFUSED_RETRIES) {
+    c->refused++;
+    open_data(l);
+    return;
+  }
   if (!c->dead)
     ctl_send(c, H2R_CMD_PICKUP_FAILED, h2rev_strerror(err));
 }

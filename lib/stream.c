@@ -404,6 +404,7 @@ void h2r_strm_pump(h2r_strm_t *st) {
 
 void h2r_strm_on_close(h2r_strm_t *st, uint32_t error_code) {
   st->flags |= H2R_F_NG_CLOSED;
+  st->rst_code = error_code;
   if (st->err == 0 &&
       (error_code != NGHTTP2_NO_ERROR || !(st->flags & H2R_F_EOF) || st->wq_head != NULL))
     st->err = H2REV_ERESET;

@@ -114,9 +114,10 @@ transfers() {
 }
 
 # inflight URL CURLFLAGS...: N_INFLIGHT slow downloads of SLOW bytes in the background
-# (far more than the windows on the way hold), each writing "<curl exit> <status> <bytes>"
-# to $WORK/inflight.txt.
-SLOW=$((64 * MIB))
+# (far more than the windows on the way hold: curl's own HTTP/2 window takes up to
+# 32 MiB at once, and sees the reset only after reading them at its rate), each
+# writing "<curl exit> <status> <bytes>" to $WORK/inflight.txt.
+SLOW=$((256 * MIB))
 inflight() {
   local url=$1
   shift
@@ -124,7 +125,7 @@ inflight() {
   for _ in $(seq 1 "$N_INFLIGHT"); do
     (
       set +e
-      out=$(curl -sS --max-time 30 --limit-rate 1m -o /dev/null -w '%{http_code} %{size_download}' \
+      out=$(curl -sS --max-time 30 --limit-rate 4m -o /dev/null -w '%{http_code} %{size_download}' \
         "$@" "$url/bytes/$SLOW" 2> /dev/null)
       echo "$? $out" >> "$WORK/inflight.txt"
     ) &
