@@ -70,11 +70,6 @@ EOF
   wait_for curl -sf -o /dev/null "http://127.0.0.1:$UP/small.bin" || fail "nginx did not start"
 fi
 
-forget() {
-  local keep=() p
-  for p in "${PIDS[@]}"; do [ "$p" = "$1" ] || keep+=("$p"); done
-  PIDS=("${keep[@]}")
-}
 kill9() {
   kill -9 "$1" 2> /dev/null || true
   wait "$1" 2> /dev/null || true

@@ -31,19 +31,6 @@ listener() {
   LPID=$!
   PIDS+=($LPID)
 }
-forget() {
-  local keep=() p q
-  for p in "${PIDS[@]}"; do
-    for q in "$@"; do [ "$p" != "$q" ] || continue 2; done
-    keep+=("$p")
-  done
-  PIDS=("${keep[@]}")
-}
-stop() {
-  kill "$@" 2> /dev/null || true
-  for p in "$@"; do wait "$p" 2> /dev/null || true; done
-  forget "$@"
-}
 tun() { echo "https://$H:$DP/proxy/$1"; }
 # get CA URL [curl flags]: the body, through a client that trusts CA only
 get() {

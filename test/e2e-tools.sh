@@ -26,20 +26,6 @@ listener() {
   PIDS+=($LPID)
 }
 
-# forget PID...: reaped processes leave PIDS (their numbers may be reused).
-forget() {
-  local keep=() p q
-  for p in "${PIDS[@]}"; do
-    for q in "$@"; do [ "$p" != "$q" ] || continue 2; done
-    keep+=("$p")
-  done
-  PIDS=("${keep[@]}")
-}
-stop() {
-  kill "$@" 2> /dev/null || true
-  for p in "$@"; do wait "$p" 2> /dev/null || true; done
-  forget "$@"
-}
 tun() { echo "https://127.0.0.1:$DP/proxy/$1"; }
 code_of() { tcurl -o /dev/null -w '%{http_code}' "$@" 2>/dev/null || true; }
 # lines FILE PATTERN: how many lines of FILE match

@@ -26,6 +26,22 @@ cleanup() {
 }
 trap cleanup EXIT
 fail() { E2E_FAILED=1; echo "FAIL: $*" >&2; exit 1; }
+
+# forget PID...: reaped processes leave PIDS (their numbers may be reused).
+forget() {
+  local keep=() p q
+  for p in "${PIDS[@]}"; do
+    for q in "$@"; do [ "$p" != "$q" ] || continue 2; done
+    keep+=("$p")
+  done
+  PIDS=("${keep[@]}")
+}
+# stop PID...: SIGTERM, reaped, forgotten.
+stop() {
+  kill "$@" 2> /dev/null || true
+  for p in "$@"; do wait "$p" 2> /dev/null || true; done
+  forget "$@"
+}
 ok() { echo "ok: $*"; }
 
 free_port() {
