@@ -110,6 +110,11 @@ const char *h2r_hbuf_get_last(const h2r_hbuf_t *h, const char *name, size_t *len
   return NULL;
 }
 
+bool h2r_kv_expects_continue(const h2r_kv_t *kv) {
+  return kv->nl == 6 && strncasecmp(kv->name, "expect", 6) == 0 && kv->vl == 12 &&
+         strncasecmp(kv->value, "100-continue", 12) == 0;
+}
+
 bool h2r_is_token(const char *s, size_t n) {
   static const char extra[] = "!#$%&'*+-.^_`|~";
   if (n == 0)

@@ -777,8 +777,7 @@ static const char *bad_head(const llhttp_t *h, const h2r_kv_t *kv, size_t n) {
 
 static bool expects_continue(const h2r_kv_t *kv, unsigned n) {
   for (unsigned i = 0; i < n; i++)
-    if (kv[i].nl == 6 && strncasecmp(kv[i].name, "expect", 6) == 0 && kv[i].vl == 12 &&
-        strncasecmp(kv[i].value, "100-continue", 12) == 0)
+    if (h2r_kv_expects_continue(&kv[i]))
       return true;
   return false;
 }

@@ -437,6 +437,8 @@ const char *h2r_hbuf_get(const h2r_hbuf_t *h, const char *name, size_t *len);
 const char *h2r_hbuf_get_last(const h2r_hbuf_t *h, const char *name, size_t *len);
 /* A field name is a token (RFC 9110 5.1): no space, separator or control. */
 bool h2r_is_token(const char *s, size_t n);
+/* The field is Expect: 100-continue (answered by http1.c, not passed on by the proxy). */
+bool h2r_kv_expects_continue(const h2r_kv_t *kv);
 /* A request target's path (up to '?') has a "." or ".." segment, also with
  * its dots percent-encoded (%2e), segments cut by "\", %2f or %5c, or a
  * path parameter after the dots ("..;x"): a path that could climb out of

@@ -813,9 +813,8 @@ static pwrite_t *build_head(proxy_t *p, const h2r_preq_t *rq, int *status) {
                 (rq->upgrade && kv_is(kv, "upgrade"));
     /* Expect: 100-continue was answered at the door (http1.c): the body is
      * on its way, nobody behind needs to be asked. */
-    if (!keep &&
-        (hop_by_hop(kv->name, kv->nl) || named_by_connection(rq, kv) ||
-         (kv_is(kv, "expect") && kv->vl == 12 && strncasecmp(kv->value, "100-continue", 12) == 0)))
+    if (!keep && (hop_by_hop(kv->name, kv->nl) || named_by_connection(rq, kv) ||
+                  h2r_kv_expects_continue(kv)))
       continue;
     h2r_out_header(&o, kv->name, kv->nl, kv->value, kv->vl);
   }
