@@ -380,6 +380,15 @@ static int c_head_h2(proxy_t *p, int status, const h2r_kv_t *kv, size_t n) {
     char *name = (char *)kv[i].name; /* our own copy: lower-cased in place */
     for (size_t k = 0; k < kv[i].nl; k++)
       name[k] = (char)(name[k] >= 'A' && name[k] <= 'Z' ? name[k] + 32 : name[k]);
+    /* A field HTTP/1.1 lets through but HTTP/2 does not (a name that is
+     * not a token, a value with a bare CR or edge whitespace) would get the
+     * client's stream reset: it is dropped, as Go's HTTP/2 server does. */
+    if (!nghttp2_check_header_name((const uint8_t *)name, kv[i].nl) ||
+        !nghttp2_check_header_value_rfc9113((const uint8_t *)kv[i].value, kv[i].vl)) {
+      H2R_INFO(p->log, "proxy %s: response field %.*s dropped: not valid in HTTP/2", p->id,
+               (int)H2R_MIN(kv[i].nl, 64u), name);
+      continue;
+    }
     nv[m++] = (nghttp2_nv){(uint8_t *)name, (uint8_t *)kv[i].value, kv[i].nl, kv[i].vl,
                            NGHTTP2_NV_FLAG_NONE};
   }
