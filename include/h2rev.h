@@ -335,6 +335,15 @@ struct h2rev_http_req_s {
   int64_t content_length;        /* of the request body; -1: unknown (chunked, HTTP/2 stream) */
   const h2rev_header_t *headers; /* names in lower case, no HTTP/2 pseudo-headers */
   size_t nheaders;
+  const char *route; /* the prefix of the route that matched ("" for "/") */
+  /* Nonzero for an HTTP/1.1 request asking to switch protocols (Upgrade,
+   * e.g. WebSocket; an h2c offer is ignored and the request served as a
+   * plain one). Its body, for read_cb, is the client's bytes after the
+   * head: they flow once the handler has answered 101, and end (UV_EOF)
+   * when the client ends the connection; the handler's writes after the
+   * 101 go out as they are, and h2rev_http_end closes the connection once
+   * they are written. Any other answer closes the connection after it. */
+  int upgrade;
 };
 
 struct h2rev_http_write_s {
@@ -405,13 +414,44 @@ H2REV_EXTERN void h2rev_http_on_done(h2rev_http_req_t *req, h2rev_http_done_cb c
 H2REV_EXTERN int h2rev_http_read_start(h2rev_http_req_t *req, h2rev_http_alloc_cb alloc_cb,
                                        h2rev_http_read_cb read_cb);
 H2REV_EXTERN int h2rev_http_read_stop(h2rev_http_req_t *req);
+/* Flow control by the handler's own measure, for a handler that passes the
+ * body on (a proxy): from this call on, bytes given to read_cb are counted
+ * as held until h2rev_http_consume(req, n) says n of them have left (e.g.
+ * their write to the next hop completed). HTTP/2: the stream's window
+ * returns to the client only then, so the client, not a buffer, waits for
+ * a slow destination. HTTP/1.1: the connection stops reading its socket
+ * while more than H2REV_HTTP_HELD_MAX bytes are held. Call it before
+ * read_start. Errors: UV_EBADF (finished). */
+#define H2REV_HTTP_HELD_MAX (1u << 20)
+H2REV_EXTERN int h2rev_http_read_manual(h2rev_http_req_t *req);
+H2REV_EXTERN void h2rev_http_consume(h2rev_http_req_t *req, size_t n);
+/* 0 while the response can still reach the client; else why not
+ * (H2REV_ERESET: the HTTP/2 client reset the stream, H2REV_ECLOSED: the
+ * connection is gone). A handler that waits before answering (a dial, a
+ * backend) checks it before it starts work for a client that has left. */
+H2REV_EXTERN int h2rev_http_client_error(const h2rev_http_req_t *req);
+/* Bytes of the response written and not yet on the socket (for
+ * back-pressure: stop producing above a mark, go on from a write callback). */
+H2REV_EXTERN size_t h2rev_http_write_queue_size(const h2rev_http_req_t *req);
+/* Between cork and uncork, HTTP/1.1 response bytes (head, body writes, the
+ * end) are gathered, without a copy, into one write: one TLS record and
+ * one system call for a small response instead of three. HTTP/2 frames
+ * are gathered per loop turn anyway (no-ops there). Write callbacks keep
+ * their order. */
+H2REV_EXTERN void h2rev_http_cork(h2rev_http_req_t *req);
+H2REV_EXTERN void h2rev_http_uncork(h2rev_http_req_t *req);
 /* Sends the response head. content_length >= 0 announces the body's size
  * (HTTP/1.1 Content-Length), -1 streams it (HTTP/1.1 chunked, or until the
  * connection closes for an HTTP/1.0 client). Responses to HEAD and 204/304
  * carry no body: bytes written are dropped. Content-Length,
  * Transfer-Encoding and connection-specific headers in `headers` are
- * ignored; names and values are copied. Errors: UV_EINVAL (status outside
- * 200-999, a CR, LF or NUL in a header, an empty name), UV_EALREADY
+ * ignored, but "connection: close" closes an HTTP/1.1 connection after
+ * this response; names and values are copied. For HTTP/2 a field the
+ * protocol does not allow (a value with leading or trailing white space)
+ * is dropped, as Go's server does. 101 answers a request with `upgrade`
+ * set (its Upgrade header is sent as given). Errors: UV_EINVAL (status
+ * outside 200-999 and not such a 101, a CR, LF or NUL in a header, an
+ * empty name), UV_EALREADY
  * (responded already), UV_EBADF (finished), H2REV_ECLOSED (client gone: the
  * handler must still end or abort the request, which releases it). */
 H2REV_EXTERN int h2rev_http_respond(h2rev_http_req_t *req, int status,
@@ -571,6 +611,26 @@ H2REV_EXTERN int h2rev_dialer_listen(h2rev_dialer_t *dialer, const struct sockad
  * Errors: UV_EBUSY (mounted or listening already), UV_EEXIST (the server
  * has a route at one of those prefixes), UV_ENOMEM. */
 H2REV_EXTERN int h2rev_dialer_mount(h2rev_dialer_t *dialer, h2rev_http_server_t *server);
+/* The dialer's reverse proxy as an ordinary handler (arg: the dialer), for
+ * a route of any server: a request for <route>/<id>/<path> goes to <path>
+ * through a reverse connection to listener <id>, as HTTP/1.1 with
+ * X-Forwarded-For, -Proto, -Host and -Prefix (<route>/<id>); the response
+ * streams back, with the limits of the dialer's options (client streams,
+ * body and response timeouts). h2rev_dialer_mount routes <base>/proxy to
+ * it; a program may route any other prefix as well:
+ *   h2rev_http_server_route(&srv, "/tunnel", h2rev_dialer_proxy, &dialer); */
+H2REV_EXTERN void h2rev_dialer_proxy(h2rev_http_req_t *req, void *dialer);
+/* Keep-alive for programs that speak HTTP/1.1 over reverse connections
+ * themselves: gives back an idle, open stream dialed to `id` (every
+ * request on it answered, nothing of ours unsent), which the next
+ * h2rev_dial to the id may get instead of a new one. Returns 0 when the
+ * dialer took it (the handle is then free; no close callback runs), else
+ * an error and the caller still owns it: UV_EBUSY (not idle, or not a
+ * stream of that listener's connection), UV_ENOENT (no such listener now),
+ * H2REV_ETOOMANY (enough kept already). A stream of a listener that serves
+ * one request per stream (Go's) is taken and closed. */
+H2REV_EXTERN int h2rev_dialer_recycle(h2rev_dialer_t *dialer, const char *id,
+                                      h2rev_stream_t *stream);
 /* h2rev_http_server_set_tls for the dialer's own server (made by
  * h2rev_dialer_listen). Errors: those of h2rev_http_server_set_tls,
  * UV_EINVAL (mounted on the application's server: call it there). */

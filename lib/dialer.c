@@ -337,15 +337,20 @@ static void data_arrived(dlst_t *l, h2r_strm_t *st) {
 #define RECYCLED_MAX     256   /* idle data streams kept per listener */
 #define RECYCLED_IDLE_MS 60000 /* a reused stream idle this long is closed */
 
-bool h2r_dialer_recycle(h2rev_dialer_t *dialer, const char *id, h2rev_stream_t *stream) {
+int h2rev_dialer_recycle(h2rev_dialer_t *dialer, const char *id, h2rev_stream_t *stream) {
   h2r_dialer_t *d = dialer->d_;
+  if (id == NULL || stream == NULL)
+    return UV_EINVAL;
   dlst_t *l = d->closing || d->draining ? NULL : *slot(d, id, strlen(id));
-  if (l == NULL || l->gone || l->nspares >= RECYCLED_MAX || stream->s_ == NULL ||
-      stream->s_->sess != l->conn)
-    return false;
+  if (l == NULL || l->gone)
+    return UV_ENOENT;
+  if (l->nspares >= RECYCLED_MAX)
+    return H2REV_ETOOMANY;
+  if (stream->s_ == NULL || stream->s_->sess != l->conn)
+    return UV_EBUSY;
   h2r_strm_t *st = h2r_strm_detach(stream);
   if (st == NULL)
-    return false;
+    return UV_EBUSY;
   if (!l->reuse) {
     /* Closed now rather than ended gracefully: the Go listener holds a
      * stream a second after its last write before it ends its side, and
@@ -353,14 +358,14 @@ bool h2r_dialer_recycle(h2rev_dialer_t *dialer, const char *id, h2rev_stream_t *
      * another connection, whose data streams are refused (409). */
     st->hooks = NULL;
     h2r_strm_abandon(st);
-    return true;
+    return 0;
   }
   /* Among the spares, not to a waiting dial at once: this runs inside the
    * stream's read callback, and a byte after the response (which would make
    * it unusable, see h2rev_dial) may still be on its way in. */
   st->idle_since = uv_now(d->loop);
   spare_push(l, st);
-  return true;
+  return 0;
 }
 
 /* Reused streams idle too long are closed; the listener's own spares stay. */
@@ -539,97 +544,33 @@ static void revdial(h2r_dialer_t *d, h2r_strm_t *st, const char *query) {
   event(l, H2REV_EV_ATTACH);
 }
 
-/* <base>/proxy/<id>[/<rest>]: the id, and the rest with its leading '/'. */
-static bool proxy_target(const char *path, size_t bl, char *id, size_t idcap, const char **rest,
-                         size_t *prefixlen) {
-  const char *p = path + bl + 7;
-  size_t idl = strcspn(p, "/?");
-  if (idl == 0 || idl >= idcap || !h2r_id_valid(p, idl))
-    return false;
-  memcpy(id, p, idl);
-  id[idl] = '\0';
-  *rest = p + idl;
-  *prefixlen = (size_t)(p + idl - path);
-  return true;
-}
-
-static bool is_revdial(const h2r_dialer_t *d, const char *path, size_t plen) {
-  size_t bl = strlen(d->base);
-  return plen >= bl + 8 && memcmp(path, d->base, bl) == 0 &&
-         memcmp(path + bl, "/revdial", 8) == 0 && (path[bl + 8] == '?' || path[bl + 8] == '\0');
-}
-
-static bool is_proxy(const h2r_dialer_t *d, const char *path, size_t plen) {
-  size_t bl = strlen(d->base);
-  return plen > bl + 7 && memcmp(path, d->base, bl) == 0 && memcmp(path + bl, "/proxy/", 7) == 0;
-}
-
-static void mount_h2(void *arg, h2r_strm_t *st, const char *path, size_t plen) {
-  h2r_dialer_t *d = arg;
-  size_t bl = strlen(d->base);
+/* <base>/revdial, a handler of the server: HTTP/2 only, where the request's
+ * stream becomes the listener's control stream or a data stream. */
+static void revdial_handler(h2rev_http_req_t *req, void *arg) {
+  h2r_dialer_t *d = ((h2rev_dialer_t *)arg)->d_;
+  char next = req->path[strlen(req->route)];
+  if (next != '\0' && next != '?') {
+    h2rev_http_reply(req, 404, "text/plain", "not found\n", 10);
+    return;
+  }
+  if (req->http_major != 2) {
+    static const char msg[] = "/revdial needs HTTP/2\n";
+    h2rev_http_reply(req, 404, "text/plain", msg, sizeof(msg) - 1);
+    return;
+  }
+  h2r_strm_t *st = h2r_hreq_take_stream(req);
+  if (st == NULL) {
+    h2rev_http_abort(req);
+    return;
+  }
   if (d->closing) {
     refuse(d, st, 503, "shutting down", "");
     return;
   }
-  if (is_revdial(d, path, plen)) {
-    revdial(d, st, path[bl + 8] == '?' ? path + bl + 9 : "");
-    return;
-  }
-  if (!is_proxy(d, path, plen)) {
-    h2r_strm_reject(st, 404, "not found\n");
-    return;
-  }
-  char idbuf[160];
-  const char *rest;
-  size_t prefixlen;
-  if (!proxy_target(path, bl, idbuf, sizeof(idbuf), &rest, &prefixlen)) {
-    h2r_strm_reject(st, 400, "invalid id\n");
-    return;
-  }
-  char restbuf[8192];
-  if (*rest == '?' || *rest == '\0') {
-    snprintf(restbuf, sizeof(restbuf), "/%s", rest);
-    rest = restbuf;
-  }
-  h2r_proxy_serve(d->pub, st, path, prefixlen, idbuf, rest, &d->o.log);
-}
-
-static h2r_proxy_t *mount_h1(void *arg, h2r_h1c_t *c, const h2r_h1head_t *hd) {
-  h2r_dialer_t *d = arg;
-  const char *url = hd->url;
-  size_t bl = strlen(d->base), ul = strlen(url);
-  if (d->closing) {
-    h2r_h1c_error(c, 503, "shutting down\n");
-    return NULL;
-  }
-  if (!is_proxy(d, url, ul)) {
-    h2r_h1c_error(c, 404, is_revdial(d, url, ul) ? "/revdial needs HTTP/2\n" : "not found\n");
-    return NULL;
-  }
-  char idbuf[160], rest[8200];
-  const char *tail;
-  size_t prefixlen;
-  if (!proxy_target(url, bl, idbuf, sizeof(idbuf), &tail, &prefixlen)) {
-    h2r_h1c_error(c, 400, "invalid id\n");
-    return NULL;
-  }
-  snprintf(rest, sizeof(rest), "%s%s", *tail == '/' ? "" : "/", tail);
-  h2r_preq_t rq = {
-      .method = hd->method,
-      .authority = hd->authority,
-      .scheme = hd->scheme,
-      .peer = hd->peer,
-      .prefix = url,
-      .prefixlen = prefixlen,
-      .id = idbuf,
-      .rest = rest,
-      .hdrs = hd->hdrs,
-      .nhdrs = hd->nhdrs,
-      .no_body = !hd->chunked && !hd->has_cl,
-      .chunked = hd->chunked,
-      .upgrade = hd->upgrade,
-  };
-  return h2r_proxy_serve_h1(d->pub, c, &rq, &d->o.log);
+  /* The path is the stream's own now (the request is gone). */
+  const char *path = h2r_strm_header(st, ":path", NULL);
+  const char *q = path != NULL ? strchr(path, '?') : NULL;
+  revdial(d, st, q != NULL ? q + 1 : "");
 }
 
 /* --------------------------------------------------------- connections */
@@ -664,8 +605,7 @@ static void mount_server_closed(void *arg) {
   d->srv = NULL;
 }
 
-static const h2r_mount_ops mount_ops = {mount_h2, mount_h1, mount_conn_dead, mount_conn_closed,
-                                        mount_server_closed};
+static const h2r_watch_ops watch_ops = {mount_conn_dead, mount_conn_closed, mount_server_closed};
 
 /* /healthz on the dialer's own server. */
 static void healthz(h2rev_http_req_t *req, void *arg) {
@@ -676,21 +616,25 @@ static void healthz(h2rev_http_req_t *req, void *arg) {
     h2rev_http_reply(req, 404, "text/plain", "not found\n", 10);
 }
 
+/* <base>/revdial and <base>/proxy on srv, and its connections watched. */
 static int mount(h2r_dialer_t *d, h2r_server_t *srv) {
-  char prefix[512];
-  snprintf(prefix, sizeof(prefix), "%s/revdial", d->base);
-  int r = h2r_server_mount(srv, prefix, &mount_ops, d);
+  size_t bl = strlen(d->base);
+  char *prefix = malloc(bl + sizeof("/revdial"));
+  if (prefix == NULL)
+    return UV_ENOMEM;
+  memcpy(prefix, d->base, bl);
+  memcpy(prefix + bl, "/revdial", sizeof("/revdial"));
+  int r = h2r_server_route(srv, prefix, revdial_handler, d->pub);
   if (r == 0) {
-    snprintf(prefix, sizeof(prefix), "%s/proxy", d->base);
-    r = h2r_server_mount(srv, prefix, &mount_ops, d);
+    memcpy(prefix + bl, "/proxy", sizeof("/proxy"));
+    r = h2r_server_route(srv, prefix, h2rev_dialer_proxy, d->pub);
   }
+  free(prefix);
+  if (r == 0)
+    r = h2r_server_watch(srv, &watch_ops, d); /* UV_EBUSY: another dialer's server */
   if (r != 0) {
-    h2r_server_unmount(srv, d);
+    h2r_server_unroute(srv, d->pub);
     return r;
-  }
-  if (srv->watch_arg != d) {
-    h2r_server_unmount(srv, d);
-    return UV_EBUSY; /* another dialer watches this server's connections */
   }
   d->srv = srv;
   return 0;
@@ -949,8 +893,10 @@ void h2rev_dialer_stats(const h2rev_dialer_t *dialer, h2rev_dialer_stats_t *out)
 static void dialer_done(h2rev_dialer_t *pub) {
   h2r_dialer_t *d = pub->d_;
   h2rev_dialer_close_cb cb = d->user_close_cb;
-  if (d->srv != NULL)
-    h2r_server_unmount(d->srv, d);
+  if (d->srv != NULL) {
+    h2r_server_unroute(d->srv, d->pub);
+    h2r_server_watch(d->srv, NULL, d);
+  }
   free(d->waiting);
   free(d->table);
   free(d->base);

@@ -73,6 +73,8 @@ int h2r_hbuf_value(h2r_hbuf_t *h, const char *at, size_t len) {
   if (h->n == 0 || h->value_done || h->off[h->n - 1][1] == 0)
     return -1;
   if (!h->in_value) {
+    if (add(h, "", 1) != 0) /* ends the name */
+      return -1;
     h->in_value = true;
     h->off[h->n - 1][2] = (uint32_t)h->len;
   }
@@ -81,6 +83,18 @@ int h2r_hbuf_value(h2r_hbuf_t *h, const char *at, size_t len) {
 }
 
 int h2r_hbuf_value_done(h2r_hbuf_t *h) {
+  if (h->n == 0)
+    return -1;
+  /* Names and values end with a NUL in buf, for those who need C strings
+   * (h2r_hbuf_str); a value llhttp gave no piece of is empty. */
+  if (!h->in_value) {
+    if (add(h, "", 1) != 0)
+      return -1;
+    h->in_value = true;
+    h->off[h->n - 1][2] = (uint32_t)h->len;
+  }
+  if (add(h, "", 1) != 0)
+    return -1;
   h->value_done = true;
   return 0;
 }
@@ -113,6 +127,44 @@ const char *h2r_hbuf_get_last(const h2r_hbuf_t *h, const char *name, size_t *len
 bool h2r_kv_expects_continue(const h2r_kv_t *kv) {
   return kv->nl == 6 && strncasecmp(kv->name, "expect", 6) == 0 && kv->vl == 12 &&
          strncasecmp(kv->value, "100-continue", 12) == 0;
+}
+
+bool h2r_list_has_n(const char *v, size_t n, const char *tok, size_t tl) {
+  const char *end = v + n;
+  while (v < end) {
+    while (v < end && (*v == ' ' || *v == '\t' || *v == ','))
+      v++;
+    const char *t = v;
+    while (v < end && *v != ',' && *v != ' ' && *v != '\t')
+      v++;
+    if ((size_t)(v - t) == tl && strncasecmp(t, tok, tl) == 0)
+      return true;
+  }
+  return false;
+}
+
+bool h2r_list_has(const char *v, const char *tok) {
+  return h2r_list_has_n(v, strlen(v), tok, strlen(tok));
+}
+
+bool h2r_hop_by_hop(const char *name, size_t len) {
+  static const struct {
+    const char *s;
+    size_t n;
+  } hop[] = {{"connection", 10},
+             {"keep-alive", 10},
+             {"proxy-connection", 16},
+             {"transfer-encoding", 17},
+             {"upgrade", 7},
+             {"te", 2},
+             {"trailer", 7},
+             {"http2-settings", 14},
+             {"proxy-authenticate", 18},
+             {"proxy-authorization", 19}};
+  for (size_t i = 0; i < sizeof(hop) / sizeof(hop[0]); i++)
+    if (hop[i].n == len && strncasecmp(hop[i].s, name, len) == 0)
+      return true;
+  return false;
 }
 
 bool h2r_is_token(const char *s, size_t n) {

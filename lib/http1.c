@@ -4,9 +4,8 @@
  * keep-alive, limits with clear errors (400, 408, 431), and the response
  * framing. A connection rides on an accepted socket (a session's transport)
  * or on a virtual stream; the two differ only in the small I/O interface
- * below. Requests go to the server's routes: the dialer's proxy (which
- * streams the response through h2r_h1c_head/body/end) or a handler (through
- * server.c). After an Upgrade (WebSocket) the bytes are spliced as they are.
+ * below. Requests go to the server's handlers through server.c's request
+ * object. After a 101 (WebSocket) the bytes pass as they are.
  */
 #include "control.h"
 
@@ -45,8 +44,7 @@ struct h2r_h1c {
   uv_timer_t timer;
   bool timer_open;
   h2r_hbuf_t hb;    /* the head of the request being parsed */
-  h2r_proxy_t *p;   /* the proxy exchange in progress, or */
-  h2r_hreq_t *rq;   /* the handler's */
+  h2r_hreq_t *rq;   /* the request being answered */
   bool busy;        /* a request is being answered */
   bool keep_alive;  /* of the current request */
   bool head_only;   /* HEAD: no response body */
@@ -64,11 +62,14 @@ struct h2r_h1c {
   size_t npending;
   size_t out_queued; /* bytes written, not yet on the socket */
   unsigned writes;
-  /* Corked (h2r_h1c_cork): response bytes gathered into one write, so a
-   * small response is one TLS record and one system call, not three. */
+  /* Corked (h2rev_http_cork): the writes are held, their buffers gathered
+   * into one write at the uncork, so that a small response is one TLS
+   * record and one system call, not three. Counted in out_queued and
+   * writes from the start. */
   bool corking;
-  char *cork;
-  size_t cork_len, cork_cap;
+  h1write_t *ck_head, **ck_tail;
+  unsigned ck_niov;
+  h1write_t *cancelled; /* held writes of a dead connection, completed from the timer */
 };
 
 struct h1write {
@@ -82,6 +83,8 @@ struct h1write {
   size_t len;
   uv_buf_t *iov;
   unsigned niov;
+  h1write_t *next;                /* among the held writes */
+  h1write_t *members;             /* a write gathering held ones: they complete with it */
   _Alignas(uv_buf_t) char data[]; /* iov entries first, then bytes */
 };
 
@@ -193,8 +196,8 @@ static void pause_input(h2r_h1c_t *c, bool pause) {
 static void cork_flush(h2r_h1c_t *c);
 
 static void c_close_now(h2r_h1c_t *c) {
-  if (c->cork_len > 0 && !c->dead) {
-    cork_flush(c); /* what was gathered goes first; close once it is written */
+  if (c->ck_head != NULL && !c->dead) {
+    cork_flush(c); /* what was held goes first; close once it is written */
     if (c->writes > 0) {
       c->closing = true;
       return;
@@ -207,6 +210,16 @@ static void c_close_now(h2r_h1c_t *c) {
 
 static void wrote(h1write_t *w, int status) {
   h2r_h1c_t *c = w->c;
+  if (w->members != NULL) {
+    h1write_t *m = w->members;
+    free(w);
+    while (m != NULL) {
+      h1write_t *next = m->next;
+      wrote(m, status);
+      m = next;
+    }
+    return;
+  }
   c->out_queued -= w->len;
   c->writes--;
   h2r_hreq_t *rq = w->rq;
@@ -216,15 +229,89 @@ static void wrote(h1write_t *w, int status) {
     h2r_hreq_h1_written(rq, user, status);
   if (status != 0 || c->dead)
     return;
-  if (c->closing && c->writes == 0) {
+  if (c->closing && c->writes == 0)
     c_close_now(c);
-    return;
-  }
-  if (c->p != NULL && c->out_queued < OUT_HIGH / 2)
-    h2r_proxy_client_drained(c->p);
 }
 
-static int submit_now(h2r_h1c_t *c, h1write_t *w) {
+/* Held writes of a connection that died: they complete (UV_ECANCELED) from
+ * the timer, never inside the call that found the connection dead. */
+static void cancel_tick(uv_timer_t *t) {
+  h2r_h1c_t *c = t->data;
+  h1write_t *m = c->cancelled;
+  c->cancelled = NULL;
+  while (m != NULL) {
+    h1write_t *next = m->next;
+    wrote(m, UV_ECANCELED);
+    m = next;
+  }
+}
+
+static void cancel_held(h2r_h1c_t *c, h1write_t *list) {
+  if (list == NULL)
+    return;
+  h1write_t **tail = &c->cancelled;
+  while (*tail != NULL)
+    tail = &(*tail)->next;
+  *tail = list;
+  if (c->timer_open)
+    uv_timer_start(&c->timer, cancel_tick, 0, 0);
+}
+
+/* Writes what the cork held, as one write. */
+static void cork_flush(h2r_h1c_t *c) {
+  h1write_t *list = c->ck_head;
+  unsigned niov = c->ck_niov;
+  if (list == NULL)
+    return;
+  c->ck_head = NULL;
+  c->ck_tail = &c->ck_head;
+  c->ck_niov = 0;
+  h1write_t *w = list;
+  if (list->next != NULL) {
+    w = malloc(sizeof(*w) + niov * sizeof(uv_buf_t));
+    if (w == NULL) {
+      cancel_held(c, list);
+      c_dead(c, UV_ENOMEM);
+      c->io->close(c, false);
+      return;
+    }
+    w->c = c;
+    w->rq = NULL;
+    w->user = NULL;
+    w->len = 0;
+    w->next = NULL;
+    w->members = list;
+    w->iov = (uv_buf_t *)w->data;
+    w->niov = 0;
+    for (h1write_t *m = list; m != NULL; m = m->next)
+      for (unsigned i = 0; i < m->niov; i++)
+        w->iov[w->niov++] = m->iov[i];
+  }
+  if (c->io->write(c, w) != 0) {
+    if (w != list)
+      free(w);
+    cancel_held(c, list);
+    c_dead(c, H2REV_ECLOSED);
+    c->io->close(c, false);
+  }
+}
+
+/* Writes keep their order: while corked they are held, else what the cork
+ * held goes first. */
+static int submit(h2r_h1c_t *c, h1write_t *w) {
+  w->next = NULL;
+  w->members = NULL;
+  if (c->corking && !c->dead) {
+    *c->ck_tail = w;
+    c->ck_tail = &w->next;
+    c->ck_niov += w->niov;
+    c->out_queued += w->len;
+    c->writes++;
+    return 0;
+  }
+  cork_flush(c);
+  if (c->dead)
+    return H2REV_ECLOSED;
   int r = c->io->write(c, w);
   if (r != 0)
     return r;
@@ -233,76 +320,14 @@ static int submit_now(h2r_h1c_t *c, h1write_t *w) {
   return 0;
 }
 
-/* Writes what the cork gathered. */
-static void cork_flush(h2r_h1c_t *c) {
-  size_t n = c->cork_len;
-  if (n == 0)
-    return;
-  c->cork_len = 0;
-  h1write_t *w = malloc(sizeof(*w) + sizeof(uv_buf_t) + n);
-  if (w == NULL) {
-    c->io->close(c, false);
-    return;
-  }
-  w->iov = (uv_buf_t *)w->data;
-  char *p = w->data + sizeof(uv_buf_t);
-  memcpy(p, c->cork, n);
-  w->c = c;
-  w->rq = NULL;
-  w->user = NULL;
-  w->len = n;
-  w->iov[0] = uv_buf_init(p, (unsigned)n);
-  w->niov = 1;
-  if (submit_now(c, w) != 0) {
-    free(w);
-    c->io->close(c, false);
-  }
-  if (c->cork_cap > 65536) { /* a large response: do not keep its buffer */
-    free(c->cork);
-    c->cork = NULL;
-    c->cork_cap = 0;
-  }
-}
-
-/* Gathers pieces while corked; false when they must be written now. */
-static bool cork_add(h2r_h1c_t *c, const char *a, size_t al, const char *b, size_t bl,
-                     const char *d, size_t dl) {
-  size_t n = al + bl + dl;
-  if (!c->corking || c->dead || c->cork_len + n > 65536)
-    return false;
-  if (c->cork_len + n > c->cork_cap) {
-    size_t cap = c->cork_cap ? c->cork_cap : 1024;
-    while (cap < c->cork_len + n)
-      cap *= 2;
-    char *p = realloc(c->cork, cap);
-    if (p == NULL)
-      return false;
-    c->cork = p;
-    c->cork_cap = cap;
-  }
-  memcpy(c->cork + c->cork_len, a, al);
-  if (bl)
-    memcpy(c->cork + c->cork_len + al, b, bl);
-  if (dl)
-    memcpy(c->cork + c->cork_len + al + bl, d, dl);
-  c->cork_len += n;
-  return true;
-}
-
-/* Writes keep their order: what the cork holds goes first. */
-static int submit(h2r_h1c_t *c, h1write_t *w) {
-  cork_flush(c);
-  return submit_now(c, w);
-}
-
-void h2r_h1c_cork(h2r_h1c_t *c) {
-  c->corking = true;
-}
-
-void h2r_h1c_uncork(h2r_h1c_t *c) {
-  c->corking = false;
-  if (!c->dead)
+void h2r_h1c_cork(h2r_h1c_t *c, bool cork) {
+  c->corking = cork;
+  if (!cork && !c->dead)
     cork_flush(c);
+}
+
+size_t h2r_h1c_queued(const h2r_h1c_t *c) {
+  return c->out_queued;
 }
 
 /* Copies up to three pieces into one write. */
@@ -338,8 +363,7 @@ static int out_rq(h2r_h1c_t *c, h2r_hreq_t *rq, const char *a, size_t al, const 
 
 static void out(h2r_h1c_t *c, const char *a, size_t al, const char *b, size_t bl, const char *d,
                 size_t dl) {
-  if (!cork_add(c, a, al, b, bl, d, dl))
-    out_rq(c, NULL, a, al, b, bl, d, dl);
+  out_rq(c, NULL, a, al, b, bl, d, dl);
 }
 
 static const char *reason(int status) {
@@ -402,7 +426,7 @@ static void status_line(h2r_out_t *o, int status) {
 static void respond_text(h2r_h1c_t *c, int status, const char *text, bool close) {
   char head[256];
   size_t tl = strlen(text);
-  h2r_out_t o = {head, 0, sizeof(head)};
+  h2r_out_t o = {head, 0, sizeof(head), false};
   status_line(&o, status);
   H2R_OUT_LIT(&o, "Content-Type: text/plain\r\nContent-Length: ");
   h2r_out_uint(&o, tl, 10);
@@ -436,9 +460,15 @@ static void c_unref(h2r_h1c_t *c) {
   h2r_hbuf_free(&c->hb);
   free(c->pending);
   c->pending = NULL;
-  free(c->cork);
-  c->cork = NULL;
-  c->cork_len = c->cork_cap = 0;
+  /* Held writes left now are the connection's own (a request holds a
+   * reference until its writes complete): nobody waits for them. */
+  for (h1write_t *lists[2] = {c->ck_head, c->cancelled}, **l = lists; l < lists + 2; l++)
+    while (*l != NULL) {
+      h1write_t *next = (*l)->next;
+      free(*l);
+      *l = next;
+    }
+  c->ck_head = c->cancelled = NULL;
   c->timer_open = false;
   uv_close((uv_handle_t *)&c->timer, timer_closed);
 }
@@ -448,14 +478,13 @@ static void c_dead(h2r_h1c_t *c, int err) {
   if (c->dead)
     return;
   c->dead = true;
-  c->cork_len = 0;
   if (c->timer_open)
     uv_timer_stop(&c->timer);
-  if (c->p != NULL) {
-    h2r_proxy_t *p = c->p;
-    c->p = NULL;
-    h2r_proxy_client_gone(p);
-  }
+  h1write_t *held = c->ck_head;
+  c->ck_head = NULL;
+  c->ck_tail = &c->ck_head;
+  c->ck_niov = 0;
+  cancel_held(c, held);
   if (c->rq != NULL) {
     h2r_hreq_t *rq = c->rq;
     c->rq = NULL;
@@ -467,7 +496,6 @@ static void c_dead(h2r_h1c_t *c, int err) {
 
 static void next_request(h2r_h1c_t *c) {
   c->busy = false;
-  c->p = NULL;
   c->rq = NULL;
   if (c->closing || c->dead)
     return;
@@ -495,99 +523,12 @@ static void next_request(h2r_h1c_t *c) {
   }
 }
 
-size_t h2r_h1c_head(h2r_h1c_t *c, int status, const h2r_kv_t *hdrs, size_t n, bool upgrade) {
-  size_t cap = 256;
-  for (size_t i = 0; i < n; i++)
-    cap += hdrs[i].nl + hdrs[i].vl + 4;
-  char small[2048];
-  char *h = cap <= sizeof(small) ? small : malloc(cap);
-  if (h == NULL) {
-    c_close_now(c);
-    return 0;
-  }
-  h2r_out_t o = {h, 0, cap};
-  status_line(&o, status);
-  bool has_cl = false;
-  for (size_t i = 0; i < n; i++) {
-    const h2r_kv_t *kv = &hdrs[i];
-    bool is_cl = kv->nl == 14 && strncasecmp(kv->name, "content-length", 14) == 0;
-    bool hop = (kv->nl == 10 && strncasecmp(kv->name, "connection", 10) == 0) ||
-               (kv->nl == 17 && strncasecmp(kv->name, "transfer-encoding", 17) == 0) ||
-               (kv->nl == 10 && strncasecmp(kv->name, "keep-alive", 10) == 0) ||
-               (!upgrade && kv->nl == 7 && strncasecmp(kv->name, "upgrade", 7) == 0);
-    if (hop)
-      continue;
-    has_cl |= is_cl;
-    h2r_out_header(&o, kv->name, kv->nl, kv->value, kv->vl);
-  }
-  bool body = !c->head_only && status != 204 && status != 304 && status >= 200;
-  c->chunked_out = body && !has_cl;
-  if (c->chunked_out)
-    H2R_OUT_LIT(&o, "Transfer-Encoding: chunked\r\n");
-  if (upgrade) {
-    H2R_OUT_LIT(&o, "Connection: Upgrade\r\n");
-    c->raw = true;
-    c->chunked_out = false;
-  } else if (!c->keep_alive || c->draining) {
-    H2R_OUT_LIT(&o, "Connection: close\r\n");
-  }
-  H2R_OUT_LIT(&o, "\r\n");
-  out(c, h, o.len, NULL, 0, NULL, 0);
-  if (h != small)
-    free(h);
-  if (upgrade && c->npending > 0) {
-    /* Bytes the client sent after its upgrade request. */
-    h2r_proxy_client_body(c->p, (const char *)c->pending, c->npending);
-    free(c->pending);
-    c->pending = NULL;
-    c->npending = 0;
-  }
-  if (upgrade && c->input_paused)
-    pause_input(c, false);
-  return c->out_queued + c->cork_len;
-}
-
-size_t h2r_h1c_body(h2r_h1c_t *c, const char *data, size_t len) {
-  if (len == 0)
-    return c->out_queued + c->cork_len;
-  if (c->chunked_out) {
-    char size[24];
-    h2r_out_t o = {size, 0, sizeof(size)};
-    h2r_out_uint(&o, len, 16);
-    H2R_OUT_LIT(&o, "\r\n");
-    out(c, size, o.len, data, len, "\r\n", 2);
-  } else {
-    out(c, data, len, NULL, 0, NULL, 0);
-  }
-  return c->out_queued + c->cork_len;
-}
-
-void h2r_h1c_end(h2r_h1c_t *c) {
-  if (c->raw) {
-    c->keep_alive = false;
-  } else if (c->chunked_out) {
-    out(c, "0\r\n\r\n", 5, NULL, 0, NULL, 0);
-  }
-  next_request(c);
-}
-
-void h2r_h1c_error(h2r_h1c_t *c, int status, const char *text) {
-  c->p = NULL;
-  c->busy = false;
-  respond_text(c, status, text, true);
-}
-
-void h2r_h1c_abort(h2r_h1c_t *c) {
-  c->p = NULL;
+/* A response cut short: the connection closes, so that it never looks complete. */
+static void c_abort(h2r_h1c_t *c) {
   c->busy = false;
   c->closing = true;
   c_dead(c, UV_ECANCELED);
   c->io->close(c, false); /* a response cut short must not look complete */
-}
-
-void h2r_h1c_resume_input(h2r_h1c_t *c) {
-  if (c->input_paused && c->pending == NULL && !c->dead)
-    pause_input(c, false);
 }
 
 /* ---------------------------------------------- a handler's response */
@@ -602,19 +543,41 @@ int h2r_h1c_respond(h2r_h1c_t *c, h2r_hreq_t *rq, int status, const h2rev_header
   char *h = malloc(cap);
   if (h == NULL)
     return UV_ENOMEM;
-  h2r_out_t o = {h, 0, cap};
+  h2r_out_t o = {h, 0, cap, false};
   status_line(&o, status);
+  bool upgrade = status == 101;
   for (size_t i = 0; i < n; i++) {
     const char *name = hdrs[i].name;
-    if (strcasecmp(name, "content-length") == 0 || strcasecmp(name, "transfer-encoding") == 0 ||
-        strcasecmp(name, "connection") == 0 || strcasecmp(name, "keep-alive") == 0 ||
-        strcasecmp(name, "upgrade") == 0)
+    size_t nl = strlen(name);
+    /* The handler's "connection: close": this exchange is the last. */
+    if (nl == 10 && strcasecmp(name, "connection") == 0 && h2r_list_has(hdrs[i].value, "close"))
+      c->keep_alive = false;
+    bool keep = upgrade && nl == 7 && strcasecmp(name, "upgrade") == 0;
+    if (!keep && (h2r_hop_by_hop(name, nl) || strcasecmp(name, "content-length") == 0))
       continue;
-    h2r_out_header(&o, name, strlen(name), hdrs[i].value, strlen(hdrs[i].value));
+    h2r_out_header(&o, name, nl, hdrs[i].value, strlen(hdrs[i].value));
   }
-  bool body_ok = status != 204 && status != 304;
-  *no_body = c->head_only || !body_ok;
+  bool body_ok = status != 204 && status != 304 && !upgrade;
+  *no_body = c->head_only || (!body_ok && !upgrade);
   c->chunked_out = false;
+  if (upgrade) {
+    H2R_OUT_LIT(&o, "Connection: Upgrade\r\n\r\n");
+    c->raw = true;
+    c->keep_alive = false;
+    int r = out_rq(c, rq, h, o.len, NULL, 0, NULL, 0);
+    free(h);
+    if (r < 0)
+      return r;
+    /* The client's bytes after its head are the request's body now; they
+     * reach the handler from the server's next run, never inside this call. */
+    if (c->npending > 0) {
+      h2r_hreq_h1_stash(rq, (const char *)c->pending, c->npending);
+      free(c->pending);
+      c->pending = NULL;
+      c->npending = 0;
+    }
+    return 1;
+  }
   if (cl >= 0 && body_ok) {
     H2R_OUT_LIT(&o, "Content-Length: ");
     h2r_out_uint(&o, (uint64_t)cl, 10);
@@ -653,7 +616,7 @@ int h2r_h1c_write(h2r_h1c_t *c, h2r_hreq_t *rq, h2rev_http_write_t *uw, const uv
   w->niov = 0;
   w->len = total;
   if (chunk) {
-    h2r_out_t o = {(char *)(w->iov + n + 2), 0, 24};
+    h2r_out_t o = {(char *)(w->iov + n + 2), 0, 24, false};
     h2r_out_uint(&o, total, 16);
     H2R_OUT_LIT(&o, "\r\n");
     w->iov[w->niov++] = uv_buf_init(o.p, (unsigned)o.len);
@@ -677,7 +640,7 @@ int h2r_h1c_finish(h2r_h1c_t *c, h2r_hreq_t *rq, bool complete) {
     return H2REV_ECLOSED;
   c->rq = NULL;
   if (!complete) {
-    h2r_h1c_abort(c);
+    c_abort(c);
     return 0;
   }
   int queued = 0;
@@ -689,7 +652,8 @@ int h2r_h1c_finish(h2r_h1c_t *c, h2r_hreq_t *rq, bool complete) {
 }
 
 void h2r_h1c_read_resume(h2r_h1c_t *c) {
-  h2r_h1c_resume_input(c);
+  if (c->input_paused && c->pending == NULL && !c->dead)
+    pause_input(c, false);
 }
 
 void h2r_h1c_release(h2r_h1c_t *c) {
@@ -727,19 +691,20 @@ static int on_hvalue_done(llhttp_t *h) {
 }
 
 /* A request for a handler of the server's. */
-static int start_handler(h2r_h1c_t *c, const h2r_route_t *route, const h2r_h1head_t *hd) {
+static int start_handler(h2r_h1c_t *c, const h2r_route_t *route, const h2r_h1head_t *hd,
+                         bool chunked, bool has_cl) {
   llhttp_t *h = &c->parser;
   if (hd->upgrade)
-    c->keep_alive = false; /* handlers do not upgrade: the connection ends after */
-  int64_t cl = hd->has_cl ? (int64_t)h->content_length : hd->chunked ? -1 : 0;
-  h2r_hreq_t *rq = h2r_hreq_new_h1(c->srv, c, hd, h->http_minor, cl);
+    c->keep_alive = false; /* after a 101, or any other answer, the connection ends */
+  int64_t cl = has_cl ? (int64_t)h->content_length : chunked ? -1 : 0;
+  h2r_hreq_t *rq = h2r_hreq_new_h1(c->srv, c, route, hd, h->http_minor, cl);
   if (rq == NULL) {
     respond_text(c, 503, "out of memory\n", true);
     return -1;
   }
   c->rq = rq;
   c->refs++;
-  h2r_hreq_run(rq, route);
+  h2r_hreq_run(rq);
   return 0;
 }
 
@@ -825,47 +790,34 @@ static int on_headers_complete(llhttp_t *h) {
   static const char cont[] = "HTTP/1.1 100 Continue\r\n\r\n";
   if ((chunked || has_cl) && h->http_minor >= 1 && expects_continue(kv, hb->n))
     out(c, cont, sizeof(cont) - 1, NULL, 0, NULL, 0);
-  /* Copies as C strings: the url (path and query) and the authority. */
-  char url[8192], auth[512];
-  if (hb->url_len >= sizeof(url) || alen >= sizeof(auth)) {
-    respond_text(c, 431, "request line or Host too long\n", true);
-    return -1;
-  }
-  memcpy(url, hb->buf, hb->url_len);
-  url[hb->url_len] = '\0';
-  memcpy(auth, authority, alen);
-  auth[alen] = '\0';
+  /* The URL and the Host are bounded by the head's limit (431) alone: the
+   * request copies them whole. */
   h2r_h1head_t hd = {
       .method = method,
-      .url = url,
-      .authority = auth,
+      .url = hb->buf,
+      .urllen = hb->url_len,
+      .authority = authority,
+      .alen = alen,
       .scheme = c->scheme,
       .peer = c->peer,
       .hdrs = kv,
       .nhdrs = hb->n,
-      .chunked = chunked,
-      .has_cl = has_cl,
       .upgrade = upgrade,
   };
   const h2r_route_t *route =
-      c->srv->closing ? NULL : h2r_server_route_find(c->srv, url, hb->url_len);
+      c->srv->closing ? NULL : h2r_server_route_find(c->srv, hb->buf, hb->url_len);
   if (route == NULL) {
     respond_text(c, 404, "not found\n", true);
     return -1;
   }
-  if (route->ops == NULL)
-    return start_handler(c, route, &hd);
-  c->p = route->ops->h1(route->arg, c, &hd);
-  /* llhttp reports an upgrade request as having no body: the bytes after the
-   * head are raw and wait for the 101. */
-  return c->p != NULL ? 0 : -1;
+  /* llhttp reports an upgrade request as having no body: the bytes after
+   * the head wait for the handler's 101. */
+  return start_handler(c, route, &hd, chunked, has_cl);
 }
 
 static int on_body(llhttp_t *h, const char *at, size_t len) {
   h2r_h1c_t *c = h->data;
-  if (c->p != NULL && h2r_proxy_client_body(c->p, at, len))
-    pause_input(c, true);
-  else if (c->rq != NULL && h2r_hreq_h1_body(c->rq, at, len))
+  if (c->rq != NULL && h2r_hreq_h1_body(c->rq, at, len))
     pause_input(c, true);
   return 0;
 }
@@ -873,9 +825,8 @@ static int on_body(llhttp_t *h, const char *at, size_t len) {
 static int on_message_complete(llhttp_t *h) {
   h2r_h1c_t *c = h->data;
   c->in_message = false;
-  if (c->p != NULL && !llhttp_get_upgrade(h))
-    h2r_proxy_client_end(c->p);
-  else if (c->rq != NULL)
+  /* An upgrade request's body is what follows a 101, not nothing. */
+  if (c->rq != NULL && !llhttp_get_upgrade(h))
     h2r_hreq_h1_end(c->rq);
   /* One exchange at a time: stop here until the response is done. */
   return c->busy ? HPE_PAUSED : 0;
@@ -914,7 +865,7 @@ static void c_input(h2r_h1c_t *c, const uint8_t *p, size_t n) {
   if (c->closing || c->dead)
     return;
   if (c->raw) {
-    if (c->p != NULL && h2r_proxy_client_body(c->p, (const char *)p, n))
+    if (c->rq != NULL && h2r_hreq_h1_body(c->rq, (const char *)p, n))
       pause_input(c, true);
     return;
   }
@@ -1000,6 +951,7 @@ static h2r_h1c_t *c_new(h2r_server_t *srv, const h1io_t *io, const char *peer, c
   c->peer = peer;
   c->scheme = scheme;
   c->refs = 1;
+  c->ck_tail = &c->ck_head;
   c->hb.max = srv->o.max_header_bytes;
   llhttp_settings_init(&c->settings);
   c->settings.on_message_begin = on_message_begin;

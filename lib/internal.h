@@ -435,6 +435,14 @@ h2r_kv_t h2r_hbuf_kv(const h2r_hbuf_t *h, unsigned i);
 const char *h2r_hbuf_get(const h2r_hbuf_t *h, const char *name, size_t *len);
 /* The same, the last of the fields with that name. */
 const char *h2r_hbuf_get_last(const h2r_hbuf_t *h, const char *name, size_t *len);
+/* A hop-by-hop field (RFC 9110 7.6.1, and the framing an HTTP/2 hop may
+ * not carry): Connection, Keep-Alive, Proxy-Connection, Transfer-Encoding,
+ * Upgrade, TE, Trailer, HTTP2-Settings, Proxy-Authenticate,
+ * Proxy-Authorization. One list for every hop the library makes. */
+bool h2r_hop_by_hop(const char *name, size_t len);
+/* A comma-separated field value (Connection, Upgrade) lists tok (any case). */
+bool h2r_list_has(const char *v, const char *tok);
+bool h2r_list_has_n(const char *v, size_t n, const char *tok, size_t tl);
 /* A field name is a token (RFC 9110 5.1): no space, separator or control. */
 bool h2r_is_token(const char *s, size_t n);
 /* The field is Expect: 100-continue (answered by http1.c, not passed on by the proxy). */
@@ -447,15 +455,19 @@ bool h2r_path_has_dot_segment(const char *path, size_t n);
 
 /* An HTTP/1.1 head being written into a buffer its writer sized. Appends
  * are plain copies (snprintf per header was a sixth of the proxy's time)
- * and never pass cap: a head that does not fit is cut, never overrun. */
+ * and never pass cap: what does not fit sets `over`, which the writer
+ * checks before it sends anything (an error, never a head cut short). */
 typedef struct h2r_out {
   char *p;
   size_t len, cap;
+  bool over;
 } h2r_out_t;
 
 static inline void h2r_out_put(h2r_out_t *o, const char *s, size_t n) {
-  if (n > o->cap - o->len)
+  if (n > o->cap - o->len) {
     n = o->cap - o->len;
+    o->over = true;
+  }
   memcpy(o->p + o->len, s, n);
   o->len += n;
 }
@@ -492,109 +504,60 @@ void *h2r_bufcache_get(h2r_bufcache_t *c);
 void h2r_bufcache_put(h2r_bufcache_t *c, void *b);
 void h2r_bufcache_drain(h2r_bufcache_t *c);
 
-typedef struct h2r_proxy h2r_proxy_t;
 typedef struct h2r_h1c h2r_h1c_t;
 
-/* What the proxy needs to know of a client's request. */
-typedef struct h2r_preq {
-  const char *method, *authority, *scheme, *peer;
-  const char *prefix; /* <base>/proxy/<id> */
-  size_t prefixlen;
-  const char *id;
-  const char *rest; /* /<path>?<query> */
-  const h2r_kv_t *hdrs;
-  size_t nhdrs;
-  bool no_body; /* the request has no body at all */
-  bool chunked; /* HTTP/1.1 client sent Transfer-Encoding: chunked */
-  bool upgrade; /* HTTP/1.1 Upgrade request (WebSocket) */
-} h2r_preq_t;
-
-/* Dialer side of the reverse proxy: serves one HTTP/2 client stream of
- * <base>/proxy/<id>/<rest> through a reverse connection to id. */
-void h2r_proxy_serve(h2rev_dialer_t *dialer, h2r_strm_t *st, const char *prefix, size_t prefixlen,
-                     const char *id, const char *rest, const h2rev_logger_t *log);
-/* The same for a request of an HTTP/1.1 connection; NULL when it could not
- * start (an error response was sent). */
-h2r_proxy_t *h2r_proxy_serve_h1(h2rev_dialer_t *dialer, h2r_h1c_t *h1, const h2r_preq_t *rq,
-                                const h2rev_logger_t *log);
-/* The request head the proxy writes to the listener for rq (malloc'd, *len
- * bytes), or NULL with the status it answers instead. For the fuzz targets
- * (test/fuzz), which check the head without running a proxy. */
-char *h2r_proxy_head(const h2r_preq_t *rq, size_t *len, int *status);
+/* The request head the dialer's proxy writes to the listener for req, whose
+ * path is <prefix>/<rest> (rest: "/..." or "?..."; "" is "/"), id the
+ * listener's (malloc'd, *len bytes), or NULL with the status it answers
+ * instead. The proxy's own, and the fuzz targets' (test/fuzz), which check
+ * the head without running a proxy. */
+char *h2r_proxy_head(const h2rev_http_req_t *req, const char *prefix, size_t prefixlen,
+                     const char *id, const char *rest, size_t *len, int *status);
 /* The head the listener writes to the upstream (path and authority: the
  * upstream URL's) for the request bytes in p, as h2rev_upstream_serve
  * rewrites it (malloc'd, *len bytes); NULL when p holds no complete, valid
  * head. For the fuzz targets too. */
 char *h2r_upstream_head(const char *p, size_t n, const char *path, const char *authority,
                         bool keep_host, size_t *len);
-/* HTTP/1.1 client side: request body bytes (decoded), its end, raw bytes
- * after an upgrade, and the client going away. body returns true when the
- * caller should pause its input until h2r_h1c_resume_input. */
-bool h2r_proxy_client_body(h2r_proxy_t *p, const char *data, size_t len);
-void h2r_proxy_client_end(h2r_proxy_t *p);
-void h2r_proxy_client_gone(h2r_proxy_t *p);
-/* The client's output queue drained: the proxy may read the listener again. */
-void h2r_proxy_client_drained(h2r_proxy_t *p);
 
 /* The dialer's options, defaults filled in; the limiter of its proxy's log lines. */
 const h2rev_dialer_options_t *h2r_dialer_options(const h2rev_dialer_t *dialer);
 h2r_ratelog_t *h2r_dialer_ratelog(h2rev_dialer_t *dialer);
-/* Keep-alive reuse: an idle data stream of listener `id` back to the dialer
- * (dialer.c), which keeps it among the spares, or closes it when the
- * listener serves one request per stream (Go's). False when the dialer
- * cannot take it: the caller still owns it. */
-bool h2r_dialer_recycle(h2rev_dialer_t *dialer, const char *id, h2rev_stream_t *stream);
 
 /* HTTP/1.1 server connection (http1.c): on a session's transport (an
  * accepted socket) or on a virtual stream (h2rev_http_server_serve_stream).
- * The proxy uses the response calls below; handlers of the public server
- * go through h2rev_http_*. */
+ * Its requests go to the server's handlers through server.c. */
 extern const h2r_h1_ops h2r_h1c_ops;
 typedef struct h2r_server h2r_server_t;
 h2r_h1c_t *h2r_h1c_new(h2r_session_t *s, h2r_server_t *srv);
 h2r_h1c_t *h2r_h1c_new_stream(h2r_server_t *srv, h2rev_stream_t *stream, h2rev_close_cb done);
 /* The session is gone: frees the connection once no request holds it. */
 void h2r_h1c_free(h2r_h1c_t *c);
-/* Response head; framing chosen here (Content-Length kept, else chunked).
- * Returns the bytes queued to the client. */
-size_t h2r_h1c_head(h2r_h1c_t *c, int status, const h2r_kv_t *hdrs, size_t n, bool upgrade);
-size_t h2r_h1c_body(h2r_h1c_t *c, const char *data, size_t len);
-void h2r_h1c_end(h2r_h1c_t *c);                                 /* response complete */
-void h2r_h1c_error(h2r_h1c_t *c, int status, const char *text); /* before the head */
-void h2r_h1c_abort(h2r_h1c_t *c);                               /* after the head */
-void h2r_h1c_resume_input(h2r_h1c_t *c);
-/* Between cork and uncork the response bytes are gathered into one write
- * (the proxy corks while it parses one read of the listener's bytes). */
-void h2r_h1c_cork(h2r_h1c_t *c);
-void h2r_h1c_uncork(h2r_h1c_t *c);
 /* Closes the connection after the exchange in progress (or now if idle). */
 void h2r_h1c_shutdown(h2r_h1c_t *c);
 void h2r_h1c_close(h2r_h1c_t *c);
 
 /* --------------------------------------------------------- server.c */
 
-/* An HTTP/1.1 request head, as internal mounts (the dialer) see it. */
+/* An HTTP/1.1 request head as http1.c parsed it. */
 typedef struct h2r_h1head {
-  const char *method, *url, *authority, *scheme, *peer; /* NUL-terminated */
+  const char *method, *scheme, *peer; /* NUL-terminated */
+  const char *url, *authority;        /* counted */
+  size_t urllen, alen;
   const h2r_kv_t *hdrs;
   size_t nhdrs;
-  bool chunked, has_cl, upgrade;
+  bool upgrade;
 } h2r_h1head_t;
 
-/* A mount of the library's own (the dialer) on a server: requests below a
- * prefix, and the life of the server's connections. */
-typedef struct h2r_mount_ops {
-  /* An HTTP/2 request; the callee answers or adopts st. */
-  void (*h2)(void *arg, h2r_strm_t *st, const char *path, size_t plen);
-  /* An HTTP/1.1 request: the proxy serving it, or NULL after an answer
-   * that closes the connection (h2r_h1c_error). */
-  h2r_proxy_t *(*h1)(void *arg, h2r_h1c_t *c, const h2r_h1head_t *rq);
+/* The life of a server's connections, for the one internal user that keeps
+ * state per connection (the dialer: a connection holds its listeners). */
+typedef struct h2r_watch_ops {
   /* A connection died (its streams report errors) / is released. */
   void (*conn_dead)(void *arg, h2r_session_t *s, int err);
   void (*conn_closed)(void *arg, h2r_session_t *s);
   /* The server is closed: forget it. */
   void (*server_closed)(void *arg);
-} h2r_mount_ops;
+} h2r_watch_ops;
 
 /* A connection accepted by a server. */
 typedef struct h2r_hconn {
@@ -605,8 +568,7 @@ typedef struct h2r_hconn {
 
 typedef struct h2r_route {
   struct h2r_route *next;
-  h2rev_http_handler_cb handler; /* public handler, or */
-  const h2r_mount_ops *ops;      /* an internal mount */
+  h2rev_http_handler_cb handler;
   void *arg;
   size_t len;
   char prefix[];
@@ -635,7 +597,7 @@ struct h2r_server {
   struct h2r_lsock *paused;       /* listening sockets not accepted from: at max_connections */
   uint8_t *rbuf;                  /* read buffer shared by the connections */
   h2r_h1c_t *vconns;              /* HTTP/1.1 on virtual streams */
-  const h2r_mount_ops *watch_ops; /* the one internal mount watching connections */
+  const h2r_watch_ops *watch_ops; /* the one internal user watching connections */
   void *watch_arg;
   uv_check_t check; /* runs requests' deferred work once per loop turn */
   uv_idle_t idle;
@@ -649,10 +611,12 @@ struct h2r_server {
   bool unref; /* h2rev_http_server_unref */
 };
 
-/* Mounts ops at prefix (several prefixes may share arg; the first mount's
- * ops receive the connection events). Errors: UV_EEXIST, UV_ENOMEM. */
-int h2r_server_mount(h2r_server_t *srv, const char *prefix, const h2r_mount_ops *ops, void *arg);
-void h2r_server_unmount(h2r_server_t *srv, void *arg);
+/* A route (h2rev_http_server_route); unroute removes every route of arg. */
+int h2r_server_route(h2r_server_t *srv, const char *prefix, h2rev_http_handler_cb handler,
+                     void *arg);
+void h2r_server_unroute(h2r_server_t *srv, void *arg);
+/* Connection events to ops (NULL: none). UV_EBUSY: another arg watches. */
+int h2r_server_watch(h2r_server_t *srv, const h2r_watch_ops *ops, void *arg);
 /* The route for a path (longest prefix on a segment boundary), or NULL. */
 const h2r_route_t *h2r_server_route_find(const h2r_server_t *srv, const char *path, size_t len);
 /* Closes the listening sockets; the connections go on. */
@@ -664,13 +628,24 @@ void h2r_server_unref(h2r_server_t *srv);
 /* A request given to a public handler (HTTP/1.1 or HTTP/2). */
 typedef struct h2r_hreq h2r_hreq_t;
 /* HTTP/1.1: a handler request for the head just parsed; NULL on failure. */
-h2r_hreq_t *h2r_hreq_new_h1(h2r_server_t *srv, h2r_h1c_t *c, const h2r_h1head_t *hd, int http_minor,
-                            int64_t content_length);
-void h2r_hreq_run(h2r_hreq_t *rq, const h2r_route_t *route);
+h2r_hreq_t *h2r_hreq_new_h1(h2r_server_t *srv, h2r_h1c_t *c, const h2r_route_t *route,
+                            const h2r_h1head_t *hd, int http_minor, int64_t content_length);
+void h2r_hreq_run(h2r_hreq_t *rq);
+/* HTTP/2, inside its handler, before any other call on req: the request's
+ * stream itself, unhooked (the request is released, no done callback), for
+ * the dialer's /revdial, where the stream becomes a reverse connection.
+ * NULL for HTTP/1.1. */
+h2r_strm_t *h2r_hreq_take_stream(h2rev_http_req_t *req);
+/* HTTP/2: the request's connection (the dialer's proxy counts its requests
+ * per connection there); NULL for HTTP/1.1. */
+h2r_session_t *h2r_hreq_session(const h2rev_http_req_t *req);
 /* http1.c -> server.c: body bytes (true: pause the input), the end of the
  * body, the connection's death, and a write's completion. */
 bool h2r_hreq_h1_body(h2r_hreq_t *rq, const char *p, size_t n);
 void h2r_hreq_h1_end(h2r_hreq_t *rq);
+/* Body bytes kept for the handler's next run (after a 101: what the
+ * client sent behind its head), never delivered inside the caller. */
+void h2r_hreq_h1_stash(h2r_hreq_t *rq, const char *p, size_t n);
 void h2r_hreq_h1_gone(h2r_hreq_t *rq, int err);
 void h2r_hreq_h1_written(h2r_hreq_t *rq, h2rev_http_write_t *w, int status);
 /* server.c -> http1.c: the handler's response on an HTTP/1.1 connection. */
@@ -681,9 +656,11 @@ int h2r_h1c_respond(h2r_h1c_t *c, h2r_hreq_t *rq, int status, const h2rev_header
 int h2r_h1c_write(h2r_h1c_t *c, h2r_hreq_t *rq, h2rev_http_write_t *w, const uv_buf_t *bufs,
                   unsigned n, bool discard);
 int h2r_h1c_finish(h2r_h1c_t *c, h2r_hreq_t *rq, bool complete); /* end or abort */
-h2r_h1c_t *h2r_h1c_next(h2r_h1c_t *c);  /* the server's next virtual-stream connection */
-void h2r_h1c_read_resume(h2r_h1c_t *c); /* the handler reads again */
-void h2r_h1c_release(h2r_h1c_t *c);     /* the handler's request is done with it */
+h2r_h1c_t *h2r_h1c_next(h2r_h1c_t *c);      /* the server's next virtual-stream connection */
+void h2r_h1c_read_resume(h2r_h1c_t *c);     /* the handler reads again */
+size_t h2r_h1c_queued(const h2r_h1c_t *c);  /* response bytes not yet on the socket */
+void h2r_h1c_cork(h2r_h1c_t *c, bool cork); /* h2rev_http_cork / _uncork */
+void h2r_h1c_release(h2r_h1c_t *c);         /* the handler's request is done with it */
 /* uv_ref / uv_unref on its timer (the server's h2rev_http_server_unref). */
 void h2r_h1c_set_unref(h2r_h1c_t *c, bool unref);
 
@@ -697,6 +674,9 @@ void h2r_strm_attach(h2r_strm_t *st, h2rev_stream_t *pub);
 /* Takes an idle, open stream back from its handle (which is then closed
  * without a callback), or NULL when it is not idle. */
 h2r_strm_t *h2r_strm_detach(h2rev_stream_t *pub);
+/* Takes the stream from its handle whatever its state (buffered input,
+ * END_STREAM received), or NULL when the handle is closing. */
+h2r_strm_t *h2r_strm_unhook(h2rev_stream_t *pub);
 /* Drops a stream no application holds: reset it if open, free it when done. */
 void h2r_strm_abandon(h2r_strm_t *st);
 /* A header's value by lower-case name, or NULL. */

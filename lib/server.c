@@ -33,6 +33,8 @@ struct h2r_hreq {
   bool released; /* done reported (HTTP/1.1) */
   bool body_end; /* HTTP/1.1: the whole body was parsed */
   bool eof_done; /* UV_EOF or the error given to read_cb */
+  bool manual;   /* h2rev_http_read_manual: HTTP/1.1 counts what the handler holds */
+  size_t held;   /* HTTP/1.1: bytes given to read_cb, not yet consumed */
   int gone;      /* HTTP/1.1: the connection's error */
   int result;    /* for the done callback */
   int64_t cl_out;
@@ -72,7 +74,7 @@ const h2r_route_t *h2r_server_route_find(const h2r_server_t *srv, const char *pa
 }
 
 static int route_add(h2r_server_t *srv, const char *prefix, h2rev_http_handler_cb handler,
-                     const h2r_mount_ops *ops, void *arg) {
+                     void *arg) {
   if (prefix == NULL || prefix[0] != '/')
     return UV_EINVAL;
   size_t len = strlen(prefix);
@@ -88,26 +90,21 @@ static int route_add(h2r_server_t *srv, const char *prefix, h2rev_http_handler_c
   r->prefix[len] = '\0';
   r->len = len;
   r->handler = handler;
-  r->ops = ops;
   r->arg = arg;
   r->next = srv->routes;
   srv->routes = r;
   return 0;
 }
 
-int h2r_server_mount(h2r_server_t *srv, const char *prefix, const h2r_mount_ops *ops, void *arg) {
-  int r = route_add(srv, prefix, NULL, ops, arg);
-  if (r == 0 && srv->watch_ops == NULL) {
-    srv->watch_ops = ops;
-    srv->watch_arg = arg;
-  }
-  return r;
+int h2r_server_route(h2r_server_t *srv, const char *prefix, h2rev_http_handler_cb handler,
+                     void *arg) {
+  return route_add(srv, prefix, handler, arg);
 }
 
-void h2r_server_unmount(h2r_server_t *srv, void *arg) {
+void h2r_server_unroute(h2r_server_t *srv, void *arg) {
   h2r_route_t **p = &srv->routes;
   while (*p != NULL) {
-    if ((*p)->ops != NULL && (*p)->arg == arg) {
+    if ((*p)->arg == arg) {
       h2r_route_t *r = *p;
       *p = r->next;
       free(r);
@@ -115,10 +112,14 @@ void h2r_server_unmount(h2r_server_t *srv, void *arg) {
       p = &(*p)->next;
     }
   }
-  if (srv->watch_arg == arg) {
-    srv->watch_ops = NULL;
-    srv->watch_arg = NULL;
-  }
+}
+
+int h2r_server_watch(h2r_server_t *srv, const h2r_watch_ops *ops, void *arg) {
+  if (srv->watch_ops != NULL && srv->watch_arg != arg)
+    return ops != NULL ? UV_EBUSY : 0;
+  srv->watch_ops = ops;
+  srv->watch_arg = ops != NULL ? arg : NULL;
+  return 0;
 }
 
 /* ---------------------------------------------------------- lifetime */
@@ -134,19 +135,6 @@ void h2r_server_unref(h2r_server_t *srv) {
 
 /* -------------------------------------------------- requests: common */
 
-static h2r_hreq_t *hreq_alloc(h2r_server_t *srv, size_t nhdrs, size_t strings, char **mem) {
-  h2r_hreq_t *rq = calloc(1, sizeof(*rq) + nhdrs * sizeof(h2rev_header_t) + strings);
-  if (rq == NULL)
-    return NULL;
-  rq->srv = srv;
-  rq->pub.server = srv->pub;
-  rq->pub.headers = rq->hdrs;
-  rq->cl_out = -1;
-  *mem = (char *)(rq->hdrs + nhdrs);
-  h2r_server_ref(srv);
-  return rq;
-}
-
 static char *put(char **mem, const char *s, size_t n, bool lower) {
   char *d = *mem;
   for (size_t i = 0; i < n; i++)
@@ -154,6 +142,27 @@ static char *put(char **mem, const char *s, size_t n, bool lower) {
   d[n] = '\0';
   *mem += n + 1;
   return d;
+}
+
+/* The request and its strings in one block; `strings` counts the bytes of
+ * the caller's strings with their NULs, the route's is added here. */
+static h2r_hreq_t *hreq_alloc(h2r_server_t *srv, const h2r_route_t *route, size_t nhdrs,
+                              size_t strings, char **mem) {
+  h2r_hreq_t *rq =
+      calloc(1, sizeof(*rq) + nhdrs * sizeof(h2rev_header_t) + strings + route->len + 1);
+  if (rq == NULL)
+    return NULL;
+  rq->srv = srv;
+  rq->pub.server = srv->pub;
+  rq->pub.headers = rq->hdrs;
+  rq->cl_out = -1;
+  *mem = (char *)(rq->hdrs + nhdrs);
+  /* "/" routes everything: its prefix, as the part of the path to strip, is "". */
+  rq->pub.route = put(mem, route->prefix, route->len == 1 ? 0 : route->len, false);
+  rq->handler = route->handler;
+  rq->handler_arg = route->arg;
+  h2r_server_ref(srv);
+  return rq;
 }
 
 static void hreq_free(h2r_hreq_t *rq) {
@@ -173,11 +182,9 @@ static void hreq_free(h2r_hreq_t *rq) {
   h2r_server_unref(srv);
 }
 
-void h2r_hreq_run(h2r_hreq_t *rq, const h2r_route_t *route) {
-  /* On the next turn: the handler may answer at once, which must not
-   * happen inside the parser that found the request. */
-  rq->handler = route->handler;
-  rq->handler_arg = route->arg;
+void h2r_hreq_run(h2r_hreq_t *rq) {
+  /* In the check phase of this loop turn: the handler may answer at once,
+   * which must not happen inside the parser that found the request. */
   hreq_schedule(rq);
 }
 
@@ -188,6 +195,10 @@ static void hreq_pump(h2r_hreq_t *rq) {
   if (rq->handler != NULL) {
     h2rev_http_handler_cb h = rq->handler;
     rq->handler = NULL;
+    if (rq->h2) { /* the handler may have taken the stream (h2r_hreq_take_stream): rq is gone */
+      h(&rq->pub, rq->handler_arg);
+      return;
+    }
     h(&rq->pub, rq->handler_arg);
   }
   if (!rq->h2 && !rq->released) {
@@ -237,32 +248,22 @@ static bool header_ok(const char *s, size_t n, bool name) {
   return true;
 }
 
-/* Headers the response framing owns, or that HTTP/2 forbids. */
-static bool framing_header(const char *name) {
-  static const char *const h[] = {"content-length", "transfer-encoding", "connection",
-                                  "keep-alive",     "proxy-connection",  "upgrade"};
-  for (size_t i = 0; i < sizeof(h) / sizeof(h[0]); i++)
-    if (strcasecmp(name, h[i]) == 0)
-      return true;
-  return false;
-}
-
 /* ------------------------------------------------ requests: HTTP/1.1 */
 
-h2r_hreq_t *h2r_hreq_new_h1(h2r_server_t *srv, h2r_h1c_t *c, const h2r_h1head_t *hd, int http_minor,
-                            int64_t content_length) {
-  size_t strings = strlen(hd->method) + strlen(hd->url) + strlen(hd->authority) +
-                   strlen(hd->scheme) + strlen(hd->peer) + 5;
+h2r_hreq_t *h2r_hreq_new_h1(h2r_server_t *srv, h2r_h1c_t *c, const h2r_route_t *route,
+                            const h2r_h1head_t *hd, int http_minor, int64_t content_length) {
+  size_t strings =
+      strlen(hd->method) + hd->urllen + hd->alen + strlen(hd->scheme) + strlen(hd->peer) + 5;
   for (size_t i = 0; i < hd->nhdrs; i++)
     strings += hd->hdrs[i].nl + hd->hdrs[i].vl + 2;
   char *mem;
-  h2r_hreq_t *rq = hreq_alloc(srv, hd->nhdrs, strings, &mem);
+  h2r_hreq_t *rq = hreq_alloc(srv, route, hd->nhdrs, strings, &mem);
   if (rq == NULL)
     return NULL;
   rq->h1 = c;
   rq->pub.method = put(&mem, hd->method, strlen(hd->method), false);
-  rq->pub.path = put(&mem, hd->url, strlen(hd->url), false);
-  rq->pub.authority = put(&mem, hd->authority, strlen(hd->authority), false);
+  rq->pub.path = put(&mem, hd->url, hd->urllen, false);
+  rq->pub.authority = put(&mem, hd->authority, hd->alen, false);
   rq->pub.scheme = put(&mem, hd->scheme, strlen(hd->scheme), false);
   rq->pub.peer = put(&mem, hd->peer, strlen(hd->peer), false);
   for (size_t i = 0; i < hd->nhdrs; i++) {
@@ -273,6 +274,7 @@ h2r_hreq_t *h2r_hreq_new_h1(h2r_server_t *srv, h2r_h1c_t *c, const h2r_h1head_t 
   rq->pub.http_major = 1;
   rq->pub.http_minor = http_minor;
   rq->pub.content_length = content_length;
+  rq->pub.upgrade = hd->upgrade;
   rq->no_body = strcmp(hd->method, "HEAD") == 0;
   return rq;
 }
@@ -290,6 +292,8 @@ static size_t h1_feed(h2r_hreq_t *rq, const char *p, size_t n) {
     size_t k = H2R_MIN(n - done, buf.len);
     memcpy(buf.base, p + done, k);
     done += k;
+    if (rq->manual)
+      rq->held += k;
     rq->read_cb(&rq->pub, (ssize_t)k, &buf);
   }
   return done;
@@ -315,7 +319,7 @@ static void h1_deliver(h2r_hreq_t *rq) {
     free(rq->stash);
     rq->stash = NULL;
     rq->stash_len = rq->stash_off = 0;
-    if (rq->h1 != NULL && rq->gone == 0 && !rq->finished)
+    if (rq->h1 != NULL && rq->gone == 0 && !rq->finished && rq->held <= H2REV_HTTP_HELD_MAX)
       h2r_h1c_read_resume(rq->h1);
   }
   h1_eof(rq);
@@ -326,7 +330,7 @@ bool h2r_hreq_h1_body(h2r_hreq_t *rq, const char *p, size_t n) {
     return false;
   size_t k = rq->stash == NULL ? h1_feed(rq, p, n) : 0;
   if (k == n)
-    return false;
+    return rq->held > H2REV_HTTP_HELD_MAX; /* the handler holds enough: pause the client */
   char *s = realloc(rq->stash, rq->stash_len + n - k);
   if (s == NULL) {
     rq->gone = UV_ENOMEM;
@@ -336,6 +340,19 @@ bool h2r_hreq_h1_body(h2r_hreq_t *rq, const char *p, size_t n) {
   rq->stash = s;
   rq->stash_len += n - k;
   return true; /* pause the client until the handler reads it */
+}
+
+void h2r_hreq_h1_stash(h2r_hreq_t *rq, const char *p, size_t n) {
+  char *b = realloc(rq->stash, rq->stash_len + n);
+  if (b == NULL) {
+    rq->gone = UV_ENOMEM;
+    hreq_schedule(rq);
+    return;
+  }
+  memcpy(b + rq->stash_len, p, n);
+  rq->stash = b;
+  rq->stash_len += n;
+  hreq_schedule(rq);
 }
 
 void h2r_hreq_h1_end(h2r_hreq_t *rq) {
@@ -431,7 +448,7 @@ static void h2_wrote(h2rev_write_t *req, int status) {
   w->cb_(w, status);
 }
 
-static h2r_hreq_t *hreq_new_h2(h2r_server_t *srv, h2r_strm_t *st) {
+static h2r_hreq_t *hreq_new_h2(h2r_server_t *srv, const h2r_route_t *route, h2r_strm_t *st) {
   const char *method = h2r_strm_header(st, ":method", NULL);
   const char *path = h2r_strm_header(st, ":path", NULL);
   const char *auth = h2r_strm_header(st, ":authority", NULL);
@@ -453,7 +470,7 @@ static h2r_hreq_t *hreq_new_h2(h2r_server_t *srv, h2r_strm_t *st) {
     strings += st->hdrs[i].namelen + st->hdrs[i].valuelen + 2;
   }
   char *mem;
-  h2r_hreq_t *rq = hreq_alloc(srv, n, strings, &mem);
+  h2r_hreq_t *rq = hreq_alloc(srv, route, n, strings, &mem);
   if (rq == NULL)
     return NULL;
   rq->h2 = true;
@@ -499,12 +516,21 @@ static int h2_respond(h2r_hreq_t *rq, int status, const h2rev_header_t *h, size_
   char *mem = (char *)(nv + n + 1);
   size_t k = 0;
   for (size_t i = 0; i < n; i++) {
-    if (framing_header(h[i].name))
+    if (h2r_hop_by_hop(h[i].name, strlen(h[i].name)) ||
+        strcasecmp(h[i].name, "content-length") == 0)
       continue;
-    size_t nl = strlen(h[i].name);
+    size_t nl = strlen(h[i].name), vl = strlen(h[i].value);
     char *name = put(&mem, h[i].name, nl, true);
-    nv[k++] = (nghttp2_nv){(uint8_t *)name, (uint8_t *)h[i].value, nl, strlen(h[i].value),
-                           NGHTTP2_NV_FLAG_NONE};
+    /* A field HTTP/1.1 lets through but HTTP/2 does not (a value with edge
+     * white space, which a proxied upstream may send) would get the
+     * client's stream reset: it is dropped, as Go's HTTP/2 server does. */
+    if (!nghttp2_check_header_name((const uint8_t *)name, nl) ||
+        !nghttp2_check_header_value_rfc9113((const uint8_t *)h[i].value, vl)) {
+      H2R_INFO(&rq->srv->o.log, "%s: response field %.*s dropped: not valid in HTTP/2",
+               rq->pub.path, (int)H2R_MIN(nl, 64u), name);
+      continue;
+    }
+    nv[k++] = (nghttp2_nv){(uint8_t *)name, (uint8_t *)h[i].value, nl, vl, NGHTTP2_NV_FLAG_NONE};
   }
   if (cl >= 0 && status != 204 && status != 304) {
     char *v = mem;
@@ -588,10 +614,87 @@ int h2rev_http_read_stop(h2rev_http_req_t *req) {
   return rq->h2 ? h2rev_stream_read_stop(&rq->hs) : 0;
 }
 
+int h2rev_http_read_manual(h2rev_http_req_t *req) {
+  h2r_hreq_t *rq = R(req);
+  if (rq->finished)
+    return UV_EBADF;
+  rq->manual = true;
+  if (rq->h2 && rq->hs.s_ != NULL)
+    h2r_strm_manual_consume(&rq->hs);
+  return 0;
+}
+
+void h2rev_http_consume(h2rev_http_req_t *req, size_t n) {
+  h2r_hreq_t *rq = R(req);
+  if (!rq->manual || rq->finished)
+    return;
+  if (rq->h2) {
+    if (rq->hs.s_ != NULL)
+      h2r_strm_consume(&rq->hs, n);
+    return;
+  }
+  bool over = rq->held > H2REV_HTTP_HELD_MAX;
+  rq->held = n < rq->held ? rq->held - n : 0;
+  /* Back below half the mark: the client's bytes flow again. */
+  if (over && rq->held <= H2REV_HTTP_HELD_MAX / 2 && rq->stash == NULL && rq->h1 != NULL &&
+      rq->gone == 0)
+    h2r_h1c_read_resume(rq->h1);
+}
+
+int h2rev_http_client_error(const h2rev_http_req_t *req) {
+  const h2r_hreq_t *rq = H2R_CONTAINER_OF(req, h2r_hreq_t, pub);
+  if (!rq->h2)
+    return rq->gone != 0 ? rq->gone : rq->h1 == NULL ? H2REV_ECLOSED : 0;
+  const h2r_strm_t *st = rq->hs.s_;
+  if (st == NULL || st->sess->state == H2R_S_DEAD)
+    return H2REV_ECLOSED;
+  if (st->err != 0)
+    return st->err;
+  /* Closed by nghttp2 before we answered: the client reset it. */
+  return (st->flags & H2R_F_NG_CLOSED) != 0 ? H2REV_ERESET : 0;
+}
+
+size_t h2rev_http_write_queue_size(const h2rev_http_req_t *req) {
+  const h2r_hreq_t *rq = H2R_CONTAINER_OF(req, h2r_hreq_t, pub);
+  if (rq->h2)
+    return h2rev_stream_write_queue_size(&rq->hs);
+  return rq->h1 != NULL ? h2r_h1c_queued(rq->h1) : 0;
+}
+
+void h2rev_http_cork(h2rev_http_req_t *req) {
+  h2r_hreq_t *rq = R(req);
+  if (!rq->h2 && rq->h1 != NULL)
+    h2r_h1c_cork(rq->h1, true);
+}
+
+void h2rev_http_uncork(h2rev_http_req_t *req) {
+  h2r_hreq_t *rq = R(req);
+  if (!rq->h2 && rq->h1 != NULL)
+    h2r_h1c_cork(rq->h1, false);
+}
+
+h2r_strm_t *h2r_hreq_take_stream(h2rev_http_req_t *req) {
+  h2r_hreq_t *rq = R(req);
+  if (!rq->h2 || rq->responded || rq->finished || rq->reading)
+    return NULL;
+  h2r_strm_t *st = h2r_strm_unhook(&rq->hs);
+  if (st == NULL)
+    return NULL;
+  rq->finished = true;
+  hreq_free(rq);
+  return st;
+}
+
+h2r_session_t *h2r_hreq_session(const h2rev_http_req_t *req) {
+  const h2r_hreq_t *rq = H2R_CONTAINER_OF(req, h2r_hreq_t, pub);
+  return rq->h2 && rq->hs.s_ != NULL ? rq->hs.s_->sess : NULL;
+}
+
 int h2rev_http_respond(h2rev_http_req_t *req, int status, const h2rev_header_t *headers,
                        size_t nheaders, int64_t content_length) {
   h2r_hreq_t *rq = R(req);
-  if (status < 200 || status > 999 || (nheaders > 0 && headers == NULL))
+  if ((status < 200 && !(status == 101 && req->upgrade)) || status > 999 ||
+      (nheaders > 0 && headers == NULL))
     return UV_EINVAL;
   for (size_t i = 0; i < nheaders; i++)
     if (headers[i].name == NULL || headers[i].value == NULL ||
@@ -602,7 +705,7 @@ int h2rev_http_respond(h2rev_http_req_t *req, int status, const h2rev_header_t *
     return UV_EBADF;
   if (rq->responded)
     return UV_EALREADY;
-  bool no_body = rq->no_body || status == 204 || status == 304;
+  bool no_body = status != 101 && (rq->no_body || status == 204 || status == 304);
   int r;
   if (rq->h2)
     r = h2_respond(rq, status, headers, nheaders, content_length);
@@ -616,7 +719,9 @@ int h2rev_http_respond(h2rev_http_req_t *req, int status, const h2rev_header_t *
     rq->writes += (unsigned)r;
   rq->responded = true;
   rq->no_body = no_body;
-  rq->cl_out = no_body ? -1 : content_length;
+  rq->cl_out = no_body || status == 101 ? -1 : content_length;
+  if (status == 101) /* the client's bytes after its head are the body now */
+    hreq_schedule(rq);
   return 0;
 }
 
@@ -738,16 +843,12 @@ static void on_request(h2r_session_t *s, h2r_strm_t *st) {
     h2r_strm_reject(st, srv->closing ? 503 : 404, srv->closing ? "shutting down\n" : "not found\n");
     return;
   }
-  if (route->ops != NULL) {
-    route->ops->h2(route->arg, st, path, plen);
-    return;
-  }
-  h2r_hreq_t *rq = hreq_new_h2(srv, st);
+  h2r_hreq_t *rq = hreq_new_h2(srv, route, st);
   if (rq == NULL) {
     h2r_strm_reject(st, 503, "out of memory\n");
     return;
   }
-  h2r_hreq_run(rq, route);
+  h2r_hreq_run(rq);
 }
 
 static void conn_open(h2r_session_t *s, int status) {
@@ -1012,7 +1113,7 @@ int h2rev_http_server_route(h2rev_http_server_t *server, const char *prefix,
                             h2rev_http_handler_cb handler, void *arg) {
   if (handler == NULL)
     return UV_EINVAL;
-  return route_add(server->s_, prefix, handler, NULL, arg);
+  return route_add(server->s_, prefix, handler, arg);
 }
 
 int h2rev_http_server_serve_stream(h2rev_http_server_t *server, h2rev_stream_t *stream,

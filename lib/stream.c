@@ -463,6 +463,19 @@ h2r_strm_t *h2r_strm_detach(h2rev_stream_t *pub) {
   return st;
 }
 
+h2r_strm_t *h2r_strm_unhook(h2rev_stream_t *pub) {
+  h2r_strm_t *st = pub->s_;
+  if (st == NULL || (st->flags & H2R_F_CLOSING))
+    return NULL;
+  st->flags &= ~H2R_F_READING;
+  st->flags |= H2R_F_ORPHAN;
+  st->alloc_cb = NULL;
+  st->read_cb = NULL;
+  st->pub = NULL;
+  pub->s_ = NULL;
+  return st;
+}
+
 void h2r_strm_abandon(h2r_strm_t *st) {
   st->flags |= H2R_F_CLOSING | H2R_F_ORPHAN;
   st->pub = NULL;

@@ -708,7 +708,7 @@ static int on_headers_complete(llhttp_t *h) {
   if (k == NULL)
     return -1;
   k->cap = 0; /* not recycled */
-  h2r_out_t o = {k->data, 0, cap};
+  h2r_out_t o = {k->data, 0, cap, false};
   h2r_out_put(&o, method, strlen(method));
   H2R_OUT_LIT(&o, " ");
   h2r_out_put(&o, u->path, strlen(u->path));

@@ -9,11 +9,14 @@
 #include <stdlib.h>
 #include <string.h>
 
-TEST(out_cuts_instead_of_overrunning) {
+TEST(out_flags_overflow_instead_of_overrunning) {
   char buf[16 + 8];
   memset(buf, '#', sizeof(buf));
-  h2r_out_t o = {buf, 0, 16};
-  H2R_OUT_LIT(&o, "GET /a HTTP/1.1\r\n"); /* 17 bytes into 16 */
+  h2r_out_t o = {buf, 0, 16, false};
+  H2R_OUT_LIT(&o, "GET /a HTTP/1.");
+  ASSERT(!o.over);
+  H2R_OUT_LIT(&o, "1\r\n"); /* 17 bytes into 16: the writer must see it */
+  ASSERT(o.over);
   ASSERT_EQ(o.len, 16);
   ASSERT_MEM_EQ(buf, "GET /a HTTP/1.1\r", 16);
   h2r_out_header(&o, "Host", 4, "x", 1);
@@ -25,7 +28,7 @@ TEST(out_cuts_instead_of_overrunning) {
 
 TEST(out_uint_and_header) {
   char buf[128];
-  h2r_out_t o = {buf, 0, sizeof(buf)};
+  h2r_out_t o = {buf, 0, sizeof(buf), false};
   h2r_out_uint(&o, 0, 10);
   H2R_OUT_LIT(&o, " ");
   h2r_out_uint(&o, UINT64_MAX, 10);

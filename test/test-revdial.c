@@ -1539,7 +1539,7 @@ TEST(recycle_only_for_a_listener_stating_roles) {
   run_cond(&e.loop, dc_done, &c, 5000, "dial to h");
   ASSERT_OK(c.status);
   ASSERT_EQ(h.conn_ready, 1);
-  ASSERT(h2r_dialer_recycle(&e.d, "h", &c.s));
+  ASSERT(h2rev_dialer_recycle(&e.d, "h", &c.s) == 0);
   ASSERT_EQ(stats(&e).spares, 1);
   dc_free(&c);
   dc_dial(&c, &e, "h", NULL, 0, 5000);
@@ -1557,7 +1557,7 @@ TEST(recycle_only_for_a_listener_stating_roles) {
   run_cond(&e.loop, dc_done, &c, 5000, "dial to g");
   ASSERT_OK(c.status);
   ASSERT_EQ(g.conn_ready, 1);
-  ASSERT(h2r_dialer_recycle(&e.d, "g", &c.s));
+  ASSERT(h2rev_dialer_recycle(&e.d, "g", &c.s) == 0);
   ASSERT_EQ(stats(&e).spares, 0);
   run_cond(&e.loop, r_reset, &g.data[0], 5000, "g's data stream reset");
   dc_free(&c);

@@ -157,11 +157,13 @@ static void aborting(h2rev_http_req_t *req, void *arg) {
 /* Answers with what it saw of the request. */
 static void info(h2rev_http_req_t *req, void *arg) {
   (void)arg;
-  char body[1024];
   const char *xf = h2rev_http_header(req, "X-Forwarded-Prefix");
-  int n = snprintf(body, sizeof(body), "%s %s %d.%d xfp=%s\n", req->method, req->path,
-                   req->http_major, req->http_minor, xf ? xf : "-");
+  size_t cap = strlen(req->path) + (xf ? strlen(xf) : 0) + 64;
+  char *body = malloc(cap);
+  int n = snprintf(body, cap, "%s %s %d.%d xfp=%s\n", req->method, req->path, req->http_major,
+                   req->http_minor, xf ? xf : "-");
   h2rev_http_reply(req, 200, "text/plain", body, (size_t)n);
+  free(body);
 }
 
 /* ----------------------------------------------------------- plumbing */
@@ -553,10 +555,11 @@ static void b_closed(h2rev_http_server_t *s) {
   ((rev_t *)s->data)->bclosed = 1;
 }
 
-static void rev_start(rev_t *r, env_t *e, h2rev_http_server_t *mount_on, int port) {
+static void rev_start_base(rev_t *r, env_t *e, h2rev_http_server_t *mount_on, int port,
+                           const char *base) {
   memset(r, 0, sizeof(*r));
   r->e = e;
-  h2rev_dialer_options_t dopt = {.base_path = "/rc"};
+  h2rev_dialer_options_t dopt = {.base_path = base};
   test_logger(&dopt.log, "dialer");
   ASSERT_OK(h2rev_dialer_init(&e->loop, &r->d, &dopt));
   r->d.data = r;
@@ -575,14 +578,18 @@ static void rev_start(rev_t *r, env_t *e, h2rev_http_server_t *mount_on, int por
   ASSERT_OK(h2rev_http_server_init(&e->loop, &r->back, NULL));
   r->back.data = r;
   ASSERT_OK(h2rev_http_server_route(&r->back, "/", info, NULL));
-  char url[128];
-  snprintf(url, sizeof(url), "http://127.0.0.1:%d/rc", port);
+  char url[2048];
+  snprintf(url, sizeof(url), "http://127.0.0.1:%d%s", port, base);
   h2rev_listener_options_t lo = {.url = url, .id = "back", .on_state = lis_state};
   test_logger(&lo.log, "listener");
   ASSERT_OK(h2rev_listener_init(&e->loop, &r->l, &lo));
   r->l.data = r;
   ASSERT_OK(h2rev_listener_start(&r->l, lis_conn));
   run_while(e, is_attached, r, "listener attached");
+}
+
+static void rev_start(rev_t *r, env_t *e, h2rev_http_server_t *mount_on, int port) {
+  rev_start_base(r, e, mount_on, port, "/rc");
 }
 
 static void rev_stop(rev_t *r) {
@@ -700,6 +707,50 @@ TEST(dialer_mounted) {
   snprintf(cmd, sizeof(cmd), "curl -s -w ' %%{http_code}' http://127.0.0.1:%d/rc/proxy/back/x",
            e.port);
   expect_out(&e, cmd, "root\n 200");
+  env_stop(&e);
+}
+
+/* Nothing of a long target is cut on the way (issue 14): a 10 KiB query
+ * over HTTP/1.1 and HTTP/2, under a 600-byte base path, reaches the
+ * listener whole; the proxy also serves as an ordinary handler of another
+ * route, with that route as the prefix the listener is told. */
+TEST(proxy_long_targets) {
+  env_t e;
+  env_init(&e);
+  char base[601];
+  base[0] = '/';
+  memset(base + 1, 'b', 599);
+  base[600] = '\0';
+  rev_t r;
+  rev_start_base(&r, &e, &e.srv, e.port, base);
+  ASSERT_OK(h2rev_http_server_route(&e.srv, "/t", h2rev_dialer_proxy, &r.d));
+  size_t ql = 10 * 1024;
+  char *q = malloc(ql + 1);
+  for (size_t i = 0; i < ql; i++)
+    q[i] = (char)('a' + i % 26);
+  q[ql] = '\0';
+  size_t cap = 2 * ql + 4096;
+  char *cmd = malloc(cap), *want = malloc(cap);
+  const char *modes[] = {"--http1.1", "--http2-prior-knowledge"};
+  for (int m = 0; m < 2; m++) {
+    snprintf(cmd, cap, "curl -s %s 'http://127.0.0.1:%d%s/proxy/back/x?q=%s'", modes[m], e.port,
+             base, q);
+    snprintf(want, cap, "GET /x?q=%s 1.1 xfp=%s/proxy/back\n", q, base);
+    expect_out(&e, cmd, want);
+    snprintf(cmd, cap, "curl -s %s 'http://127.0.0.1:%d/t/back/y?q=%s'", modes[m], e.port, q);
+    snprintf(want, cap, "GET /y?q=%s 1.1 xfp=/t/back\n", q);
+    expect_out(&e, cmd, want);
+  }
+  /* A prefix with no id, or an id that is not one: 400, not a guess. */
+  snprintf(cmd, cap, "curl -s -o /dev/null -w '%%{http_code}' http://127.0.0.1:%d/t/", e.port);
+  expect_out(&e, cmd, "400");
+  snprintf(cmd, cap, "curl -s -o /dev/null -w '%%{http_code}' 'http://127.0.0.1:%d/t/a%%20b/x'",
+           e.port);
+  expect_out(&e, cmd, "400");
+  free(q);
+  free(cmd);
+  free(want);
+  rev_stop(&r);
   env_stop(&e);
 }
 

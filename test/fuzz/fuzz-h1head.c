@@ -33,8 +33,7 @@ enum {
 #define URL_MAX  8192
 #define AUTH_MAX 512
 /* dialer.c's buffers for the id and the rest of the path. */
-#define ID_MAX   160
-#define REST_MAX 8200
+#define ID_MAX 160
 
 #define CHECK(cond)                                                                                \
   do {                                                                                             \
@@ -120,7 +119,8 @@ static int f_headers_complete(llhttp_t *h) {
   return 0;
 }
 
-static void check_final(const char *head, size_t len, const client_t *c, const h2r_preq_t *rq) {
+static void check_final(const char *head, size_t len, const client_t *c,
+                        const h2rev_http_req_t *rq) {
   final_t f = {0};
   llhttp_settings_t st;
   llhttp_settings_init(&st);
@@ -165,23 +165,21 @@ static void check_final(const char *head, size_t len, const client_t *c, const h
 
 /* ------------------------------------------------------------ the path */
 
-/* dialer.c (mount_h1, proxy_target): <base>/proxy/<id>[/<rest>]. */
-static bool to_preq(const char *url, const char *base, char *id, char *rest, h2r_preq_t *rq) {
-  size_t bl = strlen(base), ul = strlen(url);
-  if (!(ul > bl + 7 && memcmp(url, base, bl) == 0 && memcmp(url + bl, "/proxy/", 7) == 0))
+/* proxy.c (h2rev_dialer_proxy), mounted at <base>/proxy:
+ * <base>/proxy/<id>[<rest>]. */
+static bool to_target(const char *url, const char *route, char *id, const char **rest,
+                      size_t *prefixlen) {
+  size_t rl = strlen(route), ul = strlen(url);
+  if (!(ul > rl && memcmp(url, route, rl) == 0 && url[rl] == '/'))
     return false;
-  const char *p = url + bl + 7;
+  const char *p = url + rl + 1;
   size_t idl = strcspn(p, "/?");
   if (idl == 0 || idl >= ID_MAX || !h2r_id_valid(p, idl))
     return false;
   memcpy(id, p, idl);
   id[idl] = '\0';
-  const char *tail = p + idl;
-  snprintf(rest, REST_MAX, "%s%s", *tail == '/' ? "" : "/", tail);
-  rq->prefix = url;
-  rq->prefixlen = (size_t)(tail - url);
-  rq->id = id;
-  rq->rest = rest;
+  *rest = p + idl;
+  *prefixlen = (size_t)(p + idl - url);
   return true;
 }
 
@@ -215,33 +213,53 @@ int LLVMFuzzerTestOneInput(const uint8_t *data, size_t size) {
     if (kv_is(&kv[i], "host"))
       authority = kv[i].value, alen = kv[i].vl;
   }
-  static char url[URL_MAX], auth[AUTH_MAX], id[ID_MAX], rest[REST_MAX];
+  static char url[URL_MAX], auth[AUTH_MAX], id[ID_MAX], route[64];
+  static char names[H2R_MAX_HEADERS][256], values[H2R_MAX_HEADERS][URL_MAX];
+  static h2rev_header_t hs[H2R_MAX_HEADERS];
   if (c.hb.url_len >= sizeof(url) || alen >= sizeof(auth))
-    goto out; /* 431 */
+    goto out; /* the harness's own bounds */
   memcpy(url, c.hb.buf, c.hb.url_len);
   url[c.hb.url_len] = '\0';
   memcpy(auth, authority, alen);
   auth[alen] = '\0';
-
-  h2r_preq_t rq = {
+  /* The request as server.c hands it to a handler: names in lower case. */
+  for (unsigned i = 0; i < c.hb.n; i++) {
+    if (kv[i].nl >= sizeof(names[0]) || kv[i].vl >= sizeof(values[0]))
+      goto out;
+    for (size_t k = 0; k < kv[i].nl; k++)
+      names[i][k] =
+          (char)(kv[i].name[k] >= 'A' && kv[i].name[k] <= 'Z' ? kv[i].name[k] + 32 : kv[i].name[k]);
+    names[i][kv[i].nl] = '\0';
+    memcpy(values[i], kv[i].value, kv[i].vl);
+    values[i][kv[i].vl] = '\0';
+    hs[i] = (h2rev_header_t){names[i], values[i]};
+  }
+  h2rev_http_req_t rq = {
       .method = llhttp_method_name((llhttp_method_t)c.method),
+      .path = url,
       .authority = auth,
       .scheme = (fl & FL_HTTPS) ? "https" : "http",
       .peer = PEER,
-      .hdrs = kv,
-      .nhdrs = c.hb.n,
-      .no_body = !c.chunked && !c.has_cl,
-      .chunked = c.chunked,
+      .http_major = 1,
+      .http_minor = 1,
+      .content_length = c.has_cl    ? (int64_t)c.content_length
+                        : c.chunked ? -1
+                                    : 0,
+      .headers = hs,
+      .nheaders = c.hb.n,
       .upgrade = c.upgrade,
   };
-  if (!to_preq(url, (fl & FL_BASE) ? BASE : "", id, rest, &rq))
+  snprintf(route, sizeof(route), "%s/proxy", (fl & FL_BASE) ? BASE : "");
+  const char *rest;
+  size_t prefixlen;
+  if (!to_target(url, route, id, &rest, &prefixlen))
     goto out; /* 404 or 400 */
 
   size_t hl = 0;
   int status = 0;
-  char *head = h2r_proxy_head(&rq, &hl, &status);
+  char *head = h2r_proxy_head(&rq, url, prefixlen, id, rest, &hl, &status);
   if (head == NULL) {
-    CHECK(status == 400 || status == 503);
+    CHECK(status == 400 || status == 431 || status == 503);
     goto out;
   }
   size_t fl2 = 0;
