@@ -10,6 +10,7 @@
 
 void h2r_hbuf_reset(h2r_hbuf_t *h) {
   h->len = 0;
+  h->nuls = 0;
   h->url_len = 0;
   h->n = 0;
   h->in_value = false;
@@ -24,10 +25,22 @@ void h2r_hbuf_free(h2r_hbuf_t *h) {
   h2r_hbuf_reset(h);
 }
 
+static int add(h2r_hbuf_t *h, const char *at, size_t len);
+
+/* A NUL after a name or a value: not the sender's byte, not counted
+ * against the limit. */
+static int add_nul(h2r_hbuf_t *h) {
+  h->nuls++;
+  int r = add(h, "", 1);
+  if (r != 0)
+    h->nuls--;
+  return r;
+}
+
 static int add(h2r_hbuf_t *h, const char *at, size_t len) {
   if (len == 0)
     return 0;
-  if (h->len + len > (h->max != 0 ? h->max : H2R_MAX_HEAD)) {
+  if (h->len - h->nuls + len > (h->max != 0 ? h->max : H2R_MAX_HEAD)) {
     h->too_large = true;
     return -1;
   }
@@ -73,7 +86,7 @@ int h2r_hbuf_value(h2r_hbuf_t *h, const char *at, size_t len) {
   if (h->n == 0 || h->value_done || h->off[h->n - 1][1] == 0)
     return -1;
   if (!h->in_value) {
-    if (add(h, "", 1) != 0) /* ends the name */
+    if (add_nul(h) != 0) /* ends the name */
       return -1;
     h->in_value = true;
     h->off[h->n - 1][2] = (uint32_t)h->len;
@@ -88,12 +101,12 @@ int h2r_hbuf_value_done(h2r_hbuf_t *h) {
   /* Names and values end with a NUL in buf, for those who need C strings
    * (h2r_hbuf_str); a value llhttp gave no piece of is empty. */
   if (!h->in_value) {
-    if (add(h, "", 1) != 0)
+    if (add_nul(h) != 0)
       return -1;
     h->in_value = true;
     h->off[h->n - 1][2] = (uint32_t)h->len;
   }
-  if (add(h, "", 1) != 0)
+  if (add_nul(h) != 0)
     return -1;
   h->value_done = true;
   return 0;

@@ -413,6 +413,7 @@ typedef struct h2r_kv {
 typedef struct h2r_hbuf {
   char *buf;
   size_t len, cap;
+  size_t nuls;                       /* of len: the NULs ending names and values */
   uint32_t url_len;                  /* the URL comes first in buf */
   uint32_t off[H2R_HBUF_HEADERS][4]; /* name offset, length, value offset, length */
   unsigned n;

@@ -633,11 +633,11 @@ void h2rev_http_consume(h2rev_http_req_t *req, size_t n) {
       h2r_strm_consume(&rq->hs, n);
     return;
   }
-  bool over = rq->held > H2REV_HTTP_HELD_MAX;
   rq->held = n < rq->held ? rq->held - n : 0;
-  /* Back below half the mark: the client's bytes flow again. */
-  if (over && rq->held <= H2REV_HTTP_HELD_MAX / 2 && rq->stash == NULL && rq->h1 != NULL &&
-      rq->gone == 0)
+  /* Back below half the mark: the client's bytes flow again (a no-op when
+   * they do already). */
+  if (rq->held <= H2REV_HTTP_HELD_MAX / 2 && rq->stash == NULL && rq->h1 != NULL && rq->gone == 0 &&
+      !rq->finished)
     h2r_h1c_read_resume(rq->h1);
 }
 

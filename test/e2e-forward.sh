@@ -16,7 +16,7 @@ raw() {
     "$WORK/h2rev-dialer.crt" - 2>&1
 }
 # has TEXT LINE: TEXT has exactly that line; count TEXT PATTERN: lines matching (grep -ci)
-has() { grep -qxF -- "$2" <<< "$1"; }
+has() { grep -qixF -- "$2" <<< "$1"; } # field names arrive in lower case
 count() { grep -ci -- "$2" <<< "$1" || true; }
 status() { head -n 1 <<< "$1" | cut -d' ' -f2; }
 

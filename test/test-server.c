@@ -210,10 +210,13 @@ static char *slurp(const char *path, size_t *len) {
 
 /* The output of cmd (stdout), as a string to free. */
 static char *run_out(env_t *e, const char *cmd, int *rc) {
-  char full[8192], out[600];
+  char out[600];
+  size_t fl = strlen(cmd) + sizeof(out) + 8;
+  char *full = malloc(fl);
   snprintf(out, sizeof(out), "%s/out", e->dir);
-  snprintf(full, sizeof(full), "%s > %s", cmd, out);
+  snprintf(full, fl, "%s > %s", cmd, out);
   int r = sh(e, full);
+  free(full);
   if (rc != NULL)
     *rc = r;
   return slurp(out, NULL);
