@@ -166,6 +166,52 @@ static void info(h2rev_http_req_t *req, void *arg) {
   free(body);
 }
 
+/* An upgrade handled through the request API, as an embedder writes it: a
+ * 101, then the client's bytes echoed back (each write issued from the read
+ * callback, held in memory until its own callback), until the client ends;
+ * a refusal (?no) answers 426 and the connection closes after it. */
+typedef struct up_w {
+  h2rev_http_write_t w;
+  char data[];
+} up_w_t;
+
+static void up_alloc(h2rev_http_req_t *req, size_t sz, uv_buf_t *buf) {
+  (void)req;
+  up_w_t *w = malloc(sizeof(*w) + sz);
+  *buf = uv_buf_init(w->data, (unsigned)sz);
+}
+
+static void up_wrote(h2rev_http_write_t *w, int status) {
+  (void)status;
+  free(H2R_CONTAINER_OF(w, up_w_t, w));
+}
+
+static void up_read(h2rev_http_req_t *req, ssize_t n, const uv_buf_t *buf) {
+  up_w_t *w = buf->base != NULL ? H2R_CONTAINER_OF(buf->base, up_w_t, data) : NULL;
+  if (n > 0) {
+    uv_buf_t b = uv_buf_init(w->data, (unsigned)n);
+    ASSERT_OK(h2rev_http_write(&w->w, req, &b, 1, up_wrote));
+    return;
+  }
+  free(w);
+  if (n < 0)
+    h2rev_http_end(req); /* the client is done: so are we */
+}
+
+static void upgrading(h2rev_http_req_t *req, void *arg) {
+  (void)arg;
+  h2rev_http_on_done(req, count_done);
+  if (!req->upgrade || strstr(req->path, "?no") != NULL) {
+    if (!req->upgrade) /* not an upgrade request: a 101 is refused */
+      ASSERT_EQ(h2rev_http_respond(req, 101, NULL, 0, -1), UV_EINVAL);
+    h2rev_http_reply(req, 426, "text/plain", "no\n", 3);
+    return;
+  }
+  h2rev_header_t h[] = {{"upgrade", h2rev_http_header(req, "upgrade")}};
+  ASSERT_OK(h2rev_http_respond(req, 101, h, 1, -1));
+  ASSERT_OK(h2rev_http_read_start(req, up_alloc, up_read));
+}
+
 /* ----------------------------------------------------------- plumbing */
 
 static void on_exit_cb(uv_process_t *p, int64_t status, int sig) {
@@ -263,6 +309,7 @@ static void env_init(env_t *e) {
   ASSERT_OK(h2rev_http_server_route(&e->srv, "/nocontent", nocontent, NULL));
   ASSERT_OK(h2rev_http_server_route(&e->srv, "/abort", aborting, NULL));
   ASSERT_OK(h2rev_http_server_route(&e->srv, "/info", info, NULL));
+  ASSERT_OK(h2rev_http_server_route(&e->srv, "/up", upgrading, NULL));
   e->port = listen_on(&e->srv, NULL, 0);
   char cert[512], key[512];
   test_path(cert, sizeof(cert), test_certs(), "server.pem");
@@ -710,6 +757,49 @@ TEST(dialer_mounted) {
   snprintf(cmd, sizeof(cmd), "curl -s -w ' %%{http_code}' http://127.0.0.1:%d/rc/proxy/back/x",
            e.port);
   expect_out(&e, cmd, "root\n 200");
+  env_stop(&e);
+}
+
+TEST(upgrade_through_request_api) {
+  env_t e;
+  env_init(&e);
+  char cmd[2048];
+  /* The bytes sent right behind the head arrive first, after the 101. */
+  snprintf(cmd, sizeof(cmd),
+           "python3 -c 'import socket,sys\n"
+           "s=socket.create_connection((\"127.0.0.1\",%d))\n"
+           "s.sendall(b\"GET /up HTTP/1.1\\r\\nHost: x\\r\\nConnection: Upgrade\\r\\n"
+           "Upgrade: echo\\r\\n\\r\\nhello \")\n"
+           "b=b\"\"\n"
+           "while not b.endswith(b\"hello \"): b+=s.recv(100)\n"
+           "s.sendall(b\"world\"); s.shutdown(socket.SHUT_WR)\n"
+           "while True:\n"
+           " d=s.recv(100)\n"
+           " if not d: break\n"
+           " b+=d\n"
+           "h,_,t=b.partition(b\"\\r\\n\\r\\n\")\n"
+           "sys.stdout.write(h.split(b\"\\r\\n\")[0].decode()+\"|\"+"
+           "str(b\"upgrade: echo\" in h.lower())+\"|\"+t.decode())'",
+           e.port);
+  expect_out(&e, cmd, "HTTP/1.1 101 Switching Protocols|True|hello world");
+  /* Refused: the answer, then the end of the connection. */
+  snprintf(cmd, sizeof(cmd),
+           "python3 -c 'import socket,sys\n"
+           "s=socket.create_connection((\"127.0.0.1\",%d))\n"
+           "s.sendall(b\"GET /up?no HTTP/1.1\\r\\nHost: x\\r\\nConnection: Upgrade\\r\\n"
+           "Upgrade: echo\\r\\n\\r\\n\")\n"
+           "b=b\"\"\n"
+           "while True:\n"
+           " d=s.recv(100)\n"
+           " if not d: break\n"
+           " b+=d\n"
+           "sys.stdout.write(b.split(b\"\\r\\n\")[0].decode()+\"|\"+b.split(b\"\\r\\n\\r\\n\")[1]."
+           "decode())'",
+           e.port);
+  expect_out(&e, cmd, "HTTP/1.1 426 Status|no\n");
+  /* Over HTTP/2 there is no upgrade: the handler sees a plain request. */
+  snprintf(cmd, sizeof(cmd), "curl -s --http2-prior-knowledge http://127.0.0.1:%d/up", e.port);
+  expect_out(&e, cmd, "no\n");
   env_stop(&e);
 }
 
