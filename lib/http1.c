@@ -593,6 +593,10 @@ int h2r_h1c_respond(h2r_h1c_t *c, h2r_hreq_t *rq, int status, const h2rev_header
   if (!c->keep_alive || c->draining)
     H2R_OUT_LIT(&o, "Connection: close\r\n");
   H2R_OUT_LIT(&o, "\r\n");
+  if (o.over) { /* cap is computed above: a bug, never a head cut short */
+    free(h);
+    return UV_ENOBUFS;
+  }
   int r = out_rq(c, rq, h, o.len, NULL, 0, NULL, 0);
   free(h);
   return r < 0 ? r : 1;

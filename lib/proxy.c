@@ -656,7 +656,7 @@ static void send_up_end(proxy_t *p) {
 static void client_read(h2rev_http_req_t *req, ssize_t n, const uv_buf_t *buf) {
   proxy_t *p = req->data;
   pwrite_t *w = buf->base != NULL ? H2R_CONTAINER_OF(buf->base, pwrite_t, data) : NULL;
-  if (n > 0) {
+  if (n > 0 && w != NULL) { /* bytes come in a buffer of ours */
     w->p = p;
     w->len = (size_t)n;
     w->credit = (size_t)n;

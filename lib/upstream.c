@@ -739,6 +739,11 @@ static int on_headers_complete(llhttp_t *h) {
   if (!u->o.keep_host)
     h2r_out_header(&o, "Host", 4, u->authority, strlen(u->authority));
   H2R_OUT_LIT(&o, "\r\n");
+  if (o.over) { /* cap is computed above: a bug, never a head cut short */
+    free(k);
+    c->refused = "request head larger than computed";
+    return -1;
+  }
   k->len = o.len;
   k->next = NULL;
   *c->early_tail = k;
