@@ -321,7 +321,7 @@ size_t h2r_ctl_encode(char *out, size_t cap, const char *command, const char *er
 }
 
 bool h2r_id_valid(const char *id, size_t len) {
-  if (len == 0 || len > 128)
+  if (len == 0 || len > H2R_ID_MAX)
     return false;
   for (size_t i = 0; i < len; i++) {
     char c = id[i];

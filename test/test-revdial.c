@@ -450,6 +450,7 @@ static void echo_through(env_t *e, const char *id, size_t len, uint64_t seed) {
 typedef struct fake fake_t;
 
 enum { F_IGNORE, F_PICKUP_FAILED, F_OPEN_DATA };
+#define F_MAX_FILLERS 100
 
 typedef struct rstrm {
   h2rev_stream_t s;
@@ -471,6 +472,7 @@ struct fake {
   const char *role;      /* x-h2rev-role of the control request; NULL: none */
   const char *data_role; /* of data requests */
   const char *auth;      /* authorization header; NULL: none */
+  int fillers;           /* x-filler-N headers before it */
   int mode;              /* what conn-ready does */
   int conn_ready;
   rstrm_t ctl;
@@ -571,7 +573,8 @@ static void f_request(fake_t *f, rstrm_t *r, const char *role) {
   char path[256], authority[64];
   ASSERT_OK(h2r_revdial_path(path, sizeof(path), "/base", f->id));
   snprintf(authority, sizeof(authority), "127.0.0.1:%d", f->e->port);
-  nghttp2_nv nv[8];
+  nghttp2_nv nv[8 + F_MAX_FILLERS];
+  char fillers[F_MAX_FILLERS][16];
   size_t n = 0;
 #define NV(k, v) nv[n++] = (nghttp2_nv){(uint8_t *)(k), (uint8_t *)(v), strlen(k), strlen(v), 0}
   NV(":method", "GET");
@@ -580,6 +583,11 @@ static void f_request(fake_t *f, rstrm_t *r, const char *role) {
   NV(":path", path);
   if (role != NULL)
     NV(H2R_ROLE_HEADER, role);
+  ASSERT_LE(f->fillers, F_MAX_FILLERS);
+  for (int i = 0; i < f->fillers; i++) {
+    snprintf(fillers[i], sizeof(fillers[i]), "x-filler-%d", i);
+    NV(fillers[i], "-");
+  }
   if (f->auth != NULL)
     NV("authorization", f->auth);
 #undef NV
@@ -587,14 +595,18 @@ static void f_request(fake_t *f, rstrm_t *r, const char *role) {
   r->requested = 1;
 }
 
-/* The authorization header of the next fake (used once). */
+/* The authorization header of the next fake (used once), and the headers
+ * that come before it. */
 static const char *next_auth;
+static int next_fillers;
 
 /* Connects and sends the control request; does not wait for the answer. */
 static void f_start(fake_t *f, env_t *e, const char *id, const char *role, int mode) {
   memset(f, 0, sizeof(*f));
   f->auth = next_auth;
   next_auth = NULL;
+  f->fillers = next_fillers;
+  next_fillers = 0;
   f->e = e;
   snprintf(f->id, sizeof(f->id), "%s", id);
   f->role = role;
@@ -959,6 +971,56 @@ TEST(authorize_denied) {
   f_stop(&h);
   f_stop(&k);
   lis_stop(&L);
+  dialer_stop(&e);
+  loop_drain(&e.loop);
+}
+
+static size_t last_nheaders;
+
+static int bearer_seen(void *arg, const char *id, const h2rev_header_t *h, size_t n,
+                       const h2rev_peer_t *peer) {
+  last_nheaders = n;
+  return check_bearer(arg, id, h, n, peer);
+}
+
+/* The authorize callback sees every header of the request, however many:
+ * here the token is the 70th (4 pseudo-headers, 65 others before it). */
+TEST(authorize_70_headers) {
+  h2rev_dialer_options_t o = {.authorize = bearer_seen};
+  env_t e;
+  env_init(&e, &o);
+  fake_t f, g;
+  next_auth = "Bearer good";
+  next_fillers = 65;
+  ASSERT_EQ(f_attach(&f, &e, "many", NULL, F_IGNORE), 200);
+  ASSERT_EQ(last_nheaders, 70);
+  next_auth = "Bearer bad";
+  next_fillers = 65;
+  ASSERT_EQ(f_attach(&g, &e, "many-bad", NULL, F_IGNORE), 403);
+  ASSERT_EQ(last_nheaders, 70);
+  ASSERT_EQ(stats(&e).listeners, 1);
+  f_stop(&f);
+  f_stop(&g);
+  dialer_stop(&e);
+  loop_drain(&e.loop);
+}
+
+/* An id of H2R_ID_MAX bytes attaches; one byte more is refused (400). */
+TEST(id_longest) {
+  env_t e;
+  env_init(&e, NULL);
+  char id[H2R_ID_MAX + 2];
+  memset(id, 'i', H2R_ID_MAX);
+  id[H2R_ID_MAX] = '\0';
+  fake_t f, g;
+  ASSERT_EQ(f_attach(&f, &e, id, NULL, F_IGNORE), 200);
+  id[H2R_ID_MAX - 1] = 'j';
+  id[H2R_ID_MAX] = 'j';
+  id[H2R_ID_MAX + 1] = '\0';
+  ASSERT_EQ(f_attach(&g, &e, id, NULL, F_IGNORE), 400);
+  ASSERT_EQ(stats(&e).listeners, 1);
+  f_stop(&f);
+  f_stop(&g);
   dialer_stop(&e);
   loop_drain(&e.loop);
 }
