@@ -283,6 +283,10 @@ static void lis_closed(h2rev_listener_t *l) {
   ((lis_t *)l->data)->closed = 1;
 }
 
+static void lis_closed_flag(h2rev_listener_t *l) {
+  *(int *)l->data = 1;
+}
+
 static void lis_stop(lis_t *L) {
   if (!L->open)
     return;
@@ -822,6 +826,72 @@ TEST(pickup_failed) {
   f_stop(&f);
   dialer_stop(&e);
   loop_drain(&e.loop);
+}
+
+static int lis_lost_3(void *arg) {
+  return ((lis_t *)arg)->lost >= 3;
+}
+
+/* A connection the kernel refuses at once (TCP to the broadcast address:
+ * connect() fails with ENETUNREACH, nothing is sent) is an attempt like any
+ * other: reported lost, retried with backoff, given up after max_retries;
+ * and a close while it retries completes. */
+TEST(listener_connect_fails_at_once) {
+  uv_loop_t loop;
+  ASSERT_OK(uv_loop_init(&loop));
+  env_t e = {0}; /* for lis_t only: no dialer */
+  h2rev_listener_options_t o = {0};
+  o.url = "http://255.255.255.255:9/base";
+  o.id = "nowhere";
+  o.backoff_min_ms = 20;
+  o.backoff_max_ms = 40;
+  o.max_retries = 3;
+  o.on_state = lis_state;
+  test_logger(&o.log, "nowhere");
+  lis_t L = {.e = &e};
+  ASSERT_OK(h2rev_listener_init(&loop, &L.l, &o));
+  L.l.data = &L;
+  ASSERT_OK(h2rev_listener_start(&L.l, lis_conn));
+  run_until(&loop, &L.stopped, 5000);
+  ASSERT_EQ(L.lost, 4); /* the first attempt and 3 retries */
+  ASSERT_EQ(L.last_err, UV_ENETUNREACH);
+  h2rev_listener_close(&L.l, lis_closed);
+  run_until(&loop, &L.closed, 5000);
+
+  lis_t M = {.e = &e};
+  o.max_retries = 0;
+  ASSERT_OK(h2rev_listener_init(&loop, &M.l, &o));
+  M.l.data = &M;
+  ASSERT_OK(h2rev_listener_start(&M.l, lis_conn));
+  run_cond(&loop, lis_lost_3, &M, 5000, "three attempts lost");
+  h2rev_listener_close(&M.l, lis_closed);
+  run_until(&loop, &M.closed, 5000);
+  ASSERT_EQ(M.stopped, 1);
+  loop_drain(&loop);
+}
+
+/* At most 32 extra headers for a listener's requests: one more is refused. */
+TEST(listener_headers_limit) {
+  uv_loop_t loop;
+  ASSERT_OK(uv_loop_init(&loop));
+  static char lines[33][32];
+  const char *h[34];
+  for (int i = 0; i < 33; i++) {
+    snprintf(lines[i], sizeof(lines[i]), "X-Extra-%d: %d", i, i);
+    h[i] = lines[i];
+  }
+  h[32] = NULL;
+  h2rev_listener_options_t o = {.url = "http://127.0.0.1:9/base", .id = "h", .headers = h};
+  h2rev_listener_t l;
+  ASSERT_OK(h2rev_listener_init(&loop, &l, &o));
+  int closed = 0;
+  l.data = &closed;
+  h2rev_listener_close(&l, lis_closed_flag);
+  run_until(&loop, &closed, 5000);
+  h[32] = lines[32];
+  h[33] = NULL;
+  ASSERT_EQ(h2rev_listener_init(&loop, &l, &o), UV_EINVAL);
+  loop_drain(&loop);
 }
 
 /* The dialer goes away and comes back on the same port: the listener
