@@ -345,7 +345,7 @@ int h2r_revdial_path(char *out, size_t cap, const char *base, const char *id) {
     unsigned char c = (unsigned char)*p;
     bool plain = (c >= 'a' && c <= 'z') || (c >= 'A' && c <= 'Z') || (c >= '0' && c <= '9') ||
                  c == '.' || c == '_' || c == '~' || c == '-';
-    if (o + 4 >= cap)
+    if (o + (plain ? 1 : 3) + 1 > cap) /* the byte or its %XX, and the NUL */
       return UV_ENOBUFS;
     if (plain)
       out[o++] = (char)c;

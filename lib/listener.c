@@ -618,15 +618,17 @@ static int parse_url(h2r_listener_t *l, const char *url) {
   int r = h2r_url_parse(url, &u);
   if (r != 0)
     return r;
-  char path[1400];
-  r = h2r_revdial_path(path, sizeof(path), u.path, l->id) == 0 ? 0 : H2REV_EURL;
+  /* Room for the base path whatever its length, and every byte of the id
+   * escaped (%XX). */
+  size_t cap = strlen(u.path) + sizeof("/revdial?id=") + 3 * strlen(l->id);
+  l->path = malloc(cap);
+  r = l->path == NULL ? UV_ENOMEM : h2r_revdial_path(l->path, cap, u.path, l->id);
   free(u.path);
   l->tls = u.tls;
   l->host = u.host;
   l->port = u.port;
   l->authority = u.authority;
-  l->path = r == 0 ? h2r_strndup(path, strlen(path)) : NULL;
-  return r != 0 ? r : l->path != NULL ? 0 : UV_ENOMEM;
+  return r;
 }
 
 static int parse_headers(h2r_listener_t *l, const char *const *h) {

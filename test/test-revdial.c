@@ -1176,7 +1176,7 @@ typedef struct fsrv {
   int sessions, open;
   int requests;
   int controls;
-  char method[16], scheme[16], path[256], role[16], authority[64];
+  char method[16], scheme[16], path[4096], role[16], authority[64];
   int first_end_stream;
   char path2[256], role2[16];
   rstrm_t ctl;
@@ -1292,6 +1292,43 @@ static int fs_requests_2(void *arg) {
 static int fs_gone(void *arg) {
   fsrv_t *t = arg;
   return t->open == 0 && (!t->ctl.attached || t->ctl.closed);
+}
+
+/* A base path longer than any fixed buffer would hold (the listener's was
+ * 1400 bytes): the request path is sized to it, the id escaped in it. */
+TEST(listener_long_base_path) {
+  env_t fe; /* the loop and the CA */
+  memset(&fe, 0, sizeof(fe));
+  ASSERT_OK(uv_loop_init(&fe.loop));
+  test_path(fe.ca, sizeof(fe.ca), test_certs(), "ca.pem");
+  fsrv_t t;
+  fs_start(&t, &fe.loop);
+  enum { BASE = 3000 };
+  static char base[BASE + 1], url[BASE + 64], want[BASE + 64];
+  base[0] = '/';
+  memset(base + 1, 'p', BASE - 1);
+  snprintf(url, sizeof(url), "https://127.0.0.1:%d%s", t.port, base);
+  snprintf(want, sizeof(want), "%s/revdial?id=far%%3Aaway%%40x", base);
+  h2rev_listener_options_t o = {0};
+  o.url = url;
+  o.id = "far:away@x";
+  o.tls.ca_file = fe.ca;
+  o.on_state = lis_state;
+  test_logger(&o.log, "long");
+  lis_t L = {.e = &fe};
+  ASSERT_OK(h2rev_listener_init(&fe.loop, &L.l, &o));
+  L.l.data = &L;
+  ASSERT_OK(h2rev_listener_start(&L.l, lis_conn));
+  L.open = 1;
+  run_cond(&fe.loop, fs_ctl, &t, 5000, "control request");
+  ASSERT_STR_EQ(t.path, want);
+  run_cond(&fe.loop, lis_attached, &L, 5000, "listener attached");
+  lis_stop(&L);
+  run_cond(&fe.loop, fs_gone, &t, 5000, "fake dialer's session closed");
+  r_close(&t.ctl);
+  uv_close((uv_handle_t *)&t.tcp, NULL);
+  SSL_CTX_free(t.ctx);
+  loop_drain(&fe.loop);
 }
 
 TEST(wire_format) {
