@@ -578,7 +578,7 @@ static void f_request(fake_t *f, rstrm_t *r, const char *role) {
   ASSERT_OK(h2r_revdial_path(path, sizeof(path), "/base", f->id));
   snprintf(authority, sizeof(authority), "127.0.0.1:%d", f->e->port);
   nghttp2_nv nv[8 + F_MAX_FILLERS];
-  char fillers[F_MAX_FILLERS][16];
+  char fillers[F_MAX_FILLERS][24];
   size_t n = 0;
 #define NV(k, v) nv[n++] = (nghttp2_nv){(uint8_t *)(k), (uint8_t *)(v), strlen(k), strlen(v), 0}
   NV(":method", "GET");
