@@ -103,17 +103,13 @@ static int tokens_read(const char *path, token_set_t *out, char *why, size_t wle
     snprintf(why, wlen, "cannot read tokens file %s: %s", path, strerror(errno));
     return -1;
   }
-  char line[4096];
+  /* Lines as long as they come: an id and a token of up to TOOL_SECRET_MAX. */
+  char *line = NULL;
+  size_t cap = 0;
   unsigned lineno = 0;
   int rc = 0;
-  while (rc == 0 && fgets(line, sizeof(line), f) != NULL) {
+  while (rc == 0 && getline(&line, &cap, f) != -1) {
     lineno++;
-    size_t len = strlen(line);
-    if (len == sizeof(line) - 1 && line[len - 1] != '\n') {
-      snprintf(why, wlen, "%s:%u: line too long", path, lineno);
-      rc = -1;
-      break;
-    }
     char *save = NULL;
     char *id = strtok_r(line, " \t\r\n", &save);
     if (id == NULL || id[0] == '#')
@@ -122,6 +118,11 @@ static int tokens_read(const char *path, token_set_t *out, char *why, size_t wle
     char *extra = strtok_r(NULL, " \t\r\n", &save);
     if (tok == NULL || extra != NULL) {
       snprintf(why, wlen, "%s:%u: expected \"ID TOKEN\"", path, lineno);
+      rc = -1;
+      break;
+    }
+    if (strlen(tok) > TOOL_SECRET_MAX) {
+      snprintf(why, wlen, "%s:%u: a token is at most %d characters", path, lineno, TOOL_SECRET_MAX);
       rc = -1;
       break;
     }
@@ -144,7 +145,9 @@ static int tokens_read(const char *path, token_set_t *out, char *why, size_t wle
     snprintf(why, wlen, "cannot read tokens file %s: %s", path, strerror(errno));
     rc = -1;
   }
-  OPENSSL_cleanse(line, sizeof(line));
+  if (line != NULL)
+    OPENSSL_cleanse(line, cap);
+  free(line);
   fclose(f);
   if (rc != 0)
     tokens_free(out);

@@ -189,10 +189,14 @@ int main(int argc, char **argv) {
       tool_usage_error("cannot read %s", files[i]);
   const char *from;
   char *token = tool_token(token_flag, token_file, &from);
-  char auth[TOOL_SECRET_MAX + 32];
+  static const char bearer[] = "Authorization: Bearer ";
+  size_t auth_len = token != NULL ? sizeof(bearer) + strlen(token) : 0;
+  char *auth = NULL;
   const char *headers[2] = {NULL, NULL};
   if (token != NULL) {
-    snprintf(auth, sizeof(auth), "Authorization: Bearer %s", token);
+    if ((auth = malloc(auth_len)) == NULL)
+      tool_fatal("out of memory");
+    snprintf(auth, auth_len, "%s%s", bearer, token);
     headers[0] = auth;
     tool_logf(H2REV_LOG_DEBUG, "token from %s", from);
   }
@@ -214,7 +218,9 @@ int main(int argc, char **argv) {
   int r = h2rev_listener_init(loop, &listener, &o);
   tool_capture_end();
   /* The library keeps its own copy: the secret leaves this process's other memory. */
-  OPENSSL_cleanse(auth, sizeof(auth));
+  if (auth != NULL)
+    OPENSSL_cleanse(auth, auth_len);
+  free(auth);
   if (token != NULL)
     OPENSSL_cleanse(token, strlen(token));
   free(token);

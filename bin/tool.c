@@ -235,42 +235,40 @@ int tool_read_secret(const char *path, char **out, char *why, size_t len) {
     snprintf(why, len, "cannot read %s: %s", path, strerror(errno));
     return -1;
   }
-  /* One more than a token may be, to tell a long one from one that fits. */
-  char buf[TOOL_SECRET_MAX + 2];
-  size_t n = fread(buf, 1, sizeof(buf) - 1, f);
+  /* The whole first line, however long: its length is judged below, once
+   * the white space around the token is gone. */
+  char *line = NULL;
+  size_t cap = 0;
+  ssize_t n = getline(&line, &cap, f);
   bool err = ferror(f) != 0;
   int e = errno;
   fclose(f);
+  int rc = 0;
   if (err) {
     snprintf(why, len, "cannot read %s: %s", path, strerror(e));
-    return -1;
+    rc = -1;
   }
-  buf[n] = '\0';
-  char *nl = strchr(buf, '\n');
-  if (nl != NULL)
-    *nl = '\0';
-  else if (n == sizeof(buf) - 1)
-    n = TOOL_SECRET_MAX + 1; /* longer than a token: refused below */
-  char *start = buf;
-  while (*start == ' ' || *start == '\t')
-    start++;
-  size_t l = strlen(start);
-  while (l > 0 && (start[l - 1] == ' ' || start[l - 1] == '\t' || start[l - 1] == '\r'))
+  char *start = n > 0 ? line : "";
+  size_t l = n > 0 ? (size_t)n : 0;
+  while (l > 0 && (start[l - 1] == '\n' || start[l - 1] == '\r' || start[l - 1] == ' ' ||
+                   start[l - 1] == '\t'))
     l--;
-  if (n > TOOL_SECRET_MAX || !secret_ok(start, l)) {
+  while (l > 0 && (*start == ' ' || *start == '\t'))
+    start++, l--;
+  if (rc == 0 && !secret_ok(start, l)) {
     snprintf(why, len,
              "%s: the first line must be the token (1 to %d printable characters, no spaces)", path,
              TOOL_SECRET_MAX);
-    OPENSSL_cleanse(buf, sizeof(buf));
-    return -1;
+    rc = -1;
   }
-  *out = strndup(start, l);
-  OPENSSL_cleanse(buf, sizeof(buf));
-  if (*out == NULL) {
+  if (rc == 0 && (*out = strndup(start, l)) == NULL) {
     snprintf(why, len, "out of memory");
-    return -1;
+    rc = -1;
   }
-  return 0;
+  if (line != NULL)
+    OPENSSL_cleanse(line, cap);
+  free(line);
+  return rc;
 }
 
 char *tool_token(const char *flag_value, const char *file, const char **from) {

@@ -41,8 +41,10 @@ void tool_capture_end(void);
 void tool_watchdog(uv_loop_t *loop, unsigned ms);
 
 /* A bearer token: at most TOOL_SECRET_MAX visible ASCII characters
- * (RFC 6750's token68 and more, no space or control character). */
-#define TOOL_SECRET_MAX 4096
+ * (RFC 6750's token68 and more, no space or control character). OAuth
+ * access tokens (JWTs carrying group claims) run past 4 KiB; a request's
+ * header block may hold 64 KiB at the dialer. */
+#define TOOL_SECRET_MAX 16384
 #define TOOL_TOKEN_ENV  "H2REV_TOKEN"
 /* The token in path (its first line; surrounding white space dropped) into
  * a malloc'd *out. 0, or -1 with why set. */

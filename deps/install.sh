@@ -10,6 +10,8 @@ PACKAGES=(
   # fuzzing (test/fuzz): clang, and libFuzzer (libclang_rt.fuzzer-x86_64.a),
   # which clang does not pull in
   clang libclang-rt-14-dev
+  # static analysis (.ci/run): scan-build
+  clang-tools
   # test tools
   curl nghttp2-client python3 nginx-light wrk valgrind
 )

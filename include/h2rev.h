@@ -693,7 +693,8 @@ typedef struct h2rev_listener_options_s {
   const char *url; /* the dialer's base URL: https://host[:port]/base or http:// (h2c) */
   const char *id;
   h2rev_tls_options_t tls;
-  const char *const *headers; /* extra request headers "Name: value", NULL-terminated */
+  const char *const *headers; /* extra request headers "Name: value", NULL-terminated;
+                                 at most 32 (h2rev_listener_init: UV_EINVAL beyond) */
   unsigned ping_interval_ms;  /* default 30000 */
   unsigned ping_timeout_ms;   /* default 15000 */
   unsigned handshake_ms;      /* connect + TLS; default 10000 */

@@ -321,7 +321,7 @@ size_t h2r_ctl_encode(char *out, size_t cap, const char *command, const char *er
 }
 
 bool h2r_id_valid(const char *id, size_t len) {
-  if (len == 0 || len > 128)
+  if (len == 0 || len > H2R_ID_MAX)
     return false;
   for (size_t i = 0; i < len; i++) {
     char c = id[i];
@@ -345,7 +345,7 @@ int h2r_revdial_path(char *out, size_t cap, const char *base, const char *id) {
     unsigned char c = (unsigned char)*p;
     bool plain = (c >= 'a' && c <= 'z') || (c >= 'A' && c <= 'Z') || (c >= '0' && c <= '9') ||
                  c == '.' || c == '_' || c == '~' || c == '-';
-    if (o + 4 >= cap)
+    if (o + (plain ? 1 : 3) + 1 > cap) /* the byte or its %XX, and the NUL */
       return UV_ENOBUFS;
     if (plain)
       out[o++] = (char)c;

@@ -34,7 +34,8 @@ size_t h2r_ctl_encode(char *out, size_t cap, const char *command, const char *er
 
 /* The request path of a listener's stream: <base>/revdial?id=<escaped id>. */
 int h2r_revdial_path(char *out, size_t cap, const char *base, const char *id);
-/* Ids: 1..128 bytes of [A-Za-z0-9._~:@-]. */
+/* Ids: 1..H2R_ID_MAX bytes of [A-Za-z0-9._~:@-]. */
+#define H2R_ID_MAX 128
 bool h2r_id_valid(const char *id, size_t len);
 
 #define H2R_ROLE_HEADER "x-h2rev-role"

@@ -171,10 +171,6 @@ static void dial_timeout(uv_timer_t *t) {
 
 /* ---------------------------------------------------- control stream */
 
-typedef struct cwrite {
-  h2rev_write_t w;
-} cwrite_t;
-
 static void ctl_wrote(h2rev_write_t *w, int status) {
   (void)status;
   free(w);
@@ -448,27 +444,32 @@ static bool has_client_cert(const h2r_strm_t *st) {
   return h2r_xport_peer_cert(&st->sess->x) != NULL && SSL_get_verify_result(ssl) == X509_V_OK;
 }
 
-static bool authorized(h2r_dialer_t *d, h2r_strm_t *st, const char *id) {
+/* 0 when the authorize callback allows the listener, else the status to
+ * refuse with. The callback sees every header of the request: a header
+ * block is bounded by max_header_bytes, not by a count. */
+static int authorized(h2r_dialer_t *d, h2r_strm_t *st, const char *id) {
   if (d->o.authorize == NULL)
-    return true;
-  h2rev_header_t hs[64];
-  size_t n = 0;
-  for (unsigned i = 0; i < st->nhdrs && n < 64; i++) {
-    hs[n].name = st->hbuf + st->hdrs[i].name;
-    hs[n].value = st->hbuf + st->hdrs[i].value;
-    n++;
+    return 0;
+  h2rev_header_t *hs = malloc((st->nhdrs > 0 ? st->nhdrs : 1) * sizeof(*hs));
+  if (hs == NULL)
+    return 503;
+  for (unsigned i = 0; i < st->nhdrs; i++) {
+    hs[i].name = st->hbuf + st->hdrs[i].name;
+    hs[i].value = st->hbuf + st->hdrs[i].value;
   }
   h2rev_peer_t peer = {.address = st->sess->x.peer};
-  if (h2r_tls_peer_fill(&peer, h2r_xport_peer_cert(&st->sess->x)) != 0)
-    return false;
-  bool ok = d->o.authorize(d->o.authorize_arg, id, hs, n, &peer) == 0;
-  h2r_tls_peer_free(&peer);
-  return ok;
+  int status = 503; /* h2r_tls_peer_fill: out of memory */
+  if (h2r_tls_peer_fill(&peer, h2r_xport_peer_cert(&st->sess->x)) == 0) {
+    status = d->o.authorize(d->o.authorize_arg, id, hs, st->nhdrs, &peer) == 0 ? 0 : 403;
+    h2r_tls_peer_free(&peer);
+  }
+  free(hs);
+  return status;
 }
 
 static void revdial(h2r_dialer_t *d, h2r_strm_t *st, const char *query) {
   h2r_session_t *c = st->sess;
-  char id[160];
+  char id[H2R_ID_MAX + 1]; /* query_id refuses a longer one */
   size_t idlen = 0;
   if (query_id(query, id, sizeof(id), &idlen) != 0) {
     refuse(d, st, 400, "missing or invalid id", "");
@@ -479,8 +480,9 @@ static void revdial(h2r_dialer_t *d, h2r_strm_t *st, const char *query) {
     refuse(d, st, 403, "no client certificate", id);
     return;
   }
-  if (!authorized(d, st, id)) {
-    refuse(d, st, 403, "not authorized", id);
+  int denied = authorized(d, st, id);
+  if (denied != 0) {
+    refuse(d, st, denied, denied == 503 ? "out of memory" : "not authorized", id);
     return;
   }
   dlst_t **p = slot(d, id, idlen);

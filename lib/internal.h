@@ -289,9 +289,14 @@ struct h2r_session {
   h2r_ratelog_t rl; /* for the lines its peer causes at will */
 };
 
+/* 0: on_open follows (from inside the call when the connection fails at
+ * once), then on_close. Nonzero (out of memory): nothing was started, no
+ * callback runs and s may be freed at once. */
 int h2r_session_connect(h2r_session_t *s, uv_loop_t *loop, const struct sockaddr *addr,
                         SSL_CTX *ctx, const char *host, const h2r_session_opts *o,
                         const h2r_session_cbs *cbs, void *owner, const h2rev_logger_t *log);
+/* As h2r_session_connect. Nonzero: the pending connection is left in
+ * server, and libuv polls server no more until something accepts it. */
 int h2r_session_accept(h2r_session_t *s, uv_loop_t *loop, uv_stream_t *server, SSL_CTX *ctx,
                        const h2r_session_opts *o, const h2r_session_cbs *cbs, void *owner,
                        const h2rev_logger_t *log);
@@ -595,7 +600,10 @@ struct h2r_server {
   unsigned nconns;                /* accepted connections open */
   size_t hdr_total;               /* header blocks held by every connection's streams */
   h2r_ratelog_t rl;               /* for the lines clients cause */
-  struct h2r_lsock *paused;       /* listening sockets not accepted from: at max_connections */
+  struct h2r_lsock *paused;       /* listening sockets not accepted from: at max_connections,
+                                     or waiting for refuse */
+  uv_tcp_t refuse;                /* closes a connection that cannot be served */
+  bool refusing;                  /* refuse is closing */
   uint8_t *rbuf;                  /* read buffer shared by the connections */
   h2r_h1c_t *vconns;              /* HTTP/1.1 on virtual streams */
   const h2r_watch_ops *watch_ops; /* the one internal user watching connections */

@@ -13,6 +13,10 @@
 typedef struct h2r_listener h2r_listener_t;
 
 #define H2R_MAX_SPARES 64
+/* h2rev_listener_options_t.headers: at most this many (UV_EINVAL beyond). */
+#define H2R_LISTENER_MAX_HEADERS 32
+/* A stream's request: the 4 pseudo-headers, those headers and the role. */
+#define H2R_LISTENER_NV (4 + H2R_LISTENER_MAX_HEADERS + 1)
 /* Data streams the dialer refused in a row (REFUSED_STREAM) before the dial
  * they were for is given up (pickup-failed). */
 #define H2R_REFUSED_RETRIES 100
@@ -121,7 +125,7 @@ static void set_state(h2r_listener_t *l, int state, int err, unsigned delay) {
 
 /* ------------------------------------------------------------- headers */
 
-static size_t build_nv(h2r_listener_t *l, nghttp2_nv *nv, size_t cap, const char *role) {
+static size_t build_nv(h2r_listener_t *l, nghttp2_nv nv[H2R_LISTENER_NV], const char *role) {
   size_t n = 0;
 #define NV(k, v)                                                                                   \
   nv[n++] = (nghttp2_nv){(uint8_t *)(k), (uint8_t *)(v), strlen(k), strlen(v),                     \
@@ -130,7 +134,7 @@ static size_t build_nv(h2r_listener_t *l, nghttp2_nv *nv, size_t cap, const char
   NV(":scheme", l->tls ? "https" : "http");
   NV(":authority", l->authority);
   NV(":path", l->path);
-  for (size_t i = 0; i < l->nheaders && n + 2 < cap; i++)
+  for (size_t i = 0; i < l->nheaders; i++) /* parse_headers kept them few enough */
     NV(l->hnames[i], l->hvalues[i]);
   NV(H2R_ROLE_HEADER, role);
 #undef NV
@@ -297,8 +301,8 @@ static void open_data(h2r_listener_t *l) {
   lconn_t *c = l->conn;
   if (c == NULL || !c->attached || c->dead)
     return;
-  nghttp2_nv nv[40];
-  size_t n = build_nv(l, nv, 40, "data");
+  nghttp2_nv nv[H2R_LISTENER_NV];
+  size_t n = build_nv(l, nv, "data");
   h2r_strm_t *st = h2r_session_request(&c->s, nv, n, &data_hooks, c);
   if (st == NULL) {
     ctl_send(c, H2R_CMD_PICKUP_FAILED, "cannot open a stream");
@@ -443,8 +447,8 @@ static void conn_open(h2r_session_t *s, int status) {
       H2R_WARN(&l->o.log, "%s: %s", l->authority, s->x.errmsg);
     return; /* on_close follows */
   }
-  nghttp2_nv nv[40];
-  size_t n = build_nv(l, nv, 40, "control");
+  nghttp2_nv nv[H2R_LISTENER_NV];
+  size_t n = build_nv(l, nv, "control");
   if (h2r_session_request(s, nv, n, &ctl_hooks, c) == NULL) {
     c->why = H2REV_EPROTO;
     h2r_session_close(s, H2REV_EPROTO);
@@ -575,8 +579,18 @@ static void resolved(uv_getaddrinfo_t *req, int status, struct addrinfo *res) {
   l->live_conns++;
   l->state = L_CONNECTING;
   const char *sni = l->o.tls.server_name ? l->o.tls.server_name : l->host;
-  h2r_session_connect(&c->s, l->loop, res->ai_addr, l->ctx, sni, &o, &conn_cbs, c, &c->log);
+  int r = h2r_session_connect(&c->s, l->loop, res->ai_addr, l->ctx, sni, &o, &conn_cbs, c, &c->log);
   uv_freeaddrinfo(res);
+  if (r != 0) {
+    /* Nothing of the session was started (a failure once it is reaches
+     * conn_close): the attempt ends here, like one that failed to connect. */
+    H2R_WARN(&l->o.log, "cannot start a connection to %s: %s", l->authority, h2rev_strerror(r));
+    conn_unlink(l, c);
+    free(c);
+    l->live_conns--;
+    l->conn = NULL;
+    lost(l, r);
+  }
 }
 
 static void connect_now(h2r_listener_t *l) {
@@ -604,22 +618,24 @@ static int parse_url(h2r_listener_t *l, const char *url) {
   int r = h2r_url_parse(url, &u);
   if (r != 0)
     return r;
-  char path[1400];
-  r = h2r_revdial_path(path, sizeof(path), u.path, l->id) == 0 ? 0 : H2REV_EURL;
+  /* Room for the base path whatever its length, and every byte of the id
+   * escaped (%XX). */
+  size_t cap = strlen(u.path) + sizeof("/revdial?id=") + 3 * strlen(l->id);
+  l->path = malloc(cap);
+  r = l->path == NULL ? UV_ENOMEM : h2r_revdial_path(l->path, cap, u.path, l->id);
   free(u.path);
   l->tls = u.tls;
   l->host = u.host;
   l->port = u.port;
   l->authority = u.authority;
-  l->path = r == 0 ? h2r_strndup(path, strlen(path)) : NULL;
-  return r != 0 ? r : l->path != NULL ? 0 : UV_ENOMEM;
+  return r;
 }
 
 static int parse_headers(h2r_listener_t *l, const char *const *h) {
   size_t n = 0;
   while (h != NULL && h[n] != NULL)
     n++;
-  if (n > 32)
+  if (n > H2R_LISTENER_MAX_HEADERS)
     return UV_EINVAL;
   l->hnames = calloc(n + 1, sizeof(char *));
   l->hvalues = calloc(n + 1, sizeof(char *));
@@ -636,8 +652,11 @@ static int parse_headers(h2r_listener_t *l, const char *const *h) {
       return UV_EINVAL;
     l->hnames[i] = h2r_strndup(h[i], (size_t)(colon - h[i]));
     l->hvalues[i] = h2r_strndup(v, strlen(v));
-    if (l->hnames[i] == NULL || l->hvalues[i] == NULL)
+    if (l->hnames[i] == NULL || l->hvalues[i] == NULL) {
+      free(l->hnames[i]); /* not counted in nheaders yet: free_listener skips them */
+      free(l->hvalues[i]);
       return UV_ENOMEM;
+    }
     for (char *q = l->hnames[i]; *q; q++)
       *q = (char)tolower((unsigned char)*q);
     l->nheaders++;

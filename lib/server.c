@@ -895,6 +895,48 @@ static void conn_h1(h2r_session_t *s) {
 
 static const h2r_session_cbs conn_cbs = {conn_open, on_request, conn_dead, conn_close, conn_h1};
 
+/* Waits for its turn at the next resume_accepting: libuv polls the socket no
+ * more until then, and the clients wait in the backlog. */
+static void pause_accepting(h2r_server_t *srv, h2r_lsock_t *k) {
+  if (k->paused)
+    return;
+  k->paused = true;
+  k->pnext = srv->paused;
+  srv->paused = k;
+}
+
+static void refused_closed(uv_handle_t *h) {
+  h2r_server_t *srv = h->data;
+  srv->refusing = false;
+  resume_accepting(srv);
+  h2r_server_unref(srv);
+}
+
+/* A connection that cannot be served is accepted and closed at once: left
+ * pending, it would keep libuv from polling its socket for good. */
+static void refuse_connection(h2r_server_t *srv, h2r_lsock_t *k, const char *why) {
+  if (srv->refusing) {
+    pause_accepting(srv, k); /* the handle is still closing the last one */
+    return;
+  }
+  uv_tcp_init(srv->loop, &srv->refuse);
+  srv->refuse.data = srv;
+  char peer[INET6_ADDRSTRLEN + 8] = "a client";
+  if (uv_accept((uv_stream_t *)&k->tcp, (uv_stream_t *)&srv->refuse) == 0) {
+    struct sockaddr_storage ss;
+    int len = sizeof(ss);
+    char ip[INET6_ADDRSTRLEN];
+    if (uv_tcp_getpeername(&srv->refuse, (struct sockaddr *)&ss, &len) == 0 &&
+        uv_ip_name((struct sockaddr *)&ss, ip, sizeof(ip)) == 0)
+      snprintf(peer, sizeof(peer), "%s", ip);
+  }
+  h2r_log_limited(&srv->o.log, &srv->rl, srv->loop, H2REV_LOG_WARN,
+                  "connection from %s closed at once: %s", peer, why);
+  srv->refusing = true;
+  h2r_server_ref(srv);
+  uv_close((uv_handle_t *)&srv->refuse, refused_closed);
+}
+
 static void on_connection(uv_stream_t *server, int status) {
   h2r_lsock_t *k = server->data;
   h2r_server_t *srv = k->srv;
@@ -903,18 +945,17 @@ static void on_connection(uv_stream_t *server, int status) {
   if (srv->nconns >= srv->o.max_connections) {
     /* Not accepting stops libuv from polling the socket until uv_accept:
      * the clients wait in the backlog, and the loop does not spin. */
-    if (!k->paused) {
+    if (!k->paused)
       H2R_WARN(&srv->o.log, "%u connections open (the limit): not accepting until one closes",
                srv->nconns);
-      k->paused = true;
-      k->pnext = srv->paused;
-      srv->paused = k;
-    }
+    pause_accepting(srv, k);
     return;
   }
   h2r_hconn_t *c = calloc(1, sizeof(*c));
-  if (c == NULL)
+  if (c == NULL) {
+    refuse_connection(srv, k, "out of memory");
     return;
+  }
   c->srv = srv;
   h2r_session_opts o;
   h2r_session_opts_default(&o);
@@ -933,11 +974,13 @@ static void on_connection(uv_stream_t *server, int status) {
     srv->conns->prev = c;
   srv->conns = c;
   h2r_server_ref(srv);
-  if (h2r_session_accept(&c->s, srv->loop, server, k->ctx, &o, &conn_cbs, c, &srv->o.log) != 0) {
+  int r = h2r_session_accept(&c->s, srv->loop, server, k->ctx, &o, &conn_cbs, c, &srv->o.log);
+  if (r != 0) {
     srv->conns = c->next;
     if (c->next != NULL)
       c->next->prev = NULL;
     free(c);
+    refuse_connection(srv, k, h2rev_strerror(r));
     h2r_server_unref(srv);
     return;
   }

@@ -703,18 +703,14 @@ static int s_init(h2r_session_t *s, uv_loop_t *loop, bool server, const h2r_sess
   return 0;
 }
 
-/* A failure before the transport exists: release what s_init made. */
+/* s_init fails before it makes any handle: nothing is left to close, and
+ * the caller may free s at once (no callback runs). */
 static int s_init_failed(h2r_session_t *s, int r) {
   if (s->ng != NULL) {
-    s->state = H2R_S_DEAD;
-    s->x_closed = true;
-    s->close_reported = true;
-    uv_close((uv_handle_t *)&s->check, NULL);
-    uv_close((uv_handle_t *)&s->idle, NULL);
-    uv_close((uv_handle_t *)&s->ping_timer, NULL);
     nghttp2_session_del(s->ng);
     s->ng = NULL;
   }
+  s->state = H2R_S_DEAD;
   return r;
 }
 

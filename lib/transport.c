@@ -208,9 +208,8 @@ static int x_init(h2r_xport_t *x, uv_loop_t *loop, SSL_CTX *ctx, bool server, un
   x->server = server;
   x->handshake_ms = hs_ms;
   x->rbuf_len = H2R_RBUF_SIZE / 2;
-  x->rbuf = shared != NULL ? shared : malloc(ctx != NULL ? H2R_RBUF_SIZE : x->rbuf_len);
-  if (x->rbuf == NULL)
-    return UV_ENOMEM;
+  /* The handles first: a failure below leaves a socket that h2r_xport_accept
+   * can still take from its server, and that closes as any other. */
   uv_tcp_init(loop, &x->tcp);
   uv_timer_init(loop, &x->timer);
   uv_idle_init(loop, &x->done);
@@ -222,6 +221,9 @@ static int x_init(h2r_xport_t *x, uv_loop_t *loop, SSL_CTX *ctx, bool server, un
   x->nhandles = 4;
   if (unref)
     h2r_xport_set_unref(x, true);
+  x->rbuf = shared != NULL ? shared : malloc(ctx != NULL ? H2R_RBUF_SIZE : x->rbuf_len);
+  if (x->rbuf == NULL)
+    return UV_ENOMEM;
   if (ctx != NULL) {
     x->ssl = SSL_new(ctx);
     BIO *b = x->ssl != NULL ? x_bio_new(x) : NULL;
@@ -640,8 +642,11 @@ int h2r_xport_connect(h2r_xport_t *x, uv_loop_t *loop, const struct sockaddr *ad
 int h2r_xport_accept(h2r_xport_t *x, uv_loop_t *loop, uv_stream_t *server, SSL_CTX *ctx,
                      unsigned handshake_ms, const h2r_xport_cbs *cbs, void *owner) {
   int r = x_init(x, loop, ctx, true, handshake_ms, cbs, owner);
+  /* Accepted even when x_init failed: libuv polls the server no more
+   * until its pending connection is taken; closing x closes it. */
+  int a = uv_accept(server, (uv_stream_t *)&x->tcp);
   if (r == 0)
-    r = uv_accept(server, (uv_stream_t *)&x->tcp);
+    r = a;
   if (r == 0 && x->ssl != NULL)
     SSL_set_accept_state(x->ssl);
   if (r == 0)

@@ -831,9 +831,9 @@ static void keep(uconn_t *c, const char *p, size_t n) {
 
 static void uc_read(h2rev_stream_t *s, ssize_t n, const uv_buf_t *buf) {
   uconn_t *c = s->data;
-  uwrite_t *w = buf->base != NULL ? H2R_CONTAINER_OF(buf->base, uwrite_t, data) : NULL;
   if (n <= 0) {
-    wfree(c->u, w);
+    if (buf->base != NULL)
+      wfree(c->u, H2R_CONTAINER_OF(buf->base, uwrite_t, data));
     if (n == 0 || c->closing)
       return;
     if (n != UV_EOF) {
@@ -857,6 +857,7 @@ static void uc_read(h2rev_stream_t *s, ssize_t n, const uv_buf_t *buf) {
     uc_check(c);
     return;
   }
+  uwrite_t *w = H2R_CONTAINER_OF(buf->base, uwrite_t, data); /* n bytes: uc_alloc's buffer */
   if (c->over) {
     if (!c->dropping)
       H2R_DEBUG(&c->u->log, "bytes after the last request on a reverse connection: dropped");

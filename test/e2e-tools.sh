@@ -165,6 +165,42 @@ wait_for grep -q refused "$WORK/listener-alphab.log" || fail "alphab: no refusal
 ok "--tokens-file: per-id tokens (several per id), --token also accepted, others refused"
 stop "$DPID" "$A_LPID" "$B_LPID" "$C_LPID" "$X_LPID" "$Y_LPID"
 
+# ------------------------------------------------------------ long tokens
+# Tokens of any length up to the tools' limit (16384 characters) go whole
+# from the listener's file or flag to the dialer's file: none is cut on the
+# way (a token differing in its last character only is refused).
+long() { printf '%s%s' "$(head -c "$(($1 - 1))" /dev/zero | tr '\0' "$2")" "$3"; }
+t200=$(long 200 a A)
+t5000=$(long 5000 b B)
+tmax=$(long 16384 c C)
+printf '%s\n' "$t5000" > "$WORK/token-5000"
+printf '%s\n' "$tmax" > "$WORK/token-max"
+printf '%s\n' "$(long 16385 d D)" > "$WORK/token-over"
+printf 'short %s\nmax %s\n' "$t200" "$tmax" > "$WORK/long.tokens"
+printf 'over %s\n' "$(long 16385 d D)" > "$WORK/over.tokens"
+dialer long --token-file "$WORK/token-5000" --tokens-file "$WORK/long.tokens"
+listener l5000 l5000 --token-file "$WORK/token-5000"
+L1=$LPID
+listener short short --token "$t200"
+L2=$LPID
+listener max max --token-file "$WORK/token-max"
+L3=$LPID
+listener cut cut --token "$(long 5000 b X)"
+L4=$LPID
+for id in l5000 short max; do
+  wait_for tcurl -f "$(tun $id)/index.html" || fail "long tokens: $id not attached"
+done
+wait_for grep -q 'refused (403) for id "cut"' "$WORK/dialer-long.log" ||
+  fail "a 5000-character token differing in its last character was not refused"
+stop "$DPID" "$L1" "$L2" "$L3" "$L4"
+bad h2rev-listener --url https://127.0.0.1:1 --upstream http://127.0.0.1:1 --id x \
+  --token-file "$WORK/token-over"
+grep -q "16384" "$WORK/err" || fail "a token over the limit: the limit not named: $(cat "$WORK/err")"
+bad h2rev-dialer --tokens-file "$WORK/over.tokens"
+grep -q "over.tokens:1: a token is at most 16384" "$WORK/err" ||
+  fail "a tokens file's token over the limit: $(cat "$WORK/err")"
+ok "tokens of 200, 5000 and 16384 characters (flag, file, tokens file) accepted whole; longer ones refused"
+
 # ------------------------------------------------------------------- mTLS
 (
   cd "$WORK"

@@ -312,6 +312,13 @@ TEST(revdial_path) {
   ASSERT_STR_EQ(out, "/a/revdial?id=u%40h%3A1%26x%3D%2F%3F%23%25");
   ASSERT_EQ(h2r_revdial_path(out, 10, "/base", "abc"), UV_ENOBUFS);
   ASSERT_EQ(h2r_revdial_path(out, 22, "/base", "my id"), UV_ENOBUFS);
+  /* The length and its NUL are enough, to the byte. */
+  ASSERT_OK(h2r_revdial_path(out, 21, "/base", "abc"));
+  ASSERT_STR_EQ(out, "/base/revdial?id=abc");
+  ASSERT_EQ(h2r_revdial_path(out, 20, "/base", "abc"), UV_ENOBUFS);
+  ASSERT_OK(h2r_revdial_path(out, 25, "/base", "my id"));
+  ASSERT_STR_EQ(out, "/base/revdial?id=my%20id");
+  ASSERT_EQ(h2r_revdial_path(out, 24, "/base", "my id"), UV_ENOBUFS);
 }
 
 TEST(id_valid) {

@@ -283,6 +283,10 @@ static void lis_closed(h2rev_listener_t *l) {
   ((lis_t *)l->data)->closed = 1;
 }
 
+static void lis_closed_flag(h2rev_listener_t *l) {
+  *(int *)l->data = 1;
+}
+
 static void lis_stop(lis_t *L) {
   if (!L->open)
     return;
@@ -450,6 +454,7 @@ static void echo_through(env_t *e, const char *id, size_t len, uint64_t seed) {
 typedef struct fake fake_t;
 
 enum { F_IGNORE, F_PICKUP_FAILED, F_OPEN_DATA };
+#define F_MAX_FILLERS 100
 
 typedef struct rstrm {
   h2rev_stream_t s;
@@ -471,6 +476,7 @@ struct fake {
   const char *role;      /* x-h2rev-role of the control request; NULL: none */
   const char *data_role; /* of data requests */
   const char *auth;      /* authorization header; NULL: none */
+  int fillers;           /* x-filler-N headers before it */
   int mode;              /* what conn-ready does */
   int conn_ready;
   rstrm_t ctl;
@@ -571,7 +577,8 @@ static void f_request(fake_t *f, rstrm_t *r, const char *role) {
   char path[256], authority[64];
   ASSERT_OK(h2r_revdial_path(path, sizeof(path), "/base", f->id));
   snprintf(authority, sizeof(authority), "127.0.0.1:%d", f->e->port);
-  nghttp2_nv nv[8];
+  nghttp2_nv nv[8 + F_MAX_FILLERS];
+  char fillers[F_MAX_FILLERS][24];
   size_t n = 0;
 #define NV(k, v) nv[n++] = (nghttp2_nv){(uint8_t *)(k), (uint8_t *)(v), strlen(k), strlen(v), 0}
   NV(":method", "GET");
@@ -580,6 +587,11 @@ static void f_request(fake_t *f, rstrm_t *r, const char *role) {
   NV(":path", path);
   if (role != NULL)
     NV(H2R_ROLE_HEADER, role);
+  ASSERT_LE(f->fillers, F_MAX_FILLERS);
+  for (int i = 0; i < f->fillers; i++) {
+    snprintf(fillers[i], sizeof(fillers[i]), "x-filler-%d", i);
+    NV(fillers[i], "-");
+  }
   if (f->auth != NULL)
     NV("authorization", f->auth);
 #undef NV
@@ -587,14 +599,18 @@ static void f_request(fake_t *f, rstrm_t *r, const char *role) {
   r->requested = 1;
 }
 
-/* The authorization header of the next fake (used once). */
+/* The authorization header of the next fake (used once), and the headers
+ * that come before it. */
 static const char *next_auth;
+static int next_fillers;
 
 /* Connects and sends the control request; does not wait for the answer. */
 static void f_start(fake_t *f, env_t *e, const char *id, const char *role, int mode) {
   memset(f, 0, sizeof(*f));
   f->auth = next_auth;
   next_auth = NULL;
+  f->fillers = next_fillers;
+  next_fillers = 0;
   f->e = e;
   snprintf(f->id, sizeof(f->id), "%s", id);
   f->role = role;
@@ -812,6 +828,72 @@ TEST(pickup_failed) {
   loop_drain(&e.loop);
 }
 
+static int lis_lost_3(void *arg) {
+  return ((lis_t *)arg)->lost >= 3;
+}
+
+/* A connection the kernel refuses at once (TCP to the broadcast address:
+ * connect() fails with ENETUNREACH, nothing is sent) is an attempt like any
+ * other: reported lost, retried with backoff, given up after max_retries;
+ * and a close while it retries completes. */
+TEST(listener_connect_fails_at_once) {
+  uv_loop_t loop;
+  ASSERT_OK(uv_loop_init(&loop));
+  env_t e = {0}; /* for lis_t only: no dialer */
+  h2rev_listener_options_t o = {0};
+  o.url = "http://255.255.255.255:9/base";
+  o.id = "nowhere";
+  o.backoff_min_ms = 20;
+  o.backoff_max_ms = 40;
+  o.max_retries = 3;
+  o.on_state = lis_state;
+  test_logger(&o.log, "nowhere");
+  lis_t L = {.e = &e};
+  ASSERT_OK(h2rev_listener_init(&loop, &L.l, &o));
+  L.l.data = &L;
+  ASSERT_OK(h2rev_listener_start(&L.l, lis_conn));
+  run_until(&loop, &L.stopped, 5000);
+  ASSERT_EQ(L.lost, 4); /* the first attempt and 3 retries */
+  ASSERT_EQ(L.last_err, UV_ENETUNREACH);
+  h2rev_listener_close(&L.l, lis_closed);
+  run_until(&loop, &L.closed, 5000);
+
+  lis_t M = {.e = &e};
+  o.max_retries = 0;
+  ASSERT_OK(h2rev_listener_init(&loop, &M.l, &o));
+  M.l.data = &M;
+  ASSERT_OK(h2rev_listener_start(&M.l, lis_conn));
+  run_cond(&loop, lis_lost_3, &M, 5000, "three attempts lost");
+  h2rev_listener_close(&M.l, lis_closed);
+  run_until(&loop, &M.closed, 5000);
+  ASSERT_EQ(M.stopped, 1);
+  loop_drain(&loop);
+}
+
+/* At most 32 extra headers for a listener's requests: one more is refused. */
+TEST(listener_headers_limit) {
+  uv_loop_t loop;
+  ASSERT_OK(uv_loop_init(&loop));
+  static char lines[33][32];
+  const char *h[34];
+  for (int i = 0; i < 33; i++) {
+    snprintf(lines[i], sizeof(lines[i]), "X-Extra-%d: %d", i, i);
+    h[i] = lines[i];
+  }
+  h[32] = NULL;
+  h2rev_listener_options_t o = {.url = "http://127.0.0.1:9/base", .id = "h", .headers = h};
+  h2rev_listener_t l;
+  ASSERT_OK(h2rev_listener_init(&loop, &l, &o));
+  int closed = 0;
+  l.data = &closed;
+  h2rev_listener_close(&l, lis_closed_flag);
+  run_until(&loop, &closed, 5000);
+  h[32] = lines[32];
+  h[33] = NULL;
+  ASSERT_EQ(h2rev_listener_init(&loop, &l, &o), UV_EINVAL);
+  loop_drain(&loop);
+}
+
 /* The dialer goes away and comes back on the same port: the listener
  * re-attaches by itself. */
 TEST(reconnect_after_dialer_restart) {
@@ -963,6 +1045,56 @@ TEST(authorize_denied) {
   loop_drain(&e.loop);
 }
 
+static size_t last_nheaders;
+
+static int bearer_seen(void *arg, const char *id, const h2rev_header_t *h, size_t n,
+                       const h2rev_peer_t *peer) {
+  last_nheaders = n;
+  return check_bearer(arg, id, h, n, peer);
+}
+
+/* The authorize callback sees every header of the request, however many:
+ * here the token is the 70th (4 pseudo-headers, 65 others before it). */
+TEST(authorize_70_headers) {
+  h2rev_dialer_options_t o = {.authorize = bearer_seen};
+  env_t e;
+  env_init(&e, &o);
+  fake_t f, g;
+  next_auth = "Bearer good";
+  next_fillers = 65;
+  ASSERT_EQ(f_attach(&f, &e, "many", NULL, F_IGNORE), 200);
+  ASSERT_EQ(last_nheaders, 70);
+  next_auth = "Bearer bad";
+  next_fillers = 65;
+  ASSERT_EQ(f_attach(&g, &e, "many-bad", NULL, F_IGNORE), 403);
+  ASSERT_EQ(last_nheaders, 70);
+  ASSERT_EQ(stats(&e).listeners, 1);
+  f_stop(&f);
+  f_stop(&g);
+  dialer_stop(&e);
+  loop_drain(&e.loop);
+}
+
+/* An id of H2R_ID_MAX bytes attaches; one byte more is refused (400). */
+TEST(id_longest) {
+  env_t e;
+  env_init(&e, NULL);
+  char id[H2R_ID_MAX + 2];
+  memset(id, 'i', H2R_ID_MAX);
+  id[H2R_ID_MAX] = '\0';
+  fake_t f, g;
+  ASSERT_EQ(f_attach(&f, &e, id, NULL, F_IGNORE), 200);
+  id[H2R_ID_MAX - 1] = 'j';
+  id[H2R_ID_MAX] = 'j';
+  id[H2R_ID_MAX + 1] = '\0';
+  ASSERT_EQ(f_attach(&g, &e, id, NULL, F_IGNORE), 400);
+  ASSERT_EQ(stats(&e).listeners, 1);
+  f_stop(&f);
+  f_stop(&g);
+  dialer_stop(&e);
+  loop_drain(&e.loop);
+}
+
 /* verify_client REQUEST: the handshake lets a client without a certificate
  * through (a proxy client), but /revdial refuses it, with no authorize
  * callback to do it; a listener with a certificate from the CA attaches. */
@@ -1044,7 +1176,7 @@ typedef struct fsrv {
   int sessions, open;
   int requests;
   int controls;
-  char method[16], scheme[16], path[256], role[16], authority[64];
+  char method[16], scheme[16], path[4096], role[16], authority[64];
   int first_end_stream;
   char path2[256], role2[16];
   rstrm_t ctl;
@@ -1160,6 +1292,43 @@ static int fs_requests_2(void *arg) {
 static int fs_gone(void *arg) {
   fsrv_t *t = arg;
   return t->open == 0 && (!t->ctl.attached || t->ctl.closed);
+}
+
+/* A base path longer than any fixed buffer would hold (the listener's was
+ * 1400 bytes): the request path is sized to it, the id escaped in it. */
+TEST(listener_long_base_path) {
+  env_t fe; /* the loop and the CA */
+  memset(&fe, 0, sizeof(fe));
+  ASSERT_OK(uv_loop_init(&fe.loop));
+  test_path(fe.ca, sizeof(fe.ca), test_certs(), "ca.pem");
+  fsrv_t t;
+  fs_start(&t, &fe.loop);
+  enum { BASE = 3000 };
+  static char base[BASE + 1], url[BASE + 64], want[BASE + 64];
+  base[0] = '/';
+  memset(base + 1, 'p', BASE - 1);
+  snprintf(url, sizeof(url), "https://127.0.0.1:%d%s", t.port, base);
+  snprintf(want, sizeof(want), "%s/revdial?id=far%%3Aaway%%40x", base);
+  h2rev_listener_options_t o = {0};
+  o.url = url;
+  o.id = "far:away@x";
+  o.tls.ca_file = fe.ca;
+  o.on_state = lis_state;
+  test_logger(&o.log, "long");
+  lis_t L = {.e = &fe};
+  ASSERT_OK(h2rev_listener_init(&fe.loop, &L.l, &o));
+  L.l.data = &L;
+  ASSERT_OK(h2rev_listener_start(&L.l, lis_conn));
+  L.open = 1;
+  run_cond(&fe.loop, fs_ctl, &t, 5000, "control request");
+  ASSERT_STR_EQ(t.path, want);
+  run_cond(&fe.loop, lis_attached, &L, 5000, "listener attached");
+  lis_stop(&L);
+  run_cond(&fe.loop, fs_gone, &t, 5000, "fake dialer's session closed");
+  r_close(&t.ctl);
+  uv_close((uv_handle_t *)&t.tcp, NULL);
+  SSL_CTX_free(t.ctx);
+  loop_drain(&fe.loop);
 }
 
 TEST(wire_format) {
