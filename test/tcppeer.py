@@ -8,6 +8,8 @@ Servers (127.0.0.1, port written to --port-file; one line per connection end in 
   serve reset      send 1 MiB, then close with RST (SO_LINGER 0)
   serve firehose   send zeros until the peer goes away
   serve stall      accept, read nothing, hold the connection
+  serve sink       read to EOF, then answer the byte count (a line) and close
+  serve source     read a byte count (a line), send that many bytes, close
 Clients (exit 0 when what a user would check holds, else print why and exit 1):
   halfclose PORT   send 2 MiB, shut down the write side, expect the whole answer
   expect-reset PORT [MIN_BYTES]   expect the connection to end in a reset (after MIN_BYTES)
@@ -17,6 +19,8 @@ Clients (exit 0 when what a user would check holds, else print why and exit 1):
   slow-read PORT SECONDS          read 1 KiB a second for SECONDS; fails if the peer stops early
   fast-write PORT SECONDS         write as fast as the socket takes for SECONDS
   pingpong PORT N SIZE            N round trips of SIZE bytes (on echo); prints the mean in us
+  send PORT BYTES                 to a sink: BYTES, then prints MiB/s (until the sink's count)
+  receive PORT BYTES              from a source: BYTES, prints MiB/s
 """
 import hashlib
 import os
@@ -77,6 +81,27 @@ def serve_conn(mode, c, log):
                 c.sendall(z)
         elif mode == "stall":
             time.sleep(3600)
+        elif mode == "sink":
+            n = 0
+            buf = bytearray(1 << 20)
+            while True:
+                k = c.recv_into(buf)
+                if not k:
+                    break
+                n += k
+            c.sendall(b"%d\n" % n)
+        elif mode == "source":
+            line = b""
+            while not line.endswith(b"\n"):
+                d = c.recv(64)
+                if not d:
+                    return
+                line += d
+            left, z = int(line), memoryview(bytes(1 << 20))
+            while left > 0:
+                k = c.send(z[: min(left, len(z))])
+                left -= k
+            c.shutdown(socket.SHUT_WR)
     except OSError as e:
         log_line(log, "error %s" % e.__class__.__name__)
     finally:
@@ -220,6 +245,38 @@ def pingpong(port, n, size):
     print("%.1f" % (dt / n * 1e6))
 
 
+def send(port, total):
+    c = connect(port)
+    z = memoryview(bytes(1 << 20))
+    t0 = time.perf_counter()
+    left = total
+    while left > 0:
+        left -= c.send(z[: min(left, len(z))])
+    c.shutdown(socket.SHUT_WR)
+    got = read_all(c)
+    dt = time.perf_counter() - t0
+    if got.strip() != str(total).encode():
+        fail("the sink counted %r of %d bytes" % (got, total))
+    print("%.1f" % (total / dt / 1048576))
+
+
+def receive(port, total):
+    c = connect(port)
+    buf = bytearray(1 << 20)
+    t0 = time.perf_counter()
+    c.sendall(b"%d\n" % total)
+    n = 0
+    while True:
+        k = c.recv_into(buf)
+        if not k:
+            break
+        n += k
+    dt = time.perf_counter() - t0
+    if n != total:
+        fail("received %d of %d bytes" % (n, total))
+    print("%.1f" % (total / dt / 1048576))
+
+
 def main(a):
     if a[0] == "serve":
         port_file = a[a.index("--port-file") + 1]
@@ -239,6 +296,10 @@ def main(a):
         slow_read(int(a[1]), float(a[2]))
     elif a[0] == "fast-write":
         fast_write(int(a[1]), float(a[2]))
+    elif a[0] == "send":
+        send(int(a[1]), int(a[2]))
+    elif a[0] == "receive":
+        receive(int(a[1]), int(a[2]))
     elif a[0] == "pingpong":
         pingpong(int(a[1]), int(a[2]), int(a[3]))
     else:
