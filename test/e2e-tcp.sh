@@ -105,10 +105,11 @@ ok "a client that shuts down its write side receives the whole answer (4 MiB aft
 timeout 30 $PEER expect-closed "$T_dead" || fail "refusing upstream"
 wait_for grep -q "cannot connect: connection refused: reverse connection reset" "$WORK/listener-dead.log" ||
   fail "the listener did not log the refused upstream"
-# A refusing upstream is tried again with a doubling delay, not once per round trip.
+# A refusing upstream is tried again with a doubling delay (250 ms to 5 s, a few spares a
+# round), not once per round trip to the dialer (hundreds a second on loopback).
 sleep 3
 n=$(grep -c "cannot connect" "$WORK/listener-dead.log" || true)
-[ "$n" -le 20 ] || fail "$n refused connects logged in about 3 s (no backoff)"
+[ "$n" -le 100 ] || fail "$n refused connects logged in about 3 s (no backoff)"
 ok "an upstream that refuses: the client's connection ends at once, logged ($n attempts in ~3 s)"
 
 timeout 30 $PEER expect-reset "$T_reset" || fail "upstream reset mid-transfer"
