@@ -5,6 +5,10 @@
 #   bench/run.sh            default run (200,000-request growth run, 1000 idle listeners)
 #   bench/run.sh --smoke    tiny counts for CI, under 2 minutes
 #   bench/run.sh --full     1,000,000-request growth run
+#   bench/run.sh --tcp      raw TCP instead (its own table): h2rev-dialer --tcp and
+#                           h2rev-listener --upstream tcp:// against ssh -R on a private sshd,
+#                           1 GiB each way (median of 3) and 10,000 round trips; with --smoke,
+#                           64 MiB and 1,000. Needs openssh-server, openssh-client, python3.
 # Options: --long N (requests of the growth run), --mix N (requests through each pairing of
 # C and Go), --rev REV (build commit REV from git instead of the working tree), --no-build
 # (use build-bench/ as it is), --keep (keep the temp dir). Needs: cmake, a C compiler,
@@ -19,6 +23,7 @@ MIX_N=
 REV=
 BUILD=1
 KEEP=0
+TCP=0
 while [ $# -gt 0 ]; do
   case $1 in
   --smoke) MODE=smoke ;;
@@ -28,7 +33,8 @@ while [ $# -gt 0 ]; do
   --rev) REV=$2; shift ;;
   --no-build) BUILD=0 ;;
   --keep) KEEP=1 ;;
-  -h | --help) sed -n '2,13p' "$0"; exit 0 ;;
+  --tcp) TCP=1 ;;
+  -h | --help) sed -n '2,17p' "$0"; exit 0 ;;
   *) echo "bench/run.sh: unknown option $1" >&2; exit 2 ;;
   esac
   shift
@@ -84,8 +90,9 @@ cleanup() {
 trap cleanup EXIT
 trap 'exit 130' INT TERM
 
-for t in cmake openssl nginx h2load wrk curl python3; do
-  command -v "$t" >/dev/null || die "$t not found (Debian: nginx-light, nghttp2-client, wrk, curl)"
+if [ "$TCP" = 1 ]; then NEEDED="cmake ssh ssh-keygen curl python3"; else NEEDED="cmake openssl nginx h2load wrk curl python3"; fi
+for t in $NEEDED; do
+  command -v "$t" >/dev/null || die "$t not found (Debian: nginx-light, nghttp2-client, wrk, curl, openssh-client)"
 done
 ulimit -n 65536 2>/dev/null || ulimit -n "$(ulimit -Hn)" 2>/dev/null || true
 
@@ -125,6 +132,111 @@ if [ "$BUILD" = 1 ]; then
 fi
 BIN=$BDIR/bin
 [ -x "$BIN/h2rev-dialer" ] && [ -x "$BIN/h2rev-listener" ] || die "no binaries in $BIN"
+
+# ---------------------------------------------------------------------------- raw TCP (--tcp)
+# The same TCP servers (tcppeer.py: a sink, a source, an echo) reached three ways: directly,
+# through h2rev (dialer --tcp, listener --upstream tcp://, TLS between them) and through
+# `ssh -R` on a private sshd (the ssh client on the servers' side, as a listener would be;
+# the sshd's forwarded port as the public one). The paths run in turn, each figure the
+# median of the rounds.
+if [ "$TCP" = 1 ]; then
+  if [ "$MODE" = smoke ]; then T_MIB=64 T_RUNS=1 T_PP=1000; else T_MIB=1024 T_RUNS=3 T_PP=10000; fi
+  SSHD=$(command -v sshd || echo /usr/sbin/sshd)
+  [ -x "$SSHD" ] || die "sshd not found (Debian: openssh-server)"
+  if [ "$(id -u)" = 0 ] && [ ! -d /run/sshd ]; then mkdir -p -m 0755 /run/sshd; fi
+  PEER="python3 $SRC/test/tcppeer.py"
+  for m in sink source echo; do
+    $PEER serve "$m" --port-file "$W/$m.port" 2>>"$W/peer-$m.log" &
+    PIDS+=($!)
+    wait_for 10 test -s "$W/$m.port" || die "tcppeer $m did not start"
+  done
+  declare -A TP=([sink]=$(cat "$W/sink.port") [source]=$(cat "$W/source.port") [echo]=$(cat "$W/echo.port"))
+  mkdir -m 0700 "$W/ssh"
+  ssh-keygen -q -t ed25519 -N '' -f "$W/ssh/host_key"
+  ssh-keygen -q -t ed25519 -N '' -f "$W/ssh/id"
+  cp "$W/ssh/id.pub" "$W/ssh/authorized_keys"
+  SSHP=$(free_port)
+  "$SSHD" -D -e -f /dev/null -h "$W/ssh/host_key" -p "$SSHP" -o ListenAddress=127.0.0.1 \
+    -o AuthorizedKeysFile="$W/ssh/authorized_keys" -o StrictModes=no -o PidFile=none -o UsePAM=no \
+    -o PasswordAuthentication=no -o KbdInteractiveAuthentication=no \
+    -o PermitRootLogin=prohibit-password 2>>"$W/sshd.log" &
+  PIDS+=($!)
+  SSHO=(-F /dev/null -i "$W/ssh/id" -o IdentitiesOnly=yes -o BatchMode=yes -o StrictHostKeyChecking=no
+    -o UserKnownHostsFile="$W/ssh/known_hosts" -o LogLevel=ERROR -o ExitOnForwardFailure=yes)
+  mkdir -p "$W/d"
+  DP=$(free_port)
+  declare -A XP RP
+  TCPFLAGS=()
+  for m in sink source echo; do
+    XP[$m]=$(free_port) RP[$m]=$(free_port)
+    TCPFLAGS+=(--tcp "127.0.0.1:${XP[$m]}=$m")
+  done
+  "$BIN/h2rev-dialer" --listen "127.0.0.1:$DP" --self-signed-dir "$W/d" "${TCPFLAGS[@]}" 2>>"$W/dialer.log" &
+  DPID=$!
+  PIDS+=("$DPID")
+  wait_for 10 curl -sf --cacert "$W/d/h2rev-dialer.crt" "https://127.0.0.1:$DP/healthz" || die "dialer did not start"
+  LPIDS=()
+  for m in sink source echo; do
+    "$BIN/h2rev-listener" --url "https://127.0.0.1:$DP" --id "$m" --ca "$W/d/h2rev-dialer.crt" \
+      --upstream "tcp://127.0.0.1:${TP[$m]}" 2>>"$W/listener-$m.log" &
+    LPIDS+=($!)
+    PIDS+=($!)
+    # One ssh -R per server, as one listener per service.
+    wait_for 10 python3 -c "import socket; socket.create_connection(('127.0.0.1', $SSHP))" || die "sshd did not start"
+    ssh "${SSHO[@]}" -N -p "$SSHP" -R "127.0.0.1:${RP[$m]}:127.0.0.1:${TP[$m]}" 127.0.0.1 2>>"$W/ssh-$m.log" &
+    PIDS+=($!)
+  done
+  for m in sink source echo; do
+    wait_for 10 grep -q "listener $m attached" "$W/dialer.log" || die "listener $m did not attach"
+    wait_for 10 python3 -c "import socket; socket.create_connection(('127.0.0.1', ${RP[$m]}))" || die "ssh -R $m did not start"
+  done
+  declare -A TM
+  tcp_run() { # tcp_run PATH(direct|ssh|h2rev) WHAT(send|receive|pingpong)
+    local port out
+    case $1 in direct) port=${TP[$3]} ;; ssh) port=${RP[$3]} ;; h2rev) port=${XP[$3]} ;; esac
+    if [ "$2" = pingpong ]; then out=$($PEER pingpong "$port" "$T_PP" 64 2>&1)
+    else out=$($PEER "$2" "$port" $((T_MIB << 20)) 2>&1); fi || { problem "$1 $2: $out"; return; }
+    TM[$1-$2]+=" $out"
+  }
+  PROBLEMS=()
+  problem() { PROBLEMS+=("$*"); log "PROBLEM: $*"; }
+  log "raw TCP: $T_MIB MiB each way x $T_RUNS and $T_PP round trips of 64 bytes, direct, ssh -R, h2rev in turn"
+  for i in $(seq 1 "$T_RUNS"); do
+    for what in send:sink receive:source pingpong:echo; do
+      for path in direct ssh h2rev; do
+        [ $((i % 2)) = 0 ] && [ "$path" != direct ] && path=$([ "$path" = ssh ] && echo h2rev || echo ssh)
+        tcp_run "$path" "${what%%:*}" "${what#*:}"
+      done
+    done
+    log "round $i: $(for k in "${!TM[@]}"; do printf '%s:%s ' "$k" "${TM[$k]}"; done)"
+  done
+  tmed() { echo "${TM[$1]:-}" | median; }
+  trow() { printf '| %s | %s | %s | %s | %s |\n' "$@"; }
+  {
+    echo
+    trow metric direct "ssh -R" h2rev "ratio h2rev/ssh -R"
+    trow --- ---: ---: ---: ---:
+    for w in "send:upload (client to the server behind the tunnel)" "receive:download (server to the client)"; do
+      trow "$T_MIB MiB ${w#*:}, MiB/s (median of $T_RUNS)" "$(tmed direct-${w%%:*})" "$(tmed ssh-${w%%:*})" \
+        "$(tmed h2rev-${w%%:*})" "$(ratio "$(tmed h2rev-${w%%:*})" "$(tmed ssh-${w%%:*})")"
+    done
+    trow "ping-pong: $T_PP round trips of 64 bytes on one connection, mean µs (median of $T_RUNS)" \
+      "$(tmed direct-pingpong)" "$(tmed ssh-pingpong)" "$(tmed h2rev-pingpong)" \
+      "$(ratio "$(tmed h2rev-pingpong)" "$(tmed ssh-pingpong)")"
+    echo
+    echo "Throughput: higher is better (ratio ≥ 1: h2rev at least ssh -R's); round trips: lower is better."
+    echo "Machine: $(nproc) CPUs, $(awk -F': ' '/^model name/ {print $2; exit}' /proc/cpuinfo), Linux $(uname -r), $(date -u '+%Y-%m-%d %H:%M UTC'); h2rev $VERSION; $(ssh -V 2>&1)"
+    echo "Command: bench/run.sh${ARGS:+ $ARGS} (mode $MODE, raw TCP); h2rev: TLS (self-signed) between dialer and listener; ssh: default cipher"
+    if [ ${#PROBLEMS[@]} -gt 0 ]; then
+      echo "Problems:"
+      for p in "${PROBLEMS[@]}"; do echo "- $p"; done
+    else
+      echo "Problems: none"
+    fi
+  } | tee "$W/table.md"
+  log "done in $(($(date +%s) - T0)) s"
+  exit 0
+fi
 
 # ---------------------------------------------------------------------------- files, certs
 mkdir -p "$W/www/upload" "$W/tmp"

@@ -53,6 +53,12 @@ static const char usage[] =
     "  --response-timeout MS\n"
     "                       the listener must send the response head within MS\n"
     "                       of the request's end: 504 (default 60000)\n"
+    "  --tcp ADDR:PORT=ID   a raw TCP port: each connection to ADDR:PORT is\n"
+    "                       dialed to listener ID and spliced to it, bytes\n"
+    "                       unchanged (the listener runs --upstream tcp://...);\n"
+    "                       may be repeated\n"
+    "  --tcp-max-conns N    connections open at once on each --tcp port; over it\n"
+    "                       a new one is accepted and closed (default 1024)\n"
     "  --drain-timeout MS   on SIGINT/SIGTERM: stop listening, let requests in\n"
     "                       flight finish for up to MS, then exit (default 10000)\n"
     "  --log-level LEVEL    error, warn, info (default), debug\n"
@@ -281,6 +287,153 @@ static void reload(void) {
   }
 }
 
+/* ------------------------------------------------------------ --tcp */
+
+#define TCP_PORTS_MAX       64
+#define TCP_MAX_CONNS       1024 /* --tcp-max-conns default */
+#define TCP_MAX_CONNS_LIMIT (1u << 20)
+
+typedef struct tcp_port {
+  uv_tcp_t server;
+  const char *addr, *id; /* the flag's, in argv */
+  unsigned open;
+} tcp_port_t;
+
+typedef struct tcp_conn {
+  uv_tcp_t t;
+  h2rev_stream_t s;
+  h2rev_dial_t dial;
+  tcp_port_t *port;
+  char peer[64];
+} tcp_conn_t;
+
+static tcp_port_t tcp_ports[TCP_PORTS_MAX];
+static unsigned ntcp_ports;
+static unsigned tcp_max_conns = TCP_MAX_CONNS;
+
+static void tcp_conn_closed(uv_handle_t *h) {
+  tcp_conn_t *c = TOOL_CONTAINER_OF(h, tcp_conn_t, t);
+  c->port->open--;
+  free(c);
+}
+
+static void tcp_spliced(h2rev_stream_t *s, uv_tcp_t *t, int status) {
+  (void)s;
+  tcp_conn_t *c = TOOL_CONTAINER_OF(t, tcp_conn_t, t);
+  if (status == 0)
+    tool_logf(H2REV_LOG_DEBUG, "tcp %s -> %s: %s: ended", c->port->addr, c->port->id, c->peer);
+  else
+    tool_logf(H2REV_LOG_INFO, "tcp %s -> %s: %s: aborted: %s (%s)", c->port->addr, c->port->id,
+              c->peer, h2rev_strerror(status), h2rev_err_name(status));
+  tcp_conn_closed((uv_handle_t *)t);
+}
+
+static void tcp_dialed(h2rev_dial_t *req, int status) {
+  tcp_conn_t *c = TOOL_CONTAINER_OF(req, tcp_conn_t, dial);
+  if (status == 0) {
+    h2rev_splice_options_t so = {0};
+    status = h2rev_stream_splice_tcp_open(&c->s, &c->t, &so, tcp_spliced);
+    if (status == 0)
+      return;
+    h2rev_stream_close(&c->s, NULL);
+  }
+  if (status == H2REV_ENOLISTENER)
+    tool_logf(H2REV_LOG_WARN, "tcp %s -> %s: %s: no listener attached as %s: connection closed",
+              c->port->addr, c->port->id, c->peer, c->port->id);
+  else if (status != UV_ECANCELED)
+    tool_logf(H2REV_LOG_WARN, "tcp %s -> %s: %s: dial failed: %s: connection closed", c->port->addr,
+              c->port->id, c->peer, h2rev_dial_strerror(req));
+  /* An abort, not a clean end: the client was told nothing. */
+  if (uv_tcp_close_reset(&c->t, tcp_conn_closed) != 0)
+    uv_close((uv_handle_t *)&c->t, tcp_conn_closed);
+}
+
+static void tcp_refused_closed(uv_handle_t *h) {
+  free(h);
+}
+
+static void tcp_accept(uv_stream_t *server, int status) {
+  tcp_port_t *p = TOOL_CONTAINER_OF(server, tcp_port_t, server);
+  if (status != 0) {
+    tool_logf(H2REV_LOG_WARN, "tcp %s: accept: %s", p->addr, uv_strerror(status));
+    return;
+  }
+  if (p->open >= tcp_max_conns) {
+    /* Taken off the backlog and closed: a client waiting there would
+     * only time out later. */
+    uv_tcp_t *t = malloc(sizeof(*t));
+    if (t == NULL)
+      return;
+    uv_tcp_init(loop, t);
+    if (uv_accept(server, (uv_stream_t *)t) == 0)
+      tool_logf(H2REV_LOG_WARN,
+                "tcp %s -> %s: %u connections open (--tcp-max-conns): new one closed", p->addr,
+                p->id, p->open);
+    uv_close((uv_handle_t *)t, tcp_refused_closed);
+    return;
+  }
+  tcp_conn_t *c = calloc(1, sizeof(*c));
+  if (c == NULL)
+    return;
+  c->port = p;
+  p->open++;
+  uv_tcp_init(loop, &c->t);
+  if (uv_accept(server, (uv_stream_t *)&c->t) != 0) {
+    uv_close((uv_handle_t *)&c->t, tcp_conn_closed);
+    return;
+  }
+  struct sockaddr_storage peer;
+  int len = sizeof(peer);
+  if (uv_tcp_getpeername(&c->t, (struct sockaddr *)&peer, &len) == 0)
+    tool_format_addr((struct sockaddr *)&peer, c->peer, sizeof(c->peer));
+  tool_logf(H2REV_LOG_DEBUG, "tcp %s -> %s: connection from %s", p->addr, p->id, c->peer);
+  int r = h2rev_dial(&c->dial, &dialer, p->id, &c->s, 0, tcp_dialed);
+  if (r != 0) {
+    tool_logf(H2REV_LOG_WARN, "tcp %s -> %s: %s", p->addr, p->id, h2rev_strerror(r));
+    uv_close((uv_handle_t *)&c->t, tcp_conn_closed);
+  }
+}
+
+/* --tcp ADDR:PORT=ID */
+static void tcp_listen(const char *spec) {
+  if (ntcp_ports == TCP_PORTS_MAX)
+    tool_usage_error("--tcp: more than %d ports", TCP_PORTS_MAX);
+  const char *eq = strrchr(spec, '=');
+  char addr[300];
+  if (eq == NULL || eq == spec || eq[1] == '\0' || (size_t)(eq - spec) >= sizeof(addr))
+    tool_usage_error("--tcp: \"%s\" is not ADDR:PORT=ID", spec);
+  memcpy(addr, spec, (size_t)(eq - spec));
+  addr[eq - spec] = '\0';
+  struct sockaddr_storage ss;
+  if (tool_parse_hostport(addr, &ss) != 0)
+    tool_usage_error("--tcp: \"%s\" is not ADDR:PORT=ID", spec);
+  tcp_port_t *p = &tcp_ports[ntcp_ports++];
+  p->id = eq + 1;
+  p->addr = strndup(addr, sizeof(addr));
+  if (p->addr == NULL)
+    tool_fatal("out of memory");
+  uv_tcp_init(loop, &p->server);
+  int r = uv_tcp_bind(&p->server, (struct sockaddr *)&ss, 0);
+  if (r == 0)
+    r = uv_listen((uv_stream_t *)&p->server, 511, tcp_accept);
+  if (r != 0)
+    tool_fatal("--tcp %s: cannot listen: %s", spec, uv_strerror(r));
+  tool_logf(H2REV_LOG_INFO, "tcp %s: each connection is spliced to listener %s", addr, p->id);
+}
+
+/* Draining: no new TCP connections; those open go on as the dialer's
+ * other streams do. */
+static void tcp_close_ports(void) {
+  for (unsigned i = 0; i < ntcp_ports; i++) {
+    uv_close((uv_handle_t *)&tcp_ports[i].server, NULL);
+  }
+}
+
+static void tcp_free_ports(void) {
+  for (unsigned i = 0; i < ntcp_ports; i++)
+    free((char *)tcp_ports[i].addr);
+}
+
 static void closed(h2rev_dialer_t *d) {
   (void)d;
   tool_signals_close();
@@ -289,6 +442,7 @@ static void closed(h2rev_dialer_t *d) {
 static void drain(void) {
   tool_logf(H2REV_LOG_INFO, "draining for up to %u ms", drain_timeout);
   tool_watchdog(loop, drain_timeout + 5000);
+  tcp_close_ports();
   if (h2rev_dialer_shutdown(&dialer, drain_timeout, closed) != 0)
     h2rev_dialer_close(&dialer, closed);
 }
@@ -308,6 +462,8 @@ int main(int argc, char **argv) {
   unsigned dial_timeout = 10000;
   h2rev_dialer_options_t o = {0};
   const char *tokens_file = NULL, *token_flag = NULL, *token_file = NULL;
+  const char *tcp_specs[TCP_PORTS_MAX];
+  size_t ntcp_specs = 0;
   const char *name_lists[SS_MAX_NAMES];
   size_t nname_lists = 0;
   for (int i = 1; i < argc; i++) {
@@ -359,6 +515,13 @@ int main(int argc, char **argv) {
     } else if ((v = tool_flag(argc, argv, &i, "--response-timeout")) != NULL) {
       o.response_timeout_ms =
           positive("--response-timeout", tool_parse_ms("--response-timeout", v));
+    } else if ((v = tool_flag(argc, argv, &i, "--tcp")) != NULL) {
+      if (ntcp_specs == TCP_PORTS_MAX)
+        tool_usage_error("--tcp: more than %d ports", TCP_PORTS_MAX);
+      tcp_specs[ntcp_specs++] = v;
+    } else if ((v = tool_flag(argc, argv, &i, "--tcp-max-conns")) != NULL) {
+      tcp_max_conns =
+          positive("--tcp-max-conns", tool_parse_count("--tcp-max-conns", v, TCP_MAX_CONNS_LIMIT));
     } else if ((v = tool_flag(argc, argv, &i, "--log-level")) != NULL) {
       tool_log_level = tool_parse_level(v);
     } else {
@@ -456,10 +619,13 @@ int main(int argc, char **argv) {
   tool_logf(H2REV_LOG_INFO, "serving %s on %s: %.*s/revdial?id=ID and %.*s/proxy/ID/PATH",
             cleartext ? "h2c" : "h2 over TLS", where[0] ? where : listen, (int)bl, base, (int)bl,
             base);
+  for (size_t i = 0; i < ntcp_specs; i++)
+    tcp_listen(tcp_specs[i]);
   tool_on_signal(loop, drain);
   tool_on_reload(loop, reload);
   uv_run(loop, UV_RUN_DEFAULT);
   uv_loop_close(loop);
+  tcp_free_ports();
   tokens_free(&tokens);
   free(token);
   tool_logf(H2REV_LOG_INFO, "stopped");

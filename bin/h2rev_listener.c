@@ -1,7 +1,9 @@
 /* h2rev-listener: runs behind the NAT. Attaches to a dialer as --id and
- * forwards every reverse connection to the --upstream server. */
+ * forwards every reverse connection to the --upstream server: HTTP requests
+ * to an http(s):// one, the raw bytes to a tcp:// one. */
 #include "tool.h"
 
+#include <netdb.h>
 #include <openssl/crypto.h>
 #include <stdio.h>
 #include <stdlib.h>
@@ -13,7 +15,10 @@ static const char usage[] =
     "  --url URL            the dialer's base URL, e.g. https://relay:8443/base\n"
     "                       (http:// for cleartext HTTP/2)\n"
     "  --id ID              the name to attach as (default: the host name)\n"
-    "  --upstream URL       where requests go: http://HOST:PORT[/PATH] or https://...\n"
+    "  --upstream URL       where requests go: http://HOST:PORT[/PATH] or https://...;\n"
+    "                       tcp://HOST:PORT: each reverse connection is spliced to\n"
+    "                       a TCP connection there, bytes unchanged (SSH, databases;\n"
+    "                       HOST is resolved once, at start)\n"
     "  --upstream-ca FILE   trust this CA for an https:// upstream (default: system)\n"
     "  --upstream-insecure  do not verify the upstream's certificate\n"
     "  --keep-host          pass the client's Host header (default: the upstream's)\n"
@@ -58,10 +63,151 @@ static void stream_done(h2rev_stream_t *s) {
   active--;
 }
 
-/* Each reverse connection carries HTTP/1.1 requests for the upstream, one at a time. */
+/* ------------------------------------------------ --upstream tcp:// */
+
+/* An upstream that refuses is tried again after a delay, doubling from the
+ * first to the second while it keeps refusing: with accept_idle, every
+ * reverse connection closed unused is replaced at once, so without it a
+ * refusing upstream would cost a connect, a reset and a log line per round
+ * trip to the dialer. Streams accepted meanwhile wait (their client's bytes
+ * in the stream's window) for the next attempt. */
+#define TCP_RETRY_MIN_MS 250
+#define TCP_RETRY_MAX_MS 5000
+
+typedef struct tcp_conn {
+  h2rev_stream_t s;
+  uv_tcp_t t;
+  struct tcp_conn *next; /* in tcp_up.held */
+} tcp_conn_t;
+
+static struct {
+  bool on;
+  struct sockaddr_storage addr;
+  char name[300]; /* as given, for the log */
+  unsigned backoff_ms;
+  uint64_t down_until, last_fail;
+  uv_timer_t retry;
+  tcp_conn_t *held; /* accepted while the upstream refuses */
+} tcp_up;
+
+/* Errors of the connect itself: the upstream is not there (yet). */
+static bool unreachable(int status) {
+  return status == UV_ECONNREFUSED || status == UV_ETIMEDOUT || status == UV_EHOSTUNREACH ||
+         status == UV_ENETUNREACH || status == UV_EADDRNOTAVAIL;
+}
+
+static void tcp_conn_free(h2rev_stream_t *s) {
+  free(TOOL_CONTAINER_OF(s, tcp_conn_t, s));
+}
+
+static void tcp_done(h2rev_stream_t *s, uv_tcp_t *t, int status) {
+  (void)t;
+  active--;
+  if (status == 0) {
+    tool_logf(H2REV_LOG_DEBUG, "upstream %s: connection ended", tcp_up.name);
+  } else if (unreachable(status)) {
+    uint64_t now = uv_now(loop);
+    /* One delay per round of attempts (the streams held meanwhile fail
+     * together); a failure long after the last one starts over. */
+    if (now >= tcp_up.down_until) {
+      if (tcp_up.backoff_ms == 0 || now - tcp_up.last_fail > 2ull * tcp_up.backoff_ms + 1000)
+        tcp_up.backoff_ms = TCP_RETRY_MIN_MS;
+      else if (tcp_up.backoff_ms < TCP_RETRY_MAX_MS)
+        tcp_up.backoff_ms =
+            tcp_up.backoff_ms * 2 < TCP_RETRY_MAX_MS ? tcp_up.backoff_ms * 2 : TCP_RETRY_MAX_MS;
+      tcp_up.down_until = now + tcp_up.backoff_ms;
+    }
+    tcp_up.last_fail = now;
+    tool_logf(H2REV_LOG_WARN,
+              "upstream %s: cannot connect: %s: reverse connection reset (next attempt in %u ms)",
+              tcp_up.name, h2rev_strerror(status), (unsigned)(tcp_up.down_until - now));
+  } else {
+    tool_logf(H2REV_LOG_INFO, "upstream %s: connection aborted: %s (%s)", tcp_up.name,
+              h2rev_strerror(status), h2rev_err_name(status));
+  }
+  free(TOOL_CONTAINER_OF(s, tcp_conn_t, s));
+}
+
+static void tcp_splice(tcp_conn_t *c) {
+  h2rev_splice_options_t so = {0};
+  if (h2rev_stream_splice_tcp(&c->s, &c->t, (struct sockaddr *)&tcp_up.addr, &so, tcp_done) != 0) {
+    h2rev_stream_close(&c->s, tcp_conn_free);
+    return;
+  }
+  active++;
+}
+
+static void tcp_retry(uv_timer_t *t) {
+  (void)t;
+  tcp_conn_t *c = tcp_up.held;
+  tcp_up.held = NULL;
+  while (c != NULL) {
+    tcp_conn_t *next = c->next;
+    tcp_splice(c);
+    c = next;
+  }
+}
+
+static void tcp_accepted(h2rev_listener_t *l) {
+  tcp_conn_t *c = malloc(sizeof(*c));
+  if (c == NULL)
+    return;
+  if (h2rev_listener_accept(l, &c->s) != 0) {
+    free(c);
+    return;
+  }
+  uint64_t now = uv_now(loop);
+  if (now >= tcp_up.down_until) {
+    tcp_splice(c);
+    return;
+  }
+  c->next = tcp_up.held;
+  tcp_up.held = c;
+  if (!uv_is_active((uv_handle_t *)&tcp_up.retry))
+    uv_timer_start(&tcp_up.retry, tcp_retry, tcp_up.down_until - now, 0);
+}
+
+/* Draining: the held streams' clients get no answer now. */
+static void tcp_stop(void) {
+  uv_timer_stop(&tcp_up.retry);
+  while (tcp_up.held != NULL) {
+    tcp_conn_t *c = tcp_up.held;
+    tcp_up.held = c->next;
+    h2rev_stream_close(&c->s, tcp_conn_free);
+  }
+}
+
+/* HOST:PORT of tcp://HOST:PORT, HOST resolved now. */
+static void tcp_parse(const char *url) {
+  const char *hp = url + strlen("tcp://");
+  snprintf(tcp_up.name, sizeof(tcp_up.name), "%s", url);
+  if (tool_parse_hostport(hp, &tcp_up.addr) == 0)
+    return;
+  char host[256];
+  const char *colon = strrchr(hp, ':');
+  if (colon == NULL || colon == hp || (size_t)(colon - hp) >= sizeof(host) || colon[1] == '\0' ||
+      strspn(colon + 1, "0123456789") != strlen(colon + 1))
+    tool_usage_error("--upstream: \"%s\" is not tcp://HOST:PORT", url);
+  memcpy(host, hp, (size_t)(colon - hp));
+  host[colon - hp] = '\0';
+  struct addrinfo hints = {.ai_socktype = SOCK_STREAM};
+  uv_getaddrinfo_t req;
+  int r = uv_getaddrinfo(uv_default_loop(), &req, NULL, host, colon + 1, &hints);
+  if (r != 0)
+    tool_fatal("--upstream %s: cannot resolve %s: %s", url, host, uv_strerror(r));
+  memcpy(&tcp_up.addr, req.addrinfo->ai_addr, req.addrinfo->ai_addrlen);
+  uv_freeaddrinfo(req.addrinfo);
+}
+
+/* Each reverse connection carries HTTP/1.1 requests for the upstream, one at
+ * a time, or the bytes of one TCP connection (tcp://). */
 static void on_connection(h2rev_listener_t *l, int status) {
   if (status != 0)
     return;
+  if (tcp_up.on) {
+    tcp_accepted(l);
+    return;
+  }
   h2rev_stream_t *s = malloc(sizeof(*s));
   if (s == NULL)
     return;
@@ -87,6 +233,11 @@ static void upstream_closed(h2rev_upstream_t *u) {
 
 static void closed(h2rev_listener_t *l) {
   (void)l;
+  if (tcp_up.on) {
+    uv_close((uv_handle_t *)&tcp_up.retry, NULL);
+    tool_signals_close();
+    return;
+  }
   h2rev_upstream_close(&upstream, upstream_closed);
 }
 
@@ -94,6 +245,8 @@ static void drain(void) {
   tool_logf(H2REV_LOG_INFO, "draining for up to %u ms (%u reverse connection%s open)",
             drain_timeout, active, active == 1 ? "" : "s");
   tool_watchdog(loop, drain_timeout + 5000);
+  if (tcp_up.on)
+    tcp_stop();
   if (h2rev_listener_shutdown(&listener, drain_timeout, closed) != 0)
     h2rev_listener_close(&listener, closed);
 }
@@ -164,8 +317,14 @@ int main(int argc, char **argv) {
     tool_usage_error("--url is required");
   if (up == NULL)
     tool_usage_error("--upstream is required");
-  if (strncmp(up, "https://", 8) != 0 && strncmp(up, "http://", 7) != 0)
-    tool_usage_error("--upstream: \"%s\" is not an http:// or https:// URL", up);
+  tcp_up.on = strncmp(up, "tcp://", 6) == 0;
+  if (!tcp_up.on && strncmp(up, "https://", 8) != 0 && strncmp(up, "http://", 7) != 0)
+    tool_usage_error("--upstream: \"%s\" is not an http://, https:// or tcp:// URL", up);
+  if (tcp_up.on && (upstream_ca != NULL || upstream_insecure || keep_host || upstream_idle != 0))
+    tool_usage_error("--upstream-ca, --upstream-insecure, --keep-host and --upstream-idle are for "
+                     "an http:// or https:// upstream");
+  if (tcp_up.on)
+    tcp_parse(up);
   if (upstream_ca != NULL && !tool_readable(upstream_ca))
     tool_usage_error("cannot read %s", upstream_ca);
   char host[256];
@@ -213,6 +372,10 @@ int main(int argc, char **argv) {
   o.backoff_min_ms = min_backoff;
   o.backoff_max_ms = max_backoff;
   o.log = (h2rev_logger_t){tool_log, NULL, tool_log_level};
+  /* SSH, SMTP and the like speak first: each stream connects to the
+   * upstream as soon as it is open, so that the greeting waits at the
+   * dialer for the client. */
+  o.accept_idle = tcp_up.on;
   char why[512];
   tool_capture(why, sizeof(why));
   int r = h2rev_listener_init(loop, &listener, &o);
@@ -243,7 +406,9 @@ int main(int argc, char **argv) {
   uo.keep_host = keep_host;
   uo.max_idle_conns = upstream_idle;
   uo.log = o.log;
-  r = h2rev_upstream_init(loop, &upstream, &uo);
+  if (tcp_up.on)
+    uv_timer_init(loop, &tcp_up.retry);
+  r = tcp_up.on ? 0 : h2rev_upstream_init(loop, &upstream, &uo);
   if (r != 0) {
     if (r == H2REV_EURL)
       tool_usage_error("--upstream: \"%s\" is not an upstream URL: expected "

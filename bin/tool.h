@@ -5,6 +5,10 @@
 #include "h2rev.h"
 
 #include <stdbool.h>
+#include <stddef.h>
+
+/* The struct that holds `ptr` as its `field`. */
+#define TOOL_CONTAINER_OF(ptr, type, field) ((type *)((char *)(ptr)-offsetof(type, field)))
 
 extern int tool_log_level;
 extern const char *tool_name;

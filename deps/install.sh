@@ -14,6 +14,8 @@ PACKAGES=(
   clang-tools
   # test tools
   curl nghttp2-client python3 nginx-light wrk valgrind
+  # e2e-tcp and bench/run.sh --tcp: a private sshd as the TCP service, ssh and scp as clients
+  openssh-server openssh-client
 )
 
 missing=()

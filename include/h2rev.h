@@ -251,6 +251,67 @@ H2REV_EXTERN size_t h2rev_stream_write_queue_size(const h2rev_stream_t *stream);
 H2REV_EXTERN int h2rev_stream_bridge(h2rev_stream_t *stream, uv_loop_t *loop, uv_pipe_t *out,
                                      h2rev_close_cb done);
 
+/* ------------------------------------------------------------ TCP splice */
+
+/* Any TCP service through a reverse connection: a virtual stream spliced to
+ * a TCP connection, bytes passed both ways unchanged. On the listener's
+ * side, each accepted stream to the service's address (use accept_idle for
+ * protocols where the server speaks first, such as SSH); on the dialer's
+ * side, each socket accepted on a public port to the stream h2rev_dial
+ * gives (the shape of `ssh -R`).
+ *
+ *  - back-pressure both ways: the stream's bytes return their HTTP/2
+ *    window only once they are on the socket, so a TCP peer that stops
+ *    reading pauses the HTTP/2 sender; the socket is read only while at
+ *    most a bounded amount (256 KiB) waits for the stream's window, so an
+ *    HTTP/2 peer that stops reading pauses the TCP sender. A splice holds
+ *    at most about 640 KiB of its own, whatever either peer does;
+ *  - half-close both ways: the peer's END_STREAM becomes shutdown(SHUT_WR)
+ *    on the socket, after the last byte; the socket's FIN becomes
+ *    END_STREAM. A TCP client that shuts down its write side still
+ *    receives the whole answer;
+ *  - aborts both ways: a TCP error (UV_ECONNRESET, a write to a closed
+ *    peer) resets the stream (RST_STREAM CANCEL); a reset of the stream or
+ *    an error of its connection closes the socket with RST (the TCP peer
+ *    reads ECONNRESET, not a clean end);
+ *  - the socket gets TCP_NODELAY and keep-alive (keepalive_s).
+ * The splice takes over the stream and the TCP handle (the `data` field of
+ * each is used; call neither's functions any more). When it is over, both
+ * are closed, then done(stream, tcp, status) (may be NULL) runs, once, on a
+ * later loop turn; both may be freed then. status: 0 when both directions
+ * ended (FIN and END_STREAM each way), else the first error, which says
+ * which side failed: a TCP one (UV_ECONNREFUSED, UV_ETIMEDOUT for the
+ * connect; UV_ECONNRESET, UV_EPIPE later) or the stream's (H2REV_ERESET,
+ * H2REV_ECLOSED, ...). The TCP handle counts for uv_run like any the
+ * caller owns (ref'd). */
+typedef struct h2rev_splice_options_s {
+  unsigned connect_timeout_ms; /* h2rev_stream_splice_tcp only; default 10000 */
+  unsigned keepalive_s;        /* TCP keep-alive: idle seconds before probing; default 60 */
+} h2rev_splice_options_t;
+
+typedef void (*h2rev_splice_cb)(h2rev_stream_t *stream, uv_tcp_t *tcp, int status);
+
+/* Connects to addr on the stream's loop (uv_tcp_init on `tcp`, which the
+ * caller allocates, uninitialised), then splices. The stream is not read
+ * before the connection is up: what its peer sends meanwhile waits in the
+ * stream's window. A connect that fails or takes longer than
+ * connect_timeout_ms resets the stream and is done's status. opts may be
+ * NULL (defaults); it is read during the call only.
+ * Errors: UV_EINVAL (NULL argument), UV_EBADF (the stream is closing),
+ * UV_ENOMEM, those of uv_tcp_init; nothing is taken over and done does not
+ * run then. After 0, done always runs. */
+H2REV_EXTERN int h2rev_stream_splice_tcp(h2rev_stream_t *stream, uv_tcp_t *tcp,
+                                         const struct sockaddr *addr,
+                                         const h2rev_splice_options_t *opts, h2rev_splice_cb done);
+/* The same for a connected TCP handle (one uv_accept gave, or the caller
+ * connected): splices at once. connect_timeout_ms is not used.
+ * Errors: UV_EINVAL (NULL argument), UV_EBADF (the stream or `tcp` is
+ * closing), UV_ENOMEM; the caller keeps both then, and done does not run.
+ * After 0, done always runs. */
+H2REV_EXTERN int h2rev_stream_splice_tcp_open(h2rev_stream_t *stream, uv_tcp_t *tcp,
+                                              const h2rev_splice_options_t *opts,
+                                              h2rev_splice_cb done);
+
 /* ----------------------------------------------------------- HTTP server */
 
 /* A header: the request headers handlers and the dialer's authorization

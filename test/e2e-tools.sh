@@ -69,7 +69,7 @@ bad h2rev-listener --upstream http://127.0.0.1:1
 bad h2rev-listener --url https://127.0.0.1:1
 bad h2rev-listener --url ftp://127.0.0.1:1 --upstream http://127.0.0.1:1 --id x
 bad h2rev-listener --url https://127.0.0.1:1 --upstream ftp://127.0.0.1:1 --id x
-grep -q "is not an http:// or https:// URL" "$WORK/err" || fail "ftp upstream: $(cat "$WORK/err")"
+grep -q "is not an http://, https:// or tcp:// URL" "$WORK/err" || fail "ftp upstream: $(cat "$WORK/err")"
 bad h2rev-listener --url https://127.0.0.1:1 --upstream https://127.0.0.1:1 --id x \
   --upstream-ca /nonexistent
 bad h2rev-listener --url https://127.0.0.1:1 --upstream http://127.0.0.1:1 --id 'bad id'
