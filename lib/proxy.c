@@ -173,16 +173,21 @@ static void p_close_up(proxy_t *p) {
   }
 }
 
-/* Ends our part in the client's request; its done callback follows. */
-static void p_close_client(proxy_t *p, bool complete) {
-  if (!p->client_open)
-    return;
+/* We stop serving the client (the caller finishes its request). */
+static void p_let_client_go(proxy_t *p) {
   p->client_open = false;
   if (p->csess != NULL)
     p->csess->proxied--;
   if (p->client_reading)
     h2rev_http_read_stop(p->req);
   p->client_reading = false;
+}
+
+/* Ends our part in the client's request; its done callback follows. */
+static void p_close_client(proxy_t *p, bool complete) {
+  if (!p->client_open)
+    return;
+  p_let_client_go(p);
   if (complete)
     h2rev_http_end(p->req);
   else
@@ -258,12 +263,7 @@ static void p_fail(proxy_t *p, int status, const char *why) {
   p_log(p, status >= 500 ? H2REV_LOG_WARN : H2REV_LOG_INFO, "%d %s", status, why);
   if (!p->head_sent && p->client_open) {
     p->head_sent = true;
-    p->client_open = false;
-    if (p->csess != NULL)
-      p->csess->proxied--;
-    if (p->client_reading)
-      h2rev_http_read_stop(p->req);
-    p->client_reading = false;
+    p_let_client_go(p);
     reply_error(p->req, status, !p->client_eof);
   }
   p_finish(p);

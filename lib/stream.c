@@ -454,13 +454,7 @@ h2r_strm_t *h2r_strm_detach(h2rev_stream_t *pub) {
       st->inflight > 0 || st->err != 0 || !sess_alive(st) ||
       (st->flags & (H2R_F_CLOSING | H2R_F_EOF | H2R_F_SHUT | H2R_F_NG_CLOSED)))
     return NULL;
-  st->flags &= ~H2R_F_READING;
-  st->flags |= H2R_F_ORPHAN;
-  st->alloc_cb = NULL;
-  st->read_cb = NULL;
-  st->pub = NULL;
-  pub->s_ = NULL;
-  return st;
+  return h2r_strm_unhook(pub);
 }
 
 h2r_strm_t *h2r_strm_unhook(h2rev_stream_t *pub) {
