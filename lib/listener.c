@@ -658,6 +658,13 @@ static void explain_connect(h2r_listener_t *l, lconn_t *c, int err) {
              "%s does not speak TLS (%s): for a cleartext dialer (--cleartext) use http://, else "
              "check the URL's port",
              a, m + 9);
+  else if (err == H2REV_ETLS && strstr(m, "alert") != NULL &&
+           (strstr(m, "unknown ca") != NULL || strstr(m, "bad certificate") != NULL ||
+            strstr(m, "certificate required") != NULL || strstr(m, "certificate unknown") != NULL))
+    snprintf(t, n,
+             "the dialer at %s refused the client certificate (%s): give one its --client-ca "
+             "signs (--cert, --key)",
+             a, m);
   else if (err == H2REV_ETLS)
     snprintf(t, n, "TLS handshake with %s failed: %s", a, m[0] ? m : h2rev_strerror(err));
   else if (err == H2REV_EPROTO)
