@@ -120,6 +120,8 @@ static void drain(void) {
   tool_logf(H2REV_LOG_INFO, "draining for up to %u ms (%u reverse connection%s open)",
             drain_timeout, active, active == 1 ? "" : "s");
   tool_watchdog(loop, drain_timeout + 5000);
+  /* Idle WebSockets end, not at the drain's timeout. */
+  h2rev_upstream_drain(&upstream);
   if (h2rev_listener_shutdown(&listener, drain_timeout, closed) != 0)
     h2rev_listener_close(&listener, closed);
 }

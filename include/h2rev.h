@@ -785,6 +785,12 @@ H2REV_EXTERN int h2rev_upstream_serve(h2rev_upstream_t *upstream, h2rev_stream_t
                                       h2rev_close_cb done);
 /* Streams being served now. */
 H2REV_EXTERN unsigned h2rev_upstream_active(const h2rev_upstream_t *upstream);
+/* For a drain (call it with h2rev_listener_shutdown): streams waiting for a
+ * next request end now and no stream is kept for one after its exchange;
+ * an upgraded connection (a WebSocket) ends once it has been idle both ways
+ * for 1 s (at once if it has been), so that idle ones do not hold the drain
+ * to its timeout; exchanges in progress go on. */
+H2REV_EXTERN void h2rev_upstream_drain(h2rev_upstream_t *upstream);
 /* Stops taking streams; cb runs once those being served are done. */
 H2REV_EXTERN void h2rev_upstream_close(h2rev_upstream_t *upstream, h2rev_upstream_close_cb cb);
 
