@@ -38,12 +38,21 @@ static const char usage[] =
     "                       between MS/2 and MS before the next; MS doubles from\n"
     "                       --min-backoff (default 500) up to --max-backoff\n"
     "                       (default 30000): the downtime after a dialer outage\n"
+    "                       a permanent failure (refused: wrong token, unknown\n"
+    "                       id or path, id taken; a certificate that does not\n"
+    "                       verify; a server that is not an h2rev dialer) is\n"
+    "                       logged once, with what to do, and retried after\n"
+    "                       --max-backoff\n"
+    "  --exit-on-permanent  exit with status 1 at a permanent failure instead\n"
     "  --drain-timeout MS   on SIGINT/SIGTERM: detach (the dialer sends no new\n"
     "                       connections), let those in flight finish for up to\n"
     "                       MS, then exit (default 10000)\n"
     "  --log-level LEVEL    error, warn, info (default), debug\n"
     "  --help, --version\n"
-    "SIGHUP is logged and ignored: restart the listener to change its settings.\n";
+    "SIGHUP reads --token-file, --ca, --cert and --key again for the next\n"
+    "connection (the one attached keeps its own) and, while waiting to retry\n"
+    "after a failure, tries again at once; a file that does not load is logged\n"
+    "and what it would replace stays in use.\n";
 
 /* The library's default backoff_min_ms. */
 #define LISTENER_MIN_BACKOFF 500
@@ -53,6 +62,13 @@ static h2rev_listener_t listener;
 static h2rev_upstream_t upstream;
 static unsigned active;
 static unsigned drain_timeout = 10000;
+static int exit_status;
+static bool draining;
+/* What SIGHUP reads again. */
+static struct {
+  const char *token_file, *ca, *cert, *key;
+  bool insecure, tls;
+} files;
 
 static void stream_free(h2rev_stream_t *s) {
   free(s);
@@ -222,10 +238,6 @@ static void on_connection(h2rev_listener_t *l, int status) {
   active++;
 }
 
-static void on_state(h2rev_listener_t *l, int state, int err, unsigned delay) {
-  (void)l, (void)state, (void)err, (void)delay; /* the library logs each change */
-}
-
 static void upstream_closed(h2rev_upstream_t *u) {
   (void)u;
   tool_signals_close();
@@ -241,25 +253,102 @@ static void closed(h2rev_listener_t *l) {
   h2rev_upstream_close(&upstream, upstream_closed);
 }
 
+/* The library logs each change; a listener that stopped by itself
+ * (--exit-on-permanent) has said why: the process ends with it. */
+static void on_state(h2rev_listener_t *l, int state, int err, unsigned delay) {
+  (void)delay;
+  if (state == H2REV_LISTENER_STOPPED && err != 0 && !draining) {
+    draining = true;
+    exit_status = 1;
+    h2rev_listener_close(l, closed);
+  }
+}
+
 static void drain(void) {
+  if (draining)
+    return;
+  draining = true;
   tool_logf(H2REV_LOG_INFO, "draining for up to %u ms (%u reverse connection%s open)",
             drain_timeout, active, active == 1 ? "" : "s");
   tool_watchdog(loop, drain_timeout + 5000);
-  if (tcp_up.on)
+  if (tcp_up.on) {
     tcp_stop();
+  } else {
+    /* Idle WebSockets end, not at the drain's timeout. */
+    h2rev_upstream_drain(&upstream);
+  }
   if (h2rev_listener_shutdown(&listener, drain_timeout, closed) != 0)
     h2rev_listener_close(&listener, closed);
 }
 
-static void hup(void) {
-  tool_logf(H2REV_LOG_WARN, "SIGHUP: nothing to reload (restart to change the settings)");
+/* The Authorization header for token, into auth (cap bytes); headers[0]
+ * points to it, or is NULL without a token. */
+static void auth_header(const char *token, char *auth, size_t cap, const char *headers[2]) {
+  headers[0] = headers[1] = NULL;
+  if (token == NULL)
+    return;
+  snprintf(auth, cap, "Authorization: Bearer %s", token);
+  headers[0] = auth;
+}
+
+static void reload(void) {
+  int changed = 0;
+  if (files.token_file != NULL) {
+    char why[512], *token = NULL;
+    if (tool_read_secret(files.token_file, &token, why, sizeof(why)) != 0) {
+      tool_logf(H2REV_LOG_ERROR, "reload: --token-file: %s: the token in use is kept", why);
+    } else {
+      char auth[TOOL_SECRET_MAX + 32];
+      const char *headers[2];
+      auth_header(token, auth, sizeof(auth), headers);
+      int r = h2rev_listener_set_headers(&listener, headers);
+      OPENSSL_cleanse(auth, sizeof(auth));
+      OPENSSL_cleanse(token, strlen(token));
+      free(token);
+      if (r != 0) {
+        tool_logf(H2REV_LOG_ERROR, "reload: --token-file: %s: the token in use is kept",
+                  h2rev_strerror(r));
+      } else {
+        tool_logf(H2REV_LOG_INFO, "reload: token from %s: for the next connection",
+                  files.token_file);
+        changed++;
+      }
+    }
+  }
+  if (files.tls && (files.ca != NULL || files.cert != NULL)) {
+    h2rev_tls_options_t tls = {.ca_file = files.ca,
+                               .cert_file = files.cert,
+                               .key_file = files.key,
+                               .insecure = files.insecure};
+    char why[512];
+    tool_capture(why, sizeof(why));
+    int r = h2rev_listener_set_tls(&listener, &tls);
+    tool_capture_end();
+    if (r != 0) {
+      tool_logf(H2REV_LOG_ERROR, "reload: %s: the CA and certificate in use are kept",
+                why[0] ? why : h2rev_strerror(r));
+    } else {
+      tool_logf(H2REV_LOG_INFO, "reload: %s%s%s%s: for the next connection", files.ca ? "CA " : "",
+                files.ca ? files.ca : "", files.ca && files.cert ? ", " : "",
+                files.cert ? "client certificate and key" : "");
+      changed++;
+    }
+  }
+  if (changed == 0) {
+    tool_logf(H2REV_LOG_WARN, "SIGHUP: nothing reloaded (--token-file, --ca, --cert and --key "
+                              "are; restart to change other settings)");
+    return;
+  }
+  /* Waiting after a failure: what was fixed may be what it said. */
+  if (h2rev_listener_retry_now(&listener) == 0)
+    tool_logf(H2REV_LOG_INFO, "reload: trying again now");
 }
 
 int main(int argc, char **argv) {
   tool_name = "h2rev-listener";
   const char *url = NULL, *id = NULL, *up = NULL, *ca = NULL, *cert = NULL, *key = NULL;
   const char *token_flag = NULL, *token_file = NULL, *upstream_ca = NULL;
-  bool insecure = false, upstream_insecure = false, keep_host = false;
+  bool insecure = false, upstream_insecure = false, keep_host = false, exit_permanent = false;
   unsigned upstream_idle = 0, min_backoff = 0, max_backoff = 0;
   for (int i = 1; i < argc; i++) {
     const char *v;
@@ -271,6 +360,8 @@ int main(int argc, char **argv) {
       return 0;
     } else if (strcmp(argv[i], "--insecure") == 0) {
       insecure = true;
+    } else if (strcmp(argv[i], "--exit-on-permanent") == 0) {
+      exit_permanent = true;
     } else if (strcmp(argv[i], "--upstream-insecure") == 0) {
       upstream_insecure = true;
     } else if (strcmp(argv[i], "--keep-host") == 0) {
@@ -342,23 +433,23 @@ int main(int argc, char **argv) {
    * alone lowers the minimum instead. */
   if (min_backoff == 0 && max_backoff != 0 && max_backoff < LISTENER_MIN_BACKOFF)
     min_backoff = max_backoff;
-  const char *files[] = {ca, cert, key};
+  const char *inputs[] = {ca, cert, key};
   for (int i = 0; i < 3; i++)
-    if (files[i] != NULL && !tool_readable(files[i]))
-      tool_usage_error("cannot read %s", files[i]);
+    if (inputs[i] != NULL && !tool_readable(inputs[i]))
+      tool_usage_error("cannot read %s", inputs[i]);
   const char *from;
   char *token = tool_token(token_flag, token_file, &from);
-  static const char bearer[] = "Authorization: Bearer ";
-  size_t auth_len = token != NULL ? sizeof(bearer) + strlen(token) : 0;
-  char *auth = NULL;
-  const char *headers[2] = {NULL, NULL};
-  if (token != NULL) {
-    if ((auth = malloc(auth_len)) == NULL)
-      tool_fatal("out of memory");
-    snprintf(auth, auth_len, "%s%s", bearer, token);
-    headers[0] = auth;
+  char auth[TOOL_SECRET_MAX + 32];
+  const char *headers[2];
+  auth_header(token, auth, sizeof(auth), headers);
+  if (token != NULL)
     tool_logf(H2REV_LOG_DEBUG, "token from %s", from);
-  }
+  files.token_file = token_file;
+  files.ca = ca;
+  files.cert = cert;
+  files.key = key;
+  files.insecure = insecure;
+  files.tls = strncmp(url, "https://", 8) == 0;
   loop = uv_default_loop();
   h2rev_listener_options_t o = {0};
   o.url = url;
@@ -371,6 +462,7 @@ int main(int argc, char **argv) {
   o.on_state = on_state;
   o.backoff_min_ms = min_backoff;
   o.backoff_max_ms = max_backoff;
+  o.stop_on_permanent = exit_permanent;
   o.log = (h2rev_logger_t){tool_log, NULL, tool_log_level};
   /* SSH, SMTP and the like speak first: each stream connects to the
    * upstream as soon as it is open, so that the greeting waits at the
@@ -381,9 +473,7 @@ int main(int argc, char **argv) {
   int r = h2rev_listener_init(loop, &listener, &o);
   tool_capture_end();
   /* The library keeps its own copy: the secret leaves this process's other memory. */
-  if (auth != NULL)
-    OPENSSL_cleanse(auth, auth_len);
-  free(auth);
+  OPENSSL_cleanse(auth, sizeof(auth));
   if (token != NULL)
     OPENSSL_cleanse(token, strlen(token));
   free(token);
@@ -419,9 +509,10 @@ int main(int argc, char **argv) {
   }
   h2rev_listener_start(&listener, on_connection);
   tool_on_signal(loop, drain);
-  tool_on_reload(loop, hup);
+  tool_on_reload(loop, reload);
   uv_run(loop, UV_RUN_DEFAULT);
   uv_loop_close(loop);
-  tool_logf(H2REV_LOG_INFO, "stopped");
-  return 0;
+  if (exit_status == 0)
+    tool_logf(H2REV_LOG_INFO, "stopped");
+  return exit_status;
 }

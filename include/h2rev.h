@@ -762,8 +762,26 @@ typedef struct h2rev_listener_options_s {
   unsigned backoff_min_ms;    /* default 500 */
   unsigned backoff_max_ms;    /* default 30000 */
   unsigned max_retries;       /* 0: forever */
-  unsigned spares;            /* data streams kept open ahead of demand at first; default 2;
-                                 each conn-ready (demand beyond them) keeps one more, up to 64 */
+  /* Failures are transient (the dialer cannot be reached, the connection
+   * was lost, 5xx, 408, 429): the next attempt waits a delay that doubles
+   * from backoff_min_ms up to backoff_max_ms; or permanent, what retrying
+   * soon cannot cure until someone changes something: a refusal (401, 403,
+   * 404, 409 and other 4xx), a certificate that does not verify, a peer
+   * that does not speak HTTP/2 (ALPN, HTTP/1, TLS on an http:// URL), or an
+   * HTTP/2 server that is not a dialer (its answer to /revdial is a
+   * complete document, or not the control protocol). A permanent failure
+   * waits backoff_max_ms (with jitter), or, with stop_on_permanent set,
+   * stops the listener (STOPPED, with its err). Each distinct failure is
+   * logged once (error for permanent ones, warn else) with what to do about
+   * it; repeats log at debug, summarised every 10 minutes
+   * (h2rev_listener_last_error has the text).
+   * ATTACHED is reported once the dialer has answered as one does: 200 on
+   * the control stream, then a control message, a data stream's 200, or a
+   * second with the control stream still open. The backoff starts over
+   * after an attachment that lived 5 s. */
+  int stop_on_permanent;
+  unsigned spares; /* data streams kept open ahead of demand at first; default 2;
+                      each conn-ready (demand beyond them) keeps one more, up to 64 */
   /* 0 (default): a data stream reaches on_connection once the dialer's
    * client has sent its first byte on it, so every stream the application
    * accepts is in use; idle spares stay inside the library (they cost the
@@ -799,6 +817,28 @@ H2REV_EXTERN int h2rev_listener_init(uv_loop_t *loop, h2rev_listener_t *listener
 H2REV_EXTERN int h2rev_listener_start(h2rev_listener_t *listener, h2rev_connection_cb cb);
 /* Moves the next reverse connection into `stream`. Errors: UV_EAGAIN (none). */
 H2REV_EXTERN int h2rev_listener_accept(h2rev_listener_t *listener, h2rev_stream_t *stream);
+/* The last failed attempt since the listener last attached: returns its err
+ * (0: none) and writes one line into buf (what is wrong and what to do),
+ * and *permanent (may be NULL) says whether it is a permanent failure (see
+ * stop_on_permanent). */
+H2REV_EXTERN int h2rev_listener_last_error(const h2rev_listener_t *listener, char *buf, size_t len,
+                                           int *permanent);
+/* Replaces the TLS settings (tls of the options: CA, client certificate
+ * and key, server_name, insecure) for the connections made from now on; the
+ * current one keeps its own. Files are read during the call.
+ * Errors: H2REV_ETLS (a file does not load: the settings in use are kept;
+ * the log says why), UV_EINVAL (an http:// listener), UV_ENOMEM. */
+H2REV_EXTERN int h2rev_listener_set_tls(h2rev_listener_t *listener, const h2rev_tls_options_t *tls);
+/* Replaces the extra request headers (headers of the options; a new token)
+ * for the connections made from now on: the data streams of the current
+ * connection carry the headers its control stream did.
+ * Errors: UV_EINVAL (malformed; the headers in use are kept), UV_ENOMEM. */
+H2REV_EXTERN int h2rev_listener_set_headers(h2rev_listener_t *listener, const char *const *headers);
+/* Waiting for the next attempt (after a failure): makes it now, and the
+ * backoff starts over; for after someone fixed what the last failure said
+ * (a reload). Errors: UV_EALREADY (not waiting: connecting, attached,
+ * stopped or closing). */
+H2REV_EXTERN int h2rev_listener_retry_now(h2rev_listener_t *listener);
 /* Closes the connection to the dialer and stops reconnecting. Accepted
  * streams are the application's, as sockets accepted from a closed uv_tcp_t
  * server are: the close does not wait for them. From then on they report
@@ -867,6 +907,12 @@ H2REV_EXTERN int h2rev_upstream_serve(h2rev_upstream_t *upstream, h2rev_stream_t
                                       h2rev_close_cb done);
 /* Streams being served now. */
 H2REV_EXTERN unsigned h2rev_upstream_active(const h2rev_upstream_t *upstream);
+/* For a drain (call it with h2rev_listener_shutdown): streams waiting for a
+ * next request end now and no stream is kept for one after its exchange;
+ * an upgraded connection (a WebSocket) ends once it has been idle both ways
+ * for 1 s (at once if it has been), so that idle ones do not hold the drain
+ * to its timeout; exchanges in progress go on. */
+H2REV_EXTERN void h2rev_upstream_drain(h2rev_upstream_t *upstream);
 /* Stops taking streams; cb runs once those being served are done. */
 H2REV_EXTERN void h2rev_upstream_close(h2rev_upstream_t *upstream, h2rev_upstream_close_cb cb);
 

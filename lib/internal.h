@@ -215,6 +215,7 @@ typedef struct h2r_session_opts {
   bool allow_h1;             /* server: serve HTTP/1.1 clients through cbs->on_h1 */
   uint8_t *rbuf;             /* H2R_RBUF_SIZE bytes shared by the owner's sessions, or NULL */
   bool unref;                /* its handles do not keep the loop alive (h2r_session_set_unref) */
+  bool quiet;                /* client: its owner reports failures (logged at debug here) */
 } h2r_session_opts;
 
 void h2r_session_opts_default(h2r_session_opts *o);
@@ -280,6 +281,7 @@ struct h2r_session {
   uint8_t sniff[24];
   size_t sniffed;
   bool goaway_recv;
+  bool got_input; /* client: the peer has sent a byte (cleartext: checked for HTTP/2) */
   h2r_strm_t *streams; /* every stream still referenced */
   h2r_strm_t *pending; /* streams with deferred events */
   h2r_strm_t **pending_tail;

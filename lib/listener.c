@@ -5,10 +5,14 @@
  */
 #include "control.h"
 
+#include <openssl/crypto.h>
+
 #include <ctype.h>
+#include <stdarg.h>
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
+#include <strings.h>
 
 typedef struct h2r_listener h2r_listener_t;
 
@@ -23,6 +27,30 @@ typedef struct h2r_listener h2r_listener_t;
 /* State changes waiting for their callback: a handful per loop turn at most
  * (connecting, lost, retrying, stopped); beyond it the oldest is dropped. */
 #define H2R_STATE_QUEUE 16
+/* A refusal's body (the dialer says why in a line of text) is read for at
+ * most this long and this many bytes before the attempt is reported. */
+#define H2R_REFUSAL_BODY_MS  2000
+#define H2R_REFUSAL_BODY_MAX 160
+/* A control stream the dialer answered like a dialer (200, a body that does
+ * not end) counts as attached once a control message or a data stream's 200
+ * proves it, or once it has stayed open this long. */
+#define H2R_PROOF_MS 1000
+/* An attachment that lived this long resets the backoff: one that the peer
+ * ends at once (a crash loop, a server that is not a dialer) keeps doubling. */
+#define H2R_STABLE_MS 5000
+/* The same failure again is logged at debug, and summarised at its first
+ * level this often. */
+#define H2R_FAIL_SUMMARY_MS (10 * 60 * 1000)
+#define H2R_FAIL_TEXT       320
+
+/* The extra request headers, shared by the connections made while they were
+ * the listener's (a reload replaces them for later connections only: data
+ * streams on a connection carry the credentials its control stream did). */
+typedef struct hdrset {
+  char **names, **values;
+  size_t n;
+  unsigned refs;
+} hdrset_t;
 
 /* One attempt: a connection and its control stream. */
 typedef struct lconn {
@@ -35,8 +63,17 @@ typedef struct lconn {
   h2r_ctl_reader rd;
   bool attached;
   bool dead;
-  unsigned refused; /* data streams refused (REFUSED_STREAM) in a row */
-  int why;          /* the reason to report when it dies */
+  unsigned refused;  /* data streams refused (REFUSED_STREAM) in a row */
+  int why;           /* the reason to report when it dies */
+  hdrset_t *hdrs;    /* the request headers of its streams */
+  bool proven;       /* answered as a dialer does (see H2R_PROOF_MS) */
+  bool refusing;     /* reading a refusal's body into rxbuf */
+  bool refusal_text; /* that body is text/plain: the dialer's reason */
+  bool permanent;    /* text: a failure retrying soon will not cure */
+  int status;        /* the refusal's HTTP status */
+  size_t rxlen;
+  uint64_t attached_at;
+  char text[H2R_FAIL_TEXT]; /* what went wrong, for the operator; empty: not said yet */
   char rxbuf[512];
 } lconn_t;
 
@@ -49,13 +86,14 @@ struct h2r_listener {
   enum lstate state;
   bool tls;
   char *host, *port, *authority, *path, *id;
-  char **hnames, **hvalues;
-  size_t nheaders;
+  char *sni; /* tls.server_name, or NULL: the host */
+  hdrset_t *hdrs;
   SSL_CTX *ctx;
   uv_getaddrinfo_t gai;
   bool gai_busy;
   uv_timer_t retry;
-  uv_timer_t kick; /* announces ready streams outside nghttp2's callbacks */
+  uv_timer_t kick;  /* announces ready streams outside nghttp2's callbacks */
+  uv_timer_t probe; /* the current connection's refusal body or proof */
   lconn_t *conn;
   lconn_t *conns; /* every live connection, conn among them */
   unsigned live_conns;
@@ -86,6 +124,13 @@ struct h2r_listener {
   uint64_t drain_deadline;
   h2rev_listener_close_cb drain_cb;
   bool unref; /* h2rev_listener_unref */
+  /* The failures since the last attachment: the last one's text, logged
+   * once (then summarised) while it repeats. */
+  int fail_err;
+  bool fail_permanent;
+  unsigned fail_count, fail_repeats;
+  uint64_t fail_since, fail_logged_at;
+  char fail_text[H2R_FAIL_TEXT];
 };
 
 static void connect_now(h2r_listener_t *l);
@@ -125,7 +170,23 @@ static void set_state(h2r_listener_t *l, int state, int err, unsigned delay) {
 
 /* ------------------------------------------------------------- headers */
 
-static size_t build_nv(h2r_listener_t *l, nghttp2_nv nv[H2R_LISTENER_NV], const char *role) {
+static void hdrset_release(hdrset_t *h) {
+  if (h == NULL || --h->refs > 0)
+    return;
+  for (size_t i = 0; h->names != NULL && h->values != NULL && i < h->n; i++) {
+    /* A token may be among them. */
+    if (h->values[i] != NULL)
+      OPENSSL_cleanse(h->values[i], strlen(h->values[i]));
+    free(h->names[i]);
+    free(h->values[i]);
+  }
+  free(h->names);
+  free(h->values);
+  free(h);
+}
+
+static size_t build_nv(h2r_listener_t *l, lconn_t *c, nghttp2_nv *nv, size_t cap,
+                       const char *role) {
   size_t n = 0;
 #define NV(k, v)                                                                                   \
   nv[n++] = (nghttp2_nv){(uint8_t *)(k), (uint8_t *)(v), strlen(k), strlen(v),                     \
@@ -134,8 +195,8 @@ static size_t build_nv(h2r_listener_t *l, nghttp2_nv nv[H2R_LISTENER_NV], const 
   NV(":scheme", l->tls ? "https" : "http");
   NV(":authority", l->authority);
   NV(":path", l->path);
-  for (size_t i = 0; i < l->nheaders; i++) /* parse_headers kept them few enough */
-    NV(l->hnames[i], l->hvalues[i]);
+  for (size_t i = 0; c->hdrs != NULL && i < c->hdrs->n && n + 2 < cap; i++)
+    NV(c->hdrs->names[i], c->hdrs->values[i]);
   NV(H2R_ROLE_HEADER, role);
 #undef NV
   return n;
@@ -236,6 +297,16 @@ static void data_used(h2r_strm_t *st) {
     open_data(l);
 }
 
+/* A response complete at once (a length, or the end of the stream with the
+ * head) is a document: a dialer's answer to /revdial is an open stream. */
+static bool complete_response(h2r_strm_t *st) {
+  return (st->flags & H2R_F_EOF) || h2r_strm_header(st, "content-length", NULL) != NULL;
+}
+
+static void prove(h2r_listener_t *l, lconn_t *c);
+static void conn_fail(lconn_t *c, int err, bool permanent, const char *fmt, ...)
+    __attribute__((format(printf, 4, 5)));
+
 static void data_headers(h2r_strm_t *st) {
   lconn_t *c = st->owner;
   h2r_listener_t *l = c->l;
@@ -246,6 +317,15 @@ static void data_headers(h2r_strm_t *st) {
   }
   if (l->opening > 0)
     l->opening--;
+  if (st->status == 200 && !c->proven && complete_response(st)) {
+    st->hooks = NULL;
+    h2r_strm_abandon(st);
+    conn_fail(c, H2REV_ECONTROL, true,
+              "%s answered a data stream with a complete document, as no dialer does: it is not "
+              "an h2rev dialer; check the URL (host, port, base path)",
+              l->authority);
+    return;
+  }
   if (st->status != 200) {
     char why[64];
     snprintf(why, sizeof(why), "dialer answered %d", st->status);
@@ -255,6 +335,8 @@ static void data_headers(h2r_strm_t *st) {
     h2r_strm_abandon(st);
     return;
   }
+  if (!c->proven)
+    prove(l, c);
   c->refused = 0;
   l->unused++;
   st->on_used = data_used;
@@ -302,7 +384,7 @@ static void open_data(h2r_listener_t *l) {
   if (c == NULL || !c->attached || c->dead)
     return;
   nghttp2_nv nv[H2R_LISTENER_NV];
-  size_t n = build_nv(l, nv, "data");
+  size_t n = build_nv(l, c, nv, H2R_LISTENER_NV, "data");
   h2r_strm_t *st = h2r_session_request(&c->s, nv, n, &data_hooks, c);
   if (st == NULL) {
     ctl_send(c, H2R_CMD_PICKUP_FAILED, "cannot open a stream");
@@ -315,12 +397,14 @@ static void open_data(h2r_listener_t *l) {
 
 static int ctl_msg(void *arg, const h2r_ctl_msg *m) {
   lconn_t *c = arg;
+  h2r_listener_t *l = c->l;
+  if (l == NULL)
+    return 0;
+  if (!c->proven)
+    prove(l, c); /* a well-formed control line: a dialer's */
   if (strcmp(m->command, H2R_CMD_CONN_READY) == 0) {
     /* Demand outran the spares: keep more of them from now on, so that
      * the next burst costs no round trip. */
-    h2r_listener_t *l = c->l;
-    if (l == NULL)
-      return 0;
     if (l->spares < H2R_MAX_SPARES)
       l->spares++;
     open_data(l);
@@ -334,8 +418,27 @@ static void ctl_alloc(h2rev_stream_t *s, size_t sz, uv_buf_t *buf) {
   *buf = uv_buf_init(c->rxbuf, sizeof(c->rxbuf));
 }
 
+/* Ends an attempt: c->text says why, for the operator (the first reason
+ * given wins), and whether retrying soon can cure it. */
+static void conn_fail(lconn_t *c, int err, bool permanent, const char *fmt, ...) {
+  if (c->text[0] == '\0') {
+    va_list ap;
+    va_start(ap, fmt);
+    vsnprintf(c->text, sizeof(c->text), fmt, ap);
+    va_end(ap);
+    c->permanent = permanent;
+  }
+  if (c->why == 0)
+    c->why = err;
+  if ((c->attached || c->refusing) && !h2rev_stream_is_closing(&c->ctl))
+    h2rev_stream_close(&c->ctl, NULL);
+  c->refusing = false;
+  h2r_session_close(&c->s, err);
+}
+
 static void ctl_read(h2rev_stream_t *s, ssize_t n, const uv_buf_t *buf) {
   lconn_t *c = s->data;
+  h2r_listener_t *l = c->l;
   if (n == 0)
     return;
   int r = 0;
@@ -343,15 +446,116 @@ static void ctl_read(h2rev_stream_t *s, ssize_t n, const uv_buf_t *buf) {
     r = h2r_ctl_feed(&c->rd, buf->base, (size_t)n, ctl_msg, c);
     if (r == 0)
       return;
+    if (l != NULL && !c->proven && r == H2REV_ECONTROL) {
+      conn_fail(c, r, true,
+                "%s answered %s with something other than the control protocol (%s): it is not "
+                "an h2rev dialer; check the URL (host, port, base path)",
+                l->authority, l->path, c->rd.why);
+      return;
+    }
     H2R_WARN(&c->log, "control stream: %s", r == H2REV_ECONTROL ? c->rd.why : h2rev_strerror(r));
   } else {
     r = n == UV_EOF ? H2REV_ECLOSED : (int)n;
+    if (l != NULL && !c->proven && n == UV_EOF) {
+      conn_fail(c, H2REV_ECONTROL, true,
+                "%s ended its answer to %s at once, as no dialer does: it is not an h2rev "
+                "dialer; check the URL (host, port, base path)",
+                l->authority, l->path);
+      return;
+    }
   }
   /* Without its control stream the registration is gone: start over. */
   if (c->why == 0)
     c->why = r;
   h2rev_stream_close(s, NULL);
   h2r_session_close(&c->s, r);
+}
+
+/* The first line of a refusal's body, when it is text: the dialer's reason. */
+static void refusal_reason(lconn_t *c, char *out, size_t cap) {
+  size_t k = 0;
+  if (c->refusal_text)
+    while (k < c->rxlen && k + 1 < cap && k < H2R_REFUSAL_BODY_MAX && c->rxbuf[k] != '\n' &&
+           c->rxbuf[k] != '\r' && (unsigned char)c->rxbuf[k] >= 0x20 &&
+           (unsigned char)c->rxbuf[k] < 0x7f) {
+      out[k] = c->rxbuf[k];
+      k++;
+    }
+  out[k] = '\0';
+}
+
+/* The refusal's reason is in (or the time to read it is up): say what to do. */
+static void refusal_done(lconn_t *c) {
+  h2r_listener_t *l = c->l;
+  if (!c->refusing)
+    return;
+  if (l == NULL) {
+    c->refusing = false;
+    if (!h2rev_stream_is_closing(&c->ctl))
+      h2rev_stream_close(&c->ctl, NULL);
+    return;
+  }
+  if (l->conn == c)
+    uv_timer_stop(&l->probe);
+  char body[H2R_REFUSAL_BODY_MAX + 1];
+  refusal_reason(c, body, sizeof(body));
+  int st = c->status;
+  const char *sep = body[0] ? ": " : "";
+  /* Come back later (408, 425, 429, 5xx) or a misconfiguration (other 4xx). */
+  bool permanent = st >= 400 && st < 500 && st != 408 && st != 425 && st != 429;
+  int err = st == 401 || st == 403 ? H2REV_EFORBIDDEN : st == 409 ? H2REV_EIDTAKEN : H2REV_ESTATUS;
+  c->text[0] = '\0';
+  if (st == 401 || st == 403)
+    conn_fail(c, err, true,
+              "the dialer at %s refused id %s (%d%s%s): check the token (--token-file, "
+              "H2REV_TOKEN) and the client certificate (--cert) it expects",
+              l->authority, l->id, st, sep, body);
+  else if (st == 404)
+    conn_fail(c, err, true,
+              "%s has no %s (404%s%s): is it an h2rev dialer, and is the URL's path its "
+              "--base-path?",
+              l->authority, l->path, sep, body);
+  else if (st == 409)
+    conn_fail(c, err, true,
+              "the dialer at %s refused id %s (409%s%s): another listener holds this id (or "
+              "the dialer still holds this one's previous connection, until its PING timeout)",
+              l->authority, l->id, sep, body);
+  else
+    conn_fail(c, err, permanent, "the dialer at %s refused id %s (%d%s%s)%s", l->authority, l->id,
+              st, sep, body, permanent ? ": check the URL and the id" : "");
+}
+
+static void refusal_alloc(h2rev_stream_t *s, size_t sz, uv_buf_t *buf) {
+  (void)sz;
+  lconn_t *c = s->data;
+  *buf = uv_buf_init(c->rxbuf + c->rxlen, (unsigned)(sizeof(c->rxbuf) - c->rxlen));
+}
+
+static void refusal_read(h2rev_stream_t *s, ssize_t n, const uv_buf_t *buf) {
+  (void)buf;
+  lconn_t *c = s->data;
+  if (n == 0)
+    return;
+  if (n > 0) {
+    c->rxlen += (size_t)n;
+    if (c->rxlen < H2R_REFUSAL_BODY_MAX)
+      return;
+  }
+  refusal_done(c);
+}
+
+static void refusal_done_timer(uv_timer_t *t) {
+  h2r_listener_t *l = t->data;
+  if (l->conn != NULL)
+    refusal_done(l->conn);
+}
+
+static void proof_timer(uv_timer_t *t) {
+  h2r_listener_t *l = t->data;
+  lconn_t *c = l->conn;
+  /* Still open after a while: a dialer that refuses data streams for now. */
+  if (c != NULL && c->attached && !c->dead)
+    prove(l, c);
 }
 
 static void ctl_headers(h2r_strm_t *st) {
@@ -363,28 +567,39 @@ static void ctl_headers(h2r_strm_t *st) {
     return;
   }
   if (st->status != 200) {
-    size_t len;
-    const char *v = h2r_strm_header(st, ":status", &len);
-    (void)v;
-    c->why = st->status == 403 || st->status == 401 ? H2REV_EFORBIDDEN
-             : st->status == 409                    ? H2REV_EIDTAKEN
-                                                    : H2REV_ESTATUS;
-    H2R_WARN(&l->o.log, "dialer refused id %s with status %d", l->id, st->status);
+    /* The reason comes in the body: read it (briefly) before reporting. */
+    size_t len = 0;
+    const char *ct = h2r_strm_header(st, "content-type", &len);
+    c->refusal_text = ct != NULL && len >= 10 && strncasecmp(ct, "text/plain", 10) == 0;
+    c->status = st->status;
+    c->refusing = true;
+    c->rxlen = 0;
+    h2r_strm_attach(st, &c->ctl);
+    h2rev_stream_read_start(&c->ctl, refusal_alloc, refusal_read);
+    uv_timer_start(&l->probe, refusal_done_timer, H2R_REFUSAL_BODY_MS, 0);
+    return;
+  }
+  if (complete_response(st)) {
     st->hooks = NULL;
     h2r_strm_abandon(st);
-    h2r_session_shutdown(&c->s);
+    conn_fail(c, H2REV_ECONTROL, true,
+              "%s answered %s with a complete document, not a control stream: it is not an "
+              "h2rev dialer; check the URL (host, port, base path)",
+              l->authority, l->path);
     return;
   }
   c->attached = true;
+  c->attached_at = uv_now(l->loop);
   h2r_strm_attach(st, &c->ctl);
   h2rev_stream_read_start(&c->ctl, ctl_alloc, ctl_read);
   l->state = L_ATTACHED;
-  l->attempt = 0;
-  H2R_INFO(&l->o.log, "attached as %s to %s", l->id, l->authority);
-  set_state(l, H2REV_LISTENER_ATTACHED, 0, 0);
   l->spares = l->o.spares;
   for (unsigned i = 0; i < l->spares; i++)
     open_data(l);
+  /* A data stream's 200 proves it within a round trip; a dialer that
+   * refuses them for now is believed after a while. */
+  if (!c->proven && l->conn == c)
+    uv_timer_start(&l->probe, proof_timer, H2R_PROOF_MS, 0);
 }
 
 static void ctl_gone(h2r_strm_t *st, int err) {
@@ -396,13 +611,116 @@ static void ctl_gone(h2r_strm_t *st, int err) {
 
 static const h2r_strm_hooks ctl_hooks = {ctl_headers, ctl_gone};
 
+/* -------------------------------------------------------------- failures */
+
+/* The attempt answered as a dialer does: attached, for the application and
+ * the log. */
+static void prove(h2r_listener_t *l, lconn_t *c) {
+  if (c->proven || l->conn != c)
+    return;
+  c->proven = true;
+  uv_timer_stop(&l->probe);
+  if (l->fail_count > 0)
+    H2R_INFO(&l->o.log, "attached as %s to %s (after %u failed attempt%s)", l->id, l->authority,
+             l->fail_count, l->fail_count == 1 ? "" : "s");
+  else
+    H2R_INFO(&l->o.log, "attached as %s to %s", l->id, l->authority);
+  l->fail_count = l->fail_repeats = 0;
+  l->fail_err = 0;
+  l->fail_text[0] = '\0';
+  set_state(l, H2REV_LISTENER_ATTACHED, 0, 0);
+}
+
+/* An attempt that failed before the dialer answered: what the transport or
+ * the peer's first bytes say, as advice. */
+static void explain_connect(h2r_listener_t *l, lconn_t *c, int err) {
+  const char *a = l->authority, *m = c->s.x.errmsg;
+  char *t = c->text;
+  size_t n = sizeof(c->text);
+  if (t[0] != '\0')
+    return;
+  c->permanent = true;
+  if (err == H2REV_ECERT)
+    snprintf(t, n,
+             "cannot attach to %s: its certificate does not verify (%s): trust the CA that signs "
+             "it (--ca; a dialer's self-signed certificate is its h2rev-dialer.crt)",
+             a, m[0] ? m : h2rev_strerror(err));
+  else if (err == H2REV_EALPN && l->tls)
+    snprintf(t, n,
+             "%s does not speak HTTP/2 over TLS (%s): it is not an h2rev dialer; check the URL's "
+             "host and port",
+             a, m[0] ? m : h2rev_strerror(err));
+  else if (err == H2REV_EALPN)
+    snprintf(t, n,
+             "%s does not speak HTTP/2 (%s): it is not an h2rev dialer (check the URL's port), "
+             "or it wants TLS (https://)",
+             a, m[0] ? m : h2rev_strerror(err));
+  else if (err == H2REV_ETLS && !l->tls)
+    snprintf(t, n, "%s answered with TLS: use https:// in the URL", a);
+  else if (err == H2REV_ETLS && strncmp(m, "not TLS", 7) == 0)
+    snprintf(t, n,
+             "%s does not speak TLS (%s): for a cleartext dialer (--cleartext) use http://, else "
+             "check the URL's port",
+             a, m + 9);
+  else if (err == H2REV_ETLS && strstr(m, "alert") != NULL &&
+           (strstr(m, "unknown ca") != NULL || strstr(m, "bad certificate") != NULL ||
+            strstr(m, "certificate required") != NULL || strstr(m, "certificate unknown") != NULL))
+    snprintf(t, n,
+             "the dialer at %s refused the client certificate (%s): give one its --client-ca "
+             "signs (--cert, --key)",
+             a, m);
+  else if (err == H2REV_ETLS)
+    snprintf(t, n, "TLS handshake with %s failed: %s", a, m[0] ? m : h2rev_strerror(err));
+  else if (err == H2REV_EPROTO)
+    snprintf(t, n, "%s does not speak HTTP/2 (%s): it is not an h2rev dialer; check the URL", a,
+             m[0] ? m : h2rev_strerror(err));
+  else {
+    c->permanent = false;
+    if (err == H2REV_ECLOSED && !l->tls && !c->s.got_input)
+      snprintf(t, n,
+               "%s closed the connection without answering: if the dialer serves TLS, use "
+               "https://",
+               a);
+    else
+      snprintf(t, n, "cannot connect to %s: %s%s%s", a, h2rev_strerror(err),
+               m[0] && strcmp(m, h2rev_strerror(err)) != 0 ? ": " : "",
+               m[0] && strcmp(m, h2rev_strerror(err)) != 0 ? m : "");
+  }
+}
+
+/* One line per distinct failure; the same one again at debug, summarised
+ * every H2R_FAIL_SUMMARY_MS. */
+static void report_failure(h2r_listener_t *l, const char *text, bool permanent, unsigned delay) {
+  uint64_t now = uv_now(l->loop);
+  int level = permanent ? H2REV_LOG_ERROR : H2REV_LOG_WARN;
+  l->fail_count++;
+  if (strcmp(text, l->fail_text) == 0) {
+    l->fail_repeats++;
+    if (now - l->fail_logged_at >= H2R_FAIL_SUMMARY_MS) {
+      h2r_log(&l->o.log, level, "still failing, %u times in %.0f min: %s; retrying in %.1f s",
+              l->fail_repeats, (double)(now - l->fail_since) / 60000.0, text, delay / 1000.0);
+      l->fail_logged_at = now;
+    } else {
+      H2R_DEBUG(&l->o.log, "%s (again, %u times); retrying in %.1f s", text, l->fail_repeats,
+                delay / 1000.0);
+    }
+    return;
+  }
+  snprintf(l->fail_text, sizeof(l->fail_text), "%s", text);
+  l->fail_repeats = 1;
+  l->fail_since = l->fail_logged_at = now;
+  h2r_log(&l->o.log, level, "%s; retrying in %.1f s", text, delay / 1000.0);
+}
+
 /* ---------------------------------------------------------- connection */
 
-static unsigned backoff(h2r_listener_t *l) {
+/* A permanent failure waits the longest delay: retrying sooner cannot help
+ * until someone changes something (see h2rev_listener_retry_now). */
+static unsigned backoff(h2r_listener_t *l, bool permanent) {
   uint64_t d = l->o.backoff_min_ms;
   for (unsigned i = 1; i < l->attempt && d < l->o.backoff_max_ms; i++)
     d *= 2;
-  if (d > l->o.backoff_max_ms)
+  if (d > l->o.backoff_max_ms || permanent)
     d = l->o.backoff_max_ms;
   /* Full jitter in [d/2, d): many listeners restarting together spread out. */
   l->rng ^= l->rng << 13;
@@ -415,23 +733,30 @@ static void retry_fire(uv_timer_t *t) {
   connect_now(t->data);
 }
 
-static void lost(h2r_listener_t *l, int err) {
+static void lost(h2r_listener_t *l, int err, const char *text, bool permanent) {
   if (l->closing) {
     l->state = L_STOPPED;
     return;
   }
-  H2R_WARN(&l->o.log, "connection to %s lost: %s", l->authority, h2rev_strerror(err));
   set_state(l, H2REV_LISTENER_LOST, err, 0);
   l->attempt++;
-  if (l->o.max_retries > 0 && l->attempt > l->o.max_retries) {
+  l->fail_err = err;
+  l->fail_permanent = permanent;
+  bool out = l->o.max_retries > 0 && l->attempt > l->o.max_retries;
+  if (out || (permanent && l->o.stop_on_permanent)) {
     l->state = L_STOPPED;
-    H2R_ERR(&l->o.log, "giving up after %u attempts", l->attempt - 1);
+    snprintf(l->fail_text, sizeof(l->fail_text), "%s", text);
+    l->fail_count++;
+    if (out)
+      H2R_ERR(&l->o.log, "%s; giving up after %u attempts", text, l->attempt - 1);
+    else
+      H2R_ERR(&l->o.log, "%s; not retrying", text);
     set_state(l, H2REV_LISTENER_STOPPED, err, 0);
     return;
   }
-  unsigned delay = backoff(l);
+  unsigned delay = backoff(l, permanent);
+  report_failure(l, text, permanent, delay);
   l->state = L_WAITING;
-  H2R_INFO(&l->o.log, "retrying in %.1f s", delay / 1000.0);
   set_state(l, H2REV_LISTENER_RETRYING, err, delay);
   uv_timer_start(&l->retry, retry_fire, delay, 0);
 }
@@ -443,12 +768,11 @@ static void conn_open(h2r_session_t *s, int status) {
     return; /* closed while connecting: on_close follows */
   if (status != 0) {
     c->why = status;
-    if (s->x.errmsg[0])
-      H2R_WARN(&l->o.log, "%s: %s", l->authority, s->x.errmsg);
+    explain_connect(l, c, status);
     return; /* on_close follows */
   }
   nghttp2_nv nv[H2R_LISTENER_NV];
-  size_t n = build_nv(l, nv, "control");
+  size_t n = build_nv(l, c, nv, H2R_LISTENER_NV, "control");
   if (h2r_session_request(s, nv, n, &ctl_hooks, c) == NULL) {
     c->why = H2REV_EPROTO;
     h2r_session_close(s, H2REV_EPROTO);
@@ -510,6 +834,8 @@ static void conn_dead(h2r_session_t *s, int err) {
   c->dead = true;
   if (c->why == 0)
     c->why = err ? err : H2REV_ECLOSED;
+  if (l != NULL && !c->attached && !c->refusing && err != 0)
+    explain_connect(l, c, err); /* cleartext: the peer's first bytes were not HTTP/2 */
   if (l == NULL || l->conn != c)
     return;
   forget_streams(l);
@@ -517,25 +843,38 @@ static void conn_dead(h2r_session_t *s, int err) {
 
 static void maybe_done(h2r_listener_t *l);
 
+static void conn_free(lconn_t *c) {
+  h2r_ctl_reader_free(&c->rd);
+  hdrset_release(c->hdrs);
+  free(c);
+}
+
 static void conn_close(h2r_session_t *s) {
   lconn_t *c = s->owner;
   h2r_listener_t *l = c->l;
-  int why = c->why;
-  h2r_ctl_reader_free(&c->rd);
+  int why = c->why ? c->why : H2REV_ECLOSED;
   if (l == NULL) {
-    free(c);
+    conn_free(c);
     return;
   }
   bool current = l->conn == c;
   if (l->drain_conn == c)
     l->drain_conn = NULL;
   conn_unlink(l, c);
-  free(c);
   l->live_conns--;
   if (current) {
     l->conn = NULL;
-    lost(l, why ? why : H2REV_ECLOSED);
+    uv_timer_stop(&l->probe);
+    if (c->proven && uv_now(l->loop) - c->attached_at >= H2R_STABLE_MS)
+      l->attempt = 0; /* it lived: start the backoff over */
+    if (c->text[0] == '\0' && !c->attached)
+      explain_connect(l, c, why);
+    else if (c->text[0] == '\0')
+      snprintf(c->text, sizeof(c->text), "connection to %s lost: %s%s%s", l->authority,
+               h2rev_strerror(why), c->s.x.errmsg[0] ? ": " : "", c->s.x.errmsg);
+    lost(l, why, c->text, c->permanent);
   }
+  conn_free(c);
   maybe_done(l);
 }
 
@@ -549,20 +888,24 @@ static void resolved(uv_getaddrinfo_t *req, int status, struct addrinfo *res) {
     maybe_done(l);
     return;
   }
+  char text[H2R_FAIL_TEXT];
   if (status != 0) {
-    H2R_WARN(&l->o.log, "cannot resolve %s: %s", l->host, uv_strerror(status));
+    snprintf(text, sizeof(text), "cannot resolve %s: %s", l->host, uv_strerror(status));
     uv_freeaddrinfo(res);
-    lost(l, status);
+    lost(l, status, text, false);
     return;
   }
   lconn_t *c = calloc(1, sizeof(*c));
   if (c == NULL) {
     uv_freeaddrinfo(res);
-    lost(l, UV_ENOMEM);
+    lost(l, UV_ENOMEM, "out of memory", false);
     return;
   }
   c->l = l;
   c->log = l->o.log;
+  c->hdrs = l->hdrs;
+  if (c->hdrs != NULL)
+    c->hdrs->refs++;
   c->next = l->conns;
   if (l->conns != NULL)
     l->conns->prev = c;
@@ -575,10 +918,11 @@ static void resolved(uv_getaddrinfo_t *req, int status, struct addrinfo *res) {
   o.ping_timeout_ms = l->o.ping_timeout_ms;
   o.handshake_ms = l->o.handshake_ms;
   o.unref = l->unref;
+  o.quiet = true; /* lost() says what went wrong, once */
   l->conn = c;
   l->live_conns++;
   l->state = L_CONNECTING;
-  const char *sni = l->o.tls.server_name ? l->o.tls.server_name : l->host;
+  const char *sni = l->sni ? l->sni : l->host;
   int r = h2r_session_connect(&c->s, l->loop, res->ai_addr, l->ctx, sni, &o, &conn_cbs, c, &c->log);
   uv_freeaddrinfo(res);
   if (r != 0) {
@@ -597,7 +941,9 @@ static void connect_now(h2r_listener_t *l) {
   if (l->closing)
     return;
   l->state = L_RESOLVING;
-  H2R_INFO(&l->o.log, "connecting to %s as %s", l->authority, l->id);
+  /* Attempts after a failure are logged with its outcome, when it changes. */
+  h2r_log(&l->o.log, l->fail_count > 0 ? H2REV_LOG_DEBUG : H2REV_LOG_INFO, "connecting to %s as %s",
+          l->authority, l->id);
   set_state(l, H2REV_LISTENER_CONNECTING, 0, 0);
   struct addrinfo hints = {0};
   hints.ai_family = AF_UNSPEC;
@@ -605,7 +951,9 @@ static void connect_now(h2r_listener_t *l) {
   l->gai.data = l;
   int r = uv_getaddrinfo(l->loop, &l->gai, resolved, l->host, l->port, &hints);
   if (r != 0) {
-    lost(l, r);
+    char text[H2R_FAIL_TEXT];
+    snprintf(text, sizeof(text), "cannot resolve %s: %s", l->host, uv_strerror(r));
+    lost(l, r, text, false);
     return;
   }
   l->gai_busy = true;
@@ -631,46 +979,53 @@ static int parse_url(h2r_listener_t *l, const char *url) {
   return r;
 }
 
-static int parse_headers(h2r_listener_t *l, const char *const *h) {
+/* 0 and *out (NULL when there are none), or UV_EINVAL, UV_ENOMEM. */
+static int parse_headers(const char *const *h, hdrset_t **out) {
+  *out = NULL;
   size_t n = 0;
   while (h != NULL && h[n] != NULL)
     n++;
   if (n > H2R_LISTENER_MAX_HEADERS)
     return UV_EINVAL;
-  l->hnames = calloc(n + 1, sizeof(char *));
-  l->hvalues = calloc(n + 1, sizeof(char *));
-  if (l->hnames == NULL || l->hvalues == NULL)
+  if (n == 0)
+    return 0;
+  hdrset_t *hs = calloc(1, sizeof(*hs));
+  if (hs == NULL)
     return UV_ENOMEM;
-  for (size_t i = 0; i < n; i++) {
+  hs->refs = 1;
+  hs->names = calloc(n + 1, sizeof(char *));
+  hs->values = calloc(n + 1, sizeof(char *));
+  int r = hs->names == NULL || hs->values == NULL ? UV_ENOMEM : 0;
+  hs->n = n; /* slots not filled yet are NULL */
+  for (size_t i = 0; r == 0 && i < n; i++) {
     const char *colon = strchr(h[i], ':');
-    if (colon == NULL || colon == h[i])
-      return UV_EINVAL;
+    if (colon == NULL || colon == h[i] || strpbrk(h[i], "\r\n") != NULL) {
+      r = UV_EINVAL;
+      break;
+    }
     const char *v = colon + 1;
     while (*v == ' ' || *v == '\t')
       v++;
-    if (strpbrk(h[i], "\r\n") != NULL)
-      return UV_EINVAL;
-    l->hnames[i] = h2r_strndup(h[i], (size_t)(colon - h[i]));
-    l->hvalues[i] = h2r_strndup(v, strlen(v));
-    if (l->hnames[i] == NULL || l->hvalues[i] == NULL) {
-      free(l->hnames[i]); /* not counted in nheaders yet: free_listener skips them */
-      free(l->hvalues[i]);
-      return UV_ENOMEM;
+    hs->names[i] = h2r_strndup(h[i], (size_t)(colon - h[i]));
+    hs->values[i] = h2r_strndup(v, strlen(v));
+    if (hs->names[i] == NULL || hs->values[i] == NULL) {
+      r = UV_ENOMEM;
+      break;
     }
-    for (char *q = l->hnames[i]; *q; q++)
+    for (char *q = hs->names[i]; *q; q++)
       *q = (char)tolower((unsigned char)*q);
-    l->nheaders++;
   }
+  if (r != 0) {
+    hdrset_release(hs);
+    return r;
+  }
+  *out = hs;
   return 0;
 }
 
 static void free_listener(h2r_listener_t *l) {
-  for (size_t i = 0; i < l->nheaders; i++) {
-    free(l->hnames[i]);
-    free(l->hvalues[i]);
-  }
-  free(l->hnames);
-  free(l->hvalues);
+  hdrset_release(l->hdrs);
+  free(l->sni);
   free(l->host);
   free(l->port);
   free(l->authority);
@@ -696,7 +1051,10 @@ int h2rev_listener_init(uv_loop_t *loop, h2rev_listener_t *listener,
   l->id = h2r_strndup(opts->id, strlen(opts->id));
   int r = l->id ? parse_url(l, opts->url) : UV_ENOMEM;
   if (r == 0)
-    r = parse_headers(l, opts->headers);
+    r = parse_headers(opts->headers, &l->hdrs);
+  if (r == 0 && opts->tls.server_name != NULL &&
+      (l->sni = h2r_strndup(opts->tls.server_name, strlen(opts->tls.server_name))) == NULL)
+    r = UV_ENOMEM;
   if (r == 0 && l->tls) {
     char why[256];
     l->ctx = h2r_tls_ctx_new(&opts->tls, false, H2R_ALPN_H2, &r, why, sizeof(why));
@@ -729,9 +1087,11 @@ int h2rev_listener_init(uv_loop_t *loop, h2rev_listener_t *listener,
     l->rng = 1;
   uv_timer_init(loop, &l->retry);
   uv_timer_init(loop, &l->kick);
+  uv_timer_init(loop, &l->probe);
+  l->probe.data = l;
   uv_timer_init(loop, &l->state_timer);
   l->retry.data = l->kick.data = l->state_timer.data = l;
-  l->handles = 3;
+  l->handles = 4;
   listener->loop = loop;
   listener->l_ = l;
   return 0;
@@ -744,6 +1104,7 @@ static void listener_set_unref(h2rev_listener_t *listener, bool unref) {
   l->unref = unref;
   h2r_handle_ref(&l->retry, unref);
   h2r_handle_ref(&l->kick, unref);
+  h2r_handle_ref(&l->probe, unref);
   h2r_handle_ref(&l->state_timer, unref);
   if (l->draining)
     h2r_handle_ref(&l->drain_timer, unref);
@@ -813,12 +1174,13 @@ void h2rev_listener_close(h2rev_listener_t *listener, h2rev_listener_close_cb cb
     uv_cancel((uv_req_t *)&l->gai);
   uv_close((uv_handle_t *)&l->retry, handle_closed);
   uv_close((uv_handle_t *)&l->kick, handle_closed);
+  uv_close((uv_handle_t *)&l->probe, handle_closed);
   /* Every connection ends now; the close does not wait for the streams the
    * application holds (they report H2REV_ECLOSED until their owners close
    * them), as closing a uv_tcp_t server leaves the accepted sockets alone. */
   while (l->conns != NULL) {
     lconn_t *c = l->conns;
-    bool ctl_open = c->attached && !c->dead && !h2rev_stream_is_closing(&c->ctl);
+    bool ctl_open = (c->attached || c->refusing) && !c->dead && !h2rev_stream_is_closing(&c->ctl);
     conn_detach(l, c);
     if (ctl_open)
       h2rev_stream_close(&c->ctl, NULL);
@@ -893,5 +1255,71 @@ int h2rev_listener_shutdown(h2rev_listener_t *listener, unsigned timeout_ms,
     uv_unref((uv_handle_t *)&l->drain_timer);
   l->handles++;
   uv_timer_start(&l->drain_timer, drain_tick, 0, DRAIN_POLL_MS);
+  return 0;
+}
+
+/* ------------------------------------------------------------- reload */
+
+int h2rev_listener_last_error(const h2rev_listener_t *listener, char *buf, size_t len,
+                              int *permanent) {
+  const h2r_listener_t *l = listener->l_;
+  if (l == NULL || l->fail_err == 0) {
+    if (len > 0)
+      buf[0] = '\0';
+    if (permanent != NULL)
+      *permanent = 0;
+    return 0;
+  }
+  if (len > 0)
+    snprintf(buf, len, "%s", l->fail_text);
+  if (permanent != NULL)
+    *permanent = l->fail_permanent;
+  return l->fail_err;
+}
+
+int h2rev_listener_set_tls(h2rev_listener_t *listener, const h2rev_tls_options_t *tls) {
+  h2r_listener_t *l = listener->l_;
+  if (l == NULL || tls == NULL || !l->tls)
+    return UV_EINVAL;
+  char *sni = NULL;
+  if (tls->server_name != NULL &&
+      (sni = h2r_strndup(tls->server_name, strlen(tls->server_name))) == NULL)
+    return UV_ENOMEM;
+  int r = 0;
+  char why[256];
+  SSL_CTX *ctx = h2r_tls_ctx_new(tls, false, H2R_ALPN_H2, &r, why, sizeof(why));
+  if (ctx == NULL) {
+    H2R_ERR(&l->o.log, "new TLS settings: %s: those in use are kept", why);
+    free(sni);
+    return r != 0 ? r : H2REV_ETLS;
+  }
+  /* Connections made with the old one hold a reference of their own. */
+  SSL_CTX_free(l->ctx);
+  l->ctx = ctx;
+  free(l->sni);
+  l->sni = sni;
+  return 0;
+}
+
+int h2rev_listener_set_headers(h2rev_listener_t *listener, const char *const *headers) {
+  h2r_listener_t *l = listener->l_;
+  if (l == NULL)
+    return UV_EINVAL;
+  hdrset_t *h;
+  int r = parse_headers(headers, &h);
+  if (r != 0)
+    return r;
+  hdrset_release(l->hdrs);
+  l->hdrs = h;
+  return 0;
+}
+
+int h2rev_listener_retry_now(h2rev_listener_t *listener) {
+  h2r_listener_t *l = listener->l_;
+  if (l == NULL || l->closing || l->state != L_WAITING)
+    return UV_EALREADY;
+  uv_timer_stop(&l->retry);
+  l->attempt = 0;
+  connect_now(l);
   return 0;
 }

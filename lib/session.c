@@ -485,7 +485,7 @@ static void s_fail(h2r_session_t *s, int err) {
    * closes with our last frames unread resets the connection). Anything
    * else is worth a warning. */
   int level = H2REV_LOG_WARN;
-  if (err == H2REV_ECLOSED || (s->server && err == UV_ECONNRESET))
+  if (err == H2REV_ECLOSED || (s->server && err == UV_ECONNRESET) || (!s->server && s->o.quiet))
     level = H2REV_LOG_DEBUG;
   else if ((s->server && !was_open) || (leaving && err == UV_ECONNRESET))
     level = H2REV_LOG_INFO;
@@ -523,7 +523,10 @@ static void x_on_open(h2r_xport_t *x, int status) {
       go_h1(s);
       return;
     }
-    snprintf(x->errmsg, sizeof(x->errmsg), "ALPN negotiated \"%s\"", x->alpn);
+    if (x->alpn[0] != '\0')
+      snprintf(x->errmsg, sizeof(x->errmsg), "ALPN \"%s\"", x->alpn);
+    else
+      snprintf(x->errmsg, sizeof(x->errmsg), "no ALPN");
     status = H2REV_EALPN;
   }
   if (status != 0) {
@@ -578,11 +581,41 @@ static void sniff(h2r_session_t *s, const uint8_t *p, size_t n) {
     h2_input(s, p + k, n - k);
 }
 
+/* A client's first bytes over cleartext: an HTTP/2 server's are a SETTINGS
+ * frame, whose 24-bit length (at most 16384 before any SETTINGS) starts with
+ * a zero byte. Anything else is another protocol, said by name when it can be
+ * (the owner turns it into advice: a wrong port or scheme). */
+static int first_bytes(h2r_session_t *s, const uint8_t *p, size_t n) {
+  s->got_input = true;
+  if (n == 0 || p[0] == 0)
+    return 0;
+  if ((p[0] == 0x15 || p[0] == 0x16) && (n < 2 || p[1] == 0x03)) {
+    snprintf(s->x.errmsg, sizeof(s->x.errmsg), "answered with TLS");
+    return H2REV_ETLS;
+  }
+  size_t l = 0;
+  while (l < n && l < 60 && p[l] >= 0x20 && p[l] < 0x7f)
+    l++;
+  if (l == 0)
+    snprintf(s->x.errmsg, sizeof(s->x.errmsg), "first byte 0x%02x", p[0]);
+  else
+    snprintf(s->x.errmsg, sizeof(s->x.errmsg), "answered \"%.*s\"", (int)l, (const char *)p);
+  return n >= 5 && memcmp(p, "HTTP/", 5) == 0 ? H2REV_EALPN : H2REV_EPROTO;
+}
+
 static void x_on_read(h2r_xport_t *x, const uint8_t *p, size_t n) {
   h2r_session_t *s = x->owner;
   if (s->state == H2R_S_DEAD)
     return;
   s->last_input = uv_now(s->loop);
+  if (!s->server && !s->got_input && x->ssl == NULL) {
+    int r = first_bytes(s, p, n);
+    if (r != 0) {
+      s_fail(s, r);
+      return;
+    }
+  }
+  s->got_input = true;
   if (s->sniffing)
     sniff(s, p, n);
   else if (s->h1 != NULL)
@@ -593,6 +626,8 @@ static void x_on_read(h2r_xport_t *x, const uint8_t *p, size_t n) {
 
 static void x_on_error(h2r_xport_t *x, int err) {
   h2r_session_t *s = x->owner;
+  if (err == UV_EOF && !s->server && !s->got_input && x->errmsg[0] == '\0')
+    snprintf(x->errmsg, sizeof(x->errmsg), "closed before any answer");
   if (err == UV_EOF)
     err = s->goaway_recv && s->nstreams == 0 ? 0 : H2REV_ECLOSED;
   s_fail(s, err);

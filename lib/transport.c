@@ -421,6 +421,12 @@ static int x_tls_error(h2r_xport_t *x) {
     ERR_clear_error();
     return H2REV_ECERT;
   }
+  if (!x->server && ERR_GET_LIB(e) == ERR_LIB_SSL &&
+      ERR_GET_REASON(e) == SSL_R_TLSV1_ALERT_NO_APPLICATION_PROTOCOL) {
+    snprintf(x->errmsg, sizeof(x->errmsg), "TLS alert no_application_protocol");
+    ERR_clear_error();
+    return H2REV_EALPN;
+  }
   h2r_tls_errstr(x->errmsg, sizeof(x->errmsg));
   return H2REV_ETLS;
 }
@@ -476,6 +482,22 @@ static int x_tls_input(h2r_xport_t *x, const uint8_t *p, size_t n) {
 }
 
 static void x_tls_read(h2r_xport_t *x, const uint8_t *p, size_t n) {
+  /* A client's handshake answered by something other than TLS, whose
+   * records start with a content type of 20 to 23 (a cleartext server on
+   * this port): say so, rather than what OpenSSL makes of "HTTP/1.1". */
+  if (x->state == H2R_X_HANDSHAKE && !x->server && x->in_len == 0 && n > 0 &&
+      (p[0] < 20 || p[0] > 23)) {
+    size_t l = 0;
+    while (l < n && l < 60 && p[l] >= 0x20 && p[l] < 0x7f)
+      l++;
+    if (l > 0)
+      snprintf(x->errmsg, sizeof(x->errmsg), "not TLS: answered \"%.*s\"", (int)l,
+               (const char *)p);
+    else
+      snprintf(x->errmsg, sizeof(x->errmsg), "not TLS: first byte 0x%02x", p[0]);
+    x_fail_open(x, H2REV_ETLS);
+    return;
+  }
   if (x_tls_input(x, p, n) != 0) {
     x->in_len = 0;
     x_fail_open(x, UV_ENOMEM);
@@ -537,7 +559,9 @@ static void x_read(uv_stream_t *s, ssize_t n, const uv_buf_t *buf) {
   if (n < 0) {
     if (x->state == H2R_X_HANDSHAKE || x->state == H2R_X_CONNECTING) {
       snprintf(x->errmsg, sizeof(x->errmsg), "connection closed during TLS handshake");
-      x_fail_open(x, n == UV_EOF ? H2REV_ETLS : (int)n);
+      /* A client's peer that goes away (a dialer restarting) is not a TLS
+       * failure: what it means is for the owner to decide. */
+      x_fail_open(x, n != UV_EOF ? (int)n : x->server ? H2REV_ETLS : H2REV_ECLOSED);
     } else {
       x->cbs->on_error(x, (int)n);
     }

@@ -25,6 +25,9 @@
 #define READ_BUF       (16 * 1024)
 #define FREE_BUFS      128    /* 2 MiB: a stream window */
 #define STREAM_IDLE_MS 120000 /* a reused stream waits this long for a request */
+/* During a drain, an upgraded connection (a WebSocket) idle both ways this
+ * long is ended: idle ones would otherwise hold the drain to its timeout. */
+#define UPGRADE_DRAIN_IDLE_MS 1000
 
 typedef struct h2r_upstream {
   h2rev_upstream_t *pub;
@@ -36,6 +39,7 @@ typedef struct h2r_upstream {
   SSL_CTX *ctx;
   unsigned active;
   bool closing;
+  bool draining; /* h2rev_upstream_drain */
   h2rev_upstream_close_cb close_cb;
   uv_timer_t defer;    /* only to close: runs close_cb on a later turn */
   int closing_handles; /* of defer and sweep, still to be closed */
@@ -91,6 +95,7 @@ typedef struct uconn {
   bool resp_ka;                       /* the response keeps the connection alive */
   struct uwrite *early, **early_tail; /* the rewritten head and what followed it */
   size_t to_x, to_s;                  /* bytes queued each way */
+  uint64_t last_io;                   /* upgraded: when a byte last moved either way */
   h2rev_shutdown_t sh;
   struct uconn *unext, *uprev; /* u->conns */
 } uconn_t;
@@ -117,6 +122,7 @@ static void wfree(h2r_upstream_t *u, uwrite_t *w) {
 }
 
 static void uc_read(h2rev_stream_t *s, ssize_t n, const uv_buf_t *buf);
+static void drain_watch(struct uconn *c);
 
 /* ------------------------------------------------------------ teardown */
 
@@ -457,7 +463,7 @@ static void await_peer_close(uconn_t *c) {
 static void exchange_done(uconn_t *c) {
   if (c->closing || !c->resp_done || !c->req_done)
     return;
-  if (!c->raw && c->resp_ka && !c->spill && !c->s_eof && !c->u->closing &&
+  if (!c->raw && c->resp_ka && !c->spill && !c->s_eof && !c->u->closing && !c->u->draining &&
       llhttp_should_keep_alive(&c->parser))
     next_request(c);
   else if (!c->raw && !c->s_eof && !c->u->closing && !llhttp_should_keep_alive(&c->parser))
@@ -492,6 +498,7 @@ static void x_read(h2r_xport_t *x, const uint8_t *p, size_t n) {
   }
   if (c->closing || c->x_eof)
     return;
+  c->last_io = uv_now(c->u->loop);
   size_t take = n;
   if (!c->raw) {
     llhttp_errno_t e = llhttp_execute(&c->rparser, (const char *)p, n);
@@ -721,6 +728,11 @@ static int on_headers_complete(llhttp_t *h) {
   h2r_out_uint(&o, h->http_minor, 10);
   H2R_OUT_LIT(&o, "\r\n");
   c->raw = llhttp_get_upgrade(h) != 0;
+  if (c->raw) {
+    c->last_io = uv_now(u->loop);
+    if (u->draining)
+      drain_watch(c);
+  }
   c->head_req = strcmp(method, "HEAD") == 0;
   H2R_DEBUG(&u->log, "%s: request %u on this reverse connection", method, ++c->nreq);
   c->req_done =
@@ -831,6 +843,8 @@ static void keep(uconn_t *c, const char *p, size_t n) {
 
 static void uc_read(h2rev_stream_t *s, ssize_t n, const uv_buf_t *buf) {
   uconn_t *c = s->data;
+  if (n > 0)
+    c->last_io = uv_now(c->u->loop);
   if (n <= 0) {
     if (buf->base != NULL)
       wfree(c->u, H2R_CONTAINER_OF(buf->base, uwrite_t, data));
@@ -1055,6 +1069,46 @@ void h2rev_upstream_unref(h2rev_upstream_t *upstream) {
 
 unsigned h2rev_upstream_active(const h2rev_upstream_t *upstream) {
   return upstream->u_ != NULL ? upstream->u_->active : 0;
+}
+
+/* Draining: an upgraded connection idle both ways for UPGRADE_DRAIN_IDLE_MS
+ * ends (the dialer's side sees its data stream reset and closes its client,
+ * as when the upstream goes away). */
+static void drain_check(uv_timer_t *t) {
+  uconn_t *c = t->data;
+  if (c->closing)
+    return;
+  if (uv_now(c->u->loop) - c->last_io < UPGRADE_DRAIN_IDLE_MS)
+    return;
+  H2R_DEBUG(&c->u->log, "draining: an upgraded connection idle for %u ms ends",
+            UPGRADE_DRAIN_IDLE_MS);
+  uv_timer_stop(t);
+  uc_close(c);
+}
+
+/* The linger timer is free while an upgraded connection is open (it times
+ * the end, which restarts it with its own callback). */
+static void drain_watch(uconn_t *c) {
+  if (!c->closing && !uv_is_active((uv_handle_t *)&c->linger))
+    uv_timer_start(&c->linger, drain_check, UPGRADE_DRAIN_IDLE_MS / 4, UPGRADE_DRAIN_IDLE_MS / 4);
+}
+
+void h2rev_upstream_drain(h2rev_upstream_t *upstream) {
+  h2r_upstream_t *u = upstream->u_;
+  if (u == NULL || u->closing || u->draining)
+    return;
+  u->draining = true;
+  for (uconn_t *c = u->conns, *next; c != NULL; c = next) {
+    next = c->unext;
+    if (c->closing)
+      continue;
+    if (c->idle && !c->parsed && c->hb.len == 0) { /* between requests: none comes now */
+      uv_timer_stop(&c->linger);
+      stream_idle(&c->linger);
+    } else if (c->raw) {
+      drain_watch(c);
+    }
+  }
 }
 
 void h2rev_upstream_close(h2rev_upstream_t *upstream, h2rev_upstream_close_cb cb) {

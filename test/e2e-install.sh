@@ -25,6 +25,31 @@ PC=$(find "$PREFIX" -name h2rev.pc | head -1)
 LIBDIR=$(dirname "$(dirname "$PC")")
 ok "installed to a temporary prefix"
 
+# The tools, their systemd units (naming the installed binaries), manual
+# pages and example environment files, under a DESTDIR as a package build
+# does: the files go below it, the paths inside them do not.
+DEST=$WORK/destdir
+DESTDIR=$DEST cmake --install "$BUILD" --prefix /usr > "$WORK/install-destdir.log" 2>&1 ||
+  fail "cmake --install with DESTDIR: $(tail -5 "$WORK/install-destdir.log")"
+for f in bin/h2rev-dialer bin/h2rev-listener lib/systemd/system/h2rev-dialer.service \
+  lib/systemd/system/h2rev-listener.service share/man/man1/h2rev-dialer.1 \
+  share/man/man1/h2rev-listener.1 share/doc/h2rev/examples/dialer.env \
+  share/doc/h2rev/examples/listener.env include/h2rev.h; do
+  [ -s "$DEST/usr/$f" ] || fail "DESTDIR install lacks /usr/$f"
+done
+for t in dialer listener; do
+  grep -qx "ExecStart=/usr/bin/h2rev-$t \$H2REV_${t^^}_FLAGS" "$DEST/usr/lib/systemd/system/h2rev-$t.service" ||
+    fail "h2rev-$t.service: $(grep ExecStart "$DEST/usr/lib/systemd/system/h2rev-$t.service")"
+  "$DEST/usr/bin/h2rev-$t" --version | grep -q "h2rev-$t $(grep -o '"[0-9.]*"' "$SRC/include/h2rev.h" | head -1 | tr -d '"')" ||
+    fail "the installed h2rev-$t does not run"
+done
+! grep -rq "$DEST" "$DEST/usr/lib/systemd" || fail "a unit names the DESTDIR"
+[ -z "$(find "$DEST" -path "$DEST/usr" -prune -o -print | grep -v "^$DEST\$")" ] ||
+  fail "installed outside the prefix: $(find "$DEST" -path "$DEST/usr" -prune -o -print | head -3)"
+grep -q "ExecStart=$PREFIX/bin/h2rev-dialer " "$PREFIX/lib/systemd/system/h2rev-dialer.service" ||
+  fail "--prefix $PREFIX: the unit does not name the binary there"
+ok "cmake --install: tools, systemd units (ExecStart at the prefix, not the DESTDIR), man pages, examples"
+
 syms=$(nm -g --defined-only "$LIBDIR/libh2rev.a" | grep -E '^[0-9a-f]+ [A-Za-z] ' | grep -v ' h2rev_' || true)
 [ -z "$syms" ] || fail "libh2rev.a exports internal symbols: $(echo "$syms" | head -5)"
 [ -n "$(nm -g --defined-only "$LIBDIR/libh2rev.a" | grep ' T h2rev_dial$')" ] ||

@@ -74,6 +74,7 @@ typedef struct env {
 /* verify_client for the next dialer_start (the client CA is ca.pem), and
  * the client certificate of the next lis_start (in the test certificates). */
 static int next_verify_client;
+static int next_stop_on_permanent;
 static const char *next_lis_cert;
 
 static void dialer_start(env_t *e, int port) {
@@ -215,6 +216,9 @@ typedef struct lis {
   int attached; /* ATTACHED reports */
   int lost;
   int last_err;
+  int retrying;
+  unsigned last_delay;
+  int stop_err;
   int stopped;
   int accepted;
   int closed;
@@ -223,13 +227,14 @@ typedef struct lis {
 
 static void lis_state(h2rev_listener_t *l, int state, int err, unsigned delay) {
   lis_t *L = l->data;
-  (void)delay;
   if (state == H2REV_LISTENER_ATTACHED)
     L->attached++;
   else if (state == H2REV_LISTENER_LOST)
     L->lost++, L->last_err = err;
+  else if (state == H2REV_LISTENER_RETRYING)
+    L->retrying++, L->last_delay = delay;
   else if (state == H2REV_LISTENER_STOPPED)
-    L->stopped++;
+    L->stopped++, L->stop_err = err;
 }
 
 static void lis_conn(h2rev_listener_t *l, int status) {
@@ -268,6 +273,7 @@ static void lis_start(lis_t *L, env_t *e, const char *id, unsigned spares,
   o.backoff_max_ms = 200;
   o.spares = spares;
   o.on_state = lis_state;
+  o.stop_on_permanent = next_stop_on_permanent;
   test_logger(&o.log, id);
   ASSERT_OK(h2rev_listener_init(&e->loop, &L->l, &o));
   L->l.data = L;
@@ -1006,6 +1012,57 @@ static int check_bearer(void *arg, const char *id, const h2rev_header_t *h, size
     if (strcmp(h[i].name, "authorization") == 0 && strcmp(h[i].value, "Bearer good") == 0)
       return 0;
   return -1;
+}
+
+static int lis_retrying(void *arg) {
+  return ((lis_t *)arg)->retrying > 0;
+}
+
+static int lis_stopped_now(void *arg) {
+  return ((lis_t *)arg)->stopped > 0;
+}
+
+/* A refusal is permanent: its retry waits backoff_max_ms (200 here, so 100
+ * to 200 ms; a transient failure's first waits 25 to 50), last_error says
+ * why; new headers and retry_now attach at once; stop_on_permanent stops. */
+TEST(listener_permanent_refusal) {
+  h2rev_dialer_options_t o = {.authorize = check_bearer};
+  env_t e;
+  env_init(&e, &o);
+  lis_t L;
+  static const char *const bad[] = {"Authorization: Bearer bad", NULL};
+  static const char *const good[] = {"Authorization: Bearer good", NULL};
+  lis_start(&L, &e, "refused", 1, bad);
+  run_cond(&e.loop, lis_retrying, &L, 5000, "refused, retrying");
+  ASSERT_EQ(L.last_err, H2REV_EFORBIDDEN);
+  ASSERT_GE(L.last_delay, 100);
+  ASSERT_LE(L.last_delay, 200);
+  char why[512];
+  int permanent = 0;
+  ASSERT_EQ(h2rev_listener_last_error(&L.l, why, sizeof(why), &permanent), H2REV_EFORBIDDEN);
+  ASSERT_EQ(permanent, 1);
+  ASSERT_NOT_NULL(strstr(why, "refused id refused (403: not authorized): check the token"));
+  ASSERT_EQ(L.attached, 0);
+  ASSERT_OK(h2rev_listener_set_headers(&L.l, good));
+  ASSERT_OK(h2rev_listener_retry_now(&L.l));
+  ASSERT_EQ(h2rev_listener_retry_now(&L.l), UV_EALREADY); /* connecting now */
+  run_cond(&e.loop, lis_attached, &L, 5000, "attached with the new token");
+  ASSERT_EQ(h2rev_listener_last_error(&L.l, why, sizeof(why), NULL), 0);
+  echo_through(&e, "refused", 4096, 1);
+  lis_stop(&L);
+
+  lis_t S;
+  next_stop_on_permanent = 1;
+  lis_start(&S, &e, "stopper", 1, bad);
+  next_stop_on_permanent = 0;
+  run_cond(&e.loop, lis_stopped_now, &S, 5000, "stopped at the refusal");
+  ASSERT_EQ(S.stop_err, H2REV_EFORBIDDEN);
+  ASSERT_EQ(S.lost, 1);
+  ASSERT_EQ(S.retrying, 0);
+  ASSERT_EQ(h2rev_listener_retry_now(&S.l), UV_EALREADY);
+  lis_stop(&S);
+  dialer_stop(&e);
+  loop_drain(&e.loop);
 }
 
 TEST(authorize_denied) {
