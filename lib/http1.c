@@ -15,8 +15,11 @@
 #include <string.h>
 #include <strings.h>
 
-#define OUT_HIGH   (1u << 20)
-#define VREAD_SIZE (16 * 1024)
+#define OUT_HIGH (1u << 20)
+/* Draining: an upgraded connection (WebSocket) quiet both ways this long
+ * ends, rather than hold the drain until its timeout; one in use goes on. */
+#define RAW_DRAIN_IDLE_MS 1000
+#define VREAD_SIZE        (16 * 1024)
 
 typedef struct h1write h1write_t;
 
@@ -50,6 +53,7 @@ struct h2r_h1c {
   bool head_only;   /* HEAD: no response body */
   bool chunked_out; /* response body chunked */
   bool raw;         /* upgraded: bytes pass as they are */
+  uint64_t raw_io;  /* upgraded: when bytes last passed either way */
   bool closing;     /* close once the output is written */
   bool draining;    /* no request after the current one */
   bool input_paused;
@@ -301,6 +305,8 @@ static void cork_flush(h2r_h1c_t *c) {
 static int submit(h2r_h1c_t *c, h1write_t *w) {
   w->next = NULL;
   w->members = NULL;
+  if (c->raw)
+    c->raw_io = uv_now(c->srv->loop);
   if (c->corking && !c->dead) {
     *c->ck_tail = w;
     c->ck_tail = &w->next;
@@ -563,6 +569,7 @@ int h2r_h1c_respond(h2r_h1c_t *c, h2r_hreq_t *rq, int status, const h2rev_header
   if (upgrade) {
     H2R_OUT_LIT(&o, "Connection: Upgrade\r\n\r\n");
     c->raw = true;
+    c->raw_io = uv_now(c->srv->loop);
     c->keep_alive = false;
     int r = out_rq(c, rq, h, o.len, NULL, 0, NULL, 0);
     free(h);
@@ -869,6 +876,7 @@ static void c_input(h2r_h1c_t *c, const uint8_t *p, size_t n) {
   if (c->closing || c->dead)
     return;
   if (c->raw) {
+    c->raw_io = uv_now(c->srv->loop);
     if (c->rq != NULL && h2r_hreq_h1_body(c->rq, (const char *)p, n))
       pause_input(c, true);
     return;
@@ -903,8 +911,19 @@ static void ops_dead(h2r_session_t *s, int err) {
   c_dead(s->h1_data, err != 0 ? err : H2REV_ECLOSED);
 }
 
+static void raw_idle_check(uv_timer_t *t) {
+  h2r_h1c_t *c = t->data;
+  if (c->dead || uv_now(c->srv->loop) - c->raw_io < RAW_DRAIN_IDLE_MS)
+    return;
+  H2R_DEBUG(c->log, "%s: draining: an upgraded connection idle both ways: closing", c->peer);
+  c_dead(c, H2REV_ECLOSED);
+  c_close_now(c);
+}
+
 static void c_shutdown(h2r_h1c_t *c) {
   c->draining = true;
+  if (c->raw && c->busy && !c->dead && c->timer_open)
+    uv_timer_start(&c->timer, raw_idle_check, RAW_DRAIN_IDLE_MS / 4, RAW_DRAIN_IDLE_MS / 4);
   if (!c->busy && !c->closing) {
     c->closing = true;
     if (c->writes == 0)

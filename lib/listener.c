@@ -928,12 +928,11 @@ static void resolved(uv_getaddrinfo_t *req, int status, struct addrinfo *res) {
   if (r != 0) {
     /* Nothing of the session was started (a failure once it is reaches
      * conn_close): the attempt ends here, like one that failed to connect. */
-    H2R_WARN(&l->o.log, "cannot start a connection to %s: %s", l->authority, h2rev_strerror(r));
     conn_unlink(l, c);
     free(c);
     l->live_conns--;
     l->conn = NULL;
-    lost(l, r);
+    lost(l, r, "cannot start a connection", false); /* logs it, once */
   }
 }
 

@@ -57,3 +57,18 @@ grep -q "echoed 12" "$WORK/ws-busy.out" || fail "busy: a WebSocket in use was cu
 [ "$MS" -lt 7000 ] || fail "busy: the drain took $MS ms (the WebSocket was idle after about 3 s)"
 grep -q "closed after" "$WORK/ws-busy.out" || fail "busy: $(cat "$WORK/ws-busy.out")"
 ok "SIGTERM with a WebSocket in use: its 12 messages echoed, the drain ended $MS ms later, once it was idle"
+
+# The dialer's drain likewise: an idle WebSocket through it ends after 1 s idle
+# (the HTTP/1.1 client connection upgraded), the dialer exits 0 promptly.
+start_listener dws --drain-timeout 10000
+wait_for tcurl -f "$(tunnel dws)/index.html" || fail "dialer: not attached"
+ws dws 1 0
+wait_for grep -q "echoed 1" "$WORK/ws-dws.out" || fail "dialer: no echo"
+sleep 1.5
+term "$DIALER_PID"
+[ "$RC" = 0 ] || fail "dialer: exit $RC"
+[ "$MS" -lt 4000 ] || fail "dialer: took $MS ms to drain with an idle WebSocket"
+wait "$WPID" || true
+forget "$WPID"
+! grep -q "drain timeout" "$WORK/dialer.log" || fail "dialer: the drain timed out"
+ok "SIGTERM to the dialer with an idle WebSocket: exit 0 in $MS ms"
