@@ -25,22 +25,9 @@ void h2r_hbuf_free(h2r_hbuf_t *h) {
   h2r_hbuf_reset(h);
 }
 
-static int add(h2r_hbuf_t *h, const char *at, size_t len);
-
-/* A NUL after a name or a value: not the sender's byte, not counted
- * against the limit. */
-static int add_nul(h2r_hbuf_t *h) {
-  h->nuls++;
-  int r = add(h, "", 1);
-  if (r != 0)
-    h->nuls--;
-  return r;
-}
-
-static int add(h2r_hbuf_t *h, const char *at, size_t len) {
-  if (len == 0)
-    return 0;
-  if (h->len - h->nuls + len > (h->max != 0 ? h->max : H2R_MAX_HEAD)) {
+/* Room for len more bytes, of which `counted` count against the limit. */
+static int reserve(h2r_hbuf_t *h, size_t len, size_t counted) {
+  if (h->len - h->nuls + counted > (h->max != 0 ? h->max : H2R_MAX_HEAD)) {
     h->too_large = true;
     return -1;
   }
@@ -54,8 +41,26 @@ static int add(h2r_hbuf_t *h, const char *at, size_t len) {
     h->buf = b;
     h->cap = cap;
   }
+  return 0;
+}
+
+static int add(h2r_hbuf_t *h, const char *at, size_t len) {
+  if (len == 0)
+    return 0;
+  if (reserve(h, len, len) != 0)
+    return -1;
   memcpy(h->buf + h->len, at, len);
   h->len += len;
+  return 0;
+}
+
+/* A NUL after a name or a value: not the sender's byte, not counted
+ * against the limit. */
+static int add_nul(h2r_hbuf_t *h) {
+  if (reserve(h, 1, 0) != 0)
+    return -1;
+  h->buf[h->len++] = '\0';
+  h->nuls++;
   return 0;
 }
 
