@@ -333,6 +333,12 @@ typedef struct h2rev_header_s {
  *   h2rev_http_server_init(loop, &srv, NULL);
  *   h2rev_http_server_route(&srv, "/hello", hello, NULL);
  *   h2rev_http_server_listen(&srv, (struct sockaddr *)&addr, NULL);
+ *
+ * The library's own handlers use nothing more than this API offers: the
+ * dialer's reverse proxy (h2rev_dialer_proxy) streams bodies both ways
+ * without copies, with flow credit by its own measure (read_manual,
+ * consume), back-pressure (write_queue_size), gathered writes (cork) and
+ * WebSocket upgrades, as any handler may.
  */
 typedef struct h2rev_http_server_s h2rev_http_server_t;
 typedef struct h2rev_http_req_s h2rev_http_req_t;
