@@ -55,7 +55,7 @@ static const char usage[] =
     "                       of the request's end: 504 (default 60000)\n"
     "  --tcp ADDR:PORT=ID   a raw TCP port: each connection to ADDR:PORT is\n"
     "                       dialed to listener ID and spliced to it, bytes\n"
-    "                       unchanged (the listener runs --upstream tcp://...);\n"
+    "                       unchanged (the listener forwards to a tcp:// upstream);\n"
     "                       may be repeated\n"
     "  --tcp-max-conns N    connections open at once on each --tcp port; over it\n"
     "                       a new one is accepted and closed (default 1024)\n"

@@ -935,7 +935,18 @@ static void ops_shutdown(h2r_session_t *s) {
   c_shutdown(s->h1_data);
 }
 
-const h2r_h1_ops h2r_h1c_ops = {ops_read, ops_dead, ops_shutdown};
+/* The client half-closed: with no request under way, or one whose body is
+ * complete, the answer still goes out and the connection closes after it;
+ * cut in the middle of a request, or upgraded, it is over. */
+static bool ops_eof(h2r_session_t *s) {
+  h2r_h1c_t *c = s->h1_data;
+  if (c->in_message || c->raw || c->dead)
+    return false;
+  c_shutdown(c);
+  return true;
+}
+
+const h2r_h1_ops h2r_h1c_ops = {ops_read, ops_dead, ops_shutdown, ops_eof};
 
 void h2r_h1c_shutdown(h2r_h1c_t *c) {
   c_shutdown(c);

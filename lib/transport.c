@@ -491,8 +491,7 @@ static void x_tls_read(h2r_xport_t *x, const uint8_t *p, size_t n) {
     while (l < n && l < 60 && p[l] >= 0x20 && p[l] < 0x7f)
       l++;
     if (l > 0)
-      snprintf(x->errmsg, sizeof(x->errmsg), "not TLS: answered \"%.*s\"", (int)l,
-               (const char *)p);
+      snprintf(x->errmsg, sizeof(x->errmsg), "not TLS: answered \"%.*s\"", (int)l, (const char *)p);
     else
       snprintf(x->errmsg, sizeof(x->errmsg), "not TLS: first byte 0x%02x", p[0]);
     x_fail_open(x, H2REV_ETLS);

@@ -803,6 +803,47 @@ TEST(upgrade_through_request_api) {
   env_stop(&e);
 }
 
+/* A client that ends its direction right after its request (nc -N, HTTP/1.0
+ * tools) still gets the whole answer; one that ends in the middle of its
+ * request gets nothing and is closed. */
+TEST(http1_client_half_close) {
+  env_t e;
+  env_init(&e);
+  rev_t r; /* through the tunnel: the answer comes well after the client's end */
+  rev_start(&r, &e, &e.srv, e.port);
+  char cmd[1024];
+  snprintf(cmd, sizeof(cmd),
+           "python3 -c 'import socket,sys\n"
+           "s=socket.create_connection((\"127.0.0.1\",%d))\n"
+           "s.sendall(b\"GET /rc/proxy/back/x?y HTTP/1.1\\r\\nHost: x\\r\\n\\r\\n\")\n"
+           "s.shutdown(socket.SHUT_WR)\n"
+           "b=b\"\"\n"
+           "while True:\n"
+           " d=s.recv(100)\n"
+           " if not d: break\n"
+           " b+=d\n"
+           "sys.stdout.write(b.split(b\"\\r\\n\")[0].decode()+\"|\"+b.split(b\"\\r\\n\\r\\n\")[1]."
+           "decode())'",
+           e.port);
+  expect_out(&e, cmd, "HTTP/1.1 200 OK|GET /x?y 1.1 xfp=/rc/proxy/back\n");
+  snprintf(
+      cmd, sizeof(cmd),
+      "python3 -c 'import socket,sys\n"
+      "s=socket.create_connection((\"127.0.0.1\",%d))\n"
+      "s.sendall(b\"POST /echo HTTP/1.1\\r\\nHost: x\\r\\nContent-Length: 10\\r\\n\\r\\nabc\")\n"
+      "s.shutdown(socket.SHUT_WR)\n"
+      "b=b\"\"\n"
+      "while True:\n"
+      " d=s.recv(100)\n"
+      " if not d: break\n"
+      " b+=d\n"
+      "sys.stdout.write(\"closed:\"+str(len(b.split(b\"\\r\\n\\r\\n\")[-1]) < 10))'",
+      e.port);
+  expect_out(&e, cmd, "closed:True");
+  rev_stop(&r);
+  env_stop(&e);
+}
+
 /* Nothing of a long target is cut on the way (issue 14): a 10 KiB query
  * over HTTP/1.1 and HTTP/2, under a 600-byte base path, reaches the
  * listener whole; the proxy also serves as an ordinary handler of another
