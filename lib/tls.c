@@ -201,6 +201,23 @@ bad:
 
 /* ------------------------------------------------------ peer identity */
 
+/* The subject's (first) common name in UTF-8, whole, whatever its length:
+ * "" when there is none, or when it holds a NUL (a name that is not what
+ * it seems, as for the DNS names below); NULL when memory is out. */
+static char *subject_cn(X509 *cert) {
+  X509_NAME *nm = X509_get_subject_name(cert);
+  int i = nm != NULL ? X509_NAME_get_index_by_NID(nm, NID_commonName, -1) : -1;
+  if (i < 0)
+    return h2r_strndup("", 0);
+  unsigned char *u = NULL;
+  int ul = ASN1_STRING_to_UTF8(&u, X509_NAME_ENTRY_get_data(X509_NAME_get_entry(nm, i)));
+  char *cn = ul >= 0 && memchr(u, '\0', (size_t)ul) == NULL
+                 ? h2r_strndup((const char *)u, (size_t)ul)
+                 : h2r_strndup("", 0);
+  OPENSSL_free(u);
+  return cn;
+}
+
 int h2r_tls_peer_fill(h2rev_peer_t *peer, X509 *cert) {
   peer->cert_cn = NULL;
   peer->cert_dns = NULL;
@@ -210,11 +227,9 @@ int h2r_tls_peer_fill(h2rev_peer_t *peer, X509 *cert) {
   memset(peer->cert_sha256, 0, sizeof(peer->cert_sha256));
   if (cert == NULL)
     return 0;
-  char cn[256] = "";
-  X509_NAME_get_text_by_NID(X509_get_subject_name(cert), NID_commonName, cn, sizeof(cn));
   unsigned char *der = NULL;
   int dl = i2d_X509(cert, &der);
-  char *cnc = h2r_strndup(cn, strlen(cn));
+  char *cnc = subject_cn(cert);
   GENERAL_NAMES *sans = X509_get_ext_d2i(cert, NID_subject_alt_name, NULL, NULL);
   int nsan = sans != NULL ? sk_GENERAL_NAME_num(sans) : 0;
   char **dns = nsan > 0 ? calloc((size_t)nsan, sizeof(*dns)) : NULL;

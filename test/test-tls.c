@@ -113,6 +113,39 @@ TEST(pem_from_memory) {
   free(other);
 }
 
+/* A certificate for the identity checks only (not signed); a UTF8String
+ * set as it is, past the 64 characters OpenSSL itself would allow. */
+static X509 *cert_with_cn(const unsigned char *cn, int len) {
+  X509 *x = X509_new();
+  X509_NAME *nm = X509_get_subject_name(x);
+  ASSERT(X509_NAME_add_entry_by_txt(nm, "CN", V_ASN1_UTF8STRING, cn, len, -1, 0) == 1);
+  ASSERT(X509_set_issuer_name(x, nm) == 1);
+  EVP_PKEY *k = EVP_EC_gen("P-256");
+  ASSERT(k != NULL && X509_set_pubkey(x, k) == 1);
+  ASSERT(X509_sign(x, k, EVP_sha256()) > 0); /* DER needs a signature */
+  EVP_PKEY_free(k);
+  return x;
+}
+
+/* The common name the authorize callback sees is the certificate's whole:
+ * not cut at 255 bytes (it was), and none at all when it hides a NUL
+ * ("app\0evil" must not pass for "app"). */
+TEST(peer_common_name_whole) {
+  unsigned char longcn[300];
+  memset(longcn, 'c', sizeof(longcn));
+  X509 *x = cert_with_cn(longcn, (int)sizeof(longcn));
+  h2rev_peer_t p = {.address = "127.0.0.1:1"};
+  ASSERT_OK(h2r_tls_peer_fill(&p, x));
+  ASSERT_EQ(strlen(p.cert_cn), sizeof(longcn));
+  h2r_tls_peer_free(&p);
+  X509_free(x);
+  x = cert_with_cn((const unsigned char *)"app\0evil", 8);
+  ASSERT_OK(h2r_tls_peer_fill(&p, x));
+  ASSERT_STR_EQ(p.cert_cn, "");
+  h2r_tls_peer_free(&p);
+  X509_free(x);
+}
+
 TEST(peer_identity) {
   h2rev_peer_t p = {.address = "127.0.0.1:1"};
   ASSERT_OK(h2r_tls_peer_fill(&p, NULL));
