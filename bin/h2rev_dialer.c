@@ -53,6 +53,9 @@ static const char usage[] =
     "  --response-timeout MS\n"
     "                       the listener must send the response head within MS\n"
     "                       of the request's end: 504 (default 60000)\n"
+    "  --no-rewrite         pass Location and Set-Cookie paths as the upstream\n"
+    "                       wrote them (default: /PATH becomes\n"
+    "                       BASE/proxy/ID/PATH, as nginx's proxy_redirect does)\n"
     "  --tcp ADDR:PORT=ID   a raw TCP port: each connection to ADDR:PORT is\n"
     "                       dialed to listener ID and spliced to it, bytes\n"
     "                       unchanged (the listener forwards to a tcp:// upstream);\n"
@@ -476,6 +479,8 @@ int main(int argc, char **argv) {
       return 0;
     } else if (strcmp(argv[i], "--cleartext") == 0) {
       cleartext = true;
+    } else if (strcmp(argv[i], "--no-rewrite") == 0) {
+      o.no_rewrite = 1;
     } else if ((v = tool_flag(argc, argv, &i, "--listen")) != NULL) {
       listen = v;
     } else if ((v = tool_flag(argc, argv, &i, "--cert")) != NULL) {

@@ -615,6 +615,13 @@ typedef struct h2rev_dialer_options_s {
   unsigned max_client_streams;
   unsigned body_timeout_ms;
   unsigned response_timeout_ms;
+  /* The proxy puts <base>/proxy/<id> in front of what an upstream writes
+   * for its own root (nginx's proxy_redirect and proxy_cookie_path
+   * defaults): a Location that is a path, or an absolute URL to host <id>,
+   * and a Set-Cookie's Path; one already under the prefix stays. Nonzero:
+   * they pass as they are (an upstream that builds its URLs from
+   * X-Forwarded-Prefix). */
+  int no_rewrite;
   /* h2rev_dialer_listen's own server: connections open at once (listeners
    * and clients), default 16384; see h2rev_http_server_options_t. */
   unsigned max_connections;

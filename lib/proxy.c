@@ -105,7 +105,9 @@ typedef struct proxy {
   pwrite_t *early, **early_tail;
   size_t early_bytes;
   h2rev_shutdown_t up_sh;
-  rblock_t *cur; /* the read buffer being parsed (valid during up_read) */
+  rblock_t *cur;      /* the read buffer being parsed (valid during up_read) */
+  const char *prefix; /* <route>/<id>, after id[] */
+  size_t prefixlen;
   h2r_bufcache_t body_bufs;
   char id[];
 } proxy_t;
@@ -373,6 +375,71 @@ static int on_hvalue_done(llhttp_t *h) {
   return h2r_hbuf_value_done(&((proxy_t *)h->data)->hb);
 }
 
+/* <prefix> + the path s (n bytes), or NULL when s is under the prefix
+ * already (an upstream that reads X-Forwarded-Prefix) or memory is out. */
+static char *prefixed(const proxy_t *p, const char *s, size_t n, const char *tail, size_t tl) {
+  if (n >= p->prefixlen && memcmp(s, p->prefix, p->prefixlen) == 0 &&
+      (n == p->prefixlen || s[p->prefixlen] == '/' || s[p->prefixlen] == '?'))
+    return NULL;
+  char *v = malloc(p->prefixlen + n + tl + 1);
+  if (v == NULL)
+    return NULL;
+  memcpy(v, p->prefix, p->prefixlen);
+  memcpy(v + p->prefixlen, s, n);
+  memcpy(v + p->prefixlen + n, tail, tl);
+  v[p->prefixlen + n + tl] = '\0';
+  return v;
+}
+
+/* What nginx's proxy_redirect and proxy_cookie_path do by default, for the
+ * prefix the upstream does not know it is served under: a Location that is
+ * a path ("/sub/"), or an absolute URL to the listener's id (the Host the
+ * upstream was given), and a Set-Cookie Path, get <route>/<id> in front.
+ * NULL: the value stays as it is. */
+static char *rewrite(const proxy_t *p, const h2r_kv_t *kv) {
+  const char *v = kv->value;
+  size_t vl = kv->vl;
+  if (is(kv->name, kv->nl, "location")) {
+    if (vl > 0 && v[0] == '/' && (vl == 1 || v[1] != '/'))
+      return prefixed(p, v, vl, "", 0);
+    const char *sep = vl > 8 ? strstr(v, "://") : NULL;
+    if (sep == NULL || sep - v > 5)
+      return NULL;
+    const char *auth = sep + 3, *path = auth + strcspn(auth, "/?#");
+    size_t il = strlen(p->id);
+    if ((size_t)(path - auth) != il || strncasecmp(auth, p->id, il) != 0)
+      return NULL;
+    return *path == '/' ? prefixed(p, path, vl - (size_t)(path - v), "", 0)
+                        : prefixed(p, "/", 1, path, vl - (size_t)(path - v));
+  }
+  if (!is(kv->name, kv->nl, "set-cookie"))
+    return NULL;
+  /* The Path attribute: after a ';', any case, its value a path. */
+  for (const char *a = strchr(v, ';'); a != NULL; a = strchr(a + 1, ';')) {
+    const char *k = a + 1;
+    while (*k == ' ')
+      k++;
+    if (strncasecmp(k, "path=", 5) != 0 || k[5] != '/')
+      continue;
+    const char *pv = k + 5;
+    size_t pl = strcspn(pv, ";");
+    char *np = prefixed(p, pv, pl, "", 0);
+    if (np == NULL)
+      return NULL;
+    size_t head = (size_t)(pv - v), npl = strlen(np), rest = vl - head - pl;
+    char *out = malloc(head + npl + rest + 1);
+    if (out != NULL) {
+      memcpy(out, v, head);
+      memcpy(out + head, np, npl);
+      memcpy(out + head + npl, pv + pl, rest);
+      out[head + npl + rest] = '\0';
+    }
+    free(np);
+    return out;
+  }
+  return NULL;
+}
+
 static int on_headers_complete(llhttp_t *h) {
   proxy_t *p = h->data;
   int status = h->status_code;
@@ -394,21 +461,28 @@ static int on_headers_complete(llhttp_t *h) {
   /* The fields end with NULs in the head's buffer (h2r_hbuf_value_done):
    * they go to the request API as they are. */
   h2rev_header_t hs[H2R_HBUF_HEADERS];
-  size_t n = 0;
+  char *made[H2R_HBUF_HEADERS]; /* rewritten values, freed once the head is sent */
+  size_t n = 0, nmade = 0;
   for (unsigned i = 0; i < p->hb.n; i++) {
     h2r_kv_t kv = h2r_hbuf_kv(&p->hb, i);
     if (h2r_hop_by_hop(kv.name, kv.nl) && !(upgraded && is(kv.name, kv.nl, "upgrade")))
       continue;
     if (is(kv.name, kv.nl, "content-length"))
       continue; /* the request API writes it from the length below */
-    hs[n++] = (h2rev_header_t){kv.name, kv.value};
+    char *v = p->o->no_rewrite ? NULL : rewrite(p, &kv);
+    if (v != NULL)
+      made[nmade++] = v;
+    hs[n++] = (h2rev_header_t){kv.name, v != NULL ? v : kv.value};
   }
   int64_t cl = (h->flags & F_CONTENT_LENGTH) && !(h->flags & F_CHUNKED) && !upgraded
                    ? (int64_t)h->content_length
                    : -1;
   p->head_sent = true;
   p_wait(p, WAIT_NONE, 0);
-  if (!p->client_open || h2rev_http_respond(p->req, status, hs, n, cl) != 0) {
+  int r = p->client_open ? h2rev_http_respond(p->req, status, hs, n, cl) : H2REV_ECLOSED;
+  while (nmade > 0)
+    free(made[--nmade]);
+  if (r != 0) {
     p_finish(p);
     return -1;
   }
@@ -951,7 +1025,7 @@ void h2rev_dialer_proxy(h2rev_http_req_t *req, void *arg) {
     reply_error(req, 429, req->content_length != 0);
     return;
   }
-  proxy_t *p = calloc(1, sizeof(*p) + idl + 1);
+  proxy_t *p = calloc(1, sizeof(*p) + idl + 1 + prefixlen + 1);
   int status = 503;
   size_t hl = 0;
   bool chunked = false;
@@ -961,6 +1035,11 @@ void h2rev_dialer_proxy(h2rev_http_req_t *req, void *arg) {
   }
   memcpy(p->id, idp, idl);
   p->id[idl] = '\0';
+  char *prefix = p->id + idl + 1;
+  memcpy(prefix, req->path, prefixlen);
+  prefix[prefixlen] = '\0';
+  p->prefix = prefix;
+  p->prefixlen = prefixlen;
   p->dialer = dialer;
   p->o = o;
   p->log = log;

@@ -73,6 +73,21 @@ for h in 'transfer-encoding: chunked' $'x-a: b\r\nGET /evil HTTP/1.1' $'x-a: b\x
 done
 ok "HTTP/2 Transfer-Encoding and CR/LF/control bytes in headers refused"
 
+# An upstream that does not know its prefix: its redirects and cookie paths
+# get /proxy/<id> in front (nginx's proxy_redirect default); one that wrote
+# the prefix already, another host's URL and a protocol-relative one stay.
+hdr() { tcurl "$1" -s -D - -o /dev/null "$(tunnel h1)/redirect?$2" | tr -d '\r' | grep -i "^$3:" | cut -d' ' -f2-; }
+for proto in --http1.1 --http2; do
+  [ "$(hdr $proto /sub/ location)" = "/proxy/h1/sub/" ] || fail "$proto Location: $(hdr $proto /sub/ location)"
+  [ "$(hdr $proto /sub/ set-cookie)" = "s=1; Path=/proxy/h1/sub/; HttpOnly" ] ||
+    fail "$proto Set-Cookie: $(hdr $proto /sub/ set-cookie)"
+  [ "$(hdr $proto http://h1/a?b location)" = "/proxy/h1/a?b" ] || fail "$proto absolute Location to the id"
+  [ "$(hdr $proto /proxy/h1/x location)" = "/proxy/h1/x" ] || fail "$proto already prefixed"
+  [ "$(hdr $proto https://example.com/z location)" = "https://example.com/z" ] || fail "$proto other host"
+  [ "$(hdr $proto //example.com/z location)" = "//example.com/z" ] || fail "$proto protocol-relative"
+done
+ok "Location and Set-Cookie paths of the upstream's root get /proxy/<id> in front (HTTP/1.1 and HTTP/2)"
+
 body=$(tcurl --http1.1 "$(tunnel h1)/index.html")
 [ "$body" = "hello through the tunnel" ] || fail "still serving"
 ok "still serving after all that"

@@ -5,6 +5,7 @@ GET  /bytes/N        N bytes of a fixed pattern (Content-Length)
 GET  /chunked/N      N bytes, chunked
 GET  /headers        the request line and headers, as text
 GET  /status/N       an empty response with status N
+GET  /redirect?L     302 with Location: L (and Set-Cookie: s=1; Path=<the path of L>; HttpOnly)
 GET  /close/N        N bytes, then the upstream closes (Connection: close)
 GET  /conns          how many connections the upstream has accepted
 GET  /count/NAME     how many requests for /NAME/... it has received (a head read whole,
@@ -161,6 +162,14 @@ class Handler(http.server.SimpleHTTPRequestHandler):
             with Handler.counts_lock:
                 n = Handler.counts[p[7:]]
             self.send_text(200, "%d\n" % n)
+        elif p.startswith("/redirect?"):
+            loc = self.path.split("?", 1)[1]
+            self.send_response(302)
+            self.send_header("Location", loc)
+            path = "/" + loc.split("://", 1)[1].split("/", 1)[1] if "://" in loc else loc
+            self.send_header("Set-Cookie", "s=1; Path=" + path.split("?")[0] + "; HttpOnly")
+            self.send_header("Content-Length", "0")
+            self.end_headers()
         elif p.startswith("/status/"):
             code = int(p[8:])
             self.send_response(code)
