@@ -15,12 +15,13 @@
 #include <string.h>
 #include <time.h>
 
-#define ACCESS_BUF_SIZE  (64 * 1024) /* each of two buffers: one filling, one being written */
-#define ACCESS_FLUSH_MS  1000        /* a quiet log reaches the file within this */
-#define ACCESS_PATH_MAX  512         /* escaped bytes of a path kept in a line */
-#define ACCESS_FIELD_MAX 64          /* escaped bytes of a method or a listener id */
-#define ACCESS_LINE_MAX  1024        /* bound of a line: the fields above and the fixed ones */
-#define METRICS_BODY_MAX (16 * 1024) /* the /metrics answer */
+#define ACCESS_BUF_SIZE  (256 * 1024) /* each of two buffers: one filling, one being written */
+#define ACCESS_FLUSH_MS  1000         /* a quiet log reaches the file within this */
+#define ACCESS_TELL_MS   10000        /* dropped lines are reported at most this often */
+#define ACCESS_PATH_MAX  512          /* escaped bytes of a path kept in a line */
+#define ACCESS_FIELD_MAX 64           /* escaped bytes of a method or a listener id */
+#define ACCESS_LINE_MAX  1024         /* bound of a line: the fields above and the fixed ones */
+#define METRICS_BODY_MAX (16 * 1024)  /* the /metrics answer */
 
 #define OPS_MIN(a, b) ((a) < (b) ? (a) : (b))
 
@@ -41,6 +42,7 @@ static struct {
   bool timer_open;
   uint64_t dropped;      /* lines dropped since start (a metric) */
   uint64_t dropped_told; /* of those, already logged */
+  uint64_t told_at;      /* uv_now() of the last report of dropped lines */
   bool failing;          /* the last write failed: told once */
   char route[512];       /* the proxy's prefix */
   size_t route_len;
@@ -79,7 +81,8 @@ static void access_write_next(void) {
     A.woff = 0;
     A.len = 0;
   }
-  if (A.dropped > A.dropped_told) {
+  if (A.dropped > A.dropped_told && uv_now(A.loop) >= A.told_at + ACCESS_TELL_MS) {
+    A.told_at = uv_now(A.loop);
     tool_logf(H2REV_LOG_WARN, "access log %s: %llu lines dropped (writes fall behind)", A.path,
               (unsigned long long)(A.dropped - A.dropped_told));
     A.dropped_told = A.dropped;
