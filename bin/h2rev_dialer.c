@@ -1,6 +1,7 @@
 /* h2rev-dialer: the public server. Serves <base>/revdial for listeners and
  * <base>/proxy/<id>/<path> for clients, over HTTP/2 (TLS, or cleartext with
  * prior knowledge). */
+#include "ops.h"
 #include "selfsigned.h"
 #include "tool.h"
 
@@ -64,6 +65,12 @@ static const char usage[] =
     "                       a new one is accepted and closed (default 1024)\n"
     "  --drain-timeout MS   on SIGINT/SIGTERM: stop listening, let requests in\n"
     "                       flight finish for up to MS, then exit (default 10000)\n"
+    "  --access-log FILE    one line per finished request (logfmt: time, peer,\n"
+    "                       method, path, proto, status, bytes, in, ms, result,\n"
+    "                       listener), appended to FILE; - for standard output\n"
+    "  --metrics ADDR:PORT  serve /metrics (Prometheus text format) and /healthz\n"
+    "                       there, cleartext (keep it on loopback, e.g.\n"
+    "                       127.0.0.1:9090)\n"
     "  --log-level LEVEL    error, warn, info (default), debug\n"
     "  --help, --version\n"
     "SIGHUP reads --cert, --key, --client-ca, --tokens-file and --token-file again\n"
@@ -446,6 +453,7 @@ static void drain(void) {
   tool_logf(H2REV_LOG_INFO, "draining for up to %u ms", drain_timeout);
   tool_watchdog(loop, drain_timeout + 5000);
   tcp_close_ports();
+  ops_stop();
   if (h2rev_dialer_shutdown(&dialer, drain_timeout, closed) != 0)
     h2rev_dialer_close(&dialer, closed);
 }
@@ -469,6 +477,7 @@ int main(int argc, char **argv) {
   size_t ntcp_specs = 0;
   const char *name_lists[SS_MAX_NAMES];
   size_t nname_lists = 0;
+  const char *access_log = NULL, *metrics = NULL;
   for (int i = 1; i < argc; i++) {
     const char *v;
     if (strcmp(argv[i], "--help") == 0 || strcmp(argv[i], "-h") == 0) {
@@ -527,6 +536,10 @@ int main(int argc, char **argv) {
     } else if ((v = tool_flag(argc, argv, &i, "--tcp-max-conns")) != NULL) {
       tcp_max_conns =
           positive("--tcp-max-conns", tool_parse_count("--tcp-max-conns", v, TCP_MAX_CONNS_LIMIT));
+    } else if ((v = tool_flag(argc, argv, &i, "--access-log")) != NULL) {
+      access_log = v;
+    } else if ((v = tool_flag(argc, argv, &i, "--metrics")) != NULL) {
+      metrics = v;
     } else if ((v = tool_flag(argc, argv, &i, "--log-level")) != NULL) {
       tool_log_level = tool_parse_level(v);
     } else {
@@ -536,6 +549,9 @@ int main(int argc, char **argv) {
   struct sockaddr_storage addr;
   if (tool_parse_hostport(listen, &addr) != 0)
     tool_usage_error("--listen: \"%s\" is not HOST:PORT", listen);
+  struct sockaddr_storage maddr;
+  if (metrics != NULL && tool_parse_hostport(metrics, &maddr) != 0)
+    tool_usage_error("--metrics: \"%s\" is not HOST:PORT (e.g. 127.0.0.1:9090)", metrics);
   if ((cert == NULL) != (key == NULL))
     tool_usage_error("--cert and --key go together");
   if (cert != NULL && !tool_readable(cert))
@@ -590,6 +606,16 @@ int main(int argc, char **argv) {
   check_cn = client_ca != NULL;
   if (token != NULL || have_tokens_file || check_cn)
     o.authorize = authorize;
+  if (access_log != NULL) {
+    /* The proxy's prefix as the library routes it (trailing slashes dropped). */
+    char route[512];
+    size_t rl = strlen(base);
+    while (rl > 0 && base[rl - 1] == '/')
+      rl--;
+    snprintf(route, sizeof(route), "%.*s/proxy", (int)rl, base);
+    ops_access_open(loop, access_log, route);
+    o.access_log = ops_access_log;
+  }
   int r = h2rev_dialer_init(loop, &dialer, &o);
   if (r != 0) {
     fprintf(stderr, "h2rev-dialer: %s\n", h2rev_strerror(r));
@@ -624,11 +650,24 @@ int main(int argc, char **argv) {
   tool_logf(H2REV_LOG_INFO, "serving %s on %s: %.*s/revdial?id=ID and %.*s/proxy/ID/PATH",
             cleartext ? "h2c" : "h2 over TLS", where[0] ? where : listen, (int)bl, base, (int)bl,
             base);
+  if (metrics != NULL) {
+    r = ops_metrics_listen(loop, &dialer, (struct sockaddr *)&maddr);
+    if (r != 0) {
+      fprintf(stderr, "h2rev-dialer: --metrics %s: cannot serve: %s\n", metrics, h2rev_strerror(r));
+      return 1;
+    }
+    char maddr_s[INET6_ADDRSTRLEN + 16] = "";
+    blen = sizeof(bound);
+    if (ops_metrics_getsockname((struct sockaddr *)&bound, &blen) == 0)
+      tool_format_addr((struct sockaddr *)&bound, maddr_s, sizeof(maddr_s));
+    tool_logf(H2REV_LOG_INFO, "metrics on http://%s/metrics", maddr_s[0] ? maddr_s : metrics);
+  }
   for (size_t i = 0; i < ntcp_specs; i++)
     tcp_listen(tcp_specs[i]);
   tool_on_signal(loop, drain);
   tool_on_reload(loop, reload);
   uv_run(loop, UV_RUN_DEFAULT);
+  ops_access_close();
   uv_loop_close(loop);
   tcp_free_ports();
   tokens_free(&tokens);

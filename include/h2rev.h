@@ -359,6 +359,22 @@ typedef void (*h2rev_http_write_cb)(h2rev_http_write_t *w, int status);
 typedef void (*h2rev_http_done_cb)(h2rev_http_req_t *req, int status);
 typedef void (*h2rev_http_server_close_cb)(h2rev_http_server_t *server);
 
+/* One finished request, for an access log: given to the server's
+ * access_log callback once per request that reached a handler (a path no
+ * route matches too: its 404), HTTP/1.1 or HTTP/2, after the handler's done
+ * callback. Not given: heads the server refuses before any handler (400,
+ * 408, 431, 503 while closing), and requests whose stream an internal
+ * mount takes over (/revdial). Valid during the call only. */
+typedef struct h2rev_access_s {
+  const h2rev_http_req_t *req; /* method, path (as sent: escape it), peer, route, version */
+  int status;                  /* the response status sent; 0: no head went out */
+  int result;                  /* the done callback's: 0 complete, else why not */
+  uint64_t bytes_in;           /* request body bytes given to the handler */
+  uint64_t bytes_out;          /* response body bytes the handler wrote */
+  uint64_t duration_us;        /* from the complete request head to the end */
+} h2rev_access_t;
+typedef void (*h2rev_access_log_cb)(void *arg, const h2rev_access_t *access);
+
 typedef struct h2rev_http_server_options_s {
   unsigned max_header_bytes;  /* HTTP/1.1 request line + headers, HTTP/2 header block;
                                  default and upper bound 65536; over it: 431 */
@@ -378,7 +394,30 @@ typedef struct h2rev_http_server_options_s {
   size_t max_conn_header_bytes;
   size_t max_total_header_bytes;
   h2rev_logger_t log;
+  h2rev_access_log_cb access_log; /* NULL: none; runs on the loop, must not block */
+  void *access_log_arg;
 } h2rev_http_server_options_t;
+
+/* Request durations are counted in these buckets: up to 5 ms, 25 ms,
+ * 100 ms, 500 ms, 2.5 s, 10 s, and longer (the last). */
+#define H2REV_HTTP_DURATION_BUCKETS 7
+#define H2REV_HTTP_DURATION_BOUNDS_MS                                                              \
+  { 5, 25, 100, 500, 2500, 10000 }
+
+/* Counters, for monitoring (h2rev_http_server_stats). Requests are those
+ * the access log sees. */
+typedef struct h2rev_http_server_stats_s {
+  uint64_t connections;         /* accepted connections open now */
+  uint64_t connections_total;   /* accepted since init */
+  uint64_t connections_refused; /* accepted and closed at once (out of memory, TLS setup) */
+  uint64_t limit_reached;       /* times accepting paused at max_connections */
+  /* [0]: HTTP/1.x, [1]: HTTP/2; by status class: [0] no head sent, [1..5] 1xx..5xx */
+  uint64_t requests[2][6];
+  uint64_t requests_incomplete; /* ended with a nonzero result (client gone, abort) */
+  uint64_t duration[H2REV_HTTP_DURATION_BUCKETS]; /* not cumulative */
+  uint64_t duration_us_sum;
+  uint64_t bytes_in, bytes_out; /* request and response body bytes */
+} h2rev_http_server_stats_t;
 
 struct h2rev_http_server_s {
   void *data;
@@ -469,6 +508,9 @@ H2REV_EXTERN void h2rev_http_server_close(h2rev_http_server_t *server,
  * Errors: UV_EALREADY (closing or draining already; no callback then). */
 H2REV_EXTERN int h2rev_http_server_shutdown(h2rev_http_server_t *server, unsigned timeout_ms,
                                             h2rev_http_server_close_cb cb);
+
+H2REV_EXTERN void h2rev_http_server_stats(const h2rev_http_server_t *server,
+                                          h2rev_http_server_stats_t *out);
 
 /* A request header's value by name (case-insensitive), or NULL. */
 H2REV_EXTERN const char *h2rev_http_header(const h2rev_http_req_t *req, const char *name);
@@ -629,6 +671,10 @@ typedef struct h2rev_dialer_options_s {
   void *authorize_arg;
   h2rev_listener_event_cb on_listener; /* NULL: no events */
   h2rev_logger_t log;
+  /* For h2rev_dialer_listen's own server (see h2rev_http_server_options_t);
+   * a program that mounts the dialer sets it on its server. */
+  h2rev_access_log_cb access_log;
+  void *access_log_arg;
 } h2rev_dialer_options_t;
 
 struct h2rev_dialer_s {
@@ -645,6 +691,10 @@ typedef struct h2rev_dialer_stats_s {
   uint64_t spares;          /* idle data streams now */
   uint64_t dials_ok, dials_failed;
   uint64_t refused; /* /revdial streams refused */
+  /* dials_failed by reason: unknown id, timeout, the listener could not
+   * open it, the listener went away, too many pending, cancelled */
+  uint64_t dials_nolistener, dials_timeout, dials_pickup, dials_closed, dials_toomany,
+      dials_canceled;
 } h2rev_dialer_stats_t;
 
 typedef void (*h2rev_dial_cb)(h2rev_dial_t *req, int status);
@@ -725,6 +775,9 @@ H2REV_EXTERN int h2rev_dial_cancel(h2rev_dial_t *req);
 /* The listener's text for H2REV_EPICKUP, else h2rev_strerror(status). */
 H2REV_EXTERN const char *h2rev_dial_strerror(const h2rev_dial_t *req);
 H2REV_EXTERN void h2rev_dialer_stats(const h2rev_dialer_t *dialer, h2rev_dialer_stats_t *out);
+/* The server the dialer is mounted on (its own after h2rev_dialer_listen),
+ * e.g. for h2rev_http_server_stats; NULL when none. */
+H2REV_EXTERN h2rev_http_server_t *h2rev_dialer_server(const h2rev_dialer_t *dialer);
 /* The listeners attached now: fills out[0..cap) (in no particular order)
  * and returns how many there are, which may be more than cap. */
 H2REV_EXTERN size_t h2rev_dialer_listeners(const h2rev_dialer_t *dialer, h2rev_listener_info_t *out,

@@ -117,6 +117,30 @@ static void dial_closed(uv_handle_t *h) {
     d->st.dials_ok++;
   else
     d->st.dials_failed++;
+  switch (req->status_) {
+  case 0:
+    break;
+  case H2REV_ENOLISTENER:
+    d->st.dials_nolistener++;
+    break;
+  case UV_ETIMEDOUT:
+    d->st.dials_timeout++;
+    break;
+  case H2REV_EPICKUP:
+    d->st.dials_pickup++;
+    break;
+  case H2REV_ECLOSED:
+    d->st.dials_closed++;
+    break;
+  case H2REV_ETOOMANY:
+    d->st.dials_toomany++;
+    break;
+  case UV_ECANCELED:
+    d->st.dials_canceled++;
+    break;
+  default:
+    break;
+  }
   /* The dial counts in `completing` until its callback has returned: a
    * h2rev_dialer_close from inside the callback waits for it, not for one
    * more event than there is. */
@@ -730,6 +754,8 @@ static int own_server(h2r_dialer_t *d) {
       .ping_timeout_ms = d->o.ping_timeout_ms,
       .max_connections = d->o.max_connections,
       .log = d->o.log,
+      .access_log = d->o.access_log,
+      .access_log_arg = d->o.access_log_arg,
   };
   int r = h2rev_http_server_init(d->loop, &d->own, &so);
   if (r != 0)
@@ -890,6 +916,11 @@ size_t h2rev_dialer_listeners(const h2rev_dialer_t *dialer, h2rev_listener_info_
 
 void h2rev_dialer_stats(const h2rev_dialer_t *dialer, h2rev_dialer_stats_t *out) {
   *out = dialer->d_->st;
+}
+
+h2rev_http_server_t *h2rev_dialer_server(const h2rev_dialer_t *dialer) {
+  const h2r_dialer_t *d = dialer->d_;
+  return d != NULL && d->srv != NULL ? d->srv->pub : NULL;
 }
 
 static void dialer_done(h2rev_dialer_t *pub) {

@@ -623,7 +623,9 @@ struct h2r_server {
   bool drain_timer_open;
   uint64_t drain_deadline;
   h2rev_http_server_close_cb close_cb;
-  bool unref; /* h2rev_http_server_unref */
+  bool unref;            /* h2rev_http_server_unref */
+  h2r_route_t *notfound; /* answers 404 as a handler, so that it is counted and logged */
+  h2rev_http_server_stats_t st;
 };
 
 /* A route (h2rev_http_server_route); unroute removes every route of arg. */
@@ -632,7 +634,8 @@ int h2r_server_route(h2r_server_t *srv, const char *prefix, h2rev_http_handler_c
 void h2r_server_unroute(h2r_server_t *srv, void *arg);
 /* Connection events to ops (NULL: none). UV_EBUSY: another arg watches. */
 int h2r_server_watch(h2r_server_t *srv, const h2r_watch_ops *ops, void *arg);
-/* The route for a path (longest prefix on a segment boundary), or NULL. */
+/* The route for a path (longest prefix on a segment boundary), or the
+ * server's 404 route. */
 const h2r_route_t *h2r_server_route_find(const h2r_server_t *srv, const char *path, size_t len);
 /* Closes the listening sockets; the connections go on. */
 void h2r_server_stop_listening(h2r_server_t *srv);

@@ -39,8 +39,11 @@ struct h2r_hreq {
   int result;    /* for the done callback */
   int64_t cl_out;
   uint64_t out;
-  unsigned writes; /* HTTP/1.1 writes not completed */
-  char *stash;     /* HTTP/1.1 body received while not reading */
+  uint64_t in;       /* body bytes given to read_cb */
+  uint64_t start_ns; /* uv_hrtime() when the head was complete */
+  int status;        /* of the head sent */
+  unsigned writes;   /* HTTP/1.1 writes not completed */
+  char *stash;       /* HTTP/1.1 body received while not reading */
   size_t stash_len, stash_off;
   h2rev_header_t hdrs[];
 };
@@ -70,7 +73,12 @@ const h2r_route_t *h2r_server_route_find(const h2r_server_t *srv, const char *pa
   for (const h2r_route_t *r = srv->routes; r != NULL; r = r->next)
     if ((best == NULL || r->len > best->len) && route_matches(r, path, len))
       best = r;
-  return best;
+  return best != NULL ? best : srv->notfound;
+}
+
+static void not_found(h2rev_http_req_t *req, void *arg) {
+  (void)arg;
+  h2rev_http_reply(req, 404, "text/plain", "not found\n", 10);
 }
 
 static int route_add(h2r_server_t *srv, const char *prefix, h2rev_http_handler_cb handler,
@@ -156,6 +164,7 @@ static h2r_hreq_t *hreq_alloc(h2r_server_t *srv, const h2r_route_t *route, size_
   rq->pub.server = srv->pub;
   rq->pub.headers = rq->hdrs;
   rq->cl_out = -1;
+  rq->start_ns = uv_hrtime();
   *mem = (char *)(rq->hdrs + nhdrs);
   /* "/" routes everything: its prefix, as the part of the path to strip, is "". */
   rq->pub.route = put(mem, route->prefix, route->len == 1 ? 0 : route->len, false);
@@ -163,6 +172,30 @@ static h2r_hreq_t *hreq_alloc(h2r_server_t *srv, const h2r_route_t *route, size_
   rq->handler_arg = route->arg;
   h2r_server_ref(srv);
   return rq;
+}
+
+/* Counts the request and gives it to the access log: once, when its
+ * done callback has run. */
+static void hreq_account(h2r_hreq_t *rq) {
+  static const uint64_t bounds_ms[] = H2REV_HTTP_DURATION_BOUNDS_MS;
+  h2r_server_t *srv = rq->srv;
+  h2rev_http_server_stats_t *st = &srv->st;
+  uint64_t us = (uv_hrtime() - rq->start_ns) / 1000;
+  int cls = rq->status >= 100 && rq->status < 600 ? rq->status / 100 : 0;
+  st->requests[rq->h2 ? 1 : 0][cls]++;
+  if (rq->result != 0)
+    st->requests_incomplete++;
+  size_t b = 0;
+  while (b < sizeof(bounds_ms) / sizeof(bounds_ms[0]) && us > bounds_ms[b] * 1000)
+    b++;
+  st->duration[b]++;
+  st->duration_us_sum += us;
+  st->bytes_in += rq->in;
+  st->bytes_out += rq->out;
+  if (srv->o.access_log != NULL) {
+    h2rev_access_t a = {&rq->pub, rq->status, rq->result, rq->in, rq->out, us};
+    srv->o.access_log(srv->o.access_log_arg, &a);
+  }
 }
 
 static void hreq_free(h2r_hreq_t *rq) {
@@ -294,6 +327,7 @@ static size_t h1_feed(h2r_hreq_t *rq, const char *p, size_t n) {
     done += k;
     if (rq->manual)
       rq->held += k;
+    rq->in += k;
     rq->read_cb(&rq->pub, (ssize_t)k, &buf);
   }
   return done;
@@ -382,6 +416,7 @@ static void h1_release(h2r_hreq_t *rq) {
   rq->h1 = NULL;
   if (rq->done_cb != NULL)
     rq->done_cb(&rq->pub, rq->result);
+  hreq_account(rq);
   if (c != NULL)
     h2r_h1c_release(c);
   hreq_free(rq);
@@ -415,6 +450,8 @@ static void h2_alloc(h2rev_stream_t *s, size_t sz, uv_buf_t *buf) {
 
 static void h2_read(h2rev_stream_t *s, ssize_t n, const uv_buf_t *buf) {
   h2r_hreq_t *rq = s->data;
+  if (n > 0)
+    rq->in += (uint64_t)n;
   rq->read_cb(&rq->pub, n, buf);
 }
 
@@ -422,6 +459,7 @@ static void h2_closed(h2rev_stream_t *s) {
   h2r_hreq_t *rq = s->data;
   if (rq->done_cb != NULL)
     rq->done_cb(&rq->pub, rq->result);
+  hreq_account(rq);
   hreq_free(rq);
 }
 
@@ -567,6 +605,16 @@ static void h2_finish(h2r_hreq_t *rq, bool complete) {
 
 static h2r_hreq_t *R(h2rev_http_req_t *req) {
   return H2R_CONTAINER_OF(req, h2r_hreq_t, pub);
+}
+
+void h2rev_http_server_stats(const h2rev_http_server_t *server, h2rev_http_server_stats_t *out) {
+  const h2r_server_t *srv = server->s_;
+  if (srv == NULL) {
+    memset(out, 0, sizeof(*out));
+    return;
+  }
+  *out = srv->st;
+  out->connections = srv->nconns;
 }
 
 const char *h2rev_http_header(const h2rev_http_req_t *req, const char *name) {
@@ -718,6 +766,7 @@ int h2rev_http_respond(h2rev_http_req_t *req, int status, const h2rev_header_t *
   if (!rq->h2)
     rq->writes += (unsigned)r;
   rq->responded = true;
+  rq->status = status;
   rq->no_body = no_body;
   rq->cl_out = no_body || status == 101 ? -1 : content_length;
   if (status == 101) /* the client's bytes after its head are the body now */
@@ -930,6 +979,7 @@ static void refuse_connection(h2r_server_t *srv, h2r_lsock_t *k, const char *why
         uv_ip_name((struct sockaddr *)&ss, ip, sizeof(ip)) == 0)
       snprintf(peer, sizeof(peer), "%s", ip);
   }
+  srv->st.connections_refused++;
   h2r_log_limited(&srv->o.log, &srv->rl, srv->loop, H2REV_LOG_WARN,
                   "connection from %s closed at once: %s", peer, why);
   srv->refusing = true;
@@ -945,9 +995,11 @@ static void on_connection(uv_stream_t *server, int status) {
   if (srv->nconns >= srv->o.max_connections) {
     /* Not accepting stops libuv from polling the socket until uv_accept:
      * the clients wait in the backlog, and the loop does not spin. */
-    if (!k->paused)
+    if (!k->paused) {
+      srv->st.limit_reached++;
       H2R_WARN(&srv->o.log, "%u connections open (the limit): not accepting until one closes",
                srv->nconns);
+    }
     pause_accepting(srv, k);
     return;
   }
@@ -985,6 +1037,7 @@ static void on_connection(uv_stream_t *server, int status) {
     return;
   }
   srv->nconns++;
+  srv->st.connections_total++;
 }
 
 /* A connection closed: the sockets paused at the limit take theirs. */
@@ -1026,10 +1079,16 @@ int h2rev_http_server_init(uv_loop_t *loop, h2rev_http_server_t *server,
   if (o->max_total_header_bytes == 0)
     o->max_total_header_bytes = H2R_TOTAL_HEADER_BYTES;
   srv->rbuf = malloc(H2R_RBUF_SIZE);
-  if (srv->rbuf == NULL) {
+  srv->notfound = calloc(1, sizeof(*srv->notfound) + 2);
+  if (srv->rbuf == NULL || srv->notfound == NULL) {
+    free(srv->rbuf);
+    free(srv->notfound);
     free(srv);
     return UV_ENOMEM;
   }
+  srv->notfound->prefix[0] = '/';
+  srv->notfound->len = 1;
+  srv->notfound->handler = not_found;
   srv->pub = server;
   srv->loop = loop;
   srv->pend_tail = &srv->pend;
@@ -1181,6 +1240,7 @@ static void srv_handle_closed(uv_handle_t *h) {
   h2rev_http_server_t *pub = srv->pub;
   h2rev_http_server_close_cb cb = srv->close_cb;
   free(srv->rbuf);
+  free(srv->notfound);
   free(srv);
   pub->s_ = NULL;
   if (cb != NULL)

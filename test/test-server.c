@@ -25,6 +25,28 @@ typedef struct env {
 
 static env_t *E;
 
+/* What the access log callback was given, for TEST(access_log). */
+typedef struct logged {
+  char method[16], path[64];
+  int major, status, result;
+  uint64_t bytes_out;
+} logged_t;
+static logged_t LOG[16];
+static int NLOG;
+
+static void record_access(void *arg, const h2rev_access_t *a) {
+  (void)arg;
+  if (NLOG >= (int)(sizeof(LOG) / sizeof(LOG[0])))
+    return;
+  logged_t *l = &LOG[NLOG++];
+  snprintf(l->method, sizeof(l->method), "%s", a->req->method);
+  snprintf(l->path, sizeof(l->path), "%s", a->req->path);
+  l->major = a->req->http_major;
+  l->status = a->status;
+  l->result = a->result;
+  l->bytes_out = a->bytes_out;
+}
+
 /* ------------------------------------------------------------ handlers */
 
 static void text(h2rev_http_req_t *req, void *arg) {
@@ -297,6 +319,8 @@ static void env_init(env_t *e) {
   snprintf(e->dir, sizeof(e->dir), "%s", test_tmpdir());
   test_logger(&e->o.log, "server");
   e->o.header_timeout_ms = 500;
+  e->o.access_log = record_access;
+  NLOG = 0;
   ASSERT_OK(h2rev_http_server_init(&e->loop, &e->srv, &e->o));
   e->srv.data = e;
   ASSERT_OK(h2rev_http_server_route(&e->srv, "/", text, "root\n"));
@@ -480,6 +504,101 @@ TEST(abort_and_disconnect) {
     uv_run(&e.loop, UV_RUN_ONCE);
   ASSERT_EQ(e.gone, 1);
   ASSERT_EQ(e.done, 3);
+  env_stop(&e);
+}
+
+/* One access log line per finished request, whatever the protocol or the
+ * way it ended: complete, a path no route matches (404), a handler's
+ * abort, an HTTP/2 client that resets its stream in the middle of the
+ * response; and the server's counters agree. */
+TEST(access_log) {
+  env_t e;
+  env_init(&e);
+  char cmd[2048];
+  snprintf(cmd, sizeof(cmd), "curl -s --http1.1 http://127.0.0.1:%d/a/b", e.port);
+  expect_out(&e, cmd, "ab\n");
+  snprintf(cmd, sizeof(cmd), "curl -s --http2-prior-knowledge http://127.0.0.1:%d/a?x", e.port);
+  expect_out(&e, cmd, "a\n");
+  snprintf(cmd, sizeof(cmd),
+           "curl -s --http2-prior-knowledge -o /dev/null http://127.0.0.1:%d/abort", e.port);
+  ASSERT_NE(sh(&e, cmd), 0);
+  /* HTTP/2 by hand: a request to /echo whose first body bytes come back
+   * (the response has started), then RST_STREAM(CANCEL). */
+  snprintf(cmd, sizeof(cmd),
+           "python3 -c 'import socket,struct,time\n"
+           "def fr(t,f,sid,p): return struct.pack(\">I\",len(p))[1:]+bytes([t,f])+"
+           "struct.pack(\">I\",sid)+p\n"
+           "def lit(n,v): return bytes([0,len(n)])+n+bytes([len(v)])+v\n"
+           "hb=lit(b\":method\",b\"POST\")+lit(b\":path\",b\"/echo\")+"
+           "lit(b\":scheme\",b\"http\")+lit(b\":authority\",b\"x\")\n"
+           "s=socket.create_connection((\"127.0.0.1\",%d))\n"
+           "s.sendall(b\"PRI * HTTP/2.0\\r\\n\\r\\nSM\\r\\n\\r\\n\"+fr(4,0,0,b\"\")+"
+           "fr(1,4,1,hb)+fr(0,0,1,b\"hello\"))\n"
+           "d=b\"\"\n"
+           "while True:\n"
+           "  b=s.recv(65536)\n"
+           "  if not b: raise SystemExit(1)\n"
+           "  d+=b\n"
+           "  if b\"hello\" in d: break\n"
+           "s.sendall(fr(3,0,1,struct.pack(\">I\",8)))\n"
+           "time.sleep(0.3)\n"
+           "s.close()'",
+           e.port);
+  ASSERT_EQ(sh(&e, cmd), 0);
+  uint64_t deadline = uv_now(&e.loop) + 5000;
+  while (NLOG < 4 && uv_now(&e.loop) < deadline)
+    uv_run(&e.loop, UV_RUN_ONCE);
+  ASSERT_EQ(NLOG, 4);
+  ASSERT_STR_EQ(LOG[0].path, "/a/b");
+  ASSERT_EQ(LOG[0].major, 1);
+  ASSERT_EQ(LOG[0].status, 200);
+  ASSERT_EQ(LOG[0].result, 0);
+  ASSERT_EQ(LOG[0].bytes_out, 3u);
+  ASSERT_STR_EQ(LOG[1].path, "/a?x");
+  ASSERT_EQ(LOG[1].major, 2);
+  ASSERT_EQ(LOG[1].status, 200);
+  ASSERT_EQ(LOG[1].result, 0);
+  ASSERT_STR_EQ(LOG[2].path, "/abort");
+  ASSERT_EQ(LOG[2].status, 200);
+  ASSERT_NE(LOG[2].result, 0);
+  ASSERT_EQ(LOG[2].bytes_out, 10u);
+  ASSERT_STR_EQ(LOG[3].method, "POST");
+  ASSERT_STR_EQ(LOG[3].path, "/echo");
+  ASSERT_EQ(LOG[3].major, 2);
+  ASSERT_EQ(LOG[3].status, 200);
+  ASSERT_NE(LOG[3].result, 0);
+  ASSERT_EQ(LOG[3].bytes_out, 5u);
+  h2rev_http_server_stats_t st;
+  h2rev_http_server_stats(&e.srv, &st);
+  ASSERT_EQ(st.requests[0][2], 1u);
+  ASSERT_EQ(st.requests[1][2], 3u);
+  ASSERT_EQ(st.requests_incomplete, 2u);
+  uint64_t n = 0;
+  for (int i = 0; i < H2REV_HTTP_DURATION_BUCKETS; i++)
+    n += st.duration[i];
+  ASSERT_EQ(n, 4u);
+  ASSERT_EQ(st.connections_total, 4u);
+  ASSERT_EQ(st.bytes_in, 5u);
+  /* A path no route matches is answered by a handler: logged and counted. */
+  h2rev_http_server_t s2;
+  h2rev_http_server_options_t o2 = {.access_log = record_access};
+  ASSERT_OK(h2rev_http_server_init(&e.loop, &s2, &o2));
+  ASSERT_OK(h2rev_http_server_route(&s2, "/only", text, "only\n"));
+  int p2 = listen_on(&s2, NULL, 0);
+  snprintf(cmd, sizeof(cmd), "curl -s --http1.1 -w ' %%{http_code}' http://127.0.0.1:%d/x", p2);
+  expect_out(&e, cmd, "not found\n 404");
+  deadline = uv_now(&e.loop) + 5000;
+  while (NLOG < 5 && uv_now(&e.loop) < deadline)
+    uv_run(&e.loop, UV_RUN_ONCE);
+  ASSERT_EQ(NLOG, 5);
+  ASSERT_STR_EQ(LOG[4].path, "/x");
+  ASSERT_EQ(LOG[4].status, 404);
+  h2rev_http_server_stats(&s2, &st);
+  ASSERT_EQ(st.requests[0][4], 1u);
+  s2.data = &e;
+  h2rev_http_server_close(&s2, srv_closed);
+  run_until(&e.loop, &e.closed, 5000);
+  e.closed = 0;
   env_stop(&e);
 }
 
