@@ -728,7 +728,7 @@ static int on_headers_complete(llhttp_t *h) {
   h2r_out_uint(&o, h->http_minor, 10);
   H2R_OUT_LIT(&o, "\r\n");
   c->raw = llhttp_get_upgrade(h) != 0;
-  if (c->raw) {
+  if (c->raw && u->loop != NULL) { /* no loop: h2r_upstream_head, the head alone */
     c->last_io = uv_now(u->loop);
     if (u->draining)
       drain_watch(c);

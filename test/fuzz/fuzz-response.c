@@ -322,6 +322,11 @@ int LLVMFuzzerTestOneInput(const uint8_t *data, size_t size) {
   }
   if (refused && ended && got.status != 0)
     CHECK(got.status == 502);
+  /* A 204 or 304 has no body whatever its fields say (RFC 9110 6.4.1): what
+   * an upstream sends after its head is not passed on (it would be read as
+   * the start of the next response). */
+  if (want.status == 204 || want.status == 304)
+    want.body.len = 0;
   if (want_whole && ended) {
     if (!got.done || got.status != want.status || got.body.len != want.body.len ||
         (got.body.len > 0 && memcmp(got.body.p, want.body.p, got.body.len) != 0)) {
