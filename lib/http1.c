@@ -551,7 +551,11 @@ int h2r_h1c_respond(h2r_h1c_t *c, h2r_hreq_t *rq, int status, const h2rev_header
     return UV_ENOMEM;
   h2r_out_t o = {h, 0, cap, false};
   status_line(&o, status);
-  bool upgrade = status == 101;
+  /* A 2xx to CONNECT turns the connection into a tunnel as a 101 does
+   * (RFC 9110 9.3.6), without the 101's Upgrade fields. */
+  bool tunnel = status >= 200 && status < 300 && c->parser.method == HTTP_CONNECT &&
+                llhttp_get_upgrade(&c->parser);
+  bool upgrade = status == 101 || tunnel;
   for (size_t i = 0; i < n; i++) {
     const char *name = hdrs[i].name;
     size_t nl = strlen(name);
@@ -567,7 +571,9 @@ int h2r_h1c_respond(h2r_h1c_t *c, h2r_hreq_t *rq, int status, const h2rev_header
   *no_body = c->head_only || (!body_ok && !upgrade);
   c->chunked_out = false;
   if (upgrade) {
-    H2R_OUT_LIT(&o, "Connection: Upgrade\r\n\r\n");
+    if (!tunnel)
+      H2R_OUT_LIT(&o, "Connection: Upgrade\r\n");
+    H2R_OUT_LIT(&o, "\r\n");
     c->raw = true;
     c->raw_io = uv_now(c->srv->loop);
     c->keep_alive = false;

@@ -87,7 +87,8 @@ typedef struct proxy {
   bool chunked_req;
   bool head_req;
   bool upgrade;
-  bool raw; /* upgraded: bytes pass both ways as they are */
+  bool raw;     /* upgraded: bytes pass both ways as they are */
+  bool connect; /* a CONNECT: the reverse connection is the tunnel, no head goes out */
   bool head_sent;
   bool done; /* response complete */
   bool up_open, up_eof, up_shut_done;
@@ -896,6 +897,18 @@ static void dialed(h2rev_dial_t *dial, int status) {
     p_finish(p);
     return;
   }
+  if (p->connect) {
+    /* The tunnel is open: the client's bytes flow from this answer on. */
+    p->head_sent = true;
+    p->raw = true;
+    if (h2rev_http_respond(p->req, 200, NULL, 0, -1) != 0) {
+      p_finish(p);
+      return;
+    }
+    client_resume(p);
+    h2rev_stream_read_start(&p->up, up_alloc, up_read);
+    return;
+  }
   pwrite_t *head = p->reqhead;
   p->reqhead = NULL;
   if (send_up(p, head, false) != 0) {
@@ -951,6 +964,17 @@ void h2rev_dialer_proxy(h2rev_http_req_t *req, void *arg) {
     reply_error(req, 429, req->content_length != 0);
     return;
   }
+  /* CONNECT <route>/<id>: the reverse connection, as it is, is the tunnel
+   * (what a listener with a tcp:// upstream splices to its service). Only
+   * HTTP/1.1 here: HTTP/2 CONNECT carries no path to route by. */
+  bool connect = strcmp(req->method, "CONNECT") == 0;
+  if (connect && (req->http_major != 1 || !req->upgrade || rest[0] != '\0')) {
+    h2r_log_limited(log, rl, dialer->loop, H2REV_LOG_INFO, "proxy %.*s: 405 for a CONNECT %s",
+                    (int)idl, idp,
+                    req->http_major != 1 ? "over HTTP/2" : "with a path after the id");
+    reply_error(req, 405, req->content_length != 0);
+    return;
+  }
   proxy_t *p = calloc(1, sizeof(*p) + idl + 1);
   int status = 503;
   size_t hl = 0;
@@ -964,8 +988,9 @@ void h2rev_dialer_proxy(h2rev_http_req_t *req, void *arg) {
   p->dialer = dialer;
   p->o = o;
   p->log = log;
-  char *mem = build_head(req, req->path, prefixlen, p->id, rest, offsetof(pwrite_t, data), &hl,
-                         &status, &chunked);
+  char *mem = connect ? malloc(sizeof(pwrite_t))
+                      : build_head(req, req->path, prefixlen, p->id, rest, offsetof(pwrite_t, data),
+                                   &hl, &status, &chunked);
   if (mem == NULL) {
     h2r_log_limited(log, rl, dialer->loop, H2REV_LOG_INFO,
                     "proxy %s: %d for a request that cannot be forwarded safely", p->id, status);
@@ -982,6 +1007,7 @@ void h2rev_dialer_proxy(h2rev_http_req_t *req, void *arg) {
   req->data = p;
   p->chunked_req = chunked;
   p->upgrade = req->upgrade != 0;
+  p->connect = connect;
   p->head_req = strcmp(req->method, "HEAD") == 0;
   p->early_tail = &p->early;
   p->client_open = true;
