@@ -54,6 +54,7 @@ struct h2r_h1c {
   bool chunked_out; /* response body chunked */
   bool raw;         /* upgraded: bytes pass as they are */
   uint64_t raw_io;  /* upgraded: when bytes last passed either way */
+  bool peer_eof;    /* a CONNECT tunnel's client ended its side */
   bool closing;     /* close once the output is written */
   bool draining;    /* no request after the current one */
   bool input_paused;
@@ -941,7 +942,22 @@ static void ops_shutdown(h2r_session_t *s) {
   c_shutdown(s->h1_data);
 }
 
-const h2r_h1_ops h2r_h1c_ops = {ops_read, ops_dead, ops_shutdown};
+/* A CONNECT tunnel's client that ends its side (a TCP FIN, TLS
+ * close_notify) still reads the answer, as over TCP: the end reaches the
+ * handler as the end of the body, the connection stays. Elsewhere
+ * (WebSocket, plain exchanges) the client's end ends the connection. */
+static bool ops_eof(h2r_session_t *s) {
+  h2r_h1c_t *c = s->h1_data;
+  if (c->dead || !c->raw || c->rq == NULL || c->parser.method != HTTP_CONNECT)
+    return false;
+  if (!c->peer_eof) {
+    c->peer_eof = true;
+    h2r_hreq_h1_end(c->rq);
+  }
+  return true;
+}
+
+const h2r_h1_ops h2r_h1c_ops = {ops_read, ops_dead, ops_shutdown, ops_eof};
 
 void h2r_h1c_shutdown(h2r_h1c_t *c) {
   c_shutdown(c);

@@ -243,6 +243,9 @@ typedef struct h2r_h1_ops {
   void (*on_read)(h2r_session_t *s, const uint8_t *p, size_t n);
   void (*on_dead)(h2r_session_t *s, int err); /* the transport is gone */
   void (*on_shutdown)(h2r_session_t *s);      /* finish the current exchange, then close */
+  /* The client ended its side: true when the connection goes on half-closed
+   * (a CONNECT tunnel), else the session ends. */
+  bool (*on_eof)(h2r_session_t *s);
 } h2r_h1_ops;
 
 enum h2r_session_state {
@@ -281,7 +284,7 @@ struct h2r_session {
   uint8_t sniff[24];
   size_t sniffed;
   bool goaway_recv;
-  bool got_input; /* client: the peer has sent a byte (cleartext: checked for HTTP/2) */
+  bool got_input;      /* client: the peer has sent a byte (cleartext: checked for HTTP/2) */
   h2r_strm_t *streams; /* every stream still referenced */
   h2r_strm_t *pending; /* streams with deferred events */
   h2r_strm_t **pending_tail;

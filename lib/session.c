@@ -628,6 +628,9 @@ static void x_on_error(h2r_xport_t *x, int err) {
   h2r_session_t *s = x->owner;
   if (err == UV_EOF && !s->server && !s->got_input && x->errmsg[0] == '\0')
     snprintf(x->errmsg, sizeof(x->errmsg), "closed before any answer");
+  if (err == UV_EOF && s->h1 != NULL && s->h1->on_eof != NULL && s->state != H2R_S_DEAD &&
+      s->h1->on_eof(s))
+    return;
   if (err == UV_EOF)
     err = s->goaway_recv && s->nstreams == 0 ? 0 : H2REV_ECLOSED;
   s_fail(s, err);
