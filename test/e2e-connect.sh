@@ -93,6 +93,23 @@ wait_for python3 -c "import socket; socket.create_connection(('127.0.0.1', $LPOR
 timeout 60 $PEER concurrent "$LPORT" 20 200000 || fail "--listen: 20 concurrent echoes"
 ok "h2rev-connect --listen: 20 concurrent connections echo 200 kB each"
 
+# ------------------------------------------------------------------ a Go h2rev2 listener
+GO=$SRC/../shared/interop
+if [ -x "$GO/revcli" ]; then
+  "$GO/revcli" -url "$URL/" -ca "$CA" -id gg -upstream "http://127.0.0.1:$UPSTREAM_PORT" \
+    >>"$WORK/revcli.log" 2>&1 &
+  PIDS+=($!)
+  wait_for attached gg || fail "the Go listener did not attach"
+  # Go's HTTP server behind: ssh's greeting is no request; what matters is an end, not a hang.
+  rc=0
+  out=$( (printf 'SSH-2.0-OpenSSH_9.2\r\n'; sleep 1) | timeout 30 "${CONN[@]}" "$URL" gg 2>"$WORK/gg.err") || rc=$?
+  [ "$rc" != 124 ] || fail "CONNECT to the Go listener hangs"
+  [ "$rc" = 0 ] || grep -q "h2rev-connect: " "$WORK/gg.err" || fail "CONNECT to the Go listener: exit $rc, no message"
+  ok "CONNECT to a Go h2rev2 listener: ends at once (exit $rc: ${out%%$'\r'*}$(head -1 "$WORK/gg.err"))"
+else
+  echo "skip: no ../shared/interop/revcli: the Go listener part did not run"
+fi
+
 # ------------------------------------------------------------------ HTTP/2
 if command -v nghttp >/dev/null; then
   # nghttp sends :path and :scheme with it, which RFC 9113 8.5 forbids without :protocol
