@@ -438,9 +438,11 @@ static void end_up(proxy_t *p) {
   if (!p->up_open || p->up_shut_done || p->up_sh.data != NULL)
     return;
   p->up_sh.data = p;
+  /* A tunnel's client that half-closed still reads: the service answers
+   * in its own time, as over TCP. */
   if (h2rev_stream_shutdown(&p->up_sh, &p->up, up_shut) != 0)
     p_close_up(p);
-  else if (!p->up_eof)
+  else if (!p->up_eof && !(p->connect && p->client_open))
     p_wait(p, WAIT_LINGER, LINGER_MS);
 }
 
