@@ -17,6 +17,7 @@
  */
 #define _GNU_SOURCE
 #include <errno.h>
+#include <fcntl.h>
 #include <netdb.h>
 #include <netinet/in.h>
 #include <netinet/tcp.h>
@@ -330,64 +331,103 @@ static void open_tunnel(conn_t *c, const url_t *u, SSL_CTX *ctx, const char *id,
     exit(1);
 }
 
-/* Bytes both ways until both directions have ended. */
+/* Our end of the tunnel, sent once what was read is out: TLS close_notify
+ * (written whole, so the socket blocks for it), then a FIN. */
+static void half_close(conn_t *c) {
+  if (c->ssl != NULL) {
+    int fl = fcntl(c->fd, F_GETFL);
+    fcntl(c->fd, F_SETFL, fl & ~O_NONBLOCK);
+    SSL_shutdown(c->ssl);
+    fcntl(c->fd, F_SETFL, fl);
+  }
+  shutdown(c->fd, SHUT_WR);
+}
+
+/* Bytes both ways until the service ends its side. The tunnel's socket
+ * does not block: with an echoing service, a write to it that waits while
+ * nobody reads what comes back would wait for ever. The local side may
+ * block: its peer (ssh, a client socket) reads and writes independently. */
 static int pump(conn_t *c, int in, int out) {
-  static char buf[PUMP_BUF];
-  bool in_open = true, up_open = true;
-  while (in_open || up_open) {
-    struct pollfd pf[2] = {{in, POLLIN, 0}, {c->fd, POLLIN, 0}};
+  static char ubuf[PUMP_BUF], dbuf[PUMP_BUF];
+  size_t dlen = 0, doff = 0;
+  bool in_open = true, shut = false, r_wants_write = false, w_wants_read = false;
+  fcntl(c->fd, F_SETFL, fcntl(c->fd, F_GETFL) | O_NONBLOCK);
+  for (;;) {
     bool pending = c->ssl != NULL && SSL_pending(c->ssl) > 0;
-    if (!pending) {
-      if (poll(pf, 2, -1) < 0) {
-        if (errno == EINTR)
+    short ev = r_wants_write ? POLLOUT : POLLIN;
+    if (dlen > 0)
+      ev |= w_wants_read ? POLLIN : POLLOUT;
+    struct pollfd pf[2] = {{in, in_open && dlen == 0 ? POLLIN : 0, 0}, {c->fd, ev, 0}};
+    if (poll(pf, 2, pending ? 0 : -1) < 0) {
+      if (errno == EINTR)
+        continue;
+      return 1;
+    }
+    if (pf[0].revents) {
+      ssize_t r = read(in, dbuf, sizeof(dbuf));
+      if (r > 0) {
+        dlen = (size_t)r;
+        doff = 0;
+      } else if (r == 0 || errno != EINTR) {
+        in_open = false;
+      }
+    }
+    if (dlen > 0) {
+      ssize_t w;
+      if (c->ssl != NULL) {
+        int r = SSL_write(c->ssl, dbuf + doff, (int)(dlen - doff));
+        int e = r > 0 ? SSL_ERROR_NONE : SSL_get_error(c->ssl, r);
+        w_wants_read = e == SSL_ERROR_WANT_READ;
+        if (e != SSL_ERROR_NONE && e != SSL_ERROR_WANT_READ && e != SSL_ERROR_WANT_WRITE)
+          return 1;
+        w = r > 0 ? r : 0;
+      } else {
+        w = send(c->fd, dbuf + doff, dlen - doff, MSG_NOSIGNAL);
+        if (w < 0 && errno != EAGAIN && errno != EWOULDBLOCK && errno != EINTR)
+          return 1;
+        w = w < 0 ? 0 : w;
+      }
+      doff += (size_t)w;
+      if (doff == dlen)
+        dlen = doff = 0;
+    }
+    if (!in_open && dlen == 0 && !shut) {
+      /* Half-close: the service sees the end and may still answer. */
+      shut = true;
+      half_close(c);
+    }
+    if (pf[1].revents || pending) {
+      ssize_t r;
+      if (c->ssl != NULL) {
+        int n = SSL_read(c->ssl, ubuf, sizeof(ubuf));
+        int e = n > 0 ? SSL_ERROR_NONE : SSL_get_error(c->ssl, n);
+        r_wants_write = e == SSL_ERROR_WANT_WRITE;
+        if (e == SSL_ERROR_WANT_READ || e == SSL_ERROR_WANT_WRITE)
           continue;
+        r = e == SSL_ERROR_NONE ? n : e == SSL_ERROR_ZERO_RETURN ? 0 : -1;
+      } else {
+        r = recv(c->fd, ubuf, sizeof(ubuf), 0);
+        if (r < 0 && (errno == EAGAIN || errno == EWOULDBLOCK || errno == EINTR))
+          continue;
+      }
+      if (r > 0) {
+        if (fd_write_all(out, ubuf, (size_t)r) != 0)
+          return 1;
+        continue;
+      }
+      if (r < 0) {
+        /* A reset: the tunnel was cut, not ended. */
+        fprintf(stderr, "%s: the tunnel was cut (connection reset)\n", prog);
         return 1;
       }
-    } else {
-      pf[0].revents = 0;
-      pf[1].revents = POLLIN;
-    }
-    if (!in_open)
-      pf[0].revents = 0;
-    if (!up_open)
-      pf[1].revents = 0;
-    if (pf[0].revents) {
-      ssize_t r = read(in, buf, sizeof(buf));
-      if (r < 0 && errno == EINTR)
-        continue;
-      if (r > 0) {
-        if (c_write_all(c, buf, (size_t)r) != 0)
-          return 1;
-      } else {
-        /* Half-close: the service sees the end and may still answer. */
-        in_open = false;
-        if (c->ssl != NULL)
-          SSL_shutdown(c->ssl);
-        shutdown(c->fd, SHUT_WR);
-      }
-    }
-    if (pf[1].revents) {
-      ssize_t r = c_read(c, buf, sizeof(buf));
-      if (r > 0) {
-        if (fd_write_all(out, buf, (size_t)r) != 0)
-          return 1;
-      } else {
-        up_open = false;
-        if (r < 0) {
-          /* A reset: the tunnel was cut, not ended. */
-          fprintf(stderr, "%s: the tunnel was cut (connection reset)\n", prog);
-          return 1;
-        }
-        if (out == in)
-          shutdown(out, SHUT_WR);
-        else
-          close(out);
-        /* The service ended: nothing more it could be sent matters. */
-        return 0;
-      }
+      /* The service ended: nothing more it could be sent matters. */
+      if (out == in)
+        shutdown(out, SHUT_WR);
+      else
+        close(out);
+      return 0;
     }
   }
-  return 0;
 }
 
 static int run(const url_t *u, SSL_CTX *ctx, const char *id, const char *token, int in, int out) {
