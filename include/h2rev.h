@@ -448,7 +448,10 @@ struct h2rev_http_req_s {
    * head: they flow once the handler has answered 101, and end (UV_EOF)
    * when the client ends the connection; the handler's writes after the
    * 101 go out as they are, and h2rev_http_end closes the connection once
-   * they are written. Any other answer closes the connection after it. */
+   * they are written. Any other answer closes the connection after it.
+   * An HTTP/1.1 CONNECT has it set too: a 2xx answer (no body framing)
+   * makes the same byte stream, and there the client may end its side
+   * (UV_EOF) and still read the handler's bytes. */
   int upgrade;
 };
 
@@ -558,7 +561,8 @@ H2REV_EXTERN void h2rev_http_uncork(h2rev_http_req_t *req);
  * this response; names and values are copied. For HTTP/2 a field the
  * protocol does not allow (a value with leading or trailing white space)
  * is dropped, as Go's server does. 101 answers a request with `upgrade`
- * set (its Upgrade header is sent as given). Errors: UV_EINVAL (status
+ * set (its Upgrade header is sent as given); a 2xx to an HTTP/1.1 CONNECT
+ * opens the same byte stream. Errors: UV_EINVAL (status
  * outside 200-999 and not such a 101, a CR, LF or NUL in a header, an
  * empty name), UV_EALREADY
  * (responded already), UV_EBADF (finished), H2REV_ECLOSED (client gone: the

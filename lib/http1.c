@@ -54,6 +54,7 @@ struct h2r_h1c {
   bool chunked_out; /* response body chunked */
   bool raw;         /* upgraded: bytes pass as they are */
   uint64_t raw_io;  /* upgraded: when bytes last passed either way */
+  bool peer_eof;    /* a CONNECT tunnel's client ended its side */
   bool closing;     /* close once the output is written */
   bool draining;    /* no request after the current one */
   bool input_paused;
@@ -551,7 +552,11 @@ int h2r_h1c_respond(h2r_h1c_t *c, h2r_hreq_t *rq, int status, const h2rev_header
     return UV_ENOMEM;
   h2r_out_t o = {h, 0, cap, false};
   status_line(&o, status);
-  bool upgrade = status == 101;
+  /* A 2xx to CONNECT turns the connection into a tunnel as a 101 does
+   * (RFC 9110 9.3.6), without the 101's Upgrade fields. */
+  bool tunnel = status >= 200 && status < 300 && c->parser.method == HTTP_CONNECT &&
+                llhttp_get_upgrade(&c->parser);
+  bool upgrade = status == 101 || tunnel;
   for (size_t i = 0; i < n; i++) {
     const char *name = hdrs[i].name;
     size_t nl = strlen(name);
@@ -567,7 +572,9 @@ int h2r_h1c_respond(h2r_h1c_t *c, h2r_hreq_t *rq, int status, const h2rev_header
   *no_body = c->head_only || (!body_ok && !upgrade);
   c->chunked_out = false;
   if (upgrade) {
-    H2R_OUT_LIT(&o, "Connection: Upgrade\r\n\r\n");
+    if (!tunnel)
+      H2R_OUT_LIT(&o, "Connection: Upgrade\r\n");
+    H2R_OUT_LIT(&o, "\r\n");
     c->raw = true;
     c->raw_io = uv_now(c->srv->loop);
     c->keep_alive = false;
@@ -935,12 +942,26 @@ static void ops_shutdown(h2r_session_t *s) {
   c_shutdown(s->h1_data);
 }
 
-/* The client half-closed: with no request under way, or one whose body is
- * complete, the answer still goes out and the connection closes after it;
- * cut in the middle of a request, or upgraded, it is over. */
+/* The client ended its side (a TCP FIN, TLS close_notify). A CONNECT
+ * tunnel's client still reads the answer, as over TCP: the end reaches the
+ * handler as the end of the body, the connection stays. With no request
+ * under way, or one whose body is complete, the answer still goes out and
+ * the connection closes after it. Cut in the middle of a request, or
+ * upgraded otherwise (WebSocket), the connection is over. */
 static bool ops_eof(h2r_session_t *s) {
   h2r_h1c_t *c = s->h1_data;
-  if (c->in_message || c->raw || c->dead)
+  if (c->dead)
+    return false;
+  if (c->raw) {
+    if (c->rq == NULL || c->parser.method != HTTP_CONNECT)
+      return false;
+    if (!c->peer_eof) {
+      c->peer_eof = true;
+      h2r_hreq_h1_end(c->rq);
+    }
+    return true;
+  }
+  if (c->in_message)
     return false;
   c_shutdown(c);
   return true;

@@ -87,7 +87,8 @@ typedef struct proxy {
   bool chunked_req;
   bool head_req;
   bool upgrade;
-  bool raw; /* upgraded: bytes pass both ways as they are */
+  bool raw;     /* upgraded: bytes pass both ways as they are */
+  bool connect; /* a CONNECT: the reverse connection is the tunnel, no head goes out */
   bool head_sent;
   bool done; /* response complete */
   bool up_open, up_eof, up_shut_done;
@@ -511,9 +512,11 @@ static void end_up(proxy_t *p) {
   if (!p->up_open || p->up_shut_done || p->up_sh.data != NULL)
     return;
   p->up_sh.data = p;
+  /* A tunnel's client that half-closed still reads: the service answers
+   * in its own time, as over TCP. */
   if (h2rev_stream_shutdown(&p->up_sh, &p->up, up_shut) != 0)
     p_close_up(p);
-  else if (!p->up_eof)
+  else if (!p->up_eof && !(p->connect && p->client_open))
     p_wait(p, WAIT_LINGER, LINGER_MS);
 }
 
@@ -970,6 +973,18 @@ static void dialed(h2rev_dial_t *dial, int status) {
     p_finish(p);
     return;
   }
+  if (p->connect) {
+    /* The tunnel is open: the client's bytes flow from this answer on. */
+    p->head_sent = true;
+    p->raw = true;
+    if (h2rev_http_respond(p->req, 200, NULL, 0, -1) != 0) {
+      p_finish(p);
+      return;
+    }
+    client_resume(p);
+    h2rev_stream_read_start(&p->up, up_alloc, up_read);
+    return;
+  }
   pwrite_t *head = p->reqhead;
   p->reqhead = NULL;
   if (send_up(p, head, false) != 0) {
@@ -1025,6 +1040,17 @@ void h2rev_dialer_proxy(h2rev_http_req_t *req, void *arg) {
     reply_error(req, 429, req->content_length != 0);
     return;
   }
+  /* CONNECT <route>/<id>: the reverse connection, as it is, is the tunnel
+   * (what a listener with a tcp:// upstream splices to its service). Only
+   * HTTP/1.1 here: HTTP/2 CONNECT carries no path to route by. */
+  bool connect = strcmp(req->method, "CONNECT") == 0;
+  if (connect && (req->http_major != 1 || !req->upgrade || rest[0] != '\0')) {
+    h2r_log_limited(log, rl, dialer->loop, H2REV_LOG_INFO, "proxy %.*s: 405 for a CONNECT %s",
+                    (int)idl, idp,
+                    req->http_major != 1 ? "over HTTP/2" : "with a path after the id");
+    reply_error(req, 405, req->content_length != 0);
+    return;
+  }
   proxy_t *p = calloc(1, sizeof(*p) + idl + 1 + prefixlen + 1);
   int status = 503;
   size_t hl = 0;
@@ -1043,8 +1069,9 @@ void h2rev_dialer_proxy(h2rev_http_req_t *req, void *arg) {
   p->dialer = dialer;
   p->o = o;
   p->log = log;
-  char *mem = build_head(req, req->path, prefixlen, p->id, rest, offsetof(pwrite_t, data), &hl,
-                         &status, &chunked);
+  char *mem = connect ? malloc(sizeof(pwrite_t))
+                      : build_head(req, req->path, prefixlen, p->id, rest, offsetof(pwrite_t, data),
+                                   &hl, &status, &chunked);
   if (mem == NULL) {
     h2r_log_limited(log, rl, dialer->loop, H2REV_LOG_INFO,
                     "proxy %s: %d for a request that cannot be forwarded safely", p->id, status);
@@ -1061,6 +1088,7 @@ void h2rev_dialer_proxy(h2rev_http_req_t *req, void *arg) {
   req->data = p;
   p->chunked_req = chunked;
   p->upgrade = req->upgrade != 0;
+  p->connect = connect;
   p->head_req = strcmp(req->method, "HEAD") == 0;
   p->early_tail = &p->early;
   p->client_open = true;

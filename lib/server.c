@@ -753,7 +753,10 @@ int h2rev_http_respond(h2rev_http_req_t *req, int status, const h2rev_header_t *
     return UV_EBADF;
   if (rq->responded)
     return UV_EALREADY;
-  bool no_body = status != 101 && (rq->no_body || status == 204 || status == 304);
+  /* 101, or a 2xx to an HTTP/1.1 CONNECT: the connection carries bytes as they are. */
+  bool raw = status == 101 || (!rq->h2 && req->upgrade && status >= 200 && status < 300 &&
+                               strcmp(req->method, "CONNECT") == 0);
+  bool no_body = !raw && (rq->no_body || status == 204 || status == 304);
   int r;
   if (rq->h2)
     r = h2_respond(rq, status, headers, nheaders, content_length);
@@ -768,8 +771,8 @@ int h2rev_http_respond(h2rev_http_req_t *req, int status, const h2rev_header_t *
   rq->responded = true;
   rq->status = status;
   rq->no_body = no_body;
-  rq->cl_out = no_body || status == 101 ? -1 : content_length;
-  if (status == 101) /* the client's bytes after its head are the body now */
+  rq->cl_out = no_body || raw ? -1 : content_length;
+  if (raw) /* the client's bytes after its head are the body now */
     hreq_schedule(rq);
   return 0;
 }

@@ -1,0 +1,144 @@
+# End to end, CONNECT: client -> HTTP/1.1 CONNECT <base>/proxy/<id> on h2rev-dialer -> tunnel
+# -> h2rev-listener --upstream tcp://... -> a TCP server (an echo server, sshd); h2rev-connect
+# as ssh's ProxyCommand and with --listen; what a CONNECT gets elsewhere (an http:// listener,
+# an unknown id, HTTP/2). Without sshd the rest runs and the script exits 77 at the end.
+source "$(dirname "$0")/e2elib.sh"
+PEER="python3 $SRC/test/tcppeer.py"
+CA="$WORK/h2rev-dialer.crt"
+CONN=("$BIN/h2rev-connect" --ca "$CA")
+
+# tcp_listener ID UPSTREAM_PORT: a listener splicing to 127.0.0.1:UPSTREAM_PORT
+tcp_listener() {
+  "$BIN/h2rev-listener" --url "$URL" --id "$1" \
+    --ca "$CA" --upstream "tcp://127.0.0.1:$2" 2>>"$WORK/listener-$1.log" &
+  PIDS+=($!)
+}
+attached() { grep -q "listener $1 attached" "$WORK/dialer.log"; }
+
+SSHD=$(command -v sshd || echo /usr/sbin/sshd)
+HAVE_SSHD=0
+if [ -x "$SSHD" ] && command -v ssh >/dev/null && command -v ssh-keygen >/dev/null; then
+  HAVE_SSHD=1
+  if [ "$(id -u)" = 0 ] && [ ! -d /run/sshd ]; then mkdir -p -m 0755 /run/sshd 2>/dev/null || HAVE_SSHD=0; fi
+fi
+if [ "$HAVE_SSHD" = 1 ]; then
+  mkdir -m 0700 "$WORK/ssh"
+  ssh-keygen -q -t ed25519 -N '' -f "$WORK/ssh/host_key"
+  ssh-keygen -q -t ed25519 -N '' -f "$WORK/ssh/id"
+  cp "$WORK/ssh/id.pub" "$WORK/ssh/authorized_keys"
+  SSHD_PORT=$(free_port)
+  "$SSHD" -D -e -f /dev/null -h "$WORK/ssh/host_key" -p "$SSHD_PORT" -o ListenAddress=127.0.0.1 \
+    -o AuthorizedKeysFile="$WORK/ssh/authorized_keys" -o StrictModes=no -o PidFile=none \
+    -o UsePAM=no -o PasswordAuthentication=no -o KbdInteractiveAuthentication=no \
+    -o PermitRootLogin=prohibit-password 2>>"$WORK/sshd.log" &
+  PIDS+=($!)
+  wait_for python3 -c "import socket; socket.create_connection(('127.0.0.1', $SSHD_PORT))" ||
+    fail "sshd did not start"
+fi
+
+$PEER serve echo --port-file "$WORK/echo.port" --log "$WORK/echo.events" 2>>"$WORK/peer.log" &
+PIDS+=($!)
+wait_for test -s "$WORK/echo.port" || fail "echo server did not start"
+ECHO_PORT=$(cat "$WORK/echo.port")
+start_upstream
+start_dialer --base-path /relay
+URL="https://127.0.0.1:$DIALER_PORT/relay"
+tcp_listener echo "$ECHO_PORT"
+[ "$HAVE_SSHD" = 1 ] && tcp_listener ssh "$SSHD_PORT"
+"$BIN/h2rev-listener" --url "$URL" --id web --ca "$CA" --upstream "http://127.0.0.1:$UPSTREAM_PORT" \
+  2>>"$WORK/listener-web.log" &
+PIDS+=($!)
+for n in echo web; do wait_for attached "$n" || fail "listener $n did not attach"; done
+ok "dialer, listeners echo (tcp://), web (http://)"
+
+# ------------------------------------------------------------------ HTTP/1.1 CONNECT by hand
+out=$(timeout 30 python3 "$SRC/test/rawconnect.py" 127.0.0.1 "$DIALER_PORT" "$CA" /relay/proxy/echo 1048576) ||
+  fail "raw CONNECT: $out"
+[ "$out" = "HTTP/1.1 200 OK" ] || fail "raw CONNECT status: $out"
+ok "HTTP/1.1 CONNECT /relay/proxy/echo: 200, 1 MiB sent behind the head comes back whole"
+
+out=$(timeout 30 python3 "$SRC/test/rawconnect.py" 127.0.0.1 "$DIALER_PORT" "$CA" /relay/proxy/nobody status)
+case "$out" in "HTTP/1.1 502 "*) ;; *) fail "CONNECT to an unknown id: $out" ;; esac
+out=$(timeout 30 python3 "$SRC/test/rawconnect.py" 127.0.0.1 "$DIALER_PORT" "$CA" /relay/proxy/echo/x status)
+case "$out" in "HTTP/1.1 405 "*) ;; *) fail "CONNECT with a path after the id: $out" ;; esac
+ok "CONNECT to an id without a listener: 502; with a path after the id: 405"
+
+# ------------------------------------------------------------------ h2rev-connect
+# 32 MiB: far more than the buffers between, so that a client that stops reading while it
+# waits to write (the echo comes back as it sends) would hang here.
+head -c $((32 << 20)) /dev/urandom >"$WORK/big"
+got=$(timeout 120 "${CONN[@]}" "$URL" echo <"$WORK/big" | sha256sum) || fail "h2rev-connect to echo"
+[ "$got" = "$(sha256sum <"$WORK/big")" ] || fail "h2rev-connect: 32 MiB echo checksum differs"
+ok "h2rev-connect URL echo: 32 MiB through stdin/stdout, echoed whole after the end of stdin (half-close), checksum equal"
+head -c $((4 << 20)) "$WORK/big" >"$WORK/blob"
+want=$(sha256sum <"$WORK/blob")
+
+if timeout 30 "${CONN[@]}" "$URL" nobody </dev/null 2>"$WORK/c.err"; then fail "h2rev-connect to nobody succeeded"; fi
+grep -q "CONNECT refused: HTTP/1.1 502" "$WORK/c.err" || fail "h2rev-connect to nobody said: $(cat "$WORK/c.err")"
+if timeout 30 "$BIN/h2rev-connect" "$URL" echo </dev/null 2>"$WORK/c.err"; then fail "h2rev-connect without the CA succeeded"; fi
+grep -q "certificate" "$WORK/c.err" || fail "h2rev-connect without the CA said: $(cat "$WORK/c.err")"
+out=$(echo hi | timeout 30 "$BIN/h2rev-connect" --insecure "$URL" echo) || fail "--insecure"
+[ "$out" = hi ] || fail "--insecure: $out"
+ok "h2rev-connect: an unknown id and an unverified dialer end with exit 1 and say why; --insecure connects"
+
+# An http:// listener serves HTTP/1.1 on its reverse connections: the tunnel reaches that.
+out=$(printf 'GET /index.html HTTP/1.1\r\nHost: x\r\nConnection: close\r\n\r\n' |
+  timeout 30 "${CONN[@]}" "$URL" web) || fail "h2rev-connect to web"
+case "$out" in "HTTP/1.1 200"*"hello through the tunnel"*) ;; *) fail "tunnel to web: $out" ;; esac
+out=$(printf 'SSH-2.0-OpenSSH_9.2\r\n' | timeout 30 "${CONN[@]}" "$URL" web | head -1) || true
+case "$out" in "HTTP/1.1 "[45]*) ;; *) fail "non-HTTP bytes to web: $out" ;; esac
+ok "CONNECT to an http:// listener: the tunnel speaks HTTP/1.1 to it (a GET works, other bytes get an HTTP error: $out)"
+
+LPORT=$(free_port)
+"${CONN[@]}" --listen "127.0.0.1:$LPORT" "$URL" echo 2>>"$WORK/connect-listen.log" &
+PIDS+=($!)
+wait_for python3 -c "import socket; socket.create_connection(('127.0.0.1', $LPORT))" || fail "--listen did not start"
+timeout 60 $PEER concurrent "$LPORT" 20 200000 || fail "--listen: 20 concurrent echoes"
+ok "h2rev-connect --listen: 20 concurrent connections echo 200 kB each"
+
+# ------------------------------------------------------------------ a Go h2rev2 listener
+GO=$SRC/../shared/interop
+if [ -x "$GO/revcli" ]; then
+  "$GO/revcli" -url "$URL/" -ca "$CA" -id gg -upstream "http://127.0.0.1:$UPSTREAM_PORT" \
+    >>"$WORK/revcli.log" 2>&1 &
+  PIDS+=($!)
+  wait_for attached gg || fail "the Go listener did not attach"
+  # Go's HTTP server behind: ssh's greeting is no request; what matters is an end, not a hang.
+  rc=0
+  out=$( (printf 'SSH-2.0-OpenSSH_9.2\r\n'; sleep 1) | timeout 30 "${CONN[@]}" "$URL" gg 2>"$WORK/gg.err") || rc=$?
+  [ "$rc" != 124 ] || fail "CONNECT to the Go listener hangs"
+  [ "$rc" = 0 ] || grep -q "h2rev-connect: " "$WORK/gg.err" || fail "CONNECT to the Go listener: exit $rc, no message"
+  ok "CONNECT to a Go h2rev2 listener: ends at once (exit $rc: ${out%%$'\r'*}$(head -1 "$WORK/gg.err"))"
+else
+  echo "skip: no ../shared/interop/revcli: the Go listener part did not run"
+fi
+
+# ------------------------------------------------------------------ HTTP/2
+if command -v nghttp >/dev/null; then
+  # nghttp sends :path and :scheme with it, which RFC 9113 8.5 forbids without :protocol
+  # (RFC 8441, not offered): nghttp2 resets the stream; a plain one (no :path) is answered 400.
+  out=$(timeout 20 nghttp -v -H ':method: CONNECT' "$URL/proxy/echo" 2>&1 || true)
+  echo "$out" | grep -q 'RST_STREAM.*' || fail "HTTP/2 CONNECT: $out"
+  echo "$out" | grep -q ':status: 200' && fail "HTTP/2 CONNECT answered 200: $out"
+  ok "HTTP/2 CONNECT: refused at once (stream reset), not served (HTTP/1.1 only)"
+fi
+
+# ------------------------------------------------------------------ ssh
+if [ "$HAVE_SSHD" = 1 ]; then
+  wait_for attached ssh || fail "listener ssh did not attach"
+  PC="${CONN[*]} $URL ssh"
+  SSHO=(-F /dev/null -i "$WORK/ssh/id" -o IdentitiesOnly=yes -o BatchMode=yes
+    -o StrictHostKeyChecking=no -o UserKnownHostsFile="$WORK/ssh/known_hosts" -o LogLevel=ERROR
+    -o ConnectTimeout=20 -o ProxyCommand="$PC")
+  out=$(timeout 60 ssh "${SSHO[@]}" app1 'echo "hello from $(whoami)"' 2>"$WORK/ssh.err") ||
+    fail "ssh through h2rev-connect: $(cat "$WORK/ssh.err")"
+  [ "$out" = "hello from $(id -un)" ] || fail "ssh command output: $out"
+  got=$(timeout 120 ssh "${SSHO[@]}" app1 "cat '$WORK/blob'" | sha256sum)
+  [ "$got" = "$want" ] || fail "ssh cat of 4 MiB: checksum differs"
+  got=$(timeout 120 ssh "${SSHO[@]}" app1 "sha256sum" <"$WORK/blob")
+  [ "${got%% *}" = "${want%% *}" ] || fail "4 MiB into ssh: checksum differs"
+  ok "ssh -o ProxyCommand='h2rev-connect URL ssh' runs a command, 4 MiB both ways with equal checksums"
+else
+  echo "skip: no sshd (Debian: openssh-server): the ssh part did not run"
+  exit 77
+fi
