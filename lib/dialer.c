@@ -285,7 +285,9 @@ static void unregister(dlst_t *l, int err, const char *why) {
 static int ctl_msg(void *arg, const h2r_ctl_msg *m) {
   dlst_t *l = arg;
   if (strcmp(m->command, H2R_CMD_PICKUP_FAILED) == 0) {
-    H2R_WARN(&l->d->o.log, "listener %s: pickup failed: %s", l->id, m->err);
+    /* Clients cause these at will (streams reset under a flood). */
+    h2r_log_limited(&l->d->o.log, &l->d->rl, l->d->loop, H2REV_LOG_WARN,
+                    "listener %s: pickup failed: %s", l->id, m->err);
     if (l->asked > 0)
       l->asked--;
     if (l->pend_head != NULL)

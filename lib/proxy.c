@@ -1030,6 +1030,13 @@ void h2rev_dialer_proxy(h2rev_http_req_t *req, void *arg) {
   }
   const char *rest = idp + idl;
   size_t prefixlen = (size_t)(rest - req->path);
+  /* Reset already (HEADERS then RST_STREAM in one read: a rapid reset):
+   * no dial is started for it, so a flood of them asks the listener for
+   * nothing. */
+  if (h2rev_http_client_error(req) != 0) {
+    h2rev_http_abort(req);
+    return;
+  }
   h2r_session_t *csess = h2r_hreq_session(req);
   if (csess != NULL && csess->proxied >= o->max_client_streams) {
     /* One client must not hold every data stream of an id. */
