@@ -37,5 +37,25 @@ fi
 
 echo "deps/install.sh: installing: ${missing[*]}" >&2
 export DEBIAN_FRONTEND=noninteractive
+# Among the test tools are servers (nginx-light, openssh-server) that the tests run
+# privately on loopback ports: their system services are neither started by the
+# install (policy-rc.d, unless the machine has one of its own) nor enabled for
+# the next boot, so installing them opens no port on the machine.
+services=()
+for p in "${missing[@]}"; do
+  case $p in
+  nginx-light) services+=(nginx.service) ;;
+  openssh-server) services+=(ssh.service ssh.socket) ;;
+  esac
+done
+policy=/usr/sbin/policy-rc.d
+if [ ${#services[@]} -gt 0 ] && [ ! -e "$policy" ]; then
+  printf '#!/bin/sh\n# deps/install.sh: no service starts while it installs\nexit 101\n' > "$policy"
+  chmod 755 "$policy"
+  trap 'rm -f "$policy"' EXIT
+fi
 apt-get update -qq
 apt-get install -y -qq --no-install-recommends "${missing[@]}" >/dev/null
+if [ ${#services[@]} -gt 0 ] && command -v systemctl >/dev/null 2>&1; then
+  systemctl disable "${services[@]}" >/dev/null 2>&1 || true
+fi
