@@ -121,6 +121,9 @@ static void p_log(proxy_t *p, int level, const char *fmt, ...)
     __attribute__((format(printf, 3, 4)));
 
 static void p_log(proxy_t *p, int level, const char *fmt, ...) {
+  /* Clients cause these at will: nothing is formatted for a level off. */
+  if (!H2R_LOG_ON(p->log, level))
+    return;
   char line[400];
   va_list ap;
   va_start(ap, fmt);
