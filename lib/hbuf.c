@@ -85,17 +85,28 @@ int h2r_hbuf_field(h2r_hbuf_t *h, const char *at, size_t len) {
   return add(h, at, len);
 }
 
+/* The name is complete (it is the last thing in buf): a NUL ends it, and
+ * the value starts. */
+static int end_name(h2r_hbuf_t *h) {
+  uint32_t *o = h->off[h->n - 1];
+  while (h->trim_names && o[1] > 0 && (h->buf[h->len - 1] == ' ' || h->buf[h->len - 1] == '\t')) {
+    o[1]--;
+    h->len--;
+  }
+  if (o[1] == 0 || add_nul(h) != 0) /* a name of whitespace only is none */
+    return -1;
+  h->in_value = true;
+  o[2] = (uint32_t)h->len;
+  return 0;
+}
+
 int h2r_hbuf_value(h2r_hbuf_t *h, const char *at, size_t len) {
   /* A header line with no name (": x"), which llhttp lets through: either
    * an empty name or a value with none before it. */
   if (h->n == 0 || h->value_done || h->off[h->n - 1][1] == 0)
     return -1;
-  if (!h->in_value) {
-    if (add_nul(h) != 0) /* ends the name */
-      return -1;
-    h->in_value = true;
-    h->off[h->n - 1][2] = (uint32_t)h->len;
-  }
+  if (!h->in_value && end_name(h) != 0)
+    return -1;
   h->off[h->n - 1][3] += (uint32_t)len;
   return add(h, at, len);
 }
@@ -105,12 +116,8 @@ int h2r_hbuf_value_done(h2r_hbuf_t *h) {
     return -1;
   /* Names and values end with a NUL in buf, for those who need C strings
    * (h2r_hbuf_str); a value llhttp gave no piece of is empty. */
-  if (!h->in_value) {
-    if (add_nul(h) != 0)
-      return -1;
-    h->in_value = true;
-    h->off[h->n - 1][2] = (uint32_t)h->len;
-  }
+  if (!h->in_value && end_name(h) != 0)
+    return -1;
   if (add_nul(h) != 0)
     return -1;
   h->value_done = true;

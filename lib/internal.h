@@ -431,6 +431,11 @@ typedef struct h2r_hbuf {
   bool in_value;
   bool value_done; /* the last header's value is complete: a value now has no name */
   bool too_large;  /* a limit was hit: the caller answers 431 */
+  /* Whitespace between a name and its colon (which llhttp lets through for
+   * names it has no special state for) is dropped: a proxy removes it from
+   * a response (RFC 9112 5.1). Off, it stays in the name, and a reader of
+   * requests refuses the name (it is no token). */
+  bool trim_names;
   size_t max;      /* bytes of URL and headers; 0: H2R_MAX_HEAD */
   unsigned max_n;  /* header fields, up to H2R_HBUF_HEADERS; 0: H2R_MAX_HEADERS */
 } h2r_hbuf_t;

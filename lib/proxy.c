@@ -1078,6 +1078,7 @@ void h2rev_dialer_proxy(h2rev_http_req_t *req, void *arg) {
   p->prefixlen = prefixlen;
   p->dialer = dialer;
   p->o = o;
+  p->hb.trim_names = true; /* the listener's response */
   p->log = log;
   char *mem = connect ? malloc(sizeof(pwrite_t))
                       : build_head(req, req->path, prefixlen, p->id, rest, offsetof(pwrite_t, data),
