@@ -481,11 +481,15 @@ static int on_headers_complete(llhttp_t *h) {
   int64_t cl = (h->flags & F_CONTENT_LENGTH) && !(h->flags & F_CHUNKED) && !upgraded
                    ? (int64_t)h->content_length
                    : -1;
-  p->head_sent = true;
   p_wait(p, WAIT_NONE, 0);
   int r = p->client_open ? h2rev_http_respond(p->req, status, hs, n, cl) : H2REV_ECLOSED;
   while (nmade > 0)
     free(made[--nmade]);
+  if (r == UV_EINVAL) { /* a field the client's protocol cannot carry */
+    p_fail(p, 502, "bad header field in the listener's response");
+    return -1;
+  }
+  p->head_sent = true;
   if (r != 0) {
     p_finish(p);
     return -1;
