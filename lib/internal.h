@@ -436,8 +436,8 @@ typedef struct h2r_hbuf {
    * a response (RFC 9112 5.1). Off, it stays in the name, and a reader of
    * requests refuses the name (it is no token). */
   bool trim_names;
-  size_t max;      /* bytes of URL and headers; 0: H2R_MAX_HEAD */
-  unsigned max_n;  /* header fields, up to H2R_HBUF_HEADERS; 0: H2R_MAX_HEADERS */
+  size_t max;     /* bytes of URL and headers; 0: H2R_MAX_HEAD */
+  unsigned max_n; /* header fields, up to H2R_HBUF_HEADERS; 0: H2R_MAX_HEADERS */
 } h2r_hbuf_t;
 
 void h2r_hbuf_reset(h2r_hbuf_t *h);
