@@ -291,3 +291,25 @@ void h2r_bufcache_drain(h2r_bufcache_t *c) {
   }
   c->n = 0;
 }
+
+/* Appends a buffer to an iovec array, merging it with the last one when the
+ * memory is contiguous. */
+int h2r_iov_push(uv_buf_t **iov, unsigned *n, unsigned *cap, const void *base, size_t len) {
+  if (*n > 0) {
+    uv_buf_t *last = &(*iov)[*n - 1];
+    if (last->base + last->len == (const char *)base) {
+      last->len += len;
+      return 0;
+    }
+  }
+  if (*n == *cap) {
+    unsigned nc = *cap ? *cap * 2 : 16;
+    uv_buf_t *q = realloc(*iov, nc * sizeof(*q));
+    if (q == NULL)
+      return UV_ENOMEM;
+    *iov = q;
+    *cap = nc;
+  }
+  (*iov)[(*n)++] = uv_buf_init((char *)base, (unsigned)len);
+  return 0;
+}

@@ -231,7 +231,7 @@ static void wrote(h1write_t *w, int status) {
   h2rev_http_write_t *user = w->user;
   free(w);
   if (rq != NULL)
-    h2r_hreq_h1_written(rq, user, status);
+    c->srv->h1_events->written(rq, user, status);
   if (status != 0 || c->dead)
     return;
   if (c->closing && c->writes == 0)
@@ -458,7 +458,7 @@ static void timer_closed(uv_handle_t *h) {
   h2r_server_t *srv = c->srv;
   free(c->vrbuf);
   free(c);
-  h2r_server_unref(srv);
+  srv->h1_events->unref(srv);
 }
 
 static void c_unref(h2r_h1c_t *c) {
@@ -495,7 +495,7 @@ static void c_dead(h2r_h1c_t *c, int err) {
   if (c->rq != NULL) {
     h2r_hreq_t *rq = c->rq;
     c->rq = NULL;
-    h2r_hreq_h1_gone(rq, err);
+    c->srv->h1_events->gone(rq, err);
   }
 }
 
@@ -585,7 +585,7 @@ int h2r_h1c_respond(h2r_h1c_t *c, h2r_hreq_t *rq, int status, const h2rev_header
     /* The client's bytes after its head are the request's body now; they
      * reach the handler from the server's next run, never inside this call. */
     if (c->npending > 0) {
-      h2r_hreq_h1_stash(rq, (const char *)c->pending, c->npending);
+      c->srv->h1_events->stash(rq, (const char *)c->pending, c->npending);
       free(c->pending);
       c->pending = NULL;
       c->npending = 0;
@@ -715,14 +715,14 @@ static int start_handler(h2r_h1c_t *c, const h2r_route_t *route, const h2r_h1hea
   if (hd->upgrade)
     c->keep_alive = false; /* after a 101, or any other answer, the connection ends */
   int64_t cl = has_cl ? (int64_t)h->content_length : chunked ? -1 : 0;
-  h2r_hreq_t *rq = h2r_hreq_new_h1(c->srv, c, route, hd, h->http_minor, cl);
+  h2r_hreq_t *rq = c->srv->h1_events->request(c->srv, c, route, hd, h->http_minor, cl);
   if (rq == NULL) {
     respond_text(c, 503, "out of memory\n", true);
     return -1;
   }
   c->rq = rq;
   c->refs++;
-  h2r_hreq_run(rq);
+  c->srv->h1_events->run(rq);
   return 0;
 }
 
@@ -823,7 +823,7 @@ static int on_headers_complete(llhttp_t *h) {
       .upgrade = upgrade,
   };
   const h2r_route_t *route =
-      c->srv->closing ? NULL : h2r_server_route_find(c->srv, hb->buf, hb->url_len);
+      c->srv->closing ? NULL : c->srv->h1_events->route(c->srv, hb->buf, hb->url_len);
   if (route == NULL) {
     respond_text(c, 404, "not found\n", true);
     return -1;
@@ -835,7 +835,7 @@ static int on_headers_complete(llhttp_t *h) {
 
 static int on_body(llhttp_t *h, const char *at, size_t len) {
   h2r_h1c_t *c = h->data;
-  if (c->rq != NULL && h2r_hreq_h1_body(c->rq, at, len))
+  if (c->rq != NULL && c->srv->h1_events->body(c->rq, at, len))
     pause_input(c, true);
   return 0;
 }
@@ -845,7 +845,7 @@ static int on_message_complete(llhttp_t *h) {
   c->in_message = false;
   /* An upgrade request's body is what follows a 101, not nothing. */
   if (c->rq != NULL && !llhttp_get_upgrade(h))
-    h2r_hreq_h1_end(c->rq);
+    c->srv->h1_events->end(c->rq);
   /* One exchange at a time: stop here until the response is done. */
   return c->busy ? HPE_PAUSED : 0;
 }
@@ -884,7 +884,7 @@ static void c_input(h2r_h1c_t *c, const uint8_t *p, size_t n) {
     return;
   if (c->raw) {
     c->raw_io = uv_now(c->srv->loop);
-    if (c->rq != NULL && h2r_hreq_h1_body(c->rq, (const char *)p, n))
+    if (c->rq != NULL && c->srv->h1_events->body(c->rq, (const char *)p, n))
       pause_input(c, true);
     return;
   }
@@ -957,7 +957,7 @@ static bool ops_eof(h2r_session_t *s) {
       return false;
     if (!c->peer_eof) {
       c->peer_eof = true;
-      h2r_hreq_h1_end(c->rq);
+      c->srv->h1_events->end(c->rq);
     }
     return true;
   }
@@ -1027,7 +1027,7 @@ static h2r_h1c_t *c_new(h2r_server_t *srv, const h1io_t *io, const char *peer, c
   /* The first request head is due within the header timeout. */
   c->in_message = true;
   uv_timer_start(&c->timer, slow_head, srv->o.header_timeout_ms, 0);
-  h2r_server_ref(srv);
+  srv->h1_events->ref(srv);
   return c;
 }
 

@@ -25,6 +25,24 @@ static inline void h2r_handle_ref(void *h, bool unref) {
     uv_ref((uv_handle_t *)h);
 }
 
+/* -------------------------------------------------------------- defer.c */
+
+/* Work run later in this loop turn (libuv's check phase), never inside the
+ * call that asked for it: cb(arg) once per arming, however many times it
+ * was armed. */
+typedef struct h2r_defer {
+  uv_check_t check;
+  uv_idle_t idle; /* keeps the poll phase from blocking while work is due */
+  void (*cb)(void *arg);
+  bool armed, closed;
+} h2r_defer_t;
+
+void h2r_defer_init(uv_loop_t *loop, h2r_defer_t *d, void (*cb)(void *arg), void *arg);
+void h2r_defer_arm(h2r_defer_t *d);
+void h2r_defer_set_unref(h2r_defer_t *d, bool unref);
+/* Closes its two handles: close_cb runs twice, with handle->data arg. */
+void h2r_defer_close(h2r_defer_t *d, uv_close_cb close_cb);
+
 /* ---------------------------------------------------------------- log.c */
 
 void h2r_log(const h2rev_logger_t *lg, int level, const char *fmt, ...)
@@ -269,11 +287,9 @@ struct h2r_session {
   bool x_closed;
   bool close_reported;
   int err;
-  uv_check_t check; /* runs deferred work and flushes once per loop turn */
-  uv_idle_t idle;   /* keeps poll from blocking while work is pending */
+  h2r_defer_t work; /* runs deferred work and flushes once per loop turn */
   uv_timer_t ping_timer;
   int nhandles;
-  bool scheduled;
   bool ping_sent;
   uint64_t last_input;
   uint64_t ping_at;
@@ -469,6 +485,9 @@ bool h2r_kv_expects_continue(const h2r_kv_t *kv);
  * path parameter after the dots ("..;x"): a path that could climb out of
  * the prefix it is served under, for some server behind. */
 bool h2r_path_has_dot_segment(const char *path, size_t n);
+/* Appends a buffer to an iovec array (grown as needed), merged with the
+ * last one when the memory is contiguous. */
+int h2r_iov_push(uv_buf_t **iov, unsigned *n, unsigned *cap, const void *base, size_t len);
 
 /* An HTTP/1.1 head being written into a buffer its writer sized. Appends
  * are plain copies (snprintf per header was a sixth of the proxy's time)
@@ -607,20 +626,20 @@ struct h2r_server {
   h2r_route_t *routes;
   h2r_lsock_t *socks;
   h2r_hconn_t *conns;
-  unsigned live;                  /* connections, virtual-stream connections, requests */
-  unsigned nconns;                /* accepted connections open */
-  size_t hdr_total;               /* header blocks held by every connection's streams */
-  h2r_ratelog_t rl;               /* for the lines clients cause */
-  struct h2r_lsock *paused;       /* listening sockets not accepted from: at max_connections,
-                                     or waiting for refuse */
-  uv_tcp_t refuse;                /* closes a connection that cannot be served */
-  bool refusing;                  /* refuse is closing */
-  uint8_t *rbuf;                  /* read buffer shared by the connections */
-  h2r_h1c_t *vconns;              /* HTTP/1.1 on virtual streams */
-  const h2r_watch_ops *watch_ops; /* the one internal user watching connections */
+  unsigned live;                         /* connections, virtual-stream connections, requests */
+  unsigned nconns;                       /* accepted connections open */
+  size_t hdr_total;                      /* header blocks held by every connection's streams */
+  h2r_ratelog_t rl;                      /* for the lines clients cause */
+  struct h2r_lsock *paused;              /* listening sockets not accepted from: at max_connections,
+                                            or waiting for refuse */
+  uv_tcp_t refuse;                       /* closes a connection that cannot be served */
+  bool refusing;                         /* refuse is closing */
+  uint8_t *rbuf;                         /* read buffer shared by the connections */
+  h2r_h1c_t *vconns;                     /* HTTP/1.1 on virtual streams */
+  const h2r_watch_ops *watch_ops;        /* the one internal user watching connections */
+  const struct h2r_h1_events *h1_events; /* its HTTP/1.1 connections report there */
   void *watch_arg;
-  uv_check_t check; /* runs requests' deferred work once per loop turn */
-  uv_idle_t idle;
+  h2r_defer_t work; /* runs requests' deferred work once per loop turn */
   struct h2r_hreq *pend, **pend_tail;
   bool closing, draining, finishing;
   unsigned pending; /* handles being closed */
@@ -650,10 +669,6 @@ void h2r_server_unref(h2r_server_t *srv);
 
 /* A request given to a public handler (HTTP/1.1 or HTTP/2). */
 typedef struct h2r_hreq h2r_hreq_t;
-/* HTTP/1.1: a handler request for the head just parsed; NULL on failure. */
-h2r_hreq_t *h2r_hreq_new_h1(h2r_server_t *srv, h2r_h1c_t *c, const h2r_route_t *route,
-                            const h2r_h1head_t *hd, int http_minor, int64_t content_length);
-void h2r_hreq_run(h2r_hreq_t *rq);
 /* HTTP/2, inside its handler, before any other call on req: the request's
  * stream itself, unhooked (the request is released, no done callback), for
  * the dialer's /revdial, where the stream becomes a reverse connection.
@@ -662,18 +677,34 @@ h2r_strm_t *h2r_hreq_take_stream(h2rev_http_req_t *req);
 /* HTTP/2: the request's connection (the dialer's proxy counts its requests
  * per connection there); NULL for HTTP/1.1. */
 h2r_session_t *h2r_hreq_session(const h2rev_http_req_t *req);
-/* http1.c -> server.c: body bytes (true: pause the input), the end of the
- * body, the connection's death, and a write's completion. */
-bool h2r_hreq_h1_body(h2r_hreq_t *rq, const char *p, size_t n);
-void h2r_hreq_h1_end(h2r_hreq_t *rq);
-/* Body bytes kept for the handler's next run (after a 101: what the
- * client sent behind its head), never delivered inside the caller. */
-void h2r_hreq_h1_stash(h2r_hreq_t *rq, const char *p, size_t n);
-void h2r_hreq_h1_gone(h2r_hreq_t *rq, int err);
-void h2r_hreq_h1_written(h2r_hreq_t *rq, h2rev_http_write_t *w, int status);
+/* What an HTTP/1.1 connection (http1.c: parsing, framing, the socket)
+ * reports to the request layer above it (server.c: routes, request
+ * objects, handlers), which gives it these with the server (srv->h1_events):
+ * the layer below calls up only through them. */
+typedef struct h2r_h1_events {
+  /* The route for a path (h2r_server_route_find). */
+  const h2r_route_t *(*route)(const h2r_server_t *srv, const char *path, size_t len);
+  /* A handler request for the head just parsed (NULL on failure), then
+   * its handler's run, once the connection holds it. */
+  h2r_hreq_t *(*request)(h2r_server_t *srv, h2r_h1c_t *c, const h2r_route_t *route,
+                         const h2r_h1head_t *hd, int http_minor, int64_t content_length);
+  void (*run)(h2r_hreq_t *rq);
+  /* Body bytes (true: pause the input), and the end of the body. */
+  bool (*body)(h2r_hreq_t *rq, const char *p, size_t n);
+  void (*end)(h2r_hreq_t *rq);
+  /* Body bytes kept for the handler's next run (after a 101: what the
+   * client sent behind its head), never delivered inside the caller. */
+  void (*stash)(h2r_hreq_t *rq, const char *p, size_t n);
+  /* The connection's death, and a write's completion. */
+  void (*gone)(h2r_hreq_t *rq, int err);
+  void (*written)(h2r_hreq_t *rq, h2rev_http_write_t *w, int status);
+  /* A connection counts in the server's close (h2r_server_ref/_unref). */
+  void (*ref)(h2r_server_t *srv);
+  void (*unref)(h2r_server_t *srv);
+} h2r_h1_events;
 /* server.c -> http1.c: the handler's response on an HTTP/1.1 connection. */
 /* Each returns the writes it queued for rq (their completions come through
- * h2r_hreq_h1_written), or a negative error. */
+ * the server's h1_events->written), or a negative error. */
 int h2r_h1c_respond(h2r_h1c_t *c, h2r_hreq_t *rq, int status, const h2rev_header_t *h, size_t n,
                     int64_t cl, bool *no_body);
 int h2r_h1c_write(h2r_h1c_t *c, h2r_hreq_t *rq, h2rev_http_write_t *w, const uv_buf_t *bufs,
@@ -719,6 +750,5 @@ ssize_t h2r_strm_data_len(h2r_strm_t *st, size_t max, uint32_t *flags);
 /* Appends `len` bytes from the write cursor to iov (advancing it). */
 int h2r_strm_take(h2r_strm_t *st, size_t len, uv_buf_t **iov, unsigned *niov, unsigned *cap);
 void h2r_strm_acked(h2r_strm_t *st, size_t n, int status);
-int h2r_iov_push(uv_buf_t **iov, unsigned *n, unsigned *cap, const void *base, size_t len);
 
 #endif

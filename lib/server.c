@@ -215,7 +215,7 @@ static void hreq_free(h2r_hreq_t *rq) {
   h2r_server_unref(srv);
 }
 
-void h2r_hreq_run(h2r_hreq_t *rq) {
+static void hreq_run(h2r_hreq_t *rq) {
   /* In the check phase of this loop turn: the handler may answer at once,
    * which must not happen inside the parser that found the request. */
   hreq_schedule(rq);
@@ -241,10 +241,8 @@ static void hreq_pump(h2r_hreq_t *rq) {
   }
 }
 
-static void srv_check(uv_check_t *h) {
-  h2r_server_t *srv = h->data;
-  uv_check_stop(&srv->check);
-  uv_idle_stop(&srv->idle);
+static void srv_work(void *arg) {
+  h2r_server_t *srv = arg;
   h2r_hreq_t *list = srv->pend;
   srv->pend = NULL;
   srv->pend_tail = &srv->pend;
@@ -256,10 +254,6 @@ static void srv_check(uv_check_t *h) {
   }
 }
 
-static void srv_idle(uv_idle_t *h) {
-  (void)h;
-}
-
 static void hreq_schedule(h2r_hreq_t *rq) {
   h2r_server_t *srv = rq->srv;
   if (rq->pending)
@@ -268,8 +262,7 @@ static void hreq_schedule(h2r_hreq_t *rq) {
   rq->pnext = NULL;
   *srv->pend_tail = rq;
   srv->pend_tail = &rq->pnext;
-  uv_check_start(&srv->check, srv_check);
-  uv_idle_start(&srv->idle, srv_idle);
+  h2r_defer_arm(&srv->work);
 }
 
 static bool header_ok(const char *s, size_t n, bool name) {
@@ -283,8 +276,8 @@ static bool header_ok(const char *s, size_t n, bool name) {
 
 /* ------------------------------------------------ requests: HTTP/1.1 */
 
-h2r_hreq_t *h2r_hreq_new_h1(h2r_server_t *srv, h2r_h1c_t *c, const h2r_route_t *route,
-                            const h2r_h1head_t *hd, int http_minor, int64_t content_length) {
+static h2r_hreq_t *h1_new(h2r_server_t *srv, h2r_h1c_t *c, const h2r_route_t *route,
+                          const h2r_h1head_t *hd, int http_minor, int64_t content_length) {
   size_t strings =
       strlen(hd->method) + hd->urllen + hd->alen + strlen(hd->scheme) + strlen(hd->peer) + 5;
   for (size_t i = 0; i < hd->nhdrs; i++)
@@ -359,7 +352,7 @@ static void h1_deliver(h2r_hreq_t *rq) {
   h1_eof(rq);
 }
 
-bool h2r_hreq_h1_body(h2r_hreq_t *rq, const char *p, size_t n) {
+static bool h1_body(h2r_hreq_t *rq, const char *p, size_t n) {
   if (rq->finished)
     return false;
   size_t k = rq->stash == NULL ? h1_feed(rq, p, n) : 0;
@@ -376,7 +369,7 @@ bool h2r_hreq_h1_body(h2r_hreq_t *rq, const char *p, size_t n) {
   return true; /* pause the client until the handler reads it */
 }
 
-void h2r_hreq_h1_stash(h2r_hreq_t *rq, const char *p, size_t n) {
+static void h1_stash(h2r_hreq_t *rq, const char *p, size_t n) {
   char *b = realloc(rq->stash, rq->stash_len + n);
   if (b == NULL) {
     rq->gone = UV_ENOMEM;
@@ -389,18 +382,18 @@ void h2r_hreq_h1_stash(h2r_hreq_t *rq, const char *p, size_t n) {
   hreq_schedule(rq);
 }
 
-void h2r_hreq_h1_end(h2r_hreq_t *rq) {
+static void h1_end(h2r_hreq_t *rq) {
   rq->body_end = true;
   h1_eof(rq);
 }
 
-void h2r_hreq_h1_gone(h2r_hreq_t *rq, int err) {
+static void h1_gone(h2r_hreq_t *rq, int err) {
   if (rq->gone == 0)
     rq->gone = err != 0 ? err : H2REV_ECLOSED;
   hreq_schedule(rq);
 }
 
-void h2r_hreq_h1_written(h2r_hreq_t *rq, h2rev_http_write_t *w, int status) {
+static void h1_written(h2r_hreq_t *rq, h2rev_http_write_t *w, int status) {
   rq->writes--;
   if (status != 0 && rq->result == 0)
     rq->result = status;
@@ -409,6 +402,19 @@ void h2r_hreq_h1_written(h2r_hreq_t *rq, h2rev_http_write_t *w, int status) {
   if (rq->finished && rq->writes == 0)
     hreq_schedule(rq);
 }
+
+static const h2r_h1_events h1_events = {
+    .route = h2r_server_route_find,
+    .request = h1_new,
+    .run = hreq_run,
+    .body = h1_body,
+    .end = h1_end,
+    .stash = h1_stash,
+    .gone = h1_gone,
+    .written = h1_written,
+    .ref = h2r_server_ref,
+    .unref = h2r_server_unref,
+};
 
 static void h1_release(h2r_hreq_t *rq) {
   rq->released = true;
@@ -900,7 +906,7 @@ static void on_request(h2r_session_t *s, h2r_strm_t *st) {
     h2r_strm_reject(st, 503, "out of memory\n");
     return;
   }
-  h2r_hreq_run(rq);
+  hreq_run(rq);
 }
 
 static void conn_open(h2r_session_t *s, int status) {
@@ -1081,6 +1087,7 @@ int h2rev_http_server_init(uv_loop_t *loop, h2rev_http_server_t *server,
     o->max_conn_header_bytes = H2R_CONN_HEADER_BYTES;
   if (o->max_total_header_bytes == 0)
     o->max_total_header_bytes = H2R_TOTAL_HEADER_BYTES;
+  srv->h1_events = &h1_events;
   srv->rbuf = malloc(H2R_RBUF_SIZE);
   srv->notfound = calloc(1, sizeof(*srv->notfound) + 2);
   if (srv->rbuf == NULL || srv->notfound == NULL) {
@@ -1095,9 +1102,7 @@ int h2rev_http_server_init(uv_loop_t *loop, h2rev_http_server_t *server,
   srv->pub = server;
   srv->loop = loop;
   srv->pend_tail = &srv->pend;
-  uv_check_init(loop, &srv->check);
-  uv_idle_init(loop, &srv->idle);
-  srv->check.data = srv->idle.data = srv;
+  h2r_defer_init(loop, &srv->work, srv_work, srv);
   server->loop = loop;
   server->s_ = srv;
   return 0;
@@ -1108,8 +1113,7 @@ static void server_set_unref(h2rev_http_server_t *server, bool unref) {
   if (srv == NULL)
     return;
   srv->unref = unref;
-  h2r_handle_ref(&srv->check, unref);
-  h2r_handle_ref(&srv->idle, unref);
+  h2r_defer_set_unref(&srv->work, unref);
   if (srv->drain_timer_open)
     h2r_handle_ref(&srv->drain_timer, unref);
   for (h2r_lsock_t *k = srv->socks; k != NULL; k = k->next)
@@ -1276,8 +1280,7 @@ static void srv_maybe_closed(h2r_server_t *srv) {
     return;
   srv->finishing = true;
   srv->pending = 2;
-  uv_close((uv_handle_t *)&srv->check, srv_handle_closed);
-  uv_close((uv_handle_t *)&srv->idle, srv_handle_closed);
+  h2r_defer_close(&srv->work, srv_handle_closed);
   if (srv->drain_timer_open) {
     srv->pending++;
     uv_close((uv_handle_t *)&srv->drain_timer, srv_handle_closed);

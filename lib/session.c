@@ -74,22 +74,6 @@ static int grow(void **p, unsigned *cap, unsigned need, size_t elem) {
   return 0;
 }
 
-/* Appends a buffer to an iovec array, merging it with the last one when the
- * memory is contiguous. */
-int h2r_iov_push(uv_buf_t **iov, unsigned *n, unsigned *cap, const void *base, size_t len) {
-  if (*n > 0) {
-    uv_buf_t *last = &(*iov)[*n - 1];
-    if (last->base + last->len == (const char *)base) {
-      last->len += len;
-      return 0;
-    }
-  }
-  if (grow((void **)iov, cap, *n + 1, sizeof(uv_buf_t)) != 0)
-    return UV_ENOMEM;
-  (*iov)[(*n)++] = uv_buf_init((char *)base, (unsigned)len);
-  return 0;
-}
-
 static int batch_iov(batch_t *b, const void *base, size_t len) {
   return h2r_iov_push(&b->iov, &b->niov, &b->iovcap, base, len);
 }
@@ -420,11 +404,8 @@ static int cb_error(nghttp2_session *ng, int lib_error_code, const char *msg, si
 
 /* ------------------------------------------------------ the session */
 
-static void s_check(uv_check_t *h) {
-  h2r_session_t *s = h->data;
-  uv_check_stop(&s->check);
-  uv_idle_stop(&s->idle);
-  s->scheduled = false;
+static void s_work(void *arg) {
+  h2r_session_t *s = arg;
   /* Streams scheduled while we run are handled on the next turn. */
   h2r_strm_t *list = s->pending;
   s->pending = NULL;
@@ -441,16 +422,8 @@ static void s_check(uv_check_t *h) {
   s_maybe_closed(s);
 }
 
-static void s_idle(uv_idle_t *h) {
-  (void)h;
-}
-
 void h2r_session_schedule(h2r_session_t *s) {
-  if (s->scheduled || s->close_reported)
-    return;
-  s->scheduled = true;
-  uv_check_start(&s->check, s_check);
-  uv_idle_start(&s->idle, s_idle);
+  h2r_defer_arm(&s->work); /* nothing once closed */
 }
 
 static void s_handle_closed(uv_handle_t *h) {
@@ -466,8 +439,7 @@ static void s_maybe_closed(h2r_session_t *s) {
   if (s->state != H2R_S_DEAD || !s->x_closed || s->nstreams > 0 || s->close_reported)
     return;
   s->close_reported = true;
-  uv_close((uv_handle_t *)&s->check, s_handle_closed);
-  uv_close((uv_handle_t *)&s->idle, s_handle_closed);
+  h2r_defer_close(&s->work, s_handle_closed);
   uv_close((uv_handle_t *)&s->ping_timer, s_handle_closed);
 }
 
@@ -724,14 +696,12 @@ static int s_init(h2r_session_t *s, uv_loop_t *loop, bool server, const h2r_sess
   if (s->o.conn_window > NGHTTP2_INITIAL_CONNECTION_WINDOW_SIZE)
     nghttp2_session_set_local_window_size(s->ng, NGHTTP2_FLAG_NONE, 0, (int32_t)s->o.conn_window);
 
-  uv_check_init(loop, &s->check);
-  uv_idle_init(loop, &s->idle);
+  h2r_defer_init(loop, &s->work, s_work, s);
   uv_timer_init(loop, &s->ping_timer);
-  s->check.data = s->idle.data = s->ping_timer.data = s;
+  s->ping_timer.data = s;
   s->nhandles = 3;
   if (s->o.unref) {
-    uv_unref((uv_handle_t *)&s->check);
-    uv_unref((uv_handle_t *)&s->idle);
+    h2r_defer_set_unref(&s->work, true);
     uv_unref((uv_handle_t *)&s->ping_timer);
   }
   if (s->o.ping_interval_ms > 0) {
@@ -757,8 +727,7 @@ static int s_init_failed(h2r_session_t *s, int r) {
 void h2r_session_set_unref(h2r_session_t *s, bool unref) {
   s->o.unref = unref;
   if (s->nhandles > 0) {
-    h2r_handle_ref(&s->check, unref);
-    h2r_handle_ref(&s->idle, unref);
+    h2r_defer_set_unref(&s->work, unref);
     h2r_handle_ref(&s->ping_timer, unref);
   }
   h2r_xport_set_unref(&s->x, unref);

@@ -74,7 +74,7 @@ void h2r_strm_schedule(h2r_strm_t *st) {
     *s->pending_tail = st;
     s->pending_tail = &st->pnext;
   }
-  h2r_session_schedule(s);
+  h2r_defer_arm(&s->work); /* the session pumps its pending streams */
 }
 
 int h2r_strm_add_header(h2r_strm_t *st, const uint8_t *name, size_t nl, const uint8_t *value,
@@ -147,7 +147,7 @@ const char *h2r_strm_header(const h2r_strm_t *st, const char *name, size_t *len)
 static void consumed(h2r_strm_t *st, size_t n) {
   if (n > 0 && sess_alive(st) && !(st->flags & H2R_F_NG_CLOSED)) {
     nghttp2_session_consume_stream(st->sess->ng, st->id, n);
-    h2r_session_schedule(st->sess);
+    h2r_defer_arm(&st->sess->work); /* the WINDOW_UPDATE goes out */
   }
 }
 
