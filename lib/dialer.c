@@ -603,8 +603,11 @@ static void revdial_handler(h2rev_http_req_t *req, void *arg) {
 
 /* --------------------------------------------------------- connections */
 
+static void drain_soon(h2r_dialer_t *d);
+
 static void mount_conn_dead(void *arg, h2r_session_t *s, int err) {
   h2r_dialer_t *d = arg;
+  drain_soon(d);
   /* Every id of this connection is free now, not when its streams drain. */
   for (unsigned i = 0; i < d->tsize; i++) {
     dlst_t *l = d->table[i];
@@ -619,6 +622,7 @@ static void mount_conn_dead(void *arg, h2r_session_t *s, int err) {
 
 static void mount_conn_closed(void *arg, h2r_session_t *s) {
   h2r_dialer_t *d = arg;
+  drain_soon(d);
   for (size_t i = 0; i < d->nwaiting; i++) {
     if (d->waiting[i] == s) {
       d->waiting[i] = d->waiting[--d->nwaiting];
@@ -633,7 +637,13 @@ static void mount_server_closed(void *arg) {
   d->srv = NULL;
 }
 
-static const h2r_watch_ops watch_ops = {mount_conn_dead, mount_conn_closed, mount_server_closed};
+static void mount_stream_freed(void *arg, h2r_session_t *s) {
+  (void)s;
+  drain_soon(arg);
+}
+
+static const h2r_watch_ops watch_ops = {mount_conn_dead, mount_conn_closed, mount_server_closed,
+                                        mount_stream_freed};
 
 /* /healthz on the dialer's own server. */
 static void healthz(h2rev_http_req_t *req, void *arg) {
@@ -983,8 +993,6 @@ void h2rev_dialer_close(h2rev_dialer_t *dialer, h2rev_dialer_close_cb cb) {
 
 /* -------------------------------------------------------------- drain */
 
-#define DRAIN_POLL_MS 50
-
 static int ptr_cmp(const void *a, const void *b) {
   const void *pa = *(void *const *)a, *pb = *(void *const *)b;
   uintptr_t x = (uintptr_t)pa, y = (uintptr_t)pb;
@@ -1045,19 +1053,32 @@ static unsigned drain_busy(h2r_dialer_t *d) {
   return n > 0 ? (unsigned)n : 0;
 }
 
+static void drain_tick(uv_timer_t *t);
+
+/* Counted on the next turn: several events of one turn cost one count. */
+static void drain_soon(h2r_dialer_t *d) {
+  if (d->draining && !d->closing && !uv_is_closing((uv_handle_t *)&d->drain_timer))
+    uv_timer_start(&d->drain_timer, drain_tick, 0, 0);
+}
+
 static void drain_timer_closed(uv_handle_t *h) {
   h2r_dialer_t *d = h->data;
   d->completing--;
   maybe_closed(d);
 }
 
+/* When what the drain waits for may have ended (a stream freed, a
+ * connection closed, a listener gone), or at its deadline. */
 static void drain_tick(uv_timer_t *t) {
   h2r_dialer_t *d = t->data;
   if (!d->closing) {
     unsigned busy = drain_busy(d);
-    bool expired = uv_now(d->loop) >= d->drain_deadline;
-    if (busy > 0 && !expired)
+    uint64_t now = uv_now(d->loop);
+    bool expired = now >= d->drain_deadline;
+    if (busy > 0 && !expired) {
+      uv_timer_start(t, drain_tick, d->drain_deadline - now, 0);
       return;
+    }
     if (busy > 0)
       H2R_WARN(&d->o.log, "drain timeout: closing with %u stream%s in flight", busy,
                busy == 1 ? "" : "s");
@@ -1073,6 +1094,12 @@ int h2rev_dialer_shutdown(h2rev_dialer_t *dialer, unsigned timeout_ms, h2rev_dia
   h2r_dialer_t *d = dialer->d_;
   if (d == NULL || d->closing || d->draining)
     return UV_EALREADY;
+  /* The timer first: the GOAWAYs below may free streams (drain_soon). */
+  uv_timer_init(d->loop, &d->drain_timer);
+  d->drain_timer.data = d;
+  if (d->unref)
+    uv_unref((uv_handle_t *)&d->drain_timer);
+  d->completing++;
   d->draining = true;
   d->drain_cb = cb;
   d->drain_deadline = uv_now(d->loop) + timeout_ms;
@@ -1095,11 +1122,6 @@ int h2rev_dialer_shutdown(h2rev_dialer_t *dialer, unsigned timeout_ms, h2rev_dia
   }
   H2R_INFO(&d->o.log, "draining: no longer listening, GOAWAY sent to %u connection%s, %u ms to go",
            n, n == 1 ? "" : "s", timeout_ms);
-  uv_timer_init(d->loop, &d->drain_timer);
-  d->drain_timer.data = d;
-  if (d->unref)
-    uv_unref((uv_handle_t *)&d->drain_timer);
-  d->completing++;
-  uv_timer_start(&d->drain_timer, drain_tick, 0, DRAIN_POLL_MS);
+  uv_timer_start(&d->drain_timer, drain_tick, 0, 0); /* counts what is in flight now */
   return 0;
 }

@@ -254,6 +254,8 @@ typedef struct h2r_session_cbs {
    * bytes are not the HTTP/2 preface). The owner sets s->h1 and s->h1_data;
    * the bytes then go to s->h1->on_read. */
   void (*on_h1)(h2r_session_t *s);
+  /* Optional: one of its streams is freed (nstreams went down). */
+  void (*on_stream_freed)(h2r_session_t *s);
 } h2r_session_cbs;
 
 /* An HTTP/1.1 connection riding on a session's transport. */
@@ -593,6 +595,8 @@ typedef struct h2r_watch_ops {
   void (*conn_closed)(void *arg, h2r_session_t *s);
   /* The server is closed: forget it. */
   void (*server_closed)(void *arg);
+  /* Optional: a stream of a connection is freed (what a drain waits for). */
+  void (*stream_freed)(void *arg, h2r_session_t *s);
 } h2r_watch_ops;
 
 /* A connection accepted by a server. */

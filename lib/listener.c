@@ -814,6 +814,15 @@ static void conn_unlink(h2r_listener_t *l, lconn_t *c) {
 /* The listener is closing: the connection goes on without it, for as long as
  * the application holds streams of it (they report H2REV_ECLOSED). Nothing
  * of it may point to the listener any more. */
+
+static void drain_tick(uv_timer_t *t);
+
+/* A connection is gone: the last one ends a drain (on the next turn). */
+static void conn_released(h2r_listener_t *l) {
+  if (--l->live_conns == 0 && l->draining && !l->closing)
+    uv_timer_start(&l->drain_timer, drain_tick, 0, 0);
+}
+
 static void conn_detach(h2r_listener_t *l, lconn_t *c) {
   if (l->conn == c || l->drain_conn == c)
     forget_streams(l);
@@ -825,7 +834,7 @@ static void conn_detach(h2r_listener_t *l, lconn_t *c) {
   }
   conn_unlink(l, c);
   c->l = NULL;
-  l->live_conns--;
+  conn_released(l);
 }
 
 static void conn_dead(h2r_session_t *s, int err) {
@@ -861,7 +870,7 @@ static void conn_close(h2r_session_t *s) {
   if (l->drain_conn == c)
     l->drain_conn = NULL;
   conn_unlink(l, c);
-  l->live_conns--;
+  conn_released(l);
   if (current) {
     l->conn = NULL;
     uv_timer_stop(&l->probe);
@@ -878,7 +887,8 @@ static void conn_close(h2r_session_t *s) {
   maybe_done(l);
 }
 
-static const h2r_session_cbs conn_cbs = {conn_open, conn_request, conn_dead, conn_close, NULL};
+static const h2r_session_cbs conn_cbs = {conn_open,  conn_request, conn_dead,
+                                         conn_close, NULL,         NULL};
 
 static void resolved(uv_getaddrinfo_t *req, int status, struct addrinfo *res) {
   h2r_listener_t *l = req->data;
@@ -930,7 +940,7 @@ static void resolved(uv_getaddrinfo_t *req, int status, struct addrinfo *res) {
      * conn_close): the attempt ends here, like one that failed to connect. */
     conn_unlink(l, c);
     free(c);
-    l->live_conns--;
+    conn_released(l);
     l->conn = NULL;
     lost(l, r, "cannot start a connection", false); /* logs it, once */
   }
@@ -1174,6 +1184,8 @@ void h2rev_listener_close(h2rev_listener_t *listener, h2rev_listener_close_cb cb
   uv_close((uv_handle_t *)&l->retry, handle_closed);
   uv_close((uv_handle_t *)&l->kick, handle_closed);
   uv_close((uv_handle_t *)&l->probe, handle_closed);
+  if (l->draining && !uv_is_closing((uv_handle_t *)&l->drain_timer))
+    uv_timer_start(&l->drain_timer, drain_tick, 0, 0); /* closes it, drain or not */
   /* Every connection ends now; the close does not wait for the streams the
    * application holds (they report H2REV_ECLOSED until their owners close
    * them), as closing a uv_tcp_t server leaves the accepted sockets alone. */
@@ -1192,22 +1204,24 @@ void h2rev_listener_close(h2rev_listener_t *listener, h2rev_listener_close_cb cb
 
 /* -------------------------------------------------------------- drain */
 
-#define DRAIN_POLL_MS 50
-
 static void drain_timer_closed(uv_handle_t *h) {
   h2r_listener_t *l = h->data;
   l->handles--;
   maybe_done(l);
 }
 
+/* When the last connection is gone, or at the drain's deadline. */
 static void drain_tick(uv_timer_t *t) {
   h2r_listener_t *l = t->data;
   if (!l->closing) {
     /* Only the drained connection, and older ones the application still
      * holds streams of, can be alive: no other is started. */
-    bool expired = uv_now(l->loop) >= l->drain_deadline;
-    if (l->live_conns > 0 && !expired)
+    uint64_t now = uv_now(l->loop);
+    bool expired = now >= l->drain_deadline;
+    if (l->live_conns > 0 && !expired) {
+      uv_timer_start(t, drain_tick, l->drain_deadline - now, 0);
       return;
+    }
     if (l->live_conns > 0) {
       unsigned n = 0;
       for (lconn_t *c = l->conns; c != NULL; c = c->next)
@@ -1235,6 +1249,12 @@ int h2rev_listener_shutdown(h2rev_listener_t *listener, unsigned timeout_ms,
     h2rev_listener_close(listener, cb);
     return 0;
   }
+  /* The timer first: closing the control stream below may end the drain. */
+  uv_timer_init(l->loop, &l->drain_timer);
+  l->drain_timer.data = l;
+  if (l->unref)
+    uv_unref((uv_handle_t *)&l->drain_timer);
+  l->handles++;
   l->draining = true;
   l->drain_cb = cb;
   l->drain_deadline = uv_now(l->loop) + timeout_ms;
@@ -1248,12 +1268,8 @@ int h2rev_listener_shutdown(h2rev_listener_t *listener, unsigned timeout_ms,
   h2rev_stream_close(&c->ctl, NULL);
   h2r_session_shutdown(&c->s);
   H2R_INFO(&l->o.log, "draining: detached %s, %u ms to go", l->id, timeout_ms);
-  uv_timer_init(l->loop, &l->drain_timer);
-  l->drain_timer.data = l;
-  if (l->unref)
-    uv_unref((uv_handle_t *)&l->drain_timer);
-  l->handles++;
-  uv_timer_start(&l->drain_timer, drain_tick, 0, DRAIN_POLL_MS);
+  if (!l->closing)
+    uv_timer_start(&l->drain_timer, drain_tick, l->live_conns > 0 ? timeout_ms : 0, 0);
   return 0;
 }
 

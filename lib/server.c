@@ -136,8 +136,13 @@ void h2r_server_ref(h2r_server_t *srv) {
   srv->live++;
 }
 
+static void drain_tick(uv_timer_t *t);
+
 void h2r_server_unref(h2r_server_t *srv) {
-  srv->live--;
+  /* A drain ends with the last thing in flight: on the next turn, once
+   * whatever released it has returned. */
+  if (--srv->live == 0 && srv->draining && !srv->closing)
+    uv_timer_start(&srv->drain_timer, drain_tick, 0, 0);
   srv_maybe_closed(srv);
 }
 
@@ -923,6 +928,13 @@ static void conn_dead(h2r_session_t *s, int err) {
     srv->watch_ops->conn_dead(srv->watch_arg, s, err);
 }
 
+static void conn_stream_freed(h2r_session_t *s) {
+  h2r_hconn_t *c = s->owner;
+  h2r_server_t *srv = c->srv;
+  if (srv->watch_ops != NULL && srv->watch_ops->stream_freed != NULL)
+    srv->watch_ops->stream_freed(srv->watch_arg, s);
+}
+
 static void resume_accepting(h2r_server_t *srv);
 
 static void conn_close(h2r_session_t *s) {
@@ -951,7 +963,8 @@ static void conn_h1(h2r_session_t *s) {
     s->h1 = &h2r_h1c_ops;
 }
 
-static const h2r_session_cbs conn_cbs = {conn_open, on_request, conn_dead, conn_close, conn_h1};
+static const h2r_session_cbs conn_cbs = {conn_open,  on_request, conn_dead,
+                                         conn_close, conn_h1,    conn_stream_freed};
 
 /* Waits for its turn at the next resume_accepting: libuv polls the socket no
  * more until then, and the clients wait in the backlog. */
@@ -1304,12 +1317,14 @@ void h2rev_http_server_close(h2rev_http_server_t *server, h2rev_http_server_clos
   h2r_server_unref(srv);
 }
 
-#define DRAIN_POLL_MS 50
-
+/* When nothing is left in flight, or at the drain's deadline. */
 static void drain_tick(uv_timer_t *t) {
   h2r_server_t *srv = t->data;
-  if (srv->live > 0 && uv_now(srv->loop) < srv->drain_deadline)
+  uint64_t now = uv_now(srv->loop);
+  if (srv->live > 0 && now < srv->drain_deadline) {
+    uv_timer_start(t, drain_tick, srv->drain_deadline - now, 0);
     return;
+  }
   if (srv->live > 0)
     H2R_WARN(&srv->o.log, "drain timeout: closing what is left");
   h2rev_http_server_close(srv->pub, srv->close_cb);
@@ -1320,6 +1335,12 @@ int h2rev_http_server_shutdown(h2rev_http_server_t *server, unsigned timeout_ms,
   h2r_server_t *srv = server->s_;
   if (srv == NULL || srv->closing || srv->draining)
     return UV_EALREADY;
+  /* The timer first: what the GOAWAYs below release may end the drain. */
+  uv_timer_init(srv->loop, &srv->drain_timer);
+  srv->drain_timer.data = srv;
+  srv->drain_timer_open = true;
+  if (srv->unref)
+    uv_unref((uv_handle_t *)&srv->drain_timer);
   srv->draining = true;
   srv->close_cb = cb;
   srv->drain_deadline = uv_now(srv->loop) + timeout_ms;
@@ -1331,11 +1352,7 @@ int h2rev_http_server_shutdown(h2rev_http_server_t *server, unsigned timeout_ms,
     h2r_h1c_shutdown(c);
     c = next;
   }
-  uv_timer_init(srv->loop, &srv->drain_timer);
-  srv->drain_timer.data = srv;
-  srv->drain_timer_open = true;
-  if (srv->unref)
-    uv_unref((uv_handle_t *)&srv->drain_timer);
-  uv_timer_start(&srv->drain_timer, drain_tick, DRAIN_POLL_MS, DRAIN_POLL_MS);
+  if (!srv->closing)
+    uv_timer_start(&srv->drain_timer, drain_tick, srv->live > 0 ? timeout_ms : 0, 0);
   return 0;
 }

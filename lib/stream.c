@@ -64,6 +64,8 @@ void h2r_strm_free(h2r_strm_t *st) {
   free(st->rbody);
   s->nstreams--;
   free(st);
+  if (s->cbs->on_stream_freed != NULL)
+    s->cbs->on_stream_freed(s);
 }
 
 void h2r_strm_schedule(h2r_strm_t *st) {

@@ -182,7 +182,7 @@ static void srv_close(h2r_session_t *s) {
   free(s);
 }
 
-static const h2r_session_cbs srv_cbs = {srv_open, on_request, srv_dead, srv_close, NULL};
+static const h2r_session_cbs srv_cbs = {srv_open, on_request, srv_dead, srv_close, NULL, NULL};
 
 static void on_conn(uv_stream_t *server, int status) {
   tserver_t *t = server->data;
@@ -257,7 +257,7 @@ static void cli_request(h2r_session_t *s, h2r_strm_t *st) {
   h2r_strm_abandon(st);
 }
 
-static const h2r_session_cbs cli_cbs = {cli_open, cli_request, cli_dead, cli_close, NULL};
+static const h2r_session_cbs cli_cbs = {cli_open, cli_request, cli_dead, cli_close, NULL, NULL};
 
 SSL_CTX *tls_client_ctx(const char *ca) {
   char path[512], errbuf[256];

@@ -1299,7 +1299,7 @@ static void fs_close(h2r_session_t *s) {
   free(s);
 }
 
-static const h2r_session_cbs fs_cbs = {fs_open, fs_request, fs_dead, fs_close, NULL};
+static const h2r_session_cbs fs_cbs = {fs_open, fs_request, fs_dead, fs_close, NULL, NULL};
 
 static void fs_conn(uv_stream_t *server, int status) {
   fsrv_t *t = server->data;

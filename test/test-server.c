@@ -1104,3 +1104,87 @@ TEST(upstream_prefix) {
   UP = NULL;
   env_stop(&e);
 }
+
+/* A drain ends when its last request is answered, not at its deadline,
+ * and without waking the loop while it waits (it used to look every
+ * 50 ms); the request in flight gets its whole answer, a new client is
+ * refused. */
+static int slow_seen, wakeups;
+
+static void slow_answer(uv_timer_t *t) {
+  h2rev_http_reply(t->data, 200, "text/plain", "slow\n", 5);
+  uv_close((uv_handle_t *)t, (uv_close_cb)free);
+}
+
+static void slow(h2rev_http_req_t *req, void *arg) {
+  unsigned ms = *(unsigned *)arg;
+  uv_timer_t *t = malloc(sizeof(*t));
+  uv_timer_init(req->server->loop, t);
+  t->data = req;
+  uv_timer_start(t, slow_answer, ms, 0);
+  slow_seen++;
+}
+
+static void count_wakeup(uv_prepare_t *p) {
+  (void)p;
+  wakeups++;
+}
+
+static void proc_exit(uv_process_t *p, int64_t status, int sig) {
+  int *rc = p->data;
+  *rc = sig ? 128 + sig : (int)status;
+  uv_close((uv_handle_t *)p, NULL);
+}
+
+TEST(drain_ends_with_last_request) {
+  env_t e;
+  env_init(&e);
+  unsigned ms = 1000;
+  ASSERT_OK(h2rev_http_server_route(&e.srv, "/slow", slow, &ms));
+  slow_seen = 0;
+  char out[600], cmd[1600];
+  snprintf(out, sizeof(out), "%s/slow.out", e.dir);
+  snprintf(cmd, sizeof(cmd), "curl -s -o %s -w '%%{http_code}' http://127.0.0.1:%d/slow > %s.code",
+           out, e.port, out);
+  uv_process_t p;
+  int rc = -1;
+  char *args[] = {"/bin/sh", "-c", cmd, NULL};
+  uv_stdio_container_t io[3] = {{.flags = UV_IGNORE},
+                                {.flags = UV_INHERIT_FD, .data.fd = 2},
+                                {.flags = UV_INHERIT_FD, .data.fd = 2}};
+  uv_process_options_t po = {
+      .exit_cb = proc_exit, .file = "/bin/sh", .args = args, .stdio_count = 3, .stdio = io};
+  p.data = &rc;
+  ASSERT_OK(uv_spawn(&e.loop, &p, &po));
+  run_until(&e.loop, &slow_seen, 10000);
+
+  uv_prepare_t prep;
+  uv_prepare_init(&e.loop, &prep);
+  uv_prepare_start(&prep, count_wakeup);
+  wakeups = 0;
+  uint64_t t0 = uv_now(&e.loop);
+  ASSERT_OK(h2rev_http_server_shutdown(&e.srv, 20000, srv_closed));
+  ASSERT_EQ(h2rev_http_server_shutdown(&e.srv, 20000, srv_closed), UV_EALREADY);
+  run_until(&e.loop, &e.closed, 15000);
+  uint64_t took = uv_now(&e.loop) - t0;
+  int woke = wakeups;
+  uv_close((uv_handle_t *)&prep, NULL);
+  while (rc == -1)
+    uv_run(&e.loop, UV_RUN_ONCE);
+  ASSERT_EQ(rc, 0);
+  char code[700];
+  snprintf(code, sizeof(code), "%s.code", out);
+  char *got = slurp(code, NULL);
+  ASSERT_STR_EQ(got, "200");
+  free(got);
+  got = slurp(out, NULL);
+  ASSERT_STR_EQ(got, "slow\n");
+  free(got);
+  /* Ended by the answer (about 1 s), not by the 20 s deadline. */
+  ASSERT_LT(took, 8000);
+  /* A few turns for the client's bytes, the timer, the close: 50 ms
+   * polling would have woken it some 20 times in that second. */
+  ASSERT_LE(woke, 12);
+  ASSERT_NULL(e.srv.s_);
+  loop_drain(&e.loop);
+}

@@ -506,7 +506,7 @@ static void my_request(h2r_session_t *s, h2r_strm_t *st) {
   h2r_strm_abandon(st);
 }
 
-static const h2r_session_cbs my_cbs = {my_open, my_request, my_dead, my_close, NULL};
+static const h2r_session_cbs my_cbs = {my_open, my_request, my_dead, my_close, NULL, NULL};
 
 typedef struct peer_count {
   int with_client1; /* server side, peer certificate CN=client-1 */
