@@ -3,14 +3,11 @@
  * (control and data), and h2rev_dial() which hands out data streams — idle
  * spares first, else one asked for with conn-ready.
  */
-#include "control.h"
+#include "dialer.h"
 
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
-
-typedef struct h2r_dialer h2r_dialer_t;
-typedef struct dlst dlst_t;
 
 struct dlst {
   dlst_t *hnext;
@@ -29,37 +26,6 @@ struct dlst {
   uint64_t attached_at; /* uv_now() */
   char rxbuf[512];
   char id[];
-};
-
-struct h2r_dialer {
-  h2rev_dialer_t *pub;
-  uv_loop_t *loop;
-  h2rev_dialer_options_t o;
-  char *base;
-  dlst_t **table;
-  unsigned tsize, count;
-  /* The server it is mounted on: its own (h2rev_dialer_listen) or the
-   * application's (h2rev_dialer_mount); NULL once that server is closed. */
-  h2r_server_t *srv;
-  bool own_srv;
-  h2rev_http_server_t own;
-  h2r_session_t **waiting; /* closing: listener connections not yet released */
-  size_t nwaiting;
-  uv_timer_t keepalive;
-  h2rev_dialer_stats_t st;
-  void (*close_cb)(h2rev_dialer_t *);
-  h2rev_dialer_close_cb user_close_cb;
-  bool closing;
-  int pending_closes;
-  unsigned completing; /* dials whose timer handle is closing */
-  /* h2rev_dialer_shutdown: the drain timer and the sockets it closes count in
-   * `completing`, so a close during the drain waits for them. */
-  bool draining;
-  uv_timer_t drain_timer;
-  uint64_t drain_deadline;
-  h2rev_dialer_close_cb drain_cb;
-  h2r_ratelog_t rl;
-  bool unref; /* h2rev_dialer_unref: its own server's handles are unref'd */
 };
 
 static void maybe_closed(h2r_dialer_t *d) {
@@ -603,11 +569,15 @@ static void revdial_handler(h2rev_http_req_t *req, void *arg) {
 
 /* --------------------------------------------------------- connections */
 
-static void drain_soon(h2r_dialer_t *d);
+/* What a drain waits for may have changed. */
+static void changed(h2r_dialer_t *d) {
+  if (d->on_change != NULL)
+    d->on_change(d);
+}
 
 static void mount_conn_dead(void *arg, h2r_session_t *s, int err) {
   h2r_dialer_t *d = arg;
-  drain_soon(d);
+  changed(d);
   /* Every id of this connection is free now, not when its streams drain. */
   for (unsigned i = 0; i < d->tsize; i++) {
     dlst_t *l = d->table[i];
@@ -622,7 +592,7 @@ static void mount_conn_dead(void *arg, h2r_session_t *s, int err) {
 
 static void mount_conn_closed(void *arg, h2r_session_t *s) {
   h2r_dialer_t *d = arg;
-  drain_soon(d);
+  changed(d);
   for (size_t i = 0; i < d->nwaiting; i++) {
     if (d->waiting[i] == s) {
       d->waiting[i] = d->waiting[--d->nwaiting];
@@ -639,23 +609,14 @@ static void mount_server_closed(void *arg) {
 
 static void mount_stream_freed(void *arg, h2r_session_t *s) {
   (void)s;
-  drain_soon(arg);
+  changed(arg);
 }
 
 static const h2r_watch_ops watch_ops = {mount_conn_dead, mount_conn_closed, mount_server_closed,
                                         mount_stream_freed};
 
-/* /healthz on the dialer's own server. */
-static void healthz(h2rev_http_req_t *req, void *arg) {
-  (void)arg;
-  if (strcmp(req->path, "/healthz") == 0)
-    h2rev_http_reply(req, 200, "text/plain", "ok\n", 3);
-  else
-    h2rev_http_reply(req, 404, "text/plain", "not found\n", 10);
-}
-
 /* <base>/revdial and <base>/proxy on srv, and its connections watched. */
-static int mount(h2r_dialer_t *d, h2r_server_t *srv) {
+int h2r_dialer_mount(h2r_dialer_t *d, h2r_server_t *srv) {
   size_t bl = strlen(d->base);
   char *prefix = malloc(bl + sizeof("/revdial"));
   if (prefix == NULL)
@@ -755,86 +716,7 @@ int h2rev_dialer_mount(h2rev_dialer_t *dialer, h2rev_http_server_t *server) {
     return UV_EBUSY;
   if (server->s_ == NULL || server->s_->closing)
     return UV_EBADF;
-  return mount(d, server->s_);
-}
-
-/* The dialer's own server, made by the first h2rev_dialer_listen. */
-static int own_server(h2r_dialer_t *d) {
-  h2rev_http_server_options_t so = {
-      .max_streams = d->o.max_streams,
-      .ping_interval_ms = d->o.ping_interval_ms,
-      .ping_timeout_ms = d->o.ping_timeout_ms,
-      .max_connections = d->o.max_connections,
-      .log = d->o.log,
-      .access_log = d->o.access_log,
-      .access_log_arg = d->o.access_log_arg,
-  };
-  int r = h2rev_http_server_init(d->loop, &d->own, &so);
-  if (r != 0)
-    return r;
-  d->own.data = d;
-  d->own_srv = true;
-  if (d->unref)
-    h2rev_http_server_unref(&d->own);
-  r = mount(d, d->own.s_);
-  if (r == 0)
-    r = h2rev_http_server_route(&d->own, "/healthz", healthz, d);
-  return r;
-}
-
-int h2rev_dialer_listen(h2rev_dialer_t *dialer, const struct sockaddr *addr,
-                        const h2rev_tls_options_t *tls) {
-  h2r_dialer_t *d = dialer->d_;
-  if (d == NULL || d->closing || d->draining)
-    return UV_EBADF;
-  if (d->srv != NULL && !d->own_srv)
-    return UV_EBUSY;
-  if (!d->own_srv) {
-    int r = own_server(d);
-    if (r != 0)
-      return r; /* the server, if made, is closed with the dialer */
-  }
-  return h2rev_http_server_listen(&d->own, addr, tls);
-}
-
-int h2rev_dialer_set_tls(h2rev_dialer_t *dialer, const h2rev_tls_options_t *tls) {
-  h2r_dialer_t *d = dialer->d_;
-  if (d == NULL || d->closing || d->draining)
-    return UV_EBADF;
-  if (!d->own_srv || d->own.s_ == NULL)
-    return UV_EINVAL;
-  return h2rev_http_server_set_tls(&d->own, tls);
-}
-
-static void dialer_set_unref(h2rev_dialer_t *dialer, bool unref) {
-  h2r_dialer_t *d = dialer->d_;
-  if (d == NULL)
-    return;
-  d->unref = unref;
-  if (d->own_srv) {
-    if (unref)
-      h2rev_http_server_unref(&d->own);
-    else
-      h2rev_http_server_ref(&d->own);
-  }
-  if (d->draining)
-    h2r_handle_ref(&d->drain_timer, unref);
-}
-
-void h2rev_dialer_ref(h2rev_dialer_t *dialer) {
-  dialer_set_unref(dialer, false);
-}
-
-void h2rev_dialer_unref(h2rev_dialer_t *dialer) {
-  dialer_set_unref(dialer, true);
-}
-
-int h2rev_dialer_getsockname(const h2rev_dialer_t *dialer, unsigned n, struct sockaddr *addr,
-                             int *len) {
-  const h2r_dialer_t *d = dialer->d_;
-  if (!d->own_srv || d->own.s_ == NULL)
-    return UV_EINVAL;
-  return h2rev_http_server_getsockname(&d->own, n, addr, len);
+  return h2r_dialer_mount(d, server->s_);
 }
 
 int h2rev_dial(h2rev_dial_t *req, h2rev_dialer_t *dialer, const char *id, h2rev_stream_t *stream,
@@ -955,45 +837,36 @@ static void timer_closed(uv_handle_t *h) {
   maybe_closed(h->data);
 }
 
-static void own_closed(h2rev_http_server_t *srv) {
-  maybe_closed(srv->data);
-}
+/* -------------------------------------------------------------- close */
 
-static h2r_session_t **listener_conns(h2r_dialer_t *d, size_t *n);
-
-void h2rev_dialer_close(h2rev_dialer_t *dialer, h2rev_dialer_close_cb cb) {
-  h2r_dialer_t *d = dialer->d_;
-  if (d == NULL || d->closing)
-    return;
+/* Begins the close: every listener goes, and the listeners' connections
+ * too unless conns_go_with_server (the server they are on closes them all).
+ * The caller holds one count of the close (h2r_dialer_release). */
+void h2r_dialer_close_begin(h2r_dialer_t *d, h2rev_dialer_close_cb cb, bool conns_go_with_server) {
   d->closing = true;
   d->user_close_cb = cb;
   d->close_cb = dialer_done;
-  d->pending_closes = 1; /* released below, once everything is started */
+  d->pending_closes = 1; /* the caller's */
   d->pending_closes += (int)d->completing;
   d->pending_closes++;
   uv_close((uv_handle_t *)&d->keepalive, timer_closed);
-  if (d->srv != NULL && !d->own_srv)
-    d->waiting = listener_conns(d, &d->nwaiting);
+  if (d->srv != NULL && !conns_go_with_server)
+    d->waiting = h2r_dialer_listener_conns(d, &d->nwaiting);
   for (unsigned i = 0; i < d->tsize; i++)
     while (d->table[i] != NULL)
       unregister(d->table[i], UV_ECANCELED, "dialer closing");
-  if (d->own_srv && d->own.s_ != NULL) {
-    /* Every connection goes, with the server. */
-    d->pending_closes++;
-    h2rev_http_server_close(&d->own, own_closed);
-  } else if (d->srv != NULL) {
-    /* Mounted: the connections of our listeners go; the application's
-     * other clients stay. */
-    d->pending_closes += (int)d->nwaiting;
-    for (size_t i = 0; i < d->nwaiting; i++)
-      h2r_session_close(d->waiting[i], H2REV_ECLOSED);
-  }
+  /* Mounted: the connections of our listeners go; the application's other
+   * clients stay. */
+  d->pending_closes += (int)d->nwaiting;
+  for (size_t i = 0; i < d->nwaiting; i++)
+    h2r_session_close(d->waiting[i], H2REV_ECLOSED);
+}
+
+void h2r_dialer_release(h2r_dialer_t *d) {
   maybe_closed(d);
 }
 
-/* -------------------------------------------------------------- drain */
-
-static int ptr_cmp(const void *a, const void *b) {
+int h2r_ptr_cmp(const void *a, const void *b) {
   const void *pa = *(void *const *)a, *pb = *(void *const *)b;
   uintptr_t x = (uintptr_t)pa, y = (uintptr_t)pb;
   return x < y ? -1 : x > y;
@@ -1001,7 +874,7 @@ static int ptr_cmp(const void *a, const void *b) {
 
 /* The connections holding attached listeners, sorted (for bsearch); *n of
  * them. NULL with *n 0 when there are none or memory is short. */
-static h2r_session_t **listener_conns(h2r_dialer_t *d, size_t *n) {
+h2r_session_t **h2r_dialer_listener_conns(h2r_dialer_t *d, size_t *n) {
   *n = 0;
   if (d->count == 0)
     return NULL;
@@ -1012,7 +885,7 @@ static h2r_session_t **listener_conns(h2r_dialer_t *d, size_t *n) {
   for (unsigned i = 0; i < d->tsize; i++)
     for (dlst_t *l = d->table[i]; l != NULL && k < d->count; l = l->hnext)
       v[k++] = l->conn;
-  qsort(v, k, sizeof(*v), ptr_cmp);
+  qsort(v, k, sizeof(*v), h2r_ptr_cmp);
   size_t u = 0;
   for (size_t i = 0; i < k; i++)
     if (u == 0 || v[u - 1] != v[i])
@@ -1021,107 +894,10 @@ static h2r_session_t **listener_conns(h2r_dialer_t *d, size_t *n) {
   return v;
 }
 
-/* What is still in flight: every stream of a live connection except the
- * listeners' control streams and idle spares, plus one for each live
- * connection without a listener (a client: it ends by itself once its
- * requests are answered, HTTP/1.1 ones included). Such connections still
- * open for HTTP/2 get a GOAWAY (a listener's connection that lost its id).
- * Mounted on the application's server, its other clients are its business:
- * only the listeners' connections count. */
-static unsigned drain_busy(h2r_dialer_t *d) {
-  size_t nl;
-  h2r_session_t **lc = listener_conns(d, &nl);
+long h2r_dialer_idle_streams(const h2r_dialer_t *d) {
   long n = 0;
-  for (h2r_hconn_t *c = d->srv != NULL ? d->srv->conns : NULL; c != NULL; c = c->next) {
-    h2r_session_t *s = &c->s;
-    if (s->state == H2R_S_DEAD)
-      continue;
-    bool holds = lc != NULL && bsearch(&s, lc, nl, sizeof(*lc), ptr_cmp) != NULL;
-    if (!holds && !d->own_srv)
-      continue;
-    n += (long)s->nstreams;
-    if (!holds) {
-      n++;
-      if (s->state == H2R_S_OPEN && s->h1 == NULL && !s->sniffing)
-        h2r_session_shutdown(s);
-    }
-  }
-  free(lc);
   for (unsigned i = 0; i < d->tsize; i++)
-    for (dlst_t *l = d->table[i]; l != NULL; l = l->hnext)
-      n -= 1 + (long)l->nspares;
-  return n > 0 ? (unsigned)n : 0;
-}
-
-static void drain_tick(uv_timer_t *t);
-
-/* Counted on the next turn: several events of one turn cost one count. */
-static void drain_soon(h2r_dialer_t *d) {
-  if (d->draining && !d->closing && !uv_is_closing((uv_handle_t *)&d->drain_timer))
-    uv_timer_start(&d->drain_timer, drain_tick, 0, 0);
-}
-
-static void drain_timer_closed(uv_handle_t *h) {
-  h2r_dialer_t *d = h->data;
-  d->completing--;
-  maybe_closed(d);
-}
-
-/* When what the drain waits for may have ended (a stream freed, a
- * connection closed, a listener gone), or at its deadline. */
-static void drain_tick(uv_timer_t *t) {
-  h2r_dialer_t *d = t->data;
-  if (!d->closing) {
-    unsigned busy = drain_busy(d);
-    uint64_t now = uv_now(d->loop);
-    bool expired = now >= d->drain_deadline;
-    if (busy > 0 && !expired) {
-      uv_timer_start(t, drain_tick, d->drain_deadline - now, 0);
-      return;
-    }
-    if (busy > 0)
-      H2R_WARN(&d->o.log, "drain timeout: closing with %u stream%s in flight", busy,
-               busy == 1 ? "" : "s");
-    else
-      H2R_INFO(&d->o.log, "drained: no request in flight");
-    h2rev_dialer_close(d->pub, d->drain_cb);
-  }
-  uv_timer_stop(t);
-  uv_close((uv_handle_t *)t, drain_timer_closed);
-}
-
-int h2rev_dialer_shutdown(h2rev_dialer_t *dialer, unsigned timeout_ms, h2rev_dialer_close_cb cb) {
-  h2r_dialer_t *d = dialer->d_;
-  if (d == NULL || d->closing || d->draining)
-    return UV_EALREADY;
-  /* The timer first: the GOAWAYs below may free streams (drain_soon). */
-  uv_timer_init(d->loop, &d->drain_timer);
-  d->drain_timer.data = d;
-  if (d->unref)
-    uv_unref((uv_handle_t *)&d->drain_timer);
-  d->completing++;
-  d->draining = true;
-  d->drain_cb = cb;
-  d->drain_deadline = uv_now(d->loop) + timeout_ms;
-  unsigned n = 0;
-  if (d->own_srv && d->srv != NULL) {
-    h2r_server_stop_listening(d->srv);
-    /* Clients may finish the streams they started, and open no more.
-     * Listeners' connections stay as they are: their data streams serve the
-     * requests in flight, including dials still waiting for one. */
-    size_t nl;
-    h2r_session_t **lc = listener_conns(d, &nl);
-    for (h2r_hconn_t *c = d->srv->conns; c != NULL; c = c->next) {
-      h2r_session_t *s = &c->s;
-      if (lc == NULL || bsearch(&s, lc, nl, sizeof(*lc), ptr_cmp) == NULL) {
-        h2r_session_shutdown(s);
-        n++;
-      }
-    }
-    free(lc);
-  }
-  H2R_INFO(&d->o.log, "draining: no longer listening, GOAWAY sent to %u connection%s, %u ms to go",
-           n, n == 1 ? "" : "s", timeout_ms);
-  uv_timer_start(&d->drain_timer, drain_tick, 0, 0); /* counts what is in flight now */
-  return 0;
+    for (const dlst_t *l = d->table[i]; l != NULL; l = l->hnext)
+      n += 1 + (long)l->nspares;
+  return n;
 }
