@@ -186,15 +186,21 @@ static int cb_send_data(nghttp2_session *ng, nghttp2_frame *frame, const uint8_t
 static ssize_t cb_read_length(nghttp2_session *ng, uint8_t frame_type, int32_t stream_id,
                               int32_t session_window, int32_t stream_window,
                               uint32_t remote_max_frame_size, void *ud) {
-  (void)ng;
   (void)frame_type;
-  (void)stream_id;
   (void)ud;
   ssize_t n = (ssize_t)remote_max_frame_size;
   if (session_window < n)
     n = session_window;
   if (stream_window < n)
     n = stream_window;
+  /* No more than the stream has queued: nghttp2 grows its frame buffer to
+   * any length above 16 KiB asked here, for good, even though the payload
+   * is never copied there (NGHTTP2_DATA_FLAG_NO_COPY). An idle listener's
+   * connection, which only ever carries small messages, kept 64 KiB. */
+  h2r_strm_t *st = nghttp2_session_get_stream_user_data(ng, stream_id);
+  uint64_t avail = st != NULL && st->wcur != NULL ? st->queued - st->sent : 0;
+  if ((uint64_t)n > avail)
+    n = (ssize_t)avail; /* nothing queued: the read callback defers */
   return n > 0 ? n : 1;
 }
 
