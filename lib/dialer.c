@@ -35,6 +35,8 @@ static void maybe_closed(h2r_dialer_t *d) {
 
 enum { DIAL_IDLE, DIAL_QUEUED, DIAL_COMPLETING, DIAL_DONE };
 
+#define KEEPALIVE_SLICES 32 /* turns of the keep-alive timer per keepalive_ms */
+
 static const char msg_conn_ready[] = "{\"command\":\"conn-ready\"}\n";
 static const char msg_keep_alive[] = "{\"command\":\"keep-alive\"}\n";
 
@@ -639,14 +641,26 @@ int h2r_dialer_mount(h2r_dialer_t *d, h2r_server_t *srv) {
   return 0;
 }
 
+/* Each listener gets a keep-alive every keepalive_ms, the table's slots
+ * taken in KEEPALIVE_SLICES turns over that time: with thousands of
+ * listeners, one pass over all of them at once held the loop (tens of
+ * milliseconds every 30 s, requests waiting behind it). */
 static void keepalive_tick(uv_timer_t *t) {
   h2r_dialer_t *d = t->data;
   uint64_t now = uv_now(d->loop);
-  for (unsigned i = 0; i < d->tsize; i++)
-    for (dlst_t *l = d->table[i]; l != NULL; l = l->hnext) {
-      ctl_send(l, msg_keep_alive, sizeof(msg_keep_alive) - 1);
-      expire_recycled(l, now);
-    }
+  /* The slices due by the clock, not by the count of turns: a loop that
+   * runs the timer late catches up instead of stretching the period. */
+  uint64_t due = now / uv_timer_get_repeat(t);
+  if (due > d->ka_slice + KEEPALIVE_SLICES)
+    d->ka_slice = due - KEEPALIVE_SLICES; /* late by a whole period: each once */
+  for (; d->ka_slice < due; d->ka_slice++) {
+    unsigned slice = (unsigned)(d->ka_slice % KEEPALIVE_SLICES);
+    for (unsigned i = slice; i < d->tsize; i += KEEPALIVE_SLICES)
+      for (dlst_t *l = d->table[i]; l != NULL; l = l->hnext) {
+        ctl_send(l, msg_keep_alive, sizeof(msg_keep_alive) - 1);
+        expire_recycled(l, now);
+      }
+  }
 }
 
 /* ------------------------------------------------------------ public */
@@ -703,7 +717,10 @@ int h2rev_dialer_init(uv_loop_t *loop, h2rev_dialer_t *dialer, const h2rev_diale
   d->pub = dialer;
   uv_timer_init(loop, &d->keepalive);
   d->keepalive.data = d;
-  uv_timer_start(&d->keepalive, keepalive_tick, d->o.keepalive_ms, d->o.keepalive_ms);
+  unsigned tick = d->o.keepalive_ms / KEEPALIVE_SLICES;
+  tick = tick ? tick : 1;
+  d->ka_slice = uv_now(loop) / tick;
+  uv_timer_start(&d->keepalive, keepalive_tick, tick, tick);
   uv_unref((uv_handle_t *)&d->keepalive);
   dialer->loop = loop;
   dialer->d_ = d;

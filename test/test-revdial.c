@@ -473,6 +473,8 @@ typedef struct rstrm {
   char rx[8192];
   size_t rxlen, total, scan;
   int eof, err, closed;
+  uint64_t first_ka; /* uv_now() at the first keep-alive line, once watching (ka_watch) */
+  int ka_watch;
 } rstrm_t;
 
 struct fake {
@@ -545,6 +547,10 @@ static void r_read(h2rev_stream_t *s, ssize_t n, const uv_buf_t *buf) {
     if (nl == NULL)
       break;
     size_t len = (size_t)(nl - (r->rx + r->scan)) + 1;
+    static const char ka_line[] = "{\"command\":\"keep-alive\"}\n";
+    if (r->ka_watch && r->first_ka == 0 && len == sizeof(ka_line) - 1 &&
+        memcmp(r->rx + r->scan, ka_line, len) == 0)
+      r->first_ka = uv_now(s->loop);
     if (len == sizeof(conn_ready_line) - 1 && memcmp(r->rx + r->scan, conn_ready_line, len) == 0) {
       f->conn_ready++;
       if (f->mode == F_PICKUP_FAILED) {
@@ -1797,6 +1803,55 @@ TEST(recycle_only_for_a_listener_stating_roles) {
 
   f_stop(&h);
   f_stop(&g);
+  dialer_stop(&e);
+  loop_drain(&e.loop);
+}
+
+/* Every attached listener gets a keep-alive each keepalive_ms, the dialer
+ * taking its listeners in slices over that time rather than all at once
+ * (one pass over thousands of listeners held the loop): 40 of them, spread
+ * over the table, keepalive_ms 640, watched for two periods and a half;
+ * their first keep-alives come at times spread over the period. */
+#define KA_FAKES 40
+
+static int count_lines(const char *s, const char *line) {
+  int n = 0;
+  for (const char *p = strstr(s, line); p != NULL; p = strstr(p + 1, line))
+    n++;
+  return n;
+}
+
+TEST(keepalive_every_listener_each_period) {
+  h2rev_dialer_options_t o = {.keepalive_ms = 640};
+  env_t e;
+  env_init(&e, &o);
+  static fake_t f[KA_FAKES];
+  for (int i = 0; i < KA_FAKES; i++) {
+    char id[16];
+    snprintf(id, sizeof(id), "ka%d", i);
+    ASSERT_EQ(f_attach(&f[i], &e, id, NULL, F_IGNORE), 200);
+  }
+  for (int i = 0; i < KA_FAKES; i++) {
+    f[i].ctl.rx[0] = '\0', f[i].ctl.rxlen = f[i].ctl.scan = 0;
+    f[i].ctl.ka_watch = 1;
+  }
+  run_for(&e.loop, 1600);
+  uint64_t lo = UINT64_MAX, hi = 0;
+  for (int i = 0; i < KA_FAKES; i++) {
+    ASSERT_GT(f[i].ctl.first_ka, 0);
+    lo = f[i].ctl.first_ka < lo ? f[i].ctl.first_ka : lo;
+    hi = f[i].ctl.first_ka > hi ? f[i].ctl.first_ka : hi;
+  }
+  ASSERT_GE(hi - lo, 640 / 4);
+  static const char ka[] = "{\"command\":\"keep-alive\"}\n";
+  for (int i = 0; i < KA_FAKES; i++) {
+    int n = count_lines(f[i].ctl.rx, ka);
+    if (n < 2 || n > 4)
+      test_fail(__FILE__, __LINE__, "listener %s got %d keep-alives in 1600 ms (640 ms period)",
+                f[i].id, n);
+  }
+  for (int i = 0; i < KA_FAKES; i++)
+    f_stop(&f[i]);
   dialer_stop(&e);
   loop_drain(&e.loop);
 }
