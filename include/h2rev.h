@@ -451,8 +451,19 @@ struct h2rev_http_req_s {
    * they are written. Any other answer closes the connection after it.
    * An HTTP/1.1 CONNECT has it set too: a 2xx answer (no body framing)
    * makes the same byte stream, and there the client may end its side
-   * (UV_EOF) and still read the handler's bytes. */
+   * (UV_EOF) and still read the handler's bytes.
+   * HTTP/2: set for a CONNECT (RFC 9113 8.5: `path` is "", `authority` the
+   * host:port asked for; see h2rev_http_server_route_connect) and for an
+   * extended CONNECT (RFC 8441: `protocol` says which, e.g. "websocket";
+   * `path` as usual). A 2xx, or a 101 (sent as 200: HTTP/2 has no 101),
+   * makes the stream a byte stream both ways on its DATA frames: the
+   * client's END_STREAM is UV_EOF to read_cb, after which the handler may
+   * still write; h2rev_http_end sends END_STREAM and ends the exchange. */
   int upgrade;
+  /* The protocol an upgrade asks for: an HTTP/2 extended CONNECT's
+   * :protocol, an HTTP/1.1 request's Upgrade header ("websocket"); NULL
+   * for a plain CONNECT or no upgrade. */
+  const char *protocol;
 };
 
 struct h2rev_http_write_s {
@@ -491,6 +502,15 @@ H2REV_EXTERN int h2rev_http_server_getsockname(const h2rev_http_server_t *server
  * is copied. Errors: UV_EINVAL (not starting with '/'), UV_EEXIST, UV_ENOMEM. */
 H2REV_EXTERN int h2rev_http_server_route(h2rev_http_server_t *server, const char *prefix,
                                          h2rev_http_handler_cb handler, void *arg);
+/* Routes the CONNECT requests that name no path (RFC 9110 9.3.6 authority
+ * form: HTTP/2 CONNECT without :protocol, HTTP/1.1 "CONNECT host:port") to
+ * handler: req->path is "", req->authority the "host:port" asked for,
+ * req->upgrade set, and a 2xx answer opens the tunnel. Without such a
+ * route they are answered 405. A mounted dialer takes this route: it
+ * tunnels "CONNECT <id>:<port>" to listener <id> (see h2rev_dialer_mount).
+ * Errors: UV_EEXIST (taken), UV_ENOMEM. */
+H2REV_EXTERN int h2rev_http_server_route_connect(h2rev_http_server_t *server,
+                                                 h2rev_http_handler_cb handler, void *arg);
 /* Serves HTTP/1.1 on an open virtual stream (a reverse connection from
  * h2rev_listener_accept) exactly like on an accepted socket: requests in
  * turn (keep-alive) until the client ends its side, asks to close, or
