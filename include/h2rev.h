@@ -751,7 +751,10 @@ H2REV_EXTERN int h2rev_dialer_init(uv_loop_t *loop, h2rev_dialer_t *dialer,
 H2REV_EXTERN int h2rev_dialer_listen(h2rev_dialer_t *dialer, const struct sockaddr *addr,
                                      const h2rev_tls_options_t *tls);
 /* Serves the dialer's requests on server, next to the server's other
- * routes: <base>/revdial (HTTP/2 only) and <base>/proxy/<id>/... A dialer is
+ * routes: <base>/revdial (HTTP/2 only), <base>/proxy/<id>/... and, unless
+ * the program routed those already, CONNECT <id>:<port> (HTTP/1.1 and
+ * HTTP/2: a tunnel to listener <id>, the port ignored; see
+ * h2rev_http_server_route_connect). A dialer is
  * mounted on one server: its own (h2rev_dialer_listen) or one given here.
  * Close the dialer before or after the server: closing the dialer closes
  * the connections that hold its listeners and removes its routes; closing
@@ -764,8 +767,13 @@ H2REV_EXTERN int h2rev_dialer_mount(h2rev_dialer_t *dialer, h2rev_http_server_t 
  * through a reverse connection to listener <id>, as HTTP/1.1 with
  * X-Forwarded-For, -Proto, -Host and -Prefix (<route>/<id>); the response
  * streams back, with the limits of the dialer's options (client streams,
- * body and response timeouts). h2rev_dialer_mount routes <base>/proxy to
- * it; a program may route any other prefix as well:
+ * body and response timeouts). A CONNECT makes the reverse connection a
+ * tunnel (HTTP/1.1 "CONNECT <route>/<id>", "CONNECT <id>:<port>", HTTP/2
+ * CONNECT with :authority <id>:<port>); an HTTP/2 extended CONNECT
+ * (RFC 8441) goes on as an HTTP/1.1 upgrade (WebSocket: GET with Upgrade,
+ * a Sec-WebSocket-Key of its own), its 101 back as 200.
+ * h2rev_dialer_mount routes <base>/proxy to it; a program may route any
+ * other prefix as well:
  *   h2rev_http_server_route(&srv, "/tunnel", h2rev_dialer_proxy, &dialer); */
 H2REV_EXTERN void h2rev_dialer_proxy(h2rev_http_req_t *req, void *dialer);
 /* Keep-alive for programs that speak HTTP/1.1 over reverse connections
