@@ -581,8 +581,9 @@ H2REV_EXTERN void h2rev_http_uncork(h2rev_http_req_t *req);
  * this response; names and values are copied. For HTTP/2 a field the
  * protocol does not allow (a value with leading or trailing white space)
  * is dropped, as Go's server does. 101 answers a request with `upgrade`
- * set (its Upgrade header is sent as given); a 2xx to an HTTP/1.1 CONNECT
- * opens the same byte stream. Errors: UV_EINVAL (status
+ * set (its Upgrade header is sent as given; HTTP/2: sent as 200); a 2xx to
+ * a CONNECT (HTTP/1.1, or HTTP/2 of either form) opens the same byte
+ * stream, and no Content-Length goes out with it. Errors: UV_EINVAL (status
  * outside 200-999 and not such a 101, a CR, LF or NUL in a header, an
  * empty name), UV_EALREADY
  * (responded already), UV_EBADF (finished), H2REV_ECLOSED (client gone: the

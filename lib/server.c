@@ -798,7 +798,7 @@ int h2rev_http_respond(h2rev_http_req_t *req, int status, const h2rev_header_t *
   bool no_body = !raw && (rq->no_body || status == 204 || status == 304);
   int r;
   if (rq->h2)
-    r = h2_respond(rq, status, headers, nheaders, content_length);
+    r = h2_respond(rq, status, headers, nheaders, raw ? -1 : content_length); /* RFC 9110 8.6 */
   else if (rq->h1 == NULL || rq->gone != 0)
     r = H2REV_ECLOSED;
   else
