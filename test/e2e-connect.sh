@@ -41,7 +41,7 @@ PIDS+=($!)
 wait_for test -s "$WORK/echo.port" || fail "echo server did not start"
 ECHO_PORT=$(cat "$WORK/echo.port")
 start_upstream
-start_dialer --base-path /relay
+start_dialer --base-path /relay --access-log "$WORK/access.log"
 URL="https://127.0.0.1:$DIALER_PORT/relay"
 tcp_listener echo "$ECHO_PORT"
 [ "$HAVE_SSHD" = 1 ] && tcp_listener ssh "$SSHD_PORT"
@@ -129,6 +129,9 @@ rc=0
 timeout 30 "${H2C[@]}" 127.0.0.1 "$DIALER_PORT" 'bad%id:22' </dev/null >/dev/null 2>"$WORK/h2c.err" || rc=$?
 [ "$rc" = 2 ] && grep -q "^status 400" "$WORK/h2c.err" || fail "HTTP/2 CONNECT bad%id:22: exit $rc, $(cat "$WORK/h2c.err")"
 ok "HTTP/2 CONNECT to an id without a listener: 502; to an invalid id: 400"
+wait_for grep -q 'method="CONNECT" path="echo:22" proto=HTTP/2 status=200 .* result=ok listener="echo"' "$WORK/access.log" ||
+  fail "access log of the HTTP/2 CONNECT: $(grep CONNECT "$WORK/access.log")"
+ok "access log: method=\"CONNECT\" path=\"echo:22\" proto=HTTP/2 status=200 ... listener=\"echo\""
 
 # The same routing in HTTP/1.1 (CONNECT host:port, authority form): curl --proxytunnel.
 out=$(timeout 30 curl -sS -p --proxy "https://127.0.0.1:$DIALER_PORT" --proxy-cacert "$CA" \
