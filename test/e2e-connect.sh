@@ -146,6 +146,12 @@ timeout 60 python3 "$SRC/test/wsh2.py" 20 "${H2C[@]}" --protocol websocket \
   fail "WebSocket over HTTP/2: $(cat "$WORK/wsh2.err")"
 grep -q "^status 200" "$WORK/wsh2.err" || fail "WebSocket over HTTP/2: $(cat "$WORK/wsh2.err")"
 ok "WebSocket over HTTP/2 (extended CONNECT :protocol websocket): 200, 20 messages up to 20 kB echoed, close handshake, clean end"
+# The upstream's refusal of the upgrade reaches the client as an ordinary response.
+rc=0
+timeout 30 "${H2C[@]}" --protocol websocket --path /relay/proxy/web/nothing-here 127.0.0.1 "$DIALER_PORT" \
+  "127.0.0.1:$DIALER_PORT" </dev/null >/dev/null 2>"$WORK/h2c.err" || rc=$?
+[ "$rc" = 2 ] && grep -q "^status 404" "$WORK/h2c.err" || fail "extended CONNECT to a missing path: exit $rc, $(cat "$WORK/h2c.err")"
+ok "extended CONNECT to a path the upstream does not upgrade: its 404 comes back, no tunnel"
 python3 "$SRC/test/wsclient.py" "wss://127.0.0.1:$DIALER_PORT/relay/proxy/web/ws" "$CA" 5 ||
   fail "WebSocket over HTTP/1.1"
 ok "WebSocket over HTTP/1.1 as before"
