@@ -69,19 +69,20 @@ static void die(const char *fmt, ...) {
   exit(1);
 }
 
-static void usage(void) {
-  fprintf(stderr,
+/* To stdout when asked for (--help, and the man page made from it), else to stderr. */
+static void usage(FILE *to) {
+  fprintf(to,
           "usage: %s [options] URL ID\n"
-          "  A byte stream to the TCP service behind listener ID, through the h2rev\n"
-          "  dialer at URL (http:// or https://, with its base path), by HTTP/1.1\n"
-          "  CONNECT <base>/proxy/ID. The listener must serve --upstream tcp://.\n"
-          "  e.g. ssh -o ProxyCommand='%s https://relay/base app1' host\n"
-          "options:\n"
           "  --ca FILE            CA certificates that verify the dialer (default: the system's)\n"
           "  --insecure           do not verify the dialer's certificate (tests only)\n"
           "  --token TOKEN        sent as Authorization: Bearer TOKEN\n"
-          "  --listen ADDR:PORT   forward a local port instead of stdin/stdout\n"
-          "  -h, --help           this text\n",
+          "  --listen ADDR:PORT   forward a local port instead of stdin/stdout: each\n"
+          "                       accepted connection gets a tunnel of its own\n"
+          "  -h, --help, --version\n"
+          "A byte stream to the TCP service behind listener ID, through the h2rev\n"
+          "dialer at URL (http:// or https://, with its base path), by HTTP/1.1\n"
+          "CONNECT <base>/proxy/ID. The listener must serve --upstream tcp://.\n"
+          "e.g. ssh -o ProxyCommand='%s https://relay/base app1' host\n",
           prog, prog);
 }
 
@@ -471,7 +472,10 @@ int main(int argc, char **argv) {
   for (int i = 1; i < argc; i++) {
     const char *a = argv[i];
     if (strcmp(a, "-h") == 0 || strcmp(a, "--help") == 0) {
-      usage();
+      usage(stdout);
+      return 0;
+    } else if (strcmp(a, "--version") == 0) {
+      printf("%s %s\n", prog, H2REV_CONNECT_VERSION);
       return 0;
     } else if (strcmp(a, "--insecure") == 0) {
       insecure = true;
@@ -480,18 +484,16 @@ int main(int argc, char **argv) {
         die("%s wants a value", a);
       const char **dst = a[2] == 'c' ? &ca : a[2] == 't' ? &token : &listen_spec;
       *dst = argv[++i];
-    } else if (a[0] == '-' && a[1] != '\0') {
-      usage();
-      die("unknown option %s", a);
-    } else if (npos < 2) {
-      pos[npos++] = a;
+    } else if ((a[0] == '-' && a[1] != '\0') || npos == 2) {
+      usage(stderr);
+      fprintf(stderr, "%s: %s %s\n", prog, npos == 2 ? "too many arguments:" : "unknown option", a);
+      return 2;
     } else {
-      usage();
-      die("too many arguments");
+      pos[npos++] = a;
     }
   }
   if (npos != 2) {
-    usage();
+    usage(stderr);
     return 2;
   }
   url_t u;

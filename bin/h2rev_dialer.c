@@ -647,7 +647,8 @@ int main(int argc, char **argv) {
   size_t bl = strlen(base);
   while (bl > 0 && base[bl - 1] == '/')
     bl--;
-  tool_logf(H2REV_LOG_INFO, "serving %s on %s: %.*s/revdial?id=ID and %.*s/proxy/ID/PATH",
+  tool_logf(H2REV_LOG_INFO,
+            "serving %s on %s: %.*s/revdial?id=ID, %.*s/proxy/ID/PATH and CONNECT ID:PORT",
             cleartext ? "h2c" : "h2 over TLS", where[0] ? where : listen, (int)bl, base, (int)bl,
             base);
   if (metrics != NULL) {

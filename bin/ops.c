@@ -159,10 +159,16 @@ void ops_access_log(void *arg, const h2rev_access_t *a) {
   const h2rev_http_req_t *rq = a->req;
   char method[ACCESS_FIELD_MAX + 8], path[ACCESS_PATH_MAX + 8], id[ACCESS_FIELD_MAX + 8];
   size_t ml = esc(method, rq->method, strlen(rq->method), ACCESS_FIELD_MAX);
-  size_t pl = esc(path, rq->path, strlen(rq->path), ACCESS_PATH_MAX);
+  /* CONNECT <id>:<port> has no path: the target stands for it, and names the listener. */
+  bool by_authority = rq->path[0] == '\0' && strcmp(rq->method, "CONNECT") == 0;
+  const char *target = by_authority ? rq->authority : rq->path;
+  size_t pl = esc(path, target, strlen(target), ACCESS_PATH_MAX);
   size_t il = 0;
+  const char *colon = by_authority ? strrchr(rq->authority, ':') : NULL;
+  if (colon != NULL)
+    il = esc(id, rq->authority, (size_t)(colon - rq->authority), ACCESS_FIELD_MAX);
   /* <proxy>/<id>/...: the listener it went to. */
-  if (A.route_len > 0 && strcmp(rq->route, A.route) == 0 &&
+  if (!by_authority && A.route_len > 0 && strcmp(rq->route, A.route) == 0 &&
       strncmp(rq->path, A.route, A.route_len) == 0 && rq->path[A.route_len] == '/') {
     const char *s = rq->path + A.route_len + 1;
     il = esc(id, s, strcspn(s, "/?"), ACCESS_FIELD_MAX);

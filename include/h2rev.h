@@ -451,8 +451,19 @@ struct h2rev_http_req_s {
    * they are written. Any other answer closes the connection after it.
    * An HTTP/1.1 CONNECT has it set too: a 2xx answer (no body framing)
    * makes the same byte stream, and there the client may end its side
-   * (UV_EOF) and still read the handler's bytes. */
+   * (UV_EOF) and still read the handler's bytes.
+   * HTTP/2: set for a CONNECT (RFC 9113 8.5: `path` is "", `authority` the
+   * host:port asked for; see h2rev_http_server_route_connect) and for an
+   * extended CONNECT (RFC 8441: `protocol` says which, e.g. "websocket";
+   * `path` as usual). A 2xx, or a 101 (sent as 200: HTTP/2 has no 101),
+   * makes the stream a byte stream both ways on its DATA frames: the
+   * client's END_STREAM is UV_EOF to read_cb, after which the handler may
+   * still write; h2rev_http_end sends END_STREAM and ends the exchange. */
   int upgrade;
+  /* The protocol an upgrade asks for: an HTTP/2 extended CONNECT's
+   * :protocol, an HTTP/1.1 request's Upgrade header ("websocket"); NULL
+   * for a plain CONNECT or no upgrade. */
+  const char *protocol;
 };
 
 struct h2rev_http_write_s {
@@ -491,6 +502,15 @@ H2REV_EXTERN int h2rev_http_server_getsockname(const h2rev_http_server_t *server
  * is copied. Errors: UV_EINVAL (not starting with '/'), UV_EEXIST, UV_ENOMEM. */
 H2REV_EXTERN int h2rev_http_server_route(h2rev_http_server_t *server, const char *prefix,
                                          h2rev_http_handler_cb handler, void *arg);
+/* Routes the CONNECT requests that name no path (RFC 9110 9.3.6 authority
+ * form: HTTP/2 CONNECT without :protocol, HTTP/1.1 "CONNECT host:port") to
+ * handler: req->path is "", req->authority the "host:port" asked for,
+ * req->upgrade set, and a 2xx answer opens the tunnel. Without such a
+ * route they are answered 405. A mounted dialer takes this route: it
+ * tunnels "CONNECT <id>:<port>" to listener <id> (see h2rev_dialer_mount).
+ * Errors: UV_EEXIST (taken), UV_ENOMEM. */
+H2REV_EXTERN int h2rev_http_server_route_connect(h2rev_http_server_t *server,
+                                                 h2rev_http_handler_cb handler, void *arg);
 /* Serves HTTP/1.1 on an open virtual stream (a reverse connection from
  * h2rev_listener_accept) exactly like on an accepted socket: requests in
  * turn (keep-alive) until the client ends its side, asks to close, or
@@ -561,8 +581,9 @@ H2REV_EXTERN void h2rev_http_uncork(h2rev_http_req_t *req);
  * this response; names and values are copied. For HTTP/2 a field the
  * protocol does not allow (a value with leading or trailing white space)
  * is dropped, as Go's server does. 101 answers a request with `upgrade`
- * set (its Upgrade header is sent as given); a 2xx to an HTTP/1.1 CONNECT
- * opens the same byte stream. Errors: UV_EINVAL (status
+ * set (its Upgrade header is sent as given; HTTP/2: sent as 200); a 2xx to
+ * a CONNECT (HTTP/1.1, or HTTP/2 of either form) opens the same byte
+ * stream, and no Content-Length goes out with it. Errors: UV_EINVAL (status
  * outside 200-999 and not such a 101, a CR, LF or NUL in a header, an
  * empty name), UV_EALREADY
  * (responded already), UV_EBADF (finished), H2REV_ECLOSED (client gone: the
@@ -731,7 +752,10 @@ H2REV_EXTERN int h2rev_dialer_init(uv_loop_t *loop, h2rev_dialer_t *dialer,
 H2REV_EXTERN int h2rev_dialer_listen(h2rev_dialer_t *dialer, const struct sockaddr *addr,
                                      const h2rev_tls_options_t *tls);
 /* Serves the dialer's requests on server, next to the server's other
- * routes: <base>/revdial (HTTP/2 only) and <base>/proxy/<id>/... A dialer is
+ * routes: <base>/revdial (HTTP/2 only), <base>/proxy/<id>/... and, unless
+ * the program routed those already, CONNECT <id>:<port> (HTTP/1.1 and
+ * HTTP/2: a tunnel to listener <id>, the port ignored; see
+ * h2rev_http_server_route_connect). A dialer is
  * mounted on one server: its own (h2rev_dialer_listen) or one given here.
  * Close the dialer before or after the server: closing the dialer closes
  * the connections that hold its listeners and removes its routes; closing
@@ -744,8 +768,13 @@ H2REV_EXTERN int h2rev_dialer_mount(h2rev_dialer_t *dialer, h2rev_http_server_t 
  * through a reverse connection to listener <id>, as HTTP/1.1 with
  * X-Forwarded-For, -Proto, -Host and -Prefix (<route>/<id>); the response
  * streams back, with the limits of the dialer's options (client streams,
- * body and response timeouts). h2rev_dialer_mount routes <base>/proxy to
- * it; a program may route any other prefix as well:
+ * body and response timeouts). A CONNECT makes the reverse connection a
+ * tunnel (HTTP/1.1 "CONNECT <route>/<id>", "CONNECT <id>:<port>", HTTP/2
+ * CONNECT with :authority <id>:<port>); an HTTP/2 extended CONNECT
+ * (RFC 8441) goes on as an HTTP/1.1 upgrade (WebSocket: GET with Upgrade,
+ * a Sec-WebSocket-Key of its own), its 101 back as 200.
+ * h2rev_dialer_mount routes <base>/proxy to it; a program may route any
+ * other prefix as well:
  *   h2rev_http_server_route(&srv, "/tunnel", h2rev_dialer_proxy, &dialer); */
 H2REV_EXTERN void h2rev_dialer_proxy(h2rev_http_req_t *req, void *dialer);
 /* Keep-alive for programs that speak HTTP/1.1 over reverse connections

@@ -630,6 +630,9 @@ int h2r_dialer_mount(h2r_dialer_t *d, h2r_server_t *srv) {
     memcpy(prefix + bl, "/proxy", sizeof("/proxy"));
     r = h2r_server_route(srv, prefix, h2rev_dialer_proxy, d->pub);
   }
+  /* CONNECT <id>:<port> too, unless the program routes those itself. */
+  if (r == 0 && h2r_server_route_connect(srv, h2rev_dialer_proxy, d->pub) == UV_ENOMEM)
+    r = UV_ENOMEM;
   free(prefix);
   if (r == 0)
     r = h2r_server_watch(srv, &watch_ops, d); /* UV_EBUSY: another dialer's server */

@@ -822,8 +822,17 @@ static int on_headers_complete(llhttp_t *h) {
       .nhdrs = hb->n,
       .upgrade = upgrade,
   };
-  const h2r_route_t *route =
-      c->srv->closing ? NULL : c->srv->h1_events->route(c->srv, hb->buf, hb->url_len);
+  /* CONNECT host:port (authority form): no path to route by; the
+   * authority asked for is the request's. */
+  if (h->method == HTTP_CONNECT && (hb->url_len == 0 || hb->buf[0] != '/')) {
+    hd.authority = hb->buf;
+    hd.alen = hb->url_len;
+    hd.urllen = 0;
+  }
+  const h2r_route_t *route = c->srv->closing ? NULL
+                             : h->method == HTTP_CONNECT && hd.urllen == 0
+                                 ? c->srv->h1_events->connect_route(c->srv)
+                                 : c->srv->h1_events->route(c->srv, hb->buf, hb->url_len);
   if (route == NULL) {
     respond_text(c, 404, "not found\n", true);
     return -1;

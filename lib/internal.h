@@ -651,8 +651,10 @@ struct h2r_server {
   bool drain_timer_open;
   uint64_t drain_deadline;
   h2rev_http_server_close_cb close_cb;
-  bool unref;            /* h2rev_http_server_unref */
-  h2r_route_t *notfound; /* answers 404 as a handler, so that it is counted and logged */
+  bool unref;             /* h2rev_http_server_unref */
+  h2r_route_t *notfound;  /* answers 404 as a handler, so that it is counted and logged */
+  h2r_route_t *connect;   /* CONNECT in authority form (h2rev_http_server_route_connect) */
+  h2r_route_t *noconnect; /* answers those 405 when there is no such route */
   h2rev_http_server_stats_t st;
 };
 
@@ -665,6 +667,9 @@ int h2r_server_watch(h2r_server_t *srv, const h2r_watch_ops *ops, void *arg);
 /* The route for a path (longest prefix on a segment boundary), or the
  * server's 404 route. */
 const h2r_route_t *h2r_server_route_find(const h2r_server_t *srv, const char *path, size_t len);
+/* CONNECT host:port (no path): its route, or one that answers 405. */
+const h2r_route_t *h2r_server_connect_route(const h2r_server_t *srv);
+int h2r_server_route_connect(h2r_server_t *srv, h2rev_http_handler_cb handler, void *arg);
 /* Closes the listening sockets; the connections go on. */
 void h2r_server_stop_listening(h2r_server_t *srv);
 /* Counts a live object in the server's close; released with h2r_server_unref. */
@@ -688,6 +693,8 @@ h2r_session_t *h2r_hreq_session(const h2rev_http_req_t *req);
 typedef struct h2r_h1_events {
   /* The route for a path (h2r_server_route_find). */
   const h2r_route_t *(*route)(const h2r_server_t *srv, const char *path, size_t len);
+  /* The route of CONNECT host:port (h2r_server_connect_route). */
+  const h2r_route_t *(*connect_route)(const h2r_server_t *srv);
   /* A handler request for the head just parsed (NULL on failure), then
    * its handler's run, once the connection holds it. */
   h2r_hreq_t *(*request)(h2r_server_t *srv, h2r_h1c_t *c, const h2r_route_t *route,

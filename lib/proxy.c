@@ -21,6 +21,8 @@
 #include "control.h"
 
 #include <llhttp.h>
+#include <openssl/evp.h>
+#include <openssl/rand.h>
 #include <stdarg.h>
 #include <stdio.h>
 #include <stdlib.h>
@@ -39,6 +41,9 @@
 /* Request body buffers of this size, recycled by the proxy (h2r_bufcache_t). */
 #define BODY_BUF  (16u << 10)
 #define BODY_BUFS ((2u << 20) / BODY_BUF)
+/* A Sec-WebSocket-Key is 16 random bytes in base64 (RFC 6455 4.1). */
+#define WS_KEY_BYTES 16
+#define WS_KEY_LEN   24
 
 /* What the proxy's timer bounds. */
 enum { WAIT_NONE, WAIT_BODY, WAIT_RESPONSE, WAIT_LINGER };
@@ -89,6 +94,7 @@ typedef struct proxy {
   bool upgrade;
   bool raw;     /* upgraded: bytes pass both ways as they are */
   bool connect; /* a CONNECT: the reverse connection is the tunnel, no head goes out */
+  bool ext;     /* an HTTP/2 extended CONNECT: a GET with Upgrade toward the listener */
   bool head_sent;
   bool done; /* response complete */
   bool up_open, up_eof, up_shut_done;
@@ -473,6 +479,9 @@ static int on_headers_complete(llhttp_t *h) {
       continue;
     if (is(kv.name, kv.nl, "content-length"))
       continue; /* the request API writes it from the length below */
+    /* It answers a key an HTTP/2 client never sent (RFC 8441 5): ours. */
+    if (p->ext && is(kv.name, kv.nl, "sec-websocket-accept"))
+      continue;
     char *v = p->o->no_rewrite ? NULL : rewrite(p, &kv);
     if (v != NULL)
       made[nmade++] = v;
@@ -842,7 +851,21 @@ static bool named_by_connection(const h2rev_http_req_t *req, const char *name, s
 static char *build_head(const h2rev_http_req_t *req, const char *prefix, size_t prefixlen,
                         const char *id, const char *rest, size_t lead, size_t *len, int *status,
                         bool *chunked) {
-  const char *method = req->method, *peer = req->peer;
+  /* An extended CONNECT (RFC 8441) is, in HTTP/1.1, a GET that asks for an
+   * Upgrade to its :protocol; for WebSocket with a key of ours (an HTTP/2
+   * client sends none) and the version if the client left it out. */
+  const char *ext = req->http_major == 2 && req->upgrade ? req->protocol : NULL;
+  bool ws = ext != NULL && strcasecmp(ext, "websocket") == 0;
+  char key[WS_KEY_LEN + 1] = "";
+  if (ws && h2rev_http_header(req, "sec-websocket-key") == NULL) {
+    unsigned char raw[WS_KEY_BYTES];
+    if (RAND_bytes(raw, sizeof(raw)) != 1) {
+      *status = 503;
+      return NULL;
+    }
+    EVP_EncodeBlock((unsigned char *)key, raw, sizeof(raw));
+  }
+  const char *method = ext != NULL ? "GET" : req->method, *peer = req->peer;
   size_t ml = strlen(method), il = strlen(id), al = strlen(req->authority);
   size_t sl = strlen(req->scheme), pl = strlen(peer);
   /* rest is "/<path>?<query>", or "?<query>" / "" for <prefix> itself. */
@@ -856,12 +879,13 @@ static char *build_head(const h2rev_http_req_t *req, const char *prefix, size_t 
   if (!h2r_is_token(method, ml) || !safe_text(rest, rl) || memchr(rest, ' ', rl) ||
       h2r_path_has_dot_segment(prefix, prefixlen) || h2r_path_has_dot_segment(rest, rl))
     return NULL;
-  if (strcmp(method, "CONNECT") == 0) {
-    *status = 405;
+  if (strcmp(method, "CONNECT") == 0 || (ext != NULL && !h2r_is_token(ext, strlen(ext)))) {
+    *status = ext != NULL ? 400 : 405;
     return NULL;
   }
   /* Fixed text and separators of every line we write, at most. */
-  size_t cap = 256 + ml + rl + il + al + sl + pl + prefixlen;
+  size_t cap = 256 + ml + rl + il + al + sl + pl + prefixlen + (ext != NULL ? strlen(ext) : 0) +
+               sizeof(key) + 64;
   const char *cl = NULL;
   bool te = false;
   for (size_t i = 0; i < req->nheaders; i++) {
@@ -936,6 +960,13 @@ static char *build_head(const h2rev_http_req_t *req, const char *prefix, size_t 
   if (al > 0) /* HTTP/1.0 may have no Host: then there is none to forward */
     h2r_out_header(&o, "X-Forwarded-Host", 16, req->authority, al);
   h2r_out_header(&o, "X-Forwarded-Prefix", 18, prefix, prefixlen);
+  if (ext != NULL) {
+    h2r_out_header(&o, "Upgrade", 7, ext, strlen(ext));
+    if (key[0] != '\0')
+      h2r_out_header(&o, "Sec-WebSocket-Key", 17, key, WS_KEY_LEN);
+    if (ws && h2rev_http_header(req, "sec-websocket-version") == NULL)
+      H2R_OUT_LIT(&o, "Sec-WebSocket-Version: 13\r\n");
+  }
   *chunked = cl == NULL && req->content_length != 0 && !req->upgrade;
   if (*chunked)
     H2R_OUT_LIT(&o, "Transfer-Encoding: chunked\r\n");
@@ -1027,16 +1058,22 @@ void h2rev_dialer_proxy(h2rev_http_req_t *req, void *arg) {
   h2r_ratelog_t *rl = h2r_dialer_ratelog(dialer);
   /* <route>/<id>[/<rest>]: the id, and the rest as the listener sees it. */
   size_t routel = strlen(req->route);
-  const char *idp = req->path + routel + (req->path[routel] == '/');
-  size_t idl = strcspn(idp, "/?");
-  if (req->path[routel] != '/' || idl == 0 || !h2r_id_valid(idp, idl)) {
+  bool connect = strcmp(req->method, "CONNECT") == 0;
+  /* CONNECT <id>:<port> (no path: h2rev_http_server_route_connect): the
+   * host names the listener; the port is the client's business (its
+   * listener's upstream decides where the bytes go). */
+  bool by_authority = connect && req->path[0] == '\0';
+  const char *idp = by_authority ? req->authority : req->path + routel + (req->path[routel] == '/');
+  size_t idl = by_authority ? (size_t)(strrchr(idp, ':') != NULL ? strrchr(idp, ':') - idp : 0)
+                            : strcspn(idp, "/?");
+  if ((!by_authority && req->path[routel] != '/') || idl == 0 || !h2r_id_valid(idp, idl)) {
     h2r_log_limited(log, rl, dialer->loop, H2REV_LOG_INFO, "proxy: 400 for %.80s: invalid id",
                     req->path);
     reply_error(req, 400, req->content_length != 0);
     return;
   }
-  const char *rest = idp + idl;
-  size_t prefixlen = (size_t)(rest - req->path);
+  const char *rest = by_authority ? "" : idp + idl;
+  size_t prefixlen = by_authority ? 0 : (size_t)(rest - req->path);
   /* Reset already (HEADERS then RST_STREAM in one read: a rapid reset):
    * no dial is started for it, so a flood of them asks the listener for
    * nothing. */
@@ -1054,14 +1091,15 @@ void h2rev_dialer_proxy(h2rev_http_req_t *req, void *arg) {
     reply_error(req, 429, req->content_length != 0);
     return;
   }
-  /* CONNECT <route>/<id>: the reverse connection, as it is, is the tunnel
-   * (what a listener with a tcp:// upstream splices to its service). Only
-   * HTTP/1.1 here: HTTP/2 CONNECT carries no path to route by. */
-  bool connect = strcmp(req->method, "CONNECT") == 0;
-  if (connect && (req->http_major != 1 || !req->upgrade || rest[0] != '\0')) {
-    h2r_log_limited(log, rl, dialer->loop, H2REV_LOG_INFO, "proxy %.*s: 405 for a CONNECT %s",
-                    (int)idl, idp,
-                    req->http_major != 1 ? "over HTTP/2" : "with a path after the id");
+  /* CONNECT <route>/<id>, or CONNECT <id>:<port>: the reverse connection,
+   * as it is, is the tunnel (what a listener with a tcp:// upstream splices
+   * to its service). An HTTP/2 extended CONNECT (with a :protocol, e.g.
+   * WebSocket) goes on as an HTTP/1.1 upgrade request instead. */
+  bool ext = connect && req->http_major == 2 && req->protocol != NULL;
+  connect = connect && !ext;
+  if (connect && (!req->upgrade || rest[0] != '\0')) {
+    h2r_log_limited(log, rl, dialer->loop, H2REV_LOG_INFO,
+                    "proxy %.*s: 405 for a CONNECT with a path after the id", (int)idl, idp);
     reply_error(req, 405, req->content_length != 0);
     return;
   }
@@ -1104,6 +1142,7 @@ void h2rev_dialer_proxy(h2rev_http_req_t *req, void *arg) {
   p->chunked_req = chunked;
   p->upgrade = req->upgrade != 0;
   p->connect = connect;
+  p->ext = ext;
   p->head_req = strcmp(req->method, "HEAD") == 0;
   p->early_tail = &p->early;
   p->client_open = true;

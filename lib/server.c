@@ -81,6 +81,27 @@ static void not_found(h2rev_http_req_t *req, void *arg) {
   h2rev_http_reply(req, 404, "text/plain", "not found\n", 10);
 }
 
+static void no_connect(h2rev_http_req_t *req, void *arg) {
+  (void)arg;
+  h2rev_http_reply(req, 405, "text/plain", "method not allowed here\n", 24);
+}
+
+const h2r_route_t *h2r_server_connect_route(const h2r_server_t *srv) {
+  return srv->connect != NULL ? srv->connect : srv->noconnect;
+}
+
+int h2r_server_route_connect(h2r_server_t *srv, h2rev_http_handler_cb handler, void *arg) {
+  if (srv->connect != NULL)
+    return UV_EEXIST;
+  h2r_route_t *r = calloc(1, sizeof(*r) + 1);
+  if (r == NULL)
+    return UV_ENOMEM;
+  r->handler = handler;
+  r->arg = arg;
+  srv->connect = r;
+  return 0;
+}
+
 static int route_add(h2r_server_t *srv, const char *prefix, h2rev_http_handler_cb handler,
                      void *arg) {
   if (prefix == NULL || prefix[0] != '/')
@@ -110,6 +131,10 @@ int h2r_server_route(h2r_server_t *srv, const char *prefix, h2rev_http_handler_c
 }
 
 void h2r_server_unroute(h2r_server_t *srv, void *arg) {
+  if (srv->connect != NULL && srv->connect->arg == arg) {
+    free(srv->connect);
+    srv->connect = NULL;
+  }
   h2r_route_t **p = &srv->routes;
   while (*p != NULL) {
     if ((*p)->arg == arg) {
@@ -306,6 +331,8 @@ static h2r_hreq_t *h1_new(h2r_server_t *srv, h2r_h1c_t *c, const h2r_route_t *ro
   rq->pub.http_minor = http_minor;
   rq->pub.content_length = content_length;
   rq->pub.upgrade = hd->upgrade;
+  if (hd->upgrade && strcmp(rq->pub.method, "CONNECT") != 0)
+    rq->pub.protocol = h2rev_http_header(&rq->pub, "upgrade");
   rq->no_body = strcmp(hd->method, "HEAD") == 0;
   return rq;
 }
@@ -410,6 +437,7 @@ static void h1_written(h2r_hreq_t *rq, h2rev_http_write_t *w, int status) {
 
 static const h2r_h1_events h1_events = {
     .route = h2r_server_route_find,
+    .connect_route = h2r_server_connect_route,
     .request = h1_new,
     .run = hreq_run,
     .body = h1_body,
@@ -502,6 +530,7 @@ static h2r_hreq_t *hreq_new_h2(h2r_server_t *srv, const h2r_route_t *route, h2r_
   const char *path = h2r_strm_header(st, ":path", NULL);
   const char *auth = h2r_strm_header(st, ":authority", NULL);
   const char *scheme = h2r_strm_header(st, ":scheme", NULL);
+  const char *protocol = h2r_strm_header(st, ":protocol", NULL);
   if (auth == NULL)
     auth = h2r_strm_header(st, "host", NULL);
   method = method != NULL ? method : "";
@@ -510,8 +539,8 @@ static h2r_hreq_t *hreq_new_h2(h2r_server_t *srv, const h2r_route_t *route, h2r_
   scheme = scheme != NULL ? scheme : "https";
   const char *peer = st->sess->x.peer;
   /* Copies: the stream (and its header block) goes before the request. */
-  size_t n = 0,
-         strings = strlen(method) + strlen(path) + strlen(auth) + strlen(scheme) + strlen(peer) + 5;
+  size_t n = 0, strings = strlen(method) + strlen(path) + strlen(auth) + strlen(scheme) +
+                          strlen(peer) + (protocol != NULL ? strlen(protocol) + 1 : 0) + 5;
   for (unsigned i = 0; i < st->nhdrs; i++) {
     if (st->hbuf[st->hdrs[i].name] == ':')
       continue;
@@ -530,6 +559,11 @@ static h2r_hreq_t *hreq_new_h2(h2r_server_t *srv, const h2r_route_t *route, h2r_
   rq->pub.peer = put(&mem, peer, strlen(peer), false);
   rq->pub.http_major = 2;
   rq->pub.http_minor = 0;
+  /* nghttp2 let a CONNECT through only in one of its two forms (RFC 9113
+   * 8.5, RFC 8441 4): either is a byte stream once answered. */
+  rq->pub.upgrade = strcmp(method, "CONNECT") == 0;
+  if (protocol != NULL)
+    rq->pub.protocol = put(&mem, protocol, strlen(protocol), false);
   for (unsigned i = 0, k = 0; i < st->nhdrs; i++) {
     const h2r_hdr_t *h = &st->hdrs[i];
     if (st->hbuf[h->name] == ':')
@@ -764,13 +798,19 @@ int h2rev_http_respond(h2rev_http_req_t *req, int status, const h2rev_header_t *
     return UV_EBADF;
   if (rq->responded)
     return UV_EALREADY;
-  /* 101, or a 2xx to an HTTP/1.1 CONNECT: the connection carries bytes as they are. */
-  bool raw = status == 101 || (!rq->h2 && req->upgrade && status >= 200 && status < 300 &&
-                               strcmp(req->method, "CONNECT") == 0);
+  /* 101, or a 2xx to a CONNECT (HTTP/1.1, or HTTP/2 of either form, where a
+   * 101 does not exist and is sent as 200): the connection, or the stream,
+   * carries bytes as they are. */
+  bool ok2xx = status >= 200 && status < 300;
+  bool raw = status == 101 ||
+             (!rq->h2 && req->upgrade && ok2xx && strcmp(req->method, "CONNECT") == 0) ||
+             (rq->h2 && req->upgrade && ok2xx);
+  if (rq->h2 && status == 101)
+    status = 200;
   bool no_body = !raw && (rq->no_body || status == 204 || status == 304);
   int r;
   if (rq->h2)
-    r = h2_respond(rq, status, headers, nheaders, content_length);
+    r = h2_respond(rq, status, headers, nheaders, raw ? -1 : content_length); /* RFC 9110 8.6 */
   else if (rq->h1 == NULL || rq->gone != 0)
     r = H2REV_ECLOSED;
   else
@@ -783,7 +823,7 @@ int h2rev_http_respond(h2rev_http_req_t *req, int status, const h2rev_header_t *
   rq->status = status;
   rq->no_body = no_body;
   rq->cl_out = no_body || raw ? -1 : content_length;
-  if (raw) /* the client's bytes after its head are the body now */
+  if (raw && !rq->h2) /* the client's bytes after its head are the body now */
     hreq_schedule(rq);
   return 0;
 }
@@ -897,11 +937,16 @@ static void on_request(h2r_session_t *s, h2r_strm_t *st) {
   h2r_server_t *srv = c->srv;
   size_t plen = 0;
   const char *path = h2r_strm_header(st, ":path", &plen);
-  if (path == NULL) {
+  const char *method = h2r_strm_header(st, ":method", NULL);
+  /* Only a CONNECT names no path (nghttp2 checked the form). */
+  bool connect = path == NULL && method != NULL && strcmp(method, "CONNECT") == 0;
+  if (path == NULL && !connect) {
     h2r_strm_reject(st, 400, "bad request\n");
     return;
   }
-  const h2r_route_t *route = srv->closing ? NULL : h2r_server_route_find(srv, path, plen);
+  const h2r_route_t *route = srv->closing ? NULL
+                             : connect    ? h2r_server_connect_route(srv)
+                                          : h2r_server_route_find(srv, path, plen);
   if (route == NULL) {
     h2r_strm_reject(st, srv->closing ? 503 : 404, srv->closing ? "shutting down\n" : "not found\n");
     return;
@@ -1103,15 +1148,18 @@ int h2rev_http_server_init(uv_loop_t *loop, h2rev_http_server_t *server,
   srv->h1_events = &h1_events;
   srv->rbuf = malloc(H2R_RBUF_SIZE);
   srv->notfound = calloc(1, sizeof(*srv->notfound) + 2);
-  if (srv->rbuf == NULL || srv->notfound == NULL) {
+  srv->noconnect = calloc(1, sizeof(*srv->noconnect) + 1);
+  if (srv->rbuf == NULL || srv->notfound == NULL || srv->noconnect == NULL) {
     free(srv->rbuf);
     free(srv->notfound);
+    free(srv->noconnect);
     free(srv);
     return UV_ENOMEM;
   }
   srv->notfound->prefix[0] = '/';
   srv->notfound->len = 1;
   srv->notfound->handler = not_found;
+  srv->noconnect->handler = no_connect;
   srv->pub = server;
   srv->loop = loop;
   srv->pend_tail = &srv->pend;
@@ -1238,6 +1286,13 @@ int h2rev_http_server_route(h2rev_http_server_t *server, const char *prefix,
   return route_add(server->s_, prefix, handler, arg);
 }
 
+int h2rev_http_server_route_connect(h2rev_http_server_t *server, h2rev_http_handler_cb handler,
+                                    void *arg) {
+  if (handler == NULL)
+    return UV_EINVAL;
+  return h2r_server_route_connect(server->s_, handler, arg);
+}
+
 int h2rev_http_server_serve_stream(h2rev_http_server_t *server, h2rev_stream_t *stream,
                                    h2rev_close_cb done) {
   h2r_server_t *srv = server->s_;
@@ -1261,6 +1316,8 @@ static void srv_handle_closed(uv_handle_t *h) {
   h2rev_http_server_close_cb cb = srv->close_cb;
   free(srv->rbuf);
   free(srv->notfound);
+  free(srv->noconnect);
+  free(srv->connect);
   free(srv);
   pub->s_ = NULL;
   if (cb != NULL)

@@ -695,9 +695,12 @@ static int s_init(h2r_session_t *s, uv_loop_t *loop, bool server, const h2r_sess
       {NGHTTP2_SETTINGS_INITIAL_WINDOW_SIZE, s->o.stream_window},
       {NGHTTP2_SETTINGS_MAX_FRAME_SIZE, H2R_FRAME_SIZE},
       {NGHTTP2_SETTINGS_MAX_HEADER_LIST_SIZE, s->o.max_header_bytes},
-      {NGHTTP2_SETTINGS_ENABLE_PUSH, 0},
+      /* A client refuses pushes; a server takes extended CONNECT (RFC 8441:
+       * WebSocket over HTTP/2), which reaches handlers as an upgrade. */
+      {server ? NGHTTP2_SETTINGS_ENABLE_CONNECT_PROTOCOL : NGHTTP2_SETTINGS_ENABLE_PUSH,
+       server ? 1u : 0u},
   };
-  size_t niv = sizeof(iv) / sizeof(iv[0]) - (server ? 1 : 0);
+  size_t niv = sizeof(iv) / sizeof(iv[0]);
   nghttp2_submit_settings(s->ng, NGHTTP2_FLAG_NONE, iv, niv);
   if (s->o.conn_window > NGHTTP2_INITIAL_CONNECTION_WINDOW_SIZE)
     nghttp2_session_set_local_window_size(s->ng, NGHTTP2_FLAG_NONE, 0, (int32_t)s->o.conn_window);

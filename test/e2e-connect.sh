@@ -1,7 +1,7 @@
 # End to end, CONNECT: client -> HTTP/1.1 CONNECT <base>/proxy/<id> on h2rev-dialer -> tunnel
 # -> h2rev-listener --upstream tcp://... -> a TCP server (an echo server, sshd); h2rev-connect
 # as ssh's ProxyCommand and with --listen; what a CONNECT gets elsewhere (an http:// listener,
-# an unknown id, HTTP/2). Without sshd the rest runs and the script exits 77 at the end.
+# an unknown id); HTTP/2 CONNECT, CONNECT id:port and WebSocket over HTTP/2. Without sshd the rest runs and the script exits 77 at the end.
 source "$(dirname "$0")/e2elib.sh"
 PEER="python3 $SRC/test/tcppeer.py"
 CA="$WORK/h2rev-dialer.crt"
@@ -41,7 +41,7 @@ PIDS+=($!)
 wait_for test -s "$WORK/echo.port" || fail "echo server did not start"
 ECHO_PORT=$(cat "$WORK/echo.port")
 start_upstream
-start_dialer --base-path /relay
+start_dialer --base-path /relay --access-log "$WORK/access.log"
 URL="https://127.0.0.1:$DIALER_PORT/relay"
 tcp_listener echo "$ECHO_PORT"
 [ "$HAVE_SSHD" = 1 ] && tcp_listener ssh "$SSHD_PORT"
@@ -114,13 +114,55 @@ else
 fi
 
 # ------------------------------------------------------------------ HTTP/2
+# curl (7.88: no --proxy-http2) and nghttp send no HTTP/2 CONNECT: h2rev-h2connect (test/h2connect.c)
+# does, through libnghttp2.
+H2C=("$BIN/h2rev-h2connect" --ca "$CA")
+got=$(timeout 60 "${H2C[@]}" 127.0.0.1 "$DIALER_PORT" echo:22 <"$WORK/blob" 2>"$WORK/h2c.err" | sha256sum) ||
+  fail "HTTP/2 CONNECT echo:22: $(cat "$WORK/h2c.err")"
+[ "$got" = "$want" ] || fail "HTTP/2 CONNECT echo:22: 4 MiB echo checksum differs ($(cat "$WORK/h2c.err"))"
+grep -q "^status 200" "$WORK/h2c.err" || fail "HTTP/2 CONNECT echo:22: $(cat "$WORK/h2c.err")"
+ok "HTTP/2 CONNECT (RFC 9113 8.5) :authority echo:22: 200, 4 MiB echoed whole after END_STREAM (half-close), checksum equal"
+rc=0
+timeout 30 "${H2C[@]}" 127.0.0.1 "$DIALER_PORT" nobody:22 </dev/null >/dev/null 2>"$WORK/h2c.err" || rc=$?
+[ "$rc" = 2 ] && grep -q "^status 502" "$WORK/h2c.err" || fail "HTTP/2 CONNECT nobody:22: exit $rc, $(cat "$WORK/h2c.err")"
+rc=0
+timeout 30 "${H2C[@]}" 127.0.0.1 "$DIALER_PORT" 'bad%id:22' </dev/null >/dev/null 2>"$WORK/h2c.err" || rc=$?
+[ "$rc" = 2 ] && grep -q "^status 400" "$WORK/h2c.err" || fail "HTTP/2 CONNECT bad%id:22: exit $rc, $(cat "$WORK/h2c.err")"
+ok "HTTP/2 CONNECT to an id without a listener: 502; to an invalid id: 400"
+wait_for grep -q 'method="CONNECT" path="echo:22" proto=HTTP/2 status=200 .* result=ok listener="echo"' "$WORK/access.log" ||
+  fail "access log of the HTTP/2 CONNECT: $(grep CONNECT "$WORK/access.log")"
+ok "access log: method=\"CONNECT\" path=\"echo:22\" proto=HTTP/2 status=200 ... listener=\"echo\""
+
+# The same routing in HTTP/1.1 (CONNECT host:port, authority form): curl --proxytunnel.
+out=$(timeout 30 curl -sS -p --proxy "https://127.0.0.1:$DIALER_PORT" --proxy-cacert "$CA" \
+  http://web:80/index.html 2>&1) || fail "curl -p through the dialer to web:80: $out"
+[ "$out" = "hello through the tunnel" ] || fail "curl -p through the dialer to web:80: $out"
+ok "curl --proxytunnel --proxy https://dialer http://web:80/: HTTP/1.1 CONNECT web:80 reaches listener web"
+
+# Extended CONNECT (RFC 8441): WebSocket over HTTP/2 to the upstream's WebSocket echo, which
+# refuses a handshake without a valid Sec-WebSocket-Key (an HTTP/2 client sends none).
+timeout 60 python3 "$SRC/test/wsh2.py" 20 "${H2C[@]}" --protocol websocket \
+  --path /relay/proxy/web/ws 127.0.0.1 "$DIALER_PORT" "127.0.0.1:$DIALER_PORT" 2>"$WORK/wsh2.err" ||
+  fail "WebSocket over HTTP/2: $(cat "$WORK/wsh2.err")"
+grep -q "^status 200" "$WORK/wsh2.err" || fail "WebSocket over HTTP/2: $(cat "$WORK/wsh2.err")"
+ok "WebSocket over HTTP/2 (extended CONNECT :protocol websocket): 200, 20 messages up to 20 kB echoed, close handshake, clean end"
+# The upstream's refusal of the upgrade reaches the client as an ordinary response.
+rc=0
+timeout 30 "${H2C[@]}" --protocol websocket --path /relay/proxy/web/nothing-here 127.0.0.1 "$DIALER_PORT" \
+  "127.0.0.1:$DIALER_PORT" </dev/null >/dev/null 2>"$WORK/h2c.err" || rc=$?
+[ "$rc" = 2 ] && grep -q "^status 404" "$WORK/h2c.err" || fail "extended CONNECT to a missing path: exit $rc, $(cat "$WORK/h2c.err")"
+ok "extended CONNECT to a path the upstream does not upgrade: its 404 comes back, no tunnel"
+python3 "$SRC/test/wsclient.py" "wss://127.0.0.1:$DIALER_PORT/relay/proxy/web/ws" "$CA" 5 ||
+  fail "WebSocket over HTTP/1.1"
+ok "WebSocket over HTTP/1.1 as before"
+
 if command -v nghttp >/dev/null; then
-  # nghttp sends :path and :scheme with it, which RFC 9113 8.5 forbids without :protocol
-  # (RFC 8441, not offered): nghttp2 resets the stream; a plain one (no :path) is answered 400.
+  # nghttp sends :path and :scheme with a CONNECT but no :protocol, which RFC 9113 8.5
+  # forbids: nghttp2 resets the stream.
   out=$(timeout 20 nghttp -v -H ':method: CONNECT' "$URL/proxy/echo" 2>&1 || true)
-  echo "$out" | grep -q 'RST_STREAM.*' || fail "HTTP/2 CONNECT: $out"
-  echo "$out" | grep -q ':status: 200' && fail "HTTP/2 CONNECT answered 200: $out"
-  ok "HTTP/2 CONNECT: refused at once (stream reset), not served (HTTP/1.1 only)"
+  echo "$out" | grep -q 'RST_STREAM.*' || fail "malformed HTTP/2 CONNECT: $out"
+  echo "$out" | grep -q ':status: 200' && fail "malformed HTTP/2 CONNECT answered 200: $out"
+  ok "a malformed HTTP/2 CONNECT (:path without :protocol): refused at once (stream reset)"
 fi
 
 # ------------------------------------------------------------------ ssh

@@ -31,9 +31,9 @@ ok "installed to a temporary prefix"
 DEST=$WORK/destdir
 DESTDIR=$DEST cmake --install "$BUILD" --prefix /usr > "$WORK/install-destdir.log" 2>&1 ||
   fail "cmake --install with DESTDIR: $(tail -5 "$WORK/install-destdir.log")"
-for f in bin/h2rev-dialer bin/h2rev-listener lib/systemd/system/h2rev-dialer.service \
+for f in bin/h2rev-dialer bin/h2rev-listener bin/h2rev-connect lib/systemd/system/h2rev-dialer.service \
   lib/systemd/system/h2rev-listener.service share/man/man1/h2rev-dialer.1 \
-  share/man/man1/h2rev-listener.1 share/doc/h2rev/examples/dialer.env \
+  share/man/man1/h2rev-listener.1 share/man/man1/h2rev-connect.1 share/doc/h2rev/examples/dialer.env \
   share/doc/h2rev/examples/listener.env include/h2rev.h; do
   [ -s "$DEST/usr/$f" ] || fail "DESTDIR install lacks /usr/$f"
 done
@@ -43,6 +43,7 @@ for t in dialer listener; do
   "$DEST/usr/bin/h2rev-$t" --version | grep -q "h2rev-$t $(grep -o '"[0-9.]*"' "$SRC/include/h2rev.h" | head -1 | tr -d '"')" ||
     fail "the installed h2rev-$t does not run"
 done
+"$DEST/usr/bin/h2rev-connect" --version | grep -q "^h2rev-connect [0-9]" || fail "the installed h2rev-connect does not run"
 ! grep -rq "$DEST" "$DEST/usr/lib/systemd" || fail "a unit names the DESTDIR"
 [ -z "$(find "$DEST" -path "$DEST/usr" -prune -o -print | grep -v "^$DEST\$")" ] ||
   fail "installed outside the prefix: $(find "$DEST" -path "$DEST/usr" -prune -o -print | head -3)"

@@ -293,7 +293,7 @@ line=$(grep serving "$WORK/dialer-zero.log")
 [[ $line =~ on\ $H:([0-9]+): ]] || fail "--listen $H:0: no address in \"$line\""
 DP=${BASH_REMATCH[1]}
 [ "$DP" != 0 ] || fail "--listen $H:0 logged port 0"
-[[ $line == *" /reverse/revdial?id=ID and /reverse/proxy/ID/PATH"* ]] ||
+[[ $line == *" /reverse/revdial?id=ID, /reverse/proxy/ID/PATH and CONNECT ID:PORT"* ]] ||
   fail "--base-path /reverse/ logged as: $line"
 "$BIN/h2rev-listener" --url "http://$H:$DP/reverse/" --id zero \
   --upstream "http://127.0.0.1:$UPSTREAM_PORT" 2>> "$WORK/listener-zero.log" &

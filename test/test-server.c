@@ -229,8 +229,28 @@ static void upgrading(h2rev_http_req_t *req, void *arg) {
     h2rev_http_reply(req, 426, "text/plain", "no\n", 3);
     return;
   }
-  h2rev_header_t h[] = {{"upgrade", h2rev_http_header(req, "upgrade")}};
+  /* One handler for both protocols: the HTTP/1.1 Upgrade header and the
+   * HTTP/2 extended CONNECT's :protocol are both req->protocol. */
+  ASSERT(req->protocol != NULL && strcmp(req->protocol, "echo") == 0);
+  h2rev_header_t h[] = {{"upgrade", req->protocol}};
   ASSERT_OK(h2rev_http_respond(req, 101, h, 1, -1));
+  ASSERT_OK(h2rev_http_read_start(req, up_alloc, up_read));
+}
+
+/* CONNECT host:port (h2rev_http_server_route_connect): the authority asked
+ * for, then an echo of the client's bytes. */
+static void tunnel(h2rev_http_req_t *req, void *arg) {
+  (void)arg;
+  h2rev_http_on_done(req, count_done);
+  ASSERT_STR_EQ(req->method, "CONNECT");
+  ASSERT_STR_EQ(req->path, "");
+  ASSERT(req->upgrade && req->protocol == NULL);
+  ASSERT_OK(h2rev_http_respond(req, 200, NULL, 0, -1));
+  up_w_t *w = malloc(sizeof(*w) + strlen(req->authority) + 1);
+  memcpy(w->data, req->authority, strlen(req->authority));
+  w->data[strlen(req->authority)] = '|';
+  uv_buf_t b = uv_buf_init(w->data, (unsigned)strlen(req->authority) + 1);
+  ASSERT_OK(h2rev_http_write(&w->w, req, &b, 1, up_wrote));
   ASSERT_OK(h2rev_http_read_start(req, up_alloc, up_read));
 }
 
@@ -919,6 +939,61 @@ TEST(upgrade_through_request_api) {
   /* Over HTTP/2 there is no upgrade: the handler sees a plain request. */
   snprintf(cmd, sizeof(cmd), "curl -s --http2-prior-knowledge http://127.0.0.1:%d/up", e.port);
   expect_out(&e, cmd, "no\n");
+  env_stop(&e);
+}
+
+/* HTTP/2: an extended CONNECT (RFC 8441) reaches the handler as an upgrade
+ * (req->protocol), its 101 goes out as 200 and the stream carries bytes
+ * both ways, the client's END_STREAM a half-close; a plain CONNECT
+ * (authority only) goes to the CONNECT route, 405 without one; HTTP/1.1
+ * "CONNECT host:port" likewise. The client is test/h2connect.c. */
+TEST(connect_through_request_api) {
+  env_t e;
+  env_init(&e);
+  const char *bin = getenv("H2REV_BIN");
+  ASSERT(bin != NULL);
+  char cmd[2048];
+  snprintf(cmd, sizeof(cmd),
+           "{ printf 'hello world' | %s/h2rev-h2connect --protocol echo --path /up 127.0.0.1 %d "
+           "x 2>%s/err; cat %s/err; }",
+           bin, e.port, e.dir, e.dir);
+  expect_out(&e, cmd, "hello worldstatus 200\n");
+  /* The same with TLS (ALPN h2), where the SETTINGS say the same. */
+  snprintf(cmd, sizeof(cmd),
+           "printf 'over tls' | %s/h2rev-h2connect --ca none --protocol echo --path /up "
+           "127.0.0.1 %d x",
+           bin, e.tls_port);
+  expect_out(&e, cmd, "over tls");
+  /* A refusal is an ordinary response. */
+  snprintf(cmd, sizeof(cmd),
+           "{ %s/h2rev-h2connect --protocol echo --path '/up?no' 127.0.0.1 %d x </dev/null "
+           "2>%s/err; echo \" $?\"; cat %s/err; }",
+           bin, e.port, e.dir, e.dir);
+  expect_out(&e, cmd, "no\n 2\nstatus 426\n");
+  snprintf(cmd, sizeof(cmd),
+           "{ %s/h2rev-h2connect 127.0.0.1 %d host:99 </dev/null 2>%s/err; echo \" $?\"; "
+           "cat %s/err; }",
+           bin, e.port, e.dir, e.dir);
+  expect_out(&e, cmd, "method not allowed here\n 2\nstatus 405\n");
+  ASSERT_OK(h2rev_http_server_route_connect(&e.srv, tunnel, NULL));
+  ASSERT_EQ(h2rev_http_server_route_connect(&e.srv, tunnel, NULL), UV_EEXIST);
+  snprintf(cmd, sizeof(cmd), "printf 'bytes' | %s/h2rev-h2connect 127.0.0.1 %d host:99", bin,
+           e.port);
+  expect_out(&e, cmd, "host:99|bytes");
+  snprintf(cmd, sizeof(cmd),
+           "python3 -c 'import socket,sys\n"
+           "s=socket.create_connection((\"127.0.0.1\",%d))\n"
+           "s.sendall(b\"CONNECT other:7 HTTP/1.1\\r\\nHost: other:7\\r\\n\\r\\nraw\")\n"
+           "s.shutdown(socket.SHUT_WR)\n"
+           "b=b\"\"\n"
+           "while True:\n"
+           " d=s.recv(100)\n"
+           " if not d: break\n"
+           " b+=d\n"
+           "h,_,t=b.partition(b\"\\r\\n\\r\\n\")\n"
+           "sys.stdout.write(h.split(b\"\\r\\n\")[0].decode()+\"|\"+t.decode())'",
+           e.port);
+  expect_out(&e, cmd, "HTTP/1.1 200 OK|other:7|raw");
   env_stop(&e);
 }
 

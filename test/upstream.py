@@ -68,6 +68,14 @@ class Handler(http.server.SimpleHTTPRequestHandler):
 
     def websocket(self):
         key = self.headers.get("Sec-WebSocket-Key", "")
+        # RFC 6455 4.2.1: a handshake without a 16-byte key or version 13 is refused.
+        try:
+            key_ok = len(base64.b64decode(key, validate=True)) == 16
+        except ValueError:
+            key_ok = False
+        if not key_ok or self.headers.get("Sec-WebSocket-Version") != "13":
+            self.send_text(400, "bad websocket handshake\n")
+            return
         accept = base64.b64encode(hashlib.sha1(
             (key + "258EAFA5-E914-47DA-95CA-C5AB0DC85B11").encode()).digest()).decode()
         self.send_response(101)

@@ -1,6 +1,6 @@
 #!/usr/bin/env bash
-# Makes the manual pages h2rev-dialer.1 and h2rev-listener.1 from the tools'
-# --help (the one place where their flags are described), so that the two
+# Makes the manual pages h2rev-dialer.1, h2rev-listener.1 and h2rev-connect.1
+# from the tools' --help (the one place where their flags are described), so that the two
 # cannot drift apart: e2e-install fails when a committed page is not what
 # this script makes from the built tools.
 #   bash dist/man/gen.sh [BINDIR [OUTDIR]]   (default: build/bin, dist/man)
@@ -9,9 +9,12 @@ HERE=$(cd "$(dirname "$0")" && pwd)
 BIN=${1:-$HERE/../../build/bin}
 OUT=${2:-$HERE}
 
-# page TOOL SUMMARY DESCRIPTION SEE-ALSO
+DAEMON_ENV='.TP\n.B H2REV_TOKEN\nThe token, when neither \\fB\\-\\-token\\fR nor \\fB\\-\\-token\\-file\\fR is given.\n'
+DAEMON_EXIT='0 after a drain (SIGINT, SIGTERM); 2 for a bad flag or a file that cannot be read; 1 otherwise.'
+
+# page TOOL SUMMARY DESCRIPTION SEE-ALSO [ENVIRONMENT (roff, "" for none) EXIT-STATUS]
 page() {
-  local tool=$1 summary=$2 description=$3 see=$4 version
+  local tool=$1 summary=$2 description=$3 see=$4 env=${5-$DAEMON_ENV} exits=${6-$DAEMON_EXIT} version
   version=$("$BIN/$tool" --version | awk '{print $2}')
   {
     printf '.\\" Made by dist/man/gen.sh from %s --help: edit the tool, then run it.\n' "$tool"
@@ -34,9 +37,8 @@ page() {
       /^    / { sub(/^ +/, ""); print esc($0); next }
       { if (!tail) { print ".SH NOTES"; tail = 1 } print esc($0) }
     '
-    printf '.SH ENVIRONMENT\n.TP\n.B H2REV_TOKEN\n'
-    printf 'The token, when neither \\fB\\-\\-token\\fR nor \\fB\\-\\-token\\-file\\fR is given.\n'
-    printf '.SH EXIT STATUS\n0 after a drain (SIGINT, SIGTERM); 2 for a bad flag or a file that cannot be read; 1 otherwise.\n'
+    [ -z "$env" ] || printf ".SH ENVIRONMENT\n$env"
+    printf '.SH EXIT STATUS\n%s\n' "$exits"
     printf '.SH SEE ALSO\n%s\n' "$see"
   } > "$OUT/$tool.1"
 }
@@ -57,3 +59,15 @@ standard error. The systemd unit h2rev-listener.service runs it with the
 flags of /etc/h2rev/listener.env." \
   ".BR h2rev-dialer (1),
 .BR systemctl (1)"
+page h2rev-connect "a byte stream to a TCP service behind an h2rev listener" \
+  "Opens a tunnel through the h2rev dialer at \\fIURL\\fR (HTTP/1.1 CONNECT
+\\fIBASE\\fR/proxy/\\fIID\\fR, over TLS for https://) to the TCP service
+behind the listener attached as \\fIID\\fR (one with \\-\\-upstream tcp://),
+and passes standard input and output through it: made for ssh's
+ProxyCommand. The end of the input half-closes the tunnel; it ends when the
+service ends its side. With \\fB\\-\\-listen\\fR, each connection accepted
+on a local port gets a tunnel of its own, in a process of its own." \
+  ".BR h2rev-dialer (1),
+.BR h2rev-listener (1),
+.BR ssh_config (5)" "" \
+  "0 when the tunnel ended (the service closed it); 2 for bad usage; 1 for any error (a refused CONNECT, a certificate that does not verify), with one line on standard error."
