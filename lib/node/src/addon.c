@@ -112,11 +112,20 @@ static void obj_add(nenv_t *e, nobj_t *o, int kind) {
   e->live++;
 }
 
-static void obj_free(nobj_t *o) {
-  nenv_t *e = o->e;
+/* Out of the list (and of the live count) before its last event reaches
+ * JavaScript, so that code run on that event sees it gone. */
+static void obj_unlink(nobj_t *o) {
+  if (o->prev == NULL)
+    return;
   o->prev->next = o->next;
   o->next->prev = o->prev;
-  e->live--;
+  o->prev = o->next = NULL;
+  o->e->live--;
+}
+
+static void obj_free(nobj_t *o) {
+  nenv_t *e = o->e;
+  obj_unlink(o);
   free(o);
   env_maybe_done(e);
 }
@@ -369,6 +378,7 @@ static void on_shutdown(h2rev_shutdown_t *req, int status) {
 static void on_stream_closed(h2rev_stream_t *stream) {
   nstream_t *s = stream->data;
   nenv_t *e = s->o.e;
+  obj_unlink(&s->o);
   if (!e->gone) {
     napi_handle_scope scope;
     napi_open_handle_scope(e->env, &scope);
@@ -724,6 +734,7 @@ static napi_value js_dialer_dial(napi_env env, napi_callback_info info) {
 static void on_dialer_closed(h2rev_dialer_t *dialer) {
   ndialer_t *d = dialer->data;
   nenv_t *e = d->o.e;
+  obj_unlink(&d->o);
   if (!e->gone) {
     napi_handle_scope scope;
     napi_open_handle_scope(e->env, &scope);
@@ -940,6 +951,7 @@ static napi_value js_listener_new(napi_env env, napi_callback_info info) {
 
 static void listener_finish(nlistener_t *l) {
   nenv_t *e = l->o.e;
+  obj_unlink(&l->o);
   if (!e->gone) {
     napi_handle_scope scope;
     napi_open_handle_scope(e->env, &scope);
