@@ -1,7 +1,7 @@
 'use strict';
 // Run by worker.test.js in a process of its own (a crash must not take the
 // test runner with it): h2rev in Workers, N rounds of
-//  - two Workers in a row, each a whole tunnel (dialer, forward(), fetch)
+//  - two Workers in a row, each a whole tunnel (dialer, forward(), an HTTP request)
 //    closed properly;
 //  - a Worker terminated with everything open: a dialer, a listener
 //    attached to the main thread's dialer, a stream the main thread dialed
@@ -15,12 +15,25 @@ const http = require('node:http');
 const { once } = require('node:events');
 const { h2rev, dialer, attached, httpServer } = require('./helpers');
 
+function get(url) {
+  return new Promise((resolve, reject) => {
+    http.get(url, { agent: false }, (res) => {
+      let body = '';
+      res.setEncoding('utf8');
+      res.on('data', (c) => { body += c; });
+      res.on('end', () => resolve(body));
+    }).on('error', reject);
+  });
+}
+
 async function workerMain() {
   if (workerData.mode === 'tunnel') {
     const srv = await httpServer((req, res) => res.end(`worker ${req.url}`));
     const d = await dialer();
     const fw = await h2rev.forward({ url: d.url, id: 'w', to: srv.url });
-    const text = await (await fetch(`${fw.url}x`)).text();
+    // http.get, not fetch: loading fetch's undici in every Worker costs more
+    // than the whole tunnel.
+    const text = await get(`${fw.url}x`);
     await fw.close();
     await d.close();
     srv.close();
@@ -88,7 +101,7 @@ async function main() {
   await once(srv, 'listening');
   const fw = await h2rev.forward({ url: mainDialer.url, id: 'main',
     to: `http://127.0.0.1:${srv.address().port}` });
-  const text = await (await fetch(`${fw.url}`)).text();
+  const text = await get(fw.url);
   if (text !== 'main')
     throw new Error(`main tunnel said ${text}`);
   await fw.close();
