@@ -51,8 +51,8 @@ pack)
   ;;
 install)
   test -f "$pkg/build/Release/h2rev.node" || { echo "run.sh pack first" >&2; exit 1; }
-  tmp=$(mktemp -d)
-  trap 'kill $dpid 2>/dev/null || true; wait 2>/dev/null || true; rm -rf "$tmp"' EXIT
+  dpid=
+  trap '[ -z "$dpid" ] || kill "$dpid" 2>/dev/null || true; wait 2>/dev/null || true' EXIT
   port=$(node -e 'const s=require("net").createServer().listen(0,"127.0.0.1",()=>{console.log(s.address().port);s.close()})')
   "$build/bin/h2rev-dialer" --cleartext --listen "127.0.0.1:$port" --log-level warn &
   dpid=$!
