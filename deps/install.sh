@@ -17,6 +17,13 @@ PACKAGES=(
   # e2e-tcp and bench/run.sh --tcp: a private sshd as the TCP service, ssh and scp as clients
   openssh-server openssh-client
 )
+# The Node.js package (lib/node, test/node): node-gyp links with g++. Node itself
+# comes from Debian only where no node is installed: a NodeSource nodejs carries
+# npm, node-gyp and its headers, and Debian's npm would conflict with it.
+PACKAGES+=(g++)
+if ! command -v node >/dev/null 2>&1; then
+  PACKAGES+=(nodejs npm libnode-dev)
+fi
 
 missing=()
 for p in "${PACKAGES[@]}"; do
