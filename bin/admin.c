@@ -36,7 +36,8 @@ static struct {
   size_t len; /* of buf[cur] */
   int cur;    /* the buffer lines go into */
   bool writing;
-  bool reopen; /* SIGHUP: open the path again once no write is in flight */
+  bool reopen;  /* SIGHUP: open the path again once no write is in flight, */
+  bool flushed; /* and the lines logged before it have gone to the old file */
   uv_fs_t req;
   size_t woff, wlen; /* of the buffer being written */
   uv_timer_t timer;
@@ -70,7 +71,7 @@ static void log_close_file(uv_file fd) {
 
 /* The file by its name again: the one logrotate moved away is closed. */
 static void do_reopen(void) {
-  A.reopen = false;
+  A.reopen = A.flushed = false;
   int fd = log_open_file(A.path);
   if (fd < 0) {
     tool_logf(H2REV_LOG_ERROR, "reload: access log %s: %s: writing on to the file open", A.path,
@@ -107,15 +108,18 @@ static void access_wrote(uv_fs_t *req) {
 static void access_write_next(void) {
   if (A.writing || !A.open)
     return;
-  if (A.reopen && A.woff >= A.wlen)
-    do_reopen(); /* between buffers: no line is split across the two files */
   if (A.woff >= A.wlen) {
+    /* Between buffers (no line is split across the two files), once the
+     * lines logged before the signal are in the old one. */
+    if (A.reopen && (A.flushed || A.len == 0))
+      do_reopen();
     if (A.len == 0)
       return;
     A.cur ^= 1;
     A.wlen = A.len;
     A.woff = 0;
     A.len = 0;
+    A.flushed = A.reopen;
   }
   if (A.dropped > A.dropped_told && uv_now(A.loop) >= A.told_at + ACCESS_TELL_MS) {
     A.told_at = uv_now(A.loop);

@@ -460,6 +460,7 @@ static void tcp_free_ports(void) {
 
 static void closed(h2rev_dialer_t *d) {
   (void)d;
+  admin_stop();
   tool_signals_close();
 }
 
@@ -469,7 +470,6 @@ static void drain(void) {
   admin_notify("STOPPING=1");
   ops_draining();
   tcp_close_ports();
-  admin_stop();
   if (h2rev_dialer_shutdown(&dialer, drain_timeout, closed) != 0)
     h2rev_dialer_close(&dialer, closed);
 }
