@@ -472,6 +472,16 @@ void admin_stop(void) {
 
 /* ------------------------------------------------------------- systemd */
 
+void admin_notify_reloading(void) {
+  /* systemd 253 and later match the reload to its request by this time. */
+  struct timespec ts;
+  clock_gettime(CLOCK_MONOTONIC, &ts);
+  char state[64];
+  snprintf(state, sizeof(state), "RELOADING=1\nMONOTONIC_USEC=%llu",
+           (unsigned long long)ts.tv_sec * 1000000ull + (unsigned long long)ts.tv_nsec / 1000);
+  admin_notify(state);
+}
+
 void admin_notify(const char *state) {
   const char *path = getenv("NOTIFY_SOCKET");
   if (path == NULL || path[0] == '\0')

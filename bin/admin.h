@@ -92,5 +92,7 @@ void admin_stop(void);
  * one datagram to $NOTIFY_SOCKET (a path, or @ for the abstract
  * namespace); nothing when it is unset. */
 void admin_notify(const char *state);
+/* RELOADING=1 with the MONOTONIC_USEC= systemd 253 asks for beside it. */
+void admin_notify_reloading(void);
 
 #endif

@@ -305,7 +305,7 @@ static void reload_files(void) {
 }
 
 static void reload(void) {
-  admin_notify("RELOADING=1");
+  admin_notify_reloading();
   reload_files();
   admin_log_reopen();
   admin_notify("READY=1");

@@ -309,7 +309,7 @@ static void auth_header(const char *token, char *auth, size_t cap, const char *h
 }
 
 static void reload(void) {
-  admin_notify("RELOADING=1");
+  admin_notify_reloading();
   admin_log_reopen();
   reload_files();
   admin_notify("READY=1");
