@@ -135,6 +135,25 @@ assert st[-2:] == [200, 503] and all(o["by"] == "upstream" for o in objs), objs
 PY
 ok "listener access log in JSON"
 
+# An upstream that is not there: the listener's own 502, logged and counted as such.
+DOWN_PORT=$(free_port)
+D3M=$(free_port)
+"$BIN/h2rev-listener" --url "https://127.0.0.1:$DIALER_PORT" --id down --ca "$WORK/h2rev-dialer.crt" \
+  --upstream "http://127.0.0.1:$DOWN_PORT" --access-log "$WORK/down-access.log" \
+  --metrics "127.0.0.1:$D3M" 2>> "$WORK/listener-down.log" &
+D3_PID=$!
+PIDS+=($D3_PID)
+wait_for curl -sf "http://127.0.0.1:$D3M/readyz" || fail "listener down not attached"
+code=$(tcurl -o /dev/null -w '%{http_code}' "$(tunnel down)/x")
+[ "$code" = 502 ] || fail "upstream down -> $code"
+curl -sf "http://127.0.0.1:$D3M/metrics" > "$WORK/d3.txt" || fail "no /metrics (down)"
+[ "$(prom "$WORK/d3.txt" h2rev_upstream_errors_total)" = 1 ] || fail "errors: $(grep errors "$WORK/d3.txt")"
+[ "$(prom "$WORK/d3.txt" h2rev_upstream_requests_total code=5xx)" = 1 ] || fail "5xx (down)"
+stop "$D3_PID"
+grep -qE 'path="/x" status=502 by=listener .* result=ECONNREFUSED$' "$WORK/down-access.log" ||
+  fail "502 line: $(cat "$WORK/down-access.log")"
+ok "upstream down: the listener's 502 logged by=listener with the reason, counted as an error"
+
 # Rotation: the file moved away, SIGHUP, the next lines go to a new file by the old name.
 mv "$WORK/listener-access.log" "$WORK/listener-access.log.1"
 mv "$WORK/dialer-access.log" "$WORK/dialer-access.log.1"
