@@ -686,9 +686,10 @@ int main(int argc, char **argv) {
   }
   for (size_t i = 0; i < ntcp_specs; i++)
     tcp_listen(tcp_specs[i]);
-  admin_notify("READY=1");
   tool_on_signal(loop, drain);
   tool_on_reload(loop, reload);
+  /* After the handlers: systemd may send SIGHUP as soon as it is told. */
+  admin_notify("READY=1");
   uv_run(loop, UV_RUN_DEFAULT);
   admin_log_close();
   uv_loop_close(loop);

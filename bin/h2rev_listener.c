@@ -699,9 +699,10 @@ int main(int argc, char **argv) {
     tool_logf(H2REV_LOG_INFO, "metrics on http://%s/metrics", where[0] ? where : metrics);
   }
   h2rev_listener_start(&listener, on_connection);
-  admin_notify("READY=1");
   tool_on_signal(loop, drain);
   tool_on_reload(loop, reload);
+  /* After the handlers: systemd may send SIGHUP as soon as it is told. */
+  admin_notify("READY=1");
   uv_run(loop, UV_RUN_DEFAULT);
   admin_log_close();
   uv_loop_close(loop);

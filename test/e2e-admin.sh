@@ -3,6 +3,10 @@
 # (each line one JSON object), and the access logs opened again on SIGHUP (logrotate without
 # copytruncate). /metrics is read with a real Prometheus parser (python3-prometheus-client).
 source "$(dirname "$0")/e2elib.sh"
+# Checks for wait_for, which runs its command again each time (a $(...) in its
+# arguments would be evaluated once, before the first try).
+lines_ge() { [ -f "$1" ] && [ "$(wc -l < "$1")" -ge "$2" ]; }
+code_is() { [ "$(curl -s -o /dev/null -w '%{http_code}' "$1")" = "$2" ]; }
 command -v curl > /dev/null || { echo "skip: curl not found"; exit 77; }
 PROM=
 for py in python3 /usr/bin/python3; do
@@ -84,7 +88,7 @@ PY
 ok "dialer /listeners: one entry, id, peer, attached since, streams"
 
 # The listener's access log: one line per request, once flushed (within a second).
-wait_for test "$(wc -l < "$WORK/listener-access.log")" -ge 4 || fail "listener access log: $(cat "$WORK/listener-access.log")"
+wait_for lines_ge "$WORK/listener-access.log" 4 || fail "listener access log: $(cat "$WORK/listener-access.log")"
 re='^time=[0-9T:.-]+Z method="[A-Z]+" path="([^"\\]|\\.)*" status=[0-9]+ by=(upstream|listener) '
 re+='bytes=[0-9]+ in=[0-9]+ ms=[0-9]+\.[0-9]{3} ttfb_ms=[0-9]+\.[0-9]{3} result=[a-zA-Z_]+$'
 bad=$(grep -cvE "$re" "$WORK/listener-access.log" || true)
@@ -98,7 +102,7 @@ grep -qF 'path="/q\"b\\c/\xc3\xa9/nope" status=404' "$WORK/listener-access.log" 
 ok "listener access log: 4 lines, status, bytes, durations, escaped path"
 
 # The dialer's log in JSON: every line an object with the documented fields.
-wait_for test "$(wc -l < "$WORK/dialer-access.log")" -ge 4 || fail "dialer access log"
+wait_for lines_ge "$WORK/dialer-access.log" 4 || fail "dialer access log"
 python3 - "$WORK/dialer-access.log" "$ID" << 'PY' || fail "dialer JSON log: $(cat "$WORK/dialer-access.log")"
 import json, sys
 lines = open(sys.argv[1], "rb").read().split(b"\n")
@@ -179,7 +183,7 @@ CURL_PID=$!
 PIDS+=($CURL_PID)
 sleep 0.5
 kill -TERM "$DIALER_PID"
-wait_for test "$(curl -s -o /dev/null -w '%{http_code}' "http://127.0.0.1:$DMPORT/readyz")" = 503 ||
+wait_for code_is "http://127.0.0.1:$DMPORT/readyz" 503 ||
   fail "draining dialer /readyz: $(curl -s "http://127.0.0.1:$DMPORT/readyz")"
 curl -s "http://127.0.0.1:$DMPORT/readyz" | grep -q draining || fail "/readyz does not say draining"
 kill -CONT "$LPID"
@@ -187,7 +191,7 @@ wait "$CURL_PID" || fail "the request in flight during the drain failed"
 forget "$CURL_PID"
 wait "$DIALER_PID" 2> /dev/null || true
 forget "$DIALER_PID"
-wait_for test "$(curl -s -o /dev/null -w '%{http_code}' "http://127.0.0.1:$LMPORT/readyz")" = 503 ||
+wait_for code_is "http://127.0.0.1:$LMPORT/readyz" 503 ||
   fail "listener /readyz with no dialer"
 curl -sf "http://127.0.0.1:$LMPORT/metrics" > "$WORK/lm2.txt" || fail "no listener /metrics"
 [ "$(prom "$WORK/lm2.txt" h2rev_listener_state state=attached)" = 0 ] || fail "still attached"

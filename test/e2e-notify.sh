@@ -3,6 +3,10 @@
 # RELOADING=1 (with MONOTONIC_USEC) then READY=1 around SIGHUP, STOPPING=1 when it drains,
 # each from its main process (NotifyAccess=main); a path and an abstract (@) socket.
 source "$(dirname "$0")/e2elib.sh"
+# Checks for wait_for, which runs its command again each time (a $(...) in its
+# arguments would be evaluated once, before the first try).
+lines_ge() { [ -f "$1" ] && [ "$(wc -l < "$1")" -ge "$2" ]; }
+code_is() { [ "$(curl -s -o /dev/null -w '%{http_code}' "$1")" = "$2" ]; }
 command -v curl > /dev/null || { echo "skip: curl not found"; exit 77; }
 
 # notify_socket NAME PATH: a stand-in for systemd at PATH, messages in $WORK/NAME.msgs
@@ -34,8 +38,8 @@ wait_for tcurl -f "$(tunnel n1)/index.html" || fail "no answer through the tunne
 ok "listener: READY=1 once started, on an abstract socket"
 
 kill -HUP "$DIALER_PID" "$LISTENER_PID"
-wait_for test "$(wc -l < "$WORK/dialer.msgs")" -ge 3 || fail "dialer reload: $(msgs dialer)"
-wait_for test "$(wc -l < "$WORK/listener.msgs")" -ge 3 || fail "listener reload: $(msgs listener)"
+wait_for lines_ge "$WORK/dialer.msgs" 3 || fail "dialer reload: $(msgs dialer)"
+wait_for lines_ge "$WORK/listener.msgs" 3 || fail "listener reload: $(msgs listener)"
 for t in dialer listener; do
   sed -n 2p "$WORK/$t.msgs" | grep -qE '^[0-9]+ RELOADING=1 MONOTONIC_USEC=[0-9]+$' ||
     fail "$t: $(sed -n 2p "$WORK/$t.msgs")"
