@@ -3,7 +3,8 @@
 # /usr/bin) and the man pages, and depends on the libraries the binaries link.
 source "$(dirname "$0")/e2elib.sh"
 BUILD=${H2REV_BUILD:-$SRC/build}
-[ -f "$BUILD/CPackConfig.cmake" ] || { echo "skip: no configured build tree at $BUILD"; exit 77; }
+[ -f "$BUILD/CMakeCache.txt" ] || { echo "skip: no build tree at $BUILD"; exit 77; }
+[ -f "$BUILD/CPackConfig.cmake" ] || fail "no CPackConfig.cmake in $BUILD: the project does not include(CPack)"
 command -v dpkg-deb > /dev/null || { echo "skip: dpkg-deb not found"; exit 77; }
 command -v cpack > /dev/null || { echo "skip: cpack not found"; exit 77; }
 
