@@ -1,6 +1,7 @@
 /* h2rev-dialer: the public server. Serves <base>/revdial for listeners and
  * <base>/proxy/<id>/<path> for clients, over HTTP/2 (TLS, or cleartext with
  * prior knowledge). */
+#include "admin.h"
 #include "ops.h"
 #include "selfsigned.h"
 #include "tool.h"
@@ -65,17 +66,23 @@ static const char usage[] =
     "                       a new one is accepted and closed (default 1024)\n"
     "  --drain-timeout MS   on SIGINT/SIGTERM: stop listening, let requests in\n"
     "                       flight finish for up to MS, then exit (default 10000)\n"
-    "  --access-log FILE    one line per finished request (logfmt: time, peer,\n"
-    "                       method, path, proto, status, bytes, in, ms, result,\n"
-    "                       listener), appended to FILE; - for standard output\n"
-    "  --metrics ADDR:PORT  serve /metrics (Prometheus text format) and /healthz\n"
-    "                       there, cleartext (keep it on loopback, e.g.\n"
-    "                       127.0.0.1:9090)\n"
+    "  --access-log FILE    one line per finished request (time, peer, method,\n"
+    "                       path, proto, status, bytes, in, ms, result,\n"
+    "                       listener), appended to FILE; - for standard output;\n"
+    "                       SIGHUP opens FILE again (log rotation)\n"
+    "  --log-format FORMAT  of the access log: text (logfmt, default) or json\n"
+    "                       (one object a line)\n"
+    "  --metrics ADDR:PORT  serve /metrics (Prometheus text format), /healthz,\n"
+    "                       /readyz (200 while serving, 503 once draining) and\n"
+    "                       /listeners (the attached ids, JSON) there, cleartext\n"
+    "                       (keep it on loopback, e.g. 127.0.0.1:9090)\n"
     "  --log-level LEVEL    error, warn, info (default), debug\n"
     "  --help, --version\n"
     "SIGHUP reads --cert, --key, --client-ca, --tokens-file and --token-file again\n"
     "for new connections (those open keep theirs); a file that does not load is\n"
-    "logged and what it would replace stays in use.\n";
+    "logged and what it would replace stays in use.\n"
+    "Under systemd (Type=notify) it tells READY=1 once serving, RELOADING=1 and\n"
+    "READY=1 around a reload, STOPPING=1 when it drains.\n";
 
 static uv_loop_t *loop;
 static h2rev_dialer_t dialer;
@@ -259,7 +266,7 @@ static h2rev_tls_options_t tls_options(void) {
 /* SIGHUP: certificate, key, client CA, tokens file and token file read
  * again; connections open keep what they have. A file that does not load
  * leaves what it was to replace in use. */
-static void reload(void) {
+static void reload_files(void) {
   char why[512];
   if (files.tokens_file != NULL) {
     token_set_t t;
@@ -295,6 +302,13 @@ static void reload(void) {
                 files.cert, files.key, files.client_ca ? ", client CA " : "",
                 files.client_ca ? files.client_ca : "");
   }
+}
+
+static void reload(void) {
+  admin_notify_reloading();
+  reload_files();
+  admin_log_reopen();
+  admin_notify("READY=1");
 }
 
 /* ------------------------------------------------------------ --tcp */
@@ -446,14 +460,16 @@ static void tcp_free_ports(void) {
 
 static void closed(h2rev_dialer_t *d) {
   (void)d;
+  admin_stop();
   tool_signals_close();
 }
 
 static void drain(void) {
   tool_logf(H2REV_LOG_INFO, "draining for up to %u ms", drain_timeout);
   tool_watchdog(loop, drain_timeout + 5000);
+  admin_notify("STOPPING=1");
+  ops_draining();
   tcp_close_ports();
-  ops_stop();
   if (h2rev_dialer_shutdown(&dialer, drain_timeout, closed) != 0)
     h2rev_dialer_close(&dialer, closed);
 }
@@ -477,7 +493,7 @@ int main(int argc, char **argv) {
   size_t ntcp_specs = 0;
   const char *name_lists[SS_MAX_NAMES];
   size_t nname_lists = 0;
-  const char *access_log = NULL, *metrics = NULL;
+  const char *access_log = NULL, *metrics = NULL, *log_format = NULL;
   for (int i = 1; i < argc; i++) {
     const char *v;
     if (strcmp(argv[i], "--help") == 0 || strcmp(argv[i], "-h") == 0) {
@@ -538,6 +554,8 @@ int main(int argc, char **argv) {
           positive("--tcp-max-conns", tool_parse_count("--tcp-max-conns", v, TCP_MAX_CONNS_LIMIT));
     } else if ((v = tool_flag(argc, argv, &i, "--access-log")) != NULL) {
       access_log = v;
+    } else if ((v = tool_flag(argc, argv, &i, "--log-format")) != NULL) {
+      log_format = v;
     } else if ((v = tool_flag(argc, argv, &i, "--metrics")) != NULL) {
       metrics = v;
     } else if ((v = tool_flag(argc, argv, &i, "--log-level")) != NULL) {
@@ -552,6 +570,9 @@ int main(int argc, char **argv) {
   struct sockaddr_storage maddr;
   if (metrics != NULL && tool_parse_hostport(metrics, &maddr) != 0)
     tool_usage_error("--metrics: \"%s\" is not HOST:PORT (e.g. 127.0.0.1:9090)", metrics);
+  int format = log_format != NULL ? admin_parse_format(log_format) : ADMIN_FMT_TEXT;
+  if (log_format != NULL && access_log == NULL)
+    tool_usage_error("--log-format is the access log's: give --access-log too");
   if ((cert == NULL) != (key == NULL))
     tool_usage_error("--cert and --key go together");
   if (cert != NULL && !tool_readable(cert))
@@ -613,7 +634,8 @@ int main(int argc, char **argv) {
     while (rl > 0 && base[rl - 1] == '/')
       rl--;
     snprintf(route, sizeof(route), "%.*s/proxy", (int)rl, base);
-    ops_access_open(loop, access_log, route);
+    ops_access_route(route);
+    admin_log_open(loop, access_log, format);
     o.access_log = ops_access_log;
   }
   int r = h2rev_dialer_init(loop, &dialer, &o);
@@ -659,7 +681,7 @@ int main(int argc, char **argv) {
     }
     char maddr_s[INET6_ADDRSTRLEN + 16] = "";
     blen = sizeof(bound);
-    if (ops_metrics_getsockname((struct sockaddr *)&bound, &blen) == 0)
+    if (admin_getsockname((struct sockaddr *)&bound, &blen) == 0)
       tool_format_addr((struct sockaddr *)&bound, maddr_s, sizeof(maddr_s));
     tool_logf(H2REV_LOG_INFO, "metrics on http://%s/metrics", maddr_s[0] ? maddr_s : metrics);
   }
@@ -667,8 +689,10 @@ int main(int argc, char **argv) {
     tcp_listen(tcp_specs[i]);
   tool_on_signal(loop, drain);
   tool_on_reload(loop, reload);
+  /* After the handlers: systemd may send SIGHUP as soon as it is told. */
+  admin_notify("READY=1");
   uv_run(loop, UV_RUN_DEFAULT);
-  ops_access_close();
+  admin_log_close();
   uv_loop_close(loop);
   tcp_free_ports();
   tokens_free(&tokens);

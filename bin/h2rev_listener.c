@@ -1,6 +1,7 @@
 /* h2rev-listener: runs behind the NAT. Attaches to a dialer as --id and
  * forwards every reverse connection to the --upstream server: HTTP requests
  * to an http(s):// one, the raw bytes to a tcp:// one. */
+#include "admin.h"
 #include "tool.h"
 
 #include <netdb.h>
@@ -47,12 +48,23 @@ static const char usage[] =
     "  --drain-timeout MS   on SIGINT/SIGTERM: detach (the dialer sends no new\n"
     "                       connections), let those in flight finish for up to\n"
     "                       MS, then exit (default 10000)\n"
+    "  --access-log FILE    one line per request served from an http(s)://\n"
+    "                       upstream (time, method, path, status, by, bytes, in,\n"
+    "                       ms, ttfb_ms, result), appended to FILE; - for standard\n"
+    "                       output; SIGHUP opens FILE again (log rotation)\n"
+    "  --log-format FORMAT  of the access log: text (logfmt, default) or json\n"
+    "                       (one object a line)\n"
+    "  --metrics ADDR:PORT  serve /metrics (Prometheus text format), /healthz and\n"
+    "                       /readyz (200 while attached) there, cleartext (keep it\n"
+    "                       on loopback, e.g. 127.0.0.1:9091)\n"
     "  --log-level LEVEL    error, warn, info (default), debug\n"
     "  --help, --version\n"
     "SIGHUP reads --token-file, --ca, --cert and --key again for the next\n"
     "connection (the one attached keeps its own) and, while waiting to retry\n"
     "after a failure, tries again at once; a file that does not load is logged\n"
-    "and what it would replace stays in use.\n";
+    "and what it would replace stays in use.\n"
+    "Under systemd (Type=notify) it tells READY=1 once started, RELOADING=1 and\n"
+    "READY=1 around a reload, STOPPING=1 when it drains.\n";
 
 /* The library's default backoff_min_ms. */
 #define LISTENER_MIN_BACKOFF 500
@@ -240,6 +252,7 @@ static void on_connection(h2rev_listener_t *l, int status) {
 
 static void upstream_closed(h2rev_upstream_t *u) {
   (void)u;
+  admin_stop();
   tool_signals_close();
 }
 
@@ -247,6 +260,7 @@ static void closed(h2rev_listener_t *l) {
   (void)l;
   if (tcp_up.on) {
     uv_close((uv_handle_t *)&tcp_up.retry, NULL);
+    admin_stop();
     tool_signals_close();
     return;
   }
@@ -268,6 +282,7 @@ static void drain(void) {
   if (draining)
     return;
   draining = true;
+  admin_notify("STOPPING=1");
   tool_logf(H2REV_LOG_INFO, "draining for up to %u ms (%u reverse connection%s open)",
             drain_timeout, active, active == 1 ? "" : "s");
   tool_watchdog(loop, drain_timeout + 5000);
@@ -281,6 +296,8 @@ static void drain(void) {
     h2rev_listener_close(&listener, closed);
 }
 
+static void reload_files(void);
+
 /* The Authorization header for token, into auth (cap bytes); headers[0]
  * points to it, or is NULL without a token. */
 static void auth_header(const char *token, char *auth, size_t cap, const char *headers[2]) {
@@ -292,6 +309,13 @@ static void auth_header(const char *token, char *auth, size_t cap, const char *h
 }
 
 static void reload(void) {
+  admin_notify_reloading();
+  admin_log_reopen();
+  reload_files();
+  admin_notify("READY=1");
+}
+
+static void reload_files(void) {
   int changed = 0;
   if (files.token_file != NULL) {
     char why[512], *token = NULL;
@@ -344,12 +368,145 @@ static void reload(void) {
     tool_logf(H2REV_LOG_INFO, "reload: trying again now");
 }
 
+/* ---------------------------------------------- access log, metrics */
+
+#define METRICS_BODY_MAX (16 * 1024) /* the /metrics answer */
+
+static void access_line(void *arg, const h2rev_upstream_access_t *a) {
+  (void)arg;
+  typedef unsigned long long ull;
+  const char *path = a->path != NULL ? a->path : "";
+  admin_line_t l;
+  admin_line_begin(&l);
+  admin_line_str(&l, "method", a->method, strlen(a->method), ADMIN_FIELD_MAX);
+  admin_line_str(&l, "path", path, strlen(path), ADMIN_PATH_MAX);
+  admin_line_num(&l, "status", "%d", a->status);
+  admin_line_word(&l, "by", a->local ? "listener" : "upstream");
+  admin_line_num(&l, "bytes", "%llu", (ull)a->bytes_out);
+  admin_line_num(&l, "in", "%llu", (ull)a->bytes_in);
+  admin_line_num(&l, "ms", "%llu.%03llu", (ull)(a->duration_us / 1000),
+                 (ull)(a->duration_us % 1000));
+  admin_line_num(&l, "ttfb_ms", "%llu.%03llu", (ull)(a->ttfb_us / 1000), (ull)(a->ttfb_us % 1000));
+  admin_line_word(&l, "result", a->result == 0 ? "ok" : h2rev_err_name(a->result));
+  admin_line_end(&l);
+}
+
+static const char *state_name(int state) {
+  switch (state) {
+  case H2REV_LISTENER_CONNECTING:
+    return "connecting";
+  case H2REV_LISTENER_ATTACHED:
+    return "attached";
+  case H2REV_LISTENER_LOST:
+    return "lost";
+  case H2REV_LISTENER_RETRYING:
+    return "retrying";
+  case H2REV_LISTENER_STOPPED:
+    return "stopped";
+  default:
+    return "starting";
+  }
+}
+
+static bool ready(const char **why) {
+  h2rev_listener_stats_t st;
+  h2rev_listener_stats(&listener, &st);
+  if (draining) {
+    *why = "draining";
+    return false;
+  }
+  if (st.state != H2REV_LISTENER_ATTACHED) {
+    *why = state_name(st.state);
+    return false;
+  }
+  return true;
+}
+
+static void metrics_page(h2rev_http_req_t *req, void *arg) {
+  (void)arg;
+  static const int states[] = {H2REV_LISTENER_CONNECTING, H2REV_LISTENER_ATTACHED,
+                               H2REV_LISTENER_LOST, H2REV_LISTENER_RETRYING,
+                               H2REV_LISTENER_STOPPED};
+  static const char *classes[] = {"none", "1xx", "2xx", "3xx", "4xx", "5xx"};
+  typedef unsigned long long ull;
+  h2rev_listener_stats_t st;
+  h2rev_listener_stats(&listener, &st);
+  h2rev_upstream_stats_t us;
+  h2rev_upstream_stats(&upstream, &us);
+  admin_out_t o;
+  if (!admin_out_init(&o, METRICS_BODY_MAX)) {
+    admin_reply(req, &o, NULL);
+    return;
+  }
+  admin_metric(&o, "h2rev_listener_state", "gauge", "The connection's state (1: the current one).");
+  for (size_t i = 0; i < sizeof(states) / sizeof(states[0]); i++)
+    admin_put(&o, "h2rev_listener_state{state=\"%s\"} %d\n", state_name(states[i]),
+              st.state == states[i]);
+  admin_metric(&o, "h2rev_listener_attached_seconds", "gauge",
+               "Time since it attached (0: not attached).");
+  admin_put(&o, "h2rev_listener_attached_seconds %.3f\n",
+            st.attached_at != 0 ? (double)(uv_now(loop) - st.attached_at) / 1000.0 : 0.0);
+  admin_metric(&o, "h2rev_listener_attempts_total", "counter", "Connection attempts.");
+  admin_put(&o, "h2rev_listener_attempts_total %llu\n", (ull)st.attempts);
+  admin_metric(&o, "h2rev_listener_attachments_total", "counter",
+               "Attempts that attached (the first and each reconnection).");
+  admin_put(&o, "h2rev_listener_attachments_total %llu\n", (ull)st.attachments);
+  admin_metric(&o, "h2rev_listener_failures_total", "counter",
+               "Attempts that failed and attachments lost.");
+  admin_put(&o, "h2rev_listener_failures_total %llu\n", (ull)st.failures);
+  admin_metric(&o, "h2rev_listener_last_error", "gauge",
+               "The last failure since it last attached (1), by class and error; "
+               "class none: none.");
+  admin_put(&o, "h2rev_listener_last_error{class=\"%s\",error=\"%s\"} %d\n",
+            st.last_error == 0  ? "none"
+            : st.last_permanent ? "permanent"
+                                : "transient",
+            st.last_error == 0 ? "" : h2rev_err_name(st.last_error), st.last_error != 0);
+  admin_metric(&o, "h2rev_listener_streams_open", "gauge",
+               "Streams open on the connection to the dialer (control and spares included).");
+  admin_put(&o, "h2rev_listener_streams_open %llu\n", (ull)st.streams_open);
+  admin_metric(&o, "h2rev_reverse_connections_accepted_total", "counter",
+               "Reverse connections accepted.");
+  admin_put(&o, "h2rev_reverse_connections_accepted_total %llu\n", (ull)st.accepted);
+  admin_metric(&o, "h2rev_reverse_connections_open", "gauge",
+               "Reverse connections accepted and not yet over.");
+  admin_put(&o, "h2rev_reverse_connections_open %u\n", active);
+  admin_metric(&o, "h2rev_upstream_requests_total", "counter",
+               "Requests served from the upstream, by status class (none: no head; the "
+               "listener's own 502 and 400 included).");
+  for (int c = 0; c < 6; c++)
+    admin_put(&o, "h2rev_upstream_requests_total{code=\"%s\"} %llu\n", classes[c],
+              (ull)us.requests[c]);
+  admin_metric(&o, "h2rev_upstream_requests_incomplete_total", "counter",
+               "Requests whose exchange was cut or got no answer from the upstream.");
+  admin_put(&o, "h2rev_upstream_requests_incomplete_total %llu\n", (ull)us.requests_incomplete);
+  admin_metric(&o, "h2rev_upstream_errors_total", "counter",
+               "Requests the upstream could not be reached for (answered 502 here).");
+  admin_put(&o, "h2rev_upstream_errors_total %llu\n", (ull)us.errors);
+  admin_metric(&o, "h2rev_upstream_refused_total", "counter", "Requests refused here (400).");
+  admin_put(&o, "h2rev_upstream_refused_total %llu\n", (ull)us.refused);
+  admin_metric(&o, "h2rev_upstream_request_duration_seconds", "histogram",
+               "From the request head to the end of the exchange.");
+  admin_histogram(&o, "h2rev_upstream_request_duration_seconds", us.duration, us.duration_us_sum);
+  admin_metric(&o, "h2rev_upstream_request_bytes_total", "counter",
+               "Request bytes after the head sent to the upstream.");
+  admin_put(&o, "h2rev_upstream_request_bytes_total %llu\n", (ull)us.bytes_in);
+  admin_metric(&o, "h2rev_upstream_response_bytes_total", "counter",
+               "Response bytes (heads included) sent back to the dialer.");
+  admin_put(&o, "h2rev_upstream_response_bytes_total %llu\n", (ull)us.bytes_out);
+  admin_metric(&o, "h2rev_access_log_dropped_total", "counter",
+               "Access log lines dropped because writes fell behind.");
+  admin_put(&o, "h2rev_access_log_dropped_total %llu\n", (ull)admin_log_dropped());
+  admin_reply(req, &o, "text/plain; version=0.0.4");
+}
+
 int main(int argc, char **argv) {
   tool_name = "h2rev-listener";
   const char *url = NULL, *id = NULL, *up = NULL, *ca = NULL, *cert = NULL, *key = NULL;
   const char *token_flag = NULL, *token_file = NULL, *upstream_ca = NULL;
   bool insecure = false, upstream_insecure = false, keep_host = false, exit_permanent = false;
   unsigned upstream_idle = 0, min_backoff = 0, max_backoff = 0;
+  const char *access_log = NULL, *log_format = NULL, *metrics = NULL;
   for (int i = 1; i < argc; i++) {
     const char *v;
     if (strcmp(argv[i], "--help") == 0 || strcmp(argv[i], "-h") == 0) {
@@ -398,6 +555,12 @@ int main(int argc, char **argv) {
         tool_usage_error("--max-backoff: must be at least 1 ms");
     } else if ((v = tool_flag(argc, argv, &i, "--drain-timeout")) != NULL) {
       drain_timeout = tool_parse_ms("--drain-timeout", v);
+    } else if ((v = tool_flag(argc, argv, &i, "--access-log")) != NULL) {
+      access_log = v;
+    } else if ((v = tool_flag(argc, argv, &i, "--log-format")) != NULL) {
+      log_format = v;
+    } else if ((v = tool_flag(argc, argv, &i, "--metrics")) != NULL) {
+      metrics = v;
     } else if ((v = tool_flag(argc, argv, &i, "--log-level")) != NULL) {
       tool_log_level = tool_parse_level(v);
     } else {
@@ -416,6 +579,14 @@ int main(int argc, char **argv) {
                      "an http:// or https:// upstream");
   if (tcp_up.on)
     tcp_parse(up);
+  int format = log_format != NULL ? admin_parse_format(log_format) : ADMIN_FMT_TEXT;
+  if (log_format != NULL && access_log == NULL)
+    tool_usage_error("--log-format is the access log's: give --access-log too");
+  if (access_log != NULL && tcp_up.on)
+    tool_usage_error("--access-log is for an http:// or https:// upstream (requests)");
+  struct sockaddr_storage maddr;
+  if (metrics != NULL && tool_parse_hostport(metrics, &maddr) != 0)
+    tool_usage_error("--metrics: \"%s\" is not HOST:PORT (e.g. 127.0.0.1:9091)", metrics);
   if (upstream_ca != NULL && !tool_readable(upstream_ca))
     tool_usage_error("cannot read %s", upstream_ca);
   char host[256];
@@ -496,6 +667,10 @@ int main(int argc, char **argv) {
   uo.keep_host = keep_host;
   uo.max_idle_conns = upstream_idle;
   uo.log = o.log;
+  if (access_log != NULL) {
+    admin_log_open(loop, access_log, format);
+    uo.access_log = access_line;
+  }
   if (tcp_up.on)
     uv_timer_init(loop, &tcp_up.retry);
   r = tcp_up.on ? 0 : h2rev_upstream_init(loop, &upstream, &uo);
@@ -507,10 +682,29 @@ int main(int argc, char **argv) {
     fprintf(stderr, "h2rev-listener: --upstream %s: %s\n", up, h2rev_strerror(r));
     return 2;
   }
+  if (metrics != NULL) {
+    r = admin_listen(loop, (struct sockaddr *)&maddr, ready);
+    if (r == 0)
+      r = admin_route("/metrics", metrics_page);
+    if (r != 0) {
+      fprintf(stderr, "h2rev-listener: --metrics %s: cannot serve: %s\n", metrics,
+              h2rev_strerror(r));
+      return 1;
+    }
+    struct sockaddr_storage bound;
+    int blen = sizeof(bound);
+    char where[INET6_ADDRSTRLEN + 16] = "";
+    if (admin_getsockname((struct sockaddr *)&bound, &blen) == 0)
+      tool_format_addr((struct sockaddr *)&bound, where, sizeof(where));
+    tool_logf(H2REV_LOG_INFO, "metrics on http://%s/metrics", where[0] ? where : metrics);
+  }
   h2rev_listener_start(&listener, on_connection);
   tool_on_signal(loop, drain);
   tool_on_reload(loop, reload);
+  /* After the handlers: systemd may send SIGHUP as soon as it is told. */
+  admin_notify("READY=1");
   uv_run(loop, UV_RUN_DEFAULT);
+  admin_log_close();
   uv_loop_close(loop);
   if (exit_status == 0)
     tool_logf(H2REV_LOG_INFO, "stopped");

@@ -654,6 +654,8 @@ typedef struct h2rev_listener_info_s {
   uint64_t attached_at; /* uv_now() of the dialer's loop when it attached, in ms */
   unsigned spares;      /* idle data streams ready for a dial */
   unsigned pending;     /* dials waiting for a data stream */
+  unsigned streams;     /* data streams in use on its connection (not the control
+                           stream, not the idle spares) */
 } h2rev_listener_info_t;
 
 enum { H2REV_EV_ATTACH = 1, H2REV_EV_DETACH = 2 };
@@ -815,6 +817,13 @@ H2REV_EXTERN h2rev_http_server_t *h2rev_dialer_server(const h2rev_dialer_t *dial
  * and returns how many there are, which may be more than cap. */
 H2REV_EXTERN size_t h2rev_dialer_listeners(const h2rev_dialer_t *dialer, h2rev_listener_info_t *out,
                                            size_t cap);
+/* Calls cb(arg, info) for each listener attached now, in no particular
+ * order, until cb returns nonzero (returned then; else 0). info is valid
+ * during the call only; cb must not detach listeners, dial or close the
+ * dialer. */
+typedef int (*h2rev_listener_iter_cb)(void *arg, const h2rev_listener_info_t *info);
+H2REV_EXTERN int h2rev_dialer_foreach(const h2rev_dialer_t *dialer, h2rev_listener_iter_cb cb,
+                                      void *arg);
 /* Stops listening, closes every connection, fails pending dials with
  * UV_ECANCELED, then calls cb. */
 H2REV_EXTERN void h2rev_dialer_close(h2rev_dialer_t *dialer, h2rev_dialer_close_cb cb);
@@ -922,6 +931,21 @@ H2REV_EXTERN int h2rev_listener_accept(h2rev_listener_t *listener, h2rev_stream_
  * stop_on_permanent). */
 H2REV_EXTERN int h2rev_listener_last_error(const h2rev_listener_t *listener, char *buf, size_t len,
                                            int *permanent);
+/* Counters and state, for monitoring (h2rev_listener_stats). */
+typedef struct h2rev_listener_stats_s {
+  int state;             /* the last state reported (H2REV_LISTENER_*); 0 before start */
+  uint64_t attempts;     /* connection attempts since start */
+  uint64_t attachments;  /* attempts that attached (the first and each reattachment) */
+  uint64_t failures;     /* attempts that failed and attachments lost */
+  int last_error;        /* of the last failure since the last attachment; 0: none */
+  int last_permanent;    /* and whether it was permanent (see stop_on_permanent) */
+  uint64_t attached_at;  /* uv_now() when it last attached; 0 while not attached */
+  uint64_t accepted;     /* reverse connections h2rev_listener_accept handed out */
+  uint64_t streams_open; /* streams open on the current connection (control stream and
+                            idle spares included) */
+} h2rev_listener_stats_t;
+H2REV_EXTERN void h2rev_listener_stats(const h2rev_listener_t *listener,
+                                       h2rev_listener_stats_t *out);
 /* Replaces the TLS settings (tls of the options: CA, client certificate
  * and key, server_name, insecure) for the connections made from now on; the
  * current one keeps its own. Files are read during the call.
@@ -972,6 +996,47 @@ typedef struct h2rev_upstream_s h2rev_upstream_t;
 struct h2r_upstream;
 typedef void (*h2rev_upstream_close_cb)(h2rev_upstream_t *upstream);
 
+/* One request served from the upstream, for an access log: given to the
+ * upstream's access_log callback once per request whose head was complete
+ * (HTTP/1.1 on a reverse connection; the next request on the same one
+ * comes after it), when its exchange is over: both messages complete, or
+ * the exchange cut. Valid during the call only; the callback runs on the
+ * loop, must not block and must not close the upstream. */
+typedef struct h2rev_upstream_access_s {
+  const char *method; /* "GET", ... */
+  const char *path;   /* as sent to the upstream (its path prefix in front), raw bytes:
+                         escape them; NULL unless access_log is set */
+  /* The final response status (101 for an upgrade); an answer made here in
+   * the upstream's place, when local is set: 502 (the upstream could not
+   * be reached) or 400 (a request refused); 0: no response head. */
+  int status;
+  int local;
+  /* 0: the exchange completed (for an upgrade: the connection ended);
+   * else why not: the error that kept the upstream from answering (with a
+   * local 502), H2REV_ECLOSED when it was cut (the dialer or the upstream
+   * went away mid-exchange). */
+  int result;
+  uint64_t bytes_in;    /* request bytes after the head, sent on to the upstream */
+  uint64_t bytes_out;   /* response bytes, head included, sent back to the dialer */
+  uint64_t duration_us; /* from the complete request head to the end */
+  uint64_t ttfb_us;     /* from the complete request head to the response's first byte;
+                           0: none came */
+} h2rev_upstream_access_t;
+typedef void (*h2rev_upstream_access_cb)(void *arg, const h2rev_upstream_access_t *access);
+
+/* Counters (h2rev_upstream_stats). Requests are those access_log sees. */
+typedef struct h2rev_upstream_stats_s {
+  uint64_t streams;             /* reverse connections being served now */
+  uint64_t streams_total;       /* taken by h2rev_upstream_serve since init */
+  uint64_t requests[6];         /* by status class: [0] no head, [1..5] 1xx..5xx */
+  uint64_t requests_incomplete; /* ended with a nonzero result */
+  uint64_t errors;              /* the upstream could not be reached (a local 502) */
+  uint64_t refused;             /* refused here (a local 400) */
+  uint64_t duration[H2REV_HTTP_DURATION_BUCKETS]; /* not cumulative; bounds as the server's */
+  uint64_t duration_us_sum;
+  uint64_t bytes_in, bytes_out; /* as in h2rev_upstream_access_t */
+} h2rev_upstream_stats_t;
+
 typedef struct h2rev_upstream_options_s {
   const char *url;             /* http://host[:port][/path] or https://... */
   h2rev_tls_options_t tls;     /* https: ca_file (NULL: system store), insecure, server_name */
@@ -983,6 +1048,8 @@ typedef struct h2rev_upstream_options_s {
    * opened again for the next: a TCP (and TLS) handshake per request. */
   unsigned max_idle_conns;
   h2rev_logger_t log;
+  h2rev_upstream_access_cb access_log; /* NULL: none */
+  void *access_log_arg;
 } h2rev_upstream_options_t;
 
 struct h2rev_upstream_s {
@@ -1006,6 +1073,8 @@ H2REV_EXTERN int h2rev_upstream_serve(h2rev_upstream_t *upstream, h2rev_stream_t
                                       h2rev_close_cb done);
 /* Streams being served now. */
 H2REV_EXTERN unsigned h2rev_upstream_active(const h2rev_upstream_t *upstream);
+H2REV_EXTERN void h2rev_upstream_stats(const h2rev_upstream_t *upstream,
+                                       h2rev_upstream_stats_t *out);
 /* For a drain (call it with h2rev_listener_shutdown): streams waiting for a
  * next request end now and no stream is kept for one after its exchange;
  * an upgraded connection (a WebSocket) ends once it has been idle both ways

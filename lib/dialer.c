@@ -214,6 +214,10 @@ static void info_of(const dlst_t *l, h2rev_listener_info_t *info) {
   info->attached_at = l->attached_at;
   info->spares = l->nspares;
   info->pending = l->npending;
+  /* One connection per id, as listeners make them: its streams but the
+   * control stream and the spares are in use. */
+  unsigned n = l->conn->nstreams, idle = 1 + l->nspares;
+  info->streams = n > idle ? n - idle : 0;
 }
 
 static void event(dlst_t *l, int ev) {
@@ -826,6 +830,19 @@ size_t h2rev_dialer_listeners(const h2rev_dialer_t *dialer, h2rev_listener_info_
       if (n < cap)
         info_of(l, &out[n]);
   return n;
+}
+
+int h2rev_dialer_foreach(const h2rev_dialer_t *dialer, h2rev_listener_iter_cb cb, void *arg) {
+  const h2r_dialer_t *d = dialer->d_;
+  for (unsigned i = 0; d != NULL && i < d->tsize; i++)
+    for (const dlst_t *l = d->table[i]; l != NULL; l = l->hnext) {
+      h2rev_listener_info_t info;
+      info_of(l, &info);
+      int r = cb(arg, &info);
+      if (r != 0)
+        return r;
+    }
+  return 0;
 }
 
 void h2rev_dialer_stats(const h2rev_dialer_t *dialer, h2rev_dialer_stats_t *out) {

@@ -131,6 +131,7 @@ struct h2r_listener {
   unsigned fail_count, fail_repeats;
   uint64_t fail_since, fail_logged_at;
   char fail_text[H2R_FAIL_TEXT];
+  h2rev_listener_stats_t st; /* state, counters (h2rev_listener_stats) */
 };
 
 static void connect_now(h2r_listener_t *l);
@@ -157,6 +158,7 @@ static void state_fire(uv_timer_t *t) {
 static void set_state(h2r_listener_t *l, int state, int err, unsigned delay) {
   if (l->state_closed)
     return;
+  l->st.state = state;
   if (l->nstates == H2R_STATE_QUEUE) {
     memmove(&l->states[0], &l->states[1], sizeof(l->states[0]) * (H2R_STATE_QUEUE - 1));
     l->nstates--;
@@ -628,6 +630,8 @@ static void prove(h2r_listener_t *l, lconn_t *c) {
   l->fail_count = l->fail_repeats = 0;
   l->fail_err = 0;
   l->fail_text[0] = '\0';
+  l->st.attachments++;
+  l->st.attached_at = uv_now(l->loop);
   set_state(l, H2REV_LISTENER_ATTACHED, 0, 0);
 }
 
@@ -739,6 +743,8 @@ static void lost(h2r_listener_t *l, int err, const char *text, bool permanent) {
     return;
   }
   set_state(l, H2REV_LISTENER_LOST, err, 0);
+  l->st.failures++;
+  l->st.attached_at = 0;
   l->attempt++;
   l->fail_err = err;
   l->fail_permanent = permanent;
@@ -954,6 +960,7 @@ static void connect_now(h2r_listener_t *l) {
   h2r_log(&l->o.log, l->fail_count > 0 ? H2REV_LOG_DEBUG : H2REV_LOG_INFO, "connecting to %s as %s",
           l->authority, l->id);
   set_state(l, H2REV_LISTENER_CONNECTING, 0, 0);
+  l->st.attempts++;
   struct addrinfo hints = {0};
   hints.ai_family = AF_UNSPEC;
   hints.ai_socktype = SOCK_STREAM;
@@ -1153,7 +1160,20 @@ int h2rev_listener_accept(h2rev_listener_t *listener, h2rev_stream_t *stream) {
   if (l->unannounced > l->nready)
     l->unannounced = l->nready;
   h2r_strm_attach(st, stream);
+  l->st.accepted++;
   return 0;
+}
+
+void h2rev_listener_stats(const h2rev_listener_t *listener, h2rev_listener_stats_t *out) {
+  const h2r_listener_t *l = listener->l_;
+  if (l == NULL) {
+    *out = (h2rev_listener_stats_t){.state = H2REV_LISTENER_STOPPED};
+    return;
+  }
+  *out = l->st;
+  out->last_error = l->fail_err;
+  out->last_permanent = l->fail_err != 0 && l->fail_permanent;
+  out->streams_open = l->conn != NULL && !l->conn->dead ? l->conn->s.nstreams : 0;
 }
 
 static void maybe_done(h2r_listener_t *l) {

@@ -53,6 +53,7 @@ typedef struct h2r_upstream {
   uint64_t addr_until; /* a name's last answer, valid until then */
   struct uconn *conns; /* the streams being served (unext/uprev) */
   bool unref;          /* h2rev_upstream_unref */
+  h2rev_upstream_stats_t st;
 } h2r_upstream_t;
 
 struct uconn;
@@ -98,6 +99,16 @@ typedef struct uconn {
   uint64_t last_io;                   /* upgraded: when a byte last moved either way */
   h2rev_shutdown_t sh;
   struct uconn *unext, *uprev; /* u->conns */
+  /* The exchange in progress, for the access log and the counters. */
+  struct {
+    bool open; /* a request head was complete, not yet accounted */
+    bool local;
+    int status;
+    const char *method;
+    char *path;            /* only with an access log */
+    uint64_t start, first; /* uv_hrtime() */
+    uint64_t in, out;
+  } acc;
 } uconn_t;
 
 typedef struct uwrite {
@@ -123,6 +134,43 @@ static void wfree(h2r_upstream_t *u, uwrite_t *w) {
 
 static void uc_read(h2rev_stream_t *s, ssize_t n, const uv_buf_t *buf);
 static void drain_watch(struct uconn *c);
+
+/* The exchange is over (result: see h2rev_upstream_access_t): counted,
+ * and given to the access log. */
+static void account(uconn_t *c, int result) {
+  if (!c->acc.open)
+    return;
+  c->acc.open = false;
+  h2r_upstream_t *u = c->u;
+  static const unsigned bounds_ms[] = H2REV_HTTP_DURATION_BOUNDS_MS;
+  uint64_t now = uv_hrtime();
+  h2rev_upstream_access_t a = {
+      .method = c->acc.method,
+      .path = c->acc.path,
+      .status = c->acc.status,
+      .local = c->acc.local,
+      .result = result,
+      .bytes_in = c->acc.in,
+      .bytes_out = c->acc.out,
+      .duration_us = (now - c->acc.start) / 1000,
+      .ttfb_us = c->acc.first != 0 ? (c->acc.first - c->acc.start) / 1000 : 0,
+  };
+  int cls = a.status >= 100 && a.status < 600 ? a.status / 100 : 0;
+  u->st.requests[cls]++;
+  if (result != 0)
+    u->st.requests_incomplete++;
+  unsigned b = 0;
+  while (b < H2REV_HTTP_DURATION_BUCKETS - 1 && a.duration_us > bounds_ms[b] * 1000ull)
+    b++;
+  u->st.duration[b]++;
+  u->st.duration_us_sum += a.duration_us;
+  u->st.bytes_in += a.bytes_in;
+  u->st.bytes_out += a.bytes_out;
+  if (u->o.access_log != NULL)
+    u->o.access_log(u->o.access_log_arg, &a);
+  free(c->acc.path);
+  c->acc.path = NULL;
+}
 
 /* ------------------------------------------------------------ teardown */
 
@@ -167,6 +215,7 @@ static void uc_release(uconn_t *c) {
     free(w);
   }
   h2r_hbuf_free(&c->hb);
+  free(c->acc.path);
   if (c->uprev != NULL)
     c->uprev->unext = c->unext;
   else
@@ -192,6 +241,8 @@ static void uc_close(uconn_t *c) {
   if (c->closing)
     return;
   c->closing = true;
+  /* An upgraded connection ends here, whichever side ended it. */
+  account(c, c->raw && c->acc.status == 101 ? 0 : H2REV_ECLOSED);
   c->refs = 2 + (c->pc != NULL ? 1 : 0) + (c->resolving ? 1 : 0);
   h2rev_stream_close(c->s, s_closed);
   uv_close((uv_handle_t *)&c->linger, h_closed);
@@ -325,11 +376,16 @@ static void send_x(uconn_t *c, uwrite_t *w, size_t n, bool consume) {
 }
 
 /* Responds in the upstream's place when nothing reached it. */
-static void uc_fail(uconn_t *c, const char *why) {
+static void uc_fail(uconn_t *c, int err, const char *why) {
   H2R_WARN(&c->u->log, "upstream %s: %s", c->u->authority, why);
   if (c->x_open) {
     uc_close(c);
     return;
+  }
+  if (c->acc.open) {
+    c->u->st.errors++;
+    c->acc.status = 502;
+    c->acc.local = true;
   }
   /* why (a connect error, the upstream's certificate) is for the log: the
    * body reaches public clients. */
@@ -338,6 +394,8 @@ static void uc_fail(uconn_t *c, const char *why) {
                              "upstream unavailable\n";
   size_t n = sizeof(resp) - 1;
   send_s(c, resp, (size_t)n);
+  c->acc.out += n;
+  account(c, err);
   c->x_eof = true;
   c->over = true;
   if (!c->closing)
@@ -397,7 +455,7 @@ static void x_open(h2r_xport_t *x, int status) {
     bool more = x->errmsg[0] && strcmp(x->errmsg, h2rev_strerror(status)) != 0;
     snprintf(why, sizeof(why), "%s%s%s", h2rev_strerror(status), more ? ": " : "",
              more ? x->errmsg : "");
-    uc_fail(c, why);
+    uc_fail(c, status, why);
     return;
   }
   uc_opened(c);
@@ -463,6 +521,7 @@ static void await_peer_close(uconn_t *c) {
 static void exchange_done(uconn_t *c) {
   if (c->closing || !c->resp_done || !c->req_done)
     return;
+  account(c, 0);
   if (!c->raw && c->resp_ka && !c->spill && !c->s_eof && !c->u->closing && !c->u->draining &&
       llhttp_should_keep_alive(&c->parser))
     next_request(c);
@@ -499,6 +558,8 @@ static void x_read(h2r_xport_t *x, const uint8_t *p, size_t n) {
   if (c->closing || c->x_eof)
     return;
   c->last_io = uv_now(c->u->loop);
+  if (c->acc.first == 0)
+    c->acc.first = uv_hrtime();
   size_t take = n;
   if (!c->raw) {
     llhttp_errno_t e = llhttp_execute(&c->rparser, (const char *)p, n);
@@ -511,6 +572,7 @@ static void x_read(h2r_xport_t *x, const uint8_t *p, size_t n) {
   }
   if (take > 0)
     send_s(c, (const char *)p, take);
+  c->acc.out += take;
   if (c->closing)
     return;
   if (c->resp_done) {
@@ -584,7 +646,7 @@ static void connect_to(uconn_t *c, const struct sockaddr *addr) {
   h2r_upstream_t *u = c->u;
   upconn_t *pc = calloc(1, sizeof(*pc));
   if (pc == NULL) {
-    uc_fail(c, "out of memory");
+    uc_fail(c, UV_ENOMEM, "out of memory");
     return;
   }
   pc->u = u;
@@ -598,7 +660,7 @@ static void connect_to(uconn_t *c, const struct sockaddr *addr) {
   if (r != 0) {
     char why[200];
     snprintf(why, sizeof(why), "cannot connect: %s", h2rev_strerror(r));
-    uc_fail(c, why);
+    uc_fail(c, r, why);
   }
 }
 
@@ -615,7 +677,7 @@ static void resolved(uv_getaddrinfo_t *req, int status, struct addrinfo *res) {
     uv_freeaddrinfo(res);
     char why[200];
     snprintf(why, sizeof(why), "cannot resolve %s: %s", u->host, uv_strerror(status));
-    uc_fail(c, why);
+    uc_fail(c, status, why);
     return;
   }
   /* Names are looked up again after a while; until then connections reuse
@@ -686,6 +748,13 @@ static void uc_refuse(uconn_t *c, const char *why) {
                    "Content-Length: %zu\r\nConnection: close\r\n\r\n%s\n",
                    strlen(why) + 1, why);
   send_s(c, resp, (size_t)n);
+  if (c->acc.open) {
+    c->u->st.refused++;
+    c->acc.status = 400;
+    c->acc.local = true;
+    c->acc.out += (size_t)n;
+    account(c, 0);
+  }
   c->x_eof = true;
   if (!c->closing)
     end_stream(c);
@@ -701,6 +770,24 @@ static int on_headers_complete(llhttp_t *h) {
   size_t skip = prefix_len(c, url, ul);
   url += skip;
   ul -= skip;
+  if (u->loop != NULL) { /* no loop: h2r_upstream_head, the head alone */
+    c->acc.open = true;
+    c->acc.local = false;
+    c->acc.status = 0;
+    c->acc.method = method;
+    c->acc.start = uv_hrtime();
+    c->acc.first = c->acc.in = c->acc.out = 0;
+    free(c->acc.path);
+    c->acc.path = NULL;
+    if (u->o.access_log != NULL && (c->acc.path = malloc(strlen(u->path) + ul + 2)) != NULL) {
+      size_t pl = strlen(u->path);
+      memcpy(c->acc.path, u->path, pl);
+      if (ul == 0 || url[0] != '/')
+        c->acc.path[pl++] = '/';
+      memcpy(c->acc.path + pl, url, ul);
+      c->acc.path[pl + ul] = '\0';
+    }
+  }
   /* What the dialer checks, again for a dialer that does not (Go's). */
   c->refused = h2r_path_has_dot_segment(url, ul) ? "a dot segment in the path" : NULL;
   for (unsigned i = 0; i < hb->n && c->refused == NULL; i++) {
@@ -788,6 +875,8 @@ static void track_request(uconn_t *c, const char *p, size_t n) {
 
 static int on_resp_headers(llhttp_t *h) {
   uconn_t *c = h->data;
+  if (h->status_code >= 200 || h->status_code == 101)
+    c->acc.status = h->status_code;
   if (h->status_code == 101)
     c->raw = true;
   return c->head_req ? 1 : 0;
@@ -819,7 +908,7 @@ static void start_upstream(uconn_t *c) {
   hints.ai_socktype = SOCK_STREAM;
   c->gai.data = c;
   if (uv_getaddrinfo(c->u->loop, &c->gai, resolved, c->u->host, c->u->port, &hints) != 0) {
-    uc_fail(c, "cannot resolve the upstream");
+    uc_fail(c, UV_EAI_FAIL, "cannot resolve the upstream");
     return;
   }
   c->resolving = true;
@@ -865,7 +954,7 @@ static void uc_read(h2rev_stream_t *s, ssize_t n, const uv_buf_t *buf) {
       return;
     }
     if (!c->parsed) {
-      uc_fail(c, "request head cut short");
+      uc_fail(c, H2REV_ECLOSED, "request head cut short");
       return;
     }
     uc_check(c);
@@ -882,6 +971,7 @@ static void uc_read(h2rev_stream_t *s, ssize_t n, const uv_buf_t *buf) {
   }
   if (c->parsed) {
     track_request(c, buf->base, (size_t)n);
+    c->acc.in += (size_t)n;
   } else if (c->idle) {
     c->idle = false;
     uv_timer_stop(&c->linger); /* a request is coming */
@@ -905,6 +995,7 @@ static void uc_read(h2rev_stream_t *s, ssize_t n, const uv_buf_t *buf) {
     size_t left = (size_t)(buf->base + n - rest);
     llhttp_resume(&c->parser);
     track_request(c, rest, left);
+    c->acc.in += left;
     keep(c, rest, left);
     wfree(c->u, w);
     h2rev_stream_read_stop(s);
@@ -918,7 +1009,7 @@ static void uc_read(h2rev_stream_t *s, ssize_t n, const uv_buf_t *buf) {
     char why[160];
     snprintf(why, sizeof(why), "bad request on a reverse connection: %s",
              c->hb.too_large ? "head too large" : llhttp_errno_name(e));
-    uc_fail(c, why);
+    uc_fail(c, H2REV_EPROTO, why);
   }
 }
 
@@ -1025,6 +1116,7 @@ int h2rev_upstream_serve(h2rev_upstream_t *upstream, h2rev_stream_t *stream, h2r
   c->hb.max = H2R_PROXY_HEAD_BYTES;
   stream->data = c;
   uc_parsers_init(c);
+  u->st.streams_total++;
   uv_timer_init(u->loop, &c->linger);
   c->linger.data = c;
   if (u->unref)
@@ -1069,6 +1161,16 @@ void h2rev_upstream_unref(h2rev_upstream_t *upstream) {
 
 unsigned h2rev_upstream_active(const h2rev_upstream_t *upstream) {
   return upstream->u_ != NULL ? upstream->u_->active : 0;
+}
+
+void h2rev_upstream_stats(const h2rev_upstream_t *upstream, h2rev_upstream_stats_t *out) {
+  const h2r_upstream_t *u = upstream->u_;
+  if (u == NULL) {
+    *out = (h2rev_upstream_stats_t){0};
+    return;
+  }
+  *out = u->st;
+  out->streams = u->active;
 }
 
 /* Draining: an upgraded connection idle both ways for UPGRADE_DRAIN_IDLE_MS

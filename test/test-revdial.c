@@ -1712,6 +1712,18 @@ static int three_events(void *arg) {
   return nev >= 3;
 }
 
+static int count_ids(void *arg, const h2rev_listener_info_t *info) {
+  ASSERT(strcmp(info->id, "alpha") == 0 || strcmp(info->id, "beta") == 0);
+  ++*(int *)arg;
+  return 0;
+}
+
+static int stop_at_first(void *arg, const h2rev_listener_info_t *info) {
+  (void)info;
+  ++*(int *)arg;
+  return 7;
+}
+
 TEST(listener_events_and_list) {
   h2rev_dialer_options_t o = {.on_listener = on_listener_ev};
   env_t e;
@@ -1736,7 +1748,26 @@ TEST(listener_events_and_list) {
   ASSERT_STR_EQ(info[alpha].id, "alpha");
   ASSERT_STR_EQ(info[1 - alpha].id, "beta");
   ASSERT_EQ(info[alpha].pending, 0);
+  ASSERT_EQ(info[alpha].streams, 0); /* idle: the control stream and spares only */
   ASSERT_LE(info[alpha].attached_at, uv_now(&e.loop));
+  /* The same through the iteration, which stops at the first nonzero. */
+  int seen = 0;
+  ASSERT_EQ(h2rev_dialer_foreach(&e.d, count_ids, &seen), 0);
+  ASSERT_EQ(seen, 2);
+  seen = 0;
+  ASSERT_EQ(h2rev_dialer_foreach(&e.d, stop_at_first, &seen), 7);
+  ASSERT_EQ(seen, 1);
+  /* The listener's side counts its attempt and attachment. */
+  run_cond(&e.loop, lis_attached, &B, 5000, "beta attached");
+  h2rev_listener_stats_t ls;
+  h2rev_listener_stats(&A.l, &ls);
+  ASSERT_EQ(ls.state, H2REV_LISTENER_ATTACHED);
+  ASSERT_EQ(ls.attempts, 1);
+  ASSERT_EQ(ls.attachments, 1);
+  ASSERT_EQ(ls.failures, 0);
+  ASSERT_EQ(ls.last_error, 0);
+  ASSERT_GT(ls.attached_at, 0);
+  ASSERT_GE(ls.streams_open, 1); /* the control stream at least */
   lis_stop(&B);
   run_cond(&e.loop, three_events, NULL, 5000, "detach event");
   ASSERT_EQ(ev_kind[2], H2REV_EV_DETACH);

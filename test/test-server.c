@@ -1123,13 +1123,38 @@ static void expect_seen(env_t *e, rev_t *r, const char *req, const char *want) {
  * the first <base>/proxy/<id> of the path, nothing else; it refuses (400)
  * what a dialer should have refused; it takes the fields a dialer adds to
  * the most a client may send. The upstream is the /info route of e.srv. */
+/* The upstream's access log, as an embedder gets it. */
+static struct {
+  int n;
+  int status[16], local[16], result[16];
+  char path[16][96];
+  uint64_t in[16], out[16];
+} UA;
+
+static void up_access(void *arg, const h2rev_upstream_access_t *a) {
+  ASSERT(arg == &UA);
+  if (UA.n < 16) {
+    UA.status[UA.n] = a->status;
+    UA.local[UA.n] = a->local;
+    UA.result[UA.n] = a->result;
+    UA.in[UA.n] = a->bytes_in;
+    UA.out[UA.n] = a->bytes_out;
+    ASSERT(a->path != NULL);
+    ASSERT_STR_EQ(a->method, "GET");
+    ASSERT_LE(a->ttfb_us, a->duration_us);
+    snprintf(UA.path[UA.n], sizeof(UA.path[0]), "%s", a->path);
+  }
+  UA.n++;
+}
+
 TEST(upstream_prefix) {
   env_t e;
   env_init(&e);
+  memset(&UA, 0, sizeof(UA));
   char url[128];
   snprintf(url, sizeof(url), "http://127.0.0.1:%d/info", e.port);
   h2rev_upstream_t up;
-  h2rev_upstream_options_t uo = {.url = url};
+  h2rev_upstream_options_t uo = {.url = url, .access_log = up_access, .access_log_arg = &UA};
   test_logger(&uo.log, "upstream");
   ASSERT_OK(h2rev_upstream_init(&e.loop, &up, &uo));
   UP = &up;
@@ -1173,6 +1198,36 @@ TEST(upstream_prefix) {
   snprintf(many + n, sizeof(many) - n, "Connection: close\r\n\r\n");
   expect_seen(&e, &r, many, "HTTP/1.1 431 ");
 #undef REQ
+  /* One access line per request, in order: the path as the upstream got
+   * it, its status, or the listener's own 400. */
+  ASSERT_EQ(UA.n, 12);
+  ASSERT_STR_EQ(UA.path[0], "/info/public/x/proxy/back/admin");
+  ASSERT_EQ(UA.status[0], 200);
+  ASSERT_EQ(UA.local[0], 0);
+  ASSERT_EQ(UA.result[0], 0);
+  ASSERT_GT(UA.out[0], 0);
+  ASSERT_EQ(UA.in[0], 0);
+  ASSERT_STR_EQ(UA.path[2], "/info/?q=1");
+  for (int i = 8; i < 11; i++) {
+    ASSERT_EQ(UA.status[i], 400);
+    ASSERT_EQ(UA.local[i], 1);
+  }
+  ASSERT_EQ(UA.status[11], 431);
+  ASSERT_EQ(UA.local[11], 0);
+  h2rev_upstream_stats_t st;
+  h2rev_upstream_stats(&up, &st);
+  ASSERT_EQ(st.requests[2], 8);
+  ASSERT_EQ(st.requests[4], 4);
+  ASSERT_EQ(st.refused, 3);
+  ASSERT_EQ(st.errors, 0);
+  ASSERT_EQ(st.streams_total, 12);
+  uint64_t counted = 0, out = 0;
+  for (int i = 0; i < H2REV_HTTP_DURATION_BUCKETS; i++)
+    counted += st.duration[i];
+  for (int i = 0; i < 12; i++)
+    out += UA.out[i];
+  ASSERT_EQ(counted, 12);
+  ASSERT_EQ(st.bytes_out, out);
   rev_stop(&r);
   h2rev_upstream_close(&up, up_closed_cb);
   run_until(&e.loop, &up_closed, 5000);

@@ -14,16 +14,19 @@ DAEMON_EXIT='0 after a drain (SIGINT, SIGTERM); 2 for a bad flag or a file that 
 
 # page TOOL SUMMARY DESCRIPTION SEE-ALSO [ENVIRONMENT (roff, "" for none) EXIT-STATUS]
 page() {
-  local tool=$1 summary=$2 description=$3 see=$4 env=${5-$DAEMON_ENV} exits=${6-$DAEMON_EXIT} version
+  local tool=$1 summary=$2 description=$3 see=$4 env=${5-$DAEMON_ENV} exits=${6-$DAEMON_EXIT} version help
   version=$("$BIN/$tool" --version | awk '{print $2}')
+  # Read whole, once: `--help | head -n 1` kills the tool with SIGPIPE (a
+  # failure under pipefail) once its text is longer than one stdio buffer.
+  help=$("$BIN/$tool" --help)
   {
     printf '.\\" Made by dist/man/gen.sh from %s --help: edit the tool, then run it.\n' "$tool"
     printf '.TH %s 1 "" "h2rev %s" "User Commands"\n' "$(tr 'a-z' 'A-Z' <<< "$tool")" "$version"
     printf '.SH NAME\n%s \\- %s\n' "$tool" "$summary"
-    "$BIN/$tool" --help | head -n 1 | sed 's/^usage: //; s/-/\\-/g' |
+    sed -n 1p <<< "$help" | sed 's/^usage: //; s/-/\\-/g' |
       awk '{ w = $1; $1 = ""; sub(/^ /, ""); printf ".SH SYNOPSIS\n.B %s\n%s\n", w, $0 }'
     printf '.SH DESCRIPTION\n%s\n.SH OPTIONS\n' "$description"
-    "$BIN/$tool" --help | tail -n +2 | awk '
+    tail -n +2 <<< "$help" | awk '
       function esc(s) { gsub(/\\/, "\\e", s); gsub(/-/, "\\-", s); sub(/^[.'"'"']/, "\\\\&&", s); return s }
       /^  -/ {
         line = substr($0, 3)
