@@ -72,10 +72,13 @@ typedef struct resp {
   bool after; /* bytes after it */
   buf_t body; /* its body */
   bool in_final;
-  bool by_eof;     /* complete only at the end of the connection (no length, not chunked) */
-  bool under_100;  /* a status under 100 */
-  bool empty_name; /* a header line with an empty name */
-  bool named;      /* the current header line has a name */
+  bool by_eof;      /* complete only at the end of the connection (no length, not chunked) */
+  bool under_100;   /* a status under 100 */
+  bool empty_name;  /* a header line with an empty name */
+  bool bad_name;    /* a name that is no token (RFC 9110 5.1), whitespace before the colon aside */
+  bool named;       /* the current header line has a name */
+  char name[16384]; /* the current name (longer: the head is over any limit) */
+  size_t nl;        /* and its length */
   llhttp_errno_t err;
 } resp_t;
 
@@ -90,15 +93,34 @@ static int r_headers(llhttp_t *h) {
 }
 
 static int r_field(llhttp_t *h, const char *at, size_t n) {
-  (void)at;
-  ((resp_t *)h->data)->named |= n > 0;
+  resp_t *r = h->data;
+  r->named |= n > 0;
+  for (size_t i = 0; i < n; i++, r->nl++)
+    if (r->nl < sizeof(r->name))
+      r->name[r->nl] = at[i];
   return 0;
+}
+
+static bool tchar(char c) {
+  return (c >= '0' && c <= '9') || (c >= 'a' && c <= 'z') || (c >= 'A' && c <= 'Z') ||
+         (c != '\0' && strchr("!#$%&'*+-.^_`|~", c) != NULL);
 }
 
 static int r_value_done(llhttp_t *h) {
   resp_t *r = h->data;
   r->empty_name |= !r->named;
+  /* A proxy drops whitespace before the colon (RFC 9112 5.1); any other
+   * byte that is no tchar makes the field one the dialer refuses (502). */
+  size_t n = r->nl < sizeof(r->name) ? r->nl : sizeof(r->name);
+  while (n > 0 && (r->name[n - 1] == ' ' || r->name[n - 1] == '\t'))
+    n--;
+  /* The final response's head only: the dialer passes no interim
+   * response's fields and no trailers. */
+  bool final_head = h->status_code >= 200 && r->status == 0;
+  for (size_t i = 0; final_head && i < n; i++)
+    r->bad_name |= !tchar(r->name[i]);
   r->named = false;
+  r->nl = 0;
   return 0;
 }
 
@@ -295,8 +317,8 @@ int LLVMFuzzerTestOneInput(const uint8_t *data, size_t size) {
   resp_t want = {.head_req = (fl & FL_HEAD) != 0};
   parse(&want, in, n, !(fl & FL_KEEP_OPEN));
   /* What the dialer must refuse (502): a status under 100, a header with
-   * no name. */
-  bool refused = want.under_100 || want.empty_name;
+   * no name or a name that is no token. */
+  bool refused = want.under_100 || want.empty_name || want.bad_name;
   bool want_whole = want.err == HPE_OK && want.done && want.status != 101 && !refused;
 
   resp_t got = {.head_req = want.head_req};

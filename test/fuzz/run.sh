@@ -44,7 +44,7 @@ for stem in $targets; do
     # The whole-tunnel targets carry state from one input to the next (pooled
     # connections, timing): an input that does not crash again, alone, three
     # times, is reported and kept, not counted as a failure.
-    crash=$(ls -t "$build/fuzz-artifacts/$stem"-* 2>/dev/null | head -n 1)
+    crash=$(ls -t "$build/fuzz-artifacts/$stem"-* 2>/dev/null | head -n 1 || true)
     again=0
     for _ in 1 2 3; do
       [ -n "$crash" ] && ! "$exe" "$crash" >/dev/null 2>&1 && again=1
