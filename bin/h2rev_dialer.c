@@ -687,6 +687,14 @@ int main(int argc, char **argv) {
   }
   for (size_t i = 0; i < ntcp_specs; i++)
     tcp_listen(tcp_specs[i]);
+  unsigned long nofile = tool_raise_nofile();
+  if (nofile != 0 && nofile <= 1024)
+    tool_logf(H2REV_LOG_WARN,
+              "only %lu open files allowed (ulimit -n): each listener and each client "
+              "connection takes one; raise the hard limit (LimitNOFILE= in the unit)",
+              nofile);
+  else if (nofile != 0)
+    tool_logf(H2REV_LOG_DEBUG, "open files allowed: %lu", nofile);
   tool_on_signal(loop, drain);
   tool_on_reload(loop, reload);
   /* After the handlers: systemd may send SIGHUP as soon as it is told. */

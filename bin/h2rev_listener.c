@@ -699,6 +699,7 @@ int main(int argc, char **argv) {
     tool_logf(H2REV_LOG_INFO, "metrics on http://%s/metrics", where[0] ? where : metrics);
   }
   h2rev_listener_start(&listener, on_connection);
+  tool_raise_nofile(); /* each reverse connection's upstream connection takes one */
   tool_on_signal(loop, drain);
   tool_on_reload(loop, reload);
   /* After the handlers: systemd may send SIGHUP as soon as it is told. */

@@ -43,6 +43,10 @@ void tool_capture_end(void);
 /* A shutdown that has not finished after ms (a bug: something was not
  * released) logs an error and exits with status 1 rather than hang. */
 void tool_watchdog(uv_loop_t *loop, unsigned ms);
+/* Raises the soft limit of open files to the hard one (each listener and
+ * each client takes a descriptor; distributions start processes at 1024);
+ * returns the limit now in force, 0 when it cannot be read. */
+unsigned long tool_raise_nofile(void);
 
 /* A bearer token: at most TOOL_SECRET_MAX visible ASCII characters
  * (RFC 6750's token68 and more, no space or control character). OAuth
