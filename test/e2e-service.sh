@@ -12,15 +12,18 @@ bash "$SRC/dist/man/gen.sh" "$BIN" "$WORK/man" || fail "dist/man/gen.sh"
 for t in h2rev-dialer h2rev-listener h2rev-connect; do
   diff -u "$SRC/dist/man/$t.1" "$WORK/man/$t.1" > "$WORK/man.diff" ||
     fail "dist/man/$t.1 is not what --help says (run bash dist/man/gen.sh): $(head -20 "$WORK/man.diff")"
+  # --help read whole, once: `--help | grep -m1` kills the tool with SIGPIPE (a failure
+  # under pipefail) when its text is longer than the pipe takes at once.
+  help=$("$BIN/$t" --help)
   # Every flag of --help's option lines has its entry.
-  for f in $("$BIN/$t" --help | grep -- '^  -' | grep -o -- '--[a-z][a-z-]*' | sort -u); do
+  for f in $(grep -- '^  -' <<< "$help" | grep -o -- '--[a-z][a-z-]*' | sort -u); do
     grep -q "^\.B .*${f//-/\\\\-}" "$SRC/dist/man/$t.1" || fail "$t.1 lacks $f"
   done
   if command -v man > /dev/null; then
     MANWIDTH=80 man --warnings -l "$SRC/dist/man/$t.1" > "$WORK/man.txt" 2> "$WORK/man.err" ||
       fail "man $t.1: $(cat "$WORK/man.err")"
     [ ! -s "$WORK/man.err" ] || fail "man $t.1 warns: $(cat "$WORK/man.err")"
-    first=$("$BIN/$t" --help | grep -m1 -o -- '^  --[a-z-]* [A-Z:]*' | sed 's/^ *//; s/ *$//')
+    first=$(grep -m1 -o -- '^  --[a-z-]* [A-Z:]*' <<< "$help" | sed 's/^ *//; s/ *$//')
     grep -q -- "$first" "$WORK/man.txt" || fail "man $t.1 renders no options (no $first)"
   fi
 done
