@@ -35,16 +35,25 @@ for stem in $targets; do
     continue
   fi
   echo "+ fuzz-$stem for ${secs}s" >&2
-  if "$exe" -max_total_time="$secs" -print_final_stats=1 \
-    -artifact_prefix="$build/fuzz-artifacts/$stem-" "$work/$stem" >"$work/$stem.log" 2>&1; then
+  stamp="$work/$stem.start"
+  touch "$stamp"
+  rc=0
+  "$exe" -max_total_time="$secs" -print_final_stats=1 \
+    -artifact_prefix="$build/fuzz-artifacts/$stem-" "$work/$stem" >"$work/$stem.log" 2>&1 || rc=$?
+  if [ "$rc" = 0 ]; then
     grep -E '^#[0-9]+ +DONE' "$work/$stem.log" | tail -n 1 >&2 || true
+  elif [ -z "$(find "$build/fuzz-artifacts" -name "$stem-*" -newer "$stamp" 2>/dev/null)" ]; then
+    # Killed by a signal libFuzzer does not catch, or exited: no input to show.
+    echo "fuzz-$stem: died with exit status $rc and left no input:" >&2
+    grep -v -E '^#[0-9]+ +(NEW|REDUCE|pulse)|NEW_FUNC' "$work/$stem.log" | tail -n 20 >&2
+    failed+=("$stem")
   else
     echo "fuzz-$stem: crashed (input in $build/fuzz-artifacts):" >&2
     grep -v -E '^#[0-9]+ +(NEW|REDUCE|pulse)|NEW_FUNC' "$work/$stem.log" | tail -n 60 >&2
     # The whole-tunnel targets carry state from one input to the next (pooled
     # connections, timing): an input that does not crash again, alone, three
     # times, is reported and kept, not counted as a failure.
-    crash=$(ls -t "$build/fuzz-artifacts/$stem"-* 2>/dev/null | head -n 1 || true)
+    crash=$(ls -t "$build/fuzz-artifacts/$stem"-* | head -n 1)
     again=0
     for _ in 1 2 3; do
       [ -n "$crash" ] && ! "$exe" "$crash" >/dev/null 2>&1 && again=1
