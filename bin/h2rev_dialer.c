@@ -71,11 +71,21 @@ static const char usage[] =
     "  --metrics ADDR:PORT  serve /metrics (Prometheus text format) and /healthz\n"
     "                       there, cleartext (keep it on loopback, e.g.\n"
     "                       127.0.0.1:9090)\n"
+    "  --replica-id NAME    this dialer's name among several behind one load\n"
+    "                       balancer (default: 8 random hex digits), sent to\n"
+    "                       listeners so that they attach to each replica\n"
+    "  --replicas N         how many replicas there are: a listener given the load\n"
+    "                       balancer's URL keeps one connection to each\n"
+    "                       (default: not said, one connection)\n"
     "  --log-level LEVEL    error, warn, info (default), debug\n"
     "  --help, --version\n"
     "SIGHUP reads --cert, --key, --client-ca, --tokens-file and --token-file again\n"
     "for new connections (those open keep theirs); a file that does not load is\n"
     "logged and what it would replace stays in use.\n";
+
+/* --replica-id and --replicas: the library's limits (include/h2rev.h). */
+#define REPLICA_ID_MAX 64
+#define REPLICAS_LIMIT 1024
 
 static uv_loop_t *loop;
 static h2rev_dialer_t dialer;
@@ -540,6 +550,15 @@ int main(int argc, char **argv) {
       access_log = v;
     } else if ((v = tool_flag(argc, argv, &i, "--metrics")) != NULL) {
       metrics = v;
+    } else if ((v = tool_flag(argc, argv, &i, "--replica-id")) != NULL) {
+      if (strlen(v) == 0 || strlen(v) > REPLICA_ID_MAX ||
+          strspn(v, "abcdefghijklmnopqrstuvwxyzABCDEFGHIJKLMNOPQRSTUVWXYZ0123456789._~:@-") !=
+              strlen(v))
+        tool_usage_error("--replica-id: \"%s\" is not 1 to %d of A-Z a-z 0-9 . _ ~ : @ -", v,
+                         REPLICA_ID_MAX);
+      o.replica_id = v;
+    } else if ((v = tool_flag(argc, argv, &i, "--replicas")) != NULL) {
+      o.replicas = positive("--replicas", tool_parse_count("--replicas", v, REPLICAS_LIMIT));
     } else if ((v = tool_flag(argc, argv, &i, "--log-level")) != NULL) {
       tool_log_level = tool_parse_level(v);
     } else {
@@ -650,6 +669,10 @@ int main(int argc, char **argv) {
   tool_logf(H2REV_LOG_INFO, "serving %s on %s: %.*s/revdial?id=ID and %.*s/proxy/ID/PATH",
             cleartext ? "h2c" : "h2 over TLS", where[0] ? where : listen, (int)bl, base, (int)bl,
             base);
+  if (o.replicas > 0)
+    tool_logf(H2REV_LOG_INFO, "replica %s of %u", h2rev_dialer_replica_id(&dialer), o.replicas);
+  else
+    tool_logf(H2REV_LOG_INFO, "replica %s", h2rev_dialer_replica_id(&dialer));
   if (metrics != NULL) {
     r = ops_metrics_listen(loop, &dialer, (struct sockaddr *)&maddr);
     if (r != 0) {

@@ -16,6 +16,8 @@ PACKAGES=(
   curl nghttp2-client python3 nginx-light wrk valgrind
   # e2e-tcp and bench/run.sh --tcp: a private sshd as the TCP service, ssh and scp as clients
   openssh-server openssh-client
+  # e2e-replicas: a load balancer in front of several dialer replicas
+  haproxy
 )
 
 missing=()
@@ -37,7 +39,7 @@ fi
 
 echo "deps/install.sh: installing: ${missing[*]}" >&2
 export DEBIAN_FRONTEND=noninteractive
-# Among the test tools are servers (nginx-light, openssh-server) that the tests run
+# Among the test tools are servers (nginx-light, openssh-server, haproxy) that the tests run
 # privately on loopback ports: their system services are neither started by the
 # install (policy-rc.d, unless the machine has one of its own) nor enabled for
 # the next boot, so installing them opens no port on the machine.
@@ -46,6 +48,7 @@ for p in "${missing[@]}"; do
   case $p in
   nginx-light) services+=(nginx.service) ;;
   openssh-server) services+=(ssh.service ssh.socket) ;;
+  haproxy) services+=(haproxy.service) ;;
   esac
 done
 policy=/usr/sbin/policy-rc.d

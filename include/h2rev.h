@@ -679,6 +679,15 @@ typedef struct h2rev_dialer_options_s {
    * a program that mounts the dialer sets it on its server. */
   h2rev_access_log_cb access_log;
   void *access_log_arg;
+  /* Several dialers (replicas) behind one load balancer: every answer to
+   * /revdial names the replica (response header x-h2rev-replica) and, when
+   * replicas is nonzero, how many there are (x-h2rev-replicas), so that a
+   * listener reaching them through the balancer attaches to each one.
+   * replica_id: 1..64 characters of an id's alphabet ([A-Za-z0-9._~:@-]);
+   * NULL: 8 random hex digits (h2rev_dialer_replica_id has them). Go's
+   * listener ignores both headers. */
+  const char *replica_id;
+  unsigned replicas; /* 0: unknown (no x-h2rev-replicas); at most 1024 */
 } h2rev_dialer_options_t;
 
 struct h2rev_dialer_s {
@@ -719,7 +728,7 @@ struct h2rev_dial_s {
 };
 
 /* Initialises a dialer on loop. opts may be NULL (defaults); it is copied.
- * Errors: UV_ENOMEM, UV_EINVAL (bad base path). */
+ * Errors: UV_ENOMEM, UV_EINVAL (bad base path, replica_id or replicas). */
 H2REV_EXTERN int h2rev_dialer_init(uv_loop_t *loop, h2rev_dialer_t *dialer,
                                    const h2rev_dialer_options_t *opts);
 /* Serves HTTP/2 (TLS with ALPN h2 when tls != NULL, else prior knowledge) on
@@ -779,6 +788,9 @@ H2REV_EXTERN int h2rev_dial_cancel(h2rev_dial_t *req);
 /* The listener's text for H2REV_EPICKUP, else h2rev_strerror(status). */
 H2REV_EXTERN const char *h2rev_dial_strerror(const h2rev_dial_t *req);
 H2REV_EXTERN void h2rev_dialer_stats(const h2rev_dialer_t *dialer, h2rev_dialer_stats_t *out);
+/* The replica id this dialer answers /revdial with (replica_id, or the
+ * random one); valid until the dialer is closed. */
+H2REV_EXTERN const char *h2rev_dialer_replica_id(const h2rev_dialer_t *dialer);
 /* The server the dialer is mounted on (its own after h2rev_dialer_listen),
  * e.g. for h2rev_http_server_stats; NULL when none. */
 H2REV_EXTERN h2rev_http_server_t *h2rev_dialer_server(const h2rev_dialer_t *dialer);

@@ -423,7 +423,9 @@ static void refuse(h2r_dialer_t *d, h2r_strm_t *st, int status, const char *why,
            why);
   char body[160];
   snprintf(body, sizeof(body), "%s\n", why);
-  h2r_strm_reject(st, status, body);
+  /* The replica too: a listener attached to it already knows a 409 for its
+   * own id as a second connection to the same replica. */
+  h2r_strm_reject_nv(st, status, body, d->replica_nv, d->nreplica_nv);
 }
 
 /* A server that asks for client certificates (verify_client) lets clients
@@ -521,7 +523,7 @@ static void revdial(h2r_dialer_t *d, h2r_strm_t *st, const char *query) {
   l->rd.max = d->o.max_control_line;
   l->ctl.data = l;
   /* The Go listener waits for the response head before anything else. */
-  if (h2r_strm_respond(st, 200, NULL, 0) != 0) {
+  if (h2r_strm_respond(st, 200, d->replica_nv, d->nreplica_nv) != 0) {
     free(l);
     h2r_strm_abandon(st);
     return;
@@ -651,6 +653,43 @@ static void keepalive_tick(uv_timer_t *t) {
 
 /* ------------------------------------------------------------ public */
 
+/* The replica id given, or a random one, and the headers that carry it. */
+static int replica_setup(h2r_dialer_t *d) {
+  const char *rid = d->o.replica_id;
+  if (rid != NULL) {
+    size_t len = strlen(rid);
+    if (len > H2R_REPLICA_MAX || !h2r_id_valid(rid, len))
+      return UV_EINVAL;
+    memcpy(d->replica, rid, len + 1);
+  } else {
+    unsigned char rnd[H2R_REPLICA_RANDOM];
+    int r = uv_random(NULL, NULL, rnd, sizeof(rnd), 0, NULL);
+    if (r != 0)
+      return r;
+    for (size_t i = 0; i < sizeof(rnd); i++)
+      snprintf(d->replica + 2 * i, 3, "%02x", rnd[i]);
+  }
+  d->o.replica_id = d->replica;
+  if (d->o.replicas > H2R_REPLICAS_MAX)
+    return UV_EINVAL;
+  d->replica_nv[0] =
+      (nghttp2_nv){(uint8_t *)H2R_REPLICA_HEADER, (uint8_t *)d->replica,
+                   sizeof(H2R_REPLICA_HEADER) - 1, strlen(d->replica), NGHTTP2_NV_FLAG_NONE};
+  d->nreplica_nv = 1;
+  if (d->o.replicas > 0) {
+    snprintf(d->replicas, sizeof(d->replicas), "%u", d->o.replicas);
+    d->replica_nv[1] =
+        (nghttp2_nv){(uint8_t *)H2R_REPLICAS_HEADER, (uint8_t *)d->replicas,
+                     sizeof(H2R_REPLICAS_HEADER) - 1, strlen(d->replicas), NGHTTP2_NV_FLAG_NONE};
+    d->nreplica_nv = 2;
+  }
+  return 0;
+}
+
+const char *h2rev_dialer_replica_id(const h2rev_dialer_t *dialer) {
+  return dialer->d_ != NULL ? dialer->d_->replica : "";
+}
+
 int h2rev_dialer_init(uv_loop_t *loop, h2rev_dialer_t *dialer, const h2rev_dialer_options_t *opts) {
   h2r_dialer_t *d = calloc(1, sizeof(*d));
   if (d == NULL)
@@ -699,6 +738,13 @@ int h2rev_dialer_init(uv_loop_t *loop, h2rev_dialer_t *dialer, const h2rev_diale
     d->o.body_timeout_ms = 30000;
   if (d->o.response_timeout_ms == 0)
     d->o.response_timeout_ms = 60000;
+  int r = replica_setup(d);
+  if (r != 0) {
+    free(d->base);
+    free(d->table);
+    free(d);
+    return r;
+  }
   d->loop = loop;
   d->pub = dialer;
   uv_timer_init(loop, &d->keepalive);

@@ -46,6 +46,11 @@ struct h2r_dialer {
   /* Set by a drain (relay.c): something it waits for may have ended (a
    * stream freed, a connection closed, a listener gone). */
   void (*on_change)(h2r_dialer_t *d);
+  /* The replica headers of every answer to /revdial. */
+  char replica[H2R_REPLICA_MAX + 1];
+  char replicas[16];
+  nghttp2_nv replica_nv[2];
+  size_t nreplica_nv;
 };
 
 /* <base>/revdial and <base>/proxy on srv, and its connections watched. */
