@@ -817,7 +817,7 @@ H2REV_EXTERN int h2rev_dialer_shutdown(h2rev_dialer_t *dialer, unsigned timeout_
 
 /* The NAT side: connects out to the dialer and accepts reverse connections. */
 typedef struct h2rev_listener_s h2rev_listener_t;
-struct h2r_listener;
+struct h2r_listeners;
 
 enum h2rev_listener_state {
   H2REV_LISTENER_CONNECTING = 1,
@@ -831,6 +831,12 @@ typedef void (*h2rev_connection_cb)(h2rev_listener_t *listener, int status);
 typedef void (*h2rev_listener_state_cb)(h2rev_listener_t *listener, int state, int err,
                                         unsigned delay_ms);
 typedef void (*h2rev_listener_close_cb)(h2rev_listener_t *listener);
+/* One attachment's state (see urls): index counts the attachments from 0
+ * (url's first), replica is the dialer replica it reached last ("" until
+ * one says). */
+typedef void (*h2rev_listener_replica_cb)(h2rev_listener_t *listener, unsigned index,
+                                          const char *replica, int state, int err,
+                                          unsigned delay_ms);
 
 typedef struct h2rev_listener_options_s {
   const char *url; /* the dialer's base URL: https://host[:port]/base or http:// (h2c) */
@@ -881,13 +887,31 @@ typedef struct h2rev_listener_options_s {
    * _close), in order. May be NULL. */
   h2rev_listener_state_cb on_state;
   h2rev_logger_t log;
+  /* Several dialer replicas. A listener attaches to each one (an id lives
+   * on the connection that holds it, and a client reaches any replica):
+   * one attachment to url, one to each of urls (more base URLs,
+   * NULL-terminated; NULL: none) and, unless no_follow_replicas is set,
+   * more to url until it holds as many as the dialers say there are
+   * (x-h2rev-replicas; through a load balancer every new connection may
+   * reach any replica). An attachment that reaches a replica another one
+   * holds drops that connection and tries again after the backoff. At most
+   * max_attachments (default 64) in all. Each attachment reconnects on its
+   * own, as a single one does; on_replica has their states. on_state then
+   * describes the listener as a whole: ATTACHED when the first attachment
+   * is, LOST when none is left (CONNECTING, RETRYING while none is),
+   * STOPPED when all are; h2rev_listener_accept takes streams from all.
+   * A dialer that names no replica (Go's) is one attachment as before. */
+  const char *const *urls;
+  int no_follow_replicas;
+  unsigned max_attachments;
+  h2rev_listener_replica_cb on_replica; /* may be NULL */
 } h2rev_listener_options_t;
 
 struct h2rev_listener_s {
   void *data;
   uv_loop_t *loop;
   /* private */
-  struct h2r_listener *l_;
+  struct h2r_listeners *l_;
 };
 
 /* Copies opts. Errors: H2REV_EURL, H2REV_EBADID, H2REV_ETLS, UV_ENOMEM. */
