@@ -47,6 +47,11 @@ typedef struct h2r_listeners h2r_listeners_t;
  * not end) counts as attached once a control message or a data stream's 200
  * proves it, or once it has stayed open this long. */
 #define H2R_PROOF_MS 1000
+/* Through a load balancer an attachment reaches a replica another one holds
+ * now and then (1 - unheld/replicas of the time): this many such attempts in
+ * a row retry after backoff_min_ms, before the backoff doubles (a count of
+ * replicas above the truth then costs little). */
+#define H2R_DUP_FAST 10
 /* An attachment that lived this long resets the backoff: one that the peer
  * ends at once (a crash loop, a server that is not a dialer) keeps doubling. */
 #define H2R_STABLE_MS 5000
@@ -82,6 +87,7 @@ typedef struct lconn {
   bool refusing;     /* reading a refusal's body into rxbuf */
   bool refusal_text; /* that body is text/plain: the dialer's reason */
   bool permanent;    /* text: a failure retrying soon will not cure */
+  bool duplicate;    /* reached a replica another attachment holds */
   int status;        /* the refusal's HTTP status */
   size_t rxlen;
   uint64_t attached_at;
@@ -120,6 +126,7 @@ struct h2r_listener {
   unsigned opening; /* data streams requested, no response yet */
   unsigned spares;  /* spares kept now: grows with demand, from o.spares */
   unsigned attempt;
+  unsigned dups; /* duplicate attempts in a row */
   uint64_t rng;
   bool started;
   bool closing;
@@ -634,6 +641,7 @@ static void ctl_headers(h2r_strm_t *st) {
   if ((st->status == 200 || st->status == 409) && group_holds(l, c->replica)) {
     st->hooks = NULL;
     h2r_strm_abandon(st);
+    c->duplicate = true;
     conn_fail(c, H2REV_EIDTAKEN, false,
               "%s led to replica %s, which another connection of this listener holds", l->authority,
               c->replica);
@@ -704,6 +712,7 @@ static void prove(h2r_listener_t *l, lconn_t *c) {
   else
     H2R_INFO(&l->o.log, "attached as %s to %s%s", l->id, l->authority, rep);
   l->fail_count = l->fail_repeats = 0;
+  l->dups = 0;
   l->fail_err = 0;
   l->fail_text[0] = '\0';
   set_state(l, H2REV_LISTENER_ATTACHED, 0, 0);
@@ -839,6 +848,23 @@ static void lost(h2r_listener_t *l, int err, const char *text, bool permanent) {
   uv_timer_start(&l->retry, retry_fire, delay, 0);
 }
 
+/* The attempt reached a replica another attachment holds: expected through a
+ * load balancer, so neither a failure to report nor one to remember. */
+static void lost_duplicate(h2r_listener_t *l, const char *text) {
+  if (l->closing) {
+    l->state = L_STOPPED;
+    return;
+  }
+  set_state(l, H2REV_LISTENER_LOST, H2REV_EIDTAKEN, 0);
+  if (++l->dups > H2R_DUP_FAST)
+    l->attempt++;
+  unsigned delay = backoff(l, false);
+  H2R_DEBUG(&l->o.log, "%s; retrying in %.1f s", text, delay / 1000.0);
+  l->state = L_WAITING;
+  set_state(l, H2REV_LISTENER_RETRYING, H2REV_EIDTAKEN, delay);
+  uv_timer_start(&l->retry, retry_fire, delay, 0);
+}
+
 static void conn_open(h2r_session_t *s, int status) {
   lconn_t *c = s->owner;
   h2r_listener_t *l = c->l;
@@ -959,7 +985,10 @@ static void conn_close(h2r_session_t *s) {
     else if (c->text[0] == '\0')
       snprintf(c->text, sizeof(c->text), "connection to %s lost: %s%s%s", l->authority,
                h2rev_strerror(why), c->s.x.errmsg[0] ? ": " : "", c->s.x.errmsg);
-    lost(l, why, c->text, c->permanent);
+    if (c->duplicate)
+      lost_duplicate(l, c->text);
+    else
+      lost(l, why, c->text, c->permanent);
   }
   conn_free(c);
   maybe_done(l);
@@ -1029,8 +1058,8 @@ static void connect_now(h2r_listener_t *l) {
     return;
   l->state = L_RESOLVING;
   /* Attempts after a failure are logged with its outcome, when it changes. */
-  h2r_log(&l->o.log, l->fail_count > 0 ? H2REV_LOG_DEBUG : H2REV_LOG_INFO, "connecting to %s as %s",
-          l->authority, l->id);
+  h2r_log(&l->o.log, l->fail_count > 0 || l->dups > 0 ? H2REV_LOG_DEBUG : H2REV_LOG_INFO,
+          "connecting to %s as %s", l->authority, l->id);
   set_state(l, H2REV_LISTENER_CONNECTING, 0, 0);
   struct addrinfo hints = {0};
   hints.ai_family = AF_UNSPEC;
@@ -1591,14 +1620,20 @@ int h2rev_listener_start(h2rev_listener_t *listener, h2rev_connection_cb cb) {
 
 int h2rev_listener_accept(h2rev_listener_t *listener, h2rev_stream_t *stream) {
   h2r_listeners_t *g = listener->l_;
-  /* Round the attachments, so that none waits behind another's queue. */
-  for (unsigned k = 0; k < g->nslots; k++) {
-    unsigned i = (g->next + k) % g->nslots;
-    if (g->slots[i] != NULL && slot_accept(g->slots[i], stream) == 0) {
-      g->next = (i + 1) % g->nslots;
-      return 0;
+  /* A stream announced already (each attachment counts those it has not
+   * announced yet: taking one of another's would leave its own unsaid),
+   * from each attachment in turn; else any ready one. */
+  for (int pass = 0; pass < 2; pass++)
+    for (unsigned k = 0; k < g->nslots; k++) {
+      unsigned i = (g->next + k) % g->nslots;
+      h2r_listener_t *l = g->slots[i];
+      if (l == NULL || (pass == 0 && l->nready <= l->unannounced))
+        continue;
+      if (slot_accept(l, stream) == 0) {
+        g->next = (i + 1) % g->nslots;
+        return 0;
+      }
     }
-  }
   return UV_EAGAIN;
 }
 
