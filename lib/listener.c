@@ -612,6 +612,8 @@ static void read_replica(lconn_t *c, h2r_strm_t *st, unsigned *count) {
   if (v != NULL && len <= H2R_REPLICA_MAX && h2r_id_valid(v, len)) {
     memcpy(c->replica, v, len);
     c->replica[len] = '\0';
+    if (c->l != NULL)
+      memcpy(c->l->g->views[c->l->index].replica, c->replica, len + 1);
   }
   *count = 0;
   v = h2r_strm_header(st, H2R_REPLICAS_HEADER, &len);
@@ -1491,8 +1493,6 @@ static void group_ready(h2r_listener_t *l) {
 static void group_state(h2r_listener_t *l, int state, int err, unsigned delay) {
   h2r_listeners_t *g = l->g;
   slot_view_t *v = &g->views[l->index];
-  if (l->conn != NULL && l->conn->replica[0] != '\0')
-    memcpy(v->replica, l->conn->replica, sizeof(v->replica));
   unsigned was = g->attached;
   if (state == H2REV_LISTENER_ATTACHED && !v->attached) {
     v->attached = true;
