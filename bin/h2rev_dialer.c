@@ -14,6 +14,9 @@
 #include <string.h>
 #include <strings.h>
 #include <time.h>
+#include <sys/prctl.h>
+#include <sys/wait.h>
+#include <signal.h>
 #include <unistd.h>
 
 static const char usage[] =
@@ -77,6 +80,12 @@ static const char usage[] =
     "  --replicas N         how many replicas there are: a listener given the load\n"
     "                       balancer's URL keeps one connection to each\n"
     "                       (default: not said, one connection)\n"
+    "  --workers N          N processes serving the --listen port (SO_REUSEPORT: the\n"
+    "                       kernel spreads the connections), each a replica: its\n"
+    "                       id is --replica-id's (or a random one) with -wI added,\n"
+    "                       and --replicas counts them (N times --replicas);\n"
+    "                       signals go to every one; one that dies is restarted;\n"
+    "                       worker I serves --metrics on its PORT+I (default 1)\n"
     "  --log-level LEVEL    error, warn, info (default), debug\n"
     "  --help, --version\n"
     "SIGHUP reads --cert, --key, --client-ca, --tokens-file and --token-file again\n"
@@ -86,8 +95,118 @@ static const char usage[] =
 /* --replica-id and --replicas: the library's limits (include/h2rev.h). */
 #define REPLICA_ID_MAX 64
 #define REPLICAS_LIMIT 1024
+/* --workers: at most this many processes. */
+#define WORKERS_MAX 64
+/* A worker that dies this soon after its start is restarted after as long. */
+#define WORKER_RESTART_MS 1000
 
 static uv_loop_t *loop;
+
+/* --------------------------------------------------------------- workers */
+
+static unsigned port_of(const struct sockaddr_storage *ss) {
+  if (ss->ss_family == AF_INET6)
+    return ntohs(((const struct sockaddr_in6 *)ss)->sin6_port);
+  return ntohs(((const struct sockaddr_in *)ss)->sin_port);
+}
+
+static void set_port(struct sockaddr_storage *ss, unsigned port) {
+  if (ss->ss_family == AF_INET6)
+    ((struct sockaddr_in6 *)ss)->sin6_port = htons((uint16_t)port);
+  else
+    ((struct sockaddr_in *)ss)->sin_port = htons((uint16_t)port);
+}
+
+static pid_t worker_pid[WORKERS_MAX];
+static uint64_t worker_started[WORKERS_MAX];
+static sigset_t worker_sigs, worker_oldmask;
+
+static uint64_t mono_ms(void) {
+  struct timespec ts;
+  clock_gettime(CLOCK_MONOTONIC, &ts);
+  return (uint64_t)ts.tv_sec * 1000 + (uint64_t)ts.tv_nsec / 1000000;
+}
+
+/* 0 in the parent; in the new worker it does not return. */
+static pid_t worker_spawn(unsigned w, unsigned *child_w) {
+  pid_t p = fork();
+  if (p < 0)
+    tool_fatal("--workers: fork: %s", strerror(errno));
+  if (p == 0) {
+    /* A worker outlives no supervisor: its SIGTERM is a drain. */
+    prctl(PR_SET_PDEATHSIG, SIGTERM);
+    sigprocmask(SIG_SETMASK, &worker_oldmask, NULL);
+    *child_w = w;
+    return 0;
+  }
+  worker_pid[w] = p;
+  worker_started[w] = mono_ms();
+  return p;
+}
+
+/* The supervisor of --workers N: returns the worker's index in each worker;
+ * the supervisor itself passes SIGTERM, SIGINT and SIGHUP on to them,
+ * restarts one that dies unasked, and exits when they all have after a
+ * SIGTERM or SIGINT (with the worst status among them). */
+static unsigned supervise(unsigned n) {
+  sigemptyset(&worker_sigs);
+  sigaddset(&worker_sigs, SIGTERM);
+  sigaddset(&worker_sigs, SIGINT);
+  sigaddset(&worker_sigs, SIGHUP);
+  sigaddset(&worker_sigs, SIGCHLD);
+  sigprocmask(SIG_BLOCK, &worker_sigs, &worker_oldmask);
+  unsigned w = 0;
+  for (unsigned i = 0; i < n; i++)
+    if (worker_spawn(i, &w) == 0)
+      return w;
+  tool_logf(H2REV_LOG_INFO, "%u workers started", n);
+  bool stopping = false;
+  unsigned alive = n;
+  int status = 0;
+  while (alive > 0) {
+    int sig = 0;
+    if (sigwait(&worker_sigs, &sig) != 0)
+      continue;
+    if (sig != SIGCHLD) {
+      if (sig != SIGHUP)
+        stopping = true;
+      for (unsigned i = 0; i < n; i++)
+        if (worker_pid[i] > 0)
+          kill(worker_pid[i], sig);
+      continue;
+    }
+    int st;
+    pid_t p;
+    while ((p = waitpid(-1, &st, WNOHANG)) > 0) {
+      unsigned i = 0;
+      while (i < n && worker_pid[i] != p)
+        i++;
+      if (i == n)
+        continue;
+      worker_pid[i] = 0;
+      alive--;
+      int code = WIFEXITED(st) ? WEXITSTATUS(st) : 128 + WTERMSIG(st);
+      if (stopping) {
+        if (code > status)
+          status = code;
+        continue;
+      }
+      tool_logf(H2REV_LOG_ERROR, "worker %u (pid %d) %s %d: restarting it", i, (int)p,
+                WIFEXITED(st) ? "exited with" : "killed by signal",
+                WIFEXITED(st) ? WEXITSTATUS(st) : WTERMSIG(st));
+      uint64_t lived = mono_ms() - worker_started[i];
+      if (lived < WORKER_RESTART_MS) {
+        struct timespec ts = {0, (long)(WORKER_RESTART_MS - lived) * 1000000L};
+        nanosleep(&ts, NULL);
+      }
+      if (worker_spawn(i, &w) == 0)
+        return w;
+      alive++;
+    }
+  }
+  tool_logf(H2REV_LOG_INFO, "workers stopped");
+  exit(status);
+}
 static h2rev_dialer_t dialer;
 static char *token; /* --token, --token-file or H2REV_TOKEN */
 static bool check_cn;
@@ -482,6 +601,7 @@ int main(int argc, char **argv) {
   bool cleartext = false;
   unsigned dial_timeout = 10000;
   h2rev_dialer_options_t o = {0};
+  unsigned workers = 1;
   const char *tokens_file = NULL, *token_flag = NULL, *token_file = NULL;
   const char *tcp_specs[TCP_PORTS_MAX];
   size_t ntcp_specs = 0;
@@ -559,6 +679,8 @@ int main(int argc, char **argv) {
       o.replica_id = v;
     } else if ((v = tool_flag(argc, argv, &i, "--replicas")) != NULL) {
       o.replicas = positive("--replicas", tool_parse_count("--replicas", v, REPLICAS_LIMIT));
+    } else if ((v = tool_flag(argc, argv, &i, "--workers")) != NULL) {
+      workers = positive("--workers", tool_parse_count("--workers", v, WORKERS_MAX));
     } else if ((v = tool_flag(argc, argv, &i, "--log-level")) != NULL) {
       tool_log_level = tool_parse_level(v);
     } else {
@@ -618,6 +740,23 @@ int main(int argc, char **argv) {
         "--self-signed-names is for the self-signed certificate (not with --cert or --cleartext)");
   }
 
+  if (workers > 1) {
+    if (ntcp_specs > 0)
+      tool_usage_error("--tcp is not supported with --workers yet");
+    if (port_of(&addr) == 0)
+      tool_usage_error("--workers needs a port in --listen (not 0)");
+    /* Each worker is a replica: the listeners attach to all of them. */
+    static char rid[80];
+    unsigned w = supervise(workers);
+    if (o.replica_id != NULL) {
+      snprintf(rid, sizeof(rid), "%s-w%u", o.replica_id, w);
+      o.replica_id = rid;
+    }
+    o.replicas = (o.replicas > 0 ? o.replicas : 1) * workers;
+    o.reuse_port = 1;
+    if (metrics != NULL)
+      set_port(&maddr, (unsigned)(port_of(&maddr) + w));
+  }
   loop = uv_default_loop();
   o.base_path = base;
   o.dial_timeout_ms = dial_timeout;

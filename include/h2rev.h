@@ -396,6 +396,10 @@ typedef struct h2rev_http_server_options_s {
   h2rev_logger_t log;
   h2rev_access_log_cb access_log; /* NULL: none; runs on the loop, must not block */
   void *access_log_arg;
+  /* Nonzero: the listening sockets are bound with SO_REUSEPORT, so that
+   * several processes (or loops) serve one port and the kernel spreads the
+   * connections among them. */
+  int reuse_port;
 } h2rev_http_server_options_t;
 
 /* Request durations are counted in these buckets: up to 5 ms, 25 ms,
@@ -688,6 +692,9 @@ typedef struct h2rev_dialer_options_s {
    * listener ignores both headers. */
   const char *replica_id;
   unsigned replicas; /* 0: unknown (no x-h2rev-replicas); at most 1024 */
+  /* h2rev_dialer_listen's own server: SO_REUSEPORT (several dialer
+   * processes on one port, each a replica; see h2rev_http_server_options_t). */
+  int reuse_port;
 } h2rev_dialer_options_t;
 
 struct h2rev_dialer_s {

@@ -31,6 +31,7 @@ static int own_server(h2r_dialer_t *d) {
       .log = d->o.log,
       .access_log = d->o.access_log,
       .access_log_arg = d->o.access_log_arg,
+      .reuse_port = d->o.reuse_port,
   };
   int r = h2rev_http_server_init(d->loop, &d->own, &so);
   if (r != 0)

@@ -4,7 +4,7 @@
 # shows each listener), and every id answers through haproxy. Under a load of
 # one-request connections: kill -9 of one replica fails only requests in flight
 # on it, later ones succeed; restarted, the listeners reattach to it within their
-# backoff; SIGTERM of another fails none.
+# backoff; SIGTERM of another fails none. And --workers 2 on one port.
 source "$(dirname "$0")/e2elib.sh"
 command -v haproxy > /dev/null || { echo "skip: no haproxy (deps/install.sh installs it)"; exit 77; }
 command -v h2load > /dev/null || { echo "skip: no h2load"; exit 77; }
@@ -157,3 +157,34 @@ load_stop
 b=$(bad)
 [ "$b" = 0 ] || fail "SIGTERM: $b of $(total) requests failed: $(awk '$2 != 200' "$WORK/load.txt" | head -3 | tr '\n' ' ')"
 ok "SIGTERM of a replica under load: 0 of $(total) requests failed"
+
+# --workers 2: two processes on one port (SO_REUSEPORT), each a replica; a
+# listener given that port attaches to both (each worker's /metrics, on
+# PORT and PORT+1, counts it); a worker killed is restarted and rejoined.
+WP=$(free_port)
+MP=$(free_port)
+while [ "$(free_port)" = $((MP + 1)) ]; do MP=$(free_port); done
+"$BIN/h2rev-dialer" --listen "127.0.0.1:$WP" --self-signed-dir "$WORK" --workers 2 \
+  --metrics "127.0.0.1:$MP" 2>> "$WORK/workers.log" &
+SUP=$!
+PIDS+=($SUP)
+wait_for curl -sf --cacert "$CA" "https://127.0.0.1:$WP/healthz" || fail "--workers 2 did not start"
+"$BIN/h2rev-listener" --url "https://127.0.0.1:$WP" --id lw --ca "$CA" --max-backoff "$MAXB" \
+  --upstream "http://127.0.0.1:$UPSTREAM_PORT" 2>> "$WORK/listener-lw.log" &
+PIDS+=($!)
+holds() { curl -sf "http://127.0.0.1:$1/metrics" | grep -q '^h2rev_listeners 1$'; }
+wait_long holds "$MP" || fail "--workers: worker 0 does not hold the listener"
+wait_long holds $((MP + 1)) || fail "--workers: worker 1 does not hold the listener"
+h2load -n 400 -c 8 "https://127.0.0.1:$WP/proxy/lw/index.html" > "$WORK/h2load-w.txt" 2>&1 || true
+grep -q "status codes: 400 2xx" "$WORK/h2load-w.txt" || fail "--workers: $(grep -E 'requests:|status codes' "$WORK/h2load-w.txt")"
+W0=$(pgrep -P "$SUP" | head -1)
+kill -9 "$W0"
+wait_for grep -q "worker .* killed by signal 9: restarting it" "$WORK/workers.log" || fail "--workers: no restart"
+sleep 0.5
+wait_long holds "$MP" || fail "--workers: worker 0 does not hold the listener after the restart"
+wait_long holds $((MP + 1)) || fail "--workers: worker 1 does not hold the listener after the restart"
+kill -TERM "$SUP"
+wait "$SUP" || fail "--workers: exit $? after SIGTERM"
+forget "$SUP"
+[ -z "$(pgrep -P "$SUP" || true)" ] || fail "--workers: workers left after the supervisor's exit"
+ok "--workers 2 on one port: a listener attached to both, 400 requests all 200, a worker killed was restarted and rejoined, SIGTERM stops all"
