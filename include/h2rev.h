@@ -691,7 +691,12 @@ typedef struct h2rev_dialer_options_s {
    * NULL: 8 random hex digits (h2rev_dialer_replica_id has them). Go's
    * listener ignores both headers. */
   const char *replica_id;
-  unsigned replicas; /* 0: unknown (no x-h2rev-replicas); at most 1024 */
+  /* 0: unknown (no x-h2rev-replicas); at most 1024. Above 1, a dial (a
+   * proxied request) for an id no listener holds here waits up to its
+   * timeout for one to attach (its listener may still be reaching this
+   * replica), at most max_pending_dials such dials in all, rather than
+   * failing at once with H2REV_ENOLISTENER. */
+  unsigned replicas;
   /* h2rev_dialer_listen's own server: SO_REUSEPORT (several dialer
    * processes on one port, each a replica; see h2rev_http_server_options_t). */
   int reuse_port;

@@ -13,6 +13,7 @@
 
 typedef struct h2r_dialer h2r_dialer_t;
 typedef struct dlst dlst_t;
+typedef struct orphan orphan_t;
 
 struct h2r_dialer {
   h2rev_dialer_t *pub;
@@ -48,6 +49,10 @@ struct h2r_dialer {
   void (*on_change)(h2r_dialer_t *d);
   /* The replica headers of every answer to /revdial. */
   char replica[H2R_REPLICA_MAX + 1];
+  /* Dials for an id no listener holds here yet (replicas > 1: its listener
+   * may be reaching this replica), waiting for it to attach. */
+  orphan_t *orphans;
+  unsigned norphans;
   char replicas[16];
   nghttp2_nv replica_nv[2];
   size_t nreplica_nv;

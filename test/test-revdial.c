@@ -1923,3 +1923,44 @@ TEST(listener_drops_duplicate_replica) {
   dialer_stop(&e);
   loop_drain(&e.loop);
 }
+
+/* A dialer among replicas: a dial for an id not attached here waits for
+ * its listener (still reaching this replica) up to the dial's timeout,
+ * instead of failing at once; one whose listener never comes fails then. */
+TEST(dial_waits_for_listener_among_replicas) {
+  env_t e;
+  h2rev_dialer_options_t o = {.replicas = 2};
+  env_init(&e, &o);
+  dclient_t never = {0};
+  dc_dial(&never, &e, "never", NULL, 0, 300);
+  char data[1000];
+  test_fill_random(data, sizeof(data), 3);
+  dclient_t c = {0};
+  dc_dial(&c, &e, "late", data, sizeof(data), 5000);
+  run_for(&e.loop, 200);
+  ASSERT_EQ(c.done, 0);
+  lis_t L;
+  rep_listener(&L, &e, "late", NULL);
+  run_cond(&e.loop, dc_finished, &c, 5000, "the waiting dial");
+  ASSERT_OK(c.status);
+  dc_check_echo(&c);
+  run_cond(&e.loop, dc_done, &never, 2000, "the dial nobody takes");
+  ASSERT_EQ(never.status, H2REV_ENOLISTENER);
+  ASSERT_GE(never.t1 - never.t0, 250);
+  /* A dial cancelled while it waits, and one the close ends. */
+  dclient_t x = {0}, y = {0};
+  dc_dial(&x, &e, "nobody", NULL, 0, 5000);
+  ASSERT_OK(h2rev_dial_cancel(&x.req));
+  run_cond(&e.loop, dc_done, &x, 1000, "cancelled");
+  ASSERT_EQ(x.status, UV_ECANCELED);
+  dc_dial(&y, &e, "nobody", NULL, 0, 5000);
+  lis_stop(&L);
+  dc_free(&c);
+  dc_free(&never);
+  dc_free(&x);
+  dialer_stop(&e);
+  ASSERT_EQ(y.done, 1);
+  ASSERT_EQ(y.status, UV_ECANCELED);
+  dc_free(&y);
+  loop_drain(&e.loop);
+}
