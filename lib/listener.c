@@ -1521,7 +1521,7 @@ static void group_state(h2r_listener_t *l, int state, int err, unsigned delay) {
   else if (state == H2REV_LISTENER_STOPPED)
     pass = g->stopped == g->nslots && !all_stopped_before;
   else
-    pass = g->attached == 0 && (state != H2REV_LISTENER_LOST || was > 0 || !v->attached);
+    pass = g->attached == 0; /* LOST, CONNECTING, RETRYING */
   if (pass)
     g->o.on_state(g->pub, state, err, delay);
 }

@@ -148,8 +148,8 @@ for t in h2rev-dialer h2rev-listener; do
   bad $t "${args[@]}" --token x --token-file "$WORK/token"
   H2REV_TOKEN='two words' bad $t "${args[@]}"
   grep -q "H2REV_TOKEN" "$WORK/err" || fail "$t: a bad H2REV_TOKEN not named: $(cat "$WORK/err")"
-  timeout 10 "$BIN/$t" --help | grep -q -- "--token-file" || fail "$t --help lacks --token-file"
-  timeout 10 "$BIN/$t" --help | grep -q -- "H2REV_TOKEN" || fail "$t --help lacks H2REV_TOKEN"
+  timeout 10 "$BIN/$t" --help | grep -- "--token-file" > /dev/null || fail "$t --help lacks --token-file"
+  timeout 10 "$BIN/$t" --help | grep -- "H2REV_TOKEN" > /dev/null || fail "$t --help lacks H2REV_TOKEN"
 done
 ok "--token-file and H2REV_TOKEN on both tools (--token first, then --token-file, then H2REV_TOKEN); not in argv"
 
