@@ -906,9 +906,13 @@ typedef struct h2rev_listener_options_s {
    * more to url until it holds as many as the dialers say there are
    * (x-h2rev-replicas; through a load balancer every new connection may
    * reach any replica). An attachment that reaches a replica another one
-   * holds drops that connection and tries again after the backoff. At most
-   * max_attachments (default 64) in all. Each attachment reconnects on its
-   * own, as a single one does; on_replica has their states. on_state then
+   * holds drops that connection and tries again (after backoff_min_ms for
+   * 10 such in a row, then with the doubling backoff; not a failure for
+   * h2rev_listener_last_error). At most max_attachments (default 64) in
+   * all. Each attachment reconnects on its own, as a single one does;
+   * on_replica has their states. set_tls, set_headers, retry_now, shutdown
+   * and close act on every attachment; last_error gives the first
+   * attachment's that has one. on_state then
    * describes the listener as a whole: ATTACHED when the first attachment
    * is, LOST when none is left (CONNECTING, RETRYING while none is),
    * STOPPED when all are; h2rev_listener_accept takes streams from all.
@@ -926,7 +930,8 @@ struct h2rev_listener_s {
   struct h2r_listeners *l_;
 };
 
-/* Copies opts. Errors: H2REV_EURL, H2REV_EBADID, H2REV_ETLS, UV_ENOMEM. */
+/* Copies opts. Errors: H2REV_EURL, H2REV_EBADID, H2REV_ETLS, UV_ENOMEM,
+ * UV_EINVAL (more urls than max_attachments). */
 H2REV_EXTERN int h2rev_listener_init(uv_loop_t *loop, h2rev_listener_t *listener,
                                      const h2rev_listener_options_t *opts);
 /* Connects (and reconnects, with backoff and jitter) and calls cb(l, 0) for
