@@ -68,6 +68,9 @@ static const char usage[] =
     "                       a new one is accepted and closed (default 1024)\n"
     "  --drain-timeout MS   on SIGINT/SIGTERM: stop listening, let requests in\n"
     "                       flight finish for up to MS, then exit (default 10000)\n"
+    "  --drain-delay MS     on SIGINT/SIGTERM: first answer /healthz with 503 for MS\n"
+    "                       (a load balancer's health check takes the replica out)\n"
+    "                       while serving on, then drain (default 0)\n"
     "  --access-log FILE    one line per finished request (logfmt: time, peer,\n"
     "                       method, path, proto, status, bytes, in, ms, result,\n"
     "                       listener), appended to FILE; - for standard output\n"
@@ -578,13 +581,35 @@ static void closed(h2rev_dialer_t *d) {
   tool_signals_close();
 }
 
-static void drain(void) {
+static void drain_now(void) {
   tool_logf(H2REV_LOG_INFO, "draining for up to %u ms", drain_timeout);
   tool_watchdog(loop, drain_timeout + 5000);
   tcp_close_ports();
   ops_stop();
   if (h2rev_dialer_shutdown(&dialer, drain_timeout, closed) != 0)
     h2rev_dialer_close(&dialer, closed);
+}
+
+static unsigned drain_delay;
+static uv_timer_t drain_delay_timer;
+
+static void drain_delay_done(uv_timer_t *t) {
+  uv_close((uv_handle_t *)t, NULL);
+  drain_now();
+}
+
+/* --drain-delay: /healthz fails first, so that a load balancer stops
+ * sending connections before the port closes (one in its backlog then
+ * would be reset). */
+static void drain(void) {
+  if (drain_delay == 0) {
+    drain_now();
+    return;
+  }
+  tool_logf(H2REV_LOG_INFO, "/healthz answers 503: draining in %u ms", drain_delay);
+  h2rev_dialer_set_healthy(&dialer, 0);
+  uv_timer_init(loop, &drain_delay_timer);
+  uv_timer_start(&drain_delay_timer, drain_delay_done, drain_delay, 0);
 }
 
 /* The library reads 0 as "the default": a flag given 0 is refused instead. */
@@ -611,7 +636,7 @@ int main(int argc, char **argv) {
   for (int i = 1; i < argc; i++) {
     const char *v;
     if (strcmp(argv[i], "--help") == 0 || strcmp(argv[i], "-h") == 0) {
-      fputs(usage, stdout);
+      tool_help(usage);
       return 0;
     } else if (strcmp(argv[i], "--version") == 0) {
       printf("h2rev-dialer %s\n", h2rev_version());
@@ -642,6 +667,8 @@ int main(int argc, char **argv) {
       tokens_file = v;
     } else if ((v = tool_flag(argc, argv, &i, "--drain-timeout")) != NULL) {
       drain_timeout = tool_parse_ms("--drain-timeout", v);
+    } else if ((v = tool_flag(argc, argv, &i, "--drain-delay")) != NULL) {
+      drain_delay = tool_parse_ms("--drain-delay", v);
     } else if ((v = tool_flag(argc, argv, &i, "--client-ca")) != NULL) {
       client_ca = v;
     } else if ((v = tool_flag(argc, argv, &i, "--dial-timeout")) != NULL) {

@@ -361,7 +361,7 @@ int main(int argc, char **argv) {
   for (int i = 1; i < argc; i++) {
     const char *v;
     if (strcmp(argv[i], "--help") == 0 || strcmp(argv[i], "-h") == 0) {
-      fputs(usage, stdout);
+      tool_help(usage);
       return 0;
     } else if (strcmp(argv[i], "--version") == 0) {
       printf("h2rev-listener %s\n", h2rev_version());

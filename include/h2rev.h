@@ -800,6 +800,10 @@ H2REV_EXTERN int h2rev_dial_cancel(h2rev_dial_t *req);
 /* The listener's text for H2REV_EPICKUP, else h2rev_strerror(status). */
 H2REV_EXTERN const char *h2rev_dial_strerror(const h2rev_dial_t *req);
 H2REV_EXTERN void h2rev_dialer_stats(const h2rev_dialer_t *dialer, h2rev_dialer_stats_t *out);
+/* healthy 0: /healthz of h2rev_dialer_listen's server answers 503 (all else
+ * goes on), so that a load balancer's health check sends it no new
+ * connections before a drain; 1 (the default): 200 again. */
+H2REV_EXTERN void h2rev_dialer_set_healthy(h2rev_dialer_t *dialer, int healthy);
 /* The replica id this dialer answers /revdial with (replica_id, or the
  * random one); valid until the dialer is closed. */
 H2REV_EXTERN const char *h2rev_dialer_replica_id(const h2rev_dialer_t *dialer);

@@ -53,6 +53,7 @@ struct h2r_dialer {
    * may be reaching this replica), waiting for it to attach. */
   orphan_t *orphans;
   unsigned norphans;
+  bool unhealthy; /* h2rev_dialer_set_healthy(0): /healthz answers 503 */
   char replicas[16];
   nghttp2_nv replica_nv[2];
   size_t nreplica_nv;

@@ -1946,7 +1946,7 @@ TEST(dial_waits_for_listener_among_replicas) {
   dc_check_echo(&c);
   run_cond(&e.loop, dc_done, &never, 2000, "the dial nobody takes");
   ASSERT_EQ(never.status, H2REV_ENOLISTENER);
-  ASSERT_GE(never.t1 - never.t0, 250);
+  ASSERT_GE(never.t1 - never.t0, 150); /* not at once (the loop's clock may lag) */
   /* A dial cancelled while it waits, and one the close ends. */
   dclient_t x = {0}, y = {0};
   dc_dial(&x, &e, "nobody", NULL, 0, 5000);
