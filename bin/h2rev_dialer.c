@@ -15,6 +15,9 @@
 #include <string.h>
 #include <strings.h>
 #include <time.h>
+#include <sys/prctl.h>
+#include <sys/wait.h>
+#include <signal.h>
 #include <unistd.h>
 
 static const char usage[] =
@@ -66,6 +69,9 @@ static const char usage[] =
     "                       a new one is accepted and closed (default 1024)\n"
     "  --drain-timeout MS   on SIGINT/SIGTERM: stop listening, let requests in\n"
     "                       flight finish for up to MS, then exit (default 10000)\n"
+    "  --drain-delay MS     on SIGINT/SIGTERM: first answer /healthz with 503 for MS\n"
+    "                       (a load balancer's health check takes the replica out)\n"
+    "                       while serving on, then drain (default 0)\n"
     "  --access-log FILE    one line per finished request (time, peer, method,\n"
     "                       path, proto, status, bytes, in, ms, result,\n"
     "                       listener), appended to FILE; - for standard output;\n"
@@ -76,6 +82,18 @@ static const char usage[] =
     "                       /readyz (200 while serving, 503 once draining) and\n"
     "                       /listeners (the attached ids, JSON) there, cleartext\n"
     "                       (keep it on loopback, e.g. 127.0.0.1:9090)\n"
+    "  --replica-id NAME    this dialer's name among several behind one load\n"
+    "                       balancer (default: 8 random hex digits), sent to\n"
+    "                       listeners so that they attach to each replica\n"
+    "  --replicas N         how many replicas there are: a listener given the load\n"
+    "                       balancer's URL keeps one connection to each\n"
+    "                       (default: not said, one connection)\n"
+    "  --workers N          N processes serving the --listen port (SO_REUSEPORT: the\n"
+    "                       kernel spreads the connections), each a replica: its\n"
+    "                       id is --replica-id's (or a random one) with -wI added,\n"
+    "                       and --replicas counts them (N times --replicas);\n"
+    "                       signals go to every one; one that dies is restarted;\n"
+    "                       worker I serves --metrics on its PORT+I (default 1)\n"
     "  --log-level LEVEL    error, warn, info (default), debug\n"
     "  --help, --version\n"
     "SIGHUP reads --cert, --key, --client-ca, --tokens-file and --token-file again\n"
@@ -84,7 +102,121 @@ static const char usage[] =
     "Under systemd (Type=notify) it tells READY=1 once serving, RELOADING=1 and\n"
     "READY=1 around a reload, STOPPING=1 when it drains.\n";
 
+/* --replica-id and --replicas: the library's limits (include/h2rev.h). */
+#define REPLICA_ID_MAX 64
+#define REPLICAS_LIMIT 1024
+/* --workers: at most this many processes. */
+#define WORKERS_MAX 64
+/* A worker that dies this soon after its start is restarted after as long. */
+#define WORKER_RESTART_MS 1000
+
 static uv_loop_t *loop;
+
+/* --------------------------------------------------------------- workers */
+
+static unsigned port_of(const struct sockaddr_storage *ss) {
+  if (ss->ss_family == AF_INET6)
+    return ntohs(((const struct sockaddr_in6 *)ss)->sin6_port);
+  return ntohs(((const struct sockaddr_in *)ss)->sin_port);
+}
+
+static void set_port(struct sockaddr_storage *ss, unsigned port) {
+  if (ss->ss_family == AF_INET6)
+    ((struct sockaddr_in6 *)ss)->sin6_port = htons((uint16_t)port);
+  else
+    ((struct sockaddr_in *)ss)->sin_port = htons((uint16_t)port);
+}
+
+static pid_t worker_pid[WORKERS_MAX];
+static uint64_t worker_started[WORKERS_MAX];
+static sigset_t worker_sigs, worker_oldmask;
+
+static uint64_t mono_ms(void) {
+  struct timespec ts;
+  clock_gettime(CLOCK_MONOTONIC, &ts);
+  return (uint64_t)ts.tv_sec * 1000 + (uint64_t)ts.tv_nsec / 1000000;
+}
+
+/* 0 in the parent; in the new worker it does not return. */
+static pid_t worker_spawn(unsigned w, unsigned *child_w) {
+  pid_t p = fork();
+  if (p < 0)
+    tool_fatal("--workers: fork: %s", strerror(errno));
+  if (p == 0) {
+    /* A worker outlives no supervisor: its SIGTERM is a drain. */
+    prctl(PR_SET_PDEATHSIG, SIGTERM);
+    sigprocmask(SIG_SETMASK, &worker_oldmask, NULL);
+    *child_w = w;
+    return 0;
+  }
+  worker_pid[w] = p;
+  worker_started[w] = mono_ms();
+  return p;
+}
+
+/* The supervisor of --workers N: returns the worker's index in each worker;
+ * the supervisor itself passes SIGTERM, SIGINT and SIGHUP on to them,
+ * restarts one that dies unasked, and exits when they all have after a
+ * SIGTERM or SIGINT (with the worst status among them). */
+static unsigned supervise(unsigned n) {
+  sigemptyset(&worker_sigs);
+  sigaddset(&worker_sigs, SIGTERM);
+  sigaddset(&worker_sigs, SIGINT);
+  sigaddset(&worker_sigs, SIGHUP);
+  sigaddset(&worker_sigs, SIGCHLD);
+  sigprocmask(SIG_BLOCK, &worker_sigs, &worker_oldmask);
+  unsigned w = 0;
+  for (unsigned i = 0; i < n; i++)
+    if (worker_spawn(i, &w) == 0)
+      return w;
+  tool_logf(H2REV_LOG_INFO, "%u workers started", n);
+  bool stopping = false;
+  unsigned alive = n;
+  int status = 0;
+  while (alive > 0) {
+    int sig = 0;
+    if (sigwait(&worker_sigs, &sig) != 0)
+      continue;
+    if (sig != SIGCHLD) {
+      if (sig != SIGHUP)
+        stopping = true;
+      for (unsigned i = 0; i < n; i++)
+        if (worker_pid[i] > 0)
+          kill(worker_pid[i], sig);
+      continue;
+    }
+    int st;
+    pid_t p;
+    while ((p = waitpid(-1, &st, WNOHANG)) > 0) {
+      unsigned i = 0;
+      while (i < n && worker_pid[i] != p)
+        i++;
+      if (i == n)
+        continue;
+      worker_pid[i] = 0;
+      alive--;
+      int code = WIFEXITED(st) ? WEXITSTATUS(st) : 128 + WTERMSIG(st);
+      if (stopping) {
+        if (code > status)
+          status = code;
+        continue;
+      }
+      tool_logf(H2REV_LOG_ERROR, "worker %u (pid %d) %s %d: restarting it", i, (int)p,
+                WIFEXITED(st) ? "exited with" : "killed by signal",
+                WIFEXITED(st) ? WEXITSTATUS(st) : WTERMSIG(st));
+      uint64_t lived = mono_ms() - worker_started[i];
+      if (lived < WORKER_RESTART_MS) {
+        struct timespec ts = {0, (long)(WORKER_RESTART_MS - lived) * 1000000L};
+        nanosleep(&ts, NULL);
+      }
+      if (worker_spawn(i, &w) == 0)
+        return w;
+      alive++;
+    }
+  }
+  tool_logf(H2REV_LOG_INFO, "workers stopped");
+  exit(status);
+}
 static h2rev_dialer_t dialer;
 static char *token; /* --token, --token-file or H2REV_TOKEN */
 static bool check_cn;
@@ -464,7 +596,7 @@ static void closed(h2rev_dialer_t *d) {
   tool_signals_close();
 }
 
-static void drain(void) {
+static void drain_now(void) {
   tool_logf(H2REV_LOG_INFO, "draining for up to %u ms", drain_timeout);
   tool_watchdog(loop, drain_timeout + 5000);
   admin_notify("STOPPING=1");
@@ -472,6 +604,28 @@ static void drain(void) {
   tcp_close_ports();
   if (h2rev_dialer_shutdown(&dialer, drain_timeout, closed) != 0)
     h2rev_dialer_close(&dialer, closed);
+}
+
+static unsigned drain_delay;
+static uv_timer_t drain_delay_timer;
+
+static void drain_delay_done(uv_timer_t *t) {
+  uv_close((uv_handle_t *)t, NULL);
+  drain_now();
+}
+
+/* --drain-delay: /healthz fails first, so that a load balancer stops
+ * sending connections before the port closes (one in its backlog then
+ * would be reset). */
+static void drain(void) {
+  if (drain_delay == 0) {
+    drain_now();
+    return;
+  }
+  tool_logf(H2REV_LOG_INFO, "/healthz answers 503: draining in %u ms", drain_delay);
+  h2rev_dialer_set_healthy(&dialer, 0);
+  uv_timer_init(loop, &drain_delay_timer);
+  uv_timer_start(&drain_delay_timer, drain_delay_done, drain_delay, 0);
 }
 
 /* The library reads 0 as "the default": a flag given 0 is refused instead. */
@@ -488,6 +642,7 @@ int main(int argc, char **argv) {
   bool cleartext = false;
   unsigned dial_timeout = 10000;
   h2rev_dialer_options_t o = {0};
+  unsigned workers = 1;
   const char *tokens_file = NULL, *token_flag = NULL, *token_file = NULL;
   const char *tcp_specs[TCP_PORTS_MAX];
   size_t ntcp_specs = 0;
@@ -497,7 +652,7 @@ int main(int argc, char **argv) {
   for (int i = 1; i < argc; i++) {
     const char *v;
     if (strcmp(argv[i], "--help") == 0 || strcmp(argv[i], "-h") == 0) {
-      fputs(usage, stdout);
+      tool_help(usage);
       return 0;
     } else if (strcmp(argv[i], "--version") == 0) {
       printf("h2rev-dialer %s\n", h2rev_version());
@@ -528,6 +683,8 @@ int main(int argc, char **argv) {
       tokens_file = v;
     } else if ((v = tool_flag(argc, argv, &i, "--drain-timeout")) != NULL) {
       drain_timeout = tool_parse_ms("--drain-timeout", v);
+    } else if ((v = tool_flag(argc, argv, &i, "--drain-delay")) != NULL) {
+      drain_delay = tool_parse_ms("--drain-delay", v);
     } else if ((v = tool_flag(argc, argv, &i, "--client-ca")) != NULL) {
       client_ca = v;
     } else if ((v = tool_flag(argc, argv, &i, "--dial-timeout")) != NULL) {
@@ -558,6 +715,17 @@ int main(int argc, char **argv) {
       log_format = v;
     } else if ((v = tool_flag(argc, argv, &i, "--metrics")) != NULL) {
       metrics = v;
+    } else if ((v = tool_flag(argc, argv, &i, "--replica-id")) != NULL) {
+      if (strlen(v) == 0 || strlen(v) > REPLICA_ID_MAX ||
+          strspn(v, "abcdefghijklmnopqrstuvwxyzABCDEFGHIJKLMNOPQRSTUVWXYZ0123456789._~:@-") !=
+              strlen(v))
+        tool_usage_error("--replica-id: \"%s\" is not 1 to %d of A-Z a-z 0-9 . _ ~ : @ -", v,
+                         REPLICA_ID_MAX);
+      o.replica_id = v;
+    } else if ((v = tool_flag(argc, argv, &i, "--replicas")) != NULL) {
+      o.replicas = positive("--replicas", tool_parse_count("--replicas", v, REPLICAS_LIMIT));
+    } else if ((v = tool_flag(argc, argv, &i, "--workers")) != NULL) {
+      workers = positive("--workers", tool_parse_count("--workers", v, WORKERS_MAX));
     } else if ((v = tool_flag(argc, argv, &i, "--log-level")) != NULL) {
       tool_log_level = tool_parse_level(v);
     } else {
@@ -620,6 +788,23 @@ int main(int argc, char **argv) {
         "--self-signed-names is for the self-signed certificate (not with --cert or --cleartext)");
   }
 
+  if (workers > 1) {
+    if (ntcp_specs > 0)
+      tool_usage_error("--tcp is not supported with --workers yet");
+    if (port_of(&addr) == 0)
+      tool_usage_error("--workers needs a port in --listen (not 0)");
+    /* Each worker is a replica: the listeners attach to all of them. */
+    static char rid[80];
+    unsigned w = supervise(workers);
+    if (o.replica_id != NULL) {
+      snprintf(rid, sizeof(rid), "%s-w%u", o.replica_id, w);
+      o.replica_id = rid;
+    }
+    o.replicas = (o.replicas > 0 ? o.replicas : 1) * workers;
+    o.reuse_port = 1;
+    if (metrics != NULL)
+      set_port(&maddr, (unsigned)(port_of(&maddr) + w));
+  }
   loop = uv_default_loop();
   o.base_path = base;
   o.dial_timeout_ms = dial_timeout;
@@ -673,6 +858,10 @@ int main(int argc, char **argv) {
             "serving %s on %s: %.*s/revdial?id=ID, %.*s/proxy/ID/PATH and CONNECT ID:PORT",
             cleartext ? "h2c" : "h2 over TLS", where[0] ? where : listen, (int)bl, base, (int)bl,
             base);
+  if (o.replicas > 0)
+    tool_logf(H2REV_LOG_INFO, "replica %s of %u", h2rev_dialer_replica_id(&dialer), o.replicas);
+  else
+    tool_logf(H2REV_LOG_INFO, "replica %s", h2rev_dialer_replica_id(&dialer));
   if (metrics != NULL) {
     r = ops_metrics_listen(loop, &dialer, (struct sockaddr *)&maddr);
     if (r != 0) {

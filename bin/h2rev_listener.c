@@ -11,10 +11,16 @@
 #include <string.h>
 #include <unistd.h>
 
+/* --url given more than once: the library's default max_attachments. */
+#define URLS_MAX 63
+
 static const char usage[] =
     "usage: h2rev-listener --url URL --upstream URL [options]\n"
     "  --url URL            the dialer's base URL, e.g. https://relay:8443/base\n"
-    "                       (http:// for cleartext HTTP/2)\n"
+    "                       (http:// for cleartext HTTP/2); may be repeated, one\n"
+    "                       per dialer replica; the URL of a load balancer in\n"
+    "                       front of dialer replicas that say how many they are\n"
+    "                       gets one connection to each\n"
     "  --id ID              the name to attach as (default: the host name)\n"
     "  --upstream URL       where requests go: http://HOST:PORT[/PATH] or https://...;\n"
     "                       tcp://HOST:PORT: each reverse connection is spliced to\n"
@@ -502,6 +508,8 @@ static void metrics_page(h2rev_http_req_t *req, void *arg) {
 
 int main(int argc, char **argv) {
   tool_name = "h2rev-listener";
+  const char *urls[URLS_MAX + 1] = {0};
+  size_t nurls = 0;
   const char *url = NULL, *id = NULL, *up = NULL, *ca = NULL, *cert = NULL, *key = NULL;
   const char *token_flag = NULL, *token_file = NULL, *upstream_ca = NULL;
   bool insecure = false, upstream_insecure = false, keep_host = false, exit_permanent = false;
@@ -510,7 +518,7 @@ int main(int argc, char **argv) {
   for (int i = 1; i < argc; i++) {
     const char *v;
     if (strcmp(argv[i], "--help") == 0 || strcmp(argv[i], "-h") == 0) {
-      fputs(usage, stdout);
+      tool_help(usage);
       return 0;
     } else if (strcmp(argv[i], "--version") == 0) {
       printf("h2rev-listener %s\n", h2rev_version());
@@ -526,7 +534,12 @@ int main(int argc, char **argv) {
     } else if ((v = tool_flag(argc, argv, &i, "--upstream-ca")) != NULL) {
       upstream_ca = v;
     } else if ((v = tool_flag(argc, argv, &i, "--url")) != NULL) {
-      url = v;
+      if (url == NULL)
+        url = v;
+      else if (nurls == URLS_MAX)
+        tool_usage_error("--url: more than %d", URLS_MAX + 1);
+      else
+        urls[nurls++] = v;
     } else if ((v = tool_flag(argc, argv, &i, "--id")) != NULL) {
       id = v;
     } else if ((v = tool_flag(argc, argv, &i, "--upstream")) != NULL) {
@@ -624,6 +637,7 @@ int main(int argc, char **argv) {
   loop = uv_default_loop();
   h2rev_listener_options_t o = {0};
   o.url = url;
+  o.urls = nurls > 0 ? urls : NULL;
   o.id = id;
   o.tls.ca_file = ca;
   o.tls.cert_file = cert;

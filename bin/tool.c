@@ -52,6 +52,19 @@ void tool_log(void *arg, int level, const char *msg) {
   fprintf(stderr, "%s %s %s: %s\n", ts, tool_name, level_name(level), msg);
 }
 
+void tool_help(const char *text) {
+  fflush(stdout);
+  size_t n = strlen(text), off = 0;
+  while (off < n) {
+    ssize_t w = write(STDOUT_FILENO, text + off, n - off);
+    if (w < 0 && errno == EINTR)
+      continue;
+    if (w <= 0)
+      break;
+    off += (size_t)w;
+  }
+}
+
 void tool_logf(int level, const char *fmt, ...) {
   char line[1024];
   va_list ap;

@@ -15,6 +15,10 @@ extern const char *tool_name;
 
 void tool_log(void *arg, int level, const char *msg);
 void tool_logf(int level, const char *fmt, ...) __attribute__((format(printf, 2, 3)));
+/* Writes --help to standard output in one write: read by `head -n 1` or
+ * `grep -q`, a help longer than stdio's 4 KiB pipe buffer went out in two,
+ * and the second died of SIGPIPE once the reader had stopped. */
+void tool_help(const char *text);
 /* Prints "<tool>: <message>" and exits with status 2. */
 void tool_usage_error(const char *fmt, ...) __attribute__((format(printf, 1, 2), noreturn));
 int tool_parse_level(const char *s);

@@ -36,6 +36,8 @@ TEST_PACKAGES=(
   openssh-server openssh-client
   # e2e-deb: cpack -G DEB reads the package's dependencies with dpkg-shlibdeps
   dpkg-dev
+  # e2e-replicas: a load balancer in front of several dialer replicas
+  haproxy
 )
 if [ "$test_tools" = 1 ]; then
   PACKAGES+=("${TEST_PACKAGES[@]}")
@@ -67,7 +69,7 @@ fi
 
 echo "deps/install.sh: installing: ${missing[*]}" >&2
 export DEBIAN_FRONTEND=noninteractive
-# Among the test tools are servers (nginx-light, openssh-server) that the tests run
+# Among the test tools are servers (nginx-light, openssh-server, haproxy) that the tests run
 # privately on loopback ports: their system services are neither started by the
 # install (policy-rc.d, unless the machine has one of its own) nor enabled for
 # the next boot, so installing them opens no port on the machine.
@@ -76,6 +78,7 @@ for p in "${missing[@]}"; do
   case $p in
   nginx-light) services+=(nginx.service) ;;
   openssh-server) services+=(ssh.service ssh.socket) ;;
+  haproxy) services+=(haproxy.service) ;;
   esac
 done
 policy=/usr/sbin/policy-rc.d

@@ -396,6 +396,10 @@ typedef struct h2rev_http_server_options_s {
   h2rev_logger_t log;
   h2rev_access_log_cb access_log; /* NULL: none; runs on the loop, must not block */
   void *access_log_arg;
+  /* Nonzero: the listening sockets are bound with SO_REUSEPORT, so that
+   * several processes (or loops) serve one port and the kernel spreads the
+   * connections among them. */
+  int reuse_port;
 } h2rev_http_server_options_t;
 
 /* Request durations are counted in these buckets: up to 5 ms, 25 ms,
@@ -702,6 +706,23 @@ typedef struct h2rev_dialer_options_s {
    * a program that mounts the dialer sets it on its server. */
   h2rev_access_log_cb access_log;
   void *access_log_arg;
+  /* Several dialers (replicas) behind one load balancer: every answer to
+   * /revdial names the replica (response header x-h2rev-replica) and, when
+   * replicas is nonzero, how many there are (x-h2rev-replicas), so that a
+   * listener reaching them through the balancer attaches to each one.
+   * replica_id: 1..64 characters of an id's alphabet ([A-Za-z0-9._~:@-]);
+   * NULL: 8 random hex digits (h2rev_dialer_replica_id has them). Go's
+   * listener ignores both headers. */
+  const char *replica_id;
+  /* 0: unknown (no x-h2rev-replicas); at most 1024. Above 1, a dial (a
+   * proxied request) for an id no listener holds here waits up to its
+   * timeout for one to attach (its listener may still be reaching this
+   * replica), at most max_pending_dials such dials in all, rather than
+   * failing at once with H2REV_ENOLISTENER. */
+  unsigned replicas;
+  /* h2rev_dialer_listen's own server: SO_REUSEPORT (several dialer
+   * processes on one port, each a replica; see h2rev_http_server_options_t). */
+  int reuse_port;
 } h2rev_dialer_options_t;
 
 struct h2rev_dialer_s {
@@ -742,7 +763,7 @@ struct h2rev_dial_s {
 };
 
 /* Initialises a dialer on loop. opts may be NULL (defaults); it is copied.
- * Errors: UV_ENOMEM, UV_EINVAL (bad base path). */
+ * Errors: UV_ENOMEM, UV_EINVAL (bad base path, replica_id or replicas). */
 H2REV_EXTERN int h2rev_dialer_init(uv_loop_t *loop, h2rev_dialer_t *dialer,
                                    const h2rev_dialer_options_t *opts);
 /* Serves HTTP/2 (TLS with ALPN h2 when tls != NULL, else prior knowledge) on
@@ -810,6 +831,13 @@ H2REV_EXTERN int h2rev_dial_cancel(h2rev_dial_t *req);
 /* The listener's text for H2REV_EPICKUP, else h2rev_strerror(status). */
 H2REV_EXTERN const char *h2rev_dial_strerror(const h2rev_dial_t *req);
 H2REV_EXTERN void h2rev_dialer_stats(const h2rev_dialer_t *dialer, h2rev_dialer_stats_t *out);
+/* healthy 0: /healthz of h2rev_dialer_listen's server answers 503 (all else
+ * goes on), so that a load balancer's health check sends it no new
+ * connections before a drain; 1 (the default): 200 again. */
+H2REV_EXTERN void h2rev_dialer_set_healthy(h2rev_dialer_t *dialer, int healthy);
+/* The replica id this dialer answers /revdial with (replica_id, or the
+ * random one); valid until the dialer is closed. */
+H2REV_EXTERN const char *h2rev_dialer_replica_id(const h2rev_dialer_t *dialer);
 /* The server the dialer is mounted on (its own after h2rev_dialer_listen),
  * e.g. for h2rev_http_server_stats; NULL when none. */
 H2REV_EXTERN h2rev_http_server_t *h2rev_dialer_server(const h2rev_dialer_t *dialer);
@@ -843,7 +871,7 @@ H2REV_EXTERN int h2rev_dialer_shutdown(h2rev_dialer_t *dialer, unsigned timeout_
 
 /* The NAT side: connects out to the dialer and accepts reverse connections. */
 typedef struct h2rev_listener_s h2rev_listener_t;
-struct h2r_listener;
+struct h2r_listeners;
 
 enum h2rev_listener_state {
   H2REV_LISTENER_CONNECTING = 1,
@@ -857,6 +885,12 @@ typedef void (*h2rev_connection_cb)(h2rev_listener_t *listener, int status);
 typedef void (*h2rev_listener_state_cb)(h2rev_listener_t *listener, int state, int err,
                                         unsigned delay_ms);
 typedef void (*h2rev_listener_close_cb)(h2rev_listener_t *listener);
+/* One attachment's state (see urls): index counts the attachments from 0
+ * (url's first), replica is the dialer replica it reached last ("" until
+ * one says). */
+typedef void (*h2rev_listener_replica_cb)(h2rev_listener_t *listener, unsigned index,
+                                          const char *replica, int state, int err,
+                                          unsigned delay_ms);
 
 typedef struct h2rev_listener_options_s {
   const char *url; /* the dialer's base URL: https://host[:port]/base or http:// (h2c) */
@@ -907,16 +941,39 @@ typedef struct h2rev_listener_options_s {
    * _close), in order. May be NULL. */
   h2rev_listener_state_cb on_state;
   h2rev_logger_t log;
+  /* Several dialer replicas. A listener attaches to each one (an id lives
+   * on the connection that holds it, and a client reaches any replica):
+   * one attachment to url, one to each of urls (more base URLs,
+   * NULL-terminated; NULL: none) and, unless no_follow_replicas is set,
+   * more to url until it holds as many as the dialers say there are
+   * (x-h2rev-replicas; through a load balancer every new connection may
+   * reach any replica). An attachment that reaches a replica another one
+   * holds drops that connection and tries again (after backoff_min_ms for
+   * 10 such in a row, then with the doubling backoff; not a failure for
+   * h2rev_listener_last_error). At most max_attachments (default 64) in
+   * all. Each attachment reconnects on its own, as a single one does;
+   * on_replica has their states. set_tls, set_headers, retry_now, shutdown
+   * and close act on every attachment; last_error gives the first
+   * attachment's that has one. on_state then
+   * describes the listener as a whole: ATTACHED when the first attachment
+   * is, LOST when none is left (CONNECTING, RETRYING while none is),
+   * STOPPED when all are; h2rev_listener_accept takes streams from all.
+   * A dialer that names no replica (Go's) is one attachment as before. */
+  const char *const *urls;
+  int no_follow_replicas;
+  unsigned max_attachments;
+  h2rev_listener_replica_cb on_replica; /* may be NULL */
 } h2rev_listener_options_t;
 
 struct h2rev_listener_s {
   void *data;
   uv_loop_t *loop;
   /* private */
-  struct h2r_listener *l_;
+  struct h2r_listeners *l_;
 };
 
-/* Copies opts. Errors: H2REV_EURL, H2REV_EBADID, H2REV_ETLS, UV_ENOMEM. */
+/* Copies opts. Errors: H2REV_EURL, H2REV_EBADID, H2REV_ETLS, UV_ENOMEM,
+ * UV_EINVAL (more urls than max_attachments). */
 H2REV_EXTERN int h2rev_listener_init(uv_loop_t *loop, h2rev_listener_t *listener,
                                      const h2rev_listener_options_t *opts);
 /* Connects (and reconnects, with backoff and jitter) and calls cb(l, 0) for
@@ -944,6 +1001,9 @@ typedef struct h2rev_listener_stats_s {
   uint64_t streams_open; /* streams open on the current connection (control stream and
                             idle spares included) */
 } h2rev_listener_stats_t;
+/* With several attachments (replicas), the counts are their sums, the state
+ * is ATTACHED while one is, attached_at the earliest, last_error the first
+ * attachment's that has one (0 while one is attached). */
 H2REV_EXTERN void h2rev_listener_stats(const h2rev_listener_t *listener,
                                        h2rev_listener_stats_t *out);
 /* Replaces the TLS settings (tls of the options: CA, client certificate

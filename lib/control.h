@@ -39,5 +39,17 @@ int h2r_revdial_path(char *out, size_t cap, const char *base, const char *id);
 bool h2r_id_valid(const char *id, size_t len);
 
 #define H2R_ROLE_HEADER "x-h2rev-role"
+/* A dialer's answer to /revdial names the replica that gave it and, when it
+ * knows, how many replicas there are (an extension: Go's listener ignores
+ * them, Go's dialer sends none). */
+#define H2R_REPLICA_HEADER  "x-h2rev-replica"
+#define H2R_REPLICAS_HEADER "x-h2rev-replicas"
+/* Replica ids: 1..H2R_REPLICA_MAX bytes of the id alphabet; the random
+ * default is H2R_REPLICA_RANDOM bytes of the OS RNG in hex. */
+#define H2R_REPLICA_MAX    64
+#define H2R_REPLICA_RANDOM 4
+/* x-h2rev-replicas above this is not believed (a listener holds one
+ * connection per replica). */
+#define H2R_REPLICAS_MAX 1024
 
 #endif

@@ -33,7 +33,14 @@ static void maybe_closed(h2r_dialer_t *d) {
     d->close_cb(d->pub);
 }
 
-enum { DIAL_IDLE, DIAL_QUEUED, DIAL_COMPLETING, DIAL_DONE };
+enum { DIAL_IDLE, DIAL_QUEUED, DIAL_ORPHAN, DIAL_COMPLETING, DIAL_DONE };
+
+/* A dial waiting for its id to attach (DIAL_ORPHAN; the dial's lst_). */
+struct orphan {
+  orphan_t *next, *prev;
+  h2rev_dial_t *req;
+  char id[];
+};
 
 #define KEEPALIVE_SLICES 32 /* turns of the keep-alive timer per keepalive_ms */
 
@@ -120,6 +127,20 @@ static void dial_closed(uv_handle_t *h) {
 }
 
 static void dial_unqueue(h2rev_dial_t *req) {
+  if (req->state_ == DIAL_ORPHAN) {
+    h2r_dialer_t *d = req->dialer->d_;
+    orphan_t *o = req->lst_;
+    if (o->prev != NULL)
+      o->prev->next = o->next;
+    else
+      d->orphans = o->next;
+    if (o->next != NULL)
+      o->next->prev = o->prev;
+    d->norphans--;
+    free(o);
+    req->lst_ = NULL;
+    return;
+  }
   dlst_t *l = req->lst_;
   if (req->state_ != DIAL_QUEUED || l == NULL)
     return;
@@ -155,10 +176,67 @@ static void dial_complete(h2rev_dial_t *req, int status, const char *text) {
 
 static void dial_timeout(uv_timer_t *t) {
   h2rev_dial_t *req = t->data;
+  if (req->state_ == DIAL_ORPHAN) {
+    dial_complete(req, H2REV_ENOLISTENER, NULL); /* it did not attach in time */
+    return;
+  }
   dlst_t *l = req->lst_;
   if (l != NULL)
     H2R_WARN(&l->d->o.log, "dial %s: no data stream within the timeout", l->id);
   dial_complete(req, UV_ETIMEDOUT, NULL);
+}
+
+static void dial_enqueue(dlst_t *l, h2rev_dial_t *req) {
+  req->state_ = DIAL_QUEUED;
+  req->lst_ = l;
+  req->next_ = NULL;
+  req->prev_ = l->pend_tail;
+  if (l->pend_tail != NULL)
+    l->pend_tail->next_ = req;
+  else
+    l->pend_head = req;
+  l->pend_tail = req;
+  l->npending++;
+}
+
+/* Waits for id to attach, up to the dial's timeout: 0, or nonzero when it
+ * may not wait (the dial fails as for an unknown id). */
+static int orphan_wait(h2r_dialer_t *d, h2rev_dial_t *req, const char *id, size_t idlen,
+                       unsigned timeout_ms) {
+  if (d->o.replicas <= 1 || d->draining || d->norphans >= d->o.max_pending_dials)
+    return UV_EAGAIN;
+  orphan_t *o = malloc(sizeof(*o) + idlen + 1);
+  if (o == NULL)
+    return UV_ENOMEM;
+  memcpy(o->id, id, idlen + 1);
+  o->req = req;
+  o->prev = NULL;
+  o->next = d->orphans;
+  if (d->orphans != NULL)
+    d->orphans->prev = o;
+  d->orphans = o;
+  d->norphans++;
+  req->state_ = DIAL_ORPHAN;
+  req->lst_ = o;
+  uv_timer_start(&req->timer_, dial_timeout, timeout_ms ? timeout_ms : d->o.dial_timeout_ms, 0);
+  return 0;
+}
+
+static void ask_conn(dlst_t *l);
+
+/* l has just attached: the dials that waited for its id are its own. */
+static void adopt_orphans(h2r_dialer_t *d, dlst_t *l) {
+  orphan_t *next;
+  for (orphan_t *o = d->orphans; o != NULL; o = next) {
+    next = o->next;
+    if (strcmp(o->id, l->id) != 0)
+      continue;
+    h2rev_dial_t *req = o->req;
+    dial_unqueue(req); /* frees o */
+    dial_enqueue(l, req);
+  }
+  if (l->pend_head != NULL && l->asked < l->npending)
+    ask_conn(l);
 }
 
 /* ---------------------------------------------------- control stream */
@@ -429,7 +507,9 @@ static void refuse(h2r_dialer_t *d, h2r_strm_t *st, int status, const char *why,
            why);
   char body[160];
   snprintf(body, sizeof(body), "%s\n", why);
-  h2r_strm_reject(st, status, body);
+  /* The replica too: a listener attached to it already knows a 409 for its
+   * own id as a second connection to the same replica. */
+  h2r_strm_reject_nv(st, status, body, d->replica_nv, d->nreplica_nv);
 }
 
 /* A server that asks for client certificates (verify_client) lets clients
@@ -527,7 +607,7 @@ static void revdial(h2r_dialer_t *d, h2r_strm_t *st, const char *query) {
   l->rd.max = d->o.max_control_line;
   l->ctl.data = l;
   /* The Go listener waits for the response head before anything else. */
-  if (h2r_strm_respond(st, 200, NULL, 0) != 0) {
+  if (h2r_strm_respond(st, 200, d->replica_nv, d->nreplica_nv) != 0) {
     free(l);
     h2r_strm_abandon(st);
     return;
@@ -541,6 +621,8 @@ static void revdial(h2r_dialer_t *d, h2r_strm_t *st, const char *query) {
     table_grow(d);
   l->attached_at = uv_now(d->loop);
   H2R_INFO(&d->o.log, "listener %s attached from %s", l->id, st->sess->x.peer);
+  if (d->orphans != NULL)
+    adopt_orphans(d, l);
   event(l, H2REV_EV_ATTACH);
 }
 
@@ -672,6 +754,43 @@ static void keepalive_tick(uv_timer_t *t) {
 
 /* ------------------------------------------------------------ public */
 
+/* The replica id given, or a random one, and the headers that carry it. */
+static int replica_setup(h2r_dialer_t *d) {
+  const char *rid = d->o.replica_id;
+  if (rid != NULL) {
+    size_t len = strlen(rid);
+    if (len > H2R_REPLICA_MAX || !h2r_id_valid(rid, len))
+      return UV_EINVAL;
+    memcpy(d->replica, rid, len + 1);
+  } else {
+    unsigned char rnd[H2R_REPLICA_RANDOM];
+    int r = uv_random(NULL, NULL, rnd, sizeof(rnd), 0, NULL);
+    if (r != 0)
+      return r;
+    for (size_t i = 0; i < sizeof(rnd); i++)
+      snprintf(d->replica + 2 * i, 3, "%02x", rnd[i]);
+  }
+  d->o.replica_id = d->replica;
+  if (d->o.replicas > H2R_REPLICAS_MAX)
+    return UV_EINVAL;
+  d->replica_nv[0] =
+      (nghttp2_nv){(uint8_t *)H2R_REPLICA_HEADER, (uint8_t *)d->replica,
+                   sizeof(H2R_REPLICA_HEADER) - 1, strlen(d->replica), NGHTTP2_NV_FLAG_NONE};
+  d->nreplica_nv = 1;
+  if (d->o.replicas > 0) {
+    snprintf(d->replicas, sizeof(d->replicas), "%u", d->o.replicas);
+    d->replica_nv[1] =
+        (nghttp2_nv){(uint8_t *)H2R_REPLICAS_HEADER, (uint8_t *)d->replicas,
+                     sizeof(H2R_REPLICAS_HEADER) - 1, strlen(d->replicas), NGHTTP2_NV_FLAG_NONE};
+    d->nreplica_nv = 2;
+  }
+  return 0;
+}
+
+const char *h2rev_dialer_replica_id(const h2rev_dialer_t *dialer) {
+  return dialer->d_ != NULL ? dialer->d_->replica : "";
+}
+
 int h2rev_dialer_init(uv_loop_t *loop, h2rev_dialer_t *dialer, const h2rev_dialer_options_t *opts) {
   h2r_dialer_t *d = calloc(1, sizeof(*d));
   if (d == NULL)
@@ -720,6 +839,13 @@ int h2rev_dialer_init(uv_loop_t *loop, h2rev_dialer_t *dialer, const h2rev_diale
     d->o.body_timeout_ms = 30000;
   if (d->o.response_timeout_ms == 0)
     d->o.response_timeout_ms = 60000;
+  int r = replica_setup(d);
+  if (r != 0) {
+    free(d->base);
+    free(d->table);
+    free(d);
+    return r;
+  }
   d->loop = loop;
   d->pub = dialer;
   uv_timer_init(loop, &d->keepalive);
@@ -761,6 +887,8 @@ int h2rev_dial(h2rev_dial_t *req, h2rev_dialer_t *dialer, const char *id, h2rev_
   uv_timer_init(d->loop, &req->timer_);
   req->timer_.data = req;
   dlst_t *l = d->closing ? NULL : *slot(d, id, idlen);
+  if (l == NULL && !d->closing && orphan_wait(d, req, id, idlen, timeout_ms) == 0)
+    return 0;
   if (l == NULL) {
     dial_complete(req, d->closing ? UV_ECANCELED : H2REV_ENOLISTENER, NULL);
     return 0;
@@ -785,15 +913,7 @@ int h2rev_dial(h2rev_dial_t *req, h2rev_dialer_t *dialer, const char *id, h2rev_
     dial_complete(req, H2REV_ETOOMANY, NULL);
     return 0;
   }
-  req->state_ = DIAL_QUEUED;
-  req->lst_ = l;
-  req->prev_ = l->pend_tail;
-  if (l->pend_tail != NULL)
-    l->pend_tail->next_ = req;
-  else
-    l->pend_head = req;
-  l->pend_tail = req;
-  l->npending++;
+  dial_enqueue(l, req);
   uv_timer_start(&req->timer_, dial_timeout, timeout_ms ? timeout_ms : d->o.dial_timeout_ms, 0);
   /* Ask for a stream only when the ones already asked for do not cover the
    * dials waiting. */
@@ -803,7 +923,7 @@ int h2rev_dial(h2rev_dial_t *req, h2rev_dialer_t *dialer, const char *id, h2rev_
 }
 
 int h2rev_dial_cancel(h2rev_dial_t *req) {
-  if (req->state_ != DIAL_QUEUED)
+  if (req->state_ != DIAL_QUEUED && req->state_ != DIAL_ORPHAN)
     return UV_EINVAL;
   dial_complete(req, UV_ECANCELED, NULL);
   return 0;
@@ -887,6 +1007,8 @@ void h2r_dialer_close_begin(h2r_dialer_t *d, h2rev_dialer_close_cb cb, bool conn
   d->pending_closes += (int)d->completing;
   d->pending_closes++;
   uv_close((uv_handle_t *)&d->keepalive, timer_closed);
+  while (d->orphans != NULL)
+    dial_complete(d->orphans->req, UV_ECANCELED, NULL);
   if (d->srv != NULL && !conns_go_with_server)
     d->waiting = h2r_dialer_listener_conns(d, &d->nwaiting);
   for (unsigned i = 0; i < d->tsize; i++)

@@ -13,6 +13,7 @@
 
 typedef struct h2r_dialer h2r_dialer_t;
 typedef struct dlst dlst_t;
+typedef struct orphan orphan_t;
 
 struct h2r_dialer {
   h2rev_dialer_t *pub;
@@ -47,6 +48,16 @@ struct h2r_dialer {
   /* Set by a drain (relay.c): something it waits for may have ended (a
    * stream freed, a connection closed, a listener gone). */
   void (*on_change)(h2r_dialer_t *d);
+  /* The replica headers of every answer to /revdial. */
+  char replica[H2R_REPLICA_MAX + 1];
+  /* Dials for an id no listener holds here yet (replicas > 1: its listener
+   * may be reaching this replica), waiting for it to attach. */
+  orphan_t *orphans;
+  unsigned norphans;
+  bool unhealthy; /* h2rev_dialer_set_healthy(0): /healthz answers 503 */
+  char replicas[16];
+  nghttp2_nv replica_nv[2];
+  size_t nreplica_nv;
 };
 
 /* <base>/revdial and <base>/proxy on srv, and its connections watched. */

@@ -415,6 +415,12 @@ void h2r_strm_reject(h2r_strm_t *st, int status, const char *body);
 /* Answers a complete text response; the stream (attached or not) is reset
  * after it, and closing it does not cut the response short. */
 int h2r_strm_respond_text(h2r_strm_t *st, int status, const char *body);
+/* The same two with extra headers (at most H2R_TEXT_EXTRA_MAX; copied). */
+#define H2R_TEXT_EXTRA_MAX 4
+int h2r_strm_respond_text_nv(h2r_strm_t *st, int status, const char *body, const nghttp2_nv *extra,
+                             size_t nextra);
+void h2r_strm_reject_nv(h2r_strm_t *st, int status, const char *body, const nghttp2_nv *extra,
+                        size_t nextra);
 /* ---------------------------------------------- proxy.c, http1.c */
 
 /* A header as a pair of counted strings (not NUL-terminated). */

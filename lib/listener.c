@@ -2,6 +2,14 @@
  * The listener: connects out to the dialer, holds the control stream, opens
  * data streams when asked (and a few spares ahead of demand), hands them to
  * the application like accept(), and reconnects with backoff and jitter.
+ *
+ * Several dialer replicas (behind one load balancer, or at several URLs):
+ * the application's listener is a group of attachments (struct
+ * h2r_listeners), each one an h2r_listener_t that keeps one connection as a
+ * single listener does, and knows the replica it reached (x-h2rev-replica).
+ * An attachment that reaches a replica another one holds drops that
+ * connection and tries again; the group grows to the number of replicas
+ * the dialers announce (x-h2rev-replicas).
  */
 #include "control.h"
 
@@ -15,6 +23,10 @@
 #include <strings.h>
 
 typedef struct h2r_listener h2r_listener_t;
+typedef struct h2r_listeners h2r_listeners_t;
+
+/* max_attachments' default: attachments (replicas) one listener holds. */
+#define H2R_ATTACHMENTS_DEFAULT 64
 
 #define H2R_MAX_SPARES 64
 /* h2rev_listener_options_t.headers: at most this many (UV_EINVAL beyond). */
@@ -35,6 +47,11 @@ typedef struct h2r_listener h2r_listener_t;
  * not end) counts as attached once a control message or a data stream's 200
  * proves it, or once it has stayed open this long. */
 #define H2R_PROOF_MS 1000
+/* Through a load balancer an attachment reaches a replica another one holds
+ * now and then (1 - unheld/replicas of the time): this many such attempts in
+ * a row retry after backoff_min_ms, before the backoff doubles (a count of
+ * replicas above the truth then costs little). */
+#define H2R_DUP_FAST 10
 /* An attachment that lived this long resets the backoff: one that the peer
  * ends at once (a crash loop, a server that is not a dialer) keeps doubling. */
 #define H2R_STABLE_MS 5000
@@ -70,17 +87,22 @@ typedef struct lconn {
   bool refusing;     /* reading a refusal's body into rxbuf */
   bool refusal_text; /* that body is text/plain: the dialer's reason */
   bool permanent;    /* text: a failure retrying soon will not cure */
+  bool duplicate;    /* reached a replica another attachment holds */
   int status;        /* the refusal's HTTP status */
   size_t rxlen;
   uint64_t attached_at;
-  char text[H2R_FAIL_TEXT]; /* what went wrong, for the operator; empty: not said yet */
+  char text[H2R_FAIL_TEXT];          /* what went wrong, for the operator; empty: not said yet */
+  char replica[H2R_REPLICA_MAX + 1]; /* x-h2rev-replica of its answer; empty: not said */
   char rxbuf[512];
 } lconn_t;
 
 enum lstate { L_IDLE, L_RESOLVING, L_CONNECTING, L_ATTACHED, L_WAITING, L_STOPPED };
 
+/* One attachment of the group. */
 struct h2r_listener {
-  h2rev_listener_t *pub;
+  h2r_listeners_t *g;
+  unsigned index; /* in g->slots */
+  char *url;      /* for more attachments like it */
   uv_loop_t *loop;
   h2rev_listener_options_t o;
   enum lstate state;
@@ -104,9 +126,9 @@ struct h2r_listener {
   unsigned opening; /* data streams requested, no response yet */
   unsigned spares;  /* spares kept now: grows with demand, from o.spares */
   unsigned attempt;
+  unsigned dups; /* duplicate attempts in a row */
   uint64_t rng;
-  h2rev_connection_cb cb;
-  h2rev_listener_close_cb close_cb;
+  bool started;
   bool closing;
   int handles;
   /* on_state runs from this timer, never inside the call that caused it */
@@ -122,7 +144,6 @@ struct h2r_listener {
   lconn_t *drain_conn; /* alive while live_conns > 0 */
   uv_timer_t drain_timer;
   uint64_t drain_deadline;
-  h2rev_listener_close_cb drain_cb;
   bool unref; /* h2rev_listener_unref */
   /* The failures since the last attachment: the last one's text, logged
    * once (then summarised) while it repeats. */
@@ -134,19 +155,45 @@ struct h2r_listener {
   h2rev_listener_stats_t st; /* state, counters (h2rev_listener_stats) */
 };
 
+/* An attachment's view, for on_replica and the aggregate state. */
+typedef struct slot_view {
+  bool attached, stopped;
+  char replica[H2R_REPLICA_MAX + 1];
+} slot_view_t;
+
+struct h2r_listeners {
+  h2rev_listener_t *pub;
+  uv_loop_t *loop;
+  h2rev_listener_options_t o; /* the application's: on_state, on_replica, limits */
+  h2r_listener_t **slots;     /* NULL once that attachment is closed */
+  slot_view_t *views;
+  unsigned nslots, cap;
+  unsigned live;     /* attachments not yet closed */
+  unsigned attached; /* views attached */
+  unsigned stopped;  /* views stopped */
+  unsigned next;     /* where h2rev_listener_accept looks first */
+  h2rev_connection_cb cb;
+  h2rev_listener_close_cb close_cb;
+  bool closing, draining, unref;
+};
+
 static void connect_now(h2r_listener_t *l);
 static void open_data(h2r_listener_t *l);
 static void kick_fire(uv_timer_t *t);
+/* The group's side of an attachment's events. */
+static void group_state(h2r_listener_t *l, int state, int err, unsigned delay);
+static void group_ready(h2r_listener_t *l);
+static void group_slot_done(h2r_listeners_t *g);
+static bool group_holds(h2r_listener_t *l, const char *replica);
+static void group_replicas(h2r_listener_t *l, unsigned n);
 
 static void handle_closed(uv_handle_t *h);
 
 static void state_fire(uv_timer_t *t) {
   h2r_listener_t *l = t->data;
   /* A callback may cause (or close, which queues) more: they run here too. */
-  for (unsigned i = 0; i < l->nstates; i++) {
-    if (l->o.on_state != NULL)
-      l->o.on_state(l->pub, l->states[i].state, l->states[i].err, l->states[i].delay);
-  }
+  for (unsigned i = 0; i < l->nstates; i++)
+    group_state(l, l->states[i].state, l->states[i].err, l->states[i].delay);
   l->nstates = 0;
   if (l->closing && !l->state_closed) {
     /* STOPPED, queued by the close, has run: the close may complete. */
@@ -260,9 +307,9 @@ static void unpark(h2r_listener_t *l, h2r_strm_t *st) {
 
 static void kick_fire(uv_timer_t *t) {
   h2r_listener_t *l = t->data;
-  while (l->unannounced > 0 && !l->closing && l->cb != NULL) {
+  while (l->unannounced > 0 && !l->closing && l->started) {
     l->unannounced--;
-    l->cb(l->pub, 0);
+    group_ready(l);
   }
 }
 
@@ -560,12 +607,48 @@ static void proof_timer(uv_timer_t *t) {
     prove(l, c);
 }
 
+/* The replica that answered, and how many there are, when the dialer says. */
+static void read_replica(lconn_t *c, h2r_strm_t *st, unsigned *count) {
+  size_t len = 0;
+  const char *v = h2r_strm_header(st, H2R_REPLICA_HEADER, &len);
+  if (v != NULL && len <= H2R_REPLICA_MAX && h2r_id_valid(v, len)) {
+    memcpy(c->replica, v, len);
+    c->replica[len] = '\0';
+    if (c->l != NULL)
+      memcpy(c->l->g->views[c->l->index].replica, c->replica, len + 1);
+  }
+  *count = 0;
+  v = h2r_strm_header(st, H2R_REPLICAS_HEADER, &len);
+  unsigned n = 0;
+  for (size_t i = 0; v != NULL && i < len && n <= H2R_REPLICAS_MAX; i++) {
+    if (v[i] < '0' || v[i] > '9')
+      return;
+    n = n * 10 + (unsigned)(v[i] - '0');
+  }
+  if (n <= H2R_REPLICAS_MAX)
+    *count = n;
+}
+
 static void ctl_headers(h2r_strm_t *st) {
   lconn_t *c = st->owner;
   h2r_listener_t *l = c->l;
   if (l == NULL) {
     st->hooks = NULL;
     h2r_strm_abandon(st);
+    return;
+  }
+  unsigned replicas = 0;
+  read_replica(c, st, &replicas);
+  /* A second connection to a replica held already (through a load
+   * balancer): 200, or 409 from the replica where this id is attached. It
+   * goes at once, and the attachment tries again, after the backoff. */
+  if ((st->status == 200 || st->status == 409) && group_holds(l, c->replica)) {
+    st->hooks = NULL;
+    h2r_strm_abandon(st);
+    c->duplicate = true;
+    conn_fail(c, H2REV_EIDTAKEN, false,
+              "%s led to replica %s, which another connection of this listener holds", l->authority,
+              c->replica);
     return;
   }
   if (st->status != 200) {
@@ -594,6 +677,8 @@ static void ctl_headers(h2r_strm_t *st) {
   c->attached_at = uv_now(l->loop);
   h2r_strm_attach(st, &c->ctl);
   h2rev_stream_read_start(&c->ctl, ctl_alloc, ctl_read);
+  if (replicas > 0)
+    group_replicas(l, replicas);
   l->state = L_ATTACHED;
   l->spares = l->o.spares;
   for (unsigned i = 0; i < l->spares; i++)
@@ -622,12 +707,16 @@ static void prove(h2r_listener_t *l, lconn_t *c) {
     return;
   c->proven = true;
   uv_timer_stop(&l->probe);
+  char rep[H2R_REPLICA_MAX + 16] = "";
+  if (c->replica[0] != '\0')
+    snprintf(rep, sizeof(rep), ", replica %s", c->replica);
   if (l->fail_count > 0)
-    H2R_INFO(&l->o.log, "attached as %s to %s (after %u failed attempt%s)", l->id, l->authority,
-             l->fail_count, l->fail_count == 1 ? "" : "s");
+    H2R_INFO(&l->o.log, "attached as %s to %s (after %u failed attempt%s)%s", l->id, l->authority,
+             l->fail_count, l->fail_count == 1 ? "" : "s", rep);
   else
-    H2R_INFO(&l->o.log, "attached as %s to %s", l->id, l->authority);
+    H2R_INFO(&l->o.log, "attached as %s to %s%s", l->id, l->authority, rep);
   l->fail_count = l->fail_repeats = 0;
+  l->dups = 0;
   l->fail_err = 0;
   l->fail_text[0] = '\0';
   l->st.attachments++;
@@ -767,6 +856,23 @@ static void lost(h2r_listener_t *l, int err, const char *text, bool permanent) {
   uv_timer_start(&l->retry, retry_fire, delay, 0);
 }
 
+/* The attempt reached a replica another attachment holds: expected through a
+ * load balancer, so neither a failure to report nor one to remember. */
+static void lost_duplicate(h2r_listener_t *l, const char *text) {
+  if (l->closing) {
+    l->state = L_STOPPED;
+    return;
+  }
+  set_state(l, H2REV_LISTENER_LOST, H2REV_EIDTAKEN, 0);
+  if (++l->dups > H2R_DUP_FAST)
+    l->attempt++;
+  unsigned delay = backoff(l, false);
+  H2R_DEBUG(&l->o.log, "%s; retrying in %.1f s", text, delay / 1000.0);
+  l->state = L_WAITING;
+  set_state(l, H2REV_LISTENER_RETRYING, H2REV_EIDTAKEN, delay);
+  uv_timer_start(&l->retry, retry_fire, delay, 0);
+}
+
 static void conn_open(h2r_session_t *s, int status) {
   lconn_t *c = s->owner;
   h2r_listener_t *l = c->l;
@@ -887,7 +993,10 @@ static void conn_close(h2r_session_t *s) {
     else if (c->text[0] == '\0')
       snprintf(c->text, sizeof(c->text), "connection to %s lost: %s%s%s", l->authority,
                h2rev_strerror(why), c->s.x.errmsg[0] ? ": " : "", c->s.x.errmsg);
-    lost(l, why, c->text, c->permanent);
+    if (c->duplicate)
+      lost_duplicate(l, c->text);
+    else
+      lost(l, why, c->text, c->permanent);
   }
   conn_free(c);
   maybe_done(l);
@@ -957,8 +1066,8 @@ static void connect_now(h2r_listener_t *l) {
     return;
   l->state = L_RESOLVING;
   /* Attempts after a failure are logged with its outcome, when it changes. */
-  h2r_log(&l->o.log, l->fail_count > 0 ? H2REV_LOG_DEBUG : H2REV_LOG_INFO, "connecting to %s as %s",
-          l->authority, l->id);
+  h2r_log(&l->o.log, l->fail_count > 0 || l->dups > 0 ? H2REV_LOG_DEBUG : H2REV_LOG_INFO,
+          "connecting to %s as %s", l->authority, l->id);
   set_state(l, H2REV_LISTENER_CONNECTING, 0, 0);
   l->st.attempts++;
   struct addrinfo hints = {0};
@@ -1047,35 +1156,46 @@ static void free_listener(h2r_listener_t *l) {
   free(l->authority);
   free(l->path);
   free(l->id);
+  free(l->url);
   if (l->ctx != NULL)
     SSL_CTX_free(l->ctx);
   free(l);
 }
 
-int h2rev_listener_init(uv_loop_t *loop, h2rev_listener_t *listener,
-                        const h2rev_listener_options_t *opts) {
-  if (opts == NULL || opts->url == NULL || opts->id == NULL)
-    return UV_EINVAL;
-  if (!h2r_id_valid(opts->id, strlen(opts->id)))
-    return H2REV_EBADID;
+/* An attachment to url; its TLS settings and headers are opts' or, with
+ * like set, those in use by that attachment (reloads included). */
+static int slot_init(h2r_listeners_t *g, const char *url, const h2rev_listener_options_t *opts,
+                     const h2r_listener_t *like, h2r_listener_t **out) {
   h2r_listener_t *l = calloc(1, sizeof(*l));
   if (l == NULL)
     return UV_ENOMEM;
   l->o = *opts;
-  l->loop = loop;
-  l->pub = listener;
+  l->loop = g->loop;
+  l->g = g;
   l->id = h2r_strndup(opts->id, strlen(opts->id));
-  int r = l->id ? parse_url(l, opts->url) : UV_ENOMEM;
-  if (r == 0)
+  l->url = h2r_strndup(url, strlen(url));
+  int r = l->id != NULL && l->url != NULL ? parse_url(l, url) : UV_ENOMEM;
+  if (r == 0 && like != NULL) {
+    l->hdrs = like->hdrs;
+    if (l->hdrs != NULL)
+      l->hdrs->refs++;
+    if (like->sni != NULL && (l->sni = h2r_strndup(like->sni, strlen(like->sni))) == NULL)
+      r = UV_ENOMEM;
+    if (r == 0 && l->tls && like->ctx != NULL && SSL_CTX_up_ref(like->ctx) == 1)
+      l->ctx = like->ctx;
+    else if (r == 0 && l->tls)
+      r = H2REV_ETLS;
+  } else if (r == 0) {
     r = parse_headers(opts->headers, &l->hdrs);
-  if (r == 0 && opts->tls.server_name != NULL &&
-      (l->sni = h2r_strndup(opts->tls.server_name, strlen(opts->tls.server_name))) == NULL)
-    r = UV_ENOMEM;
-  if (r == 0 && l->tls) {
-    char why[256];
-    l->ctx = h2r_tls_ctx_new(&opts->tls, false, H2R_ALPN_H2, &r, why, sizeof(why));
-    if (l->ctx == NULL)
-      H2R_ERR(&l->o.log, "TLS setup failed: %s", why);
+    if (r == 0 && opts->tls.server_name != NULL &&
+        (l->sni = h2r_strndup(opts->tls.server_name, strlen(opts->tls.server_name))) == NULL)
+      r = UV_ENOMEM;
+    if (r == 0 && l->tls) {
+      char why[256];
+      l->ctx = h2r_tls_ctx_new(&opts->tls, false, H2R_ALPN_H2, &r, why, sizeof(why));
+      if (l->ctx == NULL)
+        H2R_ERR(&l->o.log, "TLS setup failed: %s", why);
+    }
   }
   if (r != 0) {
     free_listener(l);
@@ -1083,40 +1203,29 @@ int h2rev_listener_init(uv_loop_t *loop, h2rev_listener_t *listener,
   }
   /* Only the copies are kept. */
   l->o.url = NULL;
+  l->o.urls = NULL;
   l->o.id = l->id;
   l->o.headers = NULL;
   l->o.tls = (h2rev_tls_options_t){0};
-  if (l->o.ping_interval_ms == 0)
-    l->o.ping_interval_ms = 30000;
-  if (l->o.ping_timeout_ms == 0)
-    l->o.ping_timeout_ms = 15000;
-  if (l->o.handshake_ms == 0)
-    l->o.handshake_ms = 10000;
-  if (l->o.backoff_min_ms == 0)
-    l->o.backoff_min_ms = 500;
-  if (l->o.backoff_max_ms < l->o.backoff_min_ms)
-    l->o.backoff_max_ms = l->o.backoff_min_ms > 30000 ? l->o.backoff_min_ms : 30000;
-  if (l->o.spares == 0)
-    l->o.spares = 2;
   l->rng = uv_hrtime() ^ (uintptr_t)l;
   if (l->rng == 0)
     l->rng = 1;
-  uv_timer_init(loop, &l->retry);
-  uv_timer_init(loop, &l->kick);
-  uv_timer_init(loop, &l->probe);
-  l->probe.data = l;
-  uv_timer_init(loop, &l->state_timer);
-  l->retry.data = l->kick.data = l->state_timer.data = l;
-  l->handles = 4;
-  listener->loop = loop;
-  listener->l_ = l;
+  *out = l;
   return 0;
 }
 
-static void listener_set_unref(h2rev_listener_t *listener, bool unref) {
-  h2r_listener_t *l = listener->l_;
-  if (l == NULL)
-    return;
+/* After slot_init: from here on it is freed by closing (slot_close). */
+static void slot_handles_init(h2r_listener_t *l) {
+  uv_timer_init(l->loop, &l->retry);
+  uv_timer_init(l->loop, &l->kick);
+  uv_timer_init(l->loop, &l->probe);
+  l->probe.data = l;
+  uv_timer_init(l->loop, &l->state_timer);
+  l->retry.data = l->kick.data = l->state_timer.data = l;
+  l->handles = 4;
+}
+
+static void slot_set_unref(h2r_listener_t *l, bool unref) {
   l->unref = unref;
   h2r_handle_ref(&l->retry, unref);
   h2r_handle_ref(&l->kick, unref);
@@ -1128,27 +1237,12 @@ static void listener_set_unref(h2rev_listener_t *listener, bool unref) {
     h2r_session_set_unref(&c->s, unref);
 }
 
-void h2rev_listener_ref(h2rev_listener_t *listener) {
-  listener_set_unref(listener, false);
-}
-
-void h2rev_listener_unref(h2rev_listener_t *listener) {
-  listener_set_unref(listener, true);
-}
-
-int h2rev_listener_start(h2rev_listener_t *listener, h2rev_connection_cb cb) {
-  h2r_listener_t *l = listener->l_;
-  if (l->cb != NULL)
-    return UV_EALREADY;
-  if (cb == NULL)
-    return UV_EINVAL;
-  l->cb = cb;
+static void slot_start(h2r_listener_t *l) {
+  l->started = true;
   connect_now(l);
-  return 0;
 }
 
-int h2rev_listener_accept(h2rev_listener_t *listener, h2rev_stream_t *stream) {
-  h2r_listener_t *l = listener->l_;
+static int slot_accept(h2r_listener_t *l, h2rev_stream_t *stream) {
   h2r_strm_t *st = l->ready_head;
   if (st == NULL)
     return UV_EAGAIN;
@@ -1164,27 +1258,46 @@ int h2rev_listener_accept(h2rev_listener_t *listener, h2rev_stream_t *stream) {
   return 0;
 }
 
+/* The figures of every attachment, summed; the state and the last error
+ * as the application sees the whole (attached while one is). */
 void h2rev_listener_stats(const h2rev_listener_t *listener, h2rev_listener_stats_t *out) {
-  const h2r_listener_t *l = listener->l_;
-  if (l == NULL) {
-    *out = (h2rev_listener_stats_t){.state = H2REV_LISTENER_STOPPED};
+  const h2r_listeners_t *g = listener->l_;
+  *out = (h2rev_listener_stats_t){.state = H2REV_LISTENER_STOPPED};
+  if (g == NULL)
     return;
+  bool first = true;
+  for (unsigned i = 0; i < g->nslots; i++) {
+    const h2r_listener_t *l = g->slots[i];
+    if (l == NULL)
+      continue;
+    if (first || l->st.state == H2REV_LISTENER_ATTACHED)
+      out->state = l->st.state;
+    first = false;
+    out->attempts += l->st.attempts;
+    out->attachments += l->st.attachments;
+    out->failures += l->st.failures;
+    out->accepted += l->st.accepted;
+    if (l->st.attached_at != 0 && (out->attached_at == 0 || l->st.attached_at < out->attached_at))
+      out->attached_at = l->st.attached_at;
+    if (out->last_error == 0 && l->fail_err != 0) {
+      out->last_error = l->fail_err;
+      out->last_permanent = l->fail_permanent;
+    }
+    out->streams_open += l->conn != NULL && !l->conn->dead ? l->conn->s.nstreams : 0;
   }
-  *out = l->st;
-  out->last_error = l->fail_err;
-  out->last_permanent = l->fail_err != 0 && l->fail_permanent;
-  out->streams_open = l->conn != NULL && !l->conn->dead ? l->conn->s.nstreams : 0;
+  if (g->attached > 0) {
+    out->state = H2REV_LISTENER_ATTACHED;
+    out->last_error = out->last_permanent = 0;
+  }
 }
 
 static void maybe_done(h2r_listener_t *l) {
   if (!l->closing || l->handles > 0 || l->live_conns > 0 || l->gai_busy)
     return;
-  h2rev_listener_t *pub = l->pub;
-  h2rev_listener_close_cb cb = l->close_cb;
+  h2r_listeners_t *g = l->g;
+  g->slots[l->index] = NULL;
   free_listener(l);
-  pub->l_ = NULL;
-  if (cb != NULL)
-    cb(pub);
+  group_slot_done(g);
 }
 
 static void handle_closed(uv_handle_t *h) {
@@ -1193,12 +1306,10 @@ static void handle_closed(uv_handle_t *h) {
   maybe_done(l);
 }
 
-void h2rev_listener_close(h2rev_listener_t *listener, h2rev_listener_close_cb cb) {
-  h2r_listener_t *l = listener->l_;
-  if (l == NULL || l->closing)
+static void slot_close(h2r_listener_t *l) {
+  if (l->closing)
     return;
   l->closing = true;
-  l->close_cb = cb;
   if (l->gai_busy)
     uv_cancel((uv_req_t *)&l->gai);
   uv_close((uv_handle_t *)&l->retry, handle_closed);
@@ -1252,22 +1363,20 @@ static void drain_tick(uv_timer_t *t) {
       H2R_INFO(&l->o.log, "drained: no reverse connection in flight");
     }
     /* Ends every connection left. */
-    h2rev_listener_close(l->pub, l->drain_cb);
+    slot_close(l);
   }
   uv_timer_stop(t);
   uv_close((uv_handle_t *)t, drain_timer_closed);
 }
 
-int h2rev_listener_shutdown(h2rev_listener_t *listener, unsigned timeout_ms,
-                            h2rev_listener_close_cb cb) {
-  h2r_listener_t *l = listener->l_;
-  if (l == NULL || l->closing || l->draining)
-    return UV_EALREADY;
+static void slot_shutdown(h2r_listener_t *l, unsigned timeout_ms) {
+  if (l->closing || l->draining)
+    return;
   lconn_t *c = l->conn;
   if (c == NULL || !c->attached || c->dead) {
     /* Not attached: nothing in flight. */
-    h2rev_listener_close(listener, cb);
-    return 0;
+    slot_close(l);
+    return;
   }
   /* The timer first: closing the control stream below may end the drain. */
   uv_timer_init(l->loop, &l->drain_timer);
@@ -1276,7 +1385,6 @@ int h2rev_listener_shutdown(h2rev_listener_t *listener, unsigned timeout_ms,
     uv_unref((uv_handle_t *)&l->drain_timer);
   l->handles++;
   l->draining = true;
-  l->drain_cb = cb;
   l->drain_deadline = uv_now(l->loop) + timeout_ms;
   /* Detached from the listener: when it ends, nothing reconnects. */
   l->conn = NULL;
@@ -1287,34 +1395,19 @@ int h2rev_listener_shutdown(h2rev_listener_t *listener, unsigned timeout_ms,
    * spares; the GOAWAY ends the connection once the streams in use are. */
   h2rev_stream_close(&c->ctl, NULL);
   h2r_session_shutdown(&c->s);
-  H2R_INFO(&l->o.log, "draining: detached %s, %u ms to go", l->id, timeout_ms);
+  if (c->replica[0] != '\0')
+    H2R_INFO(&l->o.log, "draining: detached %s from replica %s, %u ms to go", l->id, c->replica,
+             timeout_ms);
+  else
+    H2R_INFO(&l->o.log, "draining: detached %s, %u ms to go", l->id, timeout_ms);
   if (!l->closing)
     uv_timer_start(&l->drain_timer, drain_tick, l->live_conns > 0 ? timeout_ms : 0, 0);
-  return 0;
 }
 
 /* ------------------------------------------------------------- reload */
 
-int h2rev_listener_last_error(const h2rev_listener_t *listener, char *buf, size_t len,
-                              int *permanent) {
-  const h2r_listener_t *l = listener->l_;
-  if (l == NULL || l->fail_err == 0) {
-    if (len > 0)
-      buf[0] = '\0';
-    if (permanent != NULL)
-      *permanent = 0;
-    return 0;
-  }
-  if (len > 0)
-    snprintf(buf, len, "%s", l->fail_text);
-  if (permanent != NULL)
-    *permanent = l->fail_permanent;
-  return l->fail_err;
-}
-
-int h2rev_listener_set_tls(h2rev_listener_t *listener, const h2rev_tls_options_t *tls) {
-  h2r_listener_t *l = listener->l_;
-  if (l == NULL || tls == NULL || !l->tls)
+static int slot_set_tls(h2r_listener_t *l, const h2rev_tls_options_t *tls) {
+  if (!l->tls)
     return UV_EINVAL;
   char *sni = NULL;
   if (tls->server_name != NULL &&
@@ -1336,25 +1429,344 @@ int h2rev_listener_set_tls(h2rev_listener_t *listener, const h2rev_tls_options_t
   return 0;
 }
 
-int h2rev_listener_set_headers(h2rev_listener_t *listener, const char *const *headers) {
-  h2r_listener_t *l = listener->l_;
-  if (l == NULL)
-    return UV_EINVAL;
-  hdrset_t *h;
-  int r = parse_headers(headers, &h);
-  if (r != 0)
-    return r;
-  hdrset_release(l->hdrs);
-  l->hdrs = h;
-  return 0;
-}
-
-int h2rev_listener_retry_now(h2rev_listener_t *listener) {
-  h2r_listener_t *l = listener->l_;
-  if (l == NULL || l->closing || l->state != L_WAITING)
+static int slot_retry_now(h2r_listener_t *l) {
+  if (l->closing || l->state != L_WAITING)
     return UV_EALREADY;
   uv_timer_stop(&l->retry);
   l->attempt = 0;
   connect_now(l);
   return 0;
+}
+
+/* ------------------------------------------------------------ the group */
+
+static int group_grow(h2r_listeners_t *g, unsigned want) {
+  if (want <= g->cap)
+    return 0;
+  h2r_listener_t **s = realloc(g->slots, want * sizeof(*s));
+  if (s == NULL)
+    return UV_ENOMEM;
+  g->slots = s;
+  slot_view_t *v = realloc(g->views, want * sizeof(*v));
+  if (v == NULL)
+    return UV_ENOMEM;
+  g->views = v;
+  g->cap = want;
+  return 0;
+}
+
+static int group_add(h2r_listeners_t *g, const char *url, const h2rev_listener_options_t *opts,
+                     const h2r_listener_t *like) {
+  int r = group_grow(g, g->nslots + 1);
+  h2r_listener_t *l = NULL;
+  if (r == 0)
+    r = slot_init(g, url, opts, like, &l);
+  if (r != 0)
+    return r;
+  l->index = g->nslots++;
+  g->slots[l->index] = l;
+  g->views[l->index] = (slot_view_t){0};
+  g->live++;
+  /* h2rev_listener_init makes the handles once every attachment is made. */
+  if (like != NULL) {
+    slot_handles_init(l);
+    if (g->unref)
+      slot_set_unref(l, true);
+  }
+  return 0;
+}
+
+static void group_free(h2r_listeners_t *g) {
+  free(g->slots);
+  free(g->views);
+  free(g);
+}
+
+static bool group_holds(h2r_listener_t *l, const char *replica) {
+  h2r_listeners_t *g = l->g;
+  if (replica[0] == '\0')
+    return false;
+  for (unsigned i = 0; i < g->nslots; i++) {
+    h2r_listener_t *o = g->slots[i];
+    if (o == NULL || o == l || o->conn == NULL)
+      continue;
+    lconn_t *c = o->conn;
+    if (c->attached && !c->dead && strcmp(c->replica, replica) == 0)
+      return true;
+  }
+  return false;
+}
+
+/* The dialers say there are n replicas: one attachment each, on the URL of
+ * the one that heard it (the load balancer's). */
+static void group_replicas(h2r_listener_t *l, unsigned n) {
+  h2r_listeners_t *g = l->g;
+  if (g->o.no_follow_replicas || g->closing || g->draining)
+    return;
+  if (n > g->o.max_attachments)
+    n = g->o.max_attachments;
+  unsigned added = 0;
+  while (g->nslots < n) {
+    int r = group_add(g, l->url, &l->o, l);
+    if (r != 0) {
+      H2R_WARN(&l->o.log, "cannot add an attachment: %s", h2rev_strerror(r));
+      break;
+    }
+    added++;
+    if (g->cb != NULL)
+      slot_start(g->slots[g->nslots - 1]);
+  }
+  if (added > 0)
+    H2R_INFO(&l->o.log, "%s has %u replicas: %u more connection%s", l->authority, n, added,
+             added == 1 ? "" : "s");
+}
+
+static void group_ready(h2r_listener_t *l) {
+  h2r_listeners_t *g = l->g;
+  if (g->cb != NULL)
+    g->cb(g->pub, 0);
+}
+
+/* Per attachment to on_replica; to on_state as they are with one
+ * attachment, else for the listener as a whole: ATTACHED when the first
+ * is, LOST when none is left, CONNECTING and RETRYING while none is,
+ * STOPPED when all are. */
+static void group_state(h2r_listener_t *l, int state, int err, unsigned delay) {
+  h2r_listeners_t *g = l->g;
+  slot_view_t *v = &g->views[l->index];
+  unsigned was = g->attached;
+  if (state == H2REV_LISTENER_ATTACHED && !v->attached) {
+    v->attached = true;
+    g->attached++;
+  } else if (state != H2REV_LISTENER_ATTACHED && v->attached) {
+    v->attached = false;
+    g->attached--;
+  }
+  bool all_stopped_before = g->stopped == g->nslots;
+  if (state == H2REV_LISTENER_STOPPED && !v->stopped) {
+    v->stopped = true;
+    g->stopped++;
+  } else if (state != H2REV_LISTENER_STOPPED && v->stopped) {
+    v->stopped = false;
+    g->stopped--;
+  }
+  if (g->o.on_replica != NULL)
+    g->o.on_replica(g->pub, l->index, v->replica, state, err, delay);
+  if (g->o.on_state == NULL)
+    return;
+  bool pass;
+  if (g->nslots == 1)
+    pass = true;
+  else if (state == H2REV_LISTENER_ATTACHED)
+    pass = was == 0;
+  else if (state == H2REV_LISTENER_STOPPED)
+    pass = g->stopped == g->nslots && !all_stopped_before;
+  else
+    pass = g->attached == 0; /* LOST, CONNECTING, RETRYING */
+  if (pass)
+    g->o.on_state(g->pub, state, err, delay);
+}
+
+static void group_slot_done(h2r_listeners_t *g) {
+  if (--g->live > 0)
+    return;
+  h2rev_listener_t *pub = g->pub;
+  h2rev_listener_close_cb cb = g->close_cb;
+  group_free(g);
+  pub->l_ = NULL;
+  if (cb != NULL)
+    cb(pub);
+}
+
+/* ------------------------------------------------------------- the API */
+
+int h2rev_listener_init(uv_loop_t *loop, h2rev_listener_t *listener,
+                        const h2rev_listener_options_t *opts) {
+  if (opts == NULL || opts->url == NULL || opts->id == NULL)
+    return UV_EINVAL;
+  if (!h2r_id_valid(opts->id, strlen(opts->id)))
+    return H2REV_EBADID;
+  h2r_listeners_t *g = calloc(1, sizeof(*g));
+  if (g == NULL)
+    return UV_ENOMEM;
+  g->pub = listener;
+  g->loop = loop;
+  g->o = *opts;
+  h2rev_listener_options_t *o = &g->o;
+  if (o->ping_interval_ms == 0)
+    o->ping_interval_ms = 30000;
+  if (o->ping_timeout_ms == 0)
+    o->ping_timeout_ms = 15000;
+  if (o->handshake_ms == 0)
+    o->handshake_ms = 10000;
+  if (o->backoff_min_ms == 0)
+    o->backoff_min_ms = 500;
+  if (o->backoff_max_ms < o->backoff_min_ms)
+    o->backoff_max_ms = o->backoff_min_ms > 30000 ? o->backoff_min_ms : 30000;
+  if (o->spares == 0)
+    o->spares = 2;
+  if (o->max_attachments == 0)
+    o->max_attachments = H2R_ATTACHMENTS_DEFAULT;
+  int r = group_add(g, opts->url, o, NULL);
+  for (size_t i = 0; r == 0 && opts->urls != NULL && opts->urls[i] != NULL; i++)
+    r = g->nslots < o->max_attachments ? group_add(g, opts->urls[i], o, NULL) : UV_EINVAL;
+  if (r != 0) {
+    for (unsigned i = 0; i < g->nslots; i++)
+      free_listener(g->slots[i]);
+    group_free(g);
+    return r;
+  }
+  for (unsigned i = 0; i < g->nslots; i++)
+    slot_handles_init(g->slots[i]);
+  /* Only the copies are kept. */
+  o->url = NULL;
+  o->urls = NULL;
+  o->id = g->slots[0]->id;
+  o->headers = NULL;
+  o->tls = (h2rev_tls_options_t){0};
+  listener->loop = loop;
+  listener->l_ = g;
+  return 0;
+}
+
+static void listener_set_unref(h2rev_listener_t *listener, bool unref) {
+  h2r_listeners_t *g = listener->l_;
+  if (g == NULL)
+    return;
+  g->unref = unref;
+  for (unsigned i = 0; i < g->nslots; i++)
+    if (g->slots[i] != NULL)
+      slot_set_unref(g->slots[i], unref);
+}
+
+void h2rev_listener_ref(h2rev_listener_t *listener) {
+  listener_set_unref(listener, false);
+}
+
+void h2rev_listener_unref(h2rev_listener_t *listener) {
+  listener_set_unref(listener, true);
+}
+
+int h2rev_listener_start(h2rev_listener_t *listener, h2rev_connection_cb cb) {
+  h2r_listeners_t *g = listener->l_;
+  if (g->cb != NULL)
+    return UV_EALREADY;
+  if (cb == NULL)
+    return UV_EINVAL;
+  g->cb = cb;
+  for (unsigned i = 0; i < g->nslots; i++)
+    slot_start(g->slots[i]);
+  return 0;
+}
+
+int h2rev_listener_accept(h2rev_listener_t *listener, h2rev_stream_t *stream) {
+  h2r_listeners_t *g = listener->l_;
+  /* A stream announced already (each attachment counts those it has not
+   * announced yet: taking one of another's would leave its own unsaid),
+   * from each attachment in turn; else any ready one. */
+  for (int pass = 0; pass < 2; pass++)
+    for (unsigned k = 0; k < g->nslots; k++) {
+      unsigned i = (g->next + k) % g->nslots;
+      h2r_listener_t *l = g->slots[i];
+      if (l == NULL || (pass == 0 && l->nready <= l->unannounced))
+        continue;
+      if (slot_accept(l, stream) == 0) {
+        g->next = (i + 1) % g->nslots;
+        return 0;
+      }
+    }
+  return UV_EAGAIN;
+}
+
+void h2rev_listener_close(h2rev_listener_t *listener, h2rev_listener_close_cb cb) {
+  h2r_listeners_t *g = listener->l_;
+  if (g == NULL || g->closing)
+    return;
+  g->closing = true;
+  g->close_cb = cb;
+  /* An attachment being drained closes as the drain's deadline would. */
+  for (unsigned i = 0; i < g->nslots; i++)
+    if (g->slots[i] != NULL)
+      slot_close(g->slots[i]);
+}
+
+int h2rev_listener_shutdown(h2rev_listener_t *listener, unsigned timeout_ms,
+                            h2rev_listener_close_cb cb) {
+  h2r_listeners_t *g = listener->l_;
+  if (g == NULL || g->closing || g->draining)
+    return UV_EALREADY;
+  g->draining = true;
+  g->close_cb = cb;
+  for (unsigned i = 0; i < g->nslots; i++)
+    if (g->slots[i] != NULL)
+      slot_shutdown(g->slots[i], timeout_ms);
+  return 0;
+}
+
+int h2rev_listener_last_error(const h2rev_listener_t *listener, char *buf, size_t len,
+                              int *permanent) {
+  const h2r_listeners_t *g = listener->l_;
+  const h2r_listener_t *l = NULL;
+  for (unsigned i = 0; g != NULL && i < g->nslots && l == NULL; i++)
+    if (g->slots[i] != NULL && g->slots[i]->fail_err != 0)
+      l = g->slots[i];
+  if (l == NULL) {
+    if (len > 0)
+      buf[0] = '\0';
+    if (permanent != NULL)
+      *permanent = 0;
+    return 0;
+  }
+  if (len > 0)
+    snprintf(buf, len, "%s", l->fail_text);
+  if (permanent != NULL)
+    *permanent = l->fail_permanent;
+  return l->fail_err;
+}
+
+int h2rev_listener_set_tls(h2rev_listener_t *listener, const h2rev_tls_options_t *tls) {
+  h2r_listeners_t *g = listener->l_;
+  if (g == NULL || tls == NULL)
+    return UV_EINVAL;
+  int r = UV_EINVAL; /* no https:// attachment */
+  for (unsigned i = 0; i < g->nslots; i++) {
+    h2r_listener_t *l = g->slots[i];
+    if (l == NULL || !l->tls)
+      continue;
+    int e = slot_set_tls(l, tls);
+    if (e != 0)
+      return e; /* the same files for every one: the first says why */
+    r = 0;
+  }
+  return r;
+}
+
+int h2rev_listener_set_headers(h2rev_listener_t *listener, const char *const *headers) {
+  h2r_listeners_t *g = listener->l_;
+  if (g == NULL)
+    return UV_EINVAL;
+  hdrset_t *h;
+  int r = parse_headers(headers, &h);
+  if (r != 0)
+    return r;
+  for (unsigned i = 0; i < g->nslots; i++) {
+    h2r_listener_t *l = g->slots[i];
+    if (l == NULL)
+      continue;
+    hdrset_release(l->hdrs);
+    l->hdrs = h;
+    if (h != NULL)
+      h->refs++;
+  }
+  hdrset_release(h);
+  return 0;
+}
+
+int h2rev_listener_retry_now(h2rev_listener_t *listener) {
+  h2r_listeners_t *g = listener->l_;
+  int r = UV_EALREADY;
+  for (unsigned i = 0; g != NULL && i < g->nslots; i++)
+    if (g->slots[i] != NULL && slot_retry_now(g->slots[i]) == 0)
+      r = 0;
+  return r;
 }

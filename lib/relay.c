@@ -14,8 +14,10 @@
 
 /* /healthz on the dialer's own server. */
 static void healthz(h2rev_http_req_t *req, void *arg) {
-  (void)arg;
-  if (strcmp(req->path, "/healthz") == 0)
+  h2r_dialer_t *d = arg;
+  if (strcmp(req->path, "/healthz") == 0 && d->unhealthy)
+    h2rev_http_reply(req, 503, "text/plain", "draining\n", 9);
+  else if (strcmp(req->path, "/healthz") == 0)
     h2rev_http_reply(req, 200, "text/plain", "ok\n", 3);
   else
     h2rev_http_reply(req, 404, "text/plain", "not found\n", 10);
@@ -31,6 +33,7 @@ static int own_server(h2r_dialer_t *d) {
       .log = d->o.log,
       .access_log = d->o.access_log,
       .access_log_arg = d->o.access_log_arg,
+      .reuse_port = d->o.reuse_port,
   };
   int r = h2rev_http_server_init(d->loop, &d->own, &so);
   if (r != 0)
@@ -43,6 +46,11 @@ static int own_server(h2r_dialer_t *d) {
   if (r == 0)
     r = h2rev_http_server_route(&d->own, "/healthz", healthz, d);
   return r;
+}
+
+void h2rev_dialer_set_healthy(h2rev_dialer_t *dialer, int healthy) {
+  if (dialer->d_ != NULL)
+    dialer->d_->unhealthy = !healthy;
 }
 
 int h2rev_dialer_listen(h2rev_dialer_t *dialer, const struct sockaddr *addr,

@@ -7,6 +7,7 @@
  */
 #include "internal.h"
 
+#include <errno.h>
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
@@ -1219,11 +1220,26 @@ int h2rev_http_server_listen(h2rev_http_server_t *server, const struct sockaddr 
       return err;
     }
   }
-  uv_tcp_init(srv->loop, &k->tcp);
+  /* SO_REUSEPORT must be set before the bind: the socket is made first. */
+  int r = srv->o.reuse_port ? uv_tcp_init_ex(srv->loop, &k->tcp, addr->sa_family)
+                            : uv_tcp_init(srv->loop, &k->tcp);
+  if (r != 0) {
+    SSL_CTX_free(k->ctx);
+    free(k);
+    return r;
+  }
   k->tcp.data = k;
   if (srv->unref)
     uv_unref((uv_handle_t *)&k->tcp);
-  int r = uv_tcp_bind(&k->tcp, addr, 0);
+  if (srv->o.reuse_port) {
+    uv_os_fd_t fd;
+    int one = 1;
+    r = uv_fileno((uv_handle_t *)&k->tcp, &fd);
+    if (r == 0 && setsockopt(fd, SOL_SOCKET, SO_REUSEPORT, &one, sizeof(one)) != 0)
+      r = uv_translate_sys_error(errno);
+  }
+  if (r == 0)
+    r = uv_tcp_bind(&k->tcp, addr, 0);
   if (r == 0)
     r = uv_listen((uv_stream_t *)&k->tcp, 511, on_connection);
   if (r != 0) {

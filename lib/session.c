@@ -870,6 +870,13 @@ int h2r_strm_respond(h2r_strm_t *st, int status, const nghttp2_nv *nva, size_t n
 }
 
 int h2r_strm_respond_text(h2r_strm_t *st, int status, const char *body) {
+  return h2r_strm_respond_text_nv(st, status, body, NULL, 0);
+}
+
+int h2r_strm_respond_text_nv(h2r_strm_t *st, int status, const char *body, const nghttp2_nv *extra,
+                             size_t nextra) {
+  if (nextra > H2R_TEXT_EXTRA_MAX)
+    return UV_EINVAL;
   size_t len = strlen(body);
   free(st->rbody);
   st->rbody = malloc(len + 1);
@@ -879,18 +886,26 @@ int h2r_strm_respond_text(h2r_strm_t *st, int status, const char *body) {
   st->rbody_len = len;
   st->rbody_off = 0;
   /* A refusal for load (429, 503) says when to come back. */
-  static const nghttp2_nv hdrs[] = {
+  nghttp2_nv hdrs[2 + H2R_TEXT_EXTRA_MAX] = {
       {(uint8_t *)"content-type", (uint8_t *)"text/plain", 12, 10, NGHTTP2_NV_FLAG_NONE},
       {(uint8_t *)"retry-after", (uint8_t *)"1", 11, 1, NGHTTP2_NV_FLAG_NONE}};
+  size_t n = status == 429 || status == 503 ? 2 : 1;
+  for (size_t i = 0; i < nextra; i++)
+    hdrs[n++] = extra[i];
   nghttp2_data_provider dp = {.source.ptr = st, .read_callback = cb_rbody_read};
-  int r = respond(st, status, hdrs, status == 429 || status == 503 ? 2 : 1, &dp);
+  int r = respond(st, status, hdrs, n, &dp);
   if (r == 0)
     st->flags |= H2R_F_REJECT;
   return r;
 }
 
 void h2r_strm_reject(h2r_strm_t *st, int status, const char *body) {
-  if (h2r_strm_respond_text(st, status, body) != 0)
+  h2r_strm_reject_nv(st, status, body, NULL, 0);
+}
+
+void h2r_strm_reject_nv(h2r_strm_t *st, int status, const char *body, const nghttp2_nv *extra,
+                        size_t nextra) {
+  if (h2r_strm_respond_text_nv(st, status, body, extra, nextra) != 0)
     h2r_strm_abandon(st);
   else
     h2r_strm_schedule(st);

@@ -1886,3 +1886,167 @@ TEST(keepalive_every_listener_each_period) {
   dialer_stop(&e);
   loop_drain(&e.loop);
 }
+
+/* ------------------------------------------------- replicas (issue 18) */
+
+#define REP_MAX 4
+static struct {
+  int attached[REP_MAX], lost[REP_MAX], last_err[REP_MAX];
+  char replica[REP_MAX][72];
+} rep;
+
+static void lis_replica(h2rev_listener_t *l, unsigned index, const char *replica, int state,
+                        int err, unsigned delay) {
+  (void)l;
+  (void)delay;
+  ASSERT_LT(index, REP_MAX);
+  snprintf(rep.replica[index], sizeof(rep.replica[index]), "%s", replica);
+  if (state == H2REV_LISTENER_ATTACHED)
+    rep.attached[index]++;
+  else if (state == H2REV_LISTENER_LOST)
+    rep.lost[index]++, rep.last_err[index] = err;
+}
+
+static int rep_both_attached(void *arg) {
+  (void)arg;
+  return rep.attached[0] > 0 && rep.attached[1] > 0;
+}
+
+static void rep_listener(lis_t *L, env_t *e, const char *id, const char *const *urls) {
+  memset(L, 0, sizeof(*L));
+  memset(&rep, 0, sizeof(rep));
+  L->e = e;
+  char url[128];
+  snprintf(url, sizeof(url), "https://127.0.0.1:%d/base", e->port);
+  h2rev_listener_options_t o = {0};
+  o.url = url;
+  o.urls = urls;
+  o.id = id;
+  o.tls.ca_file = e->ca;
+  o.backoff_min_ms = 50;
+  o.backoff_max_ms = 200;
+  o.on_state = lis_state;
+  o.on_replica = lis_replica;
+  test_logger(&o.log, id);
+  ASSERT_OK(h2rev_listener_init(&e->loop, &L->l, &o));
+  L->l.data = L;
+  ASSERT_OK(h2rev_listener_start(&L->l, lis_conn));
+  L->open = 1;
+}
+
+/* Two replicas at two URLs: one attachment each, named by the replica's
+ * x-h2rev-replica; on_state says ATTACHED once for the listener. */
+TEST(listener_attaches_to_each_replica_url) {
+  env_t e;
+  h2rev_dialer_options_t o = {.replica_id = "ra"};
+  env_init(&e, &o);
+  ASSERT_STR_EQ(h2rev_dialer_replica_id(&e.d), "ra");
+  h2rev_dialer_t d2;
+  h2rev_dialer_options_t o2 = {.base_path = "/base", .replica_id = "rb", .replicas = 2};
+  test_logger(&o2.log, "dialer-b");
+  ASSERT_OK(h2rev_dialer_init(&e.loop, &d2, &o2));
+  struct sockaddr_in a;
+  uv_ip4_addr("127.0.0.1", 0, &a);
+  h2rev_tls_options_t tls = {.cert_file = e.cert, .key_file = e.key};
+  ASSERT_OK(h2rev_dialer_listen(&d2, (struct sockaddr *)&a, &tls));
+  struct sockaddr_in b;
+  int len = sizeof(b);
+  ASSERT_OK(h2rev_dialer_getsockname(&d2, 0, (struct sockaddr *)&b, &len));
+  char url2[128];
+  snprintf(url2, sizeof(url2), "https://127.0.0.1:%d/base", ntohs(b.sin_port));
+  const char *urls[] = {url2, NULL};
+  lis_t L;
+  rep_listener(&L, &e, "two", urls);
+  run_cond(&e.loop, rep_both_attached, NULL, 5000, "attached to both replicas");
+  run_for(&e.loop, 300); /* replicas=2 with two URLs: no third attachment */
+  ASSERT_STR_EQ(rep.replica[0], "ra");
+  ASSERT_STR_EQ(rep.replica[1], "rb");
+  ASSERT_EQ(rep.attached[2], 0);
+  ASSERT_EQ(L.attached, 1);
+  ASSERT_EQ(L.lost, 0);
+  ASSERT_EQ(stats(&e).listeners, 1);
+  h2rev_dialer_stats_t st2;
+  h2rev_dialer_stats(&d2, &st2);
+  ASSERT_EQ(st2.listeners, 1);
+  echo_through(&e, "two", 1000, 1);
+  lis_stop(&L);
+  ASSERT_EQ(L.stopped, 1);
+  int d2_closed = 0;
+  d2.data = &d2_closed;
+  h2rev_dialer_close(&d2, (h2rev_dialer_close_cb)lis_closed_flag);
+  run_until(&e.loop, &d2_closed, 5000);
+  dialer_stop(&e);
+  loop_drain(&e.loop);
+}
+
+/* A dialer that says there are 2 replicas, alone at its URL: the second
+ * attachment always reaches the replica the first holds (409 naming it),
+ * drops that connection and retries; the listener as a whole stays
+ * attached, with no failure to report, and dials go through. */
+TEST(listener_drops_duplicate_replica) {
+  env_t e;
+  h2rev_dialer_options_t o = {.replicas = 2};
+  env_init(&e, &o);
+  const char *rid = h2rev_dialer_replica_id(&e.d);
+  ASSERT_EQ(strlen(rid), 8); /* the default: 4 random bytes in hex */
+  ASSERT_EQ(strspn(rid, "0123456789abcdef"), 8);
+  lis_t L;
+  rep_listener(&L, &e, "dup", NULL);
+  run_cond(&e.loop, lis_attached, &L, 5000, "listener attached");
+  run_for(&e.loop, 1000);
+  ASSERT_STR_EQ(rep.replica[0], rid);
+  ASSERT_STR_EQ(rep.replica[1], rid);
+  ASSERT_EQ(rep.attached[1], 0);
+  ASSERT_GE(rep.lost[1], 3);
+  ASSERT_EQ(rep.last_err[1], H2REV_EIDTAKEN);
+  ASSERT_EQ(L.attached, 1);
+  ASSERT_EQ(L.lost, 0);
+  ASSERT_EQ(stats(&e).listeners, 1);
+  char buf[256];
+  ASSERT_EQ(h2rev_listener_last_error(&L.l, buf, sizeof(buf), NULL), 0);
+  echo_through(&e, "dup", 1000, 2);
+  lis_stop(&L);
+  dialer_stop(&e);
+  loop_drain(&e.loop);
+}
+
+/* A dialer among replicas: a dial for an id not attached here waits for
+ * its listener (still reaching this replica) up to the dial's timeout,
+ * instead of failing at once; one whose listener never comes fails then. */
+TEST(dial_waits_for_listener_among_replicas) {
+  env_t e;
+  h2rev_dialer_options_t o = {.replicas = 2};
+  env_init(&e, &o);
+  dclient_t never = {0};
+  dc_dial(&never, &e, "never", NULL, 0, 300);
+  char data[1000];
+  test_fill_random(data, sizeof(data), 3);
+  dclient_t c = {0};
+  dc_dial(&c, &e, "late", data, sizeof(data), 5000);
+  run_for(&e.loop, 200);
+  ASSERT_EQ(c.done, 0);
+  lis_t L;
+  rep_listener(&L, &e, "late", NULL);
+  run_cond(&e.loop, dc_finished, &c, 5000, "the waiting dial");
+  ASSERT_OK(c.status);
+  dc_check_echo(&c);
+  run_cond(&e.loop, dc_done, &never, 2000, "the dial nobody takes");
+  ASSERT_EQ(never.status, H2REV_ENOLISTENER);
+  ASSERT_GE(never.t1 - never.t0, 150); /* not at once (the loop's clock may lag) */
+  /* A dial cancelled while it waits, and one the close ends. */
+  dclient_t x = {0}, y = {0};
+  dc_dial(&x, &e, "nobody", NULL, 0, 5000);
+  ASSERT_OK(h2rev_dial_cancel(&x.req));
+  run_cond(&e.loop, dc_done, &x, 1000, "cancelled");
+  ASSERT_EQ(x.status, UV_ECANCELED);
+  dc_dial(&y, &e, "nobody", NULL, 0, 5000);
+  lis_stop(&L);
+  dc_free(&c);
+  dc_free(&never);
+  dc_free(&x);
+  dialer_stop(&e);
+  ASSERT_EQ(y.done, 1);
+  ASSERT_EQ(y.status, UV_ECANCELED);
+  dc_free(&y);
+  loop_drain(&e.loop);
+}
