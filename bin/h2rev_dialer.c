@@ -53,6 +53,12 @@ static const char usage[] =
     "  --max-client-streams N\n"
     "                       proxied requests open at once on one client\n"
     "                       connection; over it: 429 (default 100)\n"
+    "  --max-pending-dials N\n"
+    "                       requests waiting for a reverse connection of one id;\n"
+    "                       over it: 503 (default 1024)\n"
+    "  --max-streams N      streams open at once on one listener's connection:\n"
+    "                       the reverse connections in use, and so its requests\n"
+    "                       served at once; the rest wait (default 1000)\n"
     "  --body-timeout MS    a request that announced a body must start it within\n"
     "                       MS: 408 (default 30000)\n"
     "  --response-timeout MS\n"
@@ -102,6 +108,10 @@ static const char usage[] =
     "Under systemd (Type=notify) it tells READY=1 once serving, RELOADING=1 and\n"
     "READY=1 around a reload, STOPPING=1 when it drains.\n";
 
+/* --max-pending-dials and --max-streams: at most these (a queue of dials
+ * costs a request object each; nghttp2 holds a stream's state each). */
+#define MAX_PENDING_LIMIT (1u << 20)
+#define MAX_STREAMS_LIMIT (1u << 20)
 /* --replica-id and --replicas: the library's limits (include/h2rev.h). */
 #define REPLICA_ID_MAX 64
 #define REPLICAS_LIMIT 1024
@@ -697,6 +707,12 @@ int main(int argc, char **argv) {
     } else if ((v = tool_flag(argc, argv, &i, "--max-client-streams")) != NULL) {
       o.max_client_streams =
           positive("--max-client-streams", tool_parse_count("--max-client-streams", v, 1u << 16));
+    } else if ((v = tool_flag(argc, argv, &i, "--max-pending-dials")) != NULL) {
+      o.max_pending_dials = positive("--max-pending-dials",
+                                     tool_parse_count("--max-pending-dials", v, MAX_PENDING_LIMIT));
+    } else if ((v = tool_flag(argc, argv, &i, "--max-streams")) != NULL) {
+      o.max_streams =
+          positive("--max-streams", tool_parse_count("--max-streams", v, MAX_STREAMS_LIMIT));
     } else if ((v = tool_flag(argc, argv, &i, "--body-timeout")) != NULL) {
       o.body_timeout_ms = positive("--body-timeout", tool_parse_ms("--body-timeout", v));
     } else if ((v = tool_flag(argc, argv, &i, "--response-timeout")) != NULL) {

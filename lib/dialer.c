@@ -24,6 +24,8 @@ struct dlst {
   bool counted;         /* in the dialer's pending closes */
   bool reuse;           /* its data streams may carry several requests in turn */
   uint64_t attached_at; /* uv_now() */
+  dlst_t *snext;        /* in the dialer's serve list (serve_due) */
+  bool serve_due;       /* recycled spares wait for its pending dials */
   char rxbuf[512];
   char id[];
 };
@@ -267,6 +269,11 @@ static void ctl_closed(h2rev_stream_t *s) {
   dlst_t *l = s->data;
   h2r_dialer_t *d = l->d;
   bool counted = l->counted;
+  for (dlst_t **p = &d->serve_head; l->serve_due && *p != NULL; p = &(*p)->snext)
+    if (*p == l) {
+      *p = l->snext;
+      break;
+    }
   h2r_ctl_reader_free(&l->rd);
   free(l);
   if (counted)
@@ -406,6 +413,55 @@ static void data_arrived(dlst_t *l, h2r_strm_t *st) {
     spare_push(l, st);
 }
 
+/* A usable idle data stream of l's, out of its spares (unusable ones are
+ * dropped on the way), or NULL. */
+static h2r_strm_t *spare_take(dlst_t *l) {
+  while (l->spares != NULL) {
+    h2r_strm_t *st = l->spares;
+    spare_remove(l, st);
+    st->hooks = NULL;
+    if ((st->flags & H2R_F_NG_CLOSED) || st->sess->state == H2R_S_DEAD)
+      continue; /* reset by the listener, not yet reaped: it frees itself */
+    /* A reused stream that spoke while idle is not usable; a listener's
+     * spare may carry the greeting of a server that speaks first. */
+    if ((st->flags & H2R_F_EOF) || (st->rq_head != NULL && st->idle_since != 0) || st->err != 0) {
+      h2r_strm_abandon(st); /* ended, or spoke while idle */
+      continue;
+    }
+    st->idle_since = 0;
+    return st;
+  }
+  return NULL;
+}
+
+/* Dials waiting while a stream was recycled: on the turn after (a byte
+ * after the response may still have been on its way in), the spares go to
+ * them. Without this, at the listener connection's stream limit, a dial
+ * waited for a new stream (none could open) while a recycled one sat idle:
+ * 504 after the dial timeout. */
+static void serve_pending(void *arg) {
+  h2r_dialer_t *d = arg;
+  while (d->serve_head != NULL) {
+    dlst_t *l = d->serve_head;
+    d->serve_head = l->snext;
+    l->snext = NULL;
+    l->serve_due = false;
+    h2r_strm_t *st;
+    while (!l->gone && l->pend_head != NULL && (st = spare_take(l)) != NULL)
+      give(l->pend_head, st);
+  }
+}
+
+static void serve_soon(dlst_t *l) {
+  h2r_dialer_t *d = l->d;
+  if (l->serve_due || l->pend_head == NULL)
+    return;
+  l->serve_due = true;
+  l->snext = d->serve_head;
+  d->serve_head = l;
+  h2r_defer_arm(&d->serve);
+}
+
 #define RECYCLED_MAX     256   /* idle data streams kept per listener */
 #define RECYCLED_IDLE_MS 60000 /* a reused stream idle this long is closed */
 
@@ -437,6 +493,7 @@ int h2rev_dialer_recycle(h2rev_dialer_t *dialer, const char *id, h2rev_stream_t 
    * it unusable, see h2rev_dial) may still be on its way in. */
   st->idle_since = uv_now(d->loop);
   spare_push(l, st);
+  serve_soon(l);
   return 0;
 }
 
@@ -855,6 +912,8 @@ int h2rev_dialer_init(uv_loop_t *loop, h2rev_dialer_t *dialer, const h2rev_diale
   d->ka_slice = uv_now(loop) / tick;
   uv_timer_start(&d->keepalive, keepalive_tick, tick, tick);
   uv_unref((uv_handle_t *)&d->keepalive);
+  h2r_defer_init(loop, &d->serve, serve_pending, d);
+  h2r_defer_set_unref(&d->serve, true); /* the dials it serves hold the loop */
   dialer->loop = loop;
   dialer->d_ = d;
   return 0;
@@ -893,19 +952,8 @@ int h2rev_dial(h2rev_dial_t *req, h2rev_dialer_t *dialer, const char *id, h2rev_
     dial_complete(req, d->closing ? UV_ECANCELED : H2REV_ENOLISTENER, NULL);
     return 0;
   }
-  while (l->spares != NULL) {
-    h2r_strm_t *st = l->spares;
-    spare_remove(l, st);
-    st->hooks = NULL;
-    if ((st->flags & H2R_F_NG_CLOSED) || st->sess->state == H2R_S_DEAD)
-      continue; /* reset by the listener, not yet reaped: it frees itself */
-    /* A reused stream that spoke while idle is not usable; a listener's
-     * spare may carry the greeting of a server that speaks first. */
-    if ((st->flags & H2R_F_EOF) || (st->rq_head != NULL && st->idle_since != 0) || st->err != 0) {
-      h2r_strm_abandon(st); /* ended, or spoke while idle */
-      continue;
-    }
-    st->idle_since = 0;
+  h2r_strm_t *st = spare_take(l);
+  if (st != NULL) {
     give(req, st);
     return 0;
   }
@@ -1005,8 +1053,10 @@ void h2r_dialer_close_begin(h2r_dialer_t *d, h2rev_dialer_close_cb cb, bool conn
   d->close_cb = dialer_done;
   d->pending_closes = 1; /* the caller's */
   d->pending_closes += (int)d->completing;
-  d->pending_closes++;
+  d->pending_closes += 3; /* the keep-alive timer and the serve deferral's two handles */
   uv_close((uv_handle_t *)&d->keepalive, timer_closed);
+  h2r_defer_close(&d->serve, timer_closed);
+  d->serve_head = NULL;
   while (d->orphans != NULL)
     dial_complete(d->orphans->req, UV_ECANCELED, NULL);
   if (d->srv != NULL && !conns_go_with_server)

@@ -30,7 +30,9 @@ struct h2r_dialer {
   h2r_session_t **waiting; /* closing: listener connections not yet released */
   size_t nwaiting;
   uv_timer_t keepalive;
-  uint64_t ka_slice; /* the next keep-alive slice, in timer ticks since the loop's epoch */
+  h2r_defer_t serve;  /* hands recycled spares to waiting dials (serve_pending) */
+  dlst_t *serve_head; /* the listeners it serves next */
+  uint64_t ka_slice;  /* the next keep-alive slice, in timer ticks since the loop's epoch */
   h2rev_dialer_stats_t st;
   void (*close_cb)(h2rev_dialer_t *);
   h2rev_dialer_close_cb user_close_cb;
