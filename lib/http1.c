@@ -232,8 +232,15 @@ static void wrote(h1write_t *w, int status) {
   free(w);
   if (rq != NULL)
     c->srv->h1_events->written(rq, user, status);
-  if (status != 0 || c->dead)
+  if (c->dead)
     return;
+  if (status != 0) {
+    /* The client is gone (EPIPE, ECONNRESET). Its FIN may have come before
+     * the answer, and reading stopped there: nothing else will say so. */
+    c_dead(c, status);
+    c->io->close(c, false);
+    return;
+  }
   if (c->closing && c->writes == 0)
     c_close_now(c);
 }

@@ -1318,3 +1318,80 @@ TEST(drain_ends_with_last_request) {
   ASSERT_NULL(e.srv.s_);
   loop_drain(&e.loop);
 }
+
+/* A client that sends its request and closes its socket at once: its FIN
+ * arrives before the answer, so reading never reports it gone; only the
+ * answer's write fails (EPIPE). The connection must close then: it stayed
+ * open, counted and held by the server's drain, one for every such client
+ * (hostile.py abort floods left hundreds). */
+static int drip_status = 1, drip_wrote_n, drip_both;
+
+static void drip_wrote(h2rev_http_write_t *w, int status) {
+  if (++drip_wrote_n == 2) {
+    drip_status = status;
+    drip_both = 1;
+  }
+  free(w);
+}
+
+static void drip_more(uv_timer_t *t) {
+  h2rev_http_req_t *req = t->data;
+  static char rest[4096];
+  memset(rest, 'b', sizeof(rest));
+  uv_buf_t b = uv_buf_init(rest, sizeof(rest));
+  h2rev_http_write_t *w = malloc(sizeof(*w));
+  int r = h2rev_http_write(w, req, &b, 1, drip_wrote);
+  if (r != 0) { /* the first write's failure was known already */
+    free(w);
+    drip_wrote(NULL, r);
+  }
+  h2rev_http_end(req);
+  uv_close((uv_handle_t *)t, (uv_close_cb)free);
+}
+
+static void drip(h2rev_http_req_t *req, void *arg) {
+  (void)arg;
+  ASSERT_OK(h2rev_http_respond(req, 200, NULL, 0, 1 + 4096));
+  uv_buf_t b = uv_buf_init("a", 1);
+  ASSERT_OK(h2rev_http_write(malloc(sizeof(h2rev_http_write_t)), req, &b, 1, drip_wrote));
+  uv_timer_t *t = malloc(sizeof(*t));
+  uv_timer_init(req->server->loop, t);
+  t->data = req;
+  uv_timer_start(t, drip_more, 300, 0);
+}
+
+static int conns_gone;
+
+static void watch_conns(uv_timer_t *t) {
+  h2rev_http_server_stats_t st;
+  h2rev_http_server_stats(t->data, &st);
+  if (st.connections == 0)
+    conns_gone = 1;
+}
+
+TEST(http1_write_error_closes) {
+  env_t e;
+  env_init(&e);
+  ASSERT_OK(h2rev_http_server_route(&e.srv, "/drip", drip, NULL));
+  char cmd[600];
+  snprintf(cmd, sizeof(cmd),
+           "python3 -c 'import socket\n"
+           "s=socket.create_connection((\"127.0.0.1\",%d))\n"
+           "s.sendall(b\"GET /drip HTTP/1.1\\r\\nHost: x\\r\\n\\r\\n\")\n"
+           "s.close()\n"
+           "print(\"sent\", end=\"\")'",
+           e.port);
+  expect_out(&e, cmd, "sent");
+  run_until(&e.loop, &drip_both, 5000);
+  /* EPIPE or ECONNRESET: the client's kernel reset the connection on the first byte. */
+  ASSERT(drip_status != 0);
+  uv_timer_t t;
+  uv_timer_init(&e.loop, &t);
+  t.data = &e.srv;
+  conns_gone = 0;
+  uv_timer_start(&t, watch_conns, 20, 20);
+  run_until(&e.loop, &conns_gone, 3000);
+  uv_close((uv_handle_t *)&t, NULL);
+  ASSERT_EQ(conns_gone, 1);
+  env_stop(&e);
+}
