@@ -151,3 +151,11 @@ t1=$(now_ms)
 [ $((t1 - t0)) -lt 5000 ] || fail "drain took $((t1 - t0)) ms after the floods and a client reset"
 ok "abort floods and a client reset in the middle of a large response: the dialer drains in $((t1 - t0)) ms"
 grep -q "did not finish" "$WORK/dialer-clear.log" && fail "drain did not finish" || true
+
+# The TLS dialer took the same floods at the start.
+t0=$(now_ms)
+kill -TERM "$DIALER_PID"
+wait "$DIALER_PID" || fail "the TLS dialer exited $? after the abort floods"
+t1=$(now_ms)
+[ $((t1 - t0)) -lt 5000 ] || fail "TLS: drain took $((t1 - t0)) ms after the abort floods"
+ok "abort floods over TLS: the dialer drains in $((t1 - t0)) ms"
