@@ -311,7 +311,23 @@ struct h2r_session {
   size_t hdr_held;  /* bytes of header blocks held by the streams */
   unsigned proxied; /* server: streams the dialer's proxy serves (its per-connection limit) */
   h2r_ratelog_t rl; /* for the lines its peer causes at will */
+  /* The peer's frames as they pass (session.c, idle_scan): a header being
+   * read, then its payload skipped; a padded DATA frame is judged by its
+   * first payload byte, the padding's length. */
+  unsigned idle_frames; /* frames that asked for no work, since the last that did */
+  uint32_t fr_skip;     /* payload bytes (or the client preface) still to pass */
+  uint32_t fr_len;      /* the padded DATA frame's length */
+  uint8_t fr_hd[9];
+  uint8_t fr_hn;
+  bool fr_pad; /* the next byte is a padded DATA frame's pad length */
 };
+
+/* Frames a peer may send in a row that carry nothing to act on (DATA with no
+ * payload and no END_STREAM, PRIORITY): each costs a parse and nothing else,
+ * so a peer can keep a core busy with them at wire speed (CVE-2019-9518,
+ * CVE-2019-9513). A request's HEADERS or a byte of payload starts the count
+ * again; past it the connection ends with ENHANCE_YOUR_CALM. */
+#define H2R_IDLE_FRAMES_MAX 1024
 
 /* 0: on_open follows (from inside the call when the connection fails at
  * once), then on_close. Nonzero (out of memory): nothing was started, no

