@@ -64,6 +64,10 @@ static const char usage[] =
     "  --response-timeout MS\n"
     "                       the listener must send the response head within MS\n"
     "                       of the request's end: 504 (default 60000)\n"
+    "  --send-timeout MS    a client that takes none of its response for MS (an\n"
+    "                       HTTP/2 window left at 0, a socket never read) is\n"
+    "                       cut: RST_STREAM or the connection closed (default\n"
+    "                       60000)\n"
     "  --no-rewrite         pass Location and Set-Cookie paths as the upstream\n"
     "                       wrote them (default: /PATH becomes\n"
     "                       BASE/proxy/ID/PATH, as nginx's proxy_redirect does)\n"
@@ -718,6 +722,8 @@ int main(int argc, char **argv) {
     } else if ((v = tool_flag(argc, argv, &i, "--response-timeout")) != NULL) {
       o.response_timeout_ms =
           positive("--response-timeout", tool_parse_ms("--response-timeout", v));
+    } else if ((v = tool_flag(argc, argv, &i, "--send-timeout")) != NULL) {
+      o.send_timeout_ms = positive("--send-timeout", tool_parse_ms("--send-timeout", v));
     } else if ((v = tool_flag(argc, argv, &i, "--tcp")) != NULL) {
       if (ntcp_specs == TCP_PORTS_MAX)
         tool_usage_error("--tcp: more than %d ports", TCP_PORTS_MAX);

@@ -400,6 +400,13 @@ typedef struct h2rev_http_server_options_s {
    * several processes (or loops) serve one port and the kernel spreads the
    * connections among them. */
   int reuse_port;
+  /* A response (or a tunnel's bytes to the client) with bytes waiting that
+   * the client takes none of for this long is cut: HTTP/2 RST_STREAM
+   * CANCEL, HTTP/1.1 the connection closed; its result is UV_ETIMEDOUT.
+   * Without it a client that stops reading (an HTTP/2 window left at 0, a
+   * TCP receive buffer never drained) holds what serves it for ever.
+   * Checked every quarter of it (at least every 250 ms); default 60000. */
+  unsigned send_timeout_ms;
 } h2rev_http_server_options_t;
 
 /* Request durations are counted in these buckets: up to 5 ms, 25 ms,
@@ -723,6 +730,10 @@ typedef struct h2rev_dialer_options_s {
   /* h2rev_dialer_listen's own server: SO_REUSEPORT (several dialer
    * processes on one port, each a replica; see h2rev_http_server_options_t). */
   int reuse_port;
+  /* h2rev_dialer_listen's own server: a client that takes none of its
+   * response for this long is cut (h2rev_http_server_options_t); default
+   * 60000. */
+  unsigned send_timeout_ms;
 } h2rev_dialer_options_t;
 
 struct h2rev_dialer_s {

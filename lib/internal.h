@@ -329,6 +329,9 @@ struct h2r_session {
  * again; past it the connection ends with ENHANCE_YOUR_CALM. */
 #define H2R_IDLE_FRAMES_MAX 1024
 
+/* h2rev_http_server_options_t.send_timeout_ms's default (nginx's send_timeout). */
+#define H2R_SEND_TIMEOUT_MS 60000
+
 /* 0: on_open follows (from inside the call when the connection fails at
  * once), then on_close. Nonzero (out of memory): nothing was started, no
  * callback runs and s may be freed at once. */
@@ -671,6 +674,9 @@ struct h2r_server {
   unsigned pending; /* handles being closed */
   uv_timer_t drain_timer;
   bool drain_timer_open;
+  struct h2r_hreq *reqs; /* live requests, for send_timeout_ms */
+  uv_timer_t send_timer; /* looks at them while there are any */
+  unsigned send_tick_ms;
   uint64_t drain_deadline;
   h2rev_http_server_close_cb close_cb;
   bool unref;             /* h2rev_http_server_unref */

@@ -34,6 +34,7 @@ static int own_server(h2r_dialer_t *d) {
       .access_log = d->o.access_log,
       .access_log_arg = d->o.access_log_arg,
       .reuse_port = d->o.reuse_port,
+      .send_timeout_ms = d->o.send_timeout_ms,
   };
   int r = h2rev_http_server_init(d->loop, &d->own, &so);
   if (r != 0)

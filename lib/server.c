@@ -16,7 +16,9 @@
 struct h2r_hreq {
   h2rev_http_req_t pub;
   h2r_server_t *srv;
-  h2r_hreq_t *pnext; /* the server's pending list */
+  struct h2r_hreq *lnext, *lprev; /* the server's live requests (send_timeout_ms) */
+  uint64_t progress_at;           /* uv_now when its output last moved or was empty */
+  h2r_hreq_t *pnext;              /* the server's pending list */
   bool pending;
   h2rev_http_handler_cb handler; /* to call on the next turn */
   void *handler_arg;
@@ -183,6 +185,45 @@ static char *put(char **mem, const char *s, size_t n, bool lower) {
   return d;
 }
 
+/* Requests whose client takes none of their output for send_timeout_ms
+ * are cut: the client is gone or holds them on purpose (an HTTP/2 window
+ * left at 0). Output that moves, or none waiting, is progress. */
+static void hreq_stalled(h2r_hreq_t *rq) {
+  h2r_server_t *srv = rq->srv;
+  h2r_log_limited(&srv->o.log, &srv->rl, srv->loop, H2REV_LOG_INFO,
+                  "%s: %s %s: the client took none of the response for %u ms: cut", rq->pub.peer,
+                  rq->pub.method, rq->pub.path, srv->o.send_timeout_ms);
+  if (rq->result == 0)
+    rq->result = UV_ETIMEDOUT;
+  rq->progress_at = uv_now(srv->loop); /* once */
+  if (rq->h2) {
+    h2r_strm_t *st = rq->hs.s_;
+    /* As a client's own reset would: the handler learns it, then ends. */
+    if (st != NULL && st->id > 0 && !(st->flags & H2R_F_CLOSING)) {
+      nghttp2_submit_rst_stream(st->sess->ng, NGHTTP2_FLAG_NONE, st->id, NGHTTP2_CANCEL);
+      h2r_session_schedule(st->sess);
+    }
+  } else if (rq->h1 != NULL) {
+    h2r_h1c_close(rq->h1);
+  }
+}
+
+static void send_tick(uv_timer_t *t) {
+  h2r_server_t *srv = t->data;
+  if (srv->reqs == NULL) {
+    uv_timer_stop(t);
+    return;
+  }
+  uint64_t now = uv_now(srv->loop);
+  for (h2r_hreq_t *rq = srv->reqs, *next; rq != NULL; rq = next) {
+    next = rq->lnext;
+    if (h2rev_http_write_queue_size(&rq->pub) == 0)
+      rq->progress_at = now;
+    else if (now - rq->progress_at >= srv->o.send_timeout_ms)
+      hreq_stalled(rq); /* frees nothing now: the cut completes on later turns */
+  }
+}
+
 /* The request and its strings in one block; `strings` counts the bytes of
  * the caller's strings with their NULs, the route's is added here. */
 static h2r_hreq_t *hreq_alloc(h2r_server_t *srv, const h2r_route_t *route, size_t nhdrs,
@@ -201,6 +242,13 @@ static h2r_hreq_t *hreq_alloc(h2r_server_t *srv, const h2r_route_t *route, size_
   rq->pub.route = put(mem, route->prefix, route->len == 1 ? 0 : route->len, false);
   rq->handler = route->handler;
   rq->handler_arg = route->arg;
+  rq->progress_at = uv_now(srv->loop);
+  rq->lnext = srv->reqs;
+  if (srv->reqs != NULL)
+    srv->reqs->lprev = rq;
+  srv->reqs = rq;
+  if (!uv_is_active((uv_handle_t *)&srv->send_timer))
+    uv_timer_start(&srv->send_timer, send_tick, srv->send_tick_ms, srv->send_tick_ms);
   h2r_server_ref(srv);
   return rq;
 }
@@ -241,6 +289,12 @@ static void hreq_free(h2r_hreq_t *rq) {
         srv->pend_tail = p;
     }
   }
+  if (rq->lprev != NULL)
+    rq->lprev->lnext = rq->lnext;
+  else
+    srv->reqs = rq->lnext;
+  if (rq->lnext != NULL)
+    rq->lnext->lprev = rq->lprev;
   free(rq->stash);
   free(rq);
   h2r_server_unref(srv);
@@ -428,6 +482,7 @@ static void h1_gone(h2r_hreq_t *rq, int err) {
 
 static void h1_written(h2r_hreq_t *rq, h2rev_http_write_t *w, int status) {
   rq->writes--;
+  rq->progress_at = uv_now(rq->srv->loop);
   if (status != 0 && rq->result == 0)
     rq->result = status;
   if (w != NULL)
@@ -521,6 +576,7 @@ static void h2_shut(h2rev_shutdown_t *req, int status) {
 static void h2_wrote(h2rev_write_t *req, int status) {
   h2rev_http_write_t *w = req->data;
   h2r_hreq_t *rq = H2R_CONTAINER_OF(w->req, h2r_hreq_t, pub);
+  rq->progress_at = uv_now(rq->srv->loop);
   if (status != 0 && rq->result == 0)
     rq->result = status;
   w->cb_(w, status);
@@ -1146,6 +1202,9 @@ int h2rev_http_server_init(uv_loop_t *loop, h2rev_http_server_t *server,
     o->max_conn_header_bytes = H2R_CONN_HEADER_BYTES;
   if (o->max_total_header_bytes == 0)
     o->max_total_header_bytes = H2R_TOTAL_HEADER_BYTES;
+  if (o->send_timeout_ms == 0)
+    o->send_timeout_ms = H2R_SEND_TIMEOUT_MS;
+  srv->send_tick_ms = o->send_timeout_ms / 4 > 250 ? o->send_timeout_ms / 4 : 250;
   srv->h1_events = &h1_events;
   srv->rbuf = malloc(H2R_RBUF_SIZE);
   srv->notfound = calloc(1, sizeof(*srv->notfound) + 2);
@@ -1165,6 +1224,8 @@ int h2rev_http_server_init(uv_loop_t *loop, h2rev_http_server_t *server,
   srv->loop = loop;
   srv->pend_tail = &srv->pend;
   h2r_defer_init(loop, &srv->work, srv_work, srv);
+  uv_timer_init(loop, &srv->send_timer);
+  srv->send_timer.data = srv;
   server->loop = loop;
   server->s_ = srv;
   return 0;
@@ -1176,6 +1237,7 @@ static void server_set_unref(h2rev_http_server_t *server, bool unref) {
     return;
   srv->unref = unref;
   h2r_defer_set_unref(&srv->work, unref);
+  h2r_handle_ref(&srv->send_timer, unref);
   if (srv->drain_timer_open)
     h2r_handle_ref(&srv->drain_timer, unref);
   for (h2r_lsock_t *k = srv->socks; k != NULL; k = k->next)
@@ -1365,8 +1427,9 @@ static void srv_maybe_closed(h2r_server_t *srv) {
   if (srv->finishing)
     return;
   srv->finishing = true;
-  srv->pending = 2;
+  srv->pending = 3;
   h2r_defer_close(&srv->work, srv_handle_closed);
+  uv_close((uv_handle_t *)&srv->send_timer, srv_handle_closed);
   if (srv->drain_timer_open) {
     srv->pending++;
     uv_close((uv_handle_t *)&srv->drain_timer, srv_handle_closed);

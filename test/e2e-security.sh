@@ -32,7 +32,8 @@ grep -q "such lines not logged" "$WORK/dialer.log" || [ "$N" -lt 100 ] ||
 ok "the dialer's log took $loglines lines for $((2 * N)) hostile requests in $secs s"
 
 CP=$(free_port)
-"$BIN/h2rev-dialer" --listen "127.0.0.1:$CP" --cleartext 2>> "$WORK/dialer-clear.log" &
+"$BIN/h2rev-dialer" --listen "127.0.0.1:$CP" --cleartext --send-timeout 1500 \
+  2>> "$WORK/dialer-clear.log" &
 CPID=$!
 PIDS+=($CPID)
 "$BIN/h2rev-listener" --url "http://127.0.0.1:$CP" --id app \
@@ -60,7 +61,14 @@ for sc in continuation ping settings empty-data padded-data priority reset-frame
 done
 [ "$(curl -sS --http2-prior-knowledge "http://127.0.0.1:$CP/proxy/app/index.html")" = \
   "hello through the tunnel" ] || fail "after the HTTP/2 floods: no answer"
-ok "HTTP/2 floods (CONTINUATION, PING, SETTINGS, empty and padding-only DATA, PRIORITY, RST_STREAM): each connection closed, the dialer serves on"
+# A client that asks for 50 large responses and leaves its window at 0: each would
+# hold a reverse connection and an upstream connection for ever.
+got=$(python3 "$SRC/test/h2flood.py" slow-read 127.0.0.1 "$CP" /proxy/app/bytes/1000000 10)
+case "$got" in
+  "slow-read reset 50 "*) ;;
+  *) fail "a client that never opens its window: $got (want its 50 streams cut, --send-timeout 1500)" ;;
+esac
+ok "HTTP/2 floods (CONTINUATION, PING, SETTINGS, empty and padding-only DATA, PRIORITY, RST_STREAM): each connection closed; a window left at 0: cut after --send-timeout ($got s); the dialer serves on"
 
 # ------------------------------------------------------------ the limits
 # A third dialer with small limits, its own listener.

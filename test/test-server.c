@@ -24,6 +24,7 @@ typedef struct env {
 } env_t;
 
 static env_t *E;
+static unsigned env_send_timeout_ms; /* 0: the default */
 
 /* What the access log callback was given, for TEST(access_log). */
 typedef struct logged {
@@ -340,6 +341,7 @@ static void env_init(env_t *e) {
   test_logger(&e->o.log, "server");
   e->o.header_timeout_ms = 500;
   e->o.access_log = record_access;
+  e->o.send_timeout_ms = env_send_timeout_ms;
   NLOG = 0;
   ASSERT_OK(h2rev_http_server_init(&e->loop, &e->srv, &e->o));
   e->srv.data = e;
@@ -1393,5 +1395,93 @@ TEST(http1_write_error_closes) {
   run_until(&e.loop, &conns_gone, 3000);
   uv_close((uv_handle_t *)&t, NULL);
   ASSERT_EQ(conns_gone, 1);
+  env_stop(&e);
+}
+
+/* A client that never reads: the response's writes stop completing, and
+ * after send_timeout_ms the exchange is cut (UV_ETIMEDOUT) and its
+ * connection closed; a slow client that keeps reading is not. */
+#define FLOOD_CHUNK (1u << 20)
+#define FLOOD_TOTAL (64u << 20)
+static char flood_buf[FLOOD_CHUNK];
+static int flood_result, flood_done;
+
+static void flood_more(h2rev_http_write_t *w, int status) {
+  h2rev_http_req_t *req = w->req;
+  uint64_t *sent = req->data; /* [0] sent, [1] total */
+  if (status != 0) {
+    h2rev_http_abort(req);
+    return;
+  }
+  if (sent[0] >= sent[1]) {
+    h2rev_http_end(req);
+    return;
+  }
+  uv_buf_t b = uv_buf_init(flood_buf, FLOOD_CHUNK);
+  *sent += FLOOD_CHUNK;
+  if (h2rev_http_write(w, req, &b, 1, flood_more) != 0)
+    h2rev_http_abort(req);
+}
+
+static void flood_finished(h2rev_http_req_t *req, int status) {
+  free(req->data);
+  flood_result = status;
+  flood_done = 1;
+}
+
+static void flood(h2rev_http_req_t *req, void *arg) {
+  uint64_t total = *(uint64_t *)arg;
+  h2rev_http_on_done(req, flood_finished);
+  ASSERT_OK(h2rev_http_respond(req, 200, NULL, 0, (int64_t)total));
+  uint64_t *sent = calloc(1, 2 * sizeof(*sent) + sizeof(h2rev_http_write_t));
+  req->data = sent;
+  sent[1] = total;
+  h2rev_http_write_t *w = (h2rev_http_write_t *)(sent + 2);
+  uv_buf_t b = uv_buf_init(flood_buf, FLOOD_CHUNK);
+  *sent = FLOOD_CHUNK;
+  ASSERT_OK(h2rev_http_write(w, req, &b, 1, flood_more));
+}
+
+TEST(send_timeout_cuts_a_client_that_never_reads) {
+  env_t e;
+  env_send_timeout_ms = 600;
+  env_init(&e);
+  env_send_timeout_ms = 0;
+  uint64_t total = FLOOD_TOTAL;
+  ASSERT_OK(h2rev_http_server_route(&e.srv, "/flood", flood, &total));
+  char cmd[700];
+  /* Asks, then sleeps without reading; killed by the shell's timeout at the latest. */
+  snprintf(cmd, sizeof(cmd),
+           "timeout 20 python3 -c 'import socket,time\n"
+           "s=socket.create_connection((\"127.0.0.1\",%d))\n"
+           "s.setsockopt(socket.SOL_SOCKET,socket.SO_RCVBUF,4096)\n"
+           "s.sendall(b\"GET /flood HTTP/1.1\\r\\nHost: x\\r\\n\\r\\n\")\n"
+           "time.sleep(15)' > /dev/null 2>&1 &",
+           e.port);
+  ASSERT_OK(system(cmd));
+  flood_done = 0;
+  uint64_t t0 = uv_now(&e.loop);
+  run_until(&e.loop, &flood_done, 10000);
+  uint64_t took = uv_now(&e.loop) - t0;
+  ASSERT_EQ(flood_result, UV_ETIMEDOUT);
+  ASSERT_LT(took, 6000); /* 600 ms without progress, looked at every 250 ms */
+  uv_timer_t t;
+  uv_timer_init(&e.loop, &t);
+  t.data = &e.srv;
+  conns_gone = 0;
+  uv_timer_start(&t, watch_conns, 20, 20);
+  run_until(&e.loop, &conns_gone, 3000);
+  uv_close((uv_handle_t *)&t, NULL);
+
+  /* 6 MiB to a client reading 2 MiB a second: slow, never stalled for 600 ms. */
+  total = 6u << 20;
+  flood_done = 0;
+  snprintf(cmd, sizeof(cmd),
+           "curl -s --limit-rate 2M -o /dev/null -w '%%{http_code} %%{size_download}' "
+           "http://127.0.0.1:%d/flood",
+           e.port);
+  expect_out(&e, cmd, "200 6291456");
+  run_until(&e.loop, &flood_done, 5000);
+  ASSERT_EQ(flood_result, 0);
   env_stop(&e);
 }
