@@ -672,7 +672,7 @@ typedef void (*h2rev_listener_event_cb)(h2rev_dialer_t *dialer, int event,
 typedef struct h2rev_dialer_options_s {
   const char *base_path;      /* e.g. "/reverse/connections"; NULL or "" means "" */
   unsigned dial_timeout_ms;   /* default for h2rev_dial(timeout 0): 10000 */
-  unsigned max_pending_dials; /* per id; default 1024 */
+  unsigned max_pending_dials; /* per id; default 16384 */
   unsigned max_listeners;     /* default 10000 */
   unsigned max_control_line;  /* bytes; default 4096 */
   unsigned keepalive_ms;      /* control keep-alive message interval; default 30000 */

@@ -732,6 +732,130 @@ TEST(concurrent_200_dials) {
   loop_drain(&e.loop);
 }
 
+/* More requests in flight to one listener than its connection serves at
+ * once (max_streams, 1000): with the default options the rest wait for a
+ * reverse connection rather than fail (at the old queue of 1024, 2000 dials
+ * at once had 976 refused). */
+TEST(default_queue_holds_2000_dials) {
+  enum { N = 2000, LEN = 64 };
+  env_t e;
+  env_init(&e, NULL);
+  lis_t L;
+  lis_start(&L, &e, "queue", 0, NULL);
+  run_cond(&e.loop, lis_attached, &L, 5000, "listener attached");
+  char *data = malloc(N * LEN);
+  test_fill_random(data, N * LEN, 2000);
+  dclient_t *c = calloc(N, sizeof(*c));
+  int ndone = 0;
+  for (int i = 0; i < N; i++) {
+    c[i].ndone = &ndone;
+    dc_dial(&c[i], &e, "queue", data + i * LEN, LEN, 30000);
+  }
+  double start = now_ms();
+  while (ndone < N) {
+    run_for(&e.loop, 10);
+    if (now_ms() - start > 60000)
+      test_fail(__FILE__, __LINE__, "only %d of %d dials finished", ndone, N);
+  }
+  h2rev_dialer_stats_t st = stats(&e);
+  ASSERT_EQ(st.dials_toomany, 0);
+  ASSERT_EQ(st.dials_failed, 0);
+  ASSERT_EQ(st.dials_ok, N);
+  for (int i = 0; i < N; i++)
+    dc_check_echo(&c[i]);
+  free(c);
+  free(data);
+  lis_stop(&L);
+  dialer_stop(&e);
+  loop_drain(&e.loop);
+}
+
+static void srv_closed_flag(h2rev_http_server_t *s) {
+  *(int *)s->data = 1;
+}
+
+enum { WAVE = 10 };
+
+static int all_dialed(void *arg) {
+  dclient_t *c = arg;
+  for (int i = 0; i < WAVE; i++)
+    if (!c[i].done)
+      return 0;
+  return 1;
+}
+
+/* A listener's data streams stay open for a long time (spares, reused
+ * streams): the head of each must not hold the connection's header memory
+ * (max_conn_header_bytes), or past a few thousand streams at the default
+ * 2 MiB new ones were refused and their dials failed (pickup-failed). Here
+ * 300 open at once under 16 KiB. */
+TEST(data_streams_hold_no_header_memory) {
+  enum { N = 300 };
+  env_t e;
+  memset(&e, 0, sizeof(e));
+  ASSERT_OK(uv_loop_init(&e.loop));
+  test_path(e.ca, sizeof(e.ca), test_certs(), "ca.pem");
+  test_path(e.cert, sizeof(e.cert), test_certs(), "server.pem");
+  test_path(e.key, sizeof(e.key), test_certs(), "server.key");
+  h2rev_http_server_options_t so = {.max_conn_header_bytes = 16384, .max_streams = 1000};
+  test_logger(&so.log, "server");
+  h2rev_http_server_t srv;
+  int srv_closed = 0;
+  ASSERT_OK(h2rev_http_server_init(&e.loop, &srv, &so));
+  srv.data = &srv_closed;
+  struct sockaddr_in a;
+  uv_ip4_addr("127.0.0.1", 0, &a);
+  h2rev_tls_options_t tls = {.cert_file = e.cert, .key_file = e.key};
+  ASSERT_OK(h2rev_http_server_listen(&srv, (struct sockaddr *)&a, &tls));
+  int len = sizeof(a);
+  ASSERT_OK(h2rev_http_server_getsockname(&srv, 0, (struct sockaddr *)&a, &len));
+  e.port = ntohs(a.sin_port);
+  e.o.base_path = "/base";
+  test_logger(&e.o.log, "dialer");
+  ASSERT_OK(h2rev_dialer_init(&e.loop, &e.d, &e.o));
+  e.d.data = &e;
+  ASSERT_OK(h2rev_dialer_mount(&e.d, &srv));
+  e.dialer_open = 1;
+  lis_t L;
+  lis_start(&L, &e, "held", 0, NULL);
+  run_cond(&e.loop, lis_attached, &L, 5000, "listener attached");
+  dclient_t *c = calloc(N, sizeof(*c));
+  int nclosed = 0;
+  /* In waves: the streams of one wave arrive together, their heads read
+   * before any is handed over. */
+  for (int i = 0; i < N; i += WAVE) {
+    for (int k = i; k < i + WAVE; k++) {
+      c[k].ndone = &nclosed;
+      dc_dial(&c[k], &e, "held", NULL, 0, 20000); /* held open: nothing written */
+    }
+    run_cond(&e.loop, all_dialed, c + i, 10000, "a wave of dials answered");
+  }
+  h2rev_dialer_stats_t st = stats(&e);
+  ASSERT_EQ(st.dials_pickup, 0);
+  ASSERT_EQ(st.dials_ok, N);
+  int failed = 0;
+  for (int i = 0; i < N; i++)
+    if (c[i].status != 0)
+      failed++;
+    else if (!c[i].closed)
+      h2rev_stream_close(&c[i].s, dc_closed);
+  ASSERT_EQ(failed, 0);
+  double start = now_ms();
+  while (nclosed < N) {
+    run_for(&e.loop, 10);
+    if (now_ms() - start > 10000)
+      test_fail(__FILE__, __LINE__, "only %d of %d streams closed", nclosed, N);
+  }
+  for (int i = 0; i < N; i++)
+    dc_free(&c[i]);
+  free(c);
+  lis_stop(&L);
+  dialer_stop(&e);
+  h2rev_http_server_close(&srv, srv_closed_flag);
+  run_until(&e.loop, &srv_closed, 5000);
+  loop_drain(&e.loop);
+}
+
 static int has_spare(void *arg) {
   return stats(arg).spares >= 1;
 }
