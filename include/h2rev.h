@@ -963,6 +963,13 @@ typedef struct h2rev_listener_options_s {
   int no_follow_replicas;
   unsigned max_attachments;
   h2rev_listener_replica_cb on_replica; /* may be NULL */
+  /* Data streams (reverse connections) open at once on each attachment,
+   * idle spares included; 0 (default): as many as the dialer allows (h2rev's
+   * dialer: its max_streams, 1000). The dialer's requests beyond it wait in
+   * its queue (h2rev's: max_pending_dials, then 503; a dial times out with
+   * 504) until a stream is free: with h2rev_upstream_serve, at most this
+   * many exchanges, and so connections in use, reach the upstream at once. */
+  unsigned max_streams;
 } h2rev_listener_options_t;
 
 struct h2rev_listener_s {

@@ -76,6 +76,7 @@ typedef struct env {
 static int next_verify_client;
 static int next_stop_on_permanent;
 static const char *next_lis_cert;
+static unsigned next_lis_max_streams;
 
 static void dialer_start(env_t *e, int port) {
   test_logger(&e->o.log, "dialer");
@@ -148,7 +149,11 @@ typedef struct ewrite {
   char data[];
 } ewrite_t;
 
+/* Echo streams open now, and the most at once. */
+static int echo_open, echo_open_max;
+
 static void echo_closed(h2rev_stream_t *s) {
+  echo_open--;
   free(s->data);
 }
 
@@ -248,6 +253,8 @@ static void lis_conn(h2rev_listener_t *l, int status) {
     return;
   }
   L->accepted++;
+  if (++echo_open > echo_open_max)
+    echo_open_max = echo_open;
   ASSERT_OK(h2rev_stream_read_start(&e->s, echo_alloc, echo_read));
 }
 
@@ -274,6 +281,7 @@ static void lis_start(lis_t *L, env_t *e, const char *id, unsigned spares,
   o.spares = spares;
   o.on_state = lis_state;
   o.stop_on_permanent = next_stop_on_permanent;
+  o.max_streams = next_lis_max_streams;
   test_logger(&o.log, id);
   ASSERT_OK(h2rev_listener_init(&e->loop, &L->l, &o));
   L->l.data = L;
@@ -853,6 +861,52 @@ TEST(data_streams_hold_no_header_memory) {
   dialer_stop(&e);
   h2rev_http_server_close(&srv, srv_closed_flag);
   run_until(&e.loop, &srv_closed, 5000);
+  loop_drain(&e.loop);
+}
+
+/* A listener that serves at most 4 reverse connections at once
+ * (max_streams): 40 dials at once all succeed, the dialer holding the rest
+ * in its queue, and the listener's application (the upstream) never has
+ * more than 4 in hand. */
+TEST(listener_max_streams_4) {
+  enum { N = 40, LEN = 4096, MAX = 4 };
+  env_t e;
+  env_init(&e, NULL);
+  lis_t L;
+  next_lis_max_streams = MAX;
+  lis_start(&L, &e, "capped", 0, NULL);
+  next_lis_max_streams = 0;
+  run_cond(&e.loop, lis_attached, &L, 5000, "listener attached");
+  echo_open = echo_open_max = 0;
+  char *data = malloc(N * LEN);
+  test_fill_random(data, N * LEN, 40);
+  dclient_t *c = calloc(N, sizeof(*c));
+  int ndone = 0;
+  for (int i = 0; i < N; i++) {
+    c[i].ndone = &ndone;
+    dc_dial(&c[i], &e, "capped", data + i * LEN, LEN, 20000);
+  }
+  double start = now_ms();
+  while (ndone < N) {
+    run_for(&e.loop, 10);
+    if (now_ms() - start > 30000)
+      test_fail(__FILE__, __LINE__, "only %d of %d dials finished", ndone, N);
+  }
+  for (int i = 0; i < N; i++)
+    dc_check_echo(&c[i]);
+  h2rev_dialer_stats_t st = stats(&e);
+  ASSERT_EQ(st.dials_ok, N);
+  ASSERT_EQ(st.dials_failed, 0);
+  ASSERT_EQ(L.accepted, N);
+  ASSERT_LE(echo_open_max, MAX);
+  ASSERT_GE(echo_open_max, 2); /* they did run side by side */
+  h2rev_listener_info_t info;
+  ASSERT_EQ(h2rev_dialer_listeners(&e.d, &info, 1), 1);
+  ASSERT_LE(info.spares + info.streams, MAX);
+  free(c);
+  free(data);
+  lis_stop(&L);
+  dialer_stop(&e);
   loop_drain(&e.loop);
 }
 
