@@ -436,10 +436,25 @@ static void data_gone(h2r_strm_t *st, int err) {
 
 static const h2r_strm_hooks data_hooks = {data_headers, data_gone};
 
-/* Data streams open or opening on c (its control stream aside) below
- * max_streams. */
+/* Data streams c may have open at once (its control stream aside):
+ * max_streams, and what the dialer allows (its SETTINGS_MAX_CONCURRENT_STREAMS,
+ * the control stream among them); 0: no limit known. */
+static unsigned data_limit(const h2r_listener_t *l, const lconn_t *c) {
+  unsigned lim = l->o.max_streams;
+  uint32_t peer =
+      c->s.ng != NULL
+          ? nghttp2_session_get_remote_settings(c->s.ng, NGHTTP2_SETTINGS_MAX_CONCURRENT_STREAMS)
+          : UINT32_MAX;
+  /* Past the dialer's limit nghttp2 would queue each stream asked for: at
+   * 10,000 requests waiting for h2rev's dialer (1000), 9,000 of them. */
+  if (peer > 1 && peer != UINT32_MAX && (lim == 0 || peer - 1 < lim))
+    lim = peer - 1;
+  return lim;
+}
+
 static bool room_for_data(const h2r_listener_t *l, const lconn_t *c) {
-  return l->o.max_streams == 0 || c->s.nstreams < l->o.max_streams + 1u;
+  unsigned lim = data_limit(l, c);
+  return lim == 0 || c->s.nstreams < lim + 1u;
 }
 
 static void open_data(h2r_listener_t *l) {
@@ -449,9 +464,9 @@ static void open_data(h2r_listener_t *l) {
   if (!room_for_data(l, c)) {
     /* Held back until one of them is freed (conn_stream_freed): the
      * dialer's request waits in its queue meanwhile, and the upstream sees
-     * no more than max_streams exchanges at once. More than max_streams
-     * asks held would only open streams nobody waits for. */
-    if (c->deferred < l->o.max_streams)
+     * no more than max_streams exchanges at once. More asks held than
+     * streams allowed would only open streams nobody waits for. */
+    if (c->deferred < data_limit(l, c))
       c->deferred++;
     return;
   }

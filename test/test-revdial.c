@@ -910,6 +910,48 @@ TEST(listener_max_streams_4) {
   loop_drain(&e.loop);
 }
 
+/* A dialer that allows 10 streams on a listener's connection, 100 dials at
+ * once: the listener asks for no stream past that limit (it holds the
+ * conn-ready asks back), rather than have nghttp2 queue 90 stream openings
+ * (at 10,000 requests waiting, 9,000 queued streams in the listener). */
+TEST(listener_within_dialer_stream_limit) {
+  enum { N = 100, LEN = 1024 };
+  h2rev_dialer_options_t o = {.max_streams = 10};
+  env_t e;
+  env_init(&e, &o);
+  lis_t L;
+  lis_start(&L, &e, "limited", 0, NULL);
+  run_cond(&e.loop, lis_attached, &L, 5000, "listener attached");
+  char *data = malloc(N * LEN);
+  test_fill_random(data, N * LEN, 100);
+  dclient_t *c = calloc(N, sizeof(*c));
+  int ndone = 0;
+  for (int i = 0; i < N; i++) {
+    c[i].ndone = &ndone;
+    dc_dial(&c[i], &e, "limited", data + i * LEN, LEN, 20000);
+  }
+  uint64_t most = 0;
+  double start = now_ms();
+  while (ndone < N) {
+    uv_run(&e.loop, UV_RUN_ONCE);
+    h2rev_listener_stats_t ls;
+    h2rev_listener_stats(&L.l, &ls);
+    if (ls.streams_open > most)
+      most = ls.streams_open;
+    if (now_ms() - start > 30000)
+      test_fail(__FILE__, __LINE__, "only %d of %d dials finished", ndone, N);
+  }
+  for (int i = 0; i < N; i++)
+    dc_check_echo(&c[i]);
+  ASSERT_EQ(stats(&e).dials_ok, N);
+  ASSERT_LE(most, 10); /* the control stream and 9 data streams */
+  free(c);
+  free(data);
+  lis_stop(&L);
+  dialer_stop(&e);
+  loop_drain(&e.loop);
+}
+
 static int has_spare(void *arg) {
   return stats(arg).spares >= 1;
 }
