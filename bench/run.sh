@@ -5,6 +5,7 @@
 #   bench/run.sh            default run (200,000-request growth run, 1000 idle listeners)
 #   bench/run.sh --smoke    tiny counts for CI, under 2 minutes
 #   bench/run.sh --full     1,000,000-request growth run
+# Both also run 10,000 requests in flight at once (h2load -c 100 -m 100) through one listener.
 #   bench/run.sh --tcp      raw TCP instead (its own table): h2rev-dialer --tcp and
 #                           h2rev-listener --upstream tcp:// against ssh -R on a private sshd,
 #                           1 GiB each way (median of 3) and 10,000 round trips; with --smoke,
@@ -34,16 +35,16 @@ while [ $# -gt 0 ]; do
   --no-build) BUILD=0 ;;
   --keep) KEEP=1 ;;
   --tcp) TCP=1 ;;
-  -h | --help) sed -n '2,17p' "$0"; exit 0 ;;
+  -h | --help) sed -n '2,18p' "$0"; exit 0 ;;
   *) echo "bench/run.sh: unknown option $1" >&2; exit 2 ;;
   esac
   shift
 done
 
 case $MODE in
-smoke) H2_RUNS=1 N_GET=2000 N_MIX=1000 WARM=500 GWARM=500 FIRST=1000 DEF_LONG=4000 WRK_S=3 XFER_MIB=10 XFER_RUNS=1 IDLE=50 SLOW_S=5 ;;
-full) H2_RUNS=3 N_GET=100000 N_MIX=10000 WARM=2000 GWARM=10000 FIRST=50000 DEF_LONG=1000000 WRK_S=10 XFER_MIB=100 XFER_RUNS=5 IDLE=1000 SLOW_S=20 ;;
-*) H2_RUNS=3 N_GET=100000 N_MIX=10000 WARM=2000 GWARM=10000 FIRST=50000 DEF_LONG=200000 WRK_S=10 XFER_MIB=100 XFER_RUNS=5 IDLE=1000 SLOW_S=20 ;;
+smoke) H2_RUNS=1 N_GET=2000 N_MIX=1000 WARM=500 GWARM=500 FIRST=1000 DEF_LONG=4000 WRK_S=3 XFER_MIB=10 XFER_RUNS=1 IDLE=50 SLOW_S=5 CC_C=10 CC_M=10 CC_N=2000 CC_CAP=10 ;;
+full) H2_RUNS=3 N_GET=100000 N_MIX=10000 WARM=2000 GWARM=10000 FIRST=50000 DEF_LONG=1000000 WRK_S=10 XFER_MIB=100 XFER_RUNS=5 IDLE=1000 SLOW_S=20 CC_C=100 CC_M=100 CC_N=100000 CC_CAP=100 ;;
+*) H2_RUNS=3 N_GET=100000 N_MIX=10000 WARM=2000 GWARM=10000 FIRST=50000 DEF_LONG=200000 WRK_S=10 XFER_MIB=100 XFER_RUNS=5 IDLE=1000 SLOW_S=20 CC_C=100 CC_M=100 CC_N=100000 CC_CAP=100 ;;
 esac
 LONG=${LONG:-$DEF_LONG}
 N_MIX=${MIX_N:-$N_MIX}
@@ -251,6 +252,8 @@ UP=$(free_port)
 REF=$(free_port)
 DP=$(free_port)
 IDP=$(free_port)
+CDP=$(free_port)
+CREF=$(free_port)
 USR="$(id -un) $(id -gn)"
 
 ngx_common() { # ngx_common NAME
@@ -260,7 +263,7 @@ worker_processes 1;
 daemon off;
 pid $W/$1.pid;
 error_log $W/$1-nginx.log warn;
-events { worker_connections 8192; }
+events { worker_connections 16384; } # 10,000 requests in flight: as many upstream connections
 http {
   access_log off;
   default_type application/octet-stream;
@@ -356,11 +359,11 @@ PROBLEMS=()
 problem() { PROBLEMS+=("$*"); log "PROBLEM: $*"; }
 
 # ---------------------------------------------------------------------------- h2load
-# h2load_run NAME URL N: sets H_RPS H_MEAN H_P50 H_P99 (2xx responses only; latencies in ms),
+# h2load_run NAME URL N [CLIENTS STREAMS]: sets H_RPS H_MEAN H_P50 H_P99 (2xx responses only; latencies in ms),
 # H_OK (2xx), H_FAIL (failed, errored, timed out), H_NON2XX, H_ALLRPS (h2load's figure)
 h2load_run() {
   local name=$1 url=$2 n=$3 out=$W/h2load-$1.txt lf=$W/h2load-$1.log secs
-  h2load -c 16 -m 10 -n "$n" --log-file="$lf" "$url" >"$out" 2>&1 || true
+  h2load -c "${4:-16}" -m "${5:-10}" -n "$n" --log-file="$lf" "$url" >"$out" 2>&1 || true
   H_ALLRPS=$(awk '/^finished in/ {gsub(",", "", $4); print $4}' "$out")
   secs=$(to_ms "$(awk '/^finished in/ {gsub(",", "", $3); print $3}' "$out")")
   H_FAIL=$(awk '/^requests:/ {print $10 + $12 + $14}' "$out")
@@ -636,8 +639,83 @@ I_LEFT=$(stop_pids 15 "${IDLE_PIDS[@]}" | wc -l)
 wait "${IDLE_PIDS[@]}" 2>/dev/null || true
 IDLE_PIDS=()
 
-# final health of the main pair (a signal from outside the benchmark shows in their logs)
 died() { problem "the $1 died before the end: $(grep -hE 'signal|drain timeout' "$2" | head -n 2 | cut -d' ' -f1,4- | tr '\n' ';')"; }
+
+# ---------------------------------------------------------------------------- 10,000 streams
+# $CC_C connections of $CC_M streams each: $((CC_C * CC_M)) requests in flight at once, all
+# through one listener, on fresh processes (a fresh reference nginx too), so that the peak
+# RSS is this load's. The listener's connection serves --max-streams (1000) of them at
+# once, the rest wait in the dialer's queue (--max-pending-dials); the reference opens one
+# upstream connection per request in flight. A second listener (same dialer) serves at most
+# $CC_CAP reverse connections at once (h2rev-listener --max-streams): the rest wait in the
+# dialer's queue, and its upstream sees no more connections than that.
+CC=$((CC_C * CC_M))
+log "$CC streams: h2load -c $CC_C -m $CC_M -n $CC_N, $H2_RUNS rounds, fresh dialer, listener and reference"
+sed "s/127.0.0.1:$REF /127.0.0.1:$CREF /; s#$W/ref.pid#$W/cref.pid#; s#$W/ref-nginx.log#$W/cref-nginx.log#" "$W/ref.conf" >"$W/cref.conf"
+sed -i "s#/ref-#/cref-#g" "$W/cref.conf"
+start_nginx cref
+CREF_PID=$NGX_PID
+mkdir -p "$W/cc"
+"$BIN/h2rev-dialer" --listen "127.0.0.1:$CDP" --self-signed-dir "$W/cc" --log-level info 2>>"$W/cc-dialer.log" &
+CDPID=$!
+PIDS+=("$CDPID")
+wait_for 10 test -s "$W/cc/h2rev-dialer.crt" || die "$CC-stream dialer did not write its certificate"
+wait_for 10 curl -sf --cacert "$W/cc/h2rev-dialer.crt" "https://127.0.0.1:$CDP/healthz" || die "$CC-stream dialer did not start"
+"$BIN/h2rev-listener" --url "https://127.0.0.1:$CDP" --id cc --ca "$W/cc/h2rev-dialer.crt" \
+  --upstream "http://127.0.0.1:$UP" --log-level info 2>>"$W/cc-listener.log" &
+CLPID=$!
+PIDS+=("$CLPID")
+"$BIN/h2rev-listener" --url "https://127.0.0.1:$CDP" --id cap --ca "$W/cc/h2rev-dialer.crt" \
+  --upstream "http://127.0.0.1:$UP" --max-streams "$CC_CAP" --log-level info 2>>"$W/cc-listener-cap.log" &
+CCPID=$!
+PIDS+=("$CCPID")
+wait_for 10 curl -sfk "https://127.0.0.1:$CDP/proxy/cap/small.bin" -o /dev/null || die "no answer through the capped listener"
+wait_for 10 curl -sfk "https://127.0.0.1:$CDP/proxy/cc/small.bin" -o /dev/null || die "no answer through the $CC-stream pair"
+wait_for 10 curl -sfk "https://127.0.0.1:$CREF/small.bin" -o /dev/null || die "the $CC-stream reference did not start"
+CREF_WORKER=$(pgrep -P "$CREF_PID" | head -n 1)
+# upconns PID FILE: PID's connections to the upstream, sampled every 0.2 s until killed
+upconns() {
+  while :; do
+    ss -Htnp state established "( dport = :$UP )" 2>/dev/null | grep -c "pid=$1," || true
+    sleep 0.2
+  done >"$2"
+}
+declare -A CC_BAD=([ref]=0 [h2rev]=0 [cap]=0)
+for r in $(seq 1 "$H2_RUNS"); do
+  for side in ref h2rev cap; do
+    case $side in
+    ref) url=https://127.0.0.1:$CREF pid=$CREF_WORKER ;;
+    h2rev) url=https://127.0.0.1:$CDP/proxy/cc pid=$CLPID ;;
+    cap) url=https://127.0.0.1:$CDP/proxy/cap pid=$CCPID ;;
+    esac
+    upconns "$pid" "$W/upconns-$side-$r.txt" &
+    SAMPLER=$!
+    h2load_run "cc-$side-$r" "$url/small.bin" "$CC_N" "$CC_C" "$CC_M"
+    kill "$SAMPLER" 2>/dev/null || true
+    wait "$SAMPLER" 2>/dev/null || true
+    M[cc-$side-rps]+=" $H_RPS" M[cc-$side-p99]+=" $H_P99"
+    CC_BAD[$side]=$((CC_BAD[$side] + CC_N - H_OK))
+  done
+done
+upmax() { cat "$W"/upconns-"$1"-*.txt 2>/dev/null | sort -n | tail -n 1; }
+CC_RRPS=$(med cc-ref-rps) CC_XRPS=$(med cc-h2rev-rps) CC_RP99=$(med cc-ref-p99) CC_XP99=$(med cc-h2rev-p99)
+CC_CRPS=$(med cc-cap-rps) CC_CP99=$(med cc-cap-p99)
+CC_RBAD=${CC_BAD[ref]} CC_XBAD=${CC_BAD[h2rev]} CC_CBAD=${CC_BAD[cap]}
+CC_RUP=$(upmax ref) CC_XUP=$(upmax h2rev) CC_CUP=$(upmax cap)
+CC_PD=$(hwm "$CDPID") CC_PL=$(hwm "$CLPID") CC_PR=$(hwm "$CREF_WORKER") CC_PC=$(hwm "$CCPID")
+CC_AD=$(rss "$CDPID") CC_AL=$(rss "$CLPID")
+log "$CC streams: peak RSS dialer $CC_PD KiB, listener $CC_PL KiB (now $CC_AD + $CC_AL), capped listener $CC_PC KiB, reference worker $CC_PR KiB"
+log "$CC streams: upstream connections at most: reference $CC_RUP, listener $CC_XUP, capped listener $CC_CUP"
+alive "$CDPID" || died "$CC-stream dialer" "$W/cc-dialer.log"
+alive "$CLPID" || died "$CC-stream listener" "$W/cc-listener.log"
+alive "$CCPID" || died "$CC-stream capped listener" "$W/cc-listener-cap.log"
+CC_WARNS=$(cat "$W"/cc-*.log | grep -c ' warn: \| error: ' || true)
+[ "$CC_WARNS" = 0 ] || problem "$CC_WARNS warn/error lines in the $CC-stream dialer/listener logs: $(cat "$W"/cc-*.log |
+  grep ' warn: \| error: ' | cut -d' ' -f2- | sort | uniq -c | sort -rn | head -n 3 | tr -s ' ' | tr '\n' ';')"
+stop_pids 10 "$CLPID" "$CCPID" "$CDPID" "$CREF_PID" >/dev/null
+wait "$CLPID" "$CCPID" "$CDPID" "$CREF_PID" 2>/dev/null || true
+
+# final health of the main pair (a signal from outside the benchmark shows in their logs)
 alive "$DPID" || died dialer "$W/dialer.log"
 alive "$LPID" || died listener "$W/listener.log"
 # graceful stop: both tools drain on SIGTERM and must exit
@@ -699,6 +777,17 @@ P_SUM=$((P_D + P_L))
   row "RSS growth, requests $FIRST → $LONG (dialer + listener)" "-" \
     "$(awk -v g="$G_GROW" 'BEGIN {printf "%+d KiB", g}') ($(mib $((G_D1 + G_L1))) → $(mib $((G_D2 + G_L2))) MiB; after $GWARM: $(mib $((G_D0 + G_L0))))" "-" \
     "no growth (≤ 1 MiB)" "$(pf test "$G_GROW" -le 1024)"
+  row "$CC streams through one listener: h2load -c $CC_C -m $CC_M -n $CC_N (median of $H2_RUNS): 2xx req/s" "$CC_RRPS" "$CC_XRPS" "$(ratio "$CC_XRPS" "$CC_RRPS")" "-" "-"
+  row "$CC streams: p99 latency (2xx), ms" "$CC_RP99" "$CC_XP99" "$(ratio "$CC_XP99" "$CC_RP99")" "-" "-"
+  row "$CC streams: requests not answered 2xx (of $((H2_RUNS * CC_N)))" "$CC_RBAD" "$CC_XBAD" "-" "0" "$(pf test "$CC_XBAD" = 0)"
+  row "$CC streams: peak RSS (VmHWM), MiB: dialer + listener" "nginx worker $(mib "$CC_PR")" \
+    "$(mib $((CC_PD + CC_PL))) ($(mib "$CC_PD") + $(mib "$CC_PL"))" "$(ratio $((CC_PD + CC_PL)) "$CC_PR")" "bounded (≤ 2× ref)" \
+    "$(pf le "$(ratio $((CC_PD + CC_PL)) "$CC_PR")" 2)"
+  row "$CC streams: upstream connections at most (sampled every 0.2 s)" "$CC_RUP" "$CC_XUP" "-" "-" "-"
+  row "$CC streams, listener --max-streams $CC_CAP (same dialer): 2xx req/s; p99 ms" "$CC_RRPS; $CC_RP99" "$CC_CRPS; $CC_CP99" \
+    "$(ratio "$CC_CRPS" "$CC_RRPS"); $(ratio "$CC_CP99" "$CC_RP99")" "-" "-"
+  row "$CC streams, listener --max-streams $CC_CAP: not 2xx (of $((H2_RUNS * CC_N))); upstream connections at most; listener peak RSS MiB" \
+    "-" "$CC_CBAD; $CC_CUP; $(mib "$CC_PC")" "-" "0; ≤ $CC_CAP" "$(pf test "$CC_CBAD" = 0 -a "${CC_CUP:-0}" -le "$CC_CAP")"
   row "dialer RSS per idle listener ($I_N of $IDLE attached), KiB" "-" "$I_PER" "-" "≤ 64 KiB" \
     "$(if [ "$I_N" -ge "$IDLE" ]; then pf le "$I_PER" 64; else echo FAIL; fi)"
   row "slow reader (1 KiB/s, ${SLOW_S}s): max RSS, MiB: dialer + listener" "nginx worker $(mib "$S_RMAX")" \

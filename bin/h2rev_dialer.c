@@ -55,7 +55,7 @@ static const char usage[] =
     "                       connection; over it: 429 (default 100)\n"
     "  --max-pending-dials N\n"
     "                       requests waiting for a reverse connection of one id;\n"
-    "                       over it: 503 (default 1024)\n"
+    "                       over it: 503 (default 16384)\n"
     "  --max-streams N      streams open at once on one listener's connection:\n"
     "                       the reverse connections in use, and so its requests\n"
     "                       served at once; the rest wait (default 1000)\n"

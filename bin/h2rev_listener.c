@@ -13,6 +13,8 @@
 
 /* --url given more than once: the library's default max_attachments. */
 #define URLS_MAX 63
+/* --max-streams: at most this many (nghttp2 holds a stream's state each). */
+#define MAX_STREAMS_LIMIT (1u << 20)
 
 static const char usage[] =
     "usage: h2rev-listener --url URL --upstream URL [options]\n"
@@ -32,6 +34,10 @@ static const char usage[] =
     "  --upstream-idle N    idle keep-alive connections to the upstream kept for\n"
     "                       the next requests (default 256; at least the requests\n"
     "                       in flight at once, or some pay a new connection each)\n"
+    "  --max-streams N      reverse connections open at once (per dialer replica),\n"
+    "                       and so requests served at once: the dialer's requests\n"
+    "                       beyond them wait in its queue (default: what the\n"
+    "                       dialer allows, 1000 for h2rev-dialer)\n"
     "  --ca FILE            trust this CA (or certificate) for the dialer\n"
     "  --cert FILE --key FILE  client certificate (mTLS)\n"
     "  --token TOKEN        sent as Authorization: Bearer TOKEN (visible in ps:\n"
@@ -513,7 +519,7 @@ int main(int argc, char **argv) {
   const char *url = NULL, *id = NULL, *up = NULL, *ca = NULL, *cert = NULL, *key = NULL;
   const char *token_flag = NULL, *token_file = NULL, *upstream_ca = NULL;
   bool insecure = false, upstream_insecure = false, keep_host = false, exit_permanent = false;
-  unsigned upstream_idle = 0, min_backoff = 0, max_backoff = 0;
+  unsigned upstream_idle = 0, min_backoff = 0, max_backoff = 0, max_streams = 0;
   const char *access_log = NULL, *log_format = NULL, *metrics = NULL;
   for (int i = 1; i < argc; i++) {
     const char *v;
@@ -558,6 +564,10 @@ int main(int argc, char **argv) {
       upstream_idle = tool_parse_count("--upstream-idle", v, 65536);
       if (upstream_idle == 0)
         tool_usage_error("--upstream-idle: must be at least 1");
+    } else if ((v = tool_flag(argc, argv, &i, "--max-streams")) != NULL) {
+      max_streams = tool_parse_count("--max-streams", v, MAX_STREAMS_LIMIT);
+      if (max_streams == 0)
+        tool_usage_error("--max-streams: must be at least 1");
     } else if ((v = tool_flag(argc, argv, &i, "--min-backoff")) != NULL) {
       min_backoff = tool_parse_ms("--min-backoff", v);
       if (min_backoff == 0)
@@ -648,6 +658,7 @@ int main(int argc, char **argv) {
   o.backoff_min_ms = min_backoff;
   o.backoff_max_ms = max_backoff;
   o.stop_on_permanent = exit_permanent;
+  o.max_streams = max_streams;
   o.log = (h2rev_logger_t){tool_log, NULL, tool_log_level};
   /* SSH, SMTP and the like speak first: each stream connects to the
    * upstream as soon as it is open, so that the greeting waits at the

@@ -679,7 +679,7 @@ typedef void (*h2rev_listener_event_cb)(h2rev_dialer_t *dialer, int event,
 typedef struct h2rev_dialer_options_s {
   const char *base_path;      /* e.g. "/reverse/connections"; NULL or "" means "" */
   unsigned dial_timeout_ms;   /* default for h2rev_dial(timeout 0): 10000 */
-  unsigned max_pending_dials; /* per id; default 1024 */
+  unsigned max_pending_dials; /* per id; default 16384 */
   unsigned max_listeners;     /* default 10000 */
   unsigned max_control_line;  /* bytes; default 4096 */
   unsigned keepalive_ms;      /* control keep-alive message interval; default 30000 */
@@ -974,6 +974,13 @@ typedef struct h2rev_listener_options_s {
   int no_follow_replicas;
   unsigned max_attachments;
   h2rev_listener_replica_cb on_replica; /* may be NULL */
+  /* Data streams (reverse connections) open at once on each attachment,
+   * idle spares included; 0 (default): as many as the dialer allows (h2rev's
+   * dialer: its max_streams, 1000). The dialer's requests beyond it wait in
+   * its queue (h2rev's: max_pending_dials, then 503; a dial times out with
+   * 504) until a stream is free: with h2rev_upstream_serve, at most this
+   * many exchanges, and so connections in use, reach the upstream at once. */
+  unsigned max_streams;
 } h2rev_listener_options_t;
 
 struct h2rev_listener_s {

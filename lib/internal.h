@@ -774,6 +774,10 @@ h2r_strm_t *h2r_strm_unhook(h2rev_stream_t *pub);
 void h2r_strm_abandon(h2r_strm_t *st);
 /* A header's value by lower-case name, or NULL. */
 const char *h2r_strm_header(const h2r_strm_t *st, const char *name, size_t *len);
+/* Frees the stream's header block, which no longer counts against the
+ * connection's and the server's header memory: for a stream that lives on
+ * long after its head was used (a listener's data stream). */
+void h2r_strm_drop_headers(h2r_strm_t *st);
 void h2r_strm_schedule(h2r_strm_t *st);
 /* Runs the deferred events of the stream: reads, completions, close. */
 void h2r_strm_pump(h2r_strm_t *st);

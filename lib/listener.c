@@ -81,6 +81,7 @@ typedef struct lconn {
   bool attached;
   bool dead;
   unsigned refused;  /* data streams refused (REFUSED_STREAM) in a row */
+  unsigned deferred; /* conn-ready asks held back at max_streams */
   int why;           /* the reason to report when it dies */
   hdrset_t *hdrs;    /* the request headers of its streams */
   bool proven;       /* answered as a dialer does (see H2R_PROOF_MS) */
@@ -305,8 +306,15 @@ static void unpark(h2r_listener_t *l, h2r_strm_t *st) {
   st->lnext = st->lprev = NULL;
 }
 
+static bool room_for_data(const h2r_listener_t *l, const lconn_t *c);
+
 static void kick_fire(uv_timer_t *t) {
   h2r_listener_t *l = t->data;
+  lconn_t *c = l->conn;
+  while (c != NULL && c->deferred > 0 && room_for_data(l, c)) {
+    c->deferred--;
+    open_data(l);
+  }
   while (l->unannounced > 0 && !l->closing && l->started) {
     l->unannounced--;
     group_ready(l);
@@ -428,10 +436,40 @@ static void data_gone(h2r_strm_t *st, int err) {
 
 static const h2r_strm_hooks data_hooks = {data_headers, data_gone};
 
+/* Data streams c may have open at once (its control stream aside):
+ * max_streams, and what the dialer allows (its SETTINGS_MAX_CONCURRENT_STREAMS,
+ * the control stream among them); 0: no limit known. */
+static unsigned data_limit(const h2r_listener_t *l, const lconn_t *c) {
+  unsigned lim = l->o.max_streams;
+  uint32_t peer =
+      c->s.ng != NULL
+          ? nghttp2_session_get_remote_settings(c->s.ng, NGHTTP2_SETTINGS_MAX_CONCURRENT_STREAMS)
+          : UINT32_MAX;
+  /* Past the dialer's limit nghttp2 would queue each stream asked for: at
+   * 10,000 requests waiting for h2rev's dialer (1000), 9,000 of them. */
+  if (peer > 1 && peer != UINT32_MAX && (lim == 0 || peer - 1 < lim))
+    lim = peer - 1;
+  return lim;
+}
+
+static bool room_for_data(const h2r_listener_t *l, const lconn_t *c) {
+  unsigned lim = data_limit(l, c);
+  return lim == 0 || c->s.nstreams < lim + 1u;
+}
+
 static void open_data(h2r_listener_t *l) {
   lconn_t *c = l->conn;
   if (c == NULL || !c->attached || c->dead)
     return;
+  if (!room_for_data(l, c)) {
+    /* Held back until one of them is freed (conn_stream_freed): the
+     * dialer's request waits in its queue meanwhile, and the upstream sees
+     * no more than max_streams exchanges at once. More asks held than
+     * streams allowed would only open streams nobody waits for. */
+    if (c->deferred < data_limit(l, c))
+      c->deferred++;
+    return;
+  }
   nghttp2_nv nv[H2R_LISTENER_NV];
   size_t n = build_nv(l, c, nv, H2R_LISTENER_NV, "data");
   h2r_strm_t *st = h2r_session_request(&c->s, nv, n, &data_hooks, c);
@@ -1002,8 +1040,17 @@ static void conn_close(h2r_session_t *s) {
   maybe_done(l);
 }
 
+/* A stream of c is gone: an ask held back at max_streams may go out, from
+ * the kick timer (not inside the stream's own teardown). */
+static void conn_stream_freed(h2r_session_t *s) {
+  lconn_t *c = s->owner;
+  h2r_listener_t *l = c->l;
+  if (l != NULL && c->deferred > 0 && l->conn == c && !l->closing)
+    uv_timer_start(&l->kick, kick_fire, 0, 0);
+}
+
 static const h2r_session_cbs conn_cbs = {conn_open,  conn_request, conn_dead,
-                                         conn_close, NULL,         NULL};
+                                         conn_close, NULL,         conn_stream_freed};
 
 static void resolved(uv_getaddrinfo_t *req, int status, struct addrinfo *res) {
   h2r_listener_t *l = req->data;

@@ -999,7 +999,12 @@ static void dialed(h2rev_dial_t *dial, int status) {
     if (p->client_open) {
       char why[200];
       snprintf(why, sizeof(why), "listener %s: %s", p->id, h2rev_dial_strerror(dial));
-      p_fail(p, status == UV_ETIMEDOUT ? 504 : status == UV_ECANCELED ? 503 : 502, why);
+      /* A full queue is load, as a canceled dial is: 503 with Retry-After. */
+      p_fail(p,
+             status == UV_ETIMEDOUT                               ? 504
+             : status == UV_ECANCELED || status == H2REV_ETOOMANY ? 503
+                                                                  : 502,
+             why);
     }
     p_release(p); /* the dial's share */
     return;

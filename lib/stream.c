@@ -127,6 +127,19 @@ int h2r_strm_add_header(h2r_strm_t *st, const uint8_t *name, size_t nl, const ui
   return 0;
 }
 
+void h2r_strm_drop_headers(h2r_strm_t *st) {
+  h2r_session_t *s = st->sess;
+  s->hdr_held -= st->hcap;
+  if (s->o.hdr_total != NULL)
+    *s->o.hdr_total -= st->hcap;
+  free(st->hbuf);
+  free(st->hdrs);
+  st->hbuf = NULL;
+  st->hdrs = NULL;
+  st->hcap = st->hlen = 0;
+  st->nhdrs = st->hdrcap = 0;
+}
+
 const char *h2r_strm_header(const h2r_strm_t *st, const char *name, size_t *len) {
   size_t nl = strlen(name);
   for (unsigned i = 0; i < st->nhdrs; i++) {

@@ -114,8 +114,8 @@ sleep 1 # the listener's spare reconnection in place after the check's request
 codes=$( (for _ in 1 2 3 4; do
   curl -s -o /dev/null -w '%{http_code}\n' --max-time 8 "http://127.0.0.1:$DLP/proxy/dl/sleep/800" &
 done; wait) | sort | tr '\n' ' ')
-[ "$codes" = "200 200 502 502 " ] ||
-  fail "--max-streams 2 --max-pending-dials 1, four requests at once: $codes (want 200 200 502 502)"
+[ "$codes" = "200 200 503 503 " ] ||
+  fail "--max-streams 2 --max-pending-dials 1, four requests at once: $codes (want 200 200 503 503: the queue is full, come back)"
 ok "--max-streams and --max-pending-dials: one served, one waiting for its reverse connection, two refused"
 
 got=$(python3 "$SRC/test/hostile.py" silent-body 127.0.0.1 "$LP" - /proxy/lim/post)

@@ -76,6 +76,7 @@ typedef struct env {
 static int next_verify_client;
 static int next_stop_on_permanent;
 static const char *next_lis_cert;
+static unsigned next_lis_max_streams;
 
 static void dialer_start(env_t *e, int port) {
   test_logger(&e->o.log, "dialer");
@@ -148,7 +149,11 @@ typedef struct ewrite {
   char data[];
 } ewrite_t;
 
+/* Echo streams open now, and the most at once. */
+static int echo_open, echo_open_max;
+
 static void echo_closed(h2rev_stream_t *s) {
+  echo_open--;
   free(s->data);
 }
 
@@ -248,6 +253,8 @@ static void lis_conn(h2rev_listener_t *l, int status) {
     return;
   }
   L->accepted++;
+  if (++echo_open > echo_open_max)
+    echo_open_max = echo_open;
   ASSERT_OK(h2rev_stream_read_start(&e->s, echo_alloc, echo_read));
 }
 
@@ -274,6 +281,7 @@ static void lis_start(lis_t *L, env_t *e, const char *id, unsigned spares,
   o.spares = spares;
   o.on_state = lis_state;
   o.stop_on_permanent = next_stop_on_permanent;
+  o.max_streams = next_lis_max_streams;
   test_logger(&o.log, id);
   ASSERT_OK(h2rev_listener_init(&e->loop, &L->l, &o));
   L->l.data = L;
@@ -725,6 +733,218 @@ TEST(concurrent_200_dials) {
   ASSERT_EQ(st.dials_ok, N);
   ASSERT_EQ(st.dials_failed, 0);
   ASSERT_GE(L.accepted, N);
+  free(c);
+  free(data);
+  lis_stop(&L);
+  dialer_stop(&e);
+  loop_drain(&e.loop);
+}
+
+/* More requests in flight to one listener than its connection serves at
+ * once (max_streams, 1000): with the default options the rest wait for a
+ * reverse connection rather than fail (at the old queue of 1024, 2000 dials
+ * at once had 976 refused). */
+TEST(default_queue_holds_2000_dials) {
+  enum { N = 2000, LEN = 64 };
+  env_t e;
+  env_init(&e, NULL);
+  lis_t L;
+  lis_start(&L, &e, "queue", 0, NULL);
+  run_cond(&e.loop, lis_attached, &L, 5000, "listener attached");
+  char *data = malloc(N * LEN);
+  test_fill_random(data, N * LEN, 2000);
+  dclient_t *c = calloc(N, sizeof(*c));
+  int ndone = 0;
+  for (int i = 0; i < N; i++) {
+    c[i].ndone = &ndone;
+    dc_dial(&c[i], &e, "queue", data + i * LEN, LEN, 30000);
+  }
+  double start = now_ms();
+  while (ndone < N) {
+    run_for(&e.loop, 10);
+    if (now_ms() - start > 60000)
+      test_fail(__FILE__, __LINE__, "only %d of %d dials finished", ndone, N);
+  }
+  h2rev_dialer_stats_t st = stats(&e);
+  ASSERT_EQ(st.dials_toomany, 0);
+  ASSERT_EQ(st.dials_failed, 0);
+  ASSERT_EQ(st.dials_ok, N);
+  for (int i = 0; i < N; i++)
+    dc_check_echo(&c[i]);
+  free(c);
+  free(data);
+  lis_stop(&L);
+  dialer_stop(&e);
+  loop_drain(&e.loop);
+}
+
+static void srv_closed_flag(h2rev_http_server_t *s) {
+  *(int *)s->data = 1;
+}
+
+enum { WAVE = 10 };
+
+static int all_dialed(void *arg) {
+  dclient_t *c = arg;
+  for (int i = 0; i < WAVE; i++)
+    if (!c[i].done)
+      return 0;
+  return 1;
+}
+
+/* A listener's data streams stay open for a long time (spares, reused
+ * streams): the head of each must not hold the connection's header memory
+ * (max_conn_header_bytes), or past a few thousand streams at the default
+ * 2 MiB new ones were refused and their dials failed (pickup-failed). Here
+ * 300 open at once under 16 KiB. */
+TEST(data_streams_hold_no_header_memory) {
+  enum { N = 300 };
+  env_t e;
+  memset(&e, 0, sizeof(e));
+  ASSERT_OK(uv_loop_init(&e.loop));
+  test_path(e.ca, sizeof(e.ca), test_certs(), "ca.pem");
+  test_path(e.cert, sizeof(e.cert), test_certs(), "server.pem");
+  test_path(e.key, sizeof(e.key), test_certs(), "server.key");
+  h2rev_http_server_options_t so = {.max_conn_header_bytes = 16384, .max_streams = 1000};
+  test_logger(&so.log, "server");
+  h2rev_http_server_t srv;
+  int srv_closed = 0;
+  ASSERT_OK(h2rev_http_server_init(&e.loop, &srv, &so));
+  srv.data = &srv_closed;
+  struct sockaddr_in a;
+  uv_ip4_addr("127.0.0.1", 0, &a);
+  h2rev_tls_options_t tls = {.cert_file = e.cert, .key_file = e.key};
+  ASSERT_OK(h2rev_http_server_listen(&srv, (struct sockaddr *)&a, &tls));
+  int len = sizeof(a);
+  ASSERT_OK(h2rev_http_server_getsockname(&srv, 0, (struct sockaddr *)&a, &len));
+  e.port = ntohs(a.sin_port);
+  e.o.base_path = "/base";
+  test_logger(&e.o.log, "dialer");
+  ASSERT_OK(h2rev_dialer_init(&e.loop, &e.d, &e.o));
+  e.d.data = &e;
+  ASSERT_OK(h2rev_dialer_mount(&e.d, &srv));
+  e.dialer_open = 1;
+  lis_t L;
+  lis_start(&L, &e, "held", 0, NULL);
+  run_cond(&e.loop, lis_attached, &L, 5000, "listener attached");
+  dclient_t *c = calloc(N, sizeof(*c));
+  int nclosed = 0;
+  /* In waves: the streams of one wave arrive together, their heads read
+   * before any is handed over. */
+  for (int i = 0; i < N; i += WAVE) {
+    for (int k = i; k < i + WAVE; k++) {
+      c[k].ndone = &nclosed;
+      dc_dial(&c[k], &e, "held", NULL, 0, 20000); /* held open: nothing written */
+    }
+    run_cond(&e.loop, all_dialed, c + i, 10000, "a wave of dials answered");
+  }
+  h2rev_dialer_stats_t st = stats(&e);
+  ASSERT_EQ(st.dials_pickup, 0);
+  ASSERT_EQ(st.dials_ok, N);
+  int failed = 0;
+  for (int i = 0; i < N; i++)
+    if (c[i].status != 0)
+      failed++;
+    else if (!c[i].closed)
+      h2rev_stream_close(&c[i].s, dc_closed);
+  ASSERT_EQ(failed, 0);
+  double start = now_ms();
+  while (nclosed < N) {
+    run_for(&e.loop, 10);
+    if (now_ms() - start > 10000)
+      test_fail(__FILE__, __LINE__, "only %d of %d streams closed", nclosed, N);
+  }
+  for (int i = 0; i < N; i++)
+    dc_free(&c[i]);
+  free(c);
+  lis_stop(&L);
+  dialer_stop(&e);
+  h2rev_http_server_close(&srv, srv_closed_flag);
+  run_until(&e.loop, &srv_closed, 5000);
+  loop_drain(&e.loop);
+}
+
+/* A listener that serves at most 4 reverse connections at once
+ * (max_streams): 40 dials at once all succeed, the dialer holding the rest
+ * in its queue, and the listener's application (the upstream) never has
+ * more than 4 in hand. */
+TEST(listener_max_streams_4) {
+  enum { N = 40, LEN = 4096, MAX = 4 };
+  env_t e;
+  env_init(&e, NULL);
+  lis_t L;
+  next_lis_max_streams = MAX;
+  lis_start(&L, &e, "capped", 0, NULL);
+  next_lis_max_streams = 0;
+  run_cond(&e.loop, lis_attached, &L, 5000, "listener attached");
+  echo_open = echo_open_max = 0;
+  char *data = malloc(N * LEN);
+  test_fill_random(data, N * LEN, 40);
+  dclient_t *c = calloc(N, sizeof(*c));
+  int ndone = 0;
+  for (int i = 0; i < N; i++) {
+    c[i].ndone = &ndone;
+    dc_dial(&c[i], &e, "capped", data + i * LEN, LEN, 20000);
+  }
+  double start = now_ms();
+  while (ndone < N) {
+    run_for(&e.loop, 10);
+    if (now_ms() - start > 30000)
+      test_fail(__FILE__, __LINE__, "only %d of %d dials finished", ndone, N);
+  }
+  for (int i = 0; i < N; i++)
+    dc_check_echo(&c[i]);
+  h2rev_dialer_stats_t st = stats(&e);
+  ASSERT_EQ(st.dials_ok, N);
+  ASSERT_EQ(st.dials_failed, 0);
+  ASSERT_EQ(L.accepted, N);
+  ASSERT_LE(echo_open_max, MAX);
+  ASSERT_GE(echo_open_max, 2); /* they did run side by side */
+  h2rev_listener_info_t info;
+  ASSERT_EQ(h2rev_dialer_listeners(&e.d, &info, 1), 1);
+  ASSERT_LE(info.spares + info.streams, MAX);
+  free(c);
+  free(data);
+  lis_stop(&L);
+  dialer_stop(&e);
+  loop_drain(&e.loop);
+}
+
+/* A dialer that allows 10 streams on a listener's connection, 100 dials at
+ * once: the listener asks for no stream past that limit (it holds the
+ * conn-ready asks back), rather than have nghttp2 queue 90 stream openings
+ * (at 10,000 requests waiting, 9,000 queued streams in the listener). */
+TEST(listener_within_dialer_stream_limit) {
+  enum { N = 100, LEN = 1024 };
+  h2rev_dialer_options_t o = {.max_streams = 10};
+  env_t e;
+  env_init(&e, &o);
+  lis_t L;
+  lis_start(&L, &e, "limited", 0, NULL);
+  run_cond(&e.loop, lis_attached, &L, 5000, "listener attached");
+  char *data = malloc(N * LEN);
+  test_fill_random(data, N * LEN, 100);
+  dclient_t *c = calloc(N, sizeof(*c));
+  int ndone = 0;
+  for (int i = 0; i < N; i++) {
+    c[i].ndone = &ndone;
+    dc_dial(&c[i], &e, "limited", data + i * LEN, LEN, 20000);
+  }
+  uint64_t most = 0;
+  double start = now_ms();
+  while (ndone < N) {
+    uv_run(&e.loop, UV_RUN_ONCE);
+    h2rev_listener_stats_t ls;
+    h2rev_listener_stats(&L.l, &ls);
+    if (ls.streams_open > most)
+      most = ls.streams_open;
+    if (now_ms() - start > 30000)
+      test_fail(__FILE__, __LINE__, "only %d of %d dials finished", ndone, N);
+  }
+  for (int i = 0; i < N; i++)
+    dc_check_echo(&c[i]);
+  ASSERT_EQ(stats(&e).dials_ok, N);
+  ASSERT_LE(most, 10); /* the control stream and 9 data streams */
   free(c);
   free(data);
   lis_stop(&L);
