@@ -1110,6 +1110,15 @@ typedef struct h2rev_upstream_options_s {
   h2rev_logger_t log;
   h2rev_upstream_access_cb access_log; /* NULL: none */
   void *access_log_arg;
+  /* For h2rev_upstream_handler only (on the listener's reverse connections
+   * the dialer applies its own): a request body announced must start
+   * within body_timeout_ms (default 30000; 408), and the upstream must send
+   * the response head within response_timeout_ms of the request's end
+   * (default 60000; 504). no_rewrite: as the dialer's (Location and
+   * Set-Cookie Path values pass as they are). */
+  unsigned body_timeout_ms;
+  unsigned response_timeout_ms;
+  int no_rewrite;
 } h2rev_upstream_options_t;
 
 struct h2rev_upstream_s {
@@ -1131,6 +1140,25 @@ H2REV_EXTERN int h2rev_upstream_init(uv_loop_t *loop, h2rev_upstream_t *upstream
  * Errors: UV_EBADF (closing), UV_ENOMEM; done does not run then. */
 H2REV_EXTERN int h2rev_upstream_serve(h2rev_upstream_t *upstream, h2rev_stream_t *stream,
                                       h2rev_close_cb done);
+/* The same reverse proxy as a handler of any HTTP server (arg: the
+ * upstream), for HTTP/1.1 and HTTP/2 clients alike: a request for
+ * <route><rest> goes to <url path><rest> of the upstream, as HTTP/1.1 with
+ * Host the upstream's (the client's with keep_host) and X-Forwarded-For,
+ * -Proto, -Host and -Prefix (<route>), over the upstream's pool of
+ * keep-alive connections; the response streams back, bodies both ways
+ * with the client's flow credit returned as its bytes reach the upstream.
+ * It is the exchange of the dialer's proxy (h2rev_dialer_proxy) with a
+ * pooled connection for the reverse one: the same framing, smuggling
+ * rules, rewriting of Location and Set-Cookie Path (the URL's path
+ * replaced by <route>), WebSocket upgrades (HTTP/2 extended CONNECT too)
+ * and errors: 502 when the upstream cannot be reached, 504 when it does
+ * not answer in time, 405 for a CONNECT. Each request is given to
+ * access_log and counted in h2rev_upstream_stats (path: as sent to the
+ * upstream; bytes_in: body bytes sent on; bytes_out: response bytes,
+ * head included, read from the upstream). h2rev_upstream_close waits for
+ * these requests too; while closing, new ones get 503.
+ *   h2rev_http_server_route(&srv, "/app", h2rev_upstream_handler, &upstream); */
+H2REV_EXTERN void h2rev_upstream_handler(h2rev_http_req_t *req, void *upstream);
 /* Streams being served now. */
 H2REV_EXTERN unsigned h2rev_upstream_active(const h2rev_upstream_t *upstream);
 H2REV_EXTERN void h2rev_upstream_stats(const h2rev_upstream_t *upstream,

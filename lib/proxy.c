@@ -1158,6 +1158,16 @@ static char *put_str(char **at, const char *s, size_t n) {
   return v;
 }
 
+/* A request refused before its exchange: answered, and accounted for. */
+static void refuse(h2rev_http_req_t *req, const h2r_px_owner_t *own, char *path, int status) {
+  h2r_px_reply_error(req, own, status, req->content_length != 0);
+  if (own->account != NULL) {
+    h2rev_upstream_access_t a = {.method = req->method, .path = path, .status = status, .local = 1};
+    own->account(own->arg, &a);
+  }
+  free(path);
+}
+
 h2r_hop_t *h2r_px_new(h2rev_http_req_t *req, const h2r_hop_ops *ops, size_t hop_size,
                       const h2r_px_owner_t *own, const h2r_px_target_t *t) {
   bool connect = strcmp(req->method, "CONNECT") == 0;
@@ -1169,8 +1179,7 @@ h2r_hop_t *h2r_px_new(h2rev_http_req_t *req, const h2r_hop_ops *ops, size_t hop_
   size_t hl = 0;
   bool chunked = false;
   if (p == NULL) {
-    free(t->acc_path);
-    h2r_px_reply_error(req, own, 503, req->content_length != 0);
+    refuse(req, own, t->acc_path, 503);
     return NULL;
   }
   char *at = (char *)p + HOP_END(hop_size);
@@ -1189,9 +1198,8 @@ h2r_hop_t *h2r_px_new(h2rev_http_req_t *req, const h2r_hop_ops *ops, size_t hop_
     h2r_log_limited(own->log, own->rl, own->loop, H2REV_LOG_INFO,
                     "%s %s: %d for a request that cannot be forwarded safely", own->tag, p->id,
                     status);
-    free(p->acc_path);
     free(p);
-    h2r_px_reply_error(req, own, status, req->content_length != 0);
+    refuse(req, own, t->acc_path, status);
     return NULL;
   }
   p->hop = (h2r_hop_t *)((char *)p + HOP_OFFSET);

@@ -1318,3 +1318,223 @@ TEST(drain_ends_with_last_request) {
   ASSERT_NULL(e.srv.s_);
   loop_drain(&e.loop);
 }
+
+/* ------------------------------------------ the upstream as a route */
+
+/* What the upstream handler's requests gave the access log. */
+static struct {
+  int n;
+  char method[32][8], path[32][64];
+  int status[32], local[32], result[32];
+  uint64_t in[32], out[32];
+} UR;
+
+static void route_access(void *arg, const h2rev_upstream_access_t *a) {
+  ASSERT(arg == &UR);
+  if (UR.n < 32) {
+    snprintf(UR.method[UR.n], sizeof(UR.method[0]), "%s", a->method);
+    snprintf(UR.path[UR.n], sizeof(UR.path[0]), "%s", a->path != NULL ? a->path : "(null)");
+    UR.status[UR.n] = a->status;
+    UR.local[UR.n] = a->local;
+    UR.result[UR.n] = a->result;
+    UR.in[UR.n] = a->bytes_in;
+    UR.out[UR.n] = a->bytes_out;
+    ASSERT_LE(a->ttfb_us, a->duration_us);
+  }
+  UR.n++;
+}
+
+static void redirect(h2rev_http_req_t *req, void *arg) {
+  (void)arg;
+  h2rev_header_t h[] = {{"location", "/r/there"}, {"set-cookie", "a=1; Path=/r"}};
+  ASSERT_OK(h2rev_http_respond(req, 302, h, 2, 0));
+  ASSERT_OK(h2rev_http_end(req));
+}
+
+static int free_port(uv_loop_t *loop) {
+  uv_tcp_t t;
+  struct sockaddr_in a;
+  uv_ip4_addr("127.0.0.1", 0, &a);
+  ASSERT_OK(uv_tcp_init(loop, &t));
+  ASSERT_OK(uv_tcp_bind(&t, (struct sockaddr *)&a, 0));
+  int len = sizeof(a);
+  ASSERT_OK(uv_tcp_getsockname(&t, (struct sockaddr *)&a, &len));
+  uv_close((uv_handle_t *)&t, NULL);
+  uv_run(loop, UV_RUN_NOWAIT);
+  return ntohs(a.sin_port);
+}
+
+static int ups_closed;
+static void ups_closed_cb(h2rev_upstream_t *u) {
+  (void)u;
+  ups_closed++;
+}
+
+/* An application's server with h2rev_upstream_handler on its routes, the
+ * upstream another h2rev server on loopback: HTTP/1.1 and HTTP/2 clients,
+ * bodies of several MiB both ways (Content-Length, chunked, HTTP/2), one
+ * upstream connection for all the sequential requests, the Location and
+ * Set-Cookie Path of a redirect under the route, 502 from a dead upstream,
+ * 504 from a slow one, 405 for a CONNECT, and each request in the access
+ * log and the counters. */
+TEST(upstream_handler) {
+  env_t e;
+  env_init(&e);
+  memset(&UR, 0, sizeof(UR));
+  /* The upstream. */
+  h2rev_http_server_t back;
+  ASSERT_OK(h2rev_http_server_init(&e.loop, &back, NULL));
+  back.data = &e;
+  unsigned slow_ms = 1500;
+  slow_seen = 0;
+  ASSERT_OK(h2rev_http_server_route(&back, "/echo", echo, NULL));
+  ASSERT_OK(h2rev_http_server_route(&back, "/info", info, NULL));
+  ASSERT_OK(h2rev_http_server_route(&back, "/r", redirect, NULL));
+  ASSERT_OK(h2rev_http_server_route(&back, "/slow", slow, &slow_ms));
+  int bp = listen_on(&back, NULL, 0);
+  /* Three upstreams: the live one, a dead port, and a slow path. */
+  char url[3][128];
+  snprintf(url[0], sizeof(url[0]), "http://127.0.0.1:%d", bp);
+  snprintf(url[1], sizeof(url[1]), "http://127.0.0.1:%d/x", free_port(&e.loop));
+  snprintf(url[2], sizeof(url[2]), "http://127.0.0.1:%d/slow", bp);
+  h2rev_upstream_t ups[3];
+  for (int i = 0; i < 3; i++) {
+    h2rev_upstream_options_t uo = {
+        .url = url[i], .access_log = route_access, .access_log_arg = &UR};
+    if (i == 2)
+      uo.response_timeout_ms = 300;
+    test_logger(&uo.log, "upstream");
+    ASSERT_OK(h2rev_upstream_init(&e.loop, &ups[i], &uo));
+  }
+  ASSERT_OK(h2rev_http_server_route(&e.srv, "/px", h2rev_upstream_handler, &ups[0]));
+  ASSERT_OK(h2rev_http_server_route(&e.srv, "/dead", h2rev_upstream_handler, &ups[1]));
+  ASSERT_OK(h2rev_http_server_route(&e.srv, "/slowpx", h2rev_upstream_handler, &ups[2]));
+
+  const char *modes[] = {"--http1.1", "--http2-prior-knowledge"};
+  char cmd[4096];
+  int requests = 0;
+  /* Plain requests, both protocols; the upstream is spoken to in HTTP/1.1. */
+  for (int m = 0; m < 2; m++) {
+    snprintf(cmd, sizeof(cmd), "curl -s %s 'http://127.0.0.1:%d/px/info/x?y=z'", modes[m], e.port);
+    expect_out(&e, cmd, "GET /info/x?y=z 1.1 xfp=/px\n");
+    snprintf(cmd, sizeof(cmd),
+             "curl -s %s -o /dev/null -w '%%{http_code} %%header{location} "
+             "%%header{set-cookie}' http://127.0.0.1:%d/px/r",
+             modes[m], e.port);
+    expect_out(&e, cmd, "302 /px/r/there a=1; Path=/px/r");
+    requests += 2;
+  }
+  for (int i = 0; i < 3; i++) {
+    snprintf(cmd, sizeof(cmd), "curl -s http://127.0.0.1:%d/px/info", e.port);
+    expect_out(&e, cmd, "GET /info 1.1 xfp=/px\n");
+    requests++;
+  }
+  /* Keep-alive: every one of those sequential requests on one connection. */
+  h2rev_http_server_stats_t bst;
+  h2rev_http_server_stats(&back, &bst);
+  ASSERT_EQ(bst.connections_total, 1u);
+  ASSERT_EQ(bst.requests[0][2] + bst.requests[0][3], (uint64_t)requests);
+
+  /* Bodies of 6 MiB echoed, compared by SHA-256 (cmp). */
+  const uint64_t big = 6u << 20;
+  snprintf(cmd, sizeof(cmd), "head -c %llu /dev/urandom > %s/in", (unsigned long long)big, e.dir);
+  ASSERT_EQ(sh(&e, cmd), 0);
+  const char *variants[] = {
+      "--http1.1 http://127.0.0.1:%d/px/echo",
+      "--http1.1 -H 'Transfer-Encoding: chunked' http://127.0.0.1:%d/px/echo",
+      "--http2-prior-knowledge http://127.0.0.1:%d/px/echo",
+  };
+  int first_post = requests;
+  for (int i = 0; i < 3; i++) {
+    char target[256];
+    snprintf(target, sizeof(target), variants[i], e.port);
+    snprintf(cmd, sizeof(cmd),
+             "curl -sf --data-binary @%s/in -o %s/got %s && "
+             "test \"$(sha256sum < %s/in)\" = \"$(sha256sum < %s/got)\"",
+             e.dir, e.dir, target, e.dir, e.dir);
+    ASSERT_EQ(sh(&e, cmd), 0);
+    requests++;
+  }
+  h2rev_http_server_stats(&back, &bst);
+  ASSERT_EQ(bst.connections_total, 1u); /* still the one */
+
+  /* The upstream cannot be reached: 502, whatever the client speaks. */
+  for (int m = 0; m < 2; m++) {
+    snprintf(cmd, sizeof(cmd), "curl -s %s -w ' %%{http_code}' http://127.0.0.1:%d/dead/a",
+             modes[m], e.port);
+    expect_out(&e, cmd, "upstream unavailable\n 502");
+    requests++;
+  }
+  /* It does not answer in time: 504. */
+  snprintf(cmd, sizeof(cmd), "curl -s -w ' %%{http_code}' http://127.0.0.1:%d/slowpx", e.port);
+  expect_out(&e, cmd, "upstream did not answer in time\n 504");
+  requests++;
+  /* No tunnels to wherever a client names. */
+  snprintf(cmd, sizeof(cmd),
+           "curl -s -o /dev/null -w '%%{http_code}' -X CONNECT http://127.0.0.1:%d/px/a", e.port);
+  expect_out(&e, cmd, "405");
+  requests++;
+
+  /* Each request once in the access log, once in the counters. */
+  uint64_t deadline = uv_now(&e.loop) + 5000;
+  while (UR.n < requests && uv_now(&e.loop) < deadline)
+    uv_run(&e.loop, UV_RUN_ONCE);
+  ASSERT_EQ(UR.n, requests);
+  ASSERT_STR_EQ(UR.method[0], "GET");
+  ASSERT_STR_EQ(UR.path[0], "/info/x?y=z");
+  ASSERT_EQ(UR.status[0], 200);
+  ASSERT_EQ(UR.local[0], 0);
+  ASSERT_EQ(UR.result[0], 0);
+  ASSERT_STR_EQ(UR.path[1], "/r");
+  ASSERT_EQ(UR.status[1], 302);
+  for (int i = first_post; i < first_post + 3; i++) {
+    ASSERT_STR_EQ(UR.method[i], "POST");
+    ASSERT_STR_EQ(UR.path[i], "/echo");
+    ASSERT_EQ(UR.status[i], 200);
+    ASSERT_EQ(UR.result[i], 0);
+    ASSERT_EQ(UR.in[i], big);
+    ASSERT_GT(UR.out[i], big);
+  }
+  int d = first_post + 3;
+  ASSERT_STR_EQ(UR.path[d], "/x/a");
+  for (int i = d; i < d + 2; i++) {
+    ASSERT_EQ(UR.status[i], 502);
+    ASSERT_EQ(UR.local[i], 1);
+  }
+  ASSERT_STR_EQ(UR.path[d + 2], "/slow/");
+  ASSERT_EQ(UR.status[d + 2], 504);
+  ASSERT_EQ(UR.local[d + 2], 1);
+  ASSERT_STR_EQ(UR.method[d + 3], "CONNECT");
+  ASSERT_EQ(UR.status[d + 3], 405);
+  h2rev_upstream_stats_t st;
+  h2rev_upstream_stats(&ups[0], &st);
+  ASSERT_EQ(st.requests[2], (uint64_t)(first_post - 2 + 3));
+  ASSERT_EQ(st.requests[3], 2u);
+  ASSERT_EQ(st.requests[4], 1u); /* the 405 */
+  ASSERT_EQ(st.errors, 0u);
+  ASSERT_EQ(st.bytes_in, 3 * big);
+  ASSERT_EQ(st.streams_total, 0u); /* no reverse connection served */
+  h2rev_upstream_stats(&ups[1], &st);
+  ASSERT_EQ(st.requests[5], 2u);
+  ASSERT_EQ(st.errors, 2u);
+  h2rev_upstream_stats(&ups[2], &st);
+  ASSERT_EQ(st.errors, 1u);
+
+  /* The slow handler answers a request whose client has gone; then all
+   * closes, the upstreams once their exchanges are over. */
+  run_until(&e.loop, &slow_seen, 5000);
+  deadline = uv_now(&e.loop) + slow_ms + 500;
+  while (uv_now(&e.loop) < deadline)
+    uv_run(&e.loop, UV_RUN_ONCE);
+  ups_closed = 0;
+  for (int i = 0; i < 3; i++)
+    h2rev_upstream_close(&ups[i], ups_closed_cb);
+  deadline = uv_now(&e.loop) + 5000;
+  while (ups_closed < 3 && uv_now(&e.loop) < deadline)
+    uv_run(&e.loop, UV_RUN_ONCE);
+  ASSERT_EQ(ups_closed, 3);
+  h2rev_http_server_close(&back, srv_closed);
+  run_until(&e.loop, &e.closed, 5000);
+  e.closed = 0;
+  env_stop(&e);
+}
