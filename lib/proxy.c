@@ -316,9 +316,13 @@ static void timed_out(uv_timer_t *t) {
   proxy_t *p = t->data;
   int waiting = p->waiting;
   p->waiting = WAIT_NONE;
-  if (waiting == WAIT_LINGER)
+  if (waiting == WAIT_LINGER) {
+    /* An upgraded connection whose client has ended its side: ours ends
+     * with the next hop's, or now (else nothing would end the client's). */
+    if (p->raw)
+      p_close_client(p, true);
     p_close_up(p);
-  else if (waiting == WAIT_BODY)
+  } else if (waiting == WAIT_BODY)
     p_fail(p, 408, "the request body did not start in time");
   else if (waiting == WAIT_RESPONSE)
     p_fail(p, 504, "the %s did not answer in time", p->own.peer);

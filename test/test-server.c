@@ -1391,6 +1391,7 @@ TEST(upstream_handler) {
   ASSERT_OK(h2rev_http_server_route(&back, "/info", info, NULL));
   ASSERT_OK(h2rev_http_server_route(&back, "/r", redirect, NULL));
   ASSERT_OK(h2rev_http_server_route(&back, "/slow", slow, &slow_ms));
+  ASSERT_OK(h2rev_http_server_route(&back, "/up", upgrading, NULL));
   int bp = listen_on(&back, NULL, 0);
   /* Three upstreams: the live one, a dead port, and a slow path. */
   char url[3][128];
@@ -1458,6 +1459,43 @@ TEST(upstream_handler) {
   h2rev_http_server_stats(&back, &bst);
   ASSERT_EQ(bst.connections_total, 1u); /* still the one */
 
+  /* An upgrade (a WebSocket's way): the 101, then bytes both ways as they
+   * are, the first ones right behind the head. */
+  snprintf(cmd, sizeof(cmd),
+           "python3 -c 'import socket,sys\n"
+           "s=socket.create_connection((\"127.0.0.1\",%d))\n"
+           "s.sendall(b\"GET /px/up HTTP/1.1\\r\\nHost: x\\r\\nConnection: Upgrade\\r\\n"
+           "Upgrade: echo\\r\\n\\r\\nhello \")\n"
+           "b=b\"\"\n"
+           "while not b.endswith(b\"hello \"): b+=s.recv(100)\n"
+           "s.sendall(b\"world\")\n"
+           "while not b.endswith(b\"world\"): b+=s.recv(100)\n"
+           "h,_,t=b.partition(b\"\\r\\n\\r\\n\")\n"
+           "sys.stdout.write(h.split(b\"\\r\\n\")[0].decode()+\"|\"+"
+           "str(b\"upgrade: echo\" in h.lower())+\"|\"+t.decode())'",
+           e.port);
+  expect_out(&e, cmd, "HTTP/1.1 101 Switching Protocols|True|hello world");
+  requests++;
+  /* A client that ends its side is answered to the end: the upstream's
+   * connection has no half-close, it has LINGER_MS (5 s) to end its own. */
+  snprintf(cmd, sizeof(cmd),
+           "timeout 20 python3 -c 'import socket,sys\n"
+           "s=socket.create_connection((\"127.0.0.1\",%d))\n"
+           "s.sendall(b\"GET /px/up HTTP/1.1\\r\\nHost: x\\r\\nConnection: Upgrade\\r\\n"
+           "Upgrade: echo\\r\\n\\r\\nbye\")\n"
+           "b=b\"\"\n"
+           "while not b.endswith(b\"bye\"): b+=s.recv(100)\n"
+           "s.shutdown(socket.SHUT_WR)\n"
+           "while True:\n"
+           " d=s.recv(100)\n"
+           " if not d: break\n"
+           " b+=d\n"
+           "sys.stdout.write(b.split(b\"\\r\\n\")[0].decode()+\"|\"+"
+           "b.partition(b\"\\r\\n\\r\\n\")[2].decode())'",
+           e.port);
+  expect_out(&e, cmd, "HTTP/1.1 101 Switching Protocols|bye");
+  requests++;
+
   /* The upstream cannot be reached: 502, whatever the client speaks. */
   for (int m = 0; m < 2; m++) {
     snprintf(cmd, sizeof(cmd), "curl -s %s -w ' %%{http_code}' http://127.0.0.1:%d/dead/a",
@@ -1495,7 +1533,11 @@ TEST(upstream_handler) {
     ASSERT_EQ(UR.in[i], big);
     ASSERT_GT(UR.out[i], big);
   }
-  int d = first_post + 3;
+  ASSERT_STR_EQ(UR.path[first_post + 3], "/up");
+  ASSERT_EQ(UR.status[first_post + 3], 101);
+  ASSERT_EQ(UR.in[first_post + 3], 11u); /* "hello world" */
+  ASSERT_EQ(UR.status[first_post + 4], 101);
+  int d = first_post + 5;
   ASSERT_STR_EQ(UR.path[d], "/x/a");
   for (int i = d; i < d + 2; i++) {
     ASSERT_EQ(UR.status[i], 502);
@@ -1508,11 +1550,12 @@ TEST(upstream_handler) {
   ASSERT_EQ(UR.status[d + 3], 405);
   h2rev_upstream_stats_t st;
   h2rev_upstream_stats(&ups[0], &st);
+  ASSERT_EQ(st.requests[1], 2u); /* the 101s */
   ASSERT_EQ(st.requests[2], (uint64_t)(first_post - 2 + 3));
   ASSERT_EQ(st.requests[3], 2u);
   ASSERT_EQ(st.requests[4], 1u); /* the 405 */
   ASSERT_EQ(st.errors, 0u);
-  ASSERT_EQ(st.bytes_in, 3 * big);
+  ASSERT_EQ(st.bytes_in, 3 * big + 11 + 3);
   ASSERT_EQ(st.streams_total, 0u); /* no reverse connection served */
   h2rev_upstream_stats(&ups[1], &st);
   ASSERT_EQ(st.requests[5], 2u);
