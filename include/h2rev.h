@@ -335,8 +335,10 @@ typedef struct h2rev_header_s {
  *   h2rev_http_server_listen(&srv, (struct sockaddr *)&addr, NULL);
  *
  * The library's own handlers use nothing more than this API offers: the
- * dialer's reverse proxy (h2rev_dialer_proxy) streams bodies both ways
- * without copies, with flow credit by its own measure (read_manual,
+ * reverse proxies (h2rev_dialer_proxy to a listener, h2rev_upstream_handler
+ * to a URL; one exchange, two kinds of next hop) stream bodies both ways
+ * without copies (bar one of the upstream's responses, out of a read buffer
+ * its connections share), with flow credit by its own measure (read_manual,
  * consume), back-pressure (write_queue_size), gathered writes (cork) and
  * WebSocket upgrades, as any handler may.
  */
@@ -1051,7 +1053,9 @@ H2REV_EXTERN int h2rev_listener_shutdown(h2rev_listener_t *listener, unsigned ti
  * X-Forwarded-Prefix says), or the Go dialer's full path without its first
  * <base>/proxy/<id>; a path with dot segments or a field name that is not a
  * token is refused (400). Host becomes the upstream's unless keep_host, and
- * the bytes after the head pass through both ways. */
+ * the bytes after the head pass through both ways. The same upstream can
+ * also serve an HTTP server's route as a reverse proxy of its own
+ * (h2rev_upstream_handler), sharing its pool of connections. */
 typedef struct h2rev_upstream_s h2rev_upstream_t;
 struct h2r_upstream;
 typedef void (*h2rev_upstream_close_cb)(h2rev_upstream_t *upstream);
