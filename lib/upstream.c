@@ -51,6 +51,7 @@ typedef struct h2r_upstream {
   uint8_t *rbuf;       /* the read buffer of every upstream connection */
   h2r_bufcache_t bufs; /* recycled read buffers */
   struct upconn *idle; /* keep-alive connections waiting for a request */
+  struct upconn *all;  /* every connection, whoever holds it (anext/aprev) */
   unsigned nidle;
   uv_timer_t sweep;             /* closes idle connections past POOL_IDLE_MS */
   struct sockaddr_storage addr; /* the upstream's address: an IP literal, or */
@@ -74,6 +75,7 @@ typedef struct upconn {
   struct uconn *c; /* the exchange using it; NULL while idle */
   struct uphop *h; /* or the handler's exchange's hop */
   struct upconn *next;
+  struct upconn *anext, *aprev; /* u->all */
   uint64_t idle_since;
   bool pooled;
 } upconn_t;
@@ -210,8 +212,12 @@ static void u_freed(uv_handle_t *h) {
     cb(pub);
 }
 
-/* The last step of closing: the callback comes on a later loop turn. */
+/* The last step of closing, once nothing holds the upstream (streams,
+ * the handler's exchanges, connections): the callback comes on a later
+ * loop turn. */
 static void u_finish(h2r_upstream_t *u) {
+  if (!u->closing || u->closing_handles > 0 || u->active > 0 || u->handled > 0 || u->all != NULL)
+    return;
   u->closing_handles = 2;
   uv_close((uv_handle_t *)&u->sweep, u_freed);
   uv_close((uv_handle_t *)&u->defer, u_freed);
@@ -240,8 +246,7 @@ static void uc_release(uconn_t *c) {
   u->active--;
   if (done != NULL)
     done(s);
-  if (u->closing && u->active == 0 && u->handled == 0)
-    u_finish(u);
+  u_finish(u);
 }
 
 static void s_closed(h2rev_stream_t *s) {
@@ -643,13 +648,21 @@ static void x_close(h2r_xport_t *x) {
   upconn_t *pc = x->owner;
   uconn_t *c = pc->c;
   struct uphop *h = pc->h;
+  h2r_upstream_t *u = pc->u;
   if (pc->pooled)
-    pool_unlink(pc->u, pc);
+    pool_unlink(u, pc);
+  if (pc->aprev != NULL)
+    pc->aprev->anext = pc->anext;
+  else
+    u->all = pc->anext;
+  if (pc->anext != NULL)
+    pc->anext->aprev = pc->aprev;
   free(pc);
   if (c != NULL)
     uc_release(c);
   else if (h != NULL)
     h_x_closed(h);
+  u_finish(u); /* when closing, the last connection may be the last holder */
 }
 
 static const h2r_xport_cbs ucbs = {x_open, x_read, x_error, x_close};
@@ -695,6 +708,10 @@ static upconn_t *conn_new(h2r_upstream_t *u, const struct sockaddr *addr, uconn_
   pc->u = u;
   pc->c = c;
   pc->h = h;
+  pc->anext = u->all;
+  if (u->all != NULL)
+    u->all->aprev = pc;
+  u->all = pc;
   pc->x.log = &u->log;
   pc->x.shared_rbuf = u->rbuf;
   pc->x.unref = u->unref;
@@ -1279,8 +1296,7 @@ static void h_account(void *arg, const h2rev_upstream_access_t *a) {
 static void h_released(void *arg) {
   h2r_upstream_t *u = arg;
   u->handled--;
-  if (u->closing && u->active == 0 && u->handled == 0)
-    u_finish(u);
+  u_finish(u);
 }
 
 /* A request answered here, before any exchange. */
@@ -1494,13 +1510,10 @@ static void upstream_set_unref(h2rev_upstream_t *upstream, bool unref) {
   u->unref = unref;
   h2r_handle_ref(&u->defer, unref);
   /* sweep stays unref'd: idle connections alone never keep the loop alive */
-  for (upconn_t *pc = u->idle; pc != NULL; pc = pc->next)
+  for (upconn_t *pc = u->all; pc != NULL; pc = pc->anext)
     h2r_xport_set_unref(&pc->x, unref);
-  for (uconn_t *c = u->conns; c != NULL; c = c->unext) {
+  for (uconn_t *c = u->conns; c != NULL; c = c->unext)
     h2r_handle_ref(&c->linger, unref);
-    if (c->pc != NULL)
-      h2r_xport_set_unref(&c->pc->x, unref);
-  }
 }
 
 void h2rev_upstream_ref(h2rev_upstream_t *upstream) {
@@ -1577,8 +1590,7 @@ void h2rev_upstream_close(h2rev_upstream_t *upstream, h2rev_upstream_close_cb cb
     h2r_xport_close(&pc->x);
   }
   /* Exchanges in progress finish on their own (callers drain first). */
-  if (u->active == 0 && u->handled == 0)
-    u_finish(u);
+  u_finish(u);
 }
 
 char *h2r_upstream_head(const char *p, size_t n, const char *path, const char *authority,

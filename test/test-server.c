@@ -1321,7 +1321,7 @@ TEST(drain_ends_with_last_request) {
 
 /* ------------------------------------------ the upstream as a route */
 
-/* What the upstream handler's requests gave the access log. */
+/* What the upstream handler's requests gave the access log: the last 32. */
 static struct {
   int n;
   char method[32][8], path[32][64];
@@ -1331,17 +1331,15 @@ static struct {
 
 static void route_access(void *arg, const h2rev_upstream_access_t *a) {
   ASSERT(arg == &UR);
-  if (UR.n < 32) {
-    snprintf(UR.method[UR.n], sizeof(UR.method[0]), "%s", a->method);
-    snprintf(UR.path[UR.n], sizeof(UR.path[0]), "%s", a->path != NULL ? a->path : "(null)");
-    UR.status[UR.n] = a->status;
-    UR.local[UR.n] = a->local;
-    UR.result[UR.n] = a->result;
-    UR.in[UR.n] = a->bytes_in;
-    UR.out[UR.n] = a->bytes_out;
-    ASSERT_LE(a->ttfb_us, a->duration_us);
-  }
-  UR.n++;
+  int i = UR.n++ % 32;
+  snprintf(UR.method[i], sizeof(UR.method[0]), "%s", a->method);
+  snprintf(UR.path[i], sizeof(UR.path[0]), "%s", a->path != NULL ? a->path : "(null)");
+  UR.status[i] = a->status;
+  UR.local[i] = a->local;
+  UR.result[i] = a->result;
+  UR.in[i] = a->bytes_in;
+  UR.out[i] = a->bytes_out;
+  ASSERT_LE(a->ttfb_us, a->duration_us);
 }
 
 static void redirect(h2rev_http_req_t *req, void *arg) {
@@ -1576,6 +1574,79 @@ TEST(upstream_handler) {
   while (ups_closed < 3 && uv_now(&e.loop) < deadline)
     uv_run(&e.loop, UV_RUN_ONCE);
   ASSERT_EQ(ups_closed, 3);
+  h2rev_http_server_close(&back, srv_closed);
+  run_until(&e.loop, &e.closed, 5000);
+  e.closed = 0;
+  env_stop(&e);
+}
+
+/* Many requests at once through h2rev_upstream_handler (h2load: HTTP/2,
+ * 4 connections of 16 streams), each answered, on at most as many upstream
+ * connections as were in flight at once, all counted; and an upstream that
+ * cuts its response short leaves the client with a cut response, never a
+ * complete-looking one, over either protocol. */
+TEST(upstream_handler_concurrent) {
+  env_t e;
+  env_init(&e);
+  memset(&UR, 0, sizeof(UR));
+  h2rev_http_server_t back;
+  ASSERT_OK(h2rev_http_server_init(&e.loop, &back, NULL));
+  back.data = &e;
+  ASSERT_OK(h2rev_http_server_route(&back, "/echo", echo, NULL));
+  ASSERT_OK(h2rev_http_server_route(&back, "/abort", aborting, NULL));
+  int bp = listen_on(&back, NULL, 0);
+  char url[128];
+  snprintf(url, sizeof(url), "http://127.0.0.1:%d", bp);
+  h2rev_upstream_t up;
+  h2rev_upstream_options_t uo = {.url = url, .access_log = route_access, .access_log_arg = &UR};
+  test_logger(&uo.log, "upstream");
+  ASSERT_OK(h2rev_upstream_init(&e.loop, &up, &uo));
+  ASSERT_OK(h2rev_http_server_route(&e.srv, "/px", h2rev_upstream_handler, &up));
+  char cmd[2048];
+  int n = 0;
+  if (sh(&e, "command -v h2load >/dev/null") == 0) {
+    n = 2000;
+    snprintf(cmd, sizeof(cmd), "head -c 3000 /dev/urandom > %s/body", e.dir);
+    ASSERT_EQ(sh(&e, cmd), 0);
+    snprintf(cmd, sizeof(cmd),
+             "h2load -n %d -c 4 -m 16 -d %s/body http://127.0.0.1:%d/px/echo | "
+             "grep -o '[0-9]* 2xx' | cut -d' ' -f1",
+             n, e.dir, e.port);
+    char want[32];
+    snprintf(want, sizeof(want), "%d\n", n);
+    expect_out(&e, cmd, want);
+    h2rev_http_server_stats_t bst;
+    h2rev_http_server_stats(&back, &bst);
+    ASSERT_LE(bst.connections_total, 64u);
+    ASSERT_EQ(bst.requests[0][2], (uint64_t)n);
+  } else {
+    fprintf(stderr, "no h2load: the concurrent part is skipped\n");
+  }
+  /* 1000 bytes announced, 10 sent, then the upstream's connection cut. */
+  const char *modes[] = {"--http1.1", "--http2-prior-knowledge"};
+  for (int m = 0; m < 2; m++) {
+    snprintf(cmd, sizeof(cmd), "curl -s %s -o %s/cut http://127.0.0.1:%d/px/abort", modes[m], e.dir,
+             e.port);
+    int rc = sh(&e, cmd);
+    if (rc != 18 && rc != 92 && rc != 56) /* partial file, HTTP/2 stream error, recv failure */
+      test_fail(__FILE__, __LINE__, "%s: curl exited %d, want a cut response", cmd, rc);
+  }
+  uint64_t deadline = uv_now(&e.loop) + 5000;
+  while (UR.n < n + 2 && uv_now(&e.loop) < deadline)
+    uv_run(&e.loop, UV_RUN_ONCE);
+  ASSERT_EQ(UR.n, n + 2);
+  for (int i = n; i < n + 2; i++) {
+    ASSERT_EQ(UR.status[i % 32], 200);
+    ASSERT_NE(UR.result[i % 32], 0);
+  }
+  h2rev_upstream_stats_t st;
+  h2rev_upstream_stats(&up, &st);
+  ASSERT_EQ(st.requests[2], (uint64_t)(n + 2));
+  ASSERT_EQ(st.requests_incomplete, 2u);
+  ASSERT_EQ(st.bytes_in, (uint64_t)n * 3000);
+  ups_closed = 0;
+  h2rev_upstream_close(&up, ups_closed_cb);
+  run_until(&e.loop, &ups_closed, 5000);
   h2rev_http_server_close(&back, srv_closed);
   run_until(&e.loop, &e.closed, 5000);
   e.closed = 0;
