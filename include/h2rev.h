@@ -1094,8 +1094,13 @@ typedef struct h2rev_upstream_stats_s {
   uint64_t streams_total;       /* taken by h2rev_upstream_serve since init */
   uint64_t requests[6];         /* by status class: [0] no head, [1..5] 1xx..5xx */
   uint64_t requests_incomplete; /* ended with a nonzero result */
-  uint64_t errors;              /* the upstream could not be reached (a local 502) */
-  uint64_t refused;             /* refused here (a local 400) */
+  /* The upstream could not be reached (a local 502); through
+   * h2rev_upstream_handler also a local 503 or 504 (it did not answer in
+   * time). */
+  uint64_t errors;
+  /* Refused here (a local 400); through h2rev_upstream_handler any local
+   * 4xx (400, 405, 408, 431). */
+  uint64_t refused;
   uint64_t duration[H2REV_HTTP_DURATION_BUCKETS]; /* not cumulative; bounds as the server's */
   uint64_t duration_us_sum;
   uint64_t bytes_in, bytes_out; /* as in h2rev_upstream_access_t */
