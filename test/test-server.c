@@ -1652,3 +1652,72 @@ TEST(upstream_handler_concurrent) {
   e.closed = 0;
   env_stop(&e);
 }
+
+/* An https:// upstream through h2rev_upstream_handler: its certificate
+ * checked against the CA given, a body of 3 MiB echoed both ways over TLS,
+ * and an upstream whose certificate the CA did not sign answered 502. */
+TEST(upstream_handler_tls) {
+  env_t e;
+  env_init(&e);
+  memset(&UR, 0, sizeof(UR));
+  h2rev_http_server_t back;
+  ASSERT_OK(h2rev_http_server_init(&e.loop, &back, NULL));
+  back.data = &e;
+  ASSERT_OK(h2rev_http_server_route(&back, "/echo", echo, NULL));
+  char cert[512], key[512], ca[512], other[512];
+  test_path(cert, sizeof(cert), test_certs(), "server.pem");
+  test_path(key, sizeof(key), test_certs(), "server.key");
+  test_path(ca, sizeof(ca), test_certs(), "ca.pem");
+  test_path(other, sizeof(other), test_certs(), "other-ca.pem");
+  h2rev_tls_options_t tls = {.cert_file = cert, .key_file = key};
+  int bp = listen_on(&back, &tls, 0);
+  char url[128];
+  snprintf(url, sizeof(url), "https://localhost:%d", bp);
+  h2rev_upstream_t ups[2];
+  const char *cas[2] = {ca, other};
+  for (int i = 0; i < 2; i++) {
+    h2rev_upstream_options_t uo = {.url = url, .access_log = route_access, .access_log_arg = &UR};
+    uo.tls.ca_file = cas[i];
+    test_logger(&uo.log, "upstream");
+    ASSERT_OK(h2rev_upstream_init(&e.loop, &ups[i], &uo));
+  }
+  ASSERT_OK(h2rev_http_server_route(&e.srv, "/s", h2rev_upstream_handler, &ups[0]));
+  ASSERT_OK(h2rev_http_server_route(&e.srv, "/bad", h2rev_upstream_handler, &ups[1]));
+  char cmd[4096];
+  snprintf(cmd, sizeof(cmd), "head -c 3145728 /dev/urandom > %s/in", e.dir);
+  ASSERT_EQ(sh(&e, cmd), 0);
+  const char *modes[] = {"--http1.1", "--http2-prior-knowledge"};
+  for (int m = 0; m < 2; m++) {
+    snprintf(cmd, sizeof(cmd),
+             "curl -sf %s --data-binary @%s/in -o %s/got http://127.0.0.1:%d/s/echo && "
+             "cmp %s/in %s/got",
+             modes[m], e.dir, e.dir, e.port, e.dir, e.dir);
+    ASSERT_EQ(sh(&e, cmd), 0);
+  }
+  snprintf(cmd, sizeof(cmd), "curl -s -w ' %%{http_code}' http://127.0.0.1:%d/bad/echo", e.port);
+  expect_out(&e, cmd, "upstream unavailable\n 502");
+  uint64_t deadline = uv_now(&e.loop) + 5000;
+  while (UR.n < 3 && uv_now(&e.loop) < deadline)
+    uv_run(&e.loop, UV_RUN_ONCE);
+  ASSERT_EQ(UR.n, 3);
+  h2rev_upstream_stats_t st;
+  h2rev_upstream_stats(&ups[0], &st);
+  ASSERT_EQ(st.requests[2], 2u);
+  ASSERT_EQ(st.bytes_in, 2u * 3145728);
+  h2rev_http_server_stats_t bst;
+  h2rev_http_server_stats(&back, &bst);
+  ASSERT_EQ(bst.requests[0][2], 2u);
+  h2rev_upstream_stats(&ups[1], &st);
+  ASSERT_EQ(st.errors, 1u);
+  ups_closed = 0;
+  for (int i = 0; i < 2; i++)
+    h2rev_upstream_close(&ups[i], ups_closed_cb);
+  deadline = uv_now(&e.loop) + 5000;
+  while (ups_closed < 2 && uv_now(&e.loop) < deadline)
+    uv_run(&e.loop, UV_RUN_ONCE);
+  ASSERT_EQ(ups_closed, 2);
+  h2rev_http_server_close(&back, srv_closed);
+  run_until(&e.loop, &e.closed, 5000);
+  e.closed = 0;
+  env_stop(&e);
+}
