@@ -335,8 +335,10 @@ typedef struct h2rev_header_s {
  *   h2rev_http_server_listen(&srv, (struct sockaddr *)&addr, NULL);
  *
  * The library's own handlers use nothing more than this API offers: the
- * dialer's reverse proxy (h2rev_dialer_proxy) streams bodies both ways
- * without copies, with flow credit by its own measure (read_manual,
+ * reverse proxies (h2rev_dialer_proxy to a listener, h2rev_upstream_handler
+ * to a URL; one exchange, two kinds of next hop) stream bodies both ways
+ * without copies (bar one of the upstream's responses, out of a read buffer
+ * its connections share), with flow credit by its own measure (read_manual,
  * consume), back-pressure (write_queue_size), gathered writes (cork) and
  * WebSocket upgrades, as any handler may.
  */
@@ -1069,7 +1071,9 @@ H2REV_EXTERN int h2rev_listener_shutdown(h2rev_listener_t *listener, unsigned ti
  * X-Forwarded-Prefix says), or the Go dialer's full path without its first
  * <base>/proxy/<id>; a path with dot segments or a field name that is not a
  * token is refused (400). Host becomes the upstream's unless keep_host, and
- * the bytes after the head pass through both ways. */
+ * the bytes after the head pass through both ways. The same upstream can
+ * also serve an HTTP server's route as a reverse proxy of its own
+ * (h2rev_upstream_handler), sharing its pool of connections. */
 typedef struct h2rev_upstream_s h2rev_upstream_t;
 struct h2r_upstream;
 typedef void (*h2rev_upstream_close_cb)(h2rev_upstream_t *upstream);
@@ -1108,8 +1112,13 @@ typedef struct h2rev_upstream_stats_s {
   uint64_t streams_total;       /* taken by h2rev_upstream_serve since init */
   uint64_t requests[6];         /* by status class: [0] no head, [1..5] 1xx..5xx */
   uint64_t requests_incomplete; /* ended with a nonzero result */
-  uint64_t errors;              /* the upstream could not be reached (a local 502) */
-  uint64_t refused;             /* refused here (a local 400) */
+  /* The upstream could not be reached (a local 502); through
+   * h2rev_upstream_handler also a local 503 or 504 (it did not answer in
+   * time). */
+  uint64_t errors;
+  /* Refused here (a local 400); through h2rev_upstream_handler any local
+   * 4xx (400, 405, 408, 431). */
+  uint64_t refused;
   uint64_t duration[H2REV_HTTP_DURATION_BUCKETS]; /* not cumulative; bounds as the server's */
   uint64_t duration_us_sum;
   uint64_t bytes_in, bytes_out; /* as in h2rev_upstream_access_t */
@@ -1128,6 +1137,15 @@ typedef struct h2rev_upstream_options_s {
   h2rev_logger_t log;
   h2rev_upstream_access_cb access_log; /* NULL: none */
   void *access_log_arg;
+  /* For h2rev_upstream_handler only (on the listener's reverse connections
+   * the dialer applies its own): a request body announced must start
+   * within body_timeout_ms (default 30000; 408), and the upstream must send
+   * the response head within response_timeout_ms of the request's end
+   * (default 60000; 504). no_rewrite: as the dialer's (Location and
+   * Set-Cookie Path values pass as they are). */
+  unsigned body_timeout_ms;
+  unsigned response_timeout_ms;
+  int no_rewrite;
 } h2rev_upstream_options_t;
 
 struct h2rev_upstream_s {
@@ -1149,6 +1167,25 @@ H2REV_EXTERN int h2rev_upstream_init(uv_loop_t *loop, h2rev_upstream_t *upstream
  * Errors: UV_EBADF (closing), UV_ENOMEM; done does not run then. */
 H2REV_EXTERN int h2rev_upstream_serve(h2rev_upstream_t *upstream, h2rev_stream_t *stream,
                                       h2rev_close_cb done);
+/* The same reverse proxy as a handler of any HTTP server (arg: the
+ * upstream), for HTTP/1.1 and HTTP/2 clients alike: a request for
+ * <route><rest> goes to <url path><rest> of the upstream, as HTTP/1.1 with
+ * Host the upstream's (the client's with keep_host) and X-Forwarded-For,
+ * -Proto, -Host and -Prefix (<route>), over the upstream's pool of
+ * keep-alive connections; the response streams back, bodies both ways
+ * with the client's flow credit returned as its bytes reach the upstream.
+ * It is the exchange of the dialer's proxy (h2rev_dialer_proxy) with a
+ * pooled connection for the reverse one: the same framing, smuggling
+ * rules, rewriting of Location and Set-Cookie Path (the URL's path
+ * replaced by <route>), WebSocket upgrades (HTTP/2 extended CONNECT too)
+ * and errors: 502 when the upstream cannot be reached, 504 when it does
+ * not answer in time, 405 for a CONNECT. Each request is given to
+ * access_log and counted in h2rev_upstream_stats (path: as sent to the
+ * upstream; bytes_in: body bytes sent on; bytes_out: response bytes,
+ * head included, read from the upstream). h2rev_upstream_close waits for
+ * these requests too; while closing, new ones get 503.
+ *   h2rev_http_server_route(&srv, "/app", h2rev_upstream_handler, &upstream); */
+H2REV_EXTERN void h2rev_upstream_handler(h2rev_http_req_t *req, void *upstream);
 /* Streams being served now. */
 H2REV_EXTERN unsigned h2rev_upstream_active(const h2rev_upstream_t *upstream);
 H2REV_EXTERN void h2rev_upstream_stats(const h2rev_upstream_t *upstream,

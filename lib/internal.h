@@ -583,6 +583,105 @@ char *h2r_proxy_head(const h2rev_http_req_t *req, const char *prefix, size_t pre
 char *h2r_upstream_head(const char *p, size_t n, const char *path, const char *authority,
                         bool keep_host, size_t *len);
 
+/* The proxy's exchange (proxy.c) over a byte stream to the next hop: a
+ * reverse connection from h2rev_dial (the dialer's proxy) or a pooled
+ * connection to an upstream URL (h2rev_upstream_handler). One exchange
+ * code, whatever carries the bytes; the hop is what differs. */
+typedef struct h2r_hop h2r_hop_t;
+typedef struct h2r_hop_write h2r_hop_write_t;
+typedef void (*h2r_hop_write_cb)(h2r_hop_write_t *w, int status);
+struct h2r_hop_write {
+  union {
+    h2rev_write_t s;
+    h2r_xwrite_t x;
+  } u;
+  h2r_hop_write_cb cb;
+  size_t len; /* of the buffers, for the hop's queue size */
+};
+
+/* Every operation but close is called only between h2r_px_opened(0) and
+ * the end of the hop (close, recycle). */
+typedef struct h2r_hop_ops {
+  /* Starts opening: h2r_px_opened follows (it may run inside this call).
+   * Nonzero: nothing follows, the hop is over. */
+  int (*open)(h2r_hop_t *hop);
+  /* Writes bufs; w->cb runs once they are written or failed, never inside
+   * this call. */
+  int (*write)(h2r_hop_t *hop, h2r_hop_write_t *w, const uv_buf_t *bufs, unsigned n);
+  size_t (*queued)(const h2r_hop_t *hop); /* bytes written and not yet out */
+  /* Bytes arrive through h2r_px_alloc and h2r_px_read. */
+  void (*read_start)(h2r_hop_t *hop);
+  void (*read_stop)(h2r_hop_t *hop);
+  /* Ends our direction; h2r_px_shut follows. NULL: the hop cannot
+   * half-close (it closes instead once the exchange is over). */
+  int (*shutdown)(h2r_hop_t *hop);
+  /* Keep-alive: the exchange is over and both messages were complete;
+   * true when the hop took the connection back (for another exchange):
+   * it is then over, no h2r_px_gone follows. */
+  bool (*recycle)(h2r_hop_t *hop);
+  /* Closes (or cancels the opening); h2r_px_gone follows, never inside
+   * this call. */
+  void (*close)(h2r_hop_t *hop);
+} h2r_hop_ops;
+
+struct h2r_hop {
+  const h2r_hop_ops *ops;
+  void *px; /* the exchange, for the callbacks below */
+};
+
+/* What a proxied request was, for an owner that accounts for it. */
+typedef struct h2r_px_owner {
+  uv_loop_t *loop;
+  const h2rev_logger_t *log;
+  h2r_ratelog_t *rl;
+  unsigned body_timeout_ms, response_timeout_ms;
+  bool no_rewrite;
+  const char *tag;                 /* what log lines start with: "proxy", "upstream" */
+  const char *peer;                /* the next hop in log lines: "listener", "upstream" */
+  const char *text_502, *text_504; /* the bodies of those errors, for anyone to read */
+  /* NULL: none. Once, when the client's request is over (a->local: the
+   * response was one of ours, an error, not the next hop's). */
+  void (*account)(void *arg, const h2rev_upstream_access_t *a);
+  /* NULL: none. The exchange is freed: nothing of it is left. */
+  void (*released)(void *arg);
+  void *arg;
+} h2r_px_owner_t;
+
+/* Where the request goes: Host `host`, target <base><rest> (rest as in
+ * h2r_proxy_head), X-Forwarded-Prefix <prefix> (the part of the client's
+ * path the next hop does not see; none when empty), and what Location and
+ * Set-Cookie Path values of the response are rewritten from (see
+ * h2rev_dialer_options_t.no_rewrite): `host` in absolute URLs, <base>
+ * replaced by <prefix>. */
+typedef struct h2r_px_target {
+  const char *host, *base, *rest, *prefix;
+  size_t hostlen, baselen, prefixlen;
+  const char *name;     /* for log lines: the listener's id, the upstream's authority */
+  char *acc_path;       /* the path for the access record (malloc'd, taken), or NULL */
+  h2r_session_t *csess; /* an HTTP/2 client's connection, whose proxied requests count */
+} h2r_px_target_t;
+
+/* A new exchange for req toward target t, with hop_size bytes for the
+ * caller's hop (an h2r_hop_t first) in the same allocation, or NULL when
+ * the request was answered already (an error: 400, 405, 431, 503). The
+ * caller fills in its hop, then h2r_px_go opens it; the exchange answers
+ * the request either way from then on. */
+h2r_hop_t *h2r_px_new(h2rev_http_req_t *req, const h2r_hop_ops *ops, size_t hop_size,
+                      const h2r_px_owner_t *owner, const h2r_px_target_t *t);
+void h2r_px_go(h2r_hop_t *hop);
+/* A complete error response of the exchange's kind (for a request refused
+ * before an exchange exists); body_unread: close after it (HTTP/1.1). */
+void h2r_px_reply_error(h2rev_http_req_t *req, const h2r_px_owner_t *owner, int status,
+                        bool body_unread);
+/* The hop's callbacks. opened with status != 0: the hop is over (no
+ * h2r_px_gone follows); why is for the log. */
+void h2r_px_opened(h2r_hop_t *hop, int status, const char *why);
+void h2r_px_alloc(h2r_hop_t *hop, size_t size, uv_buf_t *buf);
+/* As a uv_read_cb: n bytes in buf (from h2r_px_alloc), UV_EOF, or an error. */
+void h2r_px_read(h2r_hop_t *hop, ssize_t n, const uv_buf_t *buf);
+void h2r_px_shut(h2r_hop_t *hop, int status);
+void h2r_px_gone(h2r_hop_t *hop);
+
 /* The dialer's options, defaults filled in; the limiter of its proxy's log lines. */
 const h2rev_dialer_options_t *h2r_dialer_options(const h2rev_dialer_t *dialer);
 h2r_ratelog_t *h2r_dialer_ratelog(h2rev_dialer_t *dialer);

@@ -1,10 +1,12 @@
 /*
- * The dialer's reverse proxy, an ordinary handler of the HTTP server
- * (h2rev_dialer_proxy): a request for <route>/<id>/<path> goes out as
- * HTTP/1.1 over a reverse connection to listener <id> (h2rev_dial); the
+ * The proxy's exchange, an ordinary handler of the HTTP server: a request
+ * goes out as HTTP/1.1 over a byte stream to the next hop (h2r_hop_t); the
  * response, parsed with llhttp, streams back through the request API,
- * whatever protocol the client speaks. It uses nothing the public API does
- * not offer an embedder, bar the dialer's options and log limiter.
+ * whatever protocol the client speaks. Two hops carry it: a reverse
+ * connection to listener <id> (h2rev_dialer_proxy: <route>/<id>/<path>,
+ * h2rev_dial), and a pooled connection to an upstream URL
+ * (h2rev_upstream_handler, upstream.c). It uses nothing the public API does
+ * not offer an embedder, bar its owner's options and log limiter.
  *
  * Framing is rebuilt, never copied: Content-Length when the client gave
  * one, chunked otherwise; hop-by-hop fields are dropped both ways. Bytes
@@ -14,9 +16,9 @@
  * tunnel (h2rev_http_read_manual), so a slow listener paces the client.
  *
  * Ownership: the proxy object is shared by the client's request (released
- * by its done callback), the timer (by its close callback) and the dial,
- * whose share passes to the reverse stream when it succeeds (released by
- * the stream's close callback). Only those callbacks release a share.
+ * by its done callback), the timer (by its close callback) and the hop
+ * (released when it is over: its opening failed, it was closed, or it took
+ * the connection back for another exchange). Only those release a share.
  */
 #include "control.h"
 
@@ -65,10 +67,10 @@ struct rblock {
   char data[];
 };
 
-/* A write toward the listener: the request head, or a piece of the body in
+/* A write toward the next hop: the request head, or a piece of the body in
  * the buffer it was read into (with its chunk framing beside it). */
 typedef struct pwrite {
-  h2rev_write_t w;
+  h2r_hop_write_t w;
   struct proxy *p;
   struct pwrite *next; /* read before the dial completed */
   size_t len;
@@ -80,11 +82,8 @@ typedef struct pwrite {
 
 typedef struct proxy {
   h2rev_http_req_t *req; /* the client's request, until its done callback */
-  h2rev_stream_t up;
-  h2rev_dial_t dial;
-  h2rev_dialer_t *dialer;
-  const h2rev_dialer_options_t *o;
-  const h2rev_logger_t *log;
+  h2r_hop_t *hop;        /* after this struct, in its allocation */
+  h2r_px_owner_t own;
   h2r_session_t *csess; /* HTTP/2 client: its connection, whose proxied requests are counted */
   llhttp_t parser;
   llhttp_settings_t settings;
@@ -102,8 +101,8 @@ typedef struct proxy {
   bool client_eof;  /* request body complete */
   bool client_reading;
   bool timer_open;
-  bool dialing;
-  bool cancelled; /* we cancelled the dial */
+  bool hop_live;    /* the hop holds its share: from the start until it is over */
+  bool hop_closing; /* we closed it (or cancelled its opening) */
   bool body_seen;
   int waiting; /* WAIT_* */
   uv_timer_t linger;
@@ -111,12 +110,20 @@ typedef struct proxy {
   pwrite_t *reqhead;
   pwrite_t *early, **early_tail;
   size_t early_bytes;
-  h2rev_shutdown_t up_sh;
-  rblock_t *cur;      /* the read buffer being parsed (valid during up_read) */
-  const char *prefix; /* <route>/<id>, after id[] */
-  size_t prefixlen;
+  bool up_shutting;
+  rblock_t *cur; /* the read buffer being parsed (valid during up_read) */
+  /* In the allocation, after the hop: the target's strings. */
+  const char *id;     /* the next hop's name, for log lines */
+  const char *host;   /* in absolute URLs of the response */
+  const char *prefix; /* what the next hop does not see of the client's path */
+  const char *base;   /* what it sees instead */
+  size_t prefixlen, baselen;
   h2r_bufcache_t body_bufs;
-  char id[];
+  /* For the owner's account (own.account). */
+  char *acc_path;
+  int status; /* the response status sent */
+  bool local; /* by us */
+  uint64_t start, first, bytes_in, bytes_out;
 } proxy_t;
 
 static bool is(const char *name, size_t nl, const char *lit) {
@@ -128,15 +135,14 @@ static void p_log(proxy_t *p, int level, const char *fmt, ...)
 
 static void p_log(proxy_t *p, int level, const char *fmt, ...) {
   /* Clients cause these at will: nothing is formatted for a level off. */
-  if (!H2R_LOG_ON(p->log, level))
+  if (!H2R_LOG_ON(p->own.log, level))
     return;
   char line[400];
   va_list ap;
   va_start(ap, fmt);
   vsnprintf(line, sizeof(line), fmt, ap);
   va_end(ap);
-  h2r_log_limited(p->log, h2r_dialer_ratelog(p->dialer), p->dialer->loop, level, "proxy %s: %s",
-                  p->id, line);
+  h2r_log_limited(p->own.log, p->own.rl, p->own.loop, level, "%s %s: %s", p->own.tag, p->id, line);
 }
 
 /* ------------------------------------------------------------ lifetime */
@@ -158,12 +164,24 @@ static void p_release(proxy_t *p) {
   }
   h2r_hbuf_free(&p->hb);
   free(p->reqhead);
+  free(p->acc_path);
   h2r_bufcache_drain(&p->body_bufs);
+  void (*released)(void *) = p->own.released;
+  void *arg = p->own.arg;
   free(p);
+  if (released != NULL)
+    released(arg);
 }
 
-static void up_closed(h2rev_stream_t *s) {
-  p_release(s->data);
+/* The hop is over: its share goes. */
+static void p_hop_over(proxy_t *p) {
+  p->hop_live = false;
+  p->up_open = false;
+  p_release(p);
+}
+
+void h2r_px_gone(h2r_hop_t *hop) {
+  p_hop_over(hop->px);
 }
 
 static void timer_closed(uv_handle_t *h) {
@@ -171,13 +189,10 @@ static void timer_closed(uv_handle_t *h) {
 }
 
 static void p_close_up(proxy_t *p) {
-  if (p->dialing && !p->cancelled) {
-    p->cancelled = true;
-    h2rev_dial_cancel(&p->dial); /* its callback releases the dial's share */
-  }
-  if (p->up_open) {
+  if (p->hop_live && !p->hop_closing) {
+    p->hop_closing = true;
     p->up_open = false;
-    h2rev_stream_close(&p->up, up_closed);
+    p->hop->ops->close(p->hop); /* h2r_px_gone releases the hop's share */
   }
   if (p->timer_open) {
     p->timer_open = false;
@@ -214,7 +229,7 @@ static void p_finish(proxy_t *p) {
 /* What a public client reads in an error's body: for a 5xx the status's
  * meaning only. The details (a listener's certificate error, its pickup
  * text) may tell an outsider about the inside: they go to the log. */
-static const char *public_text(int status) {
+static const char *public_text(const h2r_px_owner_t *own, int status) {
   switch (status) {
   case 400:
     return "bad request\n";
@@ -227,9 +242,9 @@ static const char *public_text(int status) {
   case 431:
     return "request header fields too large\n";
   case 502:
-    return "listener unavailable\n";
+    return own->text_502;
   case 504:
-    return "listener did not answer in time\n";
+    return own->text_504;
   default:
     return status >= 500 ? "unavailable\n" : "refused\n";
   }
@@ -243,8 +258,9 @@ static void reply_wrote(h2rev_http_write_t *w, int status) {
 /* A complete error response of ours. A refusal for load says when to come
  * back; an HTTP/1.1 connection whose request body was not read to its end
  * closes after it rather than read the rest as a next request. */
-static void reply_error(h2rev_http_req_t *req, int status, bool body_unread) {
-  const char *text = public_text(status);
+void h2r_px_reply_error(h2rev_http_req_t *req, const h2r_px_owner_t *own, int status,
+                        bool body_unread) {
+  const char *text = public_text(own, status);
   h2rev_header_t h[3] = {{"content-type", "text/plain"}};
   size_t n = 1;
   if (status == 429 || status == 503)
@@ -270,13 +286,26 @@ static void reply_error(h2rev_http_req_t *req, int status, bool body_unread) {
 /* Before the response head: an error response. After it: the client's
  * exchange is cut (stream reset, connection closed), never a response
  * that looks complete. */
-static void p_fail(proxy_t *p, int status, const char *why) {
+static void p_fail(proxy_t *p, int status, const char *fmt, ...)
+    __attribute__((format(printf, 3, 4)));
+
+static void p_fail(proxy_t *p, int status, const char *fmt, ...) {
   /* A client's own doing (408, 429) is not the operator's concern. */
-  p_log(p, status >= 500 ? H2REV_LOG_WARN : H2REV_LOG_INFO, "%d %s", status, why);
+  int level = status >= 500 ? H2REV_LOG_WARN : H2REV_LOG_INFO;
+  if (H2R_LOG_ON(p->own.log, level)) {
+    char why[300];
+    va_list ap;
+    va_start(ap, fmt);
+    vsnprintf(why, sizeof(why), fmt, ap);
+    va_end(ap);
+    p_log(p, level, "%d %s", status, why);
+  }
   if (!p->head_sent && p->client_open) {
     p->head_sent = true;
+    p->status = status;
+    p->local = true;
     p_let_client_go(p);
-    reply_error(p->req, status, !p->client_eof);
+    h2r_px_reply_error(p->req, &p->own, status, !p->client_eof);
   }
   p_finish(p);
 }
@@ -287,12 +316,16 @@ static void timed_out(uv_timer_t *t) {
   proxy_t *p = t->data;
   int waiting = p->waiting;
   p->waiting = WAIT_NONE;
-  if (waiting == WAIT_LINGER)
+  if (waiting == WAIT_LINGER) {
+    /* An upgraded connection whose client has ended its side: ours ends
+     * with the next hop's, or now (else nothing would end the client's). */
+    if (p->raw)
+      p_close_client(p, true);
     p_close_up(p);
-  else if (waiting == WAIT_BODY)
+  } else if (waiting == WAIT_BODY)
     p_fail(p, 408, "the request body did not start in time");
   else if (waiting == WAIT_RESPONSE)
-    p_fail(p, 504, "the listener did not answer in time");
+    p_fail(p, 504, "the %s did not answer in time", p->own.peer);
 }
 
 static void p_wait(proxy_t *p, int what, unsigned ms) {
@@ -313,17 +346,14 @@ static void p_arm(proxy_t *p) {
   if (p->head_sent || !p->up_open || p->waiting == WAIT_LINGER)
     return;
   if (p->client_eof)
-    p_wait(p, WAIT_RESPONSE, p->o->response_timeout_ms);
+    p_wait(p, WAIT_RESPONSE, p->own.response_timeout_ms);
   else if (!p->body_seen)
-    p_wait(p, WAIT_BODY, p->o->body_timeout_ms);
+    p_wait(p, WAIT_BODY, p->own.body_timeout_ms);
   else
     p_wait(p, WAIT_NONE, 0);
 }
 
 /* ------------------------------------------------ toward the client */
-
-static void up_alloc(h2rev_stream_t *s, size_t sz, uv_buf_t *buf);
-static void up_read(h2rev_stream_t *s, ssize_t n, const uv_buf_t *buf);
 
 static void b_unref(rblock_t *b) {
   if (b != NULL && --b->refs == 0)
@@ -344,7 +374,7 @@ static void span_wrote(h2rev_http_write_t *w, int status) {
   }
   if (p->client_open && p->up_open && !p->done && !p->up_eof &&
       h2rev_http_write_queue_size(p->req) < HIGH_WATER / 2)
-    h2rev_stream_read_start(&p->up, up_alloc, up_read);
+    p->hop->ops->read_start(p->hop);
 }
 
 /* Response bytes, from the listener's read buffer being parsed, to the
@@ -366,8 +396,8 @@ static int c_body(proxy_t *p, const char *at, size_t len) {
     return -1;
   }
   b->refs++;
-  if (h2rev_http_write_queue_size(p->req) >= HIGH_WATER)
-    h2rev_stream_read_stop(&p->up);
+  if (h2rev_http_write_queue_size(p->req) >= HIGH_WATER && p->up_open)
+    p->hop->ops->read_stop(p->hop);
   return 0;
 }
 
@@ -385,12 +415,26 @@ static int on_hvalue_done(llhttp_t *h) {
   return h2r_hbuf_value_done(&((proxy_t *)h->data)->hb);
 }
 
+/* The path s (n bytes) is <pre> or below it. */
+static bool under(const char *s, size_t n, const char *pre, size_t pl) {
+  return n >= pl && memcmp(s, pre, pl) == 0 && (n == pl || s[pl] == '/' || s[pl] == '?');
+}
+
 /* <prefix> + the path s (n bytes), or NULL when s is under the prefix
- * already (an upstream that reads X-Forwarded-Prefix) or memory is out. */
+ * already (an upstream that reads X-Forwarded-Prefix) or memory is out.
+ * With a base (an upstream URL's path), s must be under it, and the base
+ * is what the prefix replaces. */
 static char *prefixed(const proxy_t *p, const char *s, size_t n, const char *tail, size_t tl) {
-  if (n >= p->prefixlen && memcmp(s, p->prefix, p->prefixlen) == 0 &&
-      (n == p->prefixlen || s[p->prefixlen] == '/' || s[p->prefixlen] == '?'))
+  if (p->baselen > 0) {
+    if (!under(s, n, p->base, p->baselen))
+      return NULL;
+    s += p->baselen;
+    n -= p->baselen;
+    if (n == 0 && p->prefixlen == 0)
+      s = "/", n = 1;
+  } else if (under(s, n, p->prefix, p->prefixlen)) {
     return NULL;
+  }
   char *v = malloc(p->prefixlen + n + tl + 1);
   if (v == NULL)
     return NULL;
@@ -404,7 +448,8 @@ static char *prefixed(const proxy_t *p, const char *s, size_t n, const char *tai
 /* What nginx's proxy_redirect and proxy_cookie_path do by default, for the
  * prefix the upstream does not know it is served under: a Location that is
  * a path ("/sub/"), or an absolute URL to the listener's id (the Host the
- * upstream was given), and a Set-Cookie Path, get <route>/<id> in front.
+ * upstream was given), and a Set-Cookie Path, get <route>/<id> in front
+ * (for an upstream URL: <route> in place of the URL's path).
  * NULL: the value stays as it is. */
 static char *rewrite(const proxy_t *p, const h2r_kv_t *kv) {
   const char *v = kv->value;
@@ -416,8 +461,8 @@ static char *rewrite(const proxy_t *p, const h2r_kv_t *kv) {
     if (sep == NULL || sep - v > 5)
       return NULL;
     const char *auth = sep + 3, *path = auth + strcspn(auth, "/?#");
-    size_t il = strlen(p->id);
-    if ((size_t)(path - auth) != il || strncasecmp(auth, p->id, il) != 0)
+    size_t il = strlen(p->host);
+    if ((size_t)(path - auth) != il || strncasecmp(auth, p->host, il) != 0)
       return NULL;
     return *path == '/' ? prefixed(p, path, vl - (size_t)(path - v), "", 0)
                         : prefixed(p, "/", 1, path, vl - (size_t)(path - v));
@@ -457,7 +502,7 @@ static int on_headers_complete(llhttp_t *h) {
   /* llhttp takes any three digits; below 100 is no HTTP status at all, and
    * taking it for an interim response would let its body through. */
   if (status < 100) {
-    p_fail(p, 502, "bad status from the listener");
+    p_fail(p, 502, "bad status from the %s", p->own.peer);
     return -1;
   }
   if (status < 200 && !upgraded) {
@@ -465,7 +510,7 @@ static int on_headers_complete(llhttp_t *h) {
     return 0;
   }
   if (status == 101 && !upgraded) {
-    p_fail(p, 502, "unexpected 101 from the listener");
+    p_fail(p, 502, "unexpected 101 from the %s", p->own.peer);
     return -1;
   }
   /* The fields end with NULs in the head's buffer (h2r_hbuf_value_done):
@@ -482,7 +527,7 @@ static int on_headers_complete(llhttp_t *h) {
     /* It answers a key an HTTP/2 client never sent (RFC 8441 5): ours. */
     if (p->ext && is(kv.name, kv.nl, "sec-websocket-accept"))
       continue;
-    char *v = p->o->no_rewrite ? NULL : rewrite(p, &kv);
+    char *v = p->own.no_rewrite ? NULL : rewrite(p, &kv);
     if (v != NULL)
       made[nmade++] = v;
     hs[n++] = (h2rev_header_t){kv.name, v != NULL ? v : kv.value};
@@ -495,10 +540,12 @@ static int on_headers_complete(llhttp_t *h) {
   while (nmade > 0)
     free(made[--nmade]);
   if (r == UV_EINVAL) { /* a field the client's protocol cannot carry */
-    p_fail(p, 502, "bad header field in the listener's response");
+    p_fail(p, 502, "bad header field in the %s's response", p->own.peer);
     return -1;
   }
   p->head_sent = true;
+  if (r == 0)
+    p->status = status;
   if (r != 0) {
     p_finish(p);
     return -1;
@@ -515,63 +562,71 @@ static int on_body(llhttp_t *h, const char *at, size_t len) {
   return c_body(p, at, len);
 }
 
-static void up_shut(h2rev_shutdown_t *req, int status) {
-  proxy_t *p = req->data;
+void h2r_px_shut(h2r_hop_t *hop, int status) {
+  proxy_t *p = hop->px;
   p->up_shut_done = true;
   if (status != 0 || p->up_eof)
     p_close_up(p);
 }
 
-/* Ends our direction of the reverse connection; it closes once the listener
- * has ended its own (a reset would count against the peer's reset limits). */
+/* Ends our direction of the connection to the next hop; it closes once the
+ * next hop has ended its own (a reset would count against the peer's reset
+ * limits). A hop that cannot half-close closes now, unless it still has
+ * bytes to send us (an upgraded connection), which it may for LINGER_MS. */
 static void end_up(proxy_t *p) {
-  if (!p->up_open || p->up_shut_done || p->up_sh.data != NULL)
+  if (!p->up_open || p->up_shut_done || p->up_shutting)
     return;
-  p->up_sh.data = p;
+  p->up_shutting = true;
+  if (p->hop->ops->shutdown == NULL) {
+    p->up_shut_done = true;
+    if (p->up_eof || !p->raw)
+      p_close_up(p);
+    else
+      p_wait(p, WAIT_LINGER, LINGER_MS);
+    return;
+  }
   /* A tunnel's client that half-closed still reads: the service answers
    * in its own time, as over TCP. */
-  if (h2rev_stream_shutdown(&p->up_sh, &p->up, up_shut) != 0)
+  if (p->hop->ops->shutdown(p->hop) != 0)
     p_close_up(p);
   else if (!p->up_eof && !(p->connect && p->client_open))
     p_wait(p, WAIT_LINGER, LINGER_MS);
 }
 
-/* HTTP/1.1 keep-alive on the reverse connection: when the request went out
- * whole, nothing of it is still queued and the listener keeps the
- * connection alive, the stream goes back to the dialer for the next
- * request to this listener. */
+/* HTTP/1.1 keep-alive with the next hop: when the request went out whole,
+ * nothing of it is still queued and the next hop keeps the connection
+ * alive, the hop takes it back for the next request (the dialer's spares,
+ * the upstream's pool). */
 static bool recycle_up(proxy_t *p) {
   if (!p->up_open || p->upgrade || !p->client_eof || p->up_eof ||
-      !llhttp_should_keep_alive(&p->parser) || h2rev_dialer_recycle(p->dialer, p->id, &p->up) != 0)
+      !llhttp_should_keep_alive(&p->parser) || !p->hop->ops->recycle(p->hop))
     return false;
-  p->up_open = false;
   if (p->timer_open) {
     p->timer_open = false;
     uv_close((uv_handle_t *)&p->linger, timer_closed);
   }
-  p_release(p); /* the reverse stream's share: p lives on through the client's */
+  p_hop_over(p); /* p lives on through the client's share */
   return true;
 }
 
-/* The response is complete. Our side of the reverse connection ends only
- * now: a Go listener cancels a request whose client half-closes early. */
+/* The response is complete. Our side of the connection ends only after
+ * the parse (up_input): a Go listener cancels a request whose client
+ * half-closes early. */
 static int on_message_complete(llhttp_t *h) {
   proxy_t *p = h->data;
   if (!p->head_sent || p->raw)
     return 0;
   p->done = true;
   p_close_client(p, true);
-  if (!recycle_up(p))
-    end_up(p);
   return HPE_PAUSED;
 }
 
-/* ------------------------------------------------------ the listener */
+/* ------------------------------------------------------ the next hop */
 
 /* Buffers of the size of what arrived (a frame, usually): nothing is held
  * per exchange between reads. */
-static void up_alloc(h2rev_stream_t *s, size_t sz, uv_buf_t *buf) {
-  (void)s;
+void h2r_px_alloc(h2r_hop_t *hop, size_t sz, uv_buf_t *buf) {
+  (void)hop;
   rblock_t *b = malloc(sizeof(*b) + sz);
   if (b == NULL) {
     *buf = uv_buf_init(NULL, 0);
@@ -584,8 +639,8 @@ static void up_alloc(h2rev_stream_t *s, size_t sz, uv_buf_t *buf) {
 
 static void up_input(proxy_t *p, ssize_t n, const uv_buf_t *buf);
 
-static void up_read(h2rev_stream_t *s, ssize_t n, const uv_buf_t *buf) {
-  proxy_t *p = s->data;
+void h2r_px_read(h2r_hop_t *hop, ssize_t n, const uv_buf_t *buf) {
+  proxy_t *p = hop->px;
   rblock_t *b = buf->base != NULL ? H2R_CONTAINER_OF(buf->base, rblock_t, data) : NULL;
   p->cur = b;
   /* What this read produces for the client (head, body, end) goes out in
@@ -602,8 +657,13 @@ static void up_read(h2rev_stream_t *s, ssize_t n, const uv_buf_t *buf) {
 }
 
 static void up_input(proxy_t *p, ssize_t n, const uv_buf_t *buf) {
-  if (n == 0)
+  if (n == 0 || !p->up_open)
     return;
+  if (n > 0) {
+    if (p->first == 0)
+      p->first = uv_hrtime();
+    p->bytes_out += (uint64_t)n;
+  }
   if (n == UV_EOF)
     p->up_eof = true;
   if (p->raw) {
@@ -632,16 +692,22 @@ static void up_input(proxy_t *p, ssize_t n, const uv_buf_t *buf) {
     /* A body that ends with the connection: llhttp_finish hands back what
      * on_message_complete returned (HPE_PAUSED). */
     llhttp_errno_t fe = n == UV_EOF && p->head_sent ? llhttp_finish(&p->parser) : HPE_INTERNAL;
-    if ((fe == HPE_OK || fe == HPE_PAUSED) && p->done)
+    if ((fe == HPE_OK || fe == HPE_PAUSED) && p->done) {
+      end_up(p);
       return;
-    char why[160];
-    snprintf(why, sizeof(why), "%s (%s)",
-             p->head_sent ? "listener closed the response early" : "listener closed",
-             h2rev_err_name((int)n));
-    p_fail(p, 502, why);
+    }
+    p_fail(p, 502, "%s closed%s (%s)", p->own.peer, p->head_sent ? " the response early" : "",
+           h2rev_err_name((int)n));
     return;
   }
   llhttp_errno_t e = llhttp_execute(&p->parser, buf->base, (size_t)n);
+  if (e == HPE_PAUSED && p->done) {
+    /* Bytes after the response make the connection's framing unknown: it
+     * ends rather than serve another exchange. */
+    if (llhttp_get_error_pos(&p->parser) != buf->base + n || !recycle_up(p))
+      end_up(p);
+    return;
+  }
   if (e == HPE_PAUSED_UPGRADE && p->raw) {
     const char *rest = llhttp_get_error_pos(&p->parser);
     size_t left = (size_t)(buf->base + n - rest);
@@ -650,9 +716,7 @@ static void up_input(proxy_t *p, ssize_t n, const uv_buf_t *buf) {
     return;
   }
   if (e != HPE_OK && e != HPE_PAUSED && p->up_open) {
-    char why[160];
-    snprintf(why, sizeof(why), "bad response from listener: %s", llhttp_errno_name(e));
-    p_fail(p, 502, why);
+    p_fail(p, 502, "bad response from %s: %s", p->own.peer, llhttp_errno_name(e));
   }
 }
 
@@ -687,23 +751,31 @@ static void client_pause(proxy_t *p) {
   p->client_reading = false;
 }
 
-static void body_wrote(h2rev_write_t *req, int status) {
-  pwrite_t *w = H2R_CONTAINER_OF(req, pwrite_t, w);
+static void body_wrote(h2r_hop_write_t *hw, int status) {
+  pwrite_t *w = H2R_CONTAINER_OF(hw, pwrite_t, w);
   proxy_t *p = w->p;
   size_t credit = w->credit;
   wfree(p, w);
   if (status != 0) {
     if (status != UV_ECANCELED)
-      p_fail(p, 502, "cannot write to the listener");
+      p_fail(p, 502, "cannot write to the %s", p->own.peer);
     return;
   }
   if (credit > 0 && p->client_open)
     h2rev_http_consume(p->req, credit); /* the client may send as much again */
-  if (h2rev_stream_write_queue_size(&p->up) < UP_QUEUE_MAX / 2)
+  if (p->up_open && p->hop->ops->queued(p->hop) < UP_QUEUE_MAX / 2)
     client_resume(p);
 }
 
-/* A body piece (or the request head) to the listener, in its buffer, with
+static int hop_write(proxy_t *p, pwrite_t *w, const uv_buf_t *iov, unsigned n) {
+  w->w.cb = body_wrote;
+  w->w.len = 0;
+  for (unsigned i = 0; i < n; i++)
+    w->w.len += iov[i].len;
+  return p->hop->ops->write(p->hop, &w->w, iov, n);
+}
+
+/* A body piece (or the request head) to the next hop, in its buffer, with
  * the chunk framing around it when the body is re-framed. */
 static int send_up(proxy_t *p, pwrite_t *w, bool body) {
   uv_buf_t iov[3];
@@ -718,7 +790,9 @@ static int send_up(proxy_t *p, pwrite_t *w, bool body) {
   iov[n++] = uv_buf_init(w->data, (unsigned)w->len);
   if (chunk)
     iov[n++] = uv_buf_init("\r\n", 2);
-  return h2rev_stream_write(&w->w, &p->up, iov, n, body_wrote);
+  if (body)
+    p->bytes_in += w->len;
+  return hop_write(p, w, iov, n);
 }
 
 /* The end of the request body: the chunked terminator, or, upgraded, the
@@ -740,9 +814,9 @@ static void send_up_end(proxy_t *p) {
   w->cached = false;
   w->credit = 0;
   uv_buf_t b = uv_buf_init(last, sizeof(last) - 1);
-  if (h2rev_stream_write(&w->w, &p->up, &b, 1, body_wrote) != 0) {
+  if (hop_write(p, w, &b, 1) != 0) {
     free(w);
-    p_fail(p, 502, "cannot write to the listener");
+    p_fail(p, 502, "cannot write to the %s", p->own.peer);
   }
 }
 
@@ -758,7 +832,7 @@ static void client_read(h2rev_http_req_t *req, ssize_t n, const uv_buf_t *buf) {
       p->body_seen = true;
       p_arm(p);
     }
-    if (!p->up_open) { /* the dial is under way: kept for it */
+    if (!p->up_open) { /* the hop is opening: kept for it */
       *p->early_tail = w;
       p->early_tail = &w->next;
       p->early_bytes += (size_t)n;
@@ -768,10 +842,10 @@ static void client_read(h2rev_http_req_t *req, ssize_t n, const uv_buf_t *buf) {
     }
     if (send_up(p, w, true) != 0) {
       wfree(p, w);
-      p_fail(p, 502, "cannot write to the listener");
+      p_fail(p, 502, "cannot write to the %s", p->own.peer);
       return;
     }
-    if (h2rev_stream_write_queue_size(&p->up) >= UP_QUEUE_MAX)
+    if (p->hop->ops->queued(p->hop) >= UP_QUEUE_MAX)
       client_pause(p);
     return;
   }
@@ -790,9 +864,25 @@ static void client_read(h2rev_http_req_t *req, ssize_t n, const uv_buf_t *buf) {
   p_finish(p);
 }
 
-/* The request is over for the client: its share of p goes. */
+/* The request is over for the client: it is accounted for, and its share
+ * of p goes. */
 static void client_done(h2rev_http_req_t *req, int status) {
   proxy_t *p = req->data;
+  if (p->own.account != NULL) {
+    uint64_t now = uv_hrtime();
+    h2rev_upstream_access_t a = {
+        .method = req->method,
+        .path = p->acc_path,
+        .status = p->status,
+        .local = p->local,
+        .result = status,
+        .bytes_in = p->bytes_in,
+        .bytes_out = p->bytes_out,
+        .duration_us = (now - p->start) / 1000,
+        .ttfb_us = p->first != 0 ? (p->first - p->start) / 1000 : 0,
+    };
+    p->own.account(p->own.arg, &a);
+  }
   p->req = NULL;
   if (p->client_open) { /* finished by the server (closing), not by us */
     p->client_open = false;
@@ -842,15 +932,17 @@ static bool named_by_connection(const h2rev_http_req_t *req, const char *name, s
   return false;
 }
 
-/* The request head for the listener, after `lead` bytes of the caller's in
- * one allocation (malloc'd); NULL (with *status) when the request cannot
- * be translated without ambiguity (400), has too many fields (431), is a
- * CONNECT (405: raw streams are not served yet), or its path has dot
- * segments, which a server behind could resolve to somewhere outside
- * <prefix>/ (400). The size is computed before anything is written. */
-static char *build_head(const h2rev_http_req_t *req, const char *prefix, size_t prefixlen,
-                        const char *id, const char *rest, size_t lead, size_t *len, int *status,
-                        bool *chunked) {
+/* The request head for the next hop (t: where it goes), after `lead`
+ * bytes of the caller's in one allocation (malloc'd); NULL (with *status)
+ * when the request cannot be translated without ambiguity (400), has too
+ * many fields (431), is a CONNECT (405: raw streams are not served yet),
+ * or its path has dot segments, which a server behind could resolve to
+ * somewhere outside <prefix>/ (400). The size is computed before anything
+ * is written. */
+static char *build_head(const h2rev_http_req_t *req, const h2r_px_target_t *t, size_t lead,
+                        size_t *len, int *status, bool *chunked) {
+  const char *prefix = t->prefix, *rest = t->rest, *id = t->host;
+  size_t prefixlen = t->prefixlen;
   /* An extended CONNECT (RFC 8441) is, in HTTP/1.1, a GET that asks for an
    * Upgrade to its :protocol; for WebSocket with a key of ours (an HTTP/2
    * client sends none) and the version if the client left it out. */
@@ -866,7 +958,7 @@ static char *build_head(const h2rev_http_req_t *req, const char *prefix, size_t 
     EVP_EncodeBlock((unsigned char *)key, raw, sizeof(raw));
   }
   const char *method = ext != NULL ? "GET" : req->method, *peer = req->peer;
-  size_t ml = strlen(method), il = strlen(id), al = strlen(req->authority);
+  size_t ml = strlen(method), il = t->hostlen, al = strlen(req->authority);
   size_t sl = strlen(req->scheme), pl = strlen(peer);
   /* rest is "/<path>?<query>", or "?<query>" / "" for <prefix> itself. */
   bool slash = rest[0] != '/';
@@ -884,8 +976,8 @@ static char *build_head(const h2rev_http_req_t *req, const char *prefix, size_t 
     return NULL;
   }
   /* Fixed text and separators of every line we write, at most. */
-  size_t cap = 256 + ml + rl + il + al + sl + pl + prefixlen + (ext != NULL ? strlen(ext) : 0) +
-               sizeof(key) + 64;
+  size_t cap = 256 + ml + t->baselen + rl + il + al + sl + pl + prefixlen +
+               (ext != NULL ? strlen(ext) : 0) + sizeof(key) + 64;
   const char *cl = NULL;
   bool te = false;
   for (size_t i = 0; i < req->nheaders; i++) {
@@ -914,6 +1006,7 @@ static char *build_head(const h2rev_http_req_t *req, const char *prefix, size_t 
   h2r_out_t o = {mem + lead, 0, cap, false};
   h2r_out_put(&o, method, ml);
   H2R_OUT_LIT(&o, " ");
+  h2r_out_put(&o, t->base, t->baselen);
   if (slash)
     H2R_OUT_LIT(&o, "/");
   h2r_out_put(&o, rest, rl);
@@ -959,7 +1052,8 @@ static char *build_head(const h2rev_http_req_t *req, const char *prefix, size_t 
   h2r_out_header(&o, "X-Forwarded-Proto", 17, req->scheme, sl);
   if (al > 0) /* HTTP/1.0 may have no Host: then there is none to forward */
     h2r_out_header(&o, "X-Forwarded-Host", 16, req->authority, al);
-  h2r_out_header(&o, "X-Forwarded-Prefix", 18, prefix, prefixlen);
+  if (prefixlen > 0)
+    h2r_out_header(&o, "X-Forwarded-Prefix", 18, prefix, prefixlen);
   if (ext != NULL) {
     h2r_out_header(&o, "Upgrade", 7, ext, strlen(ext));
     if (key[0] != '\0')
@@ -987,29 +1081,32 @@ static char *build_head(const h2rev_http_req_t *req, const char *prefix, size_t 
 char *h2r_proxy_head(const h2rev_http_req_t *req, const char *prefix, size_t prefixlen,
                      const char *id, const char *rest, size_t *len, int *status) {
   bool chunked;
-  return build_head(req, prefix, prefixlen, id, rest, 0, len, status, &chunked);
+  h2r_px_target_t t = {.host = id,
+                       .hostlen = strlen(id),
+                       .base = "",
+                       .rest = rest,
+                       .prefix = prefix,
+                       .prefixlen = prefixlen};
+  return build_head(req, &t, 0, len, status, &chunked);
 }
 
-/* ------------------------------------------------------------ the dial */
+/* ------------------------------------------------------ the exchange */
 
-static void dialed(h2rev_dial_t *dial, int status) {
-  proxy_t *p = dial->data;
-  p->dialing = false;
+void h2r_px_opened(h2r_hop_t *hop, int status, const char *why) {
+  proxy_t *p = hop->px;
   if (status != 0) {
-    if (p->client_open) {
-      char why[200];
-      snprintf(why, sizeof(why), "listener %s: %s", p->id, h2rev_dial_strerror(dial));
-      /* A full queue is load, as a canceled dial is: 503 with Retry-After. */
+    p->hop_live = false; /* over: its share is ours to drop */
+    /* A full queue is load, as a canceled dial is: 503 with Retry-After. */
+    if (p->client_open)
       p_fail(p,
              status == UV_ETIMEDOUT                               ? 504
              : status == UV_ECANCELED || status == H2REV_ETOOMANY ? 503
                                                                   : 502,
-             why);
-    }
-    p_release(p); /* the dial's share */
+             "%s", why);
+    p_release(p);
     return;
   }
-  p->up_open = true; /* the dial's share passes to the reverse stream */
+  p->up_open = true;
   /* Nothing of a request the client abandoned goes out (an HTTP/2 client
    * that resets each stream at once must cost the listener nothing). */
   if (!p->client_open || h2rev_http_client_error(p->req) != 0) {
@@ -1024,15 +1121,16 @@ static void dialed(h2rev_dial_t *dial, int status) {
       p_finish(p);
       return;
     }
+    p->status = 200;
     client_resume(p);
-    h2rev_stream_read_start(&p->up, up_alloc, up_read);
+    p->hop->ops->read_start(p->hop);
     return;
   }
   pwrite_t *head = p->reqhead;
   p->reqhead = NULL;
   if (send_up(p, head, false) != 0) {
     free(head);
-    p_fail(p, 502, "cannot write to the listener");
+    p_fail(p, 502, "cannot write to the %s", p->own.peer);
     return;
   }
   while (p->early != NULL) {
@@ -1040,7 +1138,7 @@ static void dialed(h2rev_dial_t *dial, int status) {
     p->early = w->next;
     if (send_up(p, w, true) != 0) {
       wfree(p, w);
-      p_fail(p, 502, "cannot write to the listener");
+      p_fail(p, 502, "cannot write to the %s", p->own.peer);
       return;
     }
   }
@@ -1050,9 +1148,225 @@ static void dialed(h2rev_dial_t *dial, int status) {
     send_up_end(p);
   else
     client_resume(p);
-  h2rev_stream_read_start(&p->up, up_alloc, up_read);
+  if (!p->up_open)
+    return; /* failed on the way */
+  p->hop->ops->read_start(p->hop);
   p_arm(p);
 }
+
+/* Room for a hop of the caller's after the proxy, aligned for any type. */
+#define HOP_ALIGN     16
+#define HOP_OFFSET    ((sizeof(proxy_t) + HOP_ALIGN - 1) / HOP_ALIGN * HOP_ALIGN)
+#define HOP_END(size) (HOP_OFFSET + ((size) + HOP_ALIGN - 1) / HOP_ALIGN * HOP_ALIGN)
+
+static char *put_str(char **at, const char *s, size_t n) {
+  char *v = *at;
+  memcpy(v, s, n);
+  v[n] = '\0';
+  *at += n + 1;
+  return v;
+}
+
+/* A request refused before its exchange: answered, and accounted for. */
+static void refuse(h2rev_http_req_t *req, const h2r_px_owner_t *own, char *path, int status) {
+  h2r_px_reply_error(req, own, status, req->content_length != 0);
+  if (own->account != NULL) {
+    h2rev_upstream_access_t a = {.method = req->method, .path = path, .status = status, .local = 1};
+    own->account(own->arg, &a);
+  }
+  free(path);
+}
+
+h2r_hop_t *h2r_px_new(h2rev_http_req_t *req, const h2r_hop_ops *ops, size_t hop_size,
+                      const h2r_px_owner_t *own, const h2r_px_target_t *t) {
+  bool connect = strcmp(req->method, "CONNECT") == 0;
+  bool ext = connect && req->http_major == 2 && req->protocol != NULL;
+  connect = connect && !ext;
+  size_t namel = strlen(t->name);
+  proxy_t *p = calloc(1, HOP_END(hop_size) + namel + t->hostlen + t->prefixlen + t->baselen + 4);
+  int status = 503;
+  size_t hl = 0;
+  bool chunked = false;
+  if (p == NULL) {
+    refuse(req, own, t->acc_path, 503);
+    return NULL;
+  }
+  char *at = (char *)p + HOP_END(hop_size);
+  p->id = put_str(&at, t->name, namel);
+  p->host = put_str(&at, t->host, t->hostlen);
+  p->prefix = put_str(&at, t->prefix, t->prefixlen);
+  p->base = put_str(&at, t->base, t->baselen);
+  p->prefixlen = t->prefixlen;
+  p->baselen = t->baselen;
+  p->own = *own;
+  p->acc_path = t->acc_path;
+  p->hb.trim_names = true; /* the next hop's response */
+  char *mem = connect ? malloc(sizeof(pwrite_t))
+                      : build_head(req, t, offsetof(pwrite_t, data), &hl, &status, &chunked);
+  if (mem == NULL) {
+    h2r_log_limited(own->log, own->rl, own->loop, H2REV_LOG_INFO,
+                    "%s %s: %d for a request that cannot be forwarded safely", own->tag, p->id,
+                    status);
+    free(p);
+    refuse(req, own, t->acc_path, status);
+    return NULL;
+  }
+  p->hop = (h2r_hop_t *)((char *)p + HOP_OFFSET);
+  p->hop->ops = ops;
+  p->hop->px = p;
+  p->reqhead = (pwrite_t *)mem;
+  p->reqhead->p = p;
+  p->reqhead->len = hl;
+  p->reqhead->credit = 0;
+  p->reqhead->cached = false;
+  p->req = req;
+  req->data = p;
+  p->chunked_req = chunked;
+  p->upgrade = req->upgrade != 0;
+  p->connect = connect;
+  p->ext = ext;
+  p->head_req = strcmp(req->method, "HEAD") == 0;
+  p->early_tail = &p->early;
+  p->client_open = true;
+  p->csess = t->csess;
+  if (p->csess != NULL)
+    p->csess->proxied++;
+  p->start = uv_hrtime();
+  h2r_bufcache_init(&p->body_bufs, sizeof(pwrite_t) + BODY_BUF, BODY_BUFS);
+  uv_timer_init(own->loop, &p->linger);
+  p->linger.data = p;
+  p->timer_open = true;
+  /* Shares of p: the client's request, the timer, and the hop. */
+  p->shares = 3;
+  p->hop_live = true;
+  h2rev_http_on_done(req, client_done);
+  llhttp_settings_init(&p->settings);
+  p->settings.on_header_field = on_hfield;
+  p->settings.on_header_value = on_hvalue;
+  p->settings.on_header_value_complete = on_hvalue_done;
+  p->settings.on_headers_complete = on_headers_complete;
+  p->settings.on_body = on_body;
+  p->settings.on_message_complete = on_message_complete;
+  llhttp_init(&p->parser, HTTP_RESPONSE, &p->settings);
+  p->parser.data = p;
+  return p->hop;
+}
+
+void h2r_px_go(h2r_hop_t *hop) {
+  proxy_t *p = hop->px;
+  /* The body is read from the start, kept until the hop is open, and its
+   * credit returns as it reaches the next hop; a client that leaves is
+   * seen at once and the opening cancelled. */
+  h2rev_http_read_manual(p->req);
+  client_resume(p);
+  int r = hop->ops->open(hop);
+  if (r != 0) { /* nothing follows */
+    p->hop_live = false;
+    p_fail(p, r == H2REV_EBADID ? 400 : 502, "cannot reach the %s: %s", p->own.peer,
+           h2rev_strerror(r));
+    p_release(p); /* the hop's share; the client's and the timer's remain */
+  }
+}
+
+/* ------------------------------------------ the hop: a reverse connection */
+
+typedef struct dhop {
+  h2r_hop_t hop;
+  h2rev_dialer_t *dialer;
+  const char *id;
+  h2rev_dial_t dial;
+  h2rev_stream_t up;
+  h2rev_shutdown_t sh;
+  bool dialing;
+} dhop_t;
+
+static void d_alloc(h2rev_stream_t *s, size_t sz, uv_buf_t *buf) {
+  h2r_px_alloc(s->data, sz, buf);
+}
+
+static void d_read(h2rev_stream_t *s, ssize_t n, const uv_buf_t *buf) {
+  h2r_px_read(s->data, n, buf);
+}
+
+static void d_dialed(h2rev_dial_t *dial, int status) {
+  dhop_t *d = H2R_CONTAINER_OF(dial, dhop_t, dial);
+  d->dialing = false;
+  char why[200] = "";
+  if (status != 0)
+    snprintf(why, sizeof(why), "listener %s: %s", d->id, h2rev_dial_strerror(dial));
+  h2r_px_opened(&d->hop, status, why);
+}
+
+static int d_open(h2r_hop_t *hop) {
+  dhop_t *d = (dhop_t *)hop;
+  d->up.data = hop;
+  d->dialing = true;
+  int r = h2rev_dial(&d->dial, d->dialer, d->id, &d->up, 0, d_dialed);
+  if (r != 0)
+    d->dialing = false; /* no callback will come */
+  return r;
+}
+
+static void d_wrote(h2rev_write_t *req, int status) {
+  h2r_hop_write_t *w = H2R_CONTAINER_OF(req, h2r_hop_write_t, u.s);
+  w->cb(w, status);
+}
+
+static int d_write(h2r_hop_t *hop, h2r_hop_write_t *w, const uv_buf_t *bufs, unsigned n) {
+  return h2rev_stream_write(&w->u.s, &((dhop_t *)hop)->up, bufs, n, d_wrote);
+}
+
+static size_t d_queued(const h2r_hop_t *hop) {
+  return h2rev_stream_write_queue_size(&((const dhop_t *)hop)->up);
+}
+
+static void d_read_start(h2r_hop_t *hop) {
+  h2rev_stream_read_start(&((dhop_t *)hop)->up, d_alloc, d_read);
+}
+
+static void d_read_stop(h2r_hop_t *hop) {
+  h2rev_stream_read_stop(&((dhop_t *)hop)->up);
+}
+
+static void d_shut(h2rev_shutdown_t *req, int status) {
+  h2r_px_shut(req->data, status);
+}
+
+static int d_shutdown(h2r_hop_t *hop) {
+  dhop_t *d = (dhop_t *)hop;
+  d->sh.data = hop;
+  return h2rev_stream_shutdown(&d->sh, &d->up, d_shut);
+}
+
+/* The stream goes back to the dialer for the next request to this
+ * listener. */
+static bool d_recycle(h2r_hop_t *hop) {
+  dhop_t *d = (dhop_t *)hop;
+  return h2rev_dialer_recycle(d->dialer, d->id, &d->up) == 0;
+}
+
+static void d_closed(h2rev_stream_t *s) {
+  h2r_px_gone(s->data);
+}
+
+static void d_close(h2r_hop_t *hop) {
+  dhop_t *d = (dhop_t *)hop;
+  if (d->dialing)
+    h2rev_dial_cancel(&d->dial); /* its callback ends the hop */
+  else
+    h2rev_stream_close(&d->up, d_closed);
+}
+
+static const h2r_hop_ops dial_ops = {
+    .open = d_open,
+    .write = d_write,
+    .queued = d_queued,
+    .read_start = d_read_start,
+    .read_stop = d_read_stop,
+    .shutdown = d_shutdown,
+    .recycle = d_recycle,
+    .close = d_close,
+};
 
 /* ---------------------------------------------------------- the handler */
 
@@ -1061,6 +1375,18 @@ void h2rev_dialer_proxy(h2rev_http_req_t *req, void *arg) {
   const h2rev_dialer_options_t *o = h2r_dialer_options(dialer);
   const h2rev_logger_t *log = &o->log;
   h2r_ratelog_t *rl = h2r_dialer_ratelog(dialer);
+  h2r_px_owner_t own = {
+      .loop = dialer->loop,
+      .log = log,
+      .rl = rl,
+      .body_timeout_ms = o->body_timeout_ms,
+      .response_timeout_ms = o->response_timeout_ms,
+      .no_rewrite = o->no_rewrite != 0,
+      .tag = "proxy",
+      .peer = "listener",
+      .text_502 = "listener unavailable\n",
+      .text_504 = "listener did not answer in time\n",
+  };
   /* <route>/<id>[/<rest>]: the id, and the rest as the listener sees it. */
   size_t routel = strlen(req->route);
   bool connect = strcmp(req->method, "CONNECT") == 0;
@@ -1074,7 +1400,7 @@ void h2rev_dialer_proxy(h2rev_http_req_t *req, void *arg) {
   if ((!by_authority && req->path[routel] != '/') || idl == 0 || !h2r_id_valid(idp, idl)) {
     h2r_log_limited(log, rl, dialer->loop, H2REV_LOG_INFO, "proxy: 400 for %.80s: invalid id",
                     req->path);
-    reply_error(req, 400, req->content_length != 0);
+    h2r_px_reply_error(req, &own, 400, req->content_length != 0);
     return;
   }
   const char *rest = by_authority ? "" : idp + idl;
@@ -1093,7 +1419,7 @@ void h2rev_dialer_proxy(h2rev_http_req_t *req, void *arg) {
                     "proxy %.*s: 429 for %s: %u proxied requests open on its connection (the "
                     "limit)",
                     (int)idl, idp, req->peer, csess->proxied);
-    reply_error(req, 429, req->content_length != 0);
+    h2r_px_reply_error(req, &own, 429, req->content_length != 0);
     return;
   }
   /* CONNECT <route>/<id>, or CONNECT <id>:<port>: the reverse connection,
@@ -1105,82 +1431,27 @@ void h2rev_dialer_proxy(h2rev_http_req_t *req, void *arg) {
   if (connect && (!req->upgrade || rest[0] != '\0')) {
     h2r_log_limited(log, rl, dialer->loop, H2REV_LOG_INFO,
                     "proxy %.*s: 405 for a CONNECT with a path after the id", (int)idl, idp);
-    reply_error(req, 405, req->content_length != 0);
+    h2r_px_reply_error(req, &own, 405, req->content_length != 0);
     return;
   }
-  proxy_t *p = calloc(1, sizeof(*p) + idl + 1 + prefixlen + 1);
-  int status = 503;
-  size_t hl = 0;
-  bool chunked = false;
-  if (p == NULL) {
-    reply_error(req, 503, req->content_length != 0);
+  char id[H2R_ID_MAX + 1];
+  memcpy(id, idp, idl);
+  id[idl] = '\0';
+  h2r_px_target_t t = {
+      .host = id,
+      .hostlen = idl,
+      .base = "",
+      .rest = rest,
+      .prefix = req->path,
+      .prefixlen = prefixlen,
+      .name = id,
+      .csess = csess,
+  };
+  h2r_hop_t *hop = h2r_px_new(req, &dial_ops, sizeof(dhop_t), &own, &t);
+  if (hop == NULL)
     return;
-  }
-  memcpy(p->id, idp, idl);
-  p->id[idl] = '\0';
-  char *prefix = p->id + idl + 1;
-  memcpy(prefix, req->path, prefixlen);
-  prefix[prefixlen] = '\0';
-  p->prefix = prefix;
-  p->prefixlen = prefixlen;
-  p->dialer = dialer;
-  p->o = o;
-  p->hb.trim_names = true; /* the listener's response */
-  p->log = log;
-  char *mem = connect ? malloc(sizeof(pwrite_t))
-                      : build_head(req, req->path, prefixlen, p->id, rest, offsetof(pwrite_t, data),
-                                   &hl, &status, &chunked);
-  if (mem == NULL) {
-    h2r_log_limited(log, rl, dialer->loop, H2REV_LOG_INFO,
-                    "proxy %s: %d for a request that cannot be forwarded safely", p->id, status);
-    free(p);
-    reply_error(req, status, req->content_length != 0);
-    return;
-  }
-  p->reqhead = (pwrite_t *)mem;
-  p->reqhead->p = p;
-  p->reqhead->len = hl;
-  p->reqhead->credit = 0;
-  p->reqhead->cached = false;
-  p->req = req;
-  req->data = p;
-  p->chunked_req = chunked;
-  p->upgrade = req->upgrade != 0;
-  p->connect = connect;
-  p->ext = ext;
-  p->head_req = strcmp(req->method, "HEAD") == 0;
-  p->early_tail = &p->early;
-  p->client_open = true;
-  p->csess = csess;
-  if (csess != NULL)
-    csess->proxied++;
-  h2r_bufcache_init(&p->body_bufs, sizeof(pwrite_t) + BODY_BUF, BODY_BUFS);
-  p->up.data = p->dial.data = p;
-  uv_timer_init(dialer->loop, &p->linger);
-  p->linger.data = p;
-  p->timer_open = true;
-  /* Shares of p: the client's request, the timer, and the dial (which
-   * hands its share to the reverse stream when it succeeds). */
-  p->shares = 3;
-  p->dialing = true;
-  h2rev_http_on_done(req, client_done);
-  llhttp_settings_init(&p->settings);
-  p->settings.on_header_field = on_hfield;
-  p->settings.on_header_value = on_hvalue;
-  p->settings.on_header_value_complete = on_hvalue_done;
-  p->settings.on_headers_complete = on_headers_complete;
-  p->settings.on_body = on_body;
-  p->settings.on_message_complete = on_message_complete;
-  llhttp_init(&p->parser, HTTP_RESPONSE, &p->settings);
-  p->parser.data = p;
-  /* The body is read from the start, kept until the dial completes, and its
-   * credit returns as it reaches the listener; a client that leaves is
-   * seen at once and its dial cancelled. */
-  h2rev_http_read_manual(req);
-  client_resume(p);
-  if (h2rev_dial(&p->dial, dialer, p->id, &p->up, 0, dialed) != 0) {
-    p->dialing = false; /* no callback will come */
-    p_fail(p, 400, "invalid id");
-    p_release(p); /* the dial's share; the client's and the timer's remain */
-  }
+  dhop_t *d = (dhop_t *)hop;
+  d->dialer = dialer;
+  d->id = ((proxy_t *)hop->px)->id;
+  h2r_px_go(hop);
 }

@@ -7,6 +7,11 @@
  * TLS. A reverse connection carries several requests in turn (HTTP/1.1
  * keep-alive) when the dialer and the upstream both keep it alive; the Go
  * dialer's Connection: close ends it after one.
+ *
+ * The same upstream, as a handler of an HTTP server (h2rev_upstream_handler),
+ * is the proxy's exchange (proxy.c) with a connection of the pool below as
+ * its next hop (uphop_t): the pool, the address cache and the accounting
+ * are shared; the splice above is this file's own (see the README).
  */
 #include "internal.h"
 
@@ -46,6 +51,7 @@ typedef struct h2r_upstream {
   uint8_t *rbuf;       /* the read buffer of every upstream connection */
   h2r_bufcache_t bufs; /* recycled read buffers */
   struct upconn *idle; /* keep-alive connections waiting for a request */
+  struct upconn *all;  /* every connection, whoever holds it (anext/aprev) */
   unsigned nidle;
   uv_timer_t sweep;             /* closes idle connections past POOL_IDLE_MS */
   struct sockaddr_storage addr; /* the upstream's address: an IP literal, or */
@@ -54,16 +60,22 @@ typedef struct h2r_upstream {
   struct uconn *conns; /* the streams being served (unext/uprev) */
   bool unref;          /* h2rev_upstream_unref */
   h2rev_upstream_stats_t st;
+  unsigned handled;  /* exchanges of h2rev_upstream_handler not yet freed */
+  h2r_ratelog_t rl;  /* for the lines its clients cause */
+  h2r_px_owner_t px; /* what those exchanges are told */
 } h2r_upstream_t;
 
 struct uconn;
+struct uphop;
 
 /* A connection to the upstream; between exchanges it waits in the pool. */
 typedef struct upconn {
   h2r_xport_t x;
   h2r_upstream_t *u;
   struct uconn *c; /* the exchange using it; NULL while idle */
+  struct uphop *h; /* or the handler's exchange's hop */
   struct upconn *next;
+  struct upconn *anext, *aprev; /* u->all */
   uint64_t idle_since;
   bool pooled;
 } upconn_t;
@@ -137,12 +149,28 @@ static void drain_watch(struct uconn *c);
 
 /* The exchange is over (result: see h2rev_upstream_access_t): counted,
  * and given to the access log. */
+static void record(h2r_upstream_t *u, const h2rev_upstream_access_t *a) {
+  static const unsigned bounds_ms[] = H2REV_HTTP_DURATION_BOUNDS_MS;
+  int cls = a->status >= 100 && a->status < 600 ? a->status / 100 : 0;
+  u->st.requests[cls]++;
+  if (a->result != 0)
+    u->st.requests_incomplete++;
+  unsigned b = 0;
+  while (b < H2REV_HTTP_DURATION_BUCKETS - 1 && a->duration_us > bounds_ms[b] * 1000ull)
+    b++;
+  u->st.duration[b]++;
+  u->st.duration_us_sum += a->duration_us;
+  u->st.bytes_in += a->bytes_in;
+  u->st.bytes_out += a->bytes_out;
+  if (u->o.access_log != NULL)
+    u->o.access_log(u->o.access_log_arg, a);
+}
+
 static void account(uconn_t *c, int result) {
   if (!c->acc.open)
     return;
   c->acc.open = false;
   h2r_upstream_t *u = c->u;
-  static const unsigned bounds_ms[] = H2REV_HTTP_DURATION_BOUNDS_MS;
   uint64_t now = uv_hrtime();
   h2rev_upstream_access_t a = {
       .method = c->acc.method,
@@ -155,19 +183,7 @@ static void account(uconn_t *c, int result) {
       .duration_us = (now - c->acc.start) / 1000,
       .ttfb_us = c->acc.first != 0 ? (c->acc.first - c->acc.start) / 1000 : 0,
   };
-  int cls = a.status >= 100 && a.status < 600 ? a.status / 100 : 0;
-  u->st.requests[cls]++;
-  if (result != 0)
-    u->st.requests_incomplete++;
-  unsigned b = 0;
-  while (b < H2REV_HTTP_DURATION_BUCKETS - 1 && a.duration_us > bounds_ms[b] * 1000ull)
-    b++;
-  u->st.duration[b]++;
-  u->st.duration_us_sum += a.duration_us;
-  u->st.bytes_in += a.bytes_in;
-  u->st.bytes_out += a.bytes_out;
-  if (u->o.access_log != NULL)
-    u->o.access_log(u->o.access_log_arg, &a);
+  record(u, &a);
   free(c->acc.path);
   c->acc.path = NULL;
 }
@@ -196,8 +212,12 @@ static void u_freed(uv_handle_t *h) {
     cb(pub);
 }
 
-/* The last step of closing: the callback comes on a later loop turn. */
+/* The last step of closing, once nothing holds the upstream (streams,
+ * the handler's exchanges, connections): the callback comes on a later
+ * loop turn. */
 static void u_finish(h2r_upstream_t *u) {
+  if (!u->closing || u->closing_handles > 0 || u->active > 0 || u->handled > 0 || u->all != NULL)
+    return;
   u->closing_handles = 2;
   uv_close((uv_handle_t *)&u->sweep, u_freed);
   uv_close((uv_handle_t *)&u->defer, u_freed);
@@ -226,8 +246,7 @@ static void uc_release(uconn_t *c) {
   u->active--;
   if (done != NULL)
     done(s);
-  if (u->closing && u->active == 0)
-    u_finish(u);
+  u_finish(u);
 }
 
 static void s_closed(h2rev_stream_t *s) {
@@ -414,12 +433,10 @@ static void pool_unlink(h2r_upstream_t *u, upconn_t *pc) {
   pc->pooled = false;
 }
 
-/* The exchange is over and the connection can carry another request. */
-static void pool_put(uconn_t *c) {
-  upconn_t *pc = c->pc;
-  h2r_upstream_t *u = c->u;
-  c->pc = NULL;
+/* The connection can carry another request: kept for the next one. */
+static void pool_back(h2r_upstream_t *u, upconn_t *pc) {
   pc->c = NULL;
+  pc->h = NULL;
   if (u->closing || u->nidle >= u->o.max_idle_conns) {
     h2r_xport_close(&pc->x);
     return;
@@ -430,6 +447,13 @@ static void pool_put(uconn_t *c) {
   u->idle = pc;
   u->nidle++;
   h2r_xport_read_pause(&pc->x, false); /* to notice the upstream closing it */
+}
+
+/* The exchange is over and the connection can carry another request. */
+static void pool_put(uconn_t *c) {
+  upconn_t *pc = c->pc;
+  c->pc = NULL;
+  pool_back(c->u, pc);
 }
 
 static void uc_opened(uconn_t *c) {
@@ -445,9 +469,19 @@ static void uc_opened(uconn_t *c) {
   h2rev_stream_read_start(c->s, uc_alloc, uc_read);
 }
 
+/* The handler's hop, on the connection's events (below). */
+static void h_x_open(struct uphop *h, h2r_xport_t *x, int status);
+static void h_x_read(struct uphop *h, const uint8_t *p, size_t n);
+static void h_x_error(struct uphop *h, int err);
+static void h_x_closed(struct uphop *h);
+
 static void x_open(h2r_xport_t *x, int status) {
   upconn_t *pc = x->owner;
   uconn_t *c = pc->c;
+  if (pc->h != NULL) {
+    h_x_open(pc->h, x, status);
+    return;
+  }
   if (c == NULL || c->closing)
     return;
   if (status != 0) {
@@ -551,6 +585,10 @@ static void response_done(uconn_t *c) {
 static void x_read(h2r_xport_t *x, const uint8_t *p, size_t n) {
   upconn_t *pc = x->owner;
   uconn_t *c = pc->c;
+  if (pc->h != NULL) {
+    h_x_read(pc->h, p, n);
+    return;
+  }
   if (c == NULL) { /* idle: bytes nobody asked for */
     h2r_xport_close(x);
     return;
@@ -586,6 +624,10 @@ static void x_read(h2r_xport_t *x, const uint8_t *p, size_t n) {
 static void x_error(h2r_xport_t *x, int err) {
   upconn_t *pc = x->owner;
   uconn_t *c = pc->c;
+  if (pc->h != NULL) {
+    h_x_error(pc->h, err);
+    return;
+  }
   if (c == NULL) {
     h2r_xport_close(x);
     return;
@@ -605,11 +647,22 @@ static void x_error(h2r_xport_t *x, int err) {
 static void x_close(h2r_xport_t *x) {
   upconn_t *pc = x->owner;
   uconn_t *c = pc->c;
+  struct uphop *h = pc->h;
+  h2r_upstream_t *u = pc->u;
   if (pc->pooled)
-    pool_unlink(pc->u, pc);
+    pool_unlink(u, pc);
+  if (pc->aprev != NULL)
+    pc->aprev->anext = pc->anext;
+  else
+    u->all = pc->anext;
+  if (pc->anext != NULL)
+    pc->anext->aprev = pc->aprev;
   free(pc);
   if (c != NULL)
     uc_release(c);
+  else if (h != NULL)
+    h_x_closed(h);
+  u_finish(u); /* when closing, the last connection may be the last holder */
 }
 
 static const h2r_xport_cbs ucbs = {x_open, x_read, x_error, x_close};
@@ -642,21 +695,52 @@ static void sweep(uv_timer_t *t) {
   }
 }
 
-static void connect_to(uconn_t *c, const struct sockaddr *addr) {
-  h2r_upstream_t *u = c->u;
+/* A new connection to addr for c or h (one of them), NULL when memory is
+ * out; *err is the connect's: its handles exist even when it failed, and
+ * it must be closed then. */
+static upconn_t *conn_new(h2r_upstream_t *u, const struct sockaddr *addr, uconn_t *c,
+                          struct uphop *h, int *err) {
   upconn_t *pc = calloc(1, sizeof(*pc));
+  if (pc == NULL) {
+    *err = UV_ENOMEM;
+    return NULL;
+  }
+  pc->u = u;
+  pc->c = c;
+  pc->h = h;
+  pc->anext = u->all;
+  if (u->all != NULL)
+    u->all->aprev = pc;
+  u->all = pc;
+  pc->x.log = &u->log;
+  pc->x.shared_rbuf = u->rbuf;
+  pc->x.unref = u->unref;
+  const char *sni = u->o.tls.server_name ? u->o.tls.server_name : u->host;
+  *err = h2r_xport_connect(&pc->x, u->loop, addr, u->ctx, sni, u->o.connect_timeout_ms, &ucbs, pc);
+  return pc;
+}
+
+/* The upstream's address is known (an IP literal, or a name's answer
+ * still valid): no lookup. */
+static bool addr_known(const h2r_upstream_t *u) {
+  return u->addr_literal || uv_now(u->loop) < u->addr_until;
+}
+
+/* Names are looked up again after a while; until then connections reuse
+ * the answer instead of a thread-pool round trip each. */
+static void addr_learn(h2r_upstream_t *u, const struct addrinfo *res) {
+  memcpy(&u->addr, res->ai_addr, res->ai_addrlen);
+  u->addr_until = uv_now(u->loop) + ADDR_TTL_MS;
+}
+
+static void connect_to(uconn_t *c, const struct sockaddr *addr) {
+  int r;
+  upconn_t *pc = conn_new(c->u, addr, c, NULL, &r);
   if (pc == NULL) {
     uc_fail(c, UV_ENOMEM, "out of memory");
     return;
   }
-  pc->u = u;
-  pc->c = c;
-  pc->x.log = &u->log;
-  pc->x.shared_rbuf = u->rbuf;
-  pc->x.unref = u->unref;
   c->pc = pc; /* its handles exist even when connect fails */
-  const char *sni = u->o.tls.server_name ? u->o.tls.server_name : u->host;
-  int r = h2r_xport_connect(&pc->x, u->loop, addr, u->ctx, sni, u->o.connect_timeout_ms, &ucbs, pc);
   if (r != 0) {
     char why[200];
     snprintf(why, sizeof(why), "cannot connect: %s", h2rev_strerror(r));
@@ -680,10 +764,7 @@ static void resolved(uv_getaddrinfo_t *req, int status, struct addrinfo *res) {
     uc_fail(c, status, why);
     return;
   }
-  /* Names are looked up again after a while; until then connections reuse
-   * the answer instead of a thread-pool round trip each. */
-  memcpy(&u->addr, res->ai_addr, res->ai_addrlen);
-  u->addr_until = uv_now(u->loop) + ADDR_TTL_MS;
+  addr_learn(u, res);
   connect_to(c, res->ai_addr);
   uv_freeaddrinfo(res);
 }
@@ -899,7 +980,7 @@ static void start_upstream(uconn_t *c) {
     uc_opened(c);
     return;
   }
-  if (u->addr_literal || uv_now(u->loop) < u->addr_until) {
+  if (addr_known(u)) {
     connect_to(c, (const struct sockaddr *)&u->addr);
     return;
   }
@@ -1013,6 +1094,274 @@ static void uc_read(h2rev_stream_t *s, ssize_t n, const uv_buf_t *buf) {
   }
 }
 
+/* ------------------------------------------- the handler's next hop */
+
+/* A connection of the pool as the next hop of the proxy's exchange
+ * (h2rev_upstream_handler): taken from the pool or opened, handed back to
+ * it when the exchange leaves it reusable. It lives in the exchange's
+ * allocation: nothing touches it after h2r_px_gone or h2r_px_opened with
+ * an error. TCP and TLS here have no half-close: the exchange closes the
+ * connection instead (as the splice above never half-closes it either). */
+typedef struct uphop {
+  h2r_hop_t hop; /* first: the exchange's view */
+  h2r_upstream_t *u;
+  upconn_t *pc; /* while it has one */
+  uv_getaddrinfo_t gai;
+  size_t queued; /* bytes written, not yet out */
+  bool resolving;
+  bool closing; /* closed by the exchange: h2r_px_gone is all that follows */
+} uphop_t;
+
+static int h_connect(uphop_t *h, const struct sockaddr *addr) {
+  int r;
+  upconn_t *pc = conn_new(h->u, addr, NULL, h, &r);
+  if (pc == NULL)
+    return r;
+  if (r != 0) {
+    pc->h = NULL; /* nothing of it reaches the exchange */
+    h2r_xport_close(&pc->x);
+    return r;
+  }
+  h->pc = pc;
+  return 0;
+}
+
+static void h_resolved(uv_getaddrinfo_t *req, int status, struct addrinfo *res) {
+  uphop_t *h = req->data;
+  h2r_upstream_t *u = h->u;
+  h->resolving = false;
+  if (h->closing) {
+    uv_freeaddrinfo(res);
+    h2r_px_gone(&h->hop);
+    return;
+  }
+  char why[200];
+  if (status != 0) {
+    uv_freeaddrinfo(res);
+    snprintf(why, sizeof(why), "cannot resolve %s: %s", u->host, uv_strerror(status));
+    h2r_px_opened(&h->hop, status, why);
+    return;
+  }
+  addr_learn(u, res);
+  int r = h_connect(h, res->ai_addr);
+  uv_freeaddrinfo(res);
+  if (r != 0) {
+    snprintf(why, sizeof(why), "cannot connect: %s", h2rev_strerror(r));
+    h2r_px_opened(&h->hop, r, why);
+  }
+}
+
+static int h_open(h2r_hop_t *hop) {
+  uphop_t *h = (uphop_t *)hop;
+  h2r_upstream_t *u = h->u;
+  upconn_t *pc = pool_get(u);
+  if (pc != NULL) {
+    pc->h = h;
+    h->pc = pc;
+    h2r_px_opened(hop, 0, NULL);
+    return 0;
+  }
+  if (addr_known(u))
+    return h_connect(h, (const struct sockaddr *)&u->addr);
+  struct addrinfo hints = {0};
+  hints.ai_family = AF_UNSPEC;
+  hints.ai_socktype = SOCK_STREAM;
+  h->gai.data = h;
+  int r = uv_getaddrinfo(u->loop, &h->gai, h_resolved, u->host, u->port, &hints);
+  if (r == 0)
+    h->resolving = true;
+  return r;
+}
+
+static void h_x_open(uphop_t *h, h2r_xport_t *x, int status) {
+  if (h->closing)
+    return; /* x_close follows */
+  if (status == 0) {
+    h2r_px_opened(&h->hop, 0, NULL);
+    return;
+  }
+  char why[256];
+  bool more = x->errmsg[0] && strcmp(x->errmsg, h2rev_strerror(status)) != 0;
+  snprintf(why, sizeof(why), "%s%s%s", h2rev_strerror(status), more ? ": " : "",
+           more ? x->errmsg : "");
+  upconn_t *pc = h->pc;
+  h->pc = NULL;
+  pc->h = NULL;
+  h2r_xport_close(&pc->x);
+  h2r_px_opened(&h->hop, status, why); /* the hop is over */
+}
+
+/* The connection's read buffer is shared: its bytes are copied into one
+ * the exchange may keep (it writes the response from it). */
+static void h_x_read(uphop_t *h, const uint8_t *p, size_t n) {
+  if (h->closing)
+    return;
+  uv_buf_t b;
+  h2r_px_alloc(&h->hop, n, &b);
+  if (b.base == NULL) {
+    h2r_px_read(&h->hop, UV_ENOBUFS, &b);
+    return;
+  }
+  memcpy(b.base, p, n);
+  h2r_px_read(&h->hop, (ssize_t)n, &b);
+}
+
+static void h_x_error(uphop_t *h, int err) {
+  if (h->closing)
+    return;
+  h2r_xport_read_pause(&h->pc->x, true);
+  uv_buf_t b = uv_buf_init(NULL, 0);
+  h2r_px_read(&h->hop, err, &b);
+}
+
+static void h_x_closed(uphop_t *h) {
+  h2r_px_gone(&h->hop);
+}
+
+static void h_wrote(h2r_xwrite_t *xw, int status) {
+  h2r_hop_write_t *w = H2R_CONTAINER_OF(xw, h2r_hop_write_t, u.x);
+  upconn_t *pc = H2R_CONTAINER_OF(xw->x, upconn_t, x);
+  if (pc->h != NULL)
+    pc->h->queued -= w->len;
+  w->cb(w, status);
+}
+
+static int h_write(h2r_hop_t *hop, h2r_hop_write_t *w, const uv_buf_t *bufs, unsigned n) {
+  uphop_t *h = (uphop_t *)hop;
+  if (h->pc == NULL)
+    return UV_EBADF;
+  int r = h2r_xport_write(&h->pc->x, &w->u.x, bufs, n, h_wrote);
+  if (r == 0)
+    h->queued += w->len;
+  return r;
+}
+
+static size_t h_queued(const h2r_hop_t *hop) {
+  return ((const uphop_t *)hop)->queued;
+}
+
+static void h_read_start(h2r_hop_t *hop) {
+  uphop_t *h = (uphop_t *)hop;
+  if (h->pc != NULL)
+    h2r_xport_read_pause(&h->pc->x, false);
+}
+
+static void h_read_stop(h2r_hop_t *hop) {
+  uphop_t *h = (uphop_t *)hop;
+  if (h->pc != NULL)
+    h2r_xport_read_pause(&h->pc->x, true);
+}
+
+static bool h_recycle(h2r_hop_t *hop) {
+  uphop_t *h = (uphop_t *)hop;
+  upconn_t *pc = h->pc;
+  if (pc == NULL || h->queued != 0 || pc->x.state != H2R_X_OPEN || h->u->closing)
+    return false;
+  h->pc = NULL;
+  pool_back(h->u, pc);
+  return true;
+}
+
+static void h_close(h2r_hop_t *hop) {
+  uphop_t *h = (uphop_t *)hop;
+  h->closing = true;
+  if (h->resolving)
+    uv_cancel((uv_req_t *)&h->gai); /* h_resolved ends the hop */
+  else if (h->pc != NULL)
+    h2r_xport_close(&h->pc->x); /* x_close ends it */
+}
+
+static const h2r_hop_ops upstream_ops = {
+    .open = h_open,
+    .write = h_write,
+    .queued = h_queued,
+    .read_start = h_read_start,
+    .read_stop = h_read_stop,
+    .shutdown = NULL,
+    .recycle = h_recycle,
+    .close = h_close,
+};
+
+/* The handler's requests, in the counters and the access log as those of
+ * the reverse connections. */
+static void h_account(void *arg, const h2rev_upstream_access_t *a) {
+  h2r_upstream_t *u = arg;
+  if (a->local && a->status >= 500)
+    u->st.errors++;
+  else if (a->local && a->status >= 400)
+    u->st.refused++;
+  record(u, a);
+}
+
+static void h_released(void *arg) {
+  h2r_upstream_t *u = arg;
+  u->handled--;
+  u_finish(u);
+}
+
+/* A request answered here, before any exchange. */
+static void h_refuse(h2r_upstream_t *u, h2rev_http_req_t *req, char *path, int status) {
+  h2r_px_reply_error(req, &u->px, status, req->content_length != 0);
+  h2rev_upstream_access_t a = {.method = req->method, .path = path, .status = status, .local = 1};
+  h_account(u, &a);
+  free(path);
+}
+
+void h2rev_upstream_handler(h2rev_http_req_t *req, void *arg) {
+  h2rev_upstream_t *upstream = arg;
+  h2r_upstream_t *u = upstream->u_;
+  if (u == NULL) {
+    h2rev_http_reply(req, 503, "text/plain", "unavailable\n", 12);
+    return;
+  }
+  /* Reset already: nothing is asked of the upstream for it. */
+  if (h2rev_http_client_error(req) != 0) {
+    h2rev_http_abort(req);
+    return;
+  }
+  /* <route><rest> goes to <path><rest>. */
+  size_t routel = strlen(req->route), pathl = strlen(u->path);
+  const char *rest = req->path + routel;
+  size_t restl = strlen(rest);
+  char *accp = NULL;
+  if (u->o.access_log != NULL && (accp = malloc(pathl + 1 + restl + 1)) != NULL) {
+    size_t n = pathl;
+    memcpy(accp, u->path, pathl);
+    if (rest[0] != '/')
+      accp[n++] = '/';
+    memcpy(accp + n, rest, restl + 1);
+  }
+  if (u->closing) {
+    h_refuse(u, req, accp, 503);
+    return;
+  }
+  /* A CONNECT is a tunnel to somewhere the upstream's URL does not say;
+   * an HTTP/2 extended CONNECT (a WebSocket) is an upgrade and goes on. */
+  if (strcmp(req->method, "CONNECT") == 0 && !(req->http_major == 2 && req->protocol != NULL)) {
+    h_refuse(u, req, accp, 405);
+    return;
+  }
+  const char *host = u->o.keep_host && req->authority[0] != '\0' ? req->authority : u->authority;
+  h2r_px_target_t t = {
+      .host = host,
+      .hostlen = strlen(host),
+      .base = u->path,
+      .baselen = pathl,
+      .rest = rest,
+      .prefix = req->route,
+      .prefixlen = routel,
+      .name = u->authority,
+      .acc_path = accp,
+  };
+  h2r_hop_t *hop = h2r_px_new(req, &upstream_ops, sizeof(uphop_t), &u->px, &t);
+  if (hop == NULL)
+    return; /* answered (and accounted) */
+  uphop_t *h = (uphop_t *)hop;
+  h->u = u;
+  u->handled++;
+  h2r_px_go(hop);
+}
+
 /* ------------------------------------------------------------ public */
 
 static int parse_url(h2r_upstream_t *u, const char *url) {
@@ -1068,6 +1417,25 @@ int h2rev_upstream_init(uv_loop_t *loop, h2rev_upstream_t *upstream,
     u->o.connect_timeout_ms = 10000;
   if (u->o.max_idle_conns == 0)
     u->o.max_idle_conns = POOL_MAX;
+  if (u->o.body_timeout_ms == 0)
+    u->o.body_timeout_ms = 30000;
+  if (u->o.response_timeout_ms == 0)
+    u->o.response_timeout_ms = 60000;
+  u->px = (h2r_px_owner_t){
+      .loop = loop,
+      .log = &u->log,
+      .rl = &u->rl,
+      .body_timeout_ms = u->o.body_timeout_ms,
+      .response_timeout_ms = u->o.response_timeout_ms,
+      .no_rewrite = u->o.no_rewrite != 0,
+      .tag = "upstream",
+      .peer = "upstream",
+      .text_502 = "upstream unavailable\n",
+      .text_504 = "upstream did not answer in time\n",
+      .account = h_account,
+      .released = h_released,
+      .arg = u,
+  };
   uv_timer_init(loop, &u->defer);
   u->defer.data = u;
   uv_timer_init(loop, &u->sweep);
@@ -1142,13 +1510,10 @@ static void upstream_set_unref(h2rev_upstream_t *upstream, bool unref) {
   u->unref = unref;
   h2r_handle_ref(&u->defer, unref);
   /* sweep stays unref'd: idle connections alone never keep the loop alive */
-  for (upconn_t *pc = u->idle; pc != NULL; pc = pc->next)
+  for (upconn_t *pc = u->all; pc != NULL; pc = pc->anext)
     h2r_xport_set_unref(&pc->x, unref);
-  for (uconn_t *c = u->conns; c != NULL; c = c->unext) {
+  for (uconn_t *c = u->conns; c != NULL; c = c->unext)
     h2r_handle_ref(&c->linger, unref);
-    if (c->pc != NULL)
-      h2r_xport_set_unref(&c->pc->x, unref);
-  }
 }
 
 void h2rev_upstream_ref(h2rev_upstream_t *upstream) {
@@ -1225,8 +1590,7 @@ void h2rev_upstream_close(h2rev_upstream_t *upstream, h2rev_upstream_close_cb cb
     h2r_xport_close(&pc->x);
   }
   /* Exchanges in progress finish on their own (callers drain first). */
-  if (u->active == 0)
-    u_finish(u);
+  u_finish(u);
 }
 
 char *h2r_upstream_head(const char *p, size_t n, const char *path, const char *authority,

@@ -1485,3 +1485,406 @@ TEST(send_timeout_cuts_a_client_that_never_reads) {
   ASSERT_EQ(flood_result, 0);
   env_stop(&e);
 }
+
+/* ------------------------------------------ the upstream as a route */
+
+/* What the upstream handler's requests gave the access log: the last 32. */
+static struct {
+  int n;
+  char method[32][8], path[32][64];
+  int status[32], local[32], result[32];
+  uint64_t in[32], out[32];
+} UR;
+
+static void route_access(void *arg, const h2rev_upstream_access_t *a) {
+  ASSERT(arg == &UR);
+  int i = UR.n++ % 32;
+  snprintf(UR.method[i], sizeof(UR.method[0]), "%s", a->method);
+  snprintf(UR.path[i], sizeof(UR.path[0]), "%s", a->path != NULL ? a->path : "(null)");
+  UR.status[i] = a->status;
+  UR.local[i] = a->local;
+  UR.result[i] = a->result;
+  UR.in[i] = a->bytes_in;
+  UR.out[i] = a->bytes_out;
+  ASSERT_LE(a->ttfb_us, a->duration_us);
+}
+
+static void redirect(h2rev_http_req_t *req, void *arg) {
+  (void)arg;
+  h2rev_header_t h[] = {{"location", "/r/there"}, {"set-cookie", "a=1; Path=/r"}};
+  ASSERT_OK(h2rev_http_respond(req, 302, h, 2, 0));
+  ASSERT_OK(h2rev_http_end(req));
+}
+
+static int free_port(uv_loop_t *loop) {
+  uv_tcp_t t;
+  struct sockaddr_in a;
+  uv_ip4_addr("127.0.0.1", 0, &a);
+  ASSERT_OK(uv_tcp_init(loop, &t));
+  ASSERT_OK(uv_tcp_bind(&t, (struct sockaddr *)&a, 0));
+  int len = sizeof(a);
+  ASSERT_OK(uv_tcp_getsockname(&t, (struct sockaddr *)&a, &len));
+  uv_close((uv_handle_t *)&t, NULL);
+  uv_run(loop, UV_RUN_NOWAIT);
+  return ntohs(a.sin_port);
+}
+
+static int ups_closed;
+static void ups_closed_cb(h2rev_upstream_t *u) {
+  (void)u;
+  ups_closed++;
+}
+
+/* An application's server with h2rev_upstream_handler on its routes, the
+ * upstream another h2rev server on loopback: HTTP/1.1 and HTTP/2 clients,
+ * bodies of several MiB both ways (Content-Length, chunked, HTTP/2), one
+ * upstream connection for all the sequential requests, the Location and
+ * Set-Cookie Path of a redirect under the route, 502 from a dead upstream,
+ * 504 from a slow one, 405 for a CONNECT, and each request in the access
+ * log and the counters. */
+TEST(upstream_handler) {
+  env_t e;
+  env_init(&e);
+  memset(&UR, 0, sizeof(UR));
+  /* The upstream. */
+  h2rev_http_server_t back;
+  ASSERT_OK(h2rev_http_server_init(&e.loop, &back, NULL));
+  back.data = &e;
+  unsigned slow_ms = 1500;
+  slow_seen = 0;
+  ASSERT_OK(h2rev_http_server_route(&back, "/echo", echo, NULL));
+  ASSERT_OK(h2rev_http_server_route(&back, "/info", info, NULL));
+  ASSERT_OK(h2rev_http_server_route(&back, "/r", redirect, NULL));
+  ASSERT_OK(h2rev_http_server_route(&back, "/slow", slow, &slow_ms));
+  ASSERT_OK(h2rev_http_server_route(&back, "/up", upgrading, NULL));
+  int bp = listen_on(&back, NULL, 0);
+  /* Three upstreams: the live one, a dead port, and a slow path. */
+  char url[3][128];
+  snprintf(url[0], sizeof(url[0]), "http://127.0.0.1:%d", bp);
+  snprintf(url[1], sizeof(url[1]), "http://127.0.0.1:%d/x", free_port(&e.loop));
+  snprintf(url[2], sizeof(url[2]), "http://127.0.0.1:%d/slow", bp);
+  h2rev_upstream_t ups[3];
+  for (int i = 0; i < 3; i++) {
+    h2rev_upstream_options_t uo = {
+        .url = url[i], .access_log = route_access, .access_log_arg = &UR};
+    if (i == 2)
+      uo.response_timeout_ms = 300;
+    test_logger(&uo.log, "upstream");
+    ASSERT_OK(h2rev_upstream_init(&e.loop, &ups[i], &uo));
+  }
+  ASSERT_OK(h2rev_http_server_route(&e.srv, "/px", h2rev_upstream_handler, &ups[0]));
+  ASSERT_OK(h2rev_http_server_route(&e.srv, "/dead", h2rev_upstream_handler, &ups[1]));
+  ASSERT_OK(h2rev_http_server_route(&e.srv, "/slowpx", h2rev_upstream_handler, &ups[2]));
+
+  const char *modes[] = {"--http1.1", "--http2-prior-knowledge"};
+  char cmd[4096];
+  int requests = 0;
+  /* Plain requests, both protocols; the upstream is spoken to in HTTP/1.1. */
+  for (int m = 0; m < 2; m++) {
+    snprintf(cmd, sizeof(cmd), "curl -s %s 'http://127.0.0.1:%d/px/info/x?y=z'", modes[m], e.port);
+    expect_out(&e, cmd, "GET /info/x?y=z 1.1 xfp=/px\n");
+    snprintf(cmd, sizeof(cmd),
+             "curl -s %s -o /dev/null -w '%%{http_code} %%header{location} "
+             "%%header{set-cookie}' http://127.0.0.1:%d/px/r",
+             modes[m], e.port);
+    expect_out(&e, cmd, "302 /px/r/there a=1; Path=/px/r");
+    requests += 2;
+  }
+  for (int i = 0; i < 3; i++) {
+    snprintf(cmd, sizeof(cmd), "curl -s http://127.0.0.1:%d/px/info", e.port);
+    expect_out(&e, cmd, "GET /info 1.1 xfp=/px\n");
+    requests++;
+  }
+  /* Keep-alive: every one of those sequential requests on one connection. */
+  h2rev_http_server_stats_t bst;
+  h2rev_http_server_stats(&back, &bst);
+  ASSERT_EQ(bst.connections_total, 1u);
+  ASSERT_EQ(bst.requests[0][2] + bst.requests[0][3], (uint64_t)requests);
+
+  /* Bodies of 6 MiB echoed, compared by SHA-256 (cmp). */
+  const uint64_t big = 6u << 20;
+  snprintf(cmd, sizeof(cmd), "head -c %llu /dev/urandom > %s/in", (unsigned long long)big, e.dir);
+  ASSERT_EQ(sh(&e, cmd), 0);
+  const char *variants[] = {
+      "--http1.1 http://127.0.0.1:%d/px/echo",
+      "--http1.1 -H 'Transfer-Encoding: chunked' http://127.0.0.1:%d/px/echo",
+      "--http2-prior-knowledge http://127.0.0.1:%d/px/echo",
+  };
+  int first_post = requests;
+  for (int i = 0; i < 3; i++) {
+    char target[256];
+    snprintf(target, sizeof(target), variants[i], e.port);
+    snprintf(cmd, sizeof(cmd),
+             "curl -sf --data-binary @%s/in -o %s/got %s && "
+             "test \"$(sha256sum < %s/in)\" = \"$(sha256sum < %s/got)\"",
+             e.dir, e.dir, target, e.dir, e.dir);
+    ASSERT_EQ(sh(&e, cmd), 0);
+    requests++;
+  }
+  h2rev_http_server_stats(&back, &bst);
+  ASSERT_EQ(bst.connections_total, 1u); /* still the one */
+
+  /* An upgrade (a WebSocket's way): the 101, then bytes both ways as they
+   * are, the first ones right behind the head. */
+  snprintf(cmd, sizeof(cmd),
+           "python3 -c 'import socket,sys\n"
+           "s=socket.create_connection((\"127.0.0.1\",%d))\n"
+           "s.sendall(b\"GET /px/up HTTP/1.1\\r\\nHost: x\\r\\nConnection: Upgrade\\r\\n"
+           "Upgrade: echo\\r\\n\\r\\nhello \")\n"
+           "b=b\"\"\n"
+           "while not b.endswith(b\"hello \"): b+=s.recv(100)\n"
+           "s.sendall(b\"world\")\n"
+           "while not b.endswith(b\"world\"): b+=s.recv(100)\n"
+           "h,_,t=b.partition(b\"\\r\\n\\r\\n\")\n"
+           "sys.stdout.write(h.split(b\"\\r\\n\")[0].decode()+\"|\"+"
+           "str(b\"upgrade: echo\" in h.lower())+\"|\"+t.decode())'",
+           e.port);
+  expect_out(&e, cmd, "HTTP/1.1 101 Switching Protocols|True|hello world");
+  requests++;
+  /* A client that ends its side is answered to the end: the upstream's
+   * connection has no half-close, it has LINGER_MS (5 s) to end its own. */
+  snprintf(cmd, sizeof(cmd),
+           "timeout 20 python3 -c 'import socket,sys\n"
+           "s=socket.create_connection((\"127.0.0.1\",%d))\n"
+           "s.sendall(b\"GET /px/up HTTP/1.1\\r\\nHost: x\\r\\nConnection: Upgrade\\r\\n"
+           "Upgrade: echo\\r\\n\\r\\nbye\")\n"
+           "b=b\"\"\n"
+           "while not b.endswith(b\"bye\"): b+=s.recv(100)\n"
+           "s.shutdown(socket.SHUT_WR)\n"
+           "while True:\n"
+           " d=s.recv(100)\n"
+           " if not d: break\n"
+           " b+=d\n"
+           "sys.stdout.write(b.split(b\"\\r\\n\")[0].decode()+\"|\"+"
+           "b.partition(b\"\\r\\n\\r\\n\")[2].decode())'",
+           e.port);
+  expect_out(&e, cmd, "HTTP/1.1 101 Switching Protocols|bye");
+  requests++;
+
+  /* The upstream cannot be reached: 502, whatever the client speaks. */
+  for (int m = 0; m < 2; m++) {
+    snprintf(cmd, sizeof(cmd), "curl -s %s -w ' %%{http_code}' http://127.0.0.1:%d/dead/a",
+             modes[m], e.port);
+    expect_out(&e, cmd, "upstream unavailable\n 502");
+    requests++;
+  }
+  /* It does not answer in time: 504. */
+  snprintf(cmd, sizeof(cmd), "curl -s -w ' %%{http_code}' http://127.0.0.1:%d/slowpx", e.port);
+  expect_out(&e, cmd, "upstream did not answer in time\n 504");
+  requests++;
+  /* No tunnels to wherever a client names. */
+  snprintf(cmd, sizeof(cmd),
+           "curl -s -o /dev/null -w '%%{http_code}' -X CONNECT http://127.0.0.1:%d/px/a", e.port);
+  expect_out(&e, cmd, "405");
+  requests++;
+
+  /* Each request once in the access log, once in the counters. */
+  uint64_t deadline = uv_now(&e.loop) + 5000;
+  while (UR.n < requests && uv_now(&e.loop) < deadline)
+    uv_run(&e.loop, UV_RUN_ONCE);
+  ASSERT_EQ(UR.n, requests);
+  ASSERT_STR_EQ(UR.method[0], "GET");
+  ASSERT_STR_EQ(UR.path[0], "/info/x?y=z");
+  ASSERT_EQ(UR.status[0], 200);
+  ASSERT_EQ(UR.local[0], 0);
+  ASSERT_EQ(UR.result[0], 0);
+  ASSERT_STR_EQ(UR.path[1], "/r");
+  ASSERT_EQ(UR.status[1], 302);
+  for (int i = first_post; i < first_post + 3; i++) {
+    ASSERT_STR_EQ(UR.method[i], "POST");
+    ASSERT_STR_EQ(UR.path[i], "/echo");
+    ASSERT_EQ(UR.status[i], 200);
+    ASSERT_EQ(UR.result[i], 0);
+    ASSERT_EQ(UR.in[i], big);
+    ASSERT_GT(UR.out[i], big);
+  }
+  ASSERT_STR_EQ(UR.path[first_post + 3], "/up");
+  ASSERT_EQ(UR.status[first_post + 3], 101);
+  ASSERT_EQ(UR.in[first_post + 3], 11u); /* "hello world" */
+  ASSERT_EQ(UR.status[first_post + 4], 101);
+  int d = first_post + 5;
+  ASSERT_STR_EQ(UR.path[d], "/x/a");
+  for (int i = d; i < d + 2; i++) {
+    ASSERT_EQ(UR.status[i], 502);
+    ASSERT_EQ(UR.local[i], 1);
+  }
+  ASSERT_STR_EQ(UR.path[d + 2], "/slow/");
+  ASSERT_EQ(UR.status[d + 2], 504);
+  ASSERT_EQ(UR.local[d + 2], 1);
+  ASSERT_STR_EQ(UR.method[d + 3], "CONNECT");
+  ASSERT_EQ(UR.status[d + 3], 405);
+  h2rev_upstream_stats_t st;
+  h2rev_upstream_stats(&ups[0], &st);
+  ASSERT_EQ(st.requests[1], 2u); /* the 101s */
+  ASSERT_EQ(st.requests[2], (uint64_t)(first_post - 2 + 3));
+  ASSERT_EQ(st.requests[3], 2u);
+  ASSERT_EQ(st.requests[4], 1u); /* the 405 */
+  ASSERT_EQ(st.errors, 0u);
+  ASSERT_EQ(st.bytes_in, 3 * big + 11 + 3);
+  ASSERT_EQ(st.streams_total, 0u); /* no reverse connection served */
+  h2rev_upstream_stats(&ups[1], &st);
+  ASSERT_EQ(st.requests[5], 2u);
+  ASSERT_EQ(st.errors, 2u);
+  h2rev_upstream_stats(&ups[2], &st);
+  ASSERT_EQ(st.errors, 1u);
+
+  /* The slow handler answers a request whose client has gone; then all
+   * closes, the upstreams once their exchanges are over. */
+  run_until(&e.loop, &slow_seen, 5000);
+  deadline = uv_now(&e.loop) + slow_ms + 500;
+  while (uv_now(&e.loop) < deadline)
+    uv_run(&e.loop, UV_RUN_ONCE);
+  ups_closed = 0;
+  for (int i = 0; i < 3; i++)
+    h2rev_upstream_close(&ups[i], ups_closed_cb);
+  deadline = uv_now(&e.loop) + 5000;
+  while (ups_closed < 3 && uv_now(&e.loop) < deadline)
+    uv_run(&e.loop, UV_RUN_ONCE);
+  ASSERT_EQ(ups_closed, 3);
+  h2rev_http_server_close(&back, srv_closed);
+  run_until(&e.loop, &e.closed, 5000);
+  e.closed = 0;
+  env_stop(&e);
+}
+
+/* Many requests at once through h2rev_upstream_handler (h2load: HTTP/2,
+ * 4 connections of 16 streams), each answered, on at most as many upstream
+ * connections as were in flight at once, all counted; and an upstream that
+ * cuts its response short leaves the client with a cut response, never a
+ * complete-looking one, over either protocol. */
+TEST(upstream_handler_concurrent) {
+  env_t e;
+  env_init(&e);
+  memset(&UR, 0, sizeof(UR));
+  h2rev_http_server_t back;
+  ASSERT_OK(h2rev_http_server_init(&e.loop, &back, NULL));
+  back.data = &e;
+  ASSERT_OK(h2rev_http_server_route(&back, "/echo", echo, NULL));
+  ASSERT_OK(h2rev_http_server_route(&back, "/abort", aborting, NULL));
+  int bp = listen_on(&back, NULL, 0);
+  char url[128];
+  snprintf(url, sizeof(url), "http://127.0.0.1:%d", bp);
+  h2rev_upstream_t up;
+  h2rev_upstream_options_t uo = {.url = url, .access_log = route_access, .access_log_arg = &UR};
+  test_logger(&uo.log, "upstream");
+  ASSERT_OK(h2rev_upstream_init(&e.loop, &up, &uo));
+  ASSERT_OK(h2rev_http_server_route(&e.srv, "/px", h2rev_upstream_handler, &up));
+  char cmd[2048];
+  int n = 0;
+  if (sh(&e, "command -v h2load >/dev/null") == 0) {
+    n = 2000;
+    snprintf(cmd, sizeof(cmd), "head -c 3000 /dev/urandom > %s/body", e.dir);
+    ASSERT_EQ(sh(&e, cmd), 0);
+    snprintf(cmd, sizeof(cmd),
+             "h2load -n %d -c 4 -m 16 -d %s/body http://127.0.0.1:%d/px/echo | "
+             "grep -o '[0-9]* 2xx' | cut -d' ' -f1",
+             n, e.dir, e.port);
+    char want[32];
+    snprintf(want, sizeof(want), "%d\n", n);
+    expect_out(&e, cmd, want);
+    h2rev_http_server_stats_t bst;
+    h2rev_http_server_stats(&back, &bst);
+    ASSERT_LE(bst.connections_total, 64u);
+    ASSERT_EQ(bst.requests[0][2], (uint64_t)n);
+  } else {
+    fprintf(stderr, "no h2load: the concurrent part is skipped\n");
+  }
+  /* 1000 bytes announced, 10 sent, then the upstream's connection cut. */
+  const char *modes[] = {"--http1.1", "--http2-prior-knowledge"};
+  for (int m = 0; m < 2; m++) {
+    snprintf(cmd, sizeof(cmd), "curl -s %s -o %s/cut http://127.0.0.1:%d/px/abort", modes[m], e.dir,
+             e.port);
+    int rc = sh(&e, cmd);
+    if (rc != 18 && rc != 92 && rc != 56) /* partial file, HTTP/2 stream error, recv failure */
+      test_fail(__FILE__, __LINE__, "%s: curl exited %d, want a cut response", cmd, rc);
+  }
+  uint64_t deadline = uv_now(&e.loop) + 5000;
+  while (UR.n < n + 2 && uv_now(&e.loop) < deadline)
+    uv_run(&e.loop, UV_RUN_ONCE);
+  ASSERT_EQ(UR.n, n + 2);
+  for (int i = n; i < n + 2; i++) {
+    ASSERT_EQ(UR.status[i % 32], 200);
+    ASSERT_NE(UR.result[i % 32], 0);
+  }
+  h2rev_upstream_stats_t st;
+  h2rev_upstream_stats(&up, &st);
+  ASSERT_EQ(st.requests[2], (uint64_t)(n + 2));
+  ASSERT_EQ(st.requests_incomplete, 2u);
+  ASSERT_EQ(st.bytes_in, (uint64_t)n * 3000);
+  ups_closed = 0;
+  h2rev_upstream_close(&up, ups_closed_cb);
+  run_until(&e.loop, &ups_closed, 5000);
+  h2rev_http_server_close(&back, srv_closed);
+  run_until(&e.loop, &e.closed, 5000);
+  e.closed = 0;
+  env_stop(&e);
+}
+
+/* An https:// upstream through h2rev_upstream_handler: its certificate
+ * checked against the CA given, a body of 3 MiB echoed both ways over TLS,
+ * and an upstream whose certificate the CA did not sign answered 502. */
+TEST(upstream_handler_tls) {
+  env_t e;
+  env_init(&e);
+  memset(&UR, 0, sizeof(UR));
+  h2rev_http_server_t back;
+  ASSERT_OK(h2rev_http_server_init(&e.loop, &back, NULL));
+  back.data = &e;
+  ASSERT_OK(h2rev_http_server_route(&back, "/echo", echo, NULL));
+  char cert[512], key[512], ca[512], other[512];
+  test_path(cert, sizeof(cert), test_certs(), "server.pem");
+  test_path(key, sizeof(key), test_certs(), "server.key");
+  test_path(ca, sizeof(ca), test_certs(), "ca.pem");
+  test_path(other, sizeof(other), test_certs(), "other-ca.pem");
+  h2rev_tls_options_t tls = {.cert_file = cert, .key_file = key};
+  int bp = listen_on(&back, &tls, 0);
+  char url[128];
+  snprintf(url, sizeof(url), "https://localhost:%d", bp);
+  h2rev_upstream_t ups[2];
+  const char *cas[2] = {ca, other};
+  for (int i = 0; i < 2; i++) {
+    h2rev_upstream_options_t uo = {.url = url, .access_log = route_access, .access_log_arg = &UR};
+    uo.tls.ca_file = cas[i];
+    test_logger(&uo.log, "upstream");
+    ASSERT_OK(h2rev_upstream_init(&e.loop, &ups[i], &uo));
+  }
+  ASSERT_OK(h2rev_http_server_route(&e.srv, "/s", h2rev_upstream_handler, &ups[0]));
+  ASSERT_OK(h2rev_http_server_route(&e.srv, "/bad", h2rev_upstream_handler, &ups[1]));
+  char cmd[4096];
+  snprintf(cmd, sizeof(cmd), "head -c 3145728 /dev/urandom > %s/in", e.dir);
+  ASSERT_EQ(sh(&e, cmd), 0);
+  const char *modes[] = {"--http1.1", "--http2-prior-knowledge"};
+  for (int m = 0; m < 2; m++) {
+    snprintf(cmd, sizeof(cmd),
+             "curl -sf %s --data-binary @%s/in -o %s/got http://127.0.0.1:%d/s/echo && "
+             "cmp %s/in %s/got",
+             modes[m], e.dir, e.dir, e.port, e.dir, e.dir);
+    ASSERT_EQ(sh(&e, cmd), 0);
+  }
+  snprintf(cmd, sizeof(cmd), "curl -s -w ' %%{http_code}' http://127.0.0.1:%d/bad/echo", e.port);
+  expect_out(&e, cmd, "upstream unavailable\n 502");
+  uint64_t deadline = uv_now(&e.loop) + 5000;
+  while (UR.n < 3 && uv_now(&e.loop) < deadline)
+    uv_run(&e.loop, UV_RUN_ONCE);
+  ASSERT_EQ(UR.n, 3);
+  h2rev_upstream_stats_t st;
+  h2rev_upstream_stats(&ups[0], &st);
+  ASSERT_EQ(st.requests[2], 2u);
+  ASSERT_EQ(st.bytes_in, 2u * 3145728);
+  h2rev_http_server_stats_t bst;
+  h2rev_http_server_stats(&back, &bst);
+  ASSERT_EQ(bst.requests[0][2], 2u);
+  h2rev_upstream_stats(&ups[1], &st);
+  ASSERT_EQ(st.errors, 1u);
+  ups_closed = 0;
+  for (int i = 0; i < 2; i++)
+    h2rev_upstream_close(&ups[i], ups_closed_cb);
+  deadline = uv_now(&e.loop) + 5000;
+  while (ups_closed < 2 && uv_now(&e.loop) < deadline)
+    uv_run(&e.loop, UV_RUN_ONCE);
+  ASSERT_EQ(ups_closed, 2);
+  h2rev_http_server_close(&back, srv_closed);
+  run_until(&e.loop, &e.closed, 5000);
+  e.closed = 0;
+  env_stop(&e);
+}
