@@ -163,8 +163,26 @@ ok "SIGTERM of a replica under load: 0 of $(total) requests failed"
 # listener given that port attaches to both (each worker's /metrics, on
 # PORT and PORT+1, counts it); a worker killed is restarted and rejoined.
 WP=$(free_port)
-MP=$(free_port)
-while [ "$(free_port)" = $((MP + 1)) ]; do MP=$(free_port); done
+# Two ports in a row, below the kernel's range for outgoing connections: a free port
+# from there has its neighbour taken by a connection's local end as often as not.
+MP=$(python3 -c '
+import random, socket
+lo = int(open("/proc/sys/net/ipv4/ip_local_port_range").read().split()[0])
+for _ in range(500):
+    p = random.randrange(10000, lo - 2)
+    s = [socket.socket(), socket.socket()]
+    try:
+        for i in (0, 1):
+            s[i].bind(("127.0.0.1", p + i))
+        print(p)
+        break
+    except OSError:
+        pass
+    finally:
+        for k in s:
+            k.close()
+')
+[ -n "$MP" ] || fail "no two free ports in a row for --metrics"
 "$BIN/h2rev-dialer" --listen "127.0.0.1:$WP" --self-signed-dir "$WORK" --workers 2 \
   --metrics "127.0.0.1:$MP" 2>> "$WORK/workers.log" &
 SUP=$!
