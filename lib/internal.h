@@ -126,12 +126,13 @@ enum h2r_xport_state {
 struct h2r_xport {
   uv_tcp_t tcp;
   uv_timer_t timer; /* handshake timeout */
-  uv_idle_t done;   /* completes writes the socket took at once */
-  h2r_xwrite_t *done_head, *done_tail;
+  /* Later in the loop turn: the gathered writes go out, the callbacks of
+   * writes the socket took at once run, a resumed TLS read goes on. */
+  h2r_defer_t work;
+  h2r_xwrite_t *done_head, *done_tail; /* written: their callbacks are due */
   /* Cleartext: the writes of a loop turn go to the socket together, in one
    * writev after the poll phase (a transfer's chunks cost a write(2) each,
    * and a wakeup of the peer each, otherwise). */
-  uv_check_t gather;
   h2r_xwrite_t *g_head, *g_tail;
   uv_buf_t *g_iov;
   unsigned g_n, g_cap;
@@ -145,7 +146,8 @@ struct h2r_xport {
   bool server;
   bool reading;
   bool read_paused;
-  int nhandles; /* libuv handles still to close */
+  bool resume_due; /* TLS records left from before a pause are read in work */
+  int nhandles;    /* libuv handles still to close */
   unsigned handshake_ms;
   uint8_t *rbuf; /* socket reads; with TLS the plaintext goes after them */
   size_t rbuf_len;

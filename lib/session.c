@@ -669,8 +669,10 @@ static void x_on_error(h2r_xport_t *x, int err) {
   if (err == UV_EOF && s->h1 != NULL && s->h1->on_eof != NULL && s->state != H2R_S_DEAD &&
       s->h1->on_eof(s))
     return;
+  /* The end of a connection either side has said GOAWAY on, with no stream
+   * left: what both wanted (a peer may close as soon as it has read ours). */
   if (err == UV_EOF)
-    err = s->goaway_recv && s->nstreams == 0 ? 0 : H2REV_ECLOSED;
+    err = (s->goaway_recv || s->state == H2R_S_DRAINING) && s->nstreams == 0 ? 0 : H2REV_ECLOSED;
   s_fail(s, err);
 }
 

@@ -49,16 +49,28 @@ static void x_done_run(h2r_xport_t *x) {
 }
 
 static void x_gather_flush(h2r_xport_t *x);
+static void x_tls_read(h2r_xport_t *x, const uint8_t *p, size_t n);
+static void x_alloc(uv_handle_t *h, size_t suggested, uv_buf_t *buf);
+static void x_read(uv_stream_t *s, ssize_t n, const uv_buf_t *buf);
 
-/* Runs before the poll phase: writes gathered since (in a timer's callback,
- * or in a check callback after ours) go out now, not after the poll. */
-static void x_done(uv_idle_t *h) {
-  uv_idle_stop(h);
-  x_gather_flush(h->data);
-  x_done_run(h->data);
+/* After the poll phase (the loop does not block in it while this is due):
+ * the turn's writes go out together, then the callbacks of those the socket
+ * took whole run; TLS records held while reading was paused are read. */
+static void x_work(void *arg) {
+  h2r_xport_t *x = arg;
+  x_gather_flush(x);
+  x_done_run(x);
+  if (x->resume_due) {
+    x->resume_due = false;
+    if (x->state == H2R_X_OPEN && x->reading) {
+      x_tls_read(x, (const uint8_t *)"", 0);
+      if (x->state == H2R_X_OPEN && x->reading) /* not paused again by what it read */
+        uv_read_start((uv_stream_t *)&x->tcp, x_alloc, x_read);
+    }
+  }
 }
 
-static void x_done_closed(uv_handle_t *h) {
+static void x_work_closed(uv_handle_t *h) {
   x_done_run(h->data); /* their bytes went out: 0, before on_close */
   x_handle_closed(h);
 }
@@ -70,8 +82,7 @@ void h2r_xport_close(h2r_xport_t *x) {
   x->state = H2R_X_CLOSING;
   uv_close((uv_handle_t *)&x->tcp, x_handle_closed);
   uv_close((uv_handle_t *)&x->timer, x_handle_closed);
-  uv_close((uv_handle_t *)&x->gather, x_handle_closed);
-  uv_close((uv_handle_t *)&x->done, x_done_closed);
+  h2r_defer_close(&x->work, x_work_closed); /* two handles */
 }
 
 static void x_addr_name(h2r_xport_t *x, const struct sockaddr *sa) {
@@ -212,13 +223,10 @@ static int x_init(h2r_xport_t *x, uv_loop_t *loop, SSL_CTX *ctx, bool server, un
    * can still take from its server, and that closes as any other. */
   uv_tcp_init(loop, &x->tcp);
   uv_timer_init(loop, &x->timer);
-  uv_idle_init(loop, &x->done);
-  uv_check_init(loop, &x->gather);
+  h2r_defer_init(loop, &x->work, x_work, x);
   x->tcp.data = x;
   x->timer.data = x;
-  x->done.data = x;
-  x->gather.data = x;
-  x->nhandles = 4;
+  x->nhandles = 4; /* tcp, timer, work's two */
   if (unref)
     h2r_xport_set_unref(x, true);
   x->rbuf = shared != NULL ? shared : malloc(ctx != NULL ? H2R_RBUF_SIZE : x->rbuf_len);
@@ -274,13 +282,12 @@ static void x_done_push(h2r_xport_t *x, h2r_xwrite_t *w, h2r_xwrite_cb cb) {
   w->status = 0;
   w->tls_out = NULL;
   x_wlist_append(&x->done_head, &x->done_tail, w);
-  uv_idle_start(&x->done, x_done);
+  h2r_defer_arm(&x->work);
 }
 
 /* Writes the gathered writes: what the socket takes at once from all of
  * them in one writev, the rest through libuv, in order. */
 static void x_gather_flush(h2r_xport_t *x) {
-  uv_check_stop(&x->gather);
   h2r_xwrite_t *w = x->g_head;
   if (w == NULL)
     return;
@@ -311,10 +318,6 @@ static void x_gather_flush(h2r_xport_t *x) {
     i = end;
     w = next;
   }
-}
-
-static void x_gather(uv_check_t *h) {
-  x_gather_flush(h->data);
 }
 
 /* obuf went out whole and is kept for the next flush. After a large burst
@@ -633,8 +636,7 @@ void h2r_xport_set_unref(h2r_xport_t *x, bool unref) {
     return;
   h2r_handle_ref(&x->tcp, unref);
   h2r_handle_ref(&x->timer, unref);
-  h2r_handle_ref(&x->done, unref);
-  h2r_handle_ref(&x->gather, unref);
+  h2r_defer_set_unref(&x->work, unref);
 }
 
 int h2r_xport_connect(h2r_xport_t *x, uv_loop_t *loop, const struct sockaddr *addr, SSL_CTX *ctx,
@@ -712,8 +714,7 @@ static int x_tcp_write(h2r_xport_t *x, h2r_xwrite_t *w, const uv_buf_t *bufs, un
     x_gather_flush(x);
     return 0;
   }
-  uv_check_start(&x->gather, x_gather);
-  uv_idle_start(&x->done, x_done); /* the poll phase must not block before it */
+  h2r_defer_arm(&x->work);
   return 0;
 }
 
@@ -769,12 +770,6 @@ int h2r_xport_write(h2r_xport_t *x, h2r_xwrite_t *w, const uv_buf_t *bufs, unsig
   return x_tls_flush(x, w, cb);
 }
 
-static void x_resume(uv_timer_t *t) {
-  h2r_xport_t *x = t->data;
-  if (x->state == H2R_X_OPEN && x->reading)
-    x_tls_read(x, (const uint8_t *)"", 0);
-}
-
 void h2r_xport_read_pause(h2r_xport_t *x, bool pause) {
   if (x->state == H2R_X_CLOSING || x->read_paused == pause)
     return;
@@ -782,13 +777,16 @@ void h2r_xport_read_pause(h2r_xport_t *x, bool pause) {
   x->reading = !pause;
   if (pause) {
     uv_read_stop((uv_stream_t *)&x->tcp);
+  } else if (x->ssl != NULL && x->state == H2R_X_OPEN &&
+             (SSL_pending(x->ssl) > 0 || x->in_len > 0)) {
+    /* TLS holds records that arrived while paused: they are read later in
+     * the turn (x_work), never inside whatever resumed us (the read buffer
+     * may be shared and in use), and the socket only after them (its EOF
+     * must not overtake them). */
+    x->resume_due = true;
+    h2r_defer_arm(&x->work);
   } else {
     uv_read_start((uv_stream_t *)&x->tcp, x_alloc, x_read);
-    /* TLS may hold records that arrived while paused: read them from a
-     * callback of their own, never inside whatever resumed us (the read
-     * buffer may be shared and in use). */
-    if (x->ssl != NULL && x->state == H2R_X_OPEN && (SSL_pending(x->ssl) > 0 || x->in_len > 0))
-      uv_timer_start(&x->timer, x_resume, 0, 0);
   }
 }
 
