@@ -74,7 +74,8 @@ struct h2r_h1c {
   bool corking;
   h1write_t *ck_head, **ck_tail;
   unsigned ck_niov;
-  h1write_t *cancelled; /* held writes of a dead connection, completed from the timer */
+  h1write_t *cancelled; /* held writes of a dead connection, completed from cancel */
+  h2r_later_t cancel;   /* on the server's deferred work */
 };
 
 struct h1write {
@@ -246,9 +247,10 @@ static void wrote(h1write_t *w, int status) {
 }
 
 /* Held writes of a connection that died: they complete (UV_ECANCELED) from
- * the timer, never inside the call that found the connection dead. */
-static void cancel_tick(uv_timer_t *t) {
-  h2r_h1c_t *c = t->data;
+ * the server's deferred work, never inside the call that found the
+ * connection dead. */
+static void cancel_run(h2r_later_t *l) {
+  h2r_h1c_t *c = H2R_CONTAINER_OF(l, h2r_h1c_t, cancel);
   h1write_t *m = c->cancelled;
   c->cancelled = NULL;
   while (m != NULL) {
@@ -265,8 +267,8 @@ static void cancel_held(h2r_h1c_t *c, h1write_t *list) {
   while (*tail != NULL)
     tail = &(*tail)->next;
   *tail = list;
-  if (c->timer_open)
-    uv_timer_start(&c->timer, cancel_tick, 0, 0);
+  c->cancel.fn = cancel_run;
+  h2r_defer_call(&c->srv->work, &c->cancel);
 }
 
 /* Writes what the cork held, as one write. */
@@ -483,6 +485,7 @@ static void c_unref(h2r_h1c_t *c) {
       *l = next;
     }
   c->ck_head = c->cancelled = NULL;
+  h2r_defer_uncall(&c->srv->work, &c->cancel);
   c->timer_open = false;
   uv_close((uv_handle_t *)&c->timer, timer_closed);
 }

@@ -27,18 +27,32 @@ static inline void h2r_handle_ref(void *h, bool unref) {
 
 /* -------------------------------------------------------------- defer.c */
 
+/* A call queued on another object's h2r_defer_t (h2r_defer_call), for an
+ * object that has none of its own: fn(l) runs once, on that defer's run. */
+typedef struct h2r_later {
+  struct h2r_later *next;
+  void (*fn)(struct h2r_later *l);
+  bool queued;
+} h2r_later_t;
+
 /* Work run later in this loop turn (libuv's check phase), never inside the
  * call that asked for it: cb(arg) once per arming, however many times it
- * was armed. */
+ * was armed, then the calls queued on it. */
 typedef struct h2r_defer {
   uv_check_t check;
   uv_idle_t idle; /* keeps the poll phase from blocking while work is due */
   void (*cb)(void *arg);
+  h2r_later_t *calls, **calls_tail;
+  unsigned ncalls;
   bool armed, closed;
 } h2r_defer_t;
 
 void h2r_defer_init(uv_loop_t *loop, h2r_defer_t *d, void (*cb)(void *arg), void *arg);
 void h2r_defer_arm(h2r_defer_t *d);
+/* Queues l (once, however many times) and arms d. The caller keeps d open
+ * while l may be queued, and takes l back (h2r_defer_uncall) before freeing it. */
+void h2r_defer_call(h2r_defer_t *d, h2r_later_t *l);
+void h2r_defer_uncall(h2r_defer_t *d, h2r_later_t *l);
 void h2r_defer_set_unref(h2r_defer_t *d, bool unref);
 /* Closes its two handles: close_cb runs twice, with handle->data arg. */
 void h2r_defer_close(h2r_defer_t *d, uv_close_cb close_cb);
