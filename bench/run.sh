@@ -833,6 +833,7 @@ if [ "$MODE" = full ]; then
   echo
   BIN=$BIN bash "$SRC/bench/many.sh" "${MANY:-10000}" || echo "(bench/many.sh failed: exit $?)"
   log "raw TCP: bench/run.sh --tcp --no-build"
+  echo
   bash "$0" --tcp --no-build ${REV:+--rev "$REV"} | tail -n +2 || echo "(bench/run.sh --tcp failed)"
 fi
 log "done in $(($(date +%s) - T0)) s"
