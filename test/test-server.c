@@ -1401,7 +1401,7 @@ TEST(http1_write_error_closes) {
 /* A client that never reads: the response's writes stop completing, and
  * after send_timeout_ms the exchange is cut (UV_ETIMEDOUT) and its
  * connection closed; a slow client that keeps reading is not. */
-#define FLOOD_CHUNK (256u << 10) /* 125 ms of the 2 MiB/s reader: well within 600 ms */
+#define FLOOD_CHUNK (256u << 10) /* ~80 ms of the slow reader below: well within 600 ms */
 #define FLOOD_TOTAL (64u << 20)
 static char flood_buf[FLOOD_CHUNK];
 static int flood_result, flood_done;
@@ -1473,13 +1473,37 @@ TEST(send_timeout_cuts_a_client_that_never_reads) {
   run_until(&e.loop, &conns_gone, 3000);
   uv_close((uv_handle_t *)&t, NULL);
 
-  /* 6 MiB to a client reading 2 MiB a second: slow, never stalled for 600 ms. */
+  /* 6 MiB to a client that reads 64 KiB every 20 ms (at most 3.2 MB/s): slow,
+   * never stalled for 600 ms. Not curl --limit-rate: it reads in bursts and
+   * then sleeps to keep its average, for longer than the limit under load. */
   total = 6u << 20;
   flood_done = 0;
-  snprintf(cmd, sizeof(cmd),
-           "curl -s --limit-rate 2M -o /dev/null -w '%%{http_code} %%{size_download}' "
-           "http://127.0.0.1:%d/flood",
-           e.port);
+  char script[600];
+  snprintf(script, sizeof(script), "%s/slow.py", e.dir);
+  FILE *f = fopen(script, "w");
+  ASSERT(f != NULL);
+  fprintf(f,
+          "import socket, time\n"
+          "s = socket.create_connection(('127.0.0.1', %d))\n"
+          "s.sendall(b'GET /flood HTTP/1.1\\r\\nHost: x\\r\\n\\r\\n')\n"
+          "d = b''\n"
+          "while b'\\r\\n\\r\\n' not in d:\n"
+          "    c = s.recv(65536)\n"
+          "    if not c: break\n"
+          "    d += c\n"
+          "head, _, body = d.partition(b'\\r\\n\\r\\n')\n"
+          "lines = head.decode().split('\\r\\n')\n"
+          "n = [int(l[15:]) for l in lines if l.lower()[:15] == 'content-length:'][0]\n"
+          "got = len(body)\n"
+          "while got < n:\n"
+          "    c = s.recv(65536)\n"
+          "    if not c: break\n"
+          "    got += len(c)\n"
+          "    time.sleep(0.02)\n"
+          "print(lines[0].split()[1], got, end='')\n",
+          e.port);
+  fclose(f);
+  snprintf(cmd, sizeof(cmd), "timeout 30 python3 %s", script);
   expect_out(&e, cmd, "200 6291456");
   run_until(&e.loop, &flood_done, 5000);
   ASSERT_EQ(flood_result, 0);
