@@ -336,6 +336,10 @@ struct h2r_session {
   uint8_t fr_hd[9];
   uint8_t fr_hn;
   bool fr_pad; /* the next byte is a padded DATA frame's pad length */
+  bool fr_wu;  /* a WINDOW_UPDATE's payload is being read */
+  uint8_t fr_wub[4];
+  uint8_t fr_wun;
+  uint64_t wu_owed; /* DATA bytes sent that no connection WINDOW_UPDATE returned yet */
 };
 
 /* Frames a peer may send in a row that carry nothing to act on (DATA with no
@@ -344,6 +348,14 @@ struct h2r_session {
  * CVE-2019-9513). A request's HEADERS or a byte of payload starts the count
  * again; past it the connection ends with ENHANCE_YOUR_CALM. */
 #define H2R_IDLE_FRAMES_MAX 1024
+
+/* A WINDOW_UPDATE asks for work when it returns window for DATA we sent
+ * and not yet returned, at least this much of it or all of it; one that
+ * enlarges a window, answers a closed stream or returns less counts among the
+ * frames that ask for nothing (H2R_IDLE_FRAMES_MAX). Peers return window in
+ * pieces of many sizes (nghttp2 at half the window, Go's http2 on each read
+ * of the body or every 4 KiB): only a run of 1024 slivers ends a connection. */
+#define H2R_WU_MIN_BYTES 32
 
 /* h2rev_http_server_options_t.send_timeout_ms's default (nginx's send_timeout). */
 #define H2R_SEND_TIMEOUT_MS 60000
@@ -422,6 +434,7 @@ struct h2rev_strm {
   size_t wcur_off;
   uint64_t queued, sent, acked; /* stream byte offsets */
   unsigned inflight;            /* transport writes holding our bytes */
+  uint32_t wu_owed;             /* DATA bytes sent that no WINDOW_UPDATE returned yet */
   h2rev_shutdown_t *shut_req;
   /* header block */
   char *hbuf;

@@ -172,6 +172,8 @@ static int cb_send_data(nghttp2_session *ng, nghttp2_frame *frame, const uint8_t
     return NGHTTP2_ERR_CALLBACK_FAILURE;
   b->niov = niov;
   b->bytes += length;
+  s->wu_owed += length;
+  st->wu_owed += (uint32_t)length; /* within the peer's window: < 2^31 */
   if (b->nrefs > 0 && b->refs[b->nrefs - 1].st == st) {
     b->refs[b->nrefs - 1].n += length;
   } else {
@@ -524,10 +526,37 @@ static void x_on_open(h2r_xport_t *x, int status) {
 static void idle_frame(h2r_session_t *s) {
   if (++s->idle_frames != H2R_IDLE_FRAMES_MAX + 1)
     return;
-  h2r_log_limited(s->log, &s->rl, s->loop, H2REV_LOG_WARN,
-                  "%s: %u frames in a row with nothing to do (empty DATA, PRIORITY): closing",
-                  s->x.peer, s->idle_frames);
+  h2r_log_limited(
+      s->log, &s->rl, s->loop, H2REV_LOG_WARN,
+      "%s: %u frames in a row with nothing to do (empty DATA, PRIORITY, WINDOW_UPDATE): closing",
+      s->x.peer, s->idle_frames);
   nghttp2_session_terminate_session(s->ng, NGHTTP2_ENHANCE_YOUR_CALM);
+}
+
+/* A WINDOW_UPDATE (frame header hd, payload wu) returns window for DATA we
+ * sent (H2R_WU_MIN_BYTES): the connection's and the stream's bytes owed go
+ * down, and it counts as a frame that asked for work; one for bytes never
+ * sent (a window enlarged, a stream already closed) or a sliver of what is
+ * owed asks for nothing. */
+static void window_update(h2r_session_t *s, const uint8_t *hd, const uint8_t *wu) {
+  uint32_t id =
+      ((uint32_t)hd[5] << 24 | (uint32_t)hd[6] << 16 | (uint32_t)hd[7] << 8 | hd[8]) & 0x7fffffffu;
+  uint32_t inc =
+      ((uint32_t)wu[0] << 24 | (uint32_t)wu[1] << 16 | (uint32_t)wu[2] << 8 | wu[3]) & 0x7fffffffu;
+  uint64_t owed;
+  if (id == 0) {
+    owed = s->wu_owed;
+    s->wu_owed -= H2R_MIN(owed, inc);
+  } else {
+    h2r_strm_t *st = strm_of(s, (int32_t)id);
+    owed = st != NULL ? st->wu_owed : 0;
+    if (st != NULL)
+      st->wu_owed -= (uint32_t)H2R_MIN(owed, inc);
+  }
+  if (owed > 0 && (inc >= H2R_WU_MIN_BYTES || inc >= owed))
+    s->idle_frames = 0;
+  else
+    idle_frame(s);
 }
 
 /* Counts the peer's frames that ask for nothing (H2R_IDLE_FRAMES_MAX) from
@@ -536,6 +565,19 @@ static void idle_frame(h2r_session_t *s) {
 static void idle_scan(h2r_session_t *s, const uint8_t *p, size_t n) {
   while (n > 0) {
     if (s->fr_skip > 0) {
+      if (s->fr_wu) {
+        size_t k = H2R_MIN(n, sizeof(s->fr_wub) - s->fr_wun);
+        memcpy(s->fr_wub + s->fr_wun, p, k);
+        s->fr_wun += (uint8_t)k;
+        p += k;
+        n -= k;
+        s->fr_skip -= (uint32_t)k;
+        if (s->fr_wun == sizeof(s->fr_wub)) {
+          s->fr_wu = false;
+          window_update(s, s->fr_hd, s->fr_wub);
+        }
+        continue;
+      }
       if (s->fr_pad) {
         s->fr_pad = false;
         if ((uint32_t)p[0] + 1 < s->fr_len)
@@ -574,7 +616,10 @@ static void idle_scan(h2r_session_t *s, const uint8_t *p, size_t n) {
       idle_frame(s);
     } else if (type == NGHTTP2_HEADERS) {
       s->idle_frames = 0;
-    } /* SETTINGS, PING, RST_STREAM, WINDOW_UPDATE: nghttp2 limits those */
+    } else if (type == NGHTTP2_WINDOW_UPDATE && len == 4) {
+      s->fr_wu = true;
+      s->fr_wun = 0;
+    } /* SETTINGS, PING, RST_STREAM: nghttp2 limits those */
   }
 }
 

@@ -51,7 +51,7 @@ ok "$N abandoned and malformed requests per id in cleartext: the dialer serves o
 
 # Raw HTTP/2 floods no client library sends: each connection must be closed by the
 # dialer, long before the 5 s the script would go on for.
-for sc in continuation ping settings empty-data padded-data priority reset-frames; do
+for sc in continuation ping settings empty-data padded-data priority window-update reset-frames; do
   got=$(python3 "$SRC/test/h2flood.py" "$sc" 127.0.0.1 "$CP" /proxy/app/index.html 5)
   case "$got" in
     "$sc closed "*) ;;
@@ -61,6 +61,14 @@ for sc in continuation ping settings empty-data padded-data priority reset-frame
 done
 [ "$(curl -sS --http2-prior-knowledge "http://127.0.0.1:$CP/proxy/app/index.html")" = \
   "hello through the tunnel" ] || fail "after the HTTP/2 floods: no answer"
+# Not a flood: WINDOW_UPDATEs are counted against the DATA sent, so a client that
+# returns the window of a 20 MB download in 1 KiB pieces (two updates per KiB) is served.
+got=$(python3 "$SRC/test/h2flood.py" window-download 127.0.0.1 "$CP" /proxy/app/bytes/20000000 30)
+case "$got" in
+  "window-download done 20000000 "*) ;;
+  *) fail "a download whose window returns in 1 KiB pieces: $got (want 20000000 bytes)" ;;
+esac
+ok "a 20 MB download with $(echo "$got" | cut -d' ' -f4) WINDOW_UPDATEs from its client: whole"
 # A client that asks for 50 large responses and leaves its window at 0: each would
 # hold a reverse connection and an upstream connection for ever.
 got=$(python3 "$SRC/test/h2flood.py" slow-read 127.0.0.1 "$CP" /proxy/app/bytes/1000000 10)
@@ -68,7 +76,7 @@ case "$got" in
   "slow-read reset 50 "*) ;;
   *) fail "a client that never opens its window: $got (want its 50 streams cut, --send-timeout 1500)" ;;
 esac
-ok "HTTP/2 floods (CONTINUATION, PING, SETTINGS, empty and padding-only DATA, PRIORITY, RST_STREAM): each connection closed; a window left at 0: cut after --send-timeout ($got s); the dialer serves on"
+ok "HTTP/2 floods (CONTINUATION, PING, SETTINGS, empty and padding-only DATA, PRIORITY, WINDOW_UPDATE, RST_STREAM): each connection closed; a window left at 0: cut after --send-timeout ($got s); the dialer serves on"
 
 # ------------------------------------------------------------ the limits
 # A third dialer with small limits, its own listener.

@@ -12,6 +12,12 @@ usage: h2flood.py SCENARIO HOST PORT PATH [SECONDS]
   priority      PRIORITY frames for a million idle streams (CVE-2019-9513)
   window-update WINDOW_UPDATE frames of 1 byte without end
   reset-frames  RST_STREAM frames for streams that never existed
+  window-download  not a flood: GET PATH and return the window of every DATA
+                frame received in 1 KiB WINDOW_UPDATEs, to the stream and to
+                the connection (a client that returns window in small
+                pieces); prints "window-download done <bytes> <updates>"
+                once the response has ended, "window-download closed ..." if
+                the server closed the connection first
   slow-read     INITIAL_WINDOW_SIZE 0, then 50 GETs of PATH, never a
                 WINDOW_UPDATE: the responses can never be sent; reads what
                 comes until every stream is reset or SECONDS have passed and
@@ -137,12 +143,52 @@ def slow_read(s, host, port, path, seconds):
     print("slow-read %s %d %.1f" % (word, len(reset), time.monotonic() - t0))
 
 
+def window_download(s, host, port, path, seconds):
+    s.sendall(PREFACE + frame(4, 0, 0, b"") +
+              frame(1, 0x5, 1, request(host, port, "GET", path)))
+    s.settimeout(seconds)
+    buf, got, updates, word = b"", 0, 0, "closed"
+    t0 = time.monotonic()
+    while time.monotonic() - t0 < seconds:
+        more = s.recv(65536)
+        if not more:
+            break
+        buf += more
+        out = []
+        ended = False
+        while len(buf) >= 9 and len(buf) >= 9 + int.from_bytes(buf[:3], "big"):
+            n = int.from_bytes(buf[:3], "big")
+            ftype, flags = buf[3], buf[4]
+            stream = int.from_bytes(buf[5:9], "big") & 0x7FFFFFFF
+            buf = buf[9 + n:]
+            if ftype == 4 and not flags & 1:
+                out.append(frame(4, 1, 0, b""))
+            elif ftype == 0 and stream == 1:
+                got += n
+                for k in range(0, n, 1024):
+                    piece = struct.pack(">I", min(1024, n - k))
+                    out.append(frame(8, 0, 1, piece) + frame(8, 0, 0, piece))
+                    updates += 2
+            elif ftype in (3, 7):
+                ended = True
+            if stream == 1 and ftype in (0, 1) and flags & 1:
+                word, ended = "done", True
+        if out:
+            s.sendall(b"".join(out))
+        if ended:
+            break
+    print("window-download %s %d %d" % (word, got, updates))
+
+
 def main():
     scenario, host, port, path = sys.argv[1], sys.argv[2], int(sys.argv[3]), sys.argv[4]
     seconds = float(sys.argv[5]) if len(sys.argv) > 5 else 10.0
     s = socket.create_connection((host, port), timeout=10)
     if scenario == "slow-read":
         slow_read(s, host, port, path, seconds)
+        return
+    if scenario == "window-download":
+        window_download(s, host, port, path, seconds)
         return
     s.sendall(PREFACE + frame(4, 0, 0, b""))
     s.settimeout(seconds + 5)
