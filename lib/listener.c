@@ -115,7 +115,6 @@ struct h2r_listener {
   uv_getaddrinfo_t gai;
   bool gai_busy;
   uv_timer_t retry;
-  h2r_defer_t kick; /* announces ready streams outside nghttp2's callbacks */
   uv_timer_t probe; /* the current connection's refusal body or proof */
   lconn_t *conn;
   lconn_t *conns; /* every live connection, conn among them */
@@ -132,8 +131,11 @@ struct h2r_listener {
   bool started;
   bool closing;
   int handles;
-  /* on_state runs from here, never inside the call that caused it */
-  h2r_defer_t state_work;
+  /* What runs later in the turn, never inside the call that caused it
+   * (work_fire): on_state for the states queued, then the asks held back at
+   * max_streams and the announcements of ready streams (outside nghttp2's
+   * callbacks). */
+  h2r_defer_t work;
   struct {
     int state, err;
     unsigned delay;
@@ -180,7 +182,6 @@ struct h2r_listeners {
 
 static void connect_now(h2r_listener_t *l);
 static void open_data(h2r_listener_t *l);
-static void kick_fire(void *arg);
 /* The group's side of an attachment's events. */
 static void group_state(h2r_listener_t *l, int state, int err, unsigned delay);
 static void group_ready(h2r_listener_t *l);
@@ -190,16 +191,20 @@ static void group_replicas(h2r_listener_t *l, unsigned n);
 
 static void handle_closed(uv_handle_t *h);
 
-static void state_fire(void *arg) {
+static void kick(h2r_listener_t *l);
+
+static void work_fire(void *arg) {
   h2r_listener_t *l = arg;
   /* A callback may cause (or close, which queues) more: they run here too. */
   for (unsigned i = 0; i < l->nstates; i++)
     group_state(l, l->states[i].state, l->states[i].err, l->states[i].delay);
   l->nstates = 0;
-  if (l->closing && !l->state_closed) {
+  if (!l->closing) {
+    kick(l);
+  } else if (!l->state_closed) {
     /* STOPPED, queued by the close, has run: the close may complete. */
     l->state_closed = true;
-    h2r_defer_close(&l->state_work, handle_closed);
+    h2r_defer_close(&l->work, handle_closed);
   }
 }
 
@@ -215,7 +220,7 @@ static void set_state(h2r_listener_t *l, int state, int err, unsigned delay) {
   l->states[l->nstates].err = err;
   l->states[l->nstates].delay = delay;
   l->nstates++;
-  h2r_defer_arm(&l->state_work);
+  h2r_defer_arm(&l->work);
 }
 
 /* ------------------------------------------------------------- headers */
@@ -281,7 +286,7 @@ static void ready_push(h2r_listener_t *l, h2r_strm_t *st) {
   l->ready_tail = st;
   l->nready++;
   l->unannounced++;
-  h2r_defer_arm(&l->kick);
+  h2r_defer_arm(&l->work);
 }
 
 static bool parked(h2r_listener_t *l, h2r_strm_t *st) {
@@ -308,8 +313,7 @@ static void unpark(h2r_listener_t *l, h2r_strm_t *st) {
 
 static bool room_for_data(const h2r_listener_t *l, const lconn_t *c);
 
-static void kick_fire(void *arg) {
-  h2r_listener_t *l = arg;
+static void kick(h2r_listener_t *l) {
   lconn_t *c = l->conn;
   while (c != NULL && c->deferred > 0 && room_for_data(l, c)) {
     c->deferred--;
@@ -1041,12 +1045,12 @@ static void conn_close(h2r_session_t *s) {
 }
 
 /* A stream of c is gone: an ask held back at max_streams may go out, from
- * the kick timer (not inside the stream's own teardown). */
+ * the deferred work (not inside the stream's own teardown). */
 static void conn_stream_freed(h2r_session_t *s) {
   lconn_t *c = s->owner;
   h2r_listener_t *l = c->l;
   if (l != NULL && c->deferred > 0 && l->conn == c && !l->closing)
-    h2r_defer_arm(&l->kick);
+    h2r_defer_arm(&l->work);
 }
 
 static const h2r_session_cbs conn_cbs = {conn_open,  conn_request, conn_dead,
@@ -1264,20 +1268,18 @@ static int slot_init(h2r_listeners_t *g, const char *url, const h2rev_listener_o
 /* After slot_init: from here on it is freed by closing (slot_close). */
 static void slot_handles_init(h2r_listener_t *l) {
   uv_timer_init(l->loop, &l->retry);
-  h2r_defer_init(l->loop, &l->kick, kick_fire, l);
   uv_timer_init(l->loop, &l->probe);
   l->probe.data = l;
-  h2r_defer_init(l->loop, &l->state_work, state_fire, l);
+  h2r_defer_init(l->loop, &l->work, work_fire, l);
   l->retry.data = l;
-  l->handles = 6; /* a defer is two handles */
+  l->handles = 4; /* a defer is two handles */
 }
 
 static void slot_set_unref(h2r_listener_t *l, bool unref) {
   l->unref = unref;
   h2r_handle_ref(&l->retry, unref);
-  h2r_defer_set_unref(&l->kick, unref);
   h2r_handle_ref(&l->probe, unref);
-  h2r_defer_set_unref(&l->state_work, unref);
+  h2r_defer_set_unref(&l->work, unref);
   if (l->draining)
     h2r_handle_ref(&l->drain_timer, unref);
   for (lconn_t *c = l->conns; c != NULL; c = c->next)
@@ -1360,7 +1362,6 @@ static void slot_close(h2r_listener_t *l) {
   if (l->gai_busy)
     uv_cancel((uv_req_t *)&l->gai);
   uv_close((uv_handle_t *)&l->retry, handle_closed);
-  h2r_defer_close(&l->kick, handle_closed);
   uv_close((uv_handle_t *)&l->probe, handle_closed);
   if (l->draining && !uv_is_closing((uv_handle_t *)&l->drain_timer))
     uv_timer_start(&l->drain_timer, drain_tick, 0, 0); /* closes it, drain or not */
