@@ -267,7 +267,6 @@ static void cancel_held(h2r_h1c_t *c, h1write_t *list) {
   while (*tail != NULL)
     tail = &(*tail)->next;
   *tail = list;
-  c->cancel.fn = cancel_run;
   h2r_defer_call(&c->srv->work, &c->cancel);
 }
 
@@ -1025,6 +1024,7 @@ static h2r_h1c_t *c_new(h2r_server_t *srv, const h1io_t *io, const char *peer, c
   c->peer = peer;
   c->scheme = scheme;
   c->refs = 1;
+  c->cancel.fn = cancel_run;
   c->ck_tail = &c->ck_head;
   c->hb.max = srv->o.max_header_bytes;
   llhttp_settings_init(&c->settings);
