@@ -106,6 +106,10 @@ typedef struct uconn {
   bool dropping;                      /* and some were (logged once) */
   bool idle;                          /* waiting for the next request on the reverse connection */
   bool resp_ka;                       /* the response keeps the connection alive */
+  bool replayable;                    /* the request may go again (retry_fresh) */
+  bool reused;                        /* its upstream connection came from the pool */
+  bool retried;                       /* and went again on a new one */
+  struct uwrite *replay;              /* the head sent, kept until the response starts */
   struct uwrite *early, **early_tail; /* the rewritten head and what followed it */
   size_t to_x, to_s;                  /* bytes queued each way */
   uint64_t last_io;                   /* upgraded: when a byte last moved either way */
@@ -133,6 +137,9 @@ typedef struct uwrite {
   size_t len;
   size_t cap;   /* of data; READ_BUF: a recycled buffer */
   bool consume; /* read from the stream: its window returns once written */
+  bool busy;    /* written, the write not completed */
+  bool hold;    /* uconn_t.replay owns it: its write's completion keeps it */
+  bool stale;   /* written to a connection given up for a retry */
   char data[];
 } uwrite_t;
 
@@ -229,6 +236,7 @@ static void uc_release(uconn_t *c) {
   h2r_upstream_t *u = c->u;
   h2rev_stream_t *s = c->s;
   h2rev_close_cb done = c->done;
+  free(c->replay); /* no write is in flight once nothing holds c */
   while (c->early != NULL) {
     uwrite_t *w = c->early;
     c->early = w->next;
@@ -317,6 +325,8 @@ static uwrite_t *uw_new(h2r_upstream_t *u, size_t n) {
   } else if ((w = h2r_bufcache_get(&u->bufs)) != NULL) {
     w->cap = READ_BUF;
   }
+  if (w != NULL)
+    w->busy = w->hold = w->stale = false;
   return w;
 }
 
@@ -362,14 +372,22 @@ static void send_s(uconn_t *c, const char *p, size_t n) {
   }
 }
 
+static bool retry_fresh(uconn_t *c);
+
 static void to_x_done(h2r_xwrite_t *xw, int status) {
   uwrite_t *w = H2R_CONTAINER_OF(xw, uwrite_t, w.xw);
+  if (w->stale) { /* the exchange has moved on, and may be gone: c is not touched */
+    free(w);
+    return;
+  }
   uconn_t *c = w->c;
   c->to_x -= w->len;
   if (w->consume && !c->closing)
     h2r_strm_consume(c->s, w->len); /* the dialer may send as much again */
-  wfree(c->u, w);
-  if (status != 0 && status != UV_ECANCELED)
+  w->busy = false;
+  if (!w->hold)
+    wfree(c->u, w);
+  if (status != 0 && status != UV_ECANCELED && !retry_fresh(c))
     uc_close(c);
   else if (status == 0 && !c->closing && !c->s_eof && c->to_x < HIGH_WATER / 2)
     h2rev_stream_read_start(c->s, uc_alloc, uc_read);
@@ -382,6 +400,7 @@ static void send_x(uconn_t *c, uwrite_t *w, size_t n, bool consume) {
   w->c = c;
   w->len = n;
   w->consume = consume;
+  w->busy = true;
   c->to_x += n;
   uv_buf_t b = uv_buf_init(w->data, (unsigned)n);
   if (h2r_xport_write(&c->pc->x, &w->w.xw, &b, 1, to_x_done) != 0) {
@@ -423,6 +442,62 @@ static void uc_fail(uconn_t *c, int err, const char *why) {
 
 /* ----------------------------------------------------------- upstream */
 
+/* The response has started (or the exchange is over): no retry. */
+static void replay_drop(uconn_t *c) {
+  uwrite_t *w = c->replay;
+  if (w == NULL)
+    return;
+  c->replay = NULL;
+  w->hold = false;
+  if (!w->busy) /* else its write's completion frees it */
+    wfree(c->u, w);
+}
+
+static void start_upstream(uconn_t *c, bool pooled);
+
+/* An upstream may close an idle connection of ours at any moment (its
+ * keep-alive timeout) and our request can cross its FIN: a connection from
+ * the pool that ends before a byte of the response came gets the request
+ * once more on a new connection, when that request is all in its head and
+ * safe to repeat (GET, HEAD, OPTIONS, TRACE, or an Idempotency-Key: what
+ * Go's transport retries), nothing after it. Once only. */
+static bool retry_fresh(uconn_t *c) {
+  if (c->replay == NULL || c->spill || c->acc.first != 0 || c->resp_done || c->closing ||
+      c->x_eof || c->pc == NULL)
+    return false;
+  uwrite_t *w = c->replay;
+  if (c->to_x != (w->busy ? w->len : 0))
+    return false; /* other bytes in flight to the old connection */
+  if (w->busy) {  /* its write still in flight: the old connection's, freed by its completion */
+    uwrite_t *copy = malloc(sizeof(*copy) + w->len);
+    if (copy == NULL)
+      return false;
+    memcpy(copy, w, sizeof(*copy) + w->len);
+    w->stale = true;
+    c->to_x -= w->len;
+    w = copy;
+    w->busy = false;
+  }
+  c->replay = NULL;
+  w->hold = false;
+  upconn_t *pc = c->pc;
+  c->pc = NULL;
+  pc->c = NULL;
+  h2r_xport_close(&pc->x);
+  w->next = c->early; /* nothing else is there: the request has no body */
+  if (c->early == NULL)
+    c->early_tail = &w->next;
+  c->early = w;
+  c->x_open = false;
+  c->retried = true;
+  H2R_DEBUG(&c->u->log,
+            "upstream %s: a connection from the pool closed before the response: "
+            "the request goes again on a new one",
+            c->u->authority);
+  start_upstream(c, false);
+  return true;
+}
+
 static void pool_unlink(h2r_upstream_t *u, upconn_t *pc) {
   for (upconn_t **p = &u->idle; *p != NULL; p = &(*p)->next)
     if (*p == pc) {
@@ -461,6 +536,10 @@ static void uc_opened(uconn_t *c) {
   while (c->early != NULL && !c->closing) {
     uwrite_t *w = c->early; /* as it was built: no copy */
     c->early = w->next;
+    if (c->replayable && c->reused && !c->retried && !c->spill && c->replay == NULL) {
+      w->hold = true; /* the head, all there is: kept for a retry */
+      c->replay = w;
+    }
     send_x(c, w, w->len, false);
   }
   c->early_tail = &c->early;
@@ -510,12 +589,14 @@ static void next_request(uconn_t *c) {
     pc->c = NULL;
     h2r_xport_close(&pc->x);
   }
+  replay_drop(c);
   c->idle = true;
   llhttp_init(&c->parser, HTTP_REQUEST, &c->settings);
   llhttp_init(&c->rparser, HTTP_RESPONSE, &c->rsettings);
   c->parser.data = c->rparser.data = c;
   h2r_hbuf_reset(&c->hb);
   c->head_req = c->raw = c->req_done = c->resp_done = c->spill = c->resp_ka = false;
+  c->replayable = c->reused = c->retried = false;
   c->parsed = c->x_open = c->x_eof = false;
   uv_timer_start(&c->linger, stream_idle, STREAM_IDLE_MS, 0);
   int r = h2rev_stream_read_start(c->s, uc_alloc, uc_read);
@@ -596,8 +677,10 @@ static void x_read(h2r_xport_t *x, const uint8_t *p, size_t n) {
   if (c->closing || c->x_eof)
     return;
   c->last_io = uv_now(c->u->loop);
-  if (c->acc.first == 0)
+  if (c->acc.first == 0) {
     c->acc.first = uv_hrtime();
+    replay_drop(c);
+  }
   size_t take = n;
   if (!c->raw) {
     llhttp_errno_t e = llhttp_execute(&c->rparser, (const char *)p, n);
@@ -632,7 +715,7 @@ static void x_error(h2r_xport_t *x, int err) {
     h2r_xport_close(x);
     return;
   }
-  if (c->closing || c->x_eof)
+  if (c->closing || c->x_eof || retry_fresh(c))
     return;
   if (err != UV_EOF) {
     H2R_DEBUG(&c->u->log, "upstream %s: %s", c->u->authority, h2rev_strerror(err));
@@ -841,6 +924,21 @@ static void uc_refuse(uconn_t *c, const char *why) {
     end_stream(c);
 }
 
+/* RFC 9110 9.2.2: methods a client may repeat on its own; a request with
+ * an Idempotency-Key says so of itself. */
+static bool replayable(const char *method, const h2r_hbuf_t *hb) {
+  if (strcmp(method, "GET") == 0 || strcmp(method, "HEAD") == 0 || strcmp(method, "OPTIONS") == 0 ||
+      strcmp(method, "TRACE") == 0)
+    return true;
+  for (unsigned i = 0; i < hb->n; i++) {
+    h2r_kv_t kv = h2r_hbuf_kv(hb, i);
+    if ((kv.nl == 15 && strncasecmp(kv.name, "idempotency-key", 15) == 0) ||
+        (kv.nl == 17 && strncasecmp(kv.name, "x-idempotency-key", 17) == 0))
+      return true;
+  }
+  return false;
+}
+
 static int on_headers_complete(llhttp_t *h) {
   uconn_t *c = h->data;
   h2r_upstream_t *u = c->u;
@@ -883,6 +981,7 @@ static int on_headers_complete(llhttp_t *h) {
   if (k == NULL)
     return -1;
   k->cap = 0; /* not recycled */
+  k->busy = k->hold = k->stale = false;
   h2r_out_t o = {k->data, 0, cap, false};
   h2r_out_put(&o, method, strlen(method));
   H2R_OUT_LIT(&o, " ");
@@ -929,6 +1028,7 @@ static int on_headers_complete(llhttp_t *h) {
   *c->early_tail = k;
   c->early_tail = &k->next;
   c->parsed = true;
+  c->replayable = !c->raw && c->req_done && replayable(method, hb);
   return HPE_PAUSED; /* the rest passes through as it is */
 }
 
@@ -971,9 +1071,10 @@ static int on_resp_complete(llhttp_t *h) {
   return HPE_PAUSED;
 }
 
-static void start_upstream(uconn_t *c) {
+static void start_upstream(uconn_t *c, bool pooled) {
   h2r_upstream_t *u = c->u;
-  upconn_t *pc = c->raw ? NULL : pool_get(u);
+  upconn_t *pc = c->raw || !pooled ? NULL : pool_get(u);
+  c->reused = pc != NULL;
   if (pc != NULL) {
     pc->c = c;
     c->pc = pc;
@@ -1004,6 +1105,7 @@ static void keep(uconn_t *c, const char *p, size_t n) {
     return;
   }
   k->cap = 0;
+  k->busy = k->hold = k->stale = false;
   memcpy(k->data, p, n);
   k->len = n;
   k->next = NULL;
@@ -1080,7 +1182,7 @@ static void uc_read(h2rev_stream_t *s, ssize_t n, const uv_buf_t *buf) {
     keep(c, rest, left);
     wfree(c->u, w);
     h2rev_stream_read_stop(s);
-    start_upstream(c);
+    start_upstream(c, true);
     return;
   }
   wfree(c->u, w);

@@ -64,6 +64,34 @@ after=$(grep -c "request 1 on this reverse connection" "$WORK/listener-reuse.log
 [ "$(tcurl -f "$(tunnel reuse)/bytes/7" | wc -c)" = 7 ] || fail "a request after the closes"
 ok "a response with Connection: close ends its reverse connection ($((after - before)) new streams for 8)"
 
+# An upstream that closes a kept-alive connection as the next request arrives (its
+# keep-alive timeout ran out): a request safe to repeat goes again on a new connection,
+# one that is not (a POST) gets the 502 of the connection lost.
+mkdir -p "$WORK/flaky"
+python3 "$SRC/test/upstream.py" --dir "$WORK/www" --port-file "$WORK/flaky.port" --one-per-conn \
+  2> "$WORK/flaky-upstream.log" &
+PIDS+=($!)
+wait_for test -s "$WORK/flaky.port" || fail "the flaky upstream did not start"
+"$BIN/h2rev-listener" --url "https://127.0.0.1:$DIALER_PORT" --id flaky \
+  --ca "$WORK/h2rev-dialer.crt" --upstream "http://127.0.0.1:$(cat "$WORK/flaky.port")" \
+  --log-level debug 2>> "$WORK/listener-flaky.log" &
+PIDS+=($!)
+wait_for tcurl -f -o /dev/null "$(tunnel flaky)/index.html" || fail "flaky listener"
+for i in $(seq 1 6); do
+  [ "$(tcurl -f "$(tunnel flaky)/bytes/$i" | wc -c)" = "$i" ] ||
+    fail "GET $i on a connection the upstream closes: not answered"
+done
+[ "$(tcurl -f -I -o /dev/null -w '%{http_code}' "$(tunnel flaky)/bytes/9")" = 200 ] ||
+  fail "HEAD on a connection the upstream closes: not answered"
+code=$(tcurl -o /dev/null -w '%{http_code}' -X POST -H 'Content-Length: 0' "$(tunnel flaky)/sha")
+[ "$code" = 502 ] || fail "POST on a connection the upstream closes: $code, want 502 (not repeated)"
+tcurl -f -o /dev/null "$(tunnel flaky)/bytes/1" || fail "GET after the POST" # a connection for the pool
+[ "$(tcurl -f -X POST -H 'Idempotency-Key: k1' -H 'Content-Length: 0' "$(tunnel flaky)/sha" | cut -d' ' -f1)" = 0 ] ||
+  fail "POST with an Idempotency-Key on a connection the upstream closes: not answered"
+retries=$(grep -c "closed before the response: the request goes again" "$WORK/listener-flaky.log")
+[ "$retries" = 8 ] || fail "8 requests safe to repeat on closed pooled connections: $retries retried"
+ok "an upstream closing kept-alive connections: GET and HEAD ($retries retries) and a POST with an Idempotency-Key answered, a plain POST 502"
+
 start_listener keep --keep-host
 wait_for tcurl -f "$(tunnel keep)/index.html" || fail "keep-host listener"
 hdrs=$(tcurl -f "$(tunnel keep)/headers")

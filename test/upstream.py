@@ -16,6 +16,9 @@ anything else        files from --dir
 With --echo, every request is answered 200 with what the upstream received:
 the request line, the headers, and for a request with a body a line
 "body: <length> <sha256>" and its chunked trailers, if any.
+With --one-per-conn, a connection answers its first request (keeping the
+connection alive) and closes without an answer when a second one comes: an
+upstream whose keep-alive timeout ran out as the request arrived.
 """
 import argparse
 import base64
@@ -45,9 +48,14 @@ class Handler(http.server.SimpleHTTPRequestHandler):
 
     def setup(self):
         Handler.connections += 1
+        self.served = 0
         super().setup()
 
     def parse_request(self):
+        if self.server.one_per_conn and self.served > 0:
+            self.close_connection = True
+            return False
+        self.served += 1
         if not super().parse_request():
             return False
         with Handler.counts_lock:
@@ -256,6 +264,7 @@ def main():
     ap.add_argument("--tls-cert")
     ap.add_argument("--tls-key")
     ap.add_argument("--echo", action="store_true")
+    ap.add_argument("--one-per-conn", action="store_true")
     a = ap.parse_args()
     # As many header fields as a listener passes on (http.client stops at 100).
     http.client._MAXHEADERS = 1000
@@ -264,6 +273,7 @@ def main():
     http.server.ThreadingHTTPServer.request_queue_size = 256
     srv = http.server.ThreadingHTTPServer(("127.0.0.1", a.port), Handler)
     srv.echo = a.echo
+    srv.one_per_conn = a.one_per_conn
     if a.tls_cert:
         import ssl
         ctx = ssl.SSLContext(ssl.PROTOCOL_TLS_SERVER)
