@@ -112,7 +112,7 @@ ratio() { awk -v a="$1" -v b="$2" 'BEGIN {if (a == "" || b == "" || b + 0 == 0) 
 ge() { awk -v a="$1" -v b="$2" 'BEGIN {exit !(a != "-" && a + 0 >= b + 0)}'; }
 le() { awk -v a="$1" -v b="$2" 'BEGIN {exit !(a != "-" && a + 0 <= b + 0)}'; }
 pf() { if "$@"; then echo PASS; else echo FAIL; fi; }
-median() { tr ' ' '\n' | grep -v '^$' | sort -g | awk '{v[NR] = $1} END {if (NR) print v[int((NR + 1) / 2)]; else print "-"}'; }
+median() { tr ' ' '\n' | awk 'NF' | sort -g | awk '{v[NR] = $1} END {if (NR) print v[int((NR + 1) / 2)]; else print "-"}'; }
 
 # ---------------------------------------------------------------------------- build
 if [ -n "$REV" ]; then
@@ -569,10 +569,11 @@ for kind in download upload; do
     [ "$kind" = download ] && xfer refb "$REFB_URL/big.bin" download "$i"
   done
   log "$kind ref: ${M[ref-$kind]:- none} MiB/s; h2rev: ${M[h2rev-$kind]:- none} MiB/s${M[refb-$kind]:+; ref with the default nginx buffering:${M[refb-$kind]} MiB/s}"
-  log "$kind CPU ms: ref nginx worker:${M[ref-$kind-cpu]:- none}; h2rev dialer:${M[h2rev-$kind-cpud]:- none}, listener:${M[h2rev-$kind-cpul]:- none}"
+  log "$kind CPU ms: ref nginx worker:${M[ref-$kind-cpu]:- none}${M[refb-$kind-cpu]:+ (default buffering:${M[refb-$kind-cpu]})}; h2rev dialer:${M[h2rev-$kind-cpud]:- none}, listener:${M[h2rev-$kind-cpul]:- none}"
 done
 R_DL=$(med ref-download) X_DL=$(med h2rev-download) RB_DL=$(med refb-download)
 R_UL=$(med ref-upload) X_UL=$(med h2rev-upload)
+C[refb-download-cpu]=$(med refb-download-cpu)
 for k in download upload; do
   for v in ref-$k-cpu h2rev-$k-cpu h2rev-$k-cpud h2rev-$k-cpul; do C[$v]=$(med "$v"); done
 done
@@ -792,6 +793,8 @@ P_SUM=$((P_D + P_L))
     row "$k: CPU of the proxy per transfer (median), ms: nginx worker; dialer + listener" "${C[ref-$k-cpu]}" \
       "${C[h2rev-$k-cpu]} (${C[h2rev-$k-cpud]} + ${C[h2rev-$k-cpul]})" "$(ratio "${C[h2rev-$k-cpu]}" "${C[ref-$k-cpu]}")" "-" "-"
   done
+  row "download: CPU per transfer (median), ms: nginx worker with its default proxy buffering; dialer + listener" \
+    "${C[refb-download-cpu]}" "${C[h2rev-download-cpu]}" "$(ratio "${C[h2rev-download-cpu]}" "${C[refb-download-cpu]}")" "-" "-"
   row "peak RSS under load (VmHWM), MiB: dialer + listener" "nginx worker $(mib "$P_R")" \
     "$(mib "$P_SUM") ($(mib "$P_D") + $(mib "$P_L"))" "-" "≤ 32 MiB" "$(pf le "$P_SUM" $((32 << 10)))"
   row "RSS growth, requests $FIRST → $LONG (dialer + listener)" "-" \

@@ -107,6 +107,16 @@ def frames(scenario, host, port, path):
 SLOW_STREAMS = 50
 
 
+def parse_frames(buf):
+    """The whole frames at the start of buf, as (type, flags, stream, length), and the rest."""
+    out = []
+    while len(buf) >= 9 and len(buf) >= 9 + int.from_bytes(buf[:3], "big"):
+        n = int.from_bytes(buf[:3], "big")
+        out.append((buf[3], buf[4], int.from_bytes(buf[5:9], "big") & 0x7FFFFFFF, n))
+        buf = buf[9 + n:]
+    return out, buf
+
+
 def slow_read(s, host, port, path, seconds):
     s.sendall(PREFACE + frame(4, 0, 0, struct.pack(">HI", 4, 0)) +  # INITIAL_WINDOW_SIZE 0
               b"".join(frame(1, 0x5, 1 + 2 * i, request(host, port, "GET", path))
@@ -125,12 +135,8 @@ def slow_read(s, host, port, path, seconds):
         if not more:
             reset = set(range(SLOW_STREAMS))  # the connection is gone: all of them
             break
-        buf += more
-        while len(buf) >= 9 and len(buf) >= 9 + int.from_bytes(buf[:3], "big"):
-            n = int.from_bytes(buf[:3], "big")
-            ftype, flags = buf[3], buf[4]
-            stream = int.from_bytes(buf[5:9], "big") & 0x7FFFFFFF
-            buf = buf[9 + n:]
+        frames, buf = parse_frames(buf + more)
+        for ftype, flags, stream, n in frames:
             if ftype == 4 and not flags & 1:
                 s.sendall(frame(4, 1, 0, b""))
             elif ftype == 6 and not flags & 1:
@@ -153,14 +159,10 @@ def window_download(s, host, port, path, seconds):
         more = s.recv(65536)
         if not more:
             break
-        buf += more
         out = []
         ended = False
-        while len(buf) >= 9 and len(buf) >= 9 + int.from_bytes(buf[:3], "big"):
-            n = int.from_bytes(buf[:3], "big")
-            ftype, flags = buf[3], buf[4]
-            stream = int.from_bytes(buf[5:9], "big") & 0x7FFFFFFF
-            buf = buf[9 + n:]
+        frames, buf = parse_frames(buf + more)
+        for ftype, flags, stream, n in frames:
             if ftype == 4 and not flags & 1:
                 out.append(frame(4, 1, 0, b""))
             elif ftype == 0 and stream == 1:
