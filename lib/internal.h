@@ -292,6 +292,8 @@ enum h2r_session_state {
   H2R_S_DEAD,     /* transport closing or closed */
 };
 
+#define H2R_FRAME_HD 9 /* an HTTP/2 frame header's bytes */
+
 struct h2r_session {
   uv_loop_t *loop;
   h2r_xport_t x;
@@ -330,15 +332,13 @@ struct h2r_session {
   /* The peer's frames as they pass (session.c, idle_scan): a header being
    * read, then its payload skipped; a padded DATA frame is judged by its
    * first payload byte, the padding's length. */
-  unsigned idle_frames; /* frames that asked for no work, since the last that did */
-  uint32_t fr_skip;     /* payload bytes (or the client preface) still to pass */
-  uint32_t fr_len;      /* the padded DATA frame's length */
-  uint8_t fr_hd[9];
+  unsigned idle_frames;            /* frames that asked for no work, since the last that did */
+  uint32_t fr_skip;                /* payload bytes (or the client preface) still to pass */
+  uint32_t fr_len;                 /* the padded DATA frame's length */
+  uint8_t fr_hd[H2R_FRAME_HD + 4]; /* and a WINDOW_UPDATE's payload */
   uint8_t fr_hn;
-  bool fr_pad; /* the next byte is a padded DATA frame's pad length */
-  bool fr_wu;  /* a WINDOW_UPDATE's payload is being read */
-  uint8_t fr_wub[4];
-  uint8_t fr_wun;
+  bool fr_pad;      /* the next byte is a padded DATA frame's pad length */
+  bool fr_wu;       /* a WINDOW_UPDATE's payload is being read into fr_hd */
   uint64_t wu_owed; /* DATA bytes sent that no connection WINDOW_UPDATE returned yet */
 };
 

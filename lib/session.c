@@ -533,16 +533,18 @@ static void idle_frame(h2r_session_t *s) {
   nghttp2_session_terminate_session(s->ng, NGHTTP2_ENHANCE_YOUR_CALM);
 }
 
-/* A WINDOW_UPDATE (frame header hd, payload wu) returns window for DATA we
+/* A 31-bit field of a frame (a stream id, a window increment). */
+static uint32_t be31(const uint8_t *b) {
+  return ((uint32_t)b[0] << 24 | (uint32_t)b[1] << 16 | (uint32_t)b[2] << 8 | b[3]) & 0x7fffffffu;
+}
+
+/* A WINDOW_UPDATE (f: its header and payload) returns window for DATA we
  * sent (H2R_WU_MIN_BYTES): the connection's and the stream's bytes owed go
  * down, and it counts as a frame that asked for work; one for bytes never
  * sent (a window enlarged, a stream already closed) or a sliver of what is
  * owed asks for nothing. */
-static void window_update(h2r_session_t *s, const uint8_t *hd, const uint8_t *wu) {
-  uint32_t id =
-      ((uint32_t)hd[5] << 24 | (uint32_t)hd[6] << 16 | (uint32_t)hd[7] << 8 | hd[8]) & 0x7fffffffu;
-  uint32_t inc =
-      ((uint32_t)wu[0] << 24 | (uint32_t)wu[1] << 16 | (uint32_t)wu[2] << 8 | wu[3]) & 0x7fffffffu;
+static void window_update(h2r_session_t *s, const uint8_t *f) {
+  uint32_t id = be31(f + 5), inc = be31(f + 9);
   uint64_t owed;
   if (id == 0) {
     owed = s->wu_owed;
@@ -562,22 +564,31 @@ static void window_update(h2r_session_t *s, const uint8_t *hd, const uint8_t *wu
 /* Counts the peer's frames that ask for nothing (H2R_IDLE_FRAMES_MAX) from
  * their headers, before nghttp2 sees them: nghttp2 passes over DATA for a
  * closed stream without a callback, so callbacks cannot count them all. */
+/* Copies what is missing of want bytes into buf (have so far) from *p;
+ * true once they are all there. */
+static bool gather(uint8_t *buf, uint8_t *have, uint8_t want, const uint8_t **p, size_t *n) {
+  size_t k = H2R_MIN(*n, (size_t)(want - *have));
+  memcpy(buf + *have, *p, k);
+  *have += (uint8_t)k;
+  *p += k;
+  *n -= k;
+  return *have == want;
+}
+
 static void idle_scan(h2r_session_t *s, const uint8_t *p, size_t n) {
   while (n > 0) {
-    if (s->fr_skip > 0) {
-      if (s->fr_wu) {
-        size_t k = H2R_MIN(n, sizeof(s->fr_wub) - s->fr_wun);
-        memcpy(s->fr_wub + s->fr_wun, p, k);
-        s->fr_wun += (uint8_t)k;
-        p += k;
-        n -= k;
-        s->fr_skip -= (uint32_t)k;
-        if (s->fr_wun == sizeof(s->fr_wub)) {
-          s->fr_wu = false;
-          window_update(s, s->fr_hd, s->fr_wub);
-        }
-        continue;
+    if (s->fr_wu) { /* its payload after its header, then it is judged */
+      size_t before = n;
+      bool whole = gather(s->fr_hd, &s->fr_hn, sizeof(s->fr_hd), &p, &n);
+      s->fr_skip -= (uint32_t)(before - n);
+      if (whole) {
+        s->fr_wu = false;
+        s->fr_hn = 0;
+        window_update(s, s->fr_hd);
       }
+      continue;
+    }
+    if (s->fr_skip > 0) {
       if (s->fr_pad) {
         s->fr_pad = false;
         if ((uint32_t)p[0] + 1 < s->fr_len)
@@ -591,12 +602,7 @@ static void idle_scan(h2r_session_t *s, const uint8_t *p, size_t n) {
       s->fr_skip -= (uint32_t)k;
       continue;
     }
-    size_t k = H2R_MIN(n, sizeof(s->fr_hd) - s->fr_hn);
-    memcpy(s->fr_hd + s->fr_hn, p, k);
-    s->fr_hn += (uint8_t)k;
-    p += k;
-    n -= k;
-    if (s->fr_hn < sizeof(s->fr_hd))
+    if (!gather(s->fr_hd, &s->fr_hn, H2R_FRAME_HD, &p, &n))
       return;
     s->fr_hn = 0;
     const uint8_t *h = s->fr_hd;
@@ -618,7 +624,7 @@ static void idle_scan(h2r_session_t *s, const uint8_t *p, size_t n) {
       s->idle_frames = 0;
     } else if (type == NGHTTP2_WINDOW_UPDATE && len == 4) {
       s->fr_wu = true;
-      s->fr_wun = 0;
+      s->fr_hn = H2R_FRAME_HD;
     } /* SETTINGS, PING, RST_STREAM: nghttp2 limits those */
   }
 }

@@ -108,7 +108,6 @@ typedef struct uconn {
   bool resp_ka;                       /* the response keeps the connection alive */
   bool replayable;                    /* the request may go again (retry_fresh) */
   bool reused;                        /* its upstream connection came from the pool */
-  bool retried;                       /* and went again on a new one */
   struct uwrite *replay;              /* the head sent, kept until the response starts */
   struct uwrite *early, **early_tail; /* the rewritten head and what followed it */
   size_t to_x, to_s;                  /* bytes queued each way */
@@ -138,7 +137,6 @@ typedef struct uwrite {
   size_t cap;   /* of data; READ_BUF: a recycled buffer */
   bool consume; /* read from the stream: its window returns once written */
   bool busy;    /* written, the write not completed */
-  bool hold;    /* uconn_t.replay owns it: its write's completion keeps it */
   bool stale;   /* written to a connection given up for a retry */
   char data[];
 } uwrite_t;
@@ -314,19 +312,29 @@ static void end_stream(uconn_t *c) {
 
 /* ------------------------------------------------------------- writing */
 
+/* A buffer of n bytes of our own (a head built here, bytes held): freed,
+ * never recycled. */
+static uwrite_t *uw_exact(size_t n) {
+  uwrite_t *w = malloc(sizeof(*w) + n);
+  if (w != NULL) {
+    w->cap = 0;
+    w->busy = w->stale = false;
+  }
+  return w;
+}
+
 /* A buffer for n bytes, or more than READ_BUF in several: small ones (a
  * request or response head, a small body) of their size, so that requests
  * in flight do not each hold a page or more of a recycled buffer. */
 static uwrite_t *uw_new(h2r_upstream_t *u, size_t n) {
   uwrite_t *w;
   if (n < READ_BUF / 4) {
-    if ((w = malloc(sizeof(*w) + n)) != NULL)
+    if ((w = uw_exact(n)) != NULL)
       w->cap = n;
   } else if ((w = h2r_bufcache_get(&u->bufs)) != NULL) {
     w->cap = READ_BUF;
+    w->busy = w->stale = false;
   }
-  if (w != NULL)
-    w->busy = w->hold = w->stale = false;
   return w;
 }
 
@@ -385,7 +393,7 @@ static void to_x_done(h2r_xwrite_t *xw, int status) {
   if (w->consume && !c->closing)
     h2r_strm_consume(c->s, w->len); /* the dialer may send as much again */
   w->busy = false;
-  if (!w->hold)
+  if (w != c->replay) /* else kept for a retry */
     wfree(c->u, w);
   if (status != 0 && status != UV_ECANCELED && !retry_fresh(c))
     uc_close(c);
@@ -448,7 +456,6 @@ static void replay_drop(uconn_t *c) {
   if (w == NULL)
     return;
   c->replay = NULL;
-  w->hold = false;
   if (!w->busy) /* else its write's completion frees it */
     wfree(c->u, w);
 }
@@ -479,7 +486,6 @@ static bool retry_fresh(uconn_t *c) {
     w->busy = false;
   }
   c->replay = NULL;
-  w->hold = false;
   upconn_t *pc = c->pc;
   c->pc = NULL;
   pc->c = NULL;
@@ -488,8 +494,7 @@ static bool retry_fresh(uconn_t *c) {
   if (c->early == NULL)
     c->early_tail = &w->next;
   c->early = w;
-  c->x_open = false;
-  c->retried = true;
+  c->x_open = false; /* and not reused: nothing is kept for a second retry */
   H2R_DEBUG(&c->u->log,
             "upstream %s: a connection from the pool closed before the response: "
             "the request goes again on a new one",
@@ -536,10 +541,8 @@ static void uc_opened(uconn_t *c) {
   while (c->early != NULL && !c->closing) {
     uwrite_t *w = c->early; /* as it was built: no copy */
     c->early = w->next;
-    if (c->replayable && c->reused && !c->retried && !c->spill && c->replay == NULL) {
-      w->hold = true; /* the head, all there is: kept for a retry */
-      c->replay = w;
-    }
+    if (c->replayable && c->reused && !c->spill && c->replay == NULL)
+      c->replay = w; /* the head, all there is: kept for a retry */
     send_x(c, w, w->len, false);
   }
   c->early_tail = &c->early;
@@ -596,7 +599,7 @@ static void next_request(uconn_t *c) {
   c->parser.data = c->rparser.data = c;
   h2r_hbuf_reset(&c->hb);
   c->head_req = c->raw = c->req_done = c->resp_done = c->spill = c->resp_ka = false;
-  c->replayable = c->reused = c->retried = false;
+  c->replayable = c->reused = false;
   c->parsed = c->x_open = c->x_eof = false;
   uv_timer_start(&c->linger, stream_idle, STREAM_IDLE_MS, 0);
   int r = h2rev_stream_read_start(c->s, uc_alloc, uc_read);
@@ -977,11 +980,9 @@ static int on_headers_complete(llhttp_t *h) {
   if (c->refused != NULL)
     return -1;
   size_t cap = 256 + strlen(method) + strlen(u->path) + strlen(u->authority) + hb->len + 4 * hb->n;
-  uwrite_t *k = malloc(sizeof(*k) + cap);
+  uwrite_t *k = uw_exact(cap);
   if (k == NULL)
     return -1;
-  k->cap = 0; /* not recycled */
-  k->busy = k->hold = k->stale = false;
   h2r_out_t o = {k->data, 0, cap, false};
   h2r_out_put(&o, method, strlen(method));
   H2R_OUT_LIT(&o, " ");
@@ -1099,13 +1100,11 @@ static void start_upstream(uconn_t *c, bool pooled) {
 static void keep(uconn_t *c, const char *p, size_t n) {
   if (n == 0)
     return;
-  uwrite_t *k = malloc(sizeof(*k) + n);
+  uwrite_t *k = uw_exact(n);
   if (k == NULL) {
     uc_close(c);
     return;
   }
-  k->cap = 0;
-  k->busy = k->hold = k->stale = false;
   memcpy(k->data, p, n);
   k->len = n;
   k->next = NULL;
