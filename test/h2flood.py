@@ -156,7 +156,10 @@ def window_download(s, host, port, path, seconds):
     buf, got, updates, word = b"", 0, 0, "closed"
     t0 = time.monotonic()
     while time.monotonic() - t0 < seconds:
-        more = s.recv(65536)
+        try:
+            more = s.recv(65536)
+        except OSError:  # reset, or nothing for SECONDS: reported as closed
+            break
         if not more:
             break
         out = []
@@ -175,8 +178,10 @@ def window_download(s, host, port, path, seconds):
                 ended = True
             if stream == 1 and ftype in (0, 1) and flags & 1:
                 word, ended = "done", True
-        if out:
+        try:
             s.sendall(b"".join(out))
+        except OSError:
+            break
         if ended:
             break
     print("window-download %s %d %d" % (word, got, updates))
