@@ -73,7 +73,8 @@ start_dialer() {
   DIALER_PID=$!
   PIDS+=($DIALER_PID)
   wait_for curl -sf --cacert "$WORK/h2rev-dialer.crt" "https://127.0.0.1:$DIALER_PORT/healthz" ||
-    fail "dialer did not start"
+    fail "dialer did not start (port $DIALER_PORT): $(curl -sS -f --max-time 5 --cacert "$WORK/h2rev-dialer.crt" \
+      "https://127.0.0.1:$DIALER_PORT/healthz" 2>&1 | tail -n 1); $(ss -Htlnp "sport = :$DIALER_PORT" 2>&1 | head -n 3)"
 }
 
 # start_listener ID [extra flags]
