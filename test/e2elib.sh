@@ -65,6 +65,18 @@ start_upstream() {
   UPSTREAM_PORT=$(cat "$WORK/upstream.port")
 }
 
+# DIALER_STATE: whether the dialer started last still runs, or how it ended (run in
+# this shell, not in $(...): only this shell can wait for its child).
+dialer_state() {
+  if kill -0 "$DIALER_PID" 2> /dev/null; then
+    DIALER_STATE="running"
+  else
+    local rc=0
+    wait "$DIALER_PID" || rc=$?
+    DIALER_STATE="exited with status $rc"
+  fi
+}
+
 # start_dialer [extra flags]: TLS with a self-signed certificate in $WORK
 start_dialer() {
   DIALER_PORT=$(free_port)
@@ -73,8 +85,8 @@ start_dialer() {
   DIALER_PID=$!
   PIDS+=($DIALER_PID)
   wait_for curl -sf --cacert "$WORK/h2rev-dialer.crt" "https://127.0.0.1:$DIALER_PORT/healthz" ||
-    fail "dialer did not start (port $DIALER_PORT): $(curl -sS -f --max-time 5 --cacert "$WORK/h2rev-dialer.crt" \
-      "https://127.0.0.1:$DIALER_PORT/healthz" 2>&1 | tail -n 1); $(ss -Htlnp "sport = :$DIALER_PORT" 2>&1 | head -n 3)"
+    { dialer_state; fail "dialer did not start (port $DIALER_PORT, $DIALER_STATE): $(curl -sS -f --max-time 5 --cacert "$WORK/h2rev-dialer.crt" \
+      "https://127.0.0.1:$DIALER_PORT/healthz" 2>&1 | tail -n 1); $(ss -Htlnp "sport = :$DIALER_PORT" 2>&1 | head -n 3)"; }
 }
 
 # start_listener ID [extra flags]
